@@ -1,0 +1,105 @@
+//! Backend nodes: a few long-lived, multiplexed connections per node.
+//!
+//! Many clients' requests are queued on one connection; a writer sends everything queued in one write and
+//! a reader matches replies to requests in order, forwarding each reply as the bytes it arrived as. There
+//! is no checkout: a request never waits for a connection to be free, only for its place in the pipeline.
+
+mod connection;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// What a backend answered, or why it could not.
+pub type BackendResult = Result<Bytes, BackendError>;
+
+/// A request on its way to a backend, with where to deliver the reply.
+pub struct Message {
+    /// One complete RESP request, forwarded as is.
+    pub frame: Bytes,
+    /// Send `ASKING` first, back to back on the same connection (ASK redirects).
+    pub asking: bool,
+    pub reply: oneshot::Sender<BackendResult>,
+}
+
+/// Why a request got no reply from its backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {0}")]
+    Connect(Arc<str>),
+    #[error("connection to {0} lost")]
+    Closed(Arc<str>),
+    #[error("{0} sent a malformed reply")]
+    Protocol(Arc<str>),
+}
+
+/// How backend connections behave.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    /// Notified whenever a connection fails, so the owner of the topology can look again.
+    pub on_failure: Option<Arc<Notify>>,
+}
+
+/// One backend server and its connections. Dropping the last handle closes the connections once their
+/// queued requests are answered.
+pub struct Node {
+    addr: Arc<str>,
+    conns: Box<[mpsc::UnboundedSender<Message>]>,
+}
+
+impl Node {
+    /// Starts the node's connection tasks (they connect at once, then on demand with backoff).
+    pub fn spawn(addr: Arc<str>, settings: &Settings) -> Arc<Node> {
+        let conns = (0..settings.connections.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(connection::run(addr.clone(), rx, settings.clone()));
+                tx
+            })
+            .collect();
+        Arc::new(Node { addr, conns })
+    }
+
+    pub fn addr(&self) -> &Arc<str> {
+        &self.addr
+    }
+
+    /// Queues a request on connection `pick % connections`. A client always picks the same connection, so
+    /// its requests to this node stay in order.
+    pub fn send(&self, pick: usize, msg: Message) {
+        let conn = &self.conns[pick % self.conns.len()];
+        if let Err(mpsc::error::SendError(msg)) = conn.send(msg) {
+            // The connection task is gone (runtime shutting down): fail the request rather than hang it.
+            let _ = msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
+        }
+    }
+
+    /// Sends a request and returns where its reply will arrive.
+    pub fn request(
+        &self,
+        pick: usize,
+        frame: Bytes,
+        asking: bool,
+    ) -> oneshot::Receiver<BackendResult> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            pick,
+            Message {
+                frame,
+                asking,
+                reply,
+            },
+        );
+        rx
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("addr", &self.addr).finish()
+    }
+}

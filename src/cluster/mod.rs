@@ -1,0 +1,191 @@
+//! Redis Cluster pools: the slot map, how it is learnt and refreshed, and redirect replies.
+//!
+//! The refresher task is the only writer of the topology. It builds a complete new [`Topology`] off the
+//! data path and swaps it in; sessions load the current one with one atomic read and never wait on it.
+
+mod redirect;
+mod slots;
+mod topology;
+
+pub use redirect::{classify, Redirect};
+pub use topology::Topology;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::backend::{self, Node};
+use crate::config::PoolConfig;
+
+/// Shortest time between two topology refreshes: a burst of MOVED replies costs one refresh.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
+/// How long one node may take to answer CLUSTER SLOTS.
+const SLOTS_TIMEOUT: Duration = Duration::from_secs(2);
+const CLUSTER_SLOTS: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
+
+/// A Redis Cluster behind one pool.
+pub struct Cluster {
+    topology: ArcSwap<Topology>,
+    /// Every node slotline holds connections to, by address: the current masters plus nodes named by
+    /// redirects since the last refresh.
+    nodes: Mutex<HashMap<Arc<str>, Arc<Node>>>,
+    seeds: Vec<Arc<str>>,
+    refresh: Arc<Notify>,
+    settings: backend::Settings,
+    refresh_interval: Duration,
+    refreshes: AtomicUsize,
+}
+
+impl Cluster {
+    /// Creates the cluster handle and starts its refresher. Call [`refresh_now`](Self::refresh_now) to wait
+    /// for a first topology.
+    pub fn start(config: &PoolConfig) -> Arc<Cluster> {
+        let refresh = Arc::new(Notify::new());
+        let cluster = Arc::new(Cluster {
+            topology: ArcSwap::from_pointee(Topology::empty()),
+            nodes: Mutex::new(HashMap::new()),
+            seeds: config
+                .servers
+                .iter()
+                .map(|s| Arc::from(s.as_str()))
+                .collect(),
+            settings: backend::Settings {
+                connections: config.server_connections,
+                connect_timeout: Duration::from_millis(config.connect_timeout),
+                on_failure: Some(refresh.clone()),
+            },
+            refresh,
+            refresh_interval: Duration::from_millis(config.refresh_interval),
+            refreshes: AtomicUsize::new(0),
+        });
+        tokio::spawn(refresher(Arc::downgrade(&cluster)));
+        cluster
+    }
+
+    /// The current topology; cheap, never blocks.
+    pub fn topology(&self) -> arc_swap::Guard<Arc<Topology>> {
+        self.topology.load()
+    }
+
+    /// Asks for a refresh soon; requests made while one is pending collapse into it.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// The node at `addr`, connecting to it if slotline has not yet (a redirect to a new node).
+    pub fn node(&self, addr: &str) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(node) = nodes.get(addr) {
+            return node.clone();
+        }
+        let addr: Arc<str> = Arc::from(addr);
+        let node = Node::spawn(addr.clone(), &self.settings);
+        nodes.insert(addr, node.clone());
+        node
+    }
+
+    /// Fetches the slot map from the first node that answers (known masters first, then the seeds) and
+    /// installs it. Returns whether a topology was installed.
+    pub async fn refresh_now(&self) -> bool {
+        let mut candidates: Vec<Arc<str>> = self
+            .topology()
+            .nodes()
+            .iter()
+            .map(|n| n.addr().clone())
+            .collect();
+        // Start at a different node each time, so one sick node does not answer every refresh.
+        if !candidates.is_empty() {
+            let shift = self.refreshes.fetch_add(1, Ordering::Relaxed) % candidates.len();
+            candidates.rotate_left(shift);
+        }
+        for seed in &self.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        for addr in candidates {
+            let node = self.node(&addr);
+            let reply = match timeout(
+                SLOTS_TIMEOUT,
+                node.request(0, Bytes::from_static(CLUSTER_SLOTS), false),
+            )
+            .await
+            {
+                Ok(Ok(Ok(reply))) => reply,
+                _ => continue,
+            };
+            match slots::parse(&reply, host_of(&addr)) {
+                Ok(map) if map.covered() > 0 => {
+                    self.install(map);
+                    return true;
+                }
+                Ok(_) => tracing::warn!(node = %addr, "CLUSTER SLOTS lists no slots"),
+                Err(e) => tracing::warn!(node = %addr, error = %e, "unusable CLUSTER SLOTS reply"),
+            }
+        }
+        tracing::warn!(seeds = ?self.seeds, "no cluster node answered CLUSTER SLOTS");
+        false
+    }
+
+    fn install(&self, map: slots::SlotMap) {
+        let new = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+            let masters: Vec<Arc<Node>> = map
+                .masters
+                .iter()
+                .map(|addr| match nodes.get(addr.as_str()) {
+                    Some(node) => node.clone(),
+                    None => Node::spawn(Arc::from(addr.as_str()), &self.settings),
+                })
+                .collect();
+            // Nodes no longer in the topology are dropped here; their connections close once sessions
+            // holding the old topology are done with them.
+            *nodes = masters
+                .iter()
+                .map(|n| (n.addr().clone(), n.clone()))
+                .collect();
+            Topology::new(map.slots, masters)
+        };
+        let old = self.topology.load();
+        if !old.same_routes(&new) {
+            tracing::info!(
+                masters = new.nodes().len(),
+                slots_covered = new.covered(),
+                "cluster topology changed"
+            );
+        }
+        self.topology.store(Arc::new(new));
+    }
+}
+
+/// The refresher: one task, so concurrent refresh requests collapse into one fetch.
+async fn refresher(cluster: std::sync::Weak<Cluster>) {
+    let mut last = Instant::now() - MIN_REFRESH_GAP;
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let (refresh, interval) = (c.refresh.clone(), c.refresh_interval);
+        drop(c);
+        tokio::select! {
+            _ = refresh.notified() => {}
+            _ = sleep(interval) => {}
+        }
+        let gap = last + MIN_REFRESH_GAP;
+        if Instant::now() < gap {
+            tokio::time::sleep_until(gap).await;
+        }
+        let Some(c) = cluster.upgrade() else { return };
+        c.refresh_now().await;
+        last = Instant::now();
+    }
+}
+
+/// The host part of `host:port`.
+fn host_of(addr: &str) -> &str {
+    crate::config::split_host_port(addr).map_or(addr, |(h, _)| h)
+}

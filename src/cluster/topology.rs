@@ -1,0 +1,59 @@
+//! An immutable snapshot of which master serves each slot.
+
+use std::sync::Arc;
+
+use crate::backend::Node;
+use crate::route::{Slot, SLOTS};
+
+/// Marks a slot no master serves.
+const UNASSIGNED: u16 = u16::MAX;
+
+/// Slot -> master, as one array of node indexes (no string per slot).
+pub struct Topology {
+    slots: Box<[u16]>,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Topology {
+    pub fn empty() -> Topology {
+        Topology {
+            slots: vec![UNASSIGNED; SLOTS].into_boxed_slice(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// `slots[i]` is an index into `nodes` or `None`.
+    pub fn new(slots: Vec<Option<u16>>, nodes: Vec<Arc<Node>>) -> Topology {
+        let slots = slots
+            .into_iter()
+            .map(|s| {
+                s.filter(|&i| (i as usize) < nodes.len())
+                    .unwrap_or(UNASSIGNED)
+            })
+            .collect();
+        Topology { slots, nodes }
+    }
+
+    /// The master serving `slot`, if any.
+    pub fn node_for(&self, slot: Slot) -> Option<&Arc<Node>> {
+        let i = self.slots[slot.index()];
+        self.nodes.get(i as usize)
+    }
+
+    /// Masters, in the order of their first slot.
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    pub fn covered(&self) -> usize {
+        self.slots.iter().filter(|&&s| s != UNASSIGNED).count()
+    }
+
+    /// Whether both send every slot to the same address.
+    pub fn same_routes(&self, other: &Topology) -> bool {
+        self.slots.iter().zip(other.slots.iter()).all(|(&a, &b)| {
+            let addr = |t: &Topology, i: u16| t.nodes.get(i as usize).map(|n| n.addr().clone());
+            addr(self, a) == addr(other, b)
+        })
+    }
+}

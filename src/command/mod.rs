@@ -1,0 +1,145 @@
+//! Commands: the table of what Redis commands exist and how slotline routes them, the view of one parsed
+//! request, and key extraction.
+
+mod keys;
+mod spec;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+pub use keys::for_each_key;
+pub use spec::{flags, Begin, Find, KeySpec, Route, Spec};
+
+/// Version of the Redis server the command table was generated from.
+pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;
+
+/// Every command and subcommand slotline knows, sorted by name.
+pub fn all() -> &'static [Spec] {
+    table::COMMANDS
+}
+
+/// Top-level commands only (no `container|sub` entries): what `COMMAND COUNT` counts.
+pub fn top_level() -> impl Iterator<Item = &'static Spec> {
+    all().iter().filter(|s| !s.name.contains('|'))
+}
+
+fn index() -> &'static HashMap<&'static str, &'static Spec> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static Spec>> = OnceLock::new();
+    INDEX.get_or_init(|| all().iter().map(|s| (s.name, s)).collect())
+}
+
+/// Why a command could not be looked up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LookupError {
+    UnknownCommand,
+    UnknownSubcommand,
+}
+
+/// Longest name (`container|sub` included) that can name a real command.
+const MAX_NAME: usize = 48;
+
+/// Finds the spec for a command, descending into the subcommand when the command has them.
+pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Result<&'static Spec, LookupError> {
+    let mut buf = [0u8; MAX_NAME];
+    let spec = find(&mut buf, name, None).ok_or(LookupError::UnknownCommand)?;
+    if spec.route != Route::Container && spec.route != Route::Local {
+        return Ok(spec);
+    }
+    let Some(sub) = sub else {
+        return Ok(spec);
+    };
+    match find(&mut buf, name, Some(sub)) {
+        Some(s) => Ok(s),
+        // Commands answered locally decide about their subcommands themselves (e.g. CLIENT SETINFO,
+        // newer than the table).
+        None if spec.route == Route::Local => Ok(spec),
+        None if spec.route == Route::Container => Err(LookupError::UnknownSubcommand),
+        None => Ok(spec),
+    }
+}
+
+fn find(buf: &mut [u8; MAX_NAME], name: &[u8], sub: Option<&[u8]>) -> Option<&'static Spec> {
+    let sub_len = sub.map_or(0, |s| s.len() + 1);
+    let len = name.len() + sub_len;
+    if len > MAX_NAME {
+        return None;
+    }
+    buf[..name.len()].copy_from_slice(name);
+    if let Some(sub) = sub {
+        buf[name.len()] = b'|';
+        buf[name.len() + 1..len].copy_from_slice(sub);
+    }
+    let key = &mut buf[..len];
+    key.make_ascii_lowercase();
+    let key = std::str::from_utf8(key).ok()?;
+    index().get(key).copied()
+}
+
+/// One complete request: its bytes and where its arguments lie in them.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub frame: &'a [u8],
+    pub args: &'a [(u32, u32)],
+}
+
+impl<'a> Request<'a> {
+    pub fn argc(&self) -> usize {
+        self.args.len()
+    }
+
+    /// Argument `i` (0 is the command name); empty when out of range.
+    pub fn arg(&self, i: usize) -> &'a [u8] {
+        match self.args.get(i) {
+            Some(&(s, e)) => &self.frame[s as usize..e as usize],
+            None => &[],
+        }
+    }
+
+    /// Calls `found` with each key of the request.
+    pub fn for_each_key(&self, spec: &Spec, mut found: impl FnMut(&'a [u8])) {
+        for_each_key(spec, self.argc(), |i| self.arg(i), |i| found(self.arg(i)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_is_case_insensitive_and_descends_into_subcommands() {
+        assert_eq!(lookup(b"gEt", None).unwrap().name, "get");
+        assert_eq!(
+            lookup(b"object", Some(b"Encoding")).unwrap().name,
+            "object|encoding"
+        );
+        assert_eq!(
+            lookup(b"object", Some(b"nope")).err(),
+            Some(LookupError::UnknownSubcommand)
+        );
+        assert_eq!(
+            lookup(b"client", Some(b"setinfo")).unwrap().route,
+            Route::Local
+        );
+        assert_eq!(
+            lookup(b"nosuchcommand", None).err(),
+            Some(LookupError::UnknownCommand)
+        );
+        assert_eq!(
+            lookup(&[b'x'; 100], None).err(),
+            Some(LookupError::UnknownCommand)
+        );
+        assert_eq!(
+            lookup(b"\xff\xfe", None).err(),
+            Some(LookupError::UnknownCommand)
+        );
+    }
+
+    #[test]
+    fn arity() {
+        let get = lookup(b"get", None).unwrap();
+        assert!(get.arity_ok(2) && !get.arity_ok(1) && !get.arity_ok(3));
+        let mget = lookup(b"mget", None).unwrap();
+        assert!(mget.arity_ok(2) && mget.arity_ok(9) && !mget.arity_ok(1));
+    }
+}

@@ -1,0 +1,119 @@
+//! What slotline knows about each Redis command: arity, flags, where its keys are, and how it is routed.
+
+/// Command flags, as Redis reports them in `COMMAND INFO`.
+pub mod flags {
+    pub const WRITE: u16 = 1 << 0;
+    pub const READONLY: u16 = 1 << 1;
+    pub const DENYOOM: u16 = 1 << 2;
+    pub const ADMIN: u16 = 1 << 3;
+    pub const PUBSUB: u16 = 1 << 4;
+    pub const NOSCRIPT: u16 = 1 << 5;
+    pub const BLOCKING: u16 = 1 << 6;
+    pub const LOADING: u16 = 1 << 7;
+    pub const STALE: u16 = 1 << 8;
+    pub const FAST: u16 = 1 << 9;
+    pub const MOVABLEKEYS: u16 = 1 << 10;
+    pub const NO_MANDATORY_KEYS: u16 = 1 << 11;
+
+    /// Flag names in the order `COMMAND INFO` lists them.
+    pub const NAMES: [(u16, &str); 12] = [
+        (WRITE, "write"),
+        (READONLY, "readonly"),
+        (DENYOOM, "denyoom"),
+        (ADMIN, "admin"),
+        (PUBSUB, "pubsub"),
+        (NOSCRIPT, "noscript"),
+        (BLOCKING, "blocking"),
+        (LOADING, "loading"),
+        (STALE, "stale"),
+        (FAST, "fast"),
+        (MOVABLEKEYS, "movablekeys"),
+        (NO_MANDATORY_KEYS, "no_mandatory_keys"),
+    ];
+}
+
+/// How slotline handles a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Sent to the node that owns its keys' slot.
+    Keyed,
+    /// Keyed, but blocking when given a `BLOCK` option (XREAD, XREADGROUP).
+    BlockingOption,
+    /// Keyless, and any node gives the same answer.
+    AnyNode,
+    /// Answered by slotline itself.
+    Local,
+    /// Has subcommands; the subcommand decides.
+    Container,
+    /// Refused with an error naming the command and this reason.
+    Unsupported(&'static str),
+}
+
+/// Redis 7 key specification: where the search for keys starts, and how keys are found from there.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpec {
+    pub begin: Begin,
+    pub find: Find,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Begin {
+    /// Keys start at this argument index.
+    Index(i16),
+    /// Keys start after this keyword, searched from `start_from` (negative: from the end, backwards).
+    Keyword {
+        keyword: &'static str,
+        start_from: i16,
+    },
+    /// Only the command's own key-finding code knows (e.g. SORT ... STORE).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Find {
+    /// Keys up to `last_key` (relative to the start; negative: from the end), every `step` arguments;
+    /// with `limit` > 0, only the first 1/limit of the remaining arguments.
+    Range {
+        last_key: i16,
+        step: u16,
+        limit: u16,
+    },
+    /// The argument at `start + keynum_idx` counts the keys, which start at `start + first_key`.
+    KeyNum {
+        keynum_idx: u16,
+        first_key: u16,
+        step: u16,
+    },
+    Unknown,
+}
+
+/// One command or subcommand (named `container|sub`, lower case).
+#[derive(Debug)]
+pub struct Spec {
+    pub name: &'static str,
+    /// Redis convention: N means exactly N arguments (the name included), -N at least N.
+    pub arity: i16,
+    pub flags: u16,
+    pub route: Route,
+    pub keys: &'static [KeySpec],
+}
+
+impl Spec {
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let arity = self.arity as isize;
+        if arity >= 0 {
+            argc as isize == arity
+        } else {
+            argc as isize >= -arity
+        }
+    }
+
+    pub fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// The name as clients write it: `GET`, or `CLIENT SETNAME` for a subcommand.
+    pub fn display_name(&self) -> String {
+        self.name.replace('|', " ").to_uppercase()
+    }
+}

@@ -1,0 +1,274 @@
+//! Configuration: plain data read from YAML, checked before anything binds.
+//!
+//! Every field has a default and a doc comment; unknown keys are errors, because a misspelt option that
+//! silently does nothing is worse than refusing to start. `config/slotline.yml` is the commented example.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pools by name; each has its own listener.
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// How a pool finds the backend for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A Redis Cluster: route by key slot, follow MOVED/ASK.
+    Cluster,
+}
+
+/// One pool: a listener and the backends behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `host:port` to listen on, or the path of a unix socket.
+    pub listen: String,
+    pub mode: Mode,
+    /// Cluster: seed nodes as `host:port` (host names allowed). The topology is learnt from them.
+    pub servers: Vec<String>,
+    /// Milliseconds a request may take, end to end, before the client gets an error.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: u64,
+    /// Multiplexed connections per backend node.
+    #[serde(default = "defaults::server_connections")]
+    pub server_connections: usize,
+    /// Most clients connected at once; more are refused at accept (0: no limit).
+    #[serde(default)]
+    pub client_connections: usize,
+    /// Largest request a client may send, in bytes.
+    #[serde(default = "defaults::max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Requests a client may have outstanding; past this slotline stops reading from that client until
+    /// replies drain, which bounds the memory one client can hold.
+    #[serde(default = "defaults::max_pending")]
+    pub max_pending: usize,
+    /// MOVED/ASK/TRYAGAIN redirects followed for one request before it fails.
+    #[serde(default = "defaults::max_redirects")]
+    pub max_redirects: u32,
+    /// Milliseconds between periodic topology refreshes (refreshes also happen on MOVED and on failures).
+    #[serde(default = "defaults::refresh_interval")]
+    pub refresh_interval: u64,
+    /// Milliseconds allowed to connect to a backend.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: u64,
+}
+
+mod defaults {
+    pub fn timeout() -> u64 {
+        1000
+    }
+    pub fn server_connections() -> usize {
+        1
+    }
+    pub fn max_request_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+    pub fn max_pending() -> usize {
+        1024
+    }
+    pub fn max_redirects() -> u32 {
+        5
+    }
+    pub fn refresh_interval() -> u64 {
+        10_000
+    }
+    pub fn connect_timeout() -> u64 {
+        500
+    }
+}
+
+/// A configuration that cannot be used, with where the problem is.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file, when the config came from one.
+    pub file: Option<PathBuf>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}: {}", file.display(), self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::from_yaml(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError {
+            file: None,
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |pool: &str, field: &str, what: String| ConfigError {
+            file: None,
+            message: format!("pools.{pool}.{field}: {what}"),
+        };
+        if self.pools.is_empty() {
+            return Err(ConfigError {
+                file: None,
+                message: "pools: at least one pool is required".into(),
+            });
+        }
+        let mut listens = BTreeMap::new();
+        for (name, pool) in &self.pools {
+            if let Some(other) = listens.insert(pool.listen.as_str(), name) {
+                return Err(err(
+                    name,
+                    "listen",
+                    format!("{} is also used by pool {other}", pool.listen),
+                ));
+            }
+            if !is_unix_path(&pool.listen) {
+                split_host_port(&pool.listen).map_err(|e| err(name, "listen", e))?;
+            }
+            if pool.servers.is_empty() {
+                return Err(err(
+                    name,
+                    "servers",
+                    "at least one server is required".into(),
+                ));
+            }
+            for (i, server) in pool.servers.iter().enumerate() {
+                split_host_port(server).map_err(|e| err(name, &format!("servers[{i}]"), e))?;
+            }
+            if pool.timeout == 0 {
+                return Err(err(name, "timeout", "must be at least 1 ms".into()));
+            }
+            if !(1..=64).contains(&pool.server_connections) {
+                return Err(err(
+                    name,
+                    "server_connections",
+                    "must be between 1 and 64".into(),
+                ));
+            }
+            if pool.max_request_bytes < 1024 || pool.max_request_bytes > u32::MAX as usize / 2 {
+                return Err(err(
+                    name,
+                    "max_request_bytes",
+                    "must be between 1024 and 2 GiB".into(),
+                ));
+            }
+            if pool.max_pending == 0 {
+                return Err(err(name, "max_pending", "must be at least 1".into()));
+            }
+            if pool.refresh_interval == 0 {
+                return Err(err(
+                    name,
+                    "refresh_interval",
+                    "must be at least 1 ms".into(),
+                ));
+            }
+            if pool.connect_timeout == 0 {
+                return Err(err(name, "connect_timeout", "must be at least 1 ms".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A listen address naming a unix socket rather than `host:port`.
+pub fn is_unix_path(listen: &str) -> bool {
+    listen.starts_with('/') || listen.starts_with("./") || listen.starts_with("unix:")
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets); the host may be a name.
+pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{addr}' is not host:port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("'{addr}' has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{addr}' has an invalid port '{port}'"))?;
+    if port == 0 {
+        return Err(format!("'{addr}' has port 0"));
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "pools:\n  main:\n    listen: 127.0.0.1:6380\n    mode: cluster\n    servers: [127.0.0.1:7000]\n";
+
+    #[test]
+    fn defaults_apply() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        let pool = &config.pools["main"];
+        assert_eq!(pool.timeout, 1000);
+        assert_eq!(pool.server_connections, 1);
+        assert_eq!(pool.servers, ["127.0.0.1:7000"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let typo = MINIMAL.replace("servers:", "tiemout: 5\n    servers:");
+        let e = Config::from_yaml(&typo).unwrap_err().to_string();
+        assert!(e.contains("tiemout"), "{e}");
+        let bad_port = MINIMAL.replace("7000", "70000");
+        let e = Config::from_yaml(&bad_port).unwrap_err().to_string();
+        assert!(
+            e.contains("pools.main.servers[0]") && e.contains("70000"),
+            "{e}"
+        );
+        let bad_mode = MINIMAL.replace("cluster", "clsuter");
+        assert!(Config::from_yaml(&bad_mode)
+            .unwrap_err()
+            .to_string()
+            .contains("clsuter"));
+        let no_servers = MINIMAL.replace("[127.0.0.1:7000]", "[]");
+        assert!(Config::from_yaml(&no_servers)
+            .unwrap_err()
+            .to_string()
+            .contains("pools.main.servers"));
+        assert!(Config::from_yaml("pools: {}").is_err());
+        assert!(Config::from_yaml("::: not yaml").is_err());
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            split_host_port("redis-0.redis:6379").unwrap(),
+            ("redis-0.redis", 6379)
+        );
+        assert_eq!(split_host_port("[::1]:7000").unwrap(), ("::1", 7000));
+        assert!(split_host_port("nohost").is_err());
+        assert!(split_host_port(":6379").is_err());
+    }
+}

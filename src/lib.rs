@@ -1,0 +1,30 @@
+//! slotline: a Redis proxy for Kubernetes. Clients speak plain RESP to one address; slotline routes each
+//! command to the Redis Cluster node that owns its key, following MOVED and ASK and refreshing the
+//! topology itself.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML configuration, its defaults and validation.
+//! - [`protocol`]: RESP on the wire: cutting requests and replies out of byte streams without copying,
+//!   and the replies slotline writes itself.
+//! - [`command`]: the command table (arity, flags, key specs, routing class, generated from Redis) and key
+//!   extraction.
+//! - [`route`]: where a key goes: cluster hash slots.
+//! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff.
+//! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
+//! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
+//!   answered commands and INFO.
+//!
+//! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
+//! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come
+//! back through a oneshot and are written to the client in request order.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod cluster;
+pub mod command;
+pub mod config;
+pub mod protocol;
+pub mod route;
+pub mod server;

@@ -1,0 +1,82 @@
+//! Replies slotline writes itself (local commands and errors). Backend replies never pass through here.
+
+use bytes::{BufMut, BytesMut};
+
+/// Appends RESP2 replies to an output buffer.
+pub struct Reply<'a>(pub &'a mut BytesMut);
+
+impl Reply<'_> {
+    pub fn ok(&mut self) {
+        self.0.put_slice(b"+OK\r\n");
+    }
+
+    pub fn status(&mut self, s: &str) {
+        self.line(b'+', s.as_bytes());
+    }
+
+    /// An error line; `msg` starts with the error code (`ERR`, `CROSSSLOT`, ...). Line breaks, which
+    /// would corrupt the stream, become spaces.
+    pub fn error(&mut self, msg: &str) {
+        self.line(b'-', msg.as_bytes());
+    }
+
+    pub fn int(&mut self, n: i64) {
+        self.0.put_u8(b':');
+        self.0.put_slice(itoa_buf(n).as_bytes());
+        self.0.put_slice(b"\r\n");
+    }
+
+    pub fn bulk(&mut self, data: &[u8]) {
+        self.0.reserve(data.len() + 16);
+        self.0.put_u8(b'$');
+        self.0.put_slice(itoa_buf(data.len() as i64).as_bytes());
+        self.0.put_slice(b"\r\n");
+        self.0.put_slice(data);
+        self.0.put_slice(b"\r\n");
+    }
+
+    pub fn null(&mut self) {
+        self.0.put_slice(b"$-1\r\n");
+    }
+
+    pub fn array(&mut self, len: usize) {
+        self.0.put_u8(b'*');
+        self.0.put_slice(itoa_buf(len as i64).as_bytes());
+        self.0.put_slice(b"\r\n");
+    }
+
+    fn line(&mut self, marker: u8, text: &[u8]) {
+        self.0.reserve(text.len() + 3);
+        self.0.put_u8(marker);
+        for &b in text {
+            self.0
+                .put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+        }
+        self.0.put_slice(b"\r\n");
+    }
+}
+
+fn itoa_buf(n: i64) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_resp2() {
+        let mut buf = BytesMut::new();
+        let mut r = Reply(&mut buf);
+        r.array(3);
+        r.bulk(b"a\r\nb");
+        r.int(-7);
+        r.null();
+        r.error("ERR bad\r\nthing");
+        r.status("PONG");
+        assert_eq!(
+            &buf[..],
+            b"*3\r\n$4\r\na\r\nb\r\n:-7\r\n$-1\r\n-ERR bad  thing\r\n+PONG\r\n"
+        );
+    }
+}

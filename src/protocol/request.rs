@@ -1,0 +1,289 @@
+//! Client requests: RESP arrays of bulk strings, or inline commands typed by a human.
+
+use super::ProtocolError;
+
+/// Bounds on what one client request may make the proxy hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request, in bytes, that will be buffered.
+    pub max_request_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Longest inline command line, as in Redis (`PROTO_INLINE_MAX_SIZE`).
+const MAX_INLINE: usize = 64 * 1024;
+/// Longest `*N` / `$N` header line we accept before deciding the stream is garbage.
+const MAX_HEADER: usize = 32;
+
+/// Cuts one request at a time from the front of a client's buffer.
+///
+/// The parser keeps its place between calls, so a request that arrives in pieces is not re-read from the
+/// start each time. After `parse` returns `Ok(Some(len))`, [`args`](Self::args) holds the argument ranges
+/// (offsets into the first `len` bytes) until the next call.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    args: Vec<(u32, u32)>,
+    /// Arguments the array header announced; 0 while no header has been read.
+    expected: usize,
+    /// Where parsing resumes.
+    pos: usize,
+    /// Buffer length needed before parsing can progress (a hint for reserving capacity).
+    need: usize,
+    limits: Limits,
+}
+
+impl RequestParser {
+    pub fn new(limits: Limits) -> Self {
+        RequestParser {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    /// Argument ranges of the last complete request.
+    pub fn args(&self) -> &[(u32, u32)] {
+        &self.args
+    }
+
+    /// How many bytes the buffer must hold before the pending request can complete, if known.
+    pub fn needed(&self) -> usize {
+        self.need
+    }
+
+    /// Parses the request at the start of `buf`: `Ok(None)` means incomplete (call again with more bytes
+    /// appended), `Ok(Some(len))` a complete request of `len` bytes. A request with no arguments (`*0`,
+    /// an empty inline line) is complete with empty [`args`](Self::args); Redis skips those too.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        if self.expected == 0 {
+            self.args.clear();
+            self.need = 0;
+            let Some(&first) = buf.first() else {
+                return Ok(None);
+            };
+            if first != b'*' {
+                return self.parse_inline(buf);
+            }
+            let Some((count, header_len)) = parse_header(buf, 1)? else {
+                return Ok(None);
+            };
+            if count <= 0 {
+                return Ok(Some(header_len));
+            }
+            // Every argument takes at least 6 bytes ("$0\r\n\r\n").
+            if count as usize > self.limits.max_request_bytes / 6 {
+                return Err(ProtocolError("invalid multibulk length"));
+            }
+            self.expected = count as usize;
+            self.pos = header_len;
+            self.args.reserve(self.expected.min(64));
+        }
+        while self.args.len() < self.expected {
+            let pos = self.pos;
+            let Some(&marker) = buf.get(pos) else {
+                return Ok(None);
+            };
+            if marker != b'$' {
+                self.reset();
+                return Err(ProtocolError("expected '$' for a bulk string"));
+            }
+            let Some((len, header_len)) =
+                parse_header(&buf[pos..], 1).inspect_err(|_| self.reset())?
+            else {
+                return Ok(None);
+            };
+            if len < 0 || (len as u64) > self.limits.max_request_bytes as u64 {
+                self.reset();
+                return Err(ProtocolError("invalid bulk length"));
+            }
+            let start = pos + header_len;
+            let end = start + len as usize;
+            if end + 2 > self.limits.max_request_bytes {
+                self.reset();
+                return Err(ProtocolError("request exceeds the size limit"));
+            }
+            if buf.len() < end + 2 {
+                self.need = end + 2;
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                self.reset();
+                return Err(ProtocolError("bulk string not terminated by CRLF"));
+            }
+            self.args.push((start as u32, end as u32));
+            self.pos = end + 2;
+        }
+        let len = self.pos;
+        self.expected = 0;
+        self.pos = 0;
+        self.need = 0;
+        Ok(Some(len))
+    }
+
+    fn reset(&mut self) {
+        self.expected = 0;
+        self.pos = 0;
+        self.need = 0;
+        self.args.clear();
+    }
+
+    /// `GET key\r\n`: arguments separated by spaces or tabs, as typed into telnet.
+    fn parse_inline(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        let window = &buf[..buf.len().min(MAX_INLINE)];
+        let Some(nl) = window.iter().position(|&b| b == b'\n') else {
+            if buf.len() >= MAX_INLINE {
+                return Err(ProtocolError("too big inline request"));
+            }
+            return Ok(None);
+        };
+        let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        let mut i = 0;
+        while i < line_end {
+            while i < line_end && (buf[i] == b' ' || buf[i] == b'\t') {
+                i += 1;
+            }
+            let start = i;
+            while i < line_end && buf[i] != b' ' && buf[i] != b'\t' {
+                i += 1;
+            }
+            if i > start {
+                self.args.push((start as u32, i as u32));
+            }
+        }
+        Ok(Some(nl + 1))
+    }
+}
+
+/// Parses `<marker><integer>\r\n` starting after the marker at `buf[0]`; returns the value and the
+/// header's length including the CRLF.
+pub(super) fn parse_header(buf: &[u8], skip: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let window = &buf[skip..buf.len().min(MAX_HEADER)];
+    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+        if buf.len() >= MAX_HEADER {
+            return Err(ProtocolError("invalid length header"));
+        }
+        return Ok(None);
+    };
+    let lf = skip + cr + 1;
+    let Some(&after) = buf.get(lf) else {
+        return Ok(None);
+    };
+    if after != b'\n' {
+        return Err(ProtocolError("length header not terminated by CRLF"));
+    }
+    let value = parse_int(&window[..cr]).ok_or(ProtocolError("invalid length"))?;
+    Ok(Some((value, lf + 1)))
+}
+
+/// A decimal integer as Redis writes it: optional '-', then 1 to 18 digits.
+pub fn parse_int(digits: &[u8]) -> Option<i64> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i64::from(d - b'0');
+    }
+    Some(if negative { -value } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut parser = RequestParser::new(Limits::default());
+        let mut out = Vec::new();
+        let mut rest = input;
+        while let Some(len) = parser.parse(rest)? {
+            let args = parser
+                .args()
+                .iter()
+                .map(|&(s, e)| rest[s as usize..e as usize].to_vec())
+                .collect();
+            out.push(args);
+            rest = &rest[len..];
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn arrays_and_inline_commands() {
+        let got =
+            parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\nset  a\tb\r\n\r\n*0\r\n").unwrap();
+        let want: Vec<Vec<&[u8]>> = vec![
+            vec![b"GET", b"k"],
+            vec![b"PING"],
+            vec![b"set", b"a", b"b"],
+            vec![],
+            vec![],
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.iter().map(Vec::as_slice).collect::<Vec<_>>(), *w);
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_resumes_where_it_stopped() {
+        let input = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nva\r\nl\r\n";
+        let mut parser = RequestParser::new(Limits::default());
+        for n in 0..input.len() {
+            assert_eq!(
+                parser.parse(&input[..n]).unwrap(),
+                None,
+                "prefix of {n} bytes"
+            );
+        }
+        assert_eq!(parser.parse(input).unwrap(), Some(input.len()));
+        let (s, e) = parser.args()[2];
+        assert_eq!(&input[s as usize..e as usize], b"va\r\nl");
+    }
+
+    #[test]
+    fn malformed_input_is_a_protocol_error() {
+        for bad in [
+            &b"*abc\r\n"[..],
+            b"*1\r\n:5\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*1\r\n$3\r\nabcde\r\n",
+            b"*99999999999\r\n",
+            b"*1\r\n$4294967296\r\n",
+            b"*1\r\n$12345678901234567890123\r\n",
+            b"*1\n$3\r\nfoo\r\n",
+        ] {
+            assert!(
+                parse_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn limits_bound_what_is_buffered() {
+        let mut parser = RequestParser::new(Limits {
+            max_request_bytes: 100,
+        });
+        assert!(parser.parse(b"*1\r\n$200\r\n").is_err());
+        assert!(parser.parse(b"*50\r\n").is_err());
+        assert!(parse_all(&[b'x'; MAX_INLINE + 1]).is_err());
+    }
+}

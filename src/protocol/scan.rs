@@ -1,0 +1,127 @@
+//! Measuring backend replies without decoding them.
+
+use super::request::parse_header;
+use super::ProtocolError;
+
+/// Finds where each reply in a backend's byte stream ends.
+///
+/// Aggregates are walked with a single counter of elements still to come (RESP is written in pre-order),
+/// so nesting depth costs nothing. The scanner keeps its place, so a large reply arriving in many reads is
+/// walked once.
+#[derive(Debug, Default)]
+pub struct ReplyScanner {
+    pos: usize,
+    /// Elements still to read in the current reply; 0 when between replies.
+    remaining: u64,
+}
+
+impl ReplyScanner {
+    /// Returns the length of the complete reply at the start of `buf`, or `None` if more bytes are needed.
+    /// `buf` must start where the previous complete reply ended, and must only grow between calls that
+    /// returned `None`.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        if self.remaining == 0 {
+            self.pos = 0;
+            self.remaining = 1;
+        }
+        while self.remaining > 0 {
+            let Some((len, children)) = element(&buf[self.pos..])? else {
+                return Ok(None);
+            };
+            self.pos += len;
+            self.remaining = self.remaining - 1 + children;
+        }
+        Ok(Some(self.pos))
+    }
+}
+
+/// One element's own bytes (header, plus payload for strings) and how many elements follow as its children.
+fn element(buf: &[u8]) -> Result<Option<(usize, u64)>, ProtocolError> {
+    let Some(&marker) = buf.first() else {
+        return Ok(None);
+    };
+    match marker {
+        // Simple lines: status, error, integer, and RESP3 null, boolean, double, big number.
+        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
+            let Some(lf) = memchr_lf(buf) else {
+                return Ok(None);
+            };
+            if lf == 0 || buf[lf - 1] != b'\r' {
+                return Err(ProtocolError("line not terminated by CRLF"));
+            }
+            Ok(Some((lf + 1, 0)))
+        }
+        // Length-prefixed strings: bulk, and RESP3 blob error and verbatim string.
+        b'$' | b'!' | b'=' => {
+            let Some((len, header)) = parse_header(buf, 1)? else {
+                return Ok(None);
+            };
+            if len < 0 {
+                return if len == -1 {
+                    Ok(Some((header, 0)))
+                } else {
+                    Err(ProtocolError("invalid bulk length"))
+                };
+            }
+            let end = header + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError("bulk string not terminated by CRLF"));
+            }
+            Ok(Some((end + 2, 0)))
+        }
+        // Aggregates: array, set, push; maps and attributes hold pairs.
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let Some((count, header)) = parse_header(buf, 1)? else {
+                return Ok(None);
+            };
+            if count < -1 {
+                return Err(ProtocolError("invalid multibulk length"));
+            }
+            let count = count.max(0) as u64;
+            let children = match marker {
+                b'%' => count * 2,
+                // An attribute annotates the reply that follows it.
+                b'|' => count * 2 + 1,
+                _ => count,
+            };
+            Ok(Some((header, children)))
+        }
+        _ => Err(ProtocolError("unknown reply type")),
+    }
+}
+
+fn memchr_lf(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_nested_replies_across_reads() {
+        let input: &[u8] =
+            b"*3\r\n$3\r\nfoo\r\n*2\r\n:1\r\n$-1\r\n*-1\r\n+OK\r\n-ERR x\r\n%1\r\n+a\r\n:2\r\n";
+        let lens = [31, 5, 8, 12];
+        let mut scanner = ReplyScanner::default();
+        let mut rest = input;
+        for want in lens {
+            for n in 0..want {
+                assert_eq!(scanner.scan(&rest[..n]).unwrap(), None);
+            }
+            assert_eq!(scanner.scan(rest).unwrap(), Some(want));
+            rest = &rest[want..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for bad in [&b"?\r\n"[..], b"$3\r\nabcd\r\n", b"*-2\r\n", b"+OK\n"] {
+            assert!(ReplyScanner::default().scan(bad).is_err());
+        }
+    }
+}

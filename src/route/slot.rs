@@ -1,0 +1,68 @@
+//! Redis Cluster key slots.
+
+/// Number of hash slots in a Redis Cluster.
+pub const SLOTS: usize = 16384;
+
+/// A hash slot, always below [`SLOTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(u16);
+
+impl Slot {
+    /// `None` when `n` is not a valid slot number.
+    pub fn new(n: u64) -> Option<Slot> {
+        (n < SLOTS as u64).then_some(Slot(n as u16))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the bytes between the first `{` and
+/// the next `}`, when not empty), modulo 16384.
+pub fn key_slot(key: &[u8]) -> Slot {
+    Slot(crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) & (SLOTS as u16 - 1))
+}
+
+fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_redis_cluster_keyslot() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        for (key, slot) in [
+            (&b"foo"[..], 12182),
+            (b"bar", 5061),
+            (b"", 0),
+            (b"123456789", 12739),
+            (b"{user1000}.following", 3443),
+            (b"{user1000}.followers", 3443),
+            (b"foo{}{bar}", 8363),
+            (b"foo{{bar}}zap", 4015),
+            (b"foo{bar}{zap}", 5061),
+        ] {
+            assert_eq!(
+                key_slot(key).get(),
+                slot,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The INFO reply: Redis-style sections describing slotline itself.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use super::session::ClientState;
+use super::Pool;
+use crate::command::{self, Request};
+
+pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> String {
+    let wanted: Vec<String> = (1..req.argc())
+        .map(|i| String::from_utf8_lossy(req.arg(i)).to_lowercase())
+        .collect();
+    let show = |section: &str| {
+        wanted.is_empty()
+            || wanted
+                .iter()
+                .any(|w| w == section || w == "all" || w == "everything" || w == "default")
+    };
+    let shared = &pool.shared;
+    let uptime = shared.started.elapsed().as_secs();
+    let mut out = String::new();
+    if show("server") {
+        let _ = write!(
+            out,
+            "# Server\r\nredis_version:{}\r\nslotline_version:{}\r\nredis_mode:standalone\r\n\
+             proxy:slotline\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\n\
+             uptime_in_seconds:{}\r\nuptime_in_days:{}\r\nconfig_file:{}\r\n\r\n",
+            command::TABLE_REDIS_VERSION,
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            usize::BITS,
+            std::process::id(),
+            pool.port().unwrap_or(0),
+            uptime,
+            uptime / 86400,
+            shared.config_file.as_deref().unwrap_or(""),
+        );
+    }
+    if show("clients") {
+        let _ = write!(
+            out,
+            "# Clients\r\nconnected_clients:{}\r\n\r\n",
+            shared.connected_clients.load(Ordering::Relaxed)
+        );
+    }
+    if show("stats") {
+        let _ = write!(
+            out,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+            shared.total_connections.load(Ordering::Relaxed),
+            shared.total_commands.load(Ordering::Relaxed),
+            shared.rejected_connections.load(Ordering::Relaxed),
+        );
+    }
+    if show("slotline") {
+        let topology = pool.cluster.topology();
+        let masters: Vec<String> = topology
+            .nodes()
+            .iter()
+            .map(|n| n.addr().to_string())
+            .collect();
+        let _ = write!(
+            out,
+            "# Slotline\r\npool:{}\r\nmode:cluster\r\nlisten:{}\r\nmasters:{}\r\nmaster_addresses:{}\r\nslots_covered:{}\r\n\r\n",
+            pool.name,
+            pool.config.listen,
+            masters.len(),
+            masters.join(","),
+            topology.covered(),
+        );
+    }
+    out
+}

@@ -1,0 +1,334 @@
+//! Commands slotline answers itself: connection handshakes, introspection, and INFO.
+
+use bytes::Bytes;
+
+use super::session::{printable, Ctx};
+use crate::command::{self, flags, Request, Spec};
+use crate::protocol::{parse_int, Reply};
+
+/// What became of a locally handled command.
+pub(crate) enum Outcome {
+    /// A reply was queued.
+    Answered,
+    /// Best answered by a node after all (static data only the server has, like COMMAND DOCS).
+    Forward,
+    /// Reply queued; close the connection once everything before it is written.
+    Quit,
+}
+
+pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
+    let name = spec.name.split('|').next().unwrap_or(spec.name);
+    match name {
+        "ping" => match req.argc() {
+            1 => ctx.reply(|r| r.status("PONG")),
+            _ => ctx.reply(|r| r.bulk(req.arg(1))),
+        },
+        "echo" => ctx.reply(|r| r.bulk(req.arg(1))),
+        "quit" => {
+            ctx.reply(|r| r.ok());
+            return Outcome::Quit;
+        }
+        "select" => match parse_int(req.arg(1)) {
+            Some(0) => ctx.reply(|r| r.ok()),
+            Some(_) => {
+                let msg = format!(
+                    "ERR SELECT is not allowed: pool '{}' is a Redis Cluster, which has only database 0",
+                    ctx.pool.name
+                );
+                ctx.error(&msg)
+            }
+            None => ctx.error("ERR value is not an integer or out of range"),
+        },
+        "readonly" | "readwrite" => ctx.reply(|r| r.ok()),
+        "reset" => {
+            ctx.client.name = None;
+            ctx.reply(|r| r.status("RESET"));
+        }
+        "auth" => auth(ctx, req),
+        "hello" => hello(ctx, req),
+        "client" => client(ctx, req),
+        "command" => return command_cmd(ctx, req),
+        "info" => {
+            let text = super::info::render(&ctx.pool, &ctx.client, req);
+            ctx.reply(|r| r.bulk(text.as_bytes()));
+        }
+        _ => {
+            let msg = format!("ERR {} is not supported by slotline", spec.display_name());
+            ctx.error(&msg)
+        }
+    }
+    Outcome::Answered
+}
+
+/// No password is configured for cluster pools: like Redis's default user, any password is accepted for
+/// `default`, while the one-argument form is an error (there is no requirepass).
+fn auth(ctx: &mut Ctx, req: Request<'_>) {
+    match req.argc() {
+        2 => ctx.error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+        3 if req.arg(1) == b"default" => ctx.reply(|r| r.ok()),
+        3 => ctx.error("WRONGPASS invalid username-password pair or user is disabled."),
+        _ => ctx.error("ERR syntax error"),
+    }
+}
+
+fn hello(ctx: &mut Ctx, req: Request<'_>) {
+    if req.argc() >= 2 {
+        match parse_int(req.arg(1)) {
+            Some(2) => {}
+            Some(_) => {
+                return ctx.error(
+                    "NOPROTO this protocol version is not supported by slotline (RESP2 only)",
+                )
+            }
+            None => return ctx.error("ERR Protocol version is not an integer or out of range"),
+        }
+    }
+    let mut i = 2;
+    let mut name = None;
+    while i < req.argc() {
+        let opt = req.arg(i);
+        if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
+            if req.arg(i + 1) != b"default" {
+                return ctx.error("WRONGPASS invalid username-password pair or user is disabled.");
+            }
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.argc() {
+            if !valid_client_name(req.arg(i + 1)) {
+                return ctx.error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            name = Some(Bytes::copy_from_slice(req.arg(i + 1)));
+            i += 2;
+        } else {
+            let msg = format!("ERR Syntax error in HELLO option '{}'", printable(opt));
+            return ctx.error(&msg);
+        }
+    }
+    if name.is_some() {
+        ctx.client.name = name;
+    }
+    let id = ctx.client.id as i64;
+    ctx.reply(|r| {
+        r.array(14);
+        r.bulk(b"server");
+        r.bulk(b"redis");
+        r.bulk(b"version");
+        r.bulk(command::TABLE_REDIS_VERSION.as_bytes());
+        r.bulk(b"proto");
+        r.int(2);
+        r.bulk(b"id");
+        r.int(id);
+        r.bulk(b"mode");
+        r.bulk(b"standalone");
+        r.bulk(b"role");
+        r.bulk(b"master");
+        r.bulk(b"modules");
+        r.array(0);
+    });
+}
+
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+fn client(ctx: &mut Ctx, req: Request<'_>) {
+    let sub = req.arg(1).to_ascii_lowercase();
+    let argc = req.argc();
+    match (sub.as_slice(), argc) {
+        (b"setname", 3) => {
+            if !valid_client_name(req.arg(2)) {
+                return ctx.error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            ctx.client.name = (!req.arg(2).is_empty()).then(|| Bytes::copy_from_slice(req.arg(2)));
+            ctx.reply(|r| r.ok());
+        }
+        (b"getname", 2) => match ctx.client.name.clone() {
+            Some(name) => ctx.reply(|r| r.bulk(&name)),
+            None => ctx.reply(|r| r.null()),
+        },
+        (b"id", 2) => {
+            let id = ctx.client.id as i64;
+            ctx.reply(|r| r.int(id));
+        }
+        (b"setinfo", 4) => {
+            let value = Bytes::copy_from_slice(req.arg(3));
+            let attr = req.arg(2).to_ascii_lowercase();
+            match attr.as_slice() {
+                b"lib-name" => ctx.client.lib_name = Some(value),
+                b"lib-ver" => ctx.client.lib_ver = Some(value),
+                _ => {
+                    let msg = format!("ERR Unrecognized option '{}'", printable(req.arg(2)));
+                    return ctx.error(&msg);
+                }
+            }
+            ctx.reply(|r| r.ok());
+        }
+        (b"info", 2) => {
+            let line = client_info_line(ctx);
+            ctx.reply(|r| r.bulk(line.as_bytes()));
+        }
+        (b"no-evict" | b"no-touch", 3) => ctx.reply(|r| r.ok()),
+        (b"reply", 3) if req.arg(2).eq_ignore_ascii_case(b"on") => ctx.reply(|r| r.ok()),
+        (b"help", 2) => ctx.reply(|r| {
+            let lines: [&str; 6] = [
+                "CLIENT <subcommand> (answered by slotline). Subcommands are:",
+                "ID",
+                "GETNAME",
+                "SETNAME <name>",
+                "SETINFO <LIB-NAME|LIB-VER> <value>",
+                "INFO",
+            ];
+            r.array(lines.len());
+            for l in lines {
+                r.status(l);
+            }
+        }),
+        (b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"help", _) => {
+            let msg = format!(
+                "ERR wrong number of arguments for 'client|{}' command",
+                printable(&sub)
+            );
+            ctx.error(&msg)
+        }
+        _ => {
+            let msg = format!(
+                "ERR CLIENT {} is not supported by slotline: it describes one server connection, not the proxy",
+                printable(req.arg(1)).to_uppercase()
+            );
+            ctx.error(&msg)
+        }
+    }
+}
+
+fn client_info_line(ctx: &Ctx) -> String {
+    let s = |b: &Option<Bytes>| b.as_ref().map(|b| printable(b)).unwrap_or_default();
+    format!(
+        "id={} addr={} name={} db=0 lib-name={} lib-ver={} resp=2\n",
+        ctx.client.id,
+        ctx.client.addr,
+        s(&ctx.client.name),
+        s(&ctx.client.lib_name),
+        s(&ctx.client.lib_ver)
+    )
+}
+
+fn command_cmd(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
+    let sub = req.arg(1).to_ascii_lowercase();
+    match sub.as_slice() {
+        b"" => {
+            let specs: Vec<&Spec> = command::top_level().collect();
+            ctx.reply(|r| {
+                r.array(specs.len());
+                for spec in specs {
+                    command_info(r, spec);
+                }
+            });
+        }
+        b"count" => {
+            let n = command::top_level().count() as i64;
+            ctx.reply(|r| r.int(n));
+        }
+        b"info" => ctx.reply(|r| {
+            r.array(req.argc() - 2);
+            for i in 2..req.argc() {
+                match command::lookup(req.arg(i), None) {
+                    Ok(spec) => command_info(r, spec),
+                    Err(_) => r.0.extend_from_slice(b"*-1\r\n"),
+                }
+            }
+        }),
+        b"list" => ctx.reply(|r| {
+            let names: Vec<&str> = command::top_level().map(|s| s.name).collect();
+            r.array(names.len());
+            for n in names {
+                r.bulk(n.as_bytes());
+            }
+        }),
+        // Documentation is static server data; the nodes have it and slotline need not copy it.
+        b"docs" => return Outcome::Forward,
+        b"getkeys" => {
+            let inner = Request {
+                frame: req.frame,
+                args: &req.args[2..],
+            };
+            let found = command::lookup(inner.arg(0), (inner.argc() > 1).then(|| inner.arg(1)));
+            match found {
+                Ok(spec) if spec.arity_ok(inner.argc()) => {
+                    let mut keys = Vec::new();
+                    inner.for_each_key(spec, |k| keys.push(k));
+                    if keys.is_empty() {
+                        ctx.error("ERR The command has no key arguments");
+                    } else {
+                        ctx.reply(|r| {
+                            r.array(keys.len());
+                            for k in keys {
+                                r.bulk(k);
+                            }
+                        });
+                    }
+                }
+                Ok(_) => ctx.error("ERR Invalid number of arguments specified for command"),
+                Err(_) => ctx.error("ERR Invalid command specified"),
+            }
+        }
+        b"help" => ctx.reply(|r| {
+            r.array(1);
+            r.status("COMMAND [COUNT | INFO name... | LIST | DOCS name... | GETKEYS cmd args...]");
+        }),
+        _ => {
+            let msg = format!(
+                "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+                printable(req.arg(1))
+            );
+            ctx.error(&msg);
+        }
+    }
+    Outcome::Answered
+}
+
+/// The classic six fields of `COMMAND INFO` plus empty ACL categories, tips, key specs and subcommands.
+fn command_info(r: &mut Reply<'_>, spec: &Spec) {
+    r.array(10);
+    r.bulk(spec.name.as_bytes());
+    r.int(spec.arity as i64);
+    let names: Vec<&str> = flags::NAMES
+        .iter()
+        .filter(|(f, _)| spec.has(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    r.array(names.len());
+    for n in names {
+        r.status(n);
+    }
+    let (first, last, step) = legacy_key_range(spec);
+    r.int(first);
+    r.int(last);
+    r.int(step);
+    for _ in 0..4 {
+        r.array(0);
+    }
+}
+
+/// First/last/step as in pre-7 `COMMAND` output, derived from the first key spec.
+fn legacy_key_range(spec: &Spec) -> (i64, i64, i64) {
+    use crate::command::{Begin, Find};
+    match spec.keys.first() {
+        Some(ks) => match (ks.begin, ks.find) {
+            (Begin::Index(i), Find::Range { last_key, step, .. }) => {
+                let last = if last_key >= 0 {
+                    i as i64 + last_key as i64
+                } else {
+                    last_key as i64
+                };
+                (i as i64, last, step as i64)
+            }
+            _ => (0, 0, 0),
+        },
+        None => (0, 0, 0),
+    }
+}

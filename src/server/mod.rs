@@ -1,0 +1,196 @@
+//! Listeners and client sessions: accept connections for each pool and serve them until shutdown.
+
+mod info;
+mod local;
+mod session;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::cluster::Cluster;
+use crate::config::{is_unix_path, Config, PoolConfig};
+use session::ClientState;
+
+/// How long start-up waits for each cluster pool's first topology before listening anyway.
+const FIRST_TOPOLOGY_WAIT: Duration = Duration::from_secs(5);
+
+/// Process-wide counters and facts, shown by INFO.
+pub struct Shared {
+    pub started: Instant,
+    pub config_file: Option<String>,
+    pub connected_clients: AtomicU64,
+    pub total_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config_file: Option<String>) -> Arc<Shared> {
+        Arc::new(Shared {
+            started: Instant::now(),
+            config_file,
+            connected_clients: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            total_commands: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            next_client_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// One configured pool at run time.
+pub struct Pool {
+    pub name: String,
+    pub config: PoolConfig,
+    pub cluster: Arc<Cluster>,
+    pub shared: Arc<Shared>,
+    clients: AtomicU64,
+    local_port: Option<u16>,
+}
+
+impl Pool {
+    /// The TCP port the pool listens on (None for unix sockets).
+    pub fn port(&self) -> Option<u16> {
+        self.local_port
+    }
+}
+
+/// A bound listener of either kind.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(listen: &str) -> std::io::Result<Listener> {
+        if is_unix_path(listen) {
+            let path = std::path::PathBuf::from(listen.strip_prefix("unix:").unwrap_or(listen));
+            // A socket file left by a previous run would make bind fail.
+            if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
+                let _ = std::fs::remove_file(&path);
+            }
+            Ok(Listener::Unix(UnixListener::bind(&path)?, path))
+        } else {
+            Ok(Listener::Tcp(TcpListener::bind(listen).await?))
+        }
+    }
+}
+
+/// Starts every pool of `config` and serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    config_file: Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shared = Shared::new(config_file);
+    let mut bound = Vec::new();
+    for (name, pool_config) in &config.pools {
+        let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
+            )
+        })?;
+        bound.push((name.clone(), pool_config.clone(), listener));
+    }
+    let mut tasks = Vec::new();
+    for (name, pool_config, listener) in bound {
+        let cluster = Cluster::start(&pool_config);
+        if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
+            tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
+        }
+        let local_port = match &listener {
+            Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Listener::Unix(..) => None,
+        };
+        let pool = Arc::new(Pool {
+            name: name.clone(),
+            config: pool_config,
+            cluster,
+            shared: shared.clone(),
+            clients: AtomicU64::new(0),
+            local_port,
+        });
+        tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
+        tasks.push(tokio::spawn(accept_loop(listener, pool)));
+    }
+    shutdown.await;
+    tracing::info!("shutting down");
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
+    loop {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, addr)| {
+                let _ = s.set_nodelay(true);
+                let (rd, wr) = s.into_split();
+                (
+                    Box::new(rd) as BoxRead,
+                    Box::new(wr) as BoxWrite,
+                    addr.to_string(),
+                )
+            }),
+            Listener::Unix(l, path) => l.accept().await.map(|(s, _)| {
+                let (rd, wr) = s.into_split();
+                (
+                    Box::new(rd) as BoxRead,
+                    Box::new(wr) as BoxWrite,
+                    path.display().to_string(),
+                )
+            }),
+        };
+        let (rd, mut wr, addr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(pool = %pool.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let limit = pool.config.client_connections as u64;
+        if limit > 0 && pool.clients.load(Ordering::Relaxed) >= limit {
+            pool.shared
+                .rejected_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = wr
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        }
+        let shared = &pool.shared;
+        shared.total_connections.fetch_add(1, Ordering::Relaxed);
+        shared.connected_clients.fetch_add(1, Ordering::Relaxed);
+        pool.clients.fetch_add(1, Ordering::Relaxed);
+        let client = ClientState {
+            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            addr,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            session::serve(rd, wr, pool.clone(), client).await;
+            pool.clients.fetch_sub(1, Ordering::Relaxed);
+            pool.shared
+                .connected_clients
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+type BoxRead = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type BoxWrite = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;

@@ -1,0 +1,430 @@
+//! One client connection: read pipelined requests, route each, and write replies strictly in request
+//! order, as many per write as are ready.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::{timeout_at, Instant};
+
+use super::local::{self, Outcome};
+use super::Pool;
+use crate::backend::{BackendError, BackendResult};
+use crate::cluster::{classify, Redirect, Topology};
+use crate::command::{self, LookupError, Request, Route};
+use crate::protocol::{Reply, RequestParser};
+use crate::route::{key_slot, Slot};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What a client is, as far as commands like CLIENT and HELLO are concerned.
+pub(crate) struct ClientState {
+    pub id: u64,
+    pub addr: String,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+}
+
+/// A request whose reply the client has not been given yet.
+enum Pending {
+    /// The reply is known (answered locally, or an error decided by slotline).
+    Ready(Bytes),
+    Wait(Waiting),
+}
+
+struct Waiting {
+    rx: oneshot::Receiver<BackendResult>,
+    /// Kept for redirects: resending costs a reference count, not a copy.
+    frame: Bytes,
+    slot: Option<Slot>,
+    deadline: Instant,
+    redirects: u32,
+}
+
+/// Everything of a session but its input buffer and parser, so that dispatching can borrow the parsed
+/// arguments while changing this.
+pub(crate) struct Ctx {
+    pub pool: Arc<Pool>,
+    pub client: ClientState,
+    pending: VecDeque<Pending>,
+    out: BytesMut,
+    closing: bool,
+    commands: u64,
+}
+
+pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let max_pending = pool.config.max_pending;
+    let mut parser = RequestParser::new(crate::protocol::Limits {
+        max_request_bytes: pool.config.max_request_bytes,
+    });
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut ctx = Ctx {
+        pool,
+        client,
+        pending: VecDeque::new(),
+        out: BytesMut::with_capacity(READ_CHUNK),
+        closing: false,
+        commands: 0,
+    };
+    loop {
+        ctx.parse_input(&mut parser, &mut inbuf, max_pending);
+        ctx.drain_ready();
+        if !ctx.out.is_empty() {
+            if wr.write_all(&ctx.out).await.is_err() {
+                break;
+            }
+            ctx.out.clear();
+            if ctx.out.capacity() > 4 * READ_CHUNK {
+                // A large reply went out; do not keep its buffer for the life of the connection.
+                ctx.out = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
+        if ctx.closing && ctx.pending.is_empty() {
+            break;
+        }
+        let can_read = !ctx.closing && ctx.pending.len() < max_pending;
+        if can_read {
+            let need = parser.needed().saturating_sub(inbuf.len()).max(READ_CHUNK);
+            if inbuf.capacity() - inbuf.len() < need / 2 {
+                inbuf.reserve(need);
+            }
+        }
+        tokio::select! {
+            biased;
+            event = head(&mut ctx.pending) => ctx.on_head(event),
+            read = rd.read_buf(&mut inbuf), if can_read => match read {
+                // The client is gone: whatever it was waiting for is dropped, costing nobody else.
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+        }
+    }
+    ctx.flush_stats();
+    let _ = wr.shutdown().await;
+}
+
+enum HeadEvent {
+    Reply(BackendResult),
+    Timeout,
+}
+
+/// Waits for the oldest request's reply; never completes when the oldest reply is already known.
+async fn head(pending: &mut VecDeque<Pending>) -> HeadEvent {
+    match pending.front_mut() {
+        Some(Pending::Wait(w)) => match timeout_at(w.deadline, &mut w.rx).await {
+            Ok(Ok(result)) => HeadEvent::Reply(result),
+            Ok(Err(_)) => HeadEvent::Reply(Err(BackendError::Closed("backend".into()))),
+            Err(_) => HeadEvent::Timeout,
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+impl Ctx {
+    /// Parses and dispatches buffered requests while the pipeline has room.
+    fn parse_input(
+        &mut self,
+        parser: &mut RequestParser,
+        inbuf: &mut BytesMut,
+        max_pending: usize,
+    ) {
+        if inbuf.is_empty() || self.closing {
+            return;
+        }
+        let topology = self.pool.cluster.topology();
+        let now = Instant::now();
+        while !self.closing && self.pending.len() < max_pending {
+            match parser.parse(inbuf) {
+                Ok(Some(len)) => {
+                    let frame = inbuf.split_to(len).freeze();
+                    if !parser.args().is_empty() {
+                        let req = Request {
+                            frame: &frame,
+                            args: parser.args(),
+                        };
+                        self.dispatch(req, &frame, &topology, now);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream cannot be resynchronised: say why, then close.
+                    self.error(&format!("ERR {e}"));
+                    self.closing = true;
+                }
+            }
+        }
+        self.flush_stats();
+    }
+
+    fn dispatch(&mut self, req: Request<'_>, frame: &Bytes, topology: &Topology, now: Instant) {
+        self.commands += 1;
+        let argc = req.argc();
+        let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
+            Ok(spec) => spec,
+            Err(LookupError::UnknownCommand) => return self.unknown_command(req),
+            Err(LookupError::UnknownSubcommand) => {
+                let msg = format!(
+                    "ERR unknown subcommand '{}'. Try {} HELP.",
+                    printable(req.arg(1)),
+                    printable(req.arg(0)).to_uppercase()
+                );
+                return self.error(&msg);
+            }
+        };
+        if !spec.arity_ok(argc) {
+            return self.error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                spec.name
+            ));
+        }
+        let route = match spec.route {
+            Route::BlockingOption if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) => {
+                Route::Unsupported(
+                    "blocking commands would stall a backend connection shared with other clients (not supported yet)",
+                )
+            }
+            Route::BlockingOption => Route::Keyed,
+            other => other,
+        };
+        match route {
+            Route::Keyed => {
+                let mut slot = None;
+                let mut cross = false;
+                req.for_each_key(spec, |key| {
+                    let s = key_slot(key);
+                    match slot {
+                        None => slot = Some(s),
+                        Some(first) if first != s => cross = true,
+                        _ => {}
+                    }
+                });
+                if cross {
+                    return self.error("CROSSSLOT Keys in request don't hash to the same slot");
+                }
+                self.forward(topology, slot, frame.clone(), now);
+            }
+            Route::AnyNode => self.forward(topology, None, frame.clone(), now),
+            Route::Local => match local::handle(self, req, spec) {
+                Outcome::Answered => {}
+                Outcome::Forward => self.forward(topology, None, frame.clone(), now),
+                Outcome::Quit => self.closing = true,
+            },
+            Route::Unsupported(reason) => self.error(&format!(
+                "ERR {} is not supported by slotline: {reason}",
+                spec.display_name()
+            )),
+            Route::Container | Route::BlockingOption => self.error(&format!(
+                "ERR wrong number of arguments for '{}' command",
+                spec.name
+            )),
+        }
+    }
+
+    /// Sends a request to the owner of `slot` (or any master when the request has no key).
+    fn forward(&mut self, topology: &Topology, slot: Option<Slot>, frame: Bytes, now: Instant) {
+        let pick = self.client.id as usize;
+        let node = match slot {
+            Some(slot) => topology.node_for(slot),
+            None => {
+                let nodes = topology.nodes();
+                (!nodes.is_empty()).then(|| &nodes[pick % nodes.len()])
+            }
+        };
+        let Some(node) = node else {
+            self.pool.cluster.request_refresh();
+            return self.error(match slot {
+                Some(_) => "CLUSTERDOWN Hash slot not served",
+                None => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
+            });
+        };
+        let rx = node.request(pick, frame.clone(), false);
+        self.pending.push_back(Pending::Wait(Waiting {
+            rx,
+            frame,
+            slot,
+            deadline: now + Duration::from_millis(self.pool.config.timeout),
+            redirects: 0,
+        }));
+    }
+
+    /// Moves every reply that is already known, from the front of the pipeline, into the output.
+    fn drain_ready(&mut self) {
+        loop {
+            let result = match self.pending.front_mut() {
+                None => return,
+                Some(Pending::Ready(bytes)) => {
+                    self.out.extend_from_slice(bytes);
+                    self.pending.pop_front();
+                    continue;
+                }
+                Some(Pending::Wait(w)) => match w.rx.try_recv() {
+                    Ok(result) => result,
+                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        Err(BackendError::Closed("backend".into()))
+                    }
+                },
+            };
+            self.on_head(HeadEvent::Reply(result));
+        }
+    }
+
+    /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
+    fn on_head(&mut self, event: HeadEvent) {
+        let Some(Pending::Wait(w)) = self.pending.front_mut() else {
+            return;
+        };
+        let reply = match event {
+            HeadEvent::Reply(Ok(reply)) => reply,
+            HeadEvent::Reply(Err(e)) => {
+                self.pending.pop_front();
+                return self.error_now(&format!("ERR slotline: {e}"));
+            }
+            HeadEvent::Timeout => {
+                self.pending.pop_front();
+                let msg = format!(
+                    "ERR slotline: no reply from the cluster within {} ms",
+                    self.pool.config.timeout
+                );
+                return self.error_now(&msg);
+            }
+        };
+        if reply.first() == Some(&b'-') {
+            if let Some(r) = classify(&reply) {
+                if follow(&self.pool, self.client.id as usize, w, r) {
+                    return;
+                }
+            }
+        }
+        self.out.extend_from_slice(&reply);
+        self.pending.pop_front();
+    }
+
+    /// Writes an error reply in order: straight to the output when nothing is waiting before it.
+    pub(crate) fn error(&mut self, msg: &str) {
+        self.reply(|r| r.error(msg));
+    }
+
+    /// An error for the request at the front, which was just removed.
+    fn error_now(&mut self, msg: &str) {
+        Reply(&mut self.out).error(msg);
+    }
+
+    /// Appends a locally made reply in request order.
+    pub(crate) fn reply(&mut self, write: impl FnOnce(&mut Reply<'_>)) {
+        if self.pending.is_empty() {
+            write(&mut Reply(&mut self.out));
+        } else {
+            let mut buf = BytesMut::new();
+            write(&mut Reply(&mut buf));
+            self.pending.push_back(Pending::Ready(buf.freeze()));
+        }
+    }
+
+    fn unknown_command(&mut self, req: Request<'_>) {
+        let mut msg = format!(
+            "ERR unknown command '{}', with args beginning with: ",
+            printable(req.arg(0))
+        );
+        for i in 1..req.argc().min(4) {
+            msg.push_str(&format!("'{}' ", printable(req.arg(i))));
+        }
+        self.error(&msg);
+    }
+
+    fn flush_stats(&mut self) {
+        if self.commands > 0 {
+            self.pool
+                .shared
+                .total_commands
+                .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
+/// case the client gets the cluster's reply as is.
+fn follow(pool: &Arc<Pool>, pick: usize, w: &mut Waiting, redirect: Redirect<'_>) -> bool {
+    if w.redirects >= pool.config.max_redirects || Instant::now() >= w.deadline {
+        return false;
+    }
+    w.redirects += 1;
+    let cluster = &pool.cluster;
+    match redirect {
+        Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
+            let asking = matches!(redirect, Redirect::Ask { .. });
+            if !asking {
+                cluster.request_refresh();
+            }
+            let addr = complete_endpoint(addr, &cluster.topology(), slot);
+            let node = cluster.node(&addr);
+            w.rx = node.request(pick, w.frame.clone(), asking);
+        }
+        Redirect::Retry => {
+            // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
+            let delay = Duration::from_millis(10 << w.redirects.min(5));
+            let (tx, rx) = oneshot::channel();
+            let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let topology = cluster.topology();
+                let nodes = topology.nodes();
+                let node = match slot {
+                    Some(slot) => topology.node_for(slot),
+                    None => (!nodes.is_empty()).then(|| &nodes[pick % nodes.len()]),
+                };
+                match node {
+                    Some(node) => node.send(
+                        pick,
+                        crate::backend::Message {
+                            frame,
+                            asking: false,
+                            reply: tx,
+                        },
+                    ),
+                    None => {
+                        let _ = tx.send(Ok(Bytes::from_static(
+                            b"-CLUSTERDOWN Hash slot not served\r\n",
+                        )));
+                    }
+                }
+            });
+            w.rx = rx;
+        }
+    }
+    true
+}
+
+/// A redirect endpoint may leave the host out (`:6380` or `?:6380`): it is the host of the node that
+/// answered, which is the slot's current owner.
+fn complete_endpoint(addr: &str, topology: &Topology, slot: Slot) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if host.is_empty() || host == "?" => {
+            let owner = topology
+                .node_for(slot)
+                .map(|n| n.addr().to_string())
+                .unwrap_or_default();
+            let host = crate::config::split_host_port(&owner).map_or("127.0.0.1", |(h, _)| h);
+            format!("{host}:{port}")
+        }
+        _ => addr.to_string(),
+    }
+}
+
+/// Client-supplied bytes made safe to quote in an error line.
+pub(crate) fn printable(bytes: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(&bytes[..bytes.len().min(128)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    s
+}
