@@ -1,0 +1,75 @@
+//! Client request framing: never panics, agrees with itself however the bytes are split across reads,
+//! and agrees with the redis-protocol crate's decoder on every RESP array it accepts.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use redis_protocol::resp2::types::OwnedFrame;
+use slotline::protocol::{Limits, RequestParser};
+
+type Parsed = Vec<(usize, Vec<Vec<u8>>)>;
+
+/// Parses everything in `data`, feeding it `step` bytes at a time. Returns the complete requests and
+/// whether the stream ended in a protocol error.
+fn parse(data: &[u8], step: usize) -> (Parsed, bool) {
+    let mut parser = RequestParser::new(Limits { max_request_bytes: 1 << 20 });
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut avail = 0;
+    loop {
+        avail = (avail + step).min(data.len());
+        loop {
+            let buf = &data[start..avail];
+            match parser.parse(buf) {
+                Ok(Some(len)) => {
+                    assert!(len > 0 && len <= buf.len());
+                    let args = parser
+                        .args()
+                        .iter()
+                        .map(|&(s, e)| {
+                            assert!(s <= e && e as usize <= len);
+                            buf[s as usize..e as usize].to_vec()
+                        })
+                        .collect();
+                    out.push((len, args));
+                    start += len;
+                }
+                Ok(None) => break,
+                Err(_) => return (out, true),
+            }
+        }
+        if avail == data.len() {
+            return (out, false);
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (whole, whole_err) = parse(data, data.len().max(1));
+    let step = 1 + data.first().copied().unwrap_or(0) as usize % 7;
+    let (pieces, pieces_err) = parse(data, step);
+    assert_eq!(whole, pieces, "split reads changed the result");
+    assert_eq!(whole_err, pieces_err);
+
+    let mut offset = 0;
+    for (len, args) in &whole {
+        let frame = &data[offset..offset + len];
+        offset += len;
+        if frame[0] != b'*' || args.is_empty() {
+            continue;
+        }
+        // An accepted array must be exactly what the reference decoder reads.
+        let decoded = redis_protocol::resp2::decode::decode(frame);
+        let Ok(Some((OwnedFrame::Array(items), used))) = decoded else {
+            panic!("reference decoder disagrees on {frame:?}: {decoded:?}");
+        };
+        assert_eq!(used, *len);
+        let items: Vec<Vec<u8>> = items
+            .into_iter()
+            .map(|f| match f {
+                OwnedFrame::BulkString(b) => b,
+                other => panic!("not a bulk string: {other:?}"),
+            })
+            .collect();
+        assert_eq!(&items, args);
+    }
+});
