@@ -15,6 +15,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Pools by name; each has its own listener.
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Threads serving connections; 0 means one per CPU the process may use (cgroup limits included).
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// How a pool finds the backend for a request.
@@ -136,6 +139,12 @@ impl Config {
             return Err(ConfigError {
                 file: None,
                 message: "pools: at least one pool is required".into(),
+            });
+        }
+        if self.workers > 1024 {
+            return Err(ConfigError {
+                file: None,
+                message: "workers: at most 1024".into(),
             });
         }
         let mut listens = BTreeMap::new();

@@ -118,6 +118,18 @@ async fn serve(
                 }
                 return Ok(());
             }
+            if batch.len() < BATCH {
+                // Let every other task that is ready run first: sessions woken by the same poll of the
+                // I/O driver add their requests, and they all leave in this one write. This is what
+                // turns many clients' single requests into one pipeline for Redis.
+                tokio::task::yield_now().await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(msg) => batch.push(msg),
+                        Err(_) => break,
+                    }
+                }
+            }
             {
                 // Queue the reply slots before the bytes leave, so the reader always finds them.
                 let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
