@@ -314,21 +314,41 @@ fn command_info(r: &mut Reply<'_>, spec: &Spec) {
     }
 }
 
-/// First/last/step as in pre-7 `COMMAND` output, derived from the first key spec.
+/// First/last/step as in pre-7 `COMMAND` output: the consecutive plain range specs merged, as Redis's
+/// `populateCommandLegacyRangeSpec` does.
 fn legacy_key_range(spec: &Spec) -> (i64, i64, i64) {
     use crate::command::{Begin, Find};
-    match spec.keys.first() {
-        Some(ks) => match (ks.begin, ks.find) {
-            (Begin::Index(i), Find::Range { last_key, step, .. }) => {
-                let last = if last_key >= 0 {
-                    i as i64 + last_key as i64
-                } else {
-                    last_key as i64
-                };
-                (i as i64, last, step as i64)
-            }
-            _ => (0, 0, 0),
-        },
-        None => (0, 0, 0),
+    let range = |ks: &crate::command::KeySpec| match (ks.begin, ks.find) {
+        (Begin::Index(pos), Find::Range { last_key, step, .. }) => {
+            Some((pos as i64, last_key as i64, step as i64))
+        }
+        _ => None,
+    };
+    if let [only] = spec.keys {
+        if let Some((pos, last, step)) = range(only) {
+            return (pos, if last >= 0 { pos + last } else { last }, step);
+        }
+    }
+    let (mut first, mut last, mut prev_last) = (i64::MAX, 0i64, 0i64);
+    for (pos, last_key, step) in spec.keys.iter().filter_map(range) {
+        if step != 1 || (prev_last != 0 && prev_last != pos - 1) {
+            continue;
+        }
+        first = first.min(pos);
+        let abs = if last_key >= 0 {
+            last_key + pos
+        } else {
+            last_key
+        };
+        // Compared as unsigned, like Redis, so that a negative (from the end) last key wins.
+        if abs as u64 > last as u64 {
+            last = abs;
+        }
+        prev_last = last;
+    }
+    if first == i64::MAX {
+        (0, 0, 0)
+    } else {
+        (first, last, 1)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 
 use super::local::{self, Outcome};
 use super::Pool;
@@ -75,6 +75,13 @@ where
         closing: false,
         commands: 0,
     };
+    // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
+    // arming a timer per request would cost more than the rest of the request's work.
+    let tick = timer_tick(ctx.pool.config.timeout);
+    let epoch = Instant::now();
+    let timer = tokio::time::sleep_until(epoch);
+    tokio::pin!(timer);
+    let mut timer_at = None;
     loop {
         ctx.parse_input(&mut parser, &mut inbuf, max_pending);
         ctx.drain_ready();
@@ -98,9 +105,22 @@ where
                 inbuf.reserve(need);
             }
         }
+        let deadline = ctx.head_deadline();
+        if let Some(deadline) = deadline {
+            let at = round_up(epoch, deadline, tick);
+            if timer_at != Some(at) {
+                timer.as_mut().reset(at);
+                timer_at = Some(at);
+            }
+        }
         tokio::select! {
             biased;
-            event = head(&mut ctx.pending) => ctx.on_head(event),
+            result = head(&mut ctx.pending) => ctx.on_head(HeadEvent::Reply(result)),
+            _ = &mut timer, if deadline.is_some() => {
+                timer_at = None;
+                // The timer is rounded up, so the oldest request's deadline has passed.
+                ctx.on_head(HeadEvent::Timeout);
+            }
             read = rd.read_buf(&mut inbuf), if can_read => match read {
                 // The client is gone: whatever it was waiting for is dropped, costing nobody else.
                 Ok(0) | Err(_) => break,
@@ -118,15 +138,26 @@ enum HeadEvent {
 }
 
 /// Waits for the oldest request's reply; never completes when the oldest reply is already known.
-async fn head(pending: &mut VecDeque<Pending>) -> HeadEvent {
+async fn head(pending: &mut VecDeque<Pending>) -> BackendResult {
     match pending.front_mut() {
-        Some(Pending::Wait(w)) => match timeout_at(w.deadline, &mut w.rx).await {
-            Ok(Ok(result)) => HeadEvent::Reply(result),
-            Ok(Err(_)) => HeadEvent::Reply(Err(BackendError::Closed("backend".into()))),
-            Err(_) => HeadEvent::Timeout,
-        },
+        Some(Pending::Wait(w)) => (&mut w.rx)
+            .await
+            .unwrap_or_else(|_| Err(BackendError::Closed("backend".into()))),
         _ => std::future::pending().await,
     }
+}
+
+/// Timeout resolution: a tenth of the timeout, between 1 and 25 ms.
+fn timer_tick(timeout_ms: u64) -> Duration {
+    Duration::from_millis((timeout_ms / 10).clamp(1, 25))
+}
+
+/// `at` rounded up to the next multiple of `tick` after `epoch`.
+fn round_up(epoch: Instant, at: Instant, tick: Duration) -> Instant {
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let tick_ns = tick.as_nanos().max(1);
+    let ticks = since.div_ceil(tick_ns);
+    epoch + Duration::from_nanos((ticks * tick_ns).min(u64::MAX as u128) as u64)
 }
 
 impl Ctx {
@@ -254,6 +285,14 @@ impl Ctx {
             deadline: now + Duration::from_millis(self.pool.config.timeout),
             redirects: 0,
         }));
+    }
+
+    /// When the oldest request gives up, if it is waiting for a backend.
+    fn head_deadline(&self) -> Option<Instant> {
+        match self.pending.front() {
+            Some(Pending::Wait(w)) => Some(w.deadline),
+            _ => None,
+        }
     }
 
     /// Moves every reply that is already known, from the front of the pipeline, into the output.

@@ -1,0 +1,170 @@
+//! Timeouts, size limits, listeners of both kinds, and the command table against the live server.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{
+    free_port, key_slot, wait_for, Client, ClusterOpts, RedisCluster, Reply, Slotline, TempDir,
+};
+
+fn small_cluster() -> RedisCluster {
+    RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        ..ClusterOpts::default()
+    })
+}
+
+fn yaml(port: u16, seed: u16, extra: &str) -> String {
+    format!(
+        "pools:\n  main:\n    listen: 127.0.0.1:{port}\n    mode: cluster\n    servers: [127.0.0.1:{seed}]\n{extra}"
+    )
+}
+
+/// A node that stops answering makes the waiting request fail with a timeout; the replies that arrive
+/// later on the same backend connection still go to the right requests.
+#[test]
+fn a_timed_out_request_fails_alone_and_later_replies_stay_in_order() {
+    let cluster = small_cluster();
+    let node = cluster.node_for_slot(key_slot(b"{t}key"));
+    let port = free_port();
+    let _proxy = Slotline::start(&yaml(port, node, "    timeout: 300\n"));
+    let mut client = Client::connect(port);
+    assert_eq!(client.cmd(&["SET", "{t}key", "v1"]), Reply::ok());
+
+    // Every normal client of the node, slotline's connection included, waits for 1.5 s.
+    let pause = cluster.cli(node, &["CLIENT", "PAUSE", "1500", "ALL"]);
+    assert_eq!(pause.trim(), "OK");
+    let started = Instant::now();
+    let reply = client.cmd(&["SET", "{t}key", "v2"]);
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.contains("no reply")),
+        "expected a timeout error, got {reply:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the timeout did not fire before the pause ended"
+    );
+
+    // The paused SET still runs when the node wakes; its late reply must not be taken for GET's.
+    wait_for(Duration::from_secs(10), "the node to answer again", || {
+        client.cmd(&["GET", "{t}key"]) == Reply::bulk("v2")
+    });
+    assert_eq!(client.cmd(&["INCR", "{t}counter"]), Reply::Int(1));
+    assert_eq!(client.cmd(&["GET", "{t}counter"]), Reply::bulk("1"));
+}
+
+#[test]
+fn requests_over_the_size_limit_close_only_that_connection() {
+    let cluster = small_cluster();
+    let node = cluster.masters()[0].port;
+    let port = free_port();
+    let _proxy = Slotline::start(&yaml(port, node, "    max_request_bytes: 4096\n"));
+    let mut other = Client::connect(port);
+    let mut client = Client::connect(port);
+    assert_eq!(
+        client.cmd(&["SET", "small", &"x".repeat(3000)]),
+        Reply::ok()
+    );
+    let reply = client.cmd(&["SET", "big", &"x".repeat(5000)]);
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.starts_with("ERR Protocol error")),
+        "{reply:?}"
+    );
+    assert!(
+        client.is_closed(),
+        "the oversized request's connection stays open"
+    );
+    assert_eq!(
+        other.cmd(&["GET", "small"]).as_bytes().map(<[u8]>::len),
+        Some(3000)
+    );
+    assert_eq!(other.cmd(&["EXISTS", "big"]), Reply::Int(0));
+}
+
+#[test]
+fn pools_listen_on_tcp_and_unix_sockets_side_by_side() {
+    let cluster = small_cluster();
+    let node = cluster.masters()[0].port;
+    let dir = TempDir::new("unix");
+    let socket = dir.path().join("slotline.sock");
+    let port = free_port();
+    let config = format!(
+        "{}  second:\n    listen: {}\n    mode: cluster\n    servers: [127.0.0.1:{node}]\n",
+        yaml(port, node, ""),
+        socket.display()
+    );
+    let _proxy = Slotline::start(&config);
+    wait_for(Duration::from_secs(10), "the unix socket", || {
+        socket.exists()
+    });
+    assert_eq!(
+        Client::connect(port).cmd(&["SET", "via", "tcp"]),
+        Reply::ok()
+    );
+    let out = Command::new("redis-cli")
+        .arg("-s")
+        .arg(&socket)
+        .args(["GET", "via"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tcp");
+}
+
+/// The table slotline routes by (generated from Redis 7.0) agrees with the server it fronts: same
+/// arity and key positions for every command both know.
+#[test]
+fn command_table_agrees_with_the_live_server() {
+    let cluster = small_cluster();
+    let node = cluster.masters()[0].port;
+    let (_proxy, port) = Slotline::cluster(&cluster);
+    let server = Client::connect(node).cmd(&["COMMAND"]);
+    let ours = Client::connect(port).cmd(&["COMMAND"]);
+    let by_name = |reply: &Reply| -> std::collections::BTreeMap<String, (i64, i64, i64, i64)> {
+        reply
+            .as_array()
+            .expect("COMMAND array")
+            .iter()
+            .map(|info| {
+                let info = info.as_array().expect("command info");
+                let int = |i: usize| info[i].as_int().expect("integer field");
+                (
+                    info[0].as_str().expect("name").to_string(),
+                    (int(1), int(3), int(4), int(5)),
+                )
+            })
+            .collect()
+    };
+    let (server, ours) = (by_name(&server), by_name(&ours));
+    assert!(
+        ours.len() > 200,
+        "slotline knows only {} commands",
+        ours.len()
+    );
+    let mut compared = 0;
+    for (name, want) in &server {
+        if let Some(got) = ours.get(name) {
+            assert_eq!(got.0, want.0, "arity of {name}");
+            assert_eq!(
+                (got.1, got.2, got.3),
+                (want.1, want.2, want.3),
+                "first/last/step of {name}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(
+        compared * 10 >= server.len() * 9,
+        "only {compared} of {} commands known",
+        server.len()
+    );
+    // COMMAND GETKEYS through the proxy finds keys as the server does, for a key-spec search.
+    let cmd = [
+        "COMMAND", "GETKEYS", "XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0",
+    ];
+    assert_eq!(
+        Client::connect(port).cmd(&cmd),
+        Client::connect(node).cmd(&cmd)
+    );
+}
