@@ -6,6 +6,8 @@
 #
 #   benches/compare.sh            # -c 50, -n 300000, SET and GET at -P 1 and -P 16
 #   N=1000000 CLIENTS=50 benches/compare.sh
+#   WORKERS=2 benches/compare.sh  # slotline threads (default 1: on a 2-core box the benchmark client and
+#                                 # the Redis processes need the other core)
 #
 # Needs redis-server, redis-cli, redis-benchmark (redis-tools) and nutcracker; builds slotline --release.
 set -euo pipefail
@@ -16,6 +18,7 @@ PIPELINES=${PIPELINES:-"1 16"}
 TESTS=${TESTS:-"set get"}
 # Ports below the kernel's ephemeral range, so cluster bus ports (port + 10000) are never taken by chance.
 BASE=${BASE:-17000}
+WORKERS=${WORKERS:-1}
 
 cd "$(dirname "$0")/.."
 for bin in redis-server redis-cli redis-benchmark nutcracker; do
@@ -61,6 +64,7 @@ done
 slotline_port=$((BASE + 20))
 nutcracker_port=$((BASE + 21))
 cat >"$work/slotline.yml" <<YAML
+workers: $WORKERS
 pools:
   main:
     listen: 127.0.0.1:$slotline_port
@@ -107,4 +111,5 @@ for P in $PIPELINES; do
                 nc / hz * 100000 / N, s, s / d, sc / hz * 100000 / N }'
     done
 done
-echo "(ratio: ops/s through the proxy / ops/s direct to the cluster; cpu/100k: proxy CPU seconds per 100k requests; $(nproc) cores)"
+echo "(ratio: ops/s through the proxy / ops/s direct to the cluster; cpu/100k: proxy CPU seconds per 100k requests;"
+echo " $(nproc) cores; slotline workers: $WORKERS; -c $CLIENTS -n $N)"
