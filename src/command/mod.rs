@@ -45,11 +45,11 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-type Index = HashMap<&'static str, &'static Spec, std::hash::BuildHasherDefault<Fnv>>;
+type Index = HashMap<&'static [u8], &'static Spec, std::hash::BuildHasherDefault<Fnv>>;
 
 fn index() -> &'static Index {
     static INDEX: OnceLock<Index> = OnceLock::new();
-    INDEX.get_or_init(|| all().iter().map(|s| (s.name, s)).collect())
+    INDEX.get_or_init(|| all().iter().map(|s| (s.name.as_bytes(), s)).collect())
 }
 
 /// Why a command could not be looked up.
@@ -95,8 +95,7 @@ fn find(buf: &mut [u8; MAX_NAME], name: &[u8], sub: Option<&[u8]>) -> Option<&'s
     }
     let key = &mut buf[..len];
     key.make_ascii_lowercase();
-    let key = std::str::from_utf8(key).ok()?;
-    index().get(key).copied()
+    index().get(&*key).copied()
 }
 
 /// One complete request: its bytes and where its arguments lie in them.
