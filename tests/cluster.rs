@@ -827,3 +827,32 @@ fn harness_key_slot_agrees_with_redis() {
         );
     }
 }
+
+/// `printf 'SET k v\r\nGET k\r\n' | nc host port` half-closes after sending: the replies must still come.
+#[test]
+fn a_client_that_stops_sending_still_gets_every_reply() {
+    let (_proxy, port) = Slotline::cluster(shared());
+    let mut client = Client::connect(port);
+    let mut burst = Vec::new();
+    for i in 0..300 {
+        burst.extend_from_slice(&support::encode(&[
+            "SET",
+            &format!("halfclose:{i}"),
+            &i.to_string(),
+        ]));
+        burst.extend_from_slice(&support::encode(&["GET", &format!("halfclose:{i}")]));
+    }
+    client.send_raw(&burst);
+    client
+        .stream()
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    for i in 0..300 {
+        assert_eq!(client.read_reply(), Reply::ok(), "SET {i}");
+        assert_eq!(client.read_reply(), Reply::bulk(i.to_string()), "GET {i}");
+    }
+    assert!(
+        client.is_closed(),
+        "slotline closes once everything is answered"
+    );
+}

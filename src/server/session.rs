@@ -122,9 +122,11 @@ where
                 ctx.on_head(HeadEvent::Timeout);
             }
             read = rd.read_buf(&mut inbuf), if can_read => match read {
-                // The client is gone: whatever it was waiting for is dropped, costing nobody else.
-                Ok(0) | Err(_) => break,
+                // The client has sent all it will (it may still read, as `nc` does): answer what it
+                // sent, then close. If it is gone altogether, the next write fails and ends this.
+                Ok(0) => ctx.closing = true,
                 Ok(_) => {}
+                Err(_) => break,
             },
         }
     }
