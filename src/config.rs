@@ -121,6 +121,15 @@ impl Config {
     }
 
     /// Parses and validates YAML text.
+    ///
+    /// ```
+    /// use slotline::config::Config;
+    /// let yaml = "pools:\n  main:\n    listen: 127.0.0.1:6380\n    mode: cluster\n    servers: [redis-0.redis:6379]\n";
+    /// let config = Config::from_yaml(yaml).unwrap();
+    /// assert_eq!(config.pools["main"].timeout, 1000); // the default
+    /// let typo = yaml.replace("servers", "severs");
+    /// assert!(Config::from_yaml(&typo).unwrap_err().to_string().contains("severs"));
+    /// ```
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError {
             file: None,

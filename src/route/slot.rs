@@ -24,6 +24,13 @@ impl Slot {
 
 /// The slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the bytes between the first `{` and
 /// the next `}`, when not empty), modulo 16384.
+///
+/// ```
+/// use slotline::route::key_slot;
+/// assert_eq!(key_slot(b"foo").get(), 12182); // as CLUSTER KEYSLOT foo
+/// // Keys sharing a hash tag share a slot, so multi-key commands on them work.
+/// assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
+/// ```
 pub fn key_slot(key: &[u8]) -> Slot {
     Slot(crc16_xmodem(hash_tag(key)) & (SLOTS as u16 - 1))
 }
