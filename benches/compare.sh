@@ -6,6 +6,7 @@
 #
 #   benches/compare.sh            # -c 50, -n 300000, SET and GET at -P 1 and -P 16
 #   N=1000000 CLIENTS=50 benches/compare.sh
+#   REPEAT=5 benches/compare.sh   # runs per cell (median shown; default 3)
 #   WORKERS=2 benches/compare.sh  # slotline threads (default 1: on a 2-core box the benchmark client and
 #                                 # the Redis processes need the other core)
 #
@@ -19,6 +20,7 @@ TESTS=${TESTS:-"set get"}
 # Ports below the kernel's ephemeral range, so cluster bus ports (port + 10000) are never taken by chance.
 BASE=${BASE:-17000}
 WORKERS=${WORKERS:-1}
+REPEAT=${REPEAT:-3}
 
 cd "$(dirname "$0")/.."
 for bin in redis-server redis-cli redis-benchmark nutcracker; do
@@ -95,21 +97,40 @@ bench() { # port test pipeline [--cluster]
         awk -F, '/^"[A-Z]/ && $1 != "\"test\"" { gsub(/"/, "", $2); print $2; exit }'
 }
 
+# Each cell is the median of REPEAT runs, interleaved (direct, nutcracker, slotline, direct, ...) so
+# that a noisy neighbour slows all three alike.
+results="$work/results"
+: >"$results"
+for r in $(seq "$REPEAT"); do
+    for P in $PIPELINES; do
+        for t in $TESTS; do
+            direct=$(bench "${cluster_ports[0]}" "$t" "$P" --cluster)
+            n0=$(cpu_ticks $nutcracker_pid)
+            nut=$(bench "$nutcracker_port" "$t" "$P")
+            n1=$(cpu_ticks $nutcracker_pid)
+            s0=$(cpu_ticks $slotline_pid)
+            slot=$(bench "$slotline_port" "$t" "$P")
+            s1=$(cpu_ticks $slotline_pid)
+            echo "$t $P $direct $nut $((n1 - n0)) $slot $((s1 - s0))" >>"$results"
+        done
+    done
+done
+
 printf '%-5s %-3s %12s %12s %7s %9s %12s %7s %9s\n' test P direct nutcracker ratio "cpu/100k" slotline ratio "cpu/100k"
 for P in $PIPELINES; do
     for t in $TESTS; do
-        direct=$(bench "${cluster_ports[0]}" "$t" "$P" --cluster)
-        n0=$(cpu_ticks $nutcracker_pid)
-        nut=$(bench "$nutcracker_port" "$t" "$P")
-        n1=$(cpu_ticks $nutcracker_pid)
-        s0=$(cpu_ticks $slotline_pid)
-        slot=$(bench "$slotline_port" "$t" "$P")
-        s1=$(cpu_ticks $slotline_pid)
-        awk -v t="$t" -v P="$P" -v d="$direct" -v n="$nut" -v s="$slot" -v nc=$((n1 - n0)) -v sc=$((s1 - s0)) \
-            -v hz="$tick_hz" -v N="$N" 'BEGIN {
-            printf "%-5s %-3s %12.0f %12.0f %7.2f %9.3f %12.0f %7.2f %9.3f\n", t, P, d, n, n / d,
-                nc / hz * 100000 / N, s, s / d, sc / hz * 100000 / N }'
+        awk -v t="$t" -v P="$P" -v hz="$tick_hz" -v N="$N" '
+            function median(a, n,   i, j, x) {
+                for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $1 == t && $2 == P { n++; d[n] = $3; nu[n] = $4; nc[n] = $5; s[n] = $6; sc[n] = $7 }
+            END {
+                D = median(d, n); NU = median(nu, n); S = median(s, n)
+                printf "%-5s %-3s %12.0f %12.0f %7.2f %9.3f %12.0f %7.2f %9.3f\n", t, P, D, NU, NU / D,
+                    median(nc, n) / hz * 100000 / N, S, S / D, median(sc, n) / hz * 100000 / N
+            }' "$results"
     done
 done
 echo "(ratio: ops/s through the proxy / ops/s direct to the cluster; cpu/100k: proxy CPU seconds per 100k requests;"
-echo " $(nproc) cores; slotline workers: $WORKERS; -c $CLIENTS -n $N)"
+echo " $(nproc) cores; slotline workers: $WORKERS; -c $CLIENTS -n $N; median of $REPEAT interleaved runs)"
