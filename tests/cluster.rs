@@ -348,7 +348,13 @@ fn killed_master_fails_only_its_slots_and_the_same_connection_recovers() {
         extra_args: vec!["--cluster-require-full-coverage".into(), "no".into()],
         ..ClusterOpts::default()
     });
-    let (_proxy, port) = Slotline::cluster(&cluster);
+    // A generous timeout: this test is about failover, and on a loaded 2-core machine a healthy node
+    // can take longer than the default second to answer.
+    let port = support::free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let _proxy = Slotline::start(
+        &Slotline::cluster_yaml(port, &seeds).replace("timeout: 1000", "timeout: 5000"),
+    );
     let masters = cluster.masters();
     let mut keys_of: BTreeMap<u16, Vec<String>> =
         masters.iter().map(|m| (m.port, Vec::new())).collect();

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{BackendError, BackendResult, Message, Settings};
+use super::{BackendError, Message, ReplyTo, Settings};
 use crate::protocol::ReplyScanner;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -23,7 +23,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 /// Who is waiting for the next reply: a client, or nobody (the `ASKING` sent before an ASK retry).
-type Inflight = Mutex<VecDeque<Option<oneshot::Sender<BackendResult>>>>;
+type Inflight = Mutex<VecDeque<Option<ReplyTo>>>;
 
 /// Runs until every sender of `rx` is gone.
 pub(super) async fn run(
@@ -74,7 +74,7 @@ pub(super) async fn run(
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => { let _ = msg.reply.send(Err(BackendError::Connect(addr.clone()))); }
+                    Some(msg) => msg.reply.send(Err(BackendError::Connect(addr.clone()))),
                     None => return,
                 },
                 _ = sleep_until(retry_at) => break,
@@ -171,9 +171,7 @@ async fn serve(
                     .pop_front();
                 match waiter {
                     // The client may have given up (timeout, disconnect): the reply is dropped.
-                    Some(Some(tx)) => {
-                        let _ = tx.send(Ok(reply));
-                    }
+                    Some(Some(tx)) => tx.send(Ok(reply)),
                     Some(None) => {}
                     // A reply nobody asked for: the stream is out of step and cannot be trusted.
                     None => return Err(BackendError::Protocol(addr.clone())),
@@ -196,7 +194,7 @@ async fn serve(
         .drain(..)
         .flatten()
     {
-        let _ = tx.send(Err(failed.clone()));
+        tx.send(Err(failed.clone()));
     }
     result
 }

@@ -5,12 +5,15 @@
 //! is no checkout: a request never waits for a connection to be free, only for its place in the pipeline.
 
 mod connection;
+mod inbox;
+
+pub use inbox::{Inbox, ReplyTo};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
 /// What a backend answered, or why it could not.
 pub type BackendResult = Result<Bytes, BackendError>;
@@ -21,7 +24,7 @@ pub struct Message {
     pub frame: Bytes,
     /// Send `ASKING` first, back to back on the same connection (ASK redirects).
     pub asking: bool,
-    pub reply: oneshot::Sender<BackendResult>,
+    pub reply: ReplyTo,
 }
 
 /// Why a request got no reply from its backend.
@@ -33,6 +36,8 @@ pub enum BackendError {
     Closed(Arc<str>),
     #[error("{0} sent a malformed reply")]
     Protocol(Arc<str>),
+    #[error("the request was dropped before a backend could answer it")]
+    Abandoned,
 }
 
 /// How backend connections behave.
@@ -70,31 +75,23 @@ impl Node {
 
     /// Queues a request on connection `pick % connections`. A client always picks the same connection, so
     /// its requests to this node stay in order.
-    pub fn send(&self, pick: usize, msg: Message) {
+    pub fn send(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
         let conn = &self.conns[pick % self.conns.len()];
-        if let Err(mpsc::error::SendError(msg)) = conn.send(msg) {
+        if let Err(mpsc::error::SendError(msg)) = conn.send(Message {
+            frame,
+            asking,
+            reply,
+        }) {
             // The connection task is gone (runtime shutting down): fail the request rather than hang it.
-            let _ = msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
+            msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
         }
     }
 
-    /// Sends a request and returns where its reply will arrive.
-    pub fn request(
-        &self,
-        pick: usize,
-        frame: Bytes,
-        asking: bool,
-    ) -> oneshot::Receiver<BackendResult> {
-        let (reply, rx) = oneshot::channel();
-        self.send(
-            pick,
-            Message {
-                frame,
-                asking,
-                reply,
-            },
-        );
-        rx
+    /// Sends one request outside any client session and waits for its reply (topology queries).
+    pub async fn request(&self, frame: Bytes) -> BackendResult {
+        let inbox = Inbox::new();
+        self.send(0, frame, false, inbox.reply_to(0));
+        inbox.recv(0).await
     }
 }
 

@@ -113,11 +113,11 @@ impl Cluster {
             let node = self.node(&addr);
             let reply = match timeout(
                 SLOTS_TIMEOUT,
-                node.request(0, Bytes::from_static(CLUSTER_SLOTS), false),
+                node.request(Bytes::from_static(CLUSTER_SLOTS)),
             )
             .await
             {
-                Ok(Ok(Ok(reply))) => reply,
+                Ok(Ok(reply)) => reply,
                 _ => continue,
             };
             match slots::parse(&reply, host_of(&addr)) {

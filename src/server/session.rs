@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::local::{self, Outcome};
 use super::Pool;
-use crate::backend::{BackendError, BackendResult};
+use crate::backend::{BackendResult, Inbox, ReplyTo};
 use crate::cluster::{classify, Redirect, Topology};
 use crate::command::{self, LookupError, Request, Route};
 use crate::protocol::{Reply, RequestParser};
@@ -38,7 +37,8 @@ enum Pending {
 }
 
 struct Waiting {
-    rx: oneshot::Receiver<BackendResult>,
+    /// The backend's answer, once it has arrived.
+    result: Option<BackendResult>,
     /// Kept for redirects: resending costs a reference count, not a copy.
     frame: Bytes,
     slot: Option<Slot>,
@@ -51,7 +51,13 @@ struct Waiting {
 pub(crate) struct Ctx {
     pub pool: Arc<Pool>,
     pub client: ClientState,
+    /// Requests not yet answered to the client, oldest first; `pending[i]` is request number
+    /// `front_seq + i`, which is how replies arriving in the inbox find their place.
     pending: VecDeque<Pending>,
+    front_seq: u64,
+    inbox: Arc<Inbox>,
+    /// Replies taken from the inbox, not yet placed.
+    arrived: Vec<(u64, BackendResult)>,
     out: BytesMut,
     closing: bool,
     commands: u64,
@@ -71,6 +77,9 @@ where
         pool,
         client,
         pending: VecDeque::new(),
+        front_seq: 0,
+        inbox: Inbox::new(),
+        arrived: Vec::new(),
         out: BytesMut::with_capacity(READ_CHUNK),
         closing: false,
         commands: 0,
@@ -115,7 +124,8 @@ where
         }
         tokio::select! {
             biased;
-            result = head(&mut ctx.pending) => ctx.on_head(HeadEvent::Reply(result)),
+            // Replies land in `arrived` and are placed and written at the top of the loop.
+            _ = std::future::poll_fn(|cx| ctx.inbox.poll_take(cx, &mut ctx.arrived)), if deadline.is_some() => {}
             _ = &mut timer, if deadline.is_some() => {
                 timer_at = None;
                 // The timer is rounded up, so the oldest request's deadline has passed.
@@ -137,16 +147,6 @@ where
 enum HeadEvent {
     Reply(BackendResult),
     Timeout,
-}
-
-/// Waits for the oldest request's reply; never completes when the oldest reply is already known.
-async fn head(pending: &mut VecDeque<Pending>) -> BackendResult {
-    match pending.front_mut() {
-        Some(Pending::Wait(w)) => (&mut w.rx)
-            .await
-            .unwrap_or_else(|_| Err(BackendError::Closed("backend".into()))),
-        _ => std::future::pending().await,
-    }
 }
 
 /// Timeout resolution: a tenth of the timeout, between 1 and 25 ms.
@@ -279,9 +279,10 @@ impl Ctx {
                 None => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
             });
         };
-        let rx = node.request(pick, frame.clone(), false);
+        let seq = self.front_seq + self.pending.len() as u64;
+        node.send(pick, frame.clone(), false, self.inbox.reply_to(seq));
         self.pending.push_back(Pending::Wait(Waiting {
-            rx,
+            result: None,
             frame,
             slot,
             deadline: now + Duration::from_millis(self.pool.config.timeout),
@@ -289,30 +290,46 @@ impl Ctx {
         }));
     }
 
-    /// When the oldest request gives up, if it is waiting for a backend.
+    /// When the oldest request gives up, if it is still waiting for a backend.
     fn head_deadline(&self) -> Option<Instant> {
         match self.pending.front() {
-            Some(Pending::Wait(w)) => Some(w.deadline),
+            Some(Pending::Wait(w)) if w.result.is_none() => Some(w.deadline),
             _ => None,
+        }
+    }
+
+    fn pop_front(&mut self) {
+        self.pending.pop_front();
+        self.front_seq += 1;
+    }
+
+    /// Gives each reply taken from the inbox to its request. Replies for requests that already gave up
+    /// (timed out) find no place and are dropped.
+    fn place_arrived(&mut self) {
+        for (seq, result) in self.arrived.drain(..) {
+            let Some(i) = seq.checked_sub(self.front_seq) else {
+                continue;
+            };
+            if let Some(Pending::Wait(w)) = self.pending.get_mut(i as usize) {
+                w.result = Some(result);
+            }
         }
     }
 
     /// Moves every reply that is already known, from the front of the pipeline, into the output.
     fn drain_ready(&mut self) {
+        self.place_arrived();
         loop {
             let result = match self.pending.front_mut() {
                 None => return,
                 Some(Pending::Ready(bytes)) => {
                     self.out.extend_from_slice(bytes);
-                    self.pending.pop_front();
+                    self.pop_front();
                     continue;
                 }
-                Some(Pending::Wait(w)) => match w.rx.try_recv() {
-                    Ok(result) => result,
-                    Err(oneshot::error::TryRecvError::Empty) => return,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        Err(BackendError::Closed("backend".into()))
-                    }
+                Some(Pending::Wait(w)) => match w.result.take() {
+                    Some(result) => result,
+                    None => return,
                 },
             };
             self.on_head(HeadEvent::Reply(result));
@@ -327,11 +344,11 @@ impl Ctx {
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
-                self.pending.pop_front();
+                self.pop_front();
                 return self.error_now(&format!("ERR slotline: {e}"));
             }
             HeadEvent::Timeout => {
-                self.pending.pop_front();
+                self.pop_front();
                 let msg = format!(
                     "ERR slotline: no reply from the cluster within {} ms",
                     self.pool.config.timeout
@@ -341,13 +358,14 @@ impl Ctx {
         };
         if reply.first() == Some(&b'-') {
             if let Some(r) = classify(&reply) {
-                if follow(&self.pool, self.client.id as usize, w, r) {
+                let resend = self.inbox.reply_to(self.front_seq);
+                if follow(&self.pool, self.client.id as usize, w, r, resend) {
                     return;
                 }
             }
         }
         self.out.extend_from_slice(&reply);
-        self.pending.pop_front();
+        self.pop_front();
     }
 
     /// Writes an error reply in order: straight to the output when nothing is waiting before it.
@@ -394,7 +412,13 @@ impl Ctx {
 
 /// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
 /// case the client gets the cluster's reply as is.
-fn follow(pool: &Arc<Pool>, pick: usize, w: &mut Waiting, redirect: Redirect<'_>) -> bool {
+fn follow(
+    pool: &Arc<Pool>,
+    pick: usize,
+    w: &mut Waiting,
+    redirect: Redirect<'_>,
+    reply: ReplyTo,
+) -> bool {
     if w.redirects >= pool.config.max_redirects || Instant::now() >= w.deadline {
         return false;
     }
@@ -408,12 +432,11 @@ fn follow(pool: &Arc<Pool>, pick: usize, w: &mut Waiting, redirect: Redirect<'_>
             }
             let addr = complete_endpoint(addr, &cluster.topology(), slot);
             let node = cluster.node(&addr);
-            w.rx = node.request(pick, w.frame.clone(), asking);
+            node.send(pick, w.frame.clone(), asking, reply);
         }
         Redirect::Retry => {
             // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
             let delay = Duration::from_millis(10 << w.redirects.min(5));
-            let (tx, rx) = oneshot::channel();
             let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -424,22 +447,12 @@ fn follow(pool: &Arc<Pool>, pick: usize, w: &mut Waiting, redirect: Redirect<'_>
                     None => (!nodes.is_empty()).then(|| &nodes[pick % nodes.len()]),
                 };
                 match node {
-                    Some(node) => node.send(
-                        pick,
-                        crate::backend::Message {
-                            frame,
-                            asking: false,
-                            reply: tx,
-                        },
-                    ),
-                    None => {
-                        let _ = tx.send(Ok(Bytes::from_static(
-                            b"-CLUSTERDOWN Hash slot not served\r\n",
-                        )));
-                    }
+                    Some(node) => node.send(pick, frame, false, reply),
+                    None => reply.send(Ok(Bytes::from_static(
+                        b"-CLUSTERDOWN Hash slot not served\r\n",
+                    ))),
                 }
             });
-            w.rx = rx;
         }
     }
     true

@@ -1,0 +1,141 @@
+//! Where backend replies are delivered: one inbox per client session instead of a channel per request.
+//!
+//! A request carries a [`ReplyTo`] (the session's inbox and the request's sequence number); the backend
+//! reader drops the reply into the inbox and wakes the session, which puts replies back in request order
+//! by their numbers. Compared with a oneshot channel per request this saves an allocation and a channel's
+//! worth of atomics on every request, and a session woken once collects every reply that has arrived.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use super::{BackendError, BackendResult};
+
+/// Replies delivered to one session, not yet collected.
+#[derive(Default)]
+pub struct Inbox {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    replies: Vec<(u64, BackendResult)>,
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    pub fn new() -> Arc<Inbox> {
+        Arc::new(Inbox::default())
+    }
+
+    /// A handle that delivers one reply, numbered `seq`, to this inbox.
+    pub fn reply_to(self: &Arc<Self>, seq: u64) -> ReplyTo {
+        ReplyTo {
+            inbox: Some(self.clone()),
+            seq,
+        }
+    }
+
+    fn deliver(&self, seq: u64, result: BackendResult) {
+        let waker = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.replies.push((seq, result));
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Moves every delivered reply into `out`; when there are none, registers to be woken by the next.
+    pub fn poll_take(&self, cx: &mut Context<'_>, out: &mut Vec<(u64, BackendResult)>) -> Poll<()> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.replies.is_empty() {
+            match &state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut state.replies);
+        } else {
+            out.append(&mut state.replies);
+        }
+        Poll::Ready(())
+    }
+
+    /// Takes what has been delivered without waiting.
+    pub fn take(&self, out: &mut Vec<(u64, BackendResult)>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        out.append(&mut state.replies);
+    }
+
+    /// Waits for the reply numbered `seq` (for control-path requests that have an inbox of their own).
+    pub async fn recv(&self, seq: u64) -> BackendResult {
+        let mut got = Vec::new();
+        loop {
+            std::future::poll_fn(|cx| self.poll_take(cx, &mut got)).await;
+            if let Some(i) = got.iter().position(|(s, _)| *s == seq) {
+                return got.swap_remove(i).1;
+            }
+            got.clear();
+        }
+    }
+}
+
+/// The promise of one reply. Dropping it unanswered (the request never reached a connection) delivers
+/// an error, so no session waits for a reply that cannot come.
+pub struct ReplyTo {
+    inbox: Option<Arc<Inbox>>,
+    seq: u64,
+}
+
+impl ReplyTo {
+    pub fn send(mut self, result: BackendResult) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.deliver(self.seq, result);
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.deliver(self.seq, Err(BackendError::Abandoned));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn delivers_by_number_and_never_loses_a_dropped_promise() {
+        let inbox = Inbox::new();
+        let (a, b, c) = (inbox.reply_to(1), inbox.reply_to(2), inbox.reply_to(3));
+        c.send(Ok(Bytes::from_static(b"+three\r\n")));
+        drop(b);
+        a.send(Ok(Bytes::from_static(b"+one\r\n")));
+        assert_eq!(inbox.recv(1).await, Ok(Bytes::from_static(b"+one\r\n")));
+        let mut rest = Vec::new();
+        inbox.take(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "recv consumed what it looked through: {rest:?}"
+        );
+        let (d, e) = (inbox.reply_to(4), inbox.reply_to(5));
+        drop(d);
+        e.send(Ok(Bytes::from_static(b":5\r\n")));
+        let mut got = Vec::new();
+        inbox.take(&mut got);
+        assert_eq!(
+            got,
+            vec![
+                (4, Err(BackendError::Abandoned)),
+                (5, Ok(Bytes::from_static(b":5\r\n")))
+            ]
+        );
+    }
+}
