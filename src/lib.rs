@@ -10,14 +10,15 @@
 //! - [`command`]: the command table (arity, flags, key specs, routing class, generated from Redis) and key
 //!   extraction.
 //! - [`route`]: where a key goes: cluster hash slots.
-//! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff.
+//! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
+//!   the per-session inbox their replies are delivered to.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
 //!   answered commands and INFO.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
 //! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come
-//! back through a oneshot and are written to the client in request order.
+//! back into the session's inbox, numbered, and are written to the client in request order.
 
 #![forbid(unsafe_code)]
 
