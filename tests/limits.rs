@@ -168,3 +168,34 @@ fn command_table_agrees_with_the_live_server() {
         Client::connect(node).cmd(&cmd)
     );
 }
+
+/// With several connections per node, each client's requests to a node still run in the order sent.
+#[test]
+fn several_connections_per_node_keep_each_clients_order() {
+    let cluster = small_cluster();
+    let node = cluster.masters()[0].port;
+    let port = free_port();
+    let _proxy = Slotline::start(&yaml(port, node, "    server_connections: 4\n"));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut client = Client::connect(port);
+                let key = format!("order:{t}");
+                let mut cmds = Vec::new();
+                let mut want = Vec::new();
+                for i in 0..300 {
+                    cmds.push(vec!["SET".to_string(), key.clone(), i.to_string()]);
+                    want.push(Reply::ok());
+                    cmds.push(vec!["INCR".to_string(), key.clone()]);
+                    want.push(Reply::Int(i + 1));
+                    cmds.push(vec!["GET".to_string(), key.clone()]);
+                    want.push(Reply::bulk((i + 1).to_string()));
+                }
+                assert_eq!(client.pipeline(&cmds), want, "client {t}");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+}
