@@ -73,7 +73,7 @@ impl Hash {
     }
 
     /// The hash of `key` as twemproxy computes it. (twemproxy itself never hashes an empty key: a pool
-    /// sends it to hash 0.)
+    /// sends it to hash 0; see [`Distribution::server_for_key`](super::Distribution::server_for_key).)
     ///
     /// ```
     /// use slotline::route::Hash;
