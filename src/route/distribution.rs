@@ -78,18 +78,15 @@ pub enum DistributionError {
     DuplicateName(String),
     #[error("the servers' weights add up to more than 4294967295")]
     TotalWeightTooLarge,
-    #[error(
-        "server name {name:?} is longer than the {max} bytes twemproxy can hash for this pool"
-    )]
-    NameTooLong { name: String, max: usize },
     #[error("{got} live flags given for {servers} servers")]
     LiveMask { servers: usize, got: usize },
     #[error("no live server")]
     NoLiveServer,
 }
 
-/// twemproxy formats each ring point's key into a buffer of this many bytes (`KETAMA_MAX_HOSTLEN`).
-const KETAMA_MAX_HOSTLEN: usize = 86;
+/// twemproxy 0.5 formats each ring point's key into a buffer of this many bytes (`KETAMA_MAX_HOSTLEN`,
+/// 0x111 in Debian's nutcracker 0.5.0) and hashes at most one byte less.
+const KETAMA_MAX_HOSTLEN: usize = 273;
 
 /// Picks a server for a key hash, as a twemproxy pool does.
 #[derive(Debug, Clone)]
@@ -143,18 +140,6 @@ impl Distribution {
             return Err(DistributionError::DuplicateName(
                 servers[pair[0]].name.clone(),
             ));
-        }
-        if kind == DistributionKind::Ketama {
-            // A server gets at most 40 * n point keys, "name-0" .. "name-{40n-1}". twemproxy hashes a key
-            // of 86 bytes cut to 85 plus its NUL, and reads past its buffer for longer ones.
-            let digits = (40 * servers.len() - 1).to_string().len();
-            let max = KETAMA_MAX_HOSTLEN - 1 - digits;
-            if let Some(s) = servers.iter().find(|s| s.name.len() > max) {
-                return Err(DistributionError::NameTooLong {
-                    name: s.name.clone(),
-                    max,
-                });
-            }
         }
         let mut distribution = Distribution {
             kind,
@@ -311,14 +296,12 @@ fn ketama_points(weight: u32, total_weight: u32, n_live: u32) -> u32 {
     (nudged.floor() * 4.0) as u32
 }
 
-/// The key of the `n`th group of four points, `name-n`, as twemproxy's 86-byte buffer holds it: an
-/// 86-byte key is hashed as its first 85 bytes and the NUL (longer ones `new` refuses).
+/// The key of the `n`th group of four points, `name-n`, cut as twemproxy 0.5 cuts it: to the 272 bytes
+/// its buffer holds. (Older twemproxy sources have an 86-byte buffer and hash past it; the 0.5.0 binary
+/// logs and cuts, and that is what the integration tests pin.)
 fn point_key(name: &str, n: u32) -> Vec<u8> {
     let mut key = format!("{name}-{n}").into_bytes();
-    if key.len() >= KETAMA_MAX_HOSTLEN {
-        key.truncate(KETAMA_MAX_HOSTLEN - 1);
-        key.push(0);
-    }
+    key.truncate(KETAMA_MAX_HOSTLEN - 1);
     key
 }
 
@@ -499,44 +482,26 @@ mod tests {
     }
 
     #[test]
-    fn long_names_hash_as_twemproxy_buffer_holds_them() {
-        let name = "n".repeat(83);
+    fn long_names_are_cut_to_272_bytes() {
+        let name = "n".repeat(270);
         assert_eq!(point_key(&name, 9), format!("{name}-9").into_bytes());
-        let mut cut = format!("{name}-1").into_bytes();
-        cut.push(0);
-        assert_eq!(point_key(&name, 10), cut);
-        assert_eq!(point_key(&name, 19), cut);
-        // Two servers: at most "-79", two digits, so 83 bytes is the longest name.
-        let ok = [
-            ServerSpec {
-                name: name.clone(),
-                weight: 1,
-            },
-            ServerSpec {
-                name: "b".into(),
-                weight: 1,
-            },
-        ];
-        assert!(Distribution::new(DistributionKind::Ketama, &ok).is_ok());
-        let long = [
-            ServerSpec {
-                name: format!("{name}x"),
-                weight: 1,
-            },
-            ServerSpec {
-                name: "b".into(),
-                weight: 1,
-            },
-        ];
-        assert_eq!(
-            Distribution::new(DistributionKind::Ketama, &long).unwrap_err(),
-            DistributionError::NameTooLong {
-                name: format!("{name}x"),
-                max: 83
-            }
-        );
-        // Only ketama hashes names.
-        assert!(Distribution::new(DistributionKind::Modula, &long).is_ok());
+        assert_eq!(point_key(&name, 10), format!("{name}-1").into_bytes());
+        assert_eq!(point_key(&name, 39), format!("{name}-3").into_bytes());
+        // Names that agree in their first 272 bytes get the same points: every tie goes to the one
+        // twemproxy numbers first (sorted by name), whatever the config order.
+        let long = "x".repeat(280);
+        let servers = specs(&[&format!("{long}b"), "c", &format!("{long}a")]);
+        let d = Distribution::new(DistributionKind::Ketama, &servers).unwrap();
+        assert_eq!(d.twemproxy_order(), &[1, 2, 0]);
+        assert_eq!(points_of(&d, 0), 160);
+        assert_eq!(points_of(&d, 2), 160);
+        let mut owners: Vec<usize> = (0..u32::MAX)
+            .step_by(1_000_003)
+            .map(|h| d.server_for(h))
+            .collect();
+        owners.sort();
+        owners.dedup();
+        assert_eq!(owners, [1, 2]);
     }
 
     #[test]
