@@ -207,8 +207,12 @@ fn ketama_with_named_servers_in_unsorted_order() {
 }
 
 #[test]
-fn ketama_with_unequal_weights() {
-    check(&Pool::new("weights:", "murmur", "ketama").tcp(&[11, 8, 10, 9], &[1, 2, 5, 3], None));
+fn ketama_with_unequal_weights_and_a_port_written_with_a_leading_zero() {
+    let mut pool =
+        Pool::new("weights:", "murmur", "ketama").tcp(&[11, 8, 10, 9], &[1, 2, 5, 3], None);
+    // The name twemproxy hashes keeps the port as written.
+    pool.servers[1].0 = format!("127.0.0.1:0{}:2", servers().port(8));
+    check(&pool);
 }
 
 #[test]
