@@ -9,7 +9,8 @@
 //!   and the replies slotline writes itself.
 //! - [`command`]: the command table (arity, flags, key specs, routing class, generated from Redis) and key
 //!   extraction.
-//! - [`route`]: where a key goes: cluster hash slots.
+//! - [`route`]: where a key goes: cluster hash slots, and twemproxy's hashes and distributions (ketama,
+//!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
 //!   the per-session inbox their replies are delivered to.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.

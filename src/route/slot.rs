@@ -43,7 +43,8 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     })
 }
 
-const CRC16_TABLE: [u16; 256] = {
+/// CRC16-XMODEM by byte; twemproxy's `crc16` hash uses the same table.
+pub(super) const CRC16_TABLE: [u16; 256] = {
     let mut table = [0u16; 256];
     let mut i = 0;
     while i < 256 {

@@ -5,6 +5,7 @@
 //! - `resp`: blocking RESP2 client and reply parser (`Client`, `Reply`).
 //! - `cluster`: a Redis Cluster of real `redis-server` processes, and admin helpers (kill, migrate).
 //! - `slotline`: runs the slotline binary with a YAML config and waits until it listens.
+//! - `standalone`: plain `redis-server`s (twemproxy shards) and the real `nutcracker` in front of them.
 //! - this file: ports, temp dirs, polling, key slots, test host names, and the reaper that cleans up
 //!   processes even when a test binary dies without running `Drop` (statics, SIGKILL, Ctrl-C).
 #![allow(dead_code)]
@@ -12,6 +13,7 @@
 mod cluster;
 mod resp;
 mod slotline;
+mod standalone;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
@@ -22,6 +24,8 @@ pub use cluster::{
 pub use resp::{encode, parse, Client, Reply, IO_TIMEOUT};
 #[allow(unused_imports)]
 pub use slotline::Slotline;
+#[allow(unused_imports)]
+pub use standalone::{Nutcracker, RedisServers};
 
 use std::fs;
 use std::io::Write;

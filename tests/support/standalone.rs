@@ -1,0 +1,236 @@
+//! Plain `redis-server`s (the shards of a twemproxy pool) and the real `nutcracker` in front of them.
+
+use std::fs::{self, File};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use super::{
+    cluster_port, free_port, log_tail, wait_ok, wait_until, Client, Reaper, Reply, TempDir,
+};
+
+/// Standalone `redis-server`s on loopback, each also listening on a unix socket; killed (by PID) and
+/// removed on drop.
+pub struct RedisServers {
+    servers: Vec<Server>,
+    reaper: Option<Reaper>,
+    dir: TempDir,
+}
+
+struct Server {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl RedisServers {
+    /// Starts `count` servers and returns once each answers PING.
+    pub fn start(count: usize) -> RedisServers {
+        let dir = TempDir::new("redis");
+        let mut reaper = Reaper::spawn(dir.path());
+        let mut servers = Vec::new();
+        for index in 0..count {
+            // cluster_port: never handed out twice in this process, so parallel starts cannot collide.
+            let port = cluster_port();
+            let server_dir = dir.path().join(format!("redis{index}"));
+            fs::create_dir_all(&server_dir)
+                .unwrap_or_else(|e| panic!("create {}: {e}", server_dir.display()));
+            let log = File::create(server_dir.join("redis.log")).expect("create redis.log");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--unixsocket")
+                .arg(server_dir.join("redis.sock"))
+                .arg("--dir")
+                .arg(&server_dir)
+                .current_dir(&server_dir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log handle"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-server ({e}); is the redis-server package installed?")
+                });
+            reaper.watch(child.id());
+            servers.push(Server {
+                port,
+                dir: server_dir,
+                child,
+            });
+        }
+        let mut all = RedisServers {
+            servers,
+            reaper: Some(reaper),
+            dir,
+        };
+        for index in 0..count {
+            all.wait_answers_ping(index);
+        }
+        all
+    }
+
+    fn wait_answers_ping(&mut self, index: usize) {
+        let server = &mut self.servers[index];
+        let (port, log) = (server.port, server.dir.join("redis.log"));
+        wait_ok(
+            Duration::from_secs(10),
+            &format!("redis-server on port {port} to answer PING"),
+            || {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!(
+                        "redis-server on port {port} exited ({status}); its log:\n{}",
+                        log_tail(&log, 30)
+                    );
+                }
+                let mut client = Client::try_connect(port).map_err(|e| e.to_string())?;
+                match client.cmd(&["PING"]) {
+                    Reply::Status(s) if s == "PONG" => Ok(()),
+                    other => Err(format!("PING answered {other:?}")),
+                }
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn port(&self, index: usize) -> u16 {
+        self.servers[index].port
+    }
+
+    /// The path of server `index`'s unix socket.
+    pub fn socket(&self, index: usize) -> PathBuf {
+        self.servers[index].dir.join("redis.sock")
+    }
+
+    pub fn client(&self, index: usize) -> Client {
+        Client::connect(self.port(index))
+    }
+
+    /// The keys server `index` holds that match a KEYS `pattern`.
+    pub fn keys(&self, index: usize, pattern: &[u8]) -> Vec<Vec<u8>> {
+        let reply = self.client(index).cmd(&[&b"KEYS"[..], pattern]);
+        let items = reply
+            .as_array()
+            .unwrap_or_else(|| panic!("KEYS on port {} answered {reply:?}", self.port(index)));
+        items
+            .iter()
+            .map(|k| {
+                k.as_bytes()
+                    .unwrap_or_else(|| panic!("KEYS returned {k:?}"))
+                    .to_vec()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisServers {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.take() {
+            reaper.disarm();
+        }
+        for server in &mut self.servers {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+        if thread::panicking() {
+            self.dir.keep();
+            eprintln!(
+                "redis-server logs kept in {}/redis*/redis.log",
+                self.dir.path().display()
+            );
+        }
+    }
+}
+
+/// The real twemproxy (`nutcracker`) running one YAML config; killed (by PID) on drop.
+pub struct Nutcracker {
+    child: Option<Child>,
+    reaper: Option<Reaper>,
+    port: u16,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Nutcracker {
+    /// Writes `yaml` to a temp file, runs `nutcracker -c FILE` with its stats on a free port, and waits
+    /// (up to 10 s) until `127.0.0.1:port`, the config's `listen:`, accepts connections.
+    pub fn start(yaml: &str, port: u16) -> Nutcracker {
+        let dir = TempDir::new("nutcracker");
+        let config = dir.write("nutcracker.yml", yaml);
+        let log = dir.path().join("nutcracker.log");
+        let mut reaper = Reaper::spawn(dir.path());
+        let child = Command::new("nutcracker")
+            .arg("-c")
+            .arg(&config)
+            .args(["-s", &free_port().to_string(), "-a", "127.0.0.1"])
+            .arg("-o")
+            .arg(&log)
+            .arg("-p")
+            .arg(dir.path().join("nutcracker.pid"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run nutcracker ({e}); is the nutcracker package installed?")
+            });
+        reaper.watch(child.id());
+        let mut nutcracker = Nutcracker {
+            child: Some(child),
+            reaper: Some(reaper),
+            port,
+            log,
+            dir,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            if let Some(status) = nutcracker.exit_status() {
+                panic!(
+                    "nutcracker exited ({status}) before listening on {port}; config:\n{yaml}\nlog:\n{}",
+                    log_tail(&nutcracker.log, 20)
+                );
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "nutcracker did not listen on {port} within 10 s");
+        nutcracker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Nutcracker {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.take() {
+            reaper.disarm();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            self.dir.keep();
+            eprintln!("nutcracker log kept: {}", self.log.display());
+        }
+    }
+}
