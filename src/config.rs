@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::route::{Distribution, DistributionKind, Hash, ServerLine};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,24 @@ pub struct Config {
 pub enum Mode {
     /// A Redis Cluster: route by key slot, follow MOVED/ASK.
     Cluster,
+    /// Independent shards placed as twemproxy's ketama distribution places them.
+    Ketama,
+    /// Independent shards, twemproxy's modula distribution.
+    Modula,
+    /// Independent shards, any live server (twemproxy's random distribution).
+    Random,
+}
+
+impl Mode {
+    /// The twemproxy distribution of a sharded mode.
+    pub fn distribution(self) -> Option<DistributionKind> {
+        match self {
+            Mode::Cluster => None,
+            Mode::Ketama => Some(DistributionKind::Ketama),
+            Mode::Modula => Some(DistributionKind::Modula),
+            Mode::Random => Some(DistributionKind::Random),
+        }
+    }
 }
 
 /// One pool: a listener and the backends behind it.
@@ -35,8 +55,15 @@ pub struct PoolConfig {
     /// `host:port` to listen on, or the path of a unix socket.
     pub listen: String,
     pub mode: Mode,
-    /// Cluster: seed nodes as `host:port` (host names allowed). The topology is learnt from them.
+    /// Cluster: seed nodes as `host:port` (host names allowed); the topology is learnt from them.
+    /// Sharded modes: twemproxy server lines, `host:port:weight [name]`.
     pub servers: Vec<String>,
+    /// Sharded modes: the key hash, by twemproxy's name (default fnv1a_64).
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// Sharded modes: two characters; only the text between them is hashed (e.g. "{}").
+    #[serde(default)]
+    pub hash_tag: Option<String>,
     /// Milliseconds a request may take, end to end, before the client gets an error.
     #[serde(default = "defaults::timeout")]
     pub timeout: u64,
@@ -175,8 +202,24 @@ impl Config {
                     "at least one server is required".into(),
                 ));
             }
-            for (i, server) in pool.servers.iter().enumerate() {
-                split_host_port(server).map_err(|e| err(name, &format!("servers[{i}]"), e))?;
+            match pool.mode {
+                Mode::Cluster => {
+                    for (i, server) in pool.servers.iter().enumerate() {
+                        split_host_port(server)
+                            .map_err(|e| err(name, &format!("servers[{i}]"), e))?;
+                    }
+                    for (field, set) in [
+                        ("hash", pool.hash.is_some()),
+                        ("hash_tag", pool.hash_tag.is_some()),
+                    ] {
+                        if set {
+                            return Err(err(name, field, "applies to sharded pools (ketama, modula, random), not to a cluster".into()));
+                        }
+                    }
+                }
+                Mode::Ketama | Mode::Modula | Mode::Random => {
+                    pool.sharding().map_err(|(field, e)| err(name, &field, e))?;
+                }
             }
             if pool.timeout == 0 {
                 return Err(err(name, "timeout", "must be at least 1 ms".into()));
@@ -210,6 +253,66 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// How a sharded pool places keys, read from its config.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    pub servers: Vec<ServerLine>,
+    pub hash: Hash,
+    pub hash_tag: Option<[u8; 2]>,
+    pub distribution: Distribution,
+}
+
+impl PoolConfig {
+    /// The placement of a sharded pool; the error names the field at fault.
+    pub fn sharding(&self) -> Result<Sharding, (String, String)> {
+        let kind = self.mode.distribution().ok_or_else(|| {
+            (
+                "mode".to_string(),
+                "a cluster pool has no sharding".to_string(),
+            )
+        })?;
+        let mut servers = Vec::with_capacity(self.servers.len());
+        for (i, line) in self.servers.iter().enumerate() {
+            let server =
+                ServerLine::parse(line).map_err(|e| (format!("servers[{i}]"), e.to_string()))?;
+            if server.port.is_none() {
+                return Err((
+                    format!("servers[{i}]"),
+                    "unix socket servers are not supported yet".into(),
+                ));
+            }
+            servers.push(server);
+        }
+        let hash = match &self.hash {
+            Some(name) => name
+                .parse()
+                .map_err(|e: crate::route::UnknownHash| ("hash".to_string(), e.to_string()))?,
+            None => Hash::Fnv1a_64,
+        };
+        let hash_tag = match self.hash_tag.as_deref() {
+            None => None,
+            Some(tag) => match tag.as_bytes() {
+                [open, close] => Some([*open, *close]),
+                _ => {
+                    return Err((
+                        "hash_tag".into(),
+                        format!("{tag:?} must be exactly two characters, like \"{{}}\""),
+                    ))
+                }
+            },
+        };
+        let specs: Vec<_> = servers.iter().map(ServerLine::spec).collect();
+        let distribution =
+            Distribution::new(kind, &specs).map_err(|e| ("servers".to_string(), e.to_string()))?;
+        Ok(Sharding {
+            servers,
+            hash,
+            hash_tag,
+            distribution,
+        })
     }
 }
 
@@ -277,6 +380,30 @@ mod tests {
             .contains("pools.main.servers"));
         assert!(Config::from_yaml("pools: {}").is_err());
         assert!(Config::from_yaml("::: not yaml").is_err());
+    }
+
+    #[test]
+    fn sharded_pools_check_their_twemproxy_fields() {
+        let pool = "pools:\n  s:\n    listen: 127.0.0.1:6390\n    mode: ketama\n    hash: murmur\n    hash_tag: \"{}\"\n    servers:\n      - 10.0.0.1:6379:1 a\n      - 10.0.0.2:6379:2 b\n";
+        let sharding = Config::from_yaml(pool).unwrap().pools["s"]
+            .sharding()
+            .unwrap();
+        assert_eq!(sharding.hash, Hash::Murmur);
+        assert_eq!(sharding.hash_tag, Some(*b"{}"));
+        for (bad, field) in [
+            (pool.replace("murmur", "murmur3"), "pools.s.hash"),
+            (pool.replace("\"{}\"", "\"{\""), "pools.s.hash_tag"),
+            (pool.replace("6379:2 b", "6379:x b"), "pools.s.servers[1]"),
+            (pool.replace("6379:1 a", "6379"), "pools.s.servers[0]"),
+        ] {
+            let e = Config::from_yaml(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let cluster_with_hash = MINIMAL.replace("servers:", "hash: md5\n    servers:");
+        let e = Config::from_yaml(&cluster_with_hash)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pools.main.hash"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
 //!   the per-session inbox their replies are delivered to.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
+//! - [`shards`]: sharded pools (ketama, modula, random): their servers and twemproxy's placement.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
 //!   answered commands and INFO.
 //!
@@ -30,3 +31,4 @@ pub mod config;
 pub mod protocol;
 pub mod route;
 pub mod server;
+pub mod shards;

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use super::session::ClientState;
-use super::Pool;
+use super::{Pool, Router};
 use crate::command::{self, Request};
 
 pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> String {
@@ -55,21 +55,40 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
         );
     }
     if show("slotline") {
-        let topology = pool.cluster.topology();
-        let masters: Vec<String> = topology
-            .nodes()
-            .iter()
-            .map(|n| n.addr().to_string())
-            .collect();
         let _ = write!(
             out,
-            "# Slotline\r\npool:{}\r\nmode:cluster\r\nlisten:{}\r\nmasters:{}\r\nmaster_addresses:{}\r\nslots_covered:{}\r\n\r\n",
-            pool.name,
-            pool.config.listen,
-            masters.len(),
-            masters.join(","),
-            topology.covered(),
+            "# Slotline\r\npool:{}\r\nlisten:{}\r\n",
+            pool.name, pool.config.listen
         );
+        // "kind:count\r\nkind_addresses:a,b,c" for the backends a pool routes to.
+        let backends =
+            |out: &mut String, kind: &str, nodes: &[std::sync::Arc<crate::backend::Node>]| {
+                let addrs: Vec<&str> = nodes.iter().map(|n| &**n.addr()).collect();
+                let _ = write!(
+                    out,
+                    "{kind}s:{}\r\n{kind}_addresses:{}\r\n",
+                    addrs.len(),
+                    addrs.join(",")
+                );
+            };
+        match &pool.router {
+            Router::Cluster(cluster) => {
+                let topology = cluster.topology();
+                out.push_str("mode:cluster\r\n");
+                backends(&mut out, "master", topology.nodes());
+                let _ = write!(out, "slots_covered:{}\r\n\r\n", topology.covered());
+            }
+            Router::Shards(shards) => {
+                let _ = write!(
+                    out,
+                    "mode:{}\r\nhash:{}\r\n",
+                    shards.distribution(),
+                    shards.hash()
+                );
+                backends(&mut out, "server", shards.nodes());
+                out.push_str("\r\n");
+            }
+        }
     }
     out
 }

@@ -31,10 +31,16 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "select" => match parse_int(req.arg(1)) {
             Some(0) => ctx.reply(|r| r.ok()),
             Some(_) => {
-                let msg = format!(
-                    "ERR SELECT is not allowed: pool '{}' is a Redis Cluster, which has only database 0",
-                    ctx.pool.name
-                );
+                let msg = match ctx.pool.router {
+                    super::Router::Cluster(_) => format!(
+                        "ERR SELECT is not allowed: pool '{}' is a Redis Cluster, which has only database 0",
+                        ctx.pool.name
+                    ),
+                    super::Router::Shards(_) => format!(
+                        "ERR SELECT is not allowed: pool '{}' serves database 0 only",
+                        ctx.pool.name
+                    ),
+                };
                 ctx.error(&msg)
             }
             None => ctx.error("ERR value is not an integer or out of range"),

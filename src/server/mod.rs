@@ -13,7 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::cluster::Cluster;
-use crate::config::{is_unix_path, Config, PoolConfig};
+use crate::config::{is_unix_path, Config, Mode, PoolConfig};
+use crate::shards::Shards;
 use session::ClientState;
 
 /// How long start-up waits for each cluster pool's first topology before listening anyway.
@@ -48,10 +49,16 @@ impl Shared {
 pub struct Pool {
     pub name: String,
     pub config: PoolConfig,
-    pub cluster: Arc<Cluster>,
+    pub router: Router,
     pub shared: Arc<Shared>,
     clients: AtomicU64,
     local_port: Option<u16>,
+}
+
+/// What is behind a pool.
+pub enum Router {
+    Cluster(Arc<Cluster>),
+    Shards(Arc<Shards>),
 }
 
 impl Pool {
@@ -101,10 +108,21 @@ pub async fn run(
     }
     let mut tasks = Vec::new();
     for (name, pool_config, listener) in bound {
-        let cluster = Cluster::start(&pool_config);
-        if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
-            tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
-        }
+        let router = if pool_config.mode == Mode::Cluster {
+            let cluster = Cluster::start(&pool_config);
+            if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
+                tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
+            }
+            Router::Cluster(cluster)
+        } else {
+            let shards = Shards::start(&pool_config).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("pool {name}: {e}"),
+                )
+            })?;
+            Router::Shards(shards)
+        };
         let local_port = match &listener {
             Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
             Listener::Unix(..) => None,
@@ -112,7 +130,7 @@ pub async fn run(
         let pool = Arc::new(Pool {
             name: name.clone(),
             config: pool_config,
-            cluster,
+            router,
             shared: shared.clone(),
             clients: AtomicU64::new(0),
             local_port,

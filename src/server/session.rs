@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::local::{self, Outcome};
-use super::Pool;
-use crate::backend::{BackendResult, Inbox, ReplyTo};
-use crate::cluster::{classify, Redirect, Topology};
+use super::{Pool, Router};
+use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
+use crate::cluster::{classify, Cluster, Redirect, Topology};
 use crate::command::{self, LookupError, Request, Route};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::{key_slot, Slot};
@@ -173,7 +173,13 @@ impl Ctx {
         if inbuf.is_empty() || self.closing {
             return;
         }
-        let topology = self.pool.cluster.topology();
+        // One snapshot of the routing state per batch of requests.
+        let pool = self.pool.clone();
+        let guard = match &pool.router {
+            Router::Cluster(cluster) => Some(cluster.topology()),
+            Router::Shards(_) => None,
+        };
+        let topology = guard.as_ref().map(|g| &***g);
         let now = Instant::now();
         while !self.closing && self.pending.len() < max_pending {
             match parser.parse(inbuf) {
@@ -184,7 +190,7 @@ impl Ctx {
                             frame: &frame,
                             args: parser.args(),
                         };
-                        self.dispatch(req, &frame, &topology, now);
+                        self.dispatch(req, &frame, &pool.router, topology, now);
                     }
                 }
                 Ok(None) => break,
@@ -198,7 +204,14 @@ impl Ctx {
         self.flush_stats();
     }
 
-    fn dispatch(&mut self, req: Request<'_>, frame: &Bytes, topology: &Topology, now: Instant) {
+    fn dispatch(
+        &mut self,
+        req: Request<'_>,
+        frame: &Bytes,
+        router: &Router,
+        topology: Option<&Topology>,
+        now: Instant,
+    ) {
         self.commands += 1;
         let argc = req.argc();
         let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
@@ -230,25 +243,51 @@ impl Ctx {
         };
         match route {
             Route::Keyed => {
-                let mut slot = None;
-                let mut cross = false;
-                req.for_each_key(spec, |key| {
-                    let s = key_slot(key);
-                    match slot {
-                        None => slot = Some(s),
-                        Some(first) if first != s => cross = true,
-                        _ => {}
+                let place = match router {
+                    Router::Cluster(_) => {
+                        let mut slot = None;
+                        let mut cross = false;
+                        req.for_each_key(spec, |key| {
+                            let s = key_slot(key);
+                            match slot {
+                                None => slot = Some(s),
+                                Some(first) if first != s => cross = true,
+                                _ => {}
+                            }
+                        });
+                        if cross {
+                            return self
+                                .error("CROSSSLOT Keys in request don't hash to the same slot");
+                        }
+                        slot.map_or(Place::Any, Place::Slot)
                     }
-                });
-                if cross {
-                    return self.error("CROSSSLOT Keys in request don't hash to the same slot");
-                }
-                self.forward(topology, slot, frame.clone(), now);
+                    Router::Shards(shards) => {
+                        let mut server = None;
+                        let mut cross = false;
+                        req.for_each_key(spec, |key| {
+                            let s = shards.server_for_key(key);
+                            match server {
+                                None => server = Some(s),
+                                Some(first) if first != s => cross = true,
+                                _ => {}
+                            }
+                        });
+                        if cross {
+                            let msg = format!(
+                                "CROSSSLOT the keys of this {} live on different servers of the pool (splitting it is not supported yet)",
+                                spec.display_name()
+                            );
+                            return self.error(&msg);
+                        }
+                        server.map_or(Place::Any, Place::Server)
+                    }
+                };
+                self.forward(router, topology, place, frame.clone(), now);
             }
-            Route::AnyNode => self.forward(topology, None, frame.clone(), now),
+            Route::AnyNode => self.forward(router, topology, Place::Any, frame.clone(), now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
-                Outcome::Forward => self.forward(topology, None, frame.clone(), now),
+                Outcome::Forward => self.forward(router, topology, Place::Any, frame.clone(), now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(
@@ -262,25 +301,31 @@ impl Ctx {
         }
     }
 
-    /// Sends a request to the owner of `slot` (or any master when the request has no key).
-    fn forward(&mut self, topology: &Topology, slot: Option<Slot>, frame: Bytes, now: Instant) {
+    /// Sends a request to the backend its keys belong to (any backend when it has none).
+    fn forward(
+        &mut self,
+        router: &Router,
+        topology: Option<&Topology>,
+        place: Place,
+        frame: Bytes,
+        now: Instant,
+    ) {
         let pick = self.client.id as usize;
-        let node = match slot {
-            Some(slot) => topology.node_for(slot),
-            None => {
-                let nodes = topology.nodes();
-                (!nodes.is_empty()).then(|| &nodes[pick % nodes.len()])
+        let Some(node) = target(router, topology, place, pick) else {
+            if let Router::Cluster(cluster) = router {
+                cluster.request_refresh();
             }
-        };
-        let Some(node) = node else {
-            self.pool.cluster.request_refresh();
-            return self.error(match slot {
-                Some(_) => "CLUSTERDOWN Hash slot not served",
-                None => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
+            return self.error(match place {
+                Place::Slot(_) => "CLUSTERDOWN Hash slot not served",
+                _ => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
             });
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.send(pick, frame.clone(), false, self.inbox.reply_to(seq));
+        let slot = match place {
+            Place::Slot(slot) => Some(slot),
+            _ => None,
+        };
         self.pending.push_back(Pending::Wait(Waiting {
             result: None,
             frame,
@@ -350,16 +395,17 @@ impl Ctx {
             HeadEvent::Timeout => {
                 self.pop_front();
                 let msg = format!(
-                    "ERR slotline: no reply from the cluster within {} ms",
+                    "ERR slotline: no reply from the backend within {} ms",
                     self.pool.config.timeout
                 );
                 return self.error_now(&msg);
             }
         };
-        if reply.first() == Some(&b'-') {
+        if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
             if let Some(r) = classify(&reply) {
                 let resend = self.inbox.reply_to(self.front_seq);
-                if follow(&self.pool, self.client.id as usize, w, r, resend) {
+                let max = self.pool.config.max_redirects;
+                if follow(cluster, max, self.client.id as usize, w, r, resend) {
                     return;
                 }
             }
@@ -410,20 +456,47 @@ impl Ctx {
     }
 }
 
+/// Where a keyed request goes.
+#[derive(Clone, Copy)]
+enum Place {
+    /// A cluster slot.
+    Slot(Slot),
+    /// A server of a sharded pool, by config index.
+    Server(usize),
+    /// Any backend: the request has no key.
+    Any,
+}
+
+/// The node for a request; a client without a key always uses the same one.
+fn target<'a>(
+    router: &'a Router,
+    topology: Option<&'a Topology>,
+    place: Place,
+    pick: usize,
+) -> Option<&'a Arc<Node>> {
+    let any = |nodes: &'a [Arc<Node>]| nodes.get(pick % nodes.len().max(1));
+    match (router, place) {
+        (Router::Cluster(_), Place::Slot(slot)) => topology?.node_for(slot),
+        (Router::Cluster(_), _) => any(topology?.nodes()),
+        (Router::Shards(shards), Place::Server(i)) => shards.node(i),
+        (Router::Shards(shards), _) => any(shards.nodes()),
+    }
+}
+
 /// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
 /// case the client gets the cluster's reply as is.
 fn follow(
-    pool: &Arc<Pool>,
+    cluster: &Arc<Cluster>,
+    max_redirects: u32,
     pick: usize,
     w: &mut Waiting,
     redirect: Redirect<'_>,
     reply: ReplyTo,
 ) -> bool {
-    if w.redirects >= pool.config.max_redirects || Instant::now() >= w.deadline {
+    if w.redirects >= max_redirects || Instant::now() >= w.deadline {
         return false;
     }
     w.redirects += 1;
-    let cluster = &pool.cluster;
     match redirect {
         Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
             let asking = matches!(redirect, Redirect::Ask { .. });

@@ -1,0 +1,151 @@
+//! Sharded pools through the real slotline binary: keys written through slotline land on exactly the
+//! server the real nutcracker puts them on, given the same server lines.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::{free_port, Nutcracker, RedisServers, Reply, Slotline};
+
+const SERVERS: [&str; 4] = ["alpha", "bravo", "charlie", "delta"];
+
+fn server_lines(servers: &RedisServers, weights: [u32; 4]) -> String {
+    (0..servers.len())
+        .map(|i| {
+            format!(
+                "      - 127.0.0.1:{}:{} {}\n",
+                servers.port(i),
+                weights[i],
+                SERVERS[i]
+            )
+        })
+        .collect()
+}
+
+fn keys(prefix: &str, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let mut key = format!("{prefix}{i}:").into_bytes();
+            match i % 4 {
+                0 => key.extend_from_slice(b"plain"),
+                1 => key.extend_from_slice(&[0, b'\r', b'\n', 0xff, 0x80]),
+                2 => key.extend_from_slice(format!("{{tag{}}}", i % 9).as_bytes()),
+                _ => key.extend_from_slice("ünïcødé".as_bytes()),
+            }
+            key
+        })
+        .collect()
+}
+
+/// Which server (by index) holds each key.
+fn placement(servers: &RedisServers, prefix: &str, keys: &[Vec<u8>]) -> Vec<usize> {
+    let mut at = HashMap::new();
+    for i in 0..servers.len() {
+        for key in servers.keys(i, format!("{prefix}*").as_bytes()) {
+            assert!(
+                at.insert(key.clone(), i).is_none(),
+                "{key:?} on two servers"
+            );
+        }
+    }
+    keys.iter()
+        .map(|k| *at.get(k).unwrap_or_else(|| panic!("{k:?} is on no server")))
+        .collect()
+}
+
+fn flush(servers: &RedisServers) {
+    for i in 0..servers.len() {
+        assert!(servers.client(i).cmd(&["FLUSHALL"]).is_ok());
+    }
+}
+
+fn same_placement_as_nutcracker(mode: &str, hash: &str, weights: [u32; 4]) {
+    let servers = RedisServers::start(4);
+    let lines = server_lines(&servers, weights);
+    let keys = keys("k:", 2000);
+    let sets: Vec<[&[u8]; 3]> = keys.iter().map(|k| [&b"SET"[..], k, k]).collect();
+
+    let port = free_port();
+    let proxy = Slotline::start(&format!(
+        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: {mode}\n    hash: {hash}\n    hash_tag: \"{{}}\"\n    servers:\n{lines}"
+    ));
+    let mut client = proxy.client();
+    assert!(
+        client.pipeline(&sets).iter().all(Reply::is_ok),
+        "SET through slotline"
+    );
+    let gets: Vec<[&[u8]; 2]> = keys.iter().map(|k| [&b"GET"[..], k]).collect();
+    for (key, reply) in keys.iter().zip(client.pipeline(&gets)) {
+        assert_eq!(reply, Reply::bulk(key), "GET {key:?} through slotline");
+    }
+    let ours = placement(&servers, "k:", &keys);
+    flush(&servers);
+
+    let nut_port = free_port();
+    let nutcracker = Nutcracker::start(
+        &format!(
+            "pool:\n  listen: 127.0.0.1:{nut_port}\n  hash: {hash}\n  hash_tag: \"{{}}\"\n  distribution: {mode}\n  redis: true\n  servers:\n{lines}"
+        ),
+        nut_port,
+    );
+    assert!(
+        nutcracker.client().pipeline(&sets).iter().all(Reply::is_ok),
+        "SET through nutcracker"
+    );
+    let theirs = placement(&servers, "k:", &keys);
+    let moved = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        moved,
+        0,
+        "{moved} of {} keys placed differently from nutcracker",
+        keys.len()
+    );
+    assert!(
+        ours.iter().any(|&s| s != ours[0]),
+        "every key on one server: the test proves nothing"
+    );
+}
+
+#[test]
+fn ketama_pool_places_keys_like_nutcracker() {
+    same_placement_as_nutcracker("ketama", "fnv1a_64", [1, 1, 2, 1]);
+}
+
+#[test]
+fn modula_pool_places_keys_like_nutcracker() {
+    same_placement_as_nutcracker("modula", "murmur", [1, 3, 1, 1]);
+}
+
+#[test]
+fn multi_key_commands_must_stay_on_one_server() {
+    let servers = RedisServers::start(4);
+    let port = free_port();
+    let proxy = Slotline::start(&format!(
+        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    hash_tag: \"{{}}\"\n    servers:\n{}",
+        server_lines(&servers, [1; 4])
+    ));
+    let mut client = proxy.client();
+    assert!(client.cmd(&["MSET", "{u1}a", "1", "{u1}b", "2"]).is_ok());
+    assert_eq!(
+        client.cmd(&["MGET", "{u1}a", "{u1}b"]),
+        Reply::Array(Some(vec![Reply::bulk("1"), Reply::bulk("2")]))
+    );
+    // Find two keys on different servers, as slotline places them.
+    let spread = (0..100).map(|i| format!("spread:{i}")).find(|k| {
+        matches!(
+            client.cmd(&["MGET", "spread:0", k.as_str()]),
+            Reply::Error(_)
+        )
+    });
+    let other = spread.expect("some key lives on another server than spread:0");
+    let reply = client.cmd(&["DEL", "spread:0", &other]);
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.starts_with("CROSSSLOT") && e.contains("DEL")),
+        "{reply:?}"
+    );
+    assert_eq!(client.cmd(&["SELECT", "0"]), Reply::ok());
+    assert!(client
+        .cmd(&["INFO", "slotline"])
+        .as_bytes()
+        .is_some_and(|b| String::from_utf8_lossy(b).contains("mode:ketama")));
+}
