@@ -199,3 +199,28 @@ fn several_connections_per_node_keep_each_clients_order() {
         t.join().expect("client thread");
     }
 }
+
+/// A pipeline much longer than `max_pending`, sent in one go and then nothing more: slotline must keep
+/// taking requests from its buffer as replies make room, not wait for input that will never come.
+#[test]
+fn a_pipeline_longer_than_max_pending_is_answered_in_full() {
+    let cluster = small_cluster();
+    let node = cluster.masters()[0].port;
+    let port = free_port();
+    let _proxy = Slotline::start(&yaml(port, node, "    max_pending: 8\n"));
+    let mut cmds = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..1500 {
+        let key = format!("deep:{i}");
+        cmds.push(vec!["SET".to_string(), key.clone(), i.to_string()]);
+        want.push(Reply::ok());
+        // Answered locally: a run of these between backend requests fills the pipeline too.
+        cmds.push(vec!["PING".to_string()]);
+        want.push(Reply::Status("PONG".into()));
+        cmds.push(vec!["GET".to_string(), key]);
+        want.push(Reply::bulk(i.to_string()));
+    }
+    for round in 0..3 {
+        assert_eq!(Client::connect(port).pipeline(&cmds), want, "round {round}");
+    }
+}

@@ -92,7 +92,16 @@ where
     tokio::pin!(timer);
     let mut timer_at = None;
     loop {
-        ctx.parse_input(&mut parser, &mut inbuf, max_pending);
+        // Never wait with a complete request buffered and room to take it: when the pipeline was full,
+        // settling replies makes room, so parse again until the input runs out or the oldest request
+        // really has to wait for its backend (then its reply wakes us).
+        while ctx.parse_input(&mut parser, &mut inbuf, max_pending) {
+            let before = ctx.pending.len();
+            ctx.drain_ready();
+            if ctx.pending.len() == before {
+                break;
+            }
+        }
         ctx.drain_ready();
         if !ctx.out.is_empty() {
             if wr.write_all(&ctx.out).await.is_err() {
@@ -163,15 +172,16 @@ fn round_up(epoch: Instant, at: Instant, tick: Duration) -> Instant {
 }
 
 impl Ctx {
-    /// Parses and dispatches buffered requests while the pipeline has room.
+    /// Parses and dispatches buffered requests while the pipeline has room. Returns true when it
+    /// stopped only because the pipeline is full and input is left.
     fn parse_input(
         &mut self,
         parser: &mut RequestParser,
         inbuf: &mut BytesMut,
         max_pending: usize,
-    ) {
+    ) -> bool {
         if inbuf.is_empty() || self.closing {
-            return;
+            return false;
         }
         // One snapshot of the routing state per batch of requests.
         let pool = self.pool.clone();
@@ -193,7 +203,10 @@ impl Ctx {
                         self.dispatch(req, &frame, &pool.router, topology, now);
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    self.flush_stats();
+                    return false;
+                }
                 Err(e) => {
                     // The stream cannot be resynchronised: say why, then close.
                     self.error(&format!("ERR {e}"));
@@ -202,6 +215,7 @@ impl Ctx {
             }
         }
         self.flush_stats();
+        !self.closing && !inbuf.is_empty()
     }
 
     fn dispatch(
