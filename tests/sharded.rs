@@ -59,16 +59,31 @@ fn flush(servers: &RedisServers) {
     }
 }
 
-fn same_placement_as_nutcracker(mode: &str, hash: &str, weights: [u32; 4]) {
+/// How slotline is configured: its own format, or the very nutcracker.yml nutcracker runs.
+enum Format {
+    Native,
+    Nutcracker,
+}
+
+fn nutcracker_yml(port: u16, mode: &str, hash: &str, lines: &str) -> String {
+    format!(
+        "pool:\n  listen: 127.0.0.1:{port}\n  hash: {hash}\n  hash_tag: \"{{}}\"\n  distribution: {mode}\n  redis: true\n  servers:\n{lines}"
+    )
+}
+
+fn same_placement_as_nutcracker(mode: &str, hash: &str, weights: [u32; 4], format: Format) {
     let servers = RedisServers::start(4);
     let lines = server_lines(&servers, weights);
     let keys = keys("k:", 2000);
     let sets: Vec<[&[u8]; 3]> = keys.iter().map(|k| [&b"SET"[..], k, k]).collect();
 
     let port = free_port();
-    let proxy = Slotline::start(&format!(
-        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: {mode}\n    hash: {hash}\n    hash_tag: \"{{}}\"\n    servers:\n{lines}"
-    ));
+    let proxy = Slotline::start(&match format {
+        Format::Native => format!(
+            "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: {mode}\n    hash: {hash}\n    hash_tag: \"{{}}\"\n    servers:\n{lines}"
+        ),
+        Format::Nutcracker => nutcracker_yml(port, mode, hash, &lines),
+    });
     let mut client = proxy.client();
     assert!(
         client.pipeline(&sets).iter().all(Reply::is_ok),
@@ -82,12 +97,7 @@ fn same_placement_as_nutcracker(mode: &str, hash: &str, weights: [u32; 4]) {
     flush(&servers);
 
     let nut_port = free_port();
-    let nutcracker = Nutcracker::start(
-        &format!(
-            "pool:\n  listen: 127.0.0.1:{nut_port}\n  hash: {hash}\n  hash_tag: \"{{}}\"\n  distribution: {mode}\n  redis: true\n  servers:\n{lines}"
-        ),
-        nut_port,
-    );
+    let nutcracker = Nutcracker::start(&nutcracker_yml(nut_port, mode, hash, &lines), nut_port);
     assert!(
         nutcracker.client().pipeline(&sets).iter().all(Reply::is_ok),
         "SET through nutcracker"
@@ -108,12 +118,12 @@ fn same_placement_as_nutcracker(mode: &str, hash: &str, weights: [u32; 4]) {
 
 #[test]
 fn ketama_pool_places_keys_like_nutcracker() {
-    same_placement_as_nutcracker("ketama", "fnv1a_64", [1, 1, 2, 1]);
+    same_placement_as_nutcracker("ketama", "fnv1a_64", [1, 1, 2, 1], Format::Native);
 }
 
 #[test]
-fn modula_pool_places_keys_like_nutcracker() {
-    same_placement_as_nutcracker("modula", "murmur", [1, 3, 1, 1]);
+fn modula_pool_from_an_unchanged_nutcracker_yml_places_keys_like_nutcracker() {
+    same_placement_as_nutcracker("modula", "murmur", [1, 3, 1, 1], Format::Nutcracker);
 }
 
 #[test]

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::route::{Distribution, DistributionKind, Hash, ServerLine};
 
+mod twemproxy;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,7 +160,17 @@ impl Config {
     /// assert!(Config::from_yaml(&typo).unwrap_err().to_string().contains("severs"));
     /// ```
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError {
+        // A native config has a `pools:` key; a twemproxy nutcracker.yml has pools at the top level.
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError {
+            file: None,
+            message: e.to_string(),
+        })?;
+        if let Some(map) = value.as_mapping() {
+            if !map.is_empty() && !map.contains_key("pools") && !map.contains_key("workers") {
+                return twemproxy::parse(text);
+            }
+        }
+        let config: Config = serde_yaml::from_value(value).map_err(|e| ConfigError {
             file: None,
             message: e.to_string(),
         })?;
@@ -266,6 +278,25 @@ pub struct Sharding {
 }
 
 impl PoolConfig {
+    /// A pool with every optional setting at its default.
+    pub fn new(listen: String, mode: Mode, servers: Vec<String>) -> PoolConfig {
+        PoolConfig {
+            listen,
+            mode,
+            servers,
+            hash: None,
+            hash_tag: None,
+            timeout: defaults::timeout(),
+            server_connections: defaults::server_connections(),
+            client_connections: 0,
+            max_request_bytes: defaults::max_request_bytes(),
+            max_pending: defaults::max_pending(),
+            max_redirects: defaults::max_redirects(),
+            refresh_interval: defaults::refresh_interval(),
+            connect_timeout: defaults::connect_timeout(),
+        }
+    }
+
     /// The placement of a sharded pool; the error names the field at fault.
     pub fn sharding(&self) -> Result<Sharding, (String, String)> {
         let kind = self.mode.distribution().ok_or_else(|| {
