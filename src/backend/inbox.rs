@@ -65,7 +65,8 @@ impl Inbox {
     }
 
     /// Takes what has been delivered without waiting.
-    pub fn take(&self, out: &mut Vec<(u64, BackendResult)>) {
+    #[cfg(test)]
+    fn take(&self, out: &mut Vec<(u64, BackendResult)>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         out.append(&mut state.replies);
     }

@@ -86,11 +86,7 @@ fn endpoint(node: &[OwnedFrame], queried_host: &str) -> Result<String, String> {
             _ => queried_host.to_string(),
         };
     }
-    Ok(if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    })
+    Ok(crate::config::join_host_port(&host, port as u16))
 }
 
 #[cfg(test)]

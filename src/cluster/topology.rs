@@ -40,6 +40,15 @@ impl Topology {
         self.nodes.get(i as usize)
     }
 
+    /// The master for a request: the owner of its slot, or for a keyless request the master a client
+    /// numbered `pick` always uses.
+    pub fn node_for_request(&self, slot: Option<Slot>, pick: usize) -> Option<&Arc<Node>> {
+        match slot {
+            Some(slot) => self.node_for(slot),
+            None => self.nodes.get(pick % self.nodes.len().max(1)),
+        }
+    }
+
     /// Masters, in the order of their first slot.
     pub fn nodes(&self) -> &[Arc<Node>] {
         &self.nodes

@@ -352,6 +352,15 @@ pub fn is_unix_path(listen: &str) -> bool {
     listen.starts_with('/') || listen.starts_with("./") || listen.starts_with("unix:")
 }
 
+/// `host:port`, with an IPv6 host in brackets: the inverse of [`split_host_port`].
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Splits `host:port` (IPv6 hosts in brackets); the host may be a name.
 pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
     let (host, port) = addr

@@ -1,5 +1,7 @@
 //! Replies slotline writes itself (local commands and errors). Backend replies never pass through here.
 
+use std::fmt::Write;
+
 use bytes::{BufMut, BytesMut};
 
 /// Appends RESP2 replies to an output buffer.
@@ -22,14 +24,14 @@ impl Reply<'_> {
 
     pub fn int(&mut self, n: i64) {
         self.0.put_u8(b':');
-        self.0.put_slice(itoa_buf(n).as_bytes());
+        self.decimal(n);
         self.0.put_slice(b"\r\n");
     }
 
     pub fn bulk(&mut self, data: &[u8]) {
         self.0.reserve(data.len() + 16);
         self.0.put_u8(b'$');
-        self.0.put_slice(itoa_buf(data.len() as i64).as_bytes());
+        self.decimal(data.len() as i64);
         self.0.put_slice(b"\r\n");
         self.0.put_slice(data);
         self.0.put_slice(b"\r\n");
@@ -41,8 +43,13 @@ impl Reply<'_> {
 
     pub fn array(&mut self, len: usize) {
         self.0.put_u8(b'*');
-        self.0.put_slice(itoa_buf(len as i64).as_bytes());
+        self.decimal(len as i64);
         self.0.put_slice(b"\r\n");
+    }
+
+    fn decimal(&mut self, n: i64) {
+        // BytesMut implements fmt::Write: no String per number.
+        let _ = write!(self.0, "{n}");
     }
 
     fn line(&mut self, marker: u8, text: &[u8]) {
@@ -54,10 +61,6 @@ impl Reply<'_> {
         }
         self.0.put_slice(b"\r\n");
     }
-}
-
-fn itoa_buf(n: i64) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]

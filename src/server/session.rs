@@ -488,12 +488,14 @@ fn target<'a>(
     place: Place,
     pick: usize,
 ) -> Option<&'a Arc<Node>> {
-    let any = |nodes: &'a [Arc<Node>]| nodes.get(pick % nodes.len().max(1));
     match (router, place) {
-        (Router::Cluster(_), Place::Slot(slot)) => topology?.node_for(slot),
-        (Router::Cluster(_), _) => any(topology?.nodes()),
+        (Router::Cluster(_), Place::Slot(slot)) => topology?.node_for_request(Some(slot), pick),
+        (Router::Cluster(_), _) => topology?.node_for_request(None, pick),
         (Router::Shards(shards), Place::Server(i)) => shards.node(i),
-        (Router::Shards(shards), _) => any(shards.nodes()),
+        (Router::Shards(shards), _) => {
+            let nodes = shards.nodes();
+            nodes.get(pick % nodes.len().max(1))
+        }
     }
 }
 
@@ -527,13 +529,7 @@ fn follow(
             let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let topology = cluster.topology();
-                let nodes = topology.nodes();
-                let node = match slot {
-                    Some(slot) => topology.node_for(slot),
-                    None => (!nodes.is_empty()).then(|| &nodes[pick % nodes.len()]),
-                };
-                match node {
+                match cluster.topology().node_for_request(slot, pick) {
                     Some(node) => node.send(pick, frame, false, reply),
                     None => reply.send(Ok(Bytes::from_static(
                         b"-CLUSTERDOWN Hash slot not served\r\n",

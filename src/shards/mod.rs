@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{self, Node};
-use crate::config::{PoolConfig, Sharding};
+use crate::config::{join_host_port, PoolConfig, Sharding};
 use crate::route::Hash;
 
 /// The servers of a sharded pool and how keys are placed on them.
@@ -29,12 +29,7 @@ impl Shards {
             .servers
             .iter()
             .map(|s| {
-                let port = s.port.unwrap_or(0);
-                let addr = if s.address.contains(':') {
-                    format!("[{}]:{port}", s.address)
-                } else {
-                    format!("{}:{port}", s.address)
-                };
+                let addr = join_host_port(&s.address, s.port.unwrap_or(0));
                 Node::spawn(Arc::from(addr), &settings)
             })
             .collect();
