@@ -22,6 +22,23 @@ pub struct Config {
     /// Threads serving connections; 0 means one per CPU the process may use (cgroup limits included).
     #[serde(default)]
     pub workers: usize,
+    /// The admin HTTP listener (/metrics, /healthz, /readyz); none when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Milliseconds a SIGTERM allows for in-flight requests to finish and clients to leave.
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: u64,
+    /// Log filter (a tracing filter such as `info` or `warn,slotline=debug`); RUST_LOG wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub log_level: String,
+}
+
+/// The admin HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` to serve /metrics, /healthz and /readyz on.
+    pub listen: String,
 }
 
 /// How a pool finds the backend for a request.
@@ -115,6 +132,12 @@ mod defaults {
     pub fn connect_timeout() -> u64 {
         500
     }
+    pub fn shutdown_grace() -> u64 {
+        10_000
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
 }
 
 /// A configuration that cannot be used, with where the problem is.
@@ -195,13 +218,33 @@ impl Config {
                 message: "workers: at most 1024".into(),
             });
         }
+        let top = |field: &str, what: String| ConfigError {
+            file: None,
+            message: format!("{field}: {what}"),
+        };
+        if self.shutdown_grace == 0 || self.shutdown_grace > 3_600_000 {
+            return Err(top(
+                "shutdown_grace",
+                "must be between 1 ms and one hour".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            top(
+                "log_level",
+                format!("'{}' is not a log filter: {e}", self.log_level),
+            )
+        })?;
         let mut listens = BTreeMap::new();
+        if let Some(admin) = &self.admin {
+            split_host_port(&admin.listen).map_err(|e| top("admin.listen", e))?;
+            listens.insert(admin.listen.as_str(), "admin".to_string());
+        }
         for (name, pool) in &self.pools {
-            if let Some(other) = listens.insert(pool.listen.as_str(), name) {
+            if let Some(other) = listens.insert(pool.listen.as_str(), format!("pool {name}")) {
                 return Err(err(
                     name,
                     "listen",
-                    format!("{} is also used by pool {other}", pool.listen),
+                    format!("{} is also used by {other}", pool.listen),
                 ));
             }
             if !is_unix_path(&pool.listen) {
@@ -395,6 +438,13 @@ mod tests {
         assert_eq!(pool.timeout, 1000);
         assert_eq!(pool.server_connections, 1);
         assert_eq!(pool.servers, ["127.0.0.1:7000"]);
+        assert!(config.admin.is_none());
+        assert_eq!(config.shutdown_grace, 10_000);
+        assert_eq!(config.log_level, "info");
+        let admin = format!("{MINIMAL}admin:\n  listen: 0.0.0.0:9121\nshutdown_grace: 30000\n");
+        let config = Config::from_yaml(&admin).unwrap();
+        assert_eq!(config.admin.unwrap().listen, "0.0.0.0:9121");
+        assert_eq!(config.shutdown_grace, 30_000);
     }
 
     #[test]
@@ -419,6 +469,18 @@ mod tests {
             .to_string()
             .contains("pools.main.servers"));
         assert!(Config::from_yaml("pools: {}").is_err());
+        for (extra, field) in [
+            ("admin:\n  listen: nowhere\n", "admin.listen"),
+            ("admin:\n  listen: 127.0.0.1:6380\n", "pools.main.listen"),
+            ("admin:\n  lisen: 127.0.0.1:9121\n", "lisen"),
+            ("shutdown_grace: 0\n", "shutdown_grace"),
+            ("log_level: \"slotline=loud\"\n", "log_level"),
+        ] {
+            let e = Config::from_yaml(&format!("{MINIMAL}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
         assert!(Config::from_yaml("::: not yaml").is_err());
     }
 

@@ -41,6 +41,9 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut config = Config {
         pools: BTreeMap::new(),
         workers: 0,
+        admin: None,
+        shutdown_grace: super::defaults::shutdown_grace(),
+        log_level: super::defaults::log_level(),
     };
     for (name, pool) in pools {
         let err = |field: &str, what: &str| ConfigError {
