@@ -24,10 +24,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod server;

@@ -3,8 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use slotline::config::Config;
+use slotline::server::Stop;
+use tokio::sync::mpsc::UnboundedSender;
 
 #[derive(Parser)]
 #[command(
@@ -77,11 +81,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(slotline::server::run(
-        config,
-        Some(path.display().to_string()),
-        shutdown_signal(),
-    ));
+    let config_file = Some(path.display().to_string());
+    let result = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(forward_signals(tx));
+        slotline::server::run(config, config_file, rx).await
+    });
+    // Tasks still running (backend connections, a name being resolved on a blocking thread) must not
+    // hold the exit up past the grace period.
+    runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -105,20 +113,26 @@ fn init_tracing(format: LogFormat, level: &str) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Turns SIGTERM into a graceful stop and SIGINT into a fast one, for as long as the process runs.
+async fn forward_signals(stops: UnboundedSender<Stop>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => loop {
+            let stop = tokio::select! {
+                _ = term.recv() => Stop::Graceful,
+                _ = int.recv() => Stop::Fast,
+            };
+            if stops.send(stop).is_err() {
+                return;
             }
-        }
+        },
         _ => {
+            tracing::warn!("cannot install the SIGTERM handler; Ctrl-C stops at once");
             let _ = tokio::signal::ctrl_c().await;
+            let _ = stops.send(Stop::Fast);
         }
     }
 }

@@ -11,7 +11,7 @@ pub use redirect::{classify, Redirect};
 pub use topology::Topology;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ pub struct Cluster {
     settings: backend::Settings,
     refresh_interval: Duration,
     refreshes: AtomicUsize,
+    /// Refreshes that installed a topology, and those no node answered usefully (read by metrics).
+    refresh_ok: AtomicU64,
+    refresh_failed: AtomicU64,
 }
 
 impl Cluster {
@@ -63,6 +66,8 @@ impl Cluster {
             refresh,
             refresh_interval: Duration::from_millis(config.refresh_interval),
             refreshes: AtomicUsize::new(0),
+            refresh_ok: AtomicU64::new(0),
+            refresh_failed: AtomicU64::new(0),
         });
         tokio::spawn(refresher(Arc::downgrade(&cluster)));
         cluster
@@ -123,6 +128,7 @@ impl Cluster {
             match slots::parse(&reply, host_of(&addr)) {
                 Ok(map) if map.covered() > 0 => {
                     self.install(map);
+                    self.refresh_ok.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 Ok(_) => tracing::warn!(node = %addr, "CLUSTER SLOTS lists no slots"),
@@ -130,7 +136,16 @@ impl Cluster {
             }
         }
         tracing::warn!(seeds = ?self.seeds, "no cluster node answered CLUSTER SLOTS");
+        self.refresh_failed.fetch_add(1, Ordering::Relaxed);
         false
+    }
+
+    /// Topology refreshes so far: (succeeded, failed).
+    pub fn refresh_counts(&self) -> (u64, u64) {
+        (
+            self.refresh_ok.load(Ordering::Relaxed),
+            self.refresh_failed.load(Ordering::Relaxed),
+        )
     }
 
     fn install(&self, map: slots::SlotMap) {

@@ -1,19 +1,23 @@
 //! Listeners and client sessions: accept connections for each pool and serve them until shutdown.
 
 mod info;
+mod lifecycle;
 mod local;
 mod session;
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+pub use lifecycle::{Lifecycle, Phase, Stop};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::cluster::Cluster;
 use crate::config::{is_unix_path, Config, Mode, PoolConfig};
+use crate::metrics::{Metrics, PoolMetrics, PoolsCollector};
 use crate::shards::Shards;
 use session::ClientState;
 
@@ -29,6 +33,9 @@ pub struct Shared {
     pub total_commands: AtomicU64,
     pub rejected_connections: AtomicU64,
     next_client_id: AtomicU64,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Every pool, once all have started (weak: each pool holds this).
+    pools: OnceLock<Vec<Weak<Pool>>>,
 }
 
 impl Shared {
@@ -41,8 +48,49 @@ impl Shared {
             total_commands: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
+            lifecycle: Arc::new(Lifecycle::default()),
+            pools: OnceLock::new(),
         })
     }
+
+    /// Every pool, in config order; empty while they are starting.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools
+            .get()
+            .map(|pools| pools.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// `Ok` when every pool can route requests and accepts clients; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.lifecycle.phase() {
+            Phase::Starting => return Err("starting".into()),
+            Phase::Draining | Phase::Closing => return Err("shutting down".into()),
+            Phase::Serving => {}
+        }
+        for pool in self.pools() {
+            if !pool.accepting.load(Ordering::Relaxed) {
+                return Err(format!("pool {}: listener is not accepting", pool.name));
+            }
+            match &pool.router {
+                Router::Cluster(c) if c.topology().covered() == 0 => {
+                    return Err(format!("pool {}: no cluster topology yet", pool.name))
+                }
+                Router::Shards(s) if s.nodes().is_empty() => {
+                    return Err(format!("pool {}: no servers", pool.name))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pool's connection counts, read by metrics and INFO.
+pub struct PoolCounters {
+    pub clients: u64,
+    pub accepted: u64,
+    pub rejected: u64,
 }
 
 /// One configured pool at run time.
@@ -51,7 +99,12 @@ pub struct Pool {
     pub config: PoolConfig,
     pub router: Router,
     pub shared: Arc<Shared>,
+    pub metrics: PoolMetrics,
     clients: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    /// The accept loop runs and its last accept succeeded.
+    accepting: AtomicBool,
     local_port: Option<u16>,
 }
 
@@ -65,6 +118,14 @@ impl Pool {
     /// The TCP port the pool listens on (None for unix sockets).
     pub fn port(&self) -> Option<u16> {
         self.local_port
+    }
+
+    pub fn counters(&self) -> PoolCounters {
+        PoolCounters {
+            clients: self.clients.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -89,13 +150,32 @@ impl Listener {
     }
 }
 
-/// Starts every pool of `config` and serves until `shutdown` completes.
+/// Starts every pool of `config` (and the admin listener, if configured) and serves until a [`Stop`]
+/// arrives on `stops`: [`Stop::Graceful`] drains within `shutdown_grace`, [`Stop::Fast`] returns at once.
 pub async fn run(
     config: Config,
     config_file: Option<String>,
-    shutdown: impl Future<Output = ()>,
+    mut stops: UnboundedReceiver<Stop>,
 ) -> std::io::Result<()> {
     let shared = Shared::new(config_file);
+    let metrics = Metrics::new().map_err(std::io::Error::other)?;
+    metrics.register(Box::new(
+        PoolsCollector::new(shared.clone()).map_err(std::io::Error::other)?,
+    ));
+    if let Some(admin) = &config.admin {
+        let listener = std::net::TcpListener::bind(&admin.listen).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("admin: cannot listen on {}: {e}", admin.listen),
+            )
+        })?;
+        let endpoints = Arc::new(AdminEndpoints {
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+        });
+        crate::admin::spawn(listener, endpoints)?;
+        tracing::info!(listen = %admin.listen, "admin listening (/metrics /healthz /readyz)");
+    }
     let mut bound = Vec::new();
     for (name, pool_config) in &config.pools {
         let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
@@ -107,6 +187,7 @@ pub async fn run(
         bound.push((name.clone(), pool_config.clone(), listener));
     }
     let mut tasks = Vec::new();
+    let mut pools = Vec::new();
     for (name, pool_config, listener) in bound {
         let router = if pool_config.mode == Mode::Cluster {
             let cluster = Cluster::start(&pool_config);
@@ -132,18 +213,89 @@ pub async fn run(
             config: pool_config,
             router,
             shared: shared.clone(),
+            metrics: metrics.pool(&name),
             clients: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            accepting: AtomicBool::new(true),
             local_port,
         });
         tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
+        pools.push(Arc::downgrade(&pool));
         tasks.push(tokio::spawn(accept_loop(listener, pool)));
     }
-    shutdown.await;
-    tracing::info!("shutting down");
-    for task in tasks {
+    let _ = shared.pools.set(pools);
+    let life = shared.lifecycle.clone();
+    life.enter(Phase::Serving);
+
+    let stop = stops.recv().await.unwrap_or(Stop::Fast);
+    // Unready first, so that the endpoint leaves the Service while the listeners close.
+    life.enter(Phase::Draining);
+    for task in &tasks {
         task.abort();
     }
+    if stop == Stop::Fast {
+        tracing::info!(clients = life.sessions(), "stopping now");
+        return Ok(());
+    }
+    let start = tokio::time::Instant::now();
+    let grace = Duration::from_millis(config.shutdown_grace);
+    // The last moment to stop reading clients and still answer what they sent within the grace period.
+    let answer_time = config
+        .pools
+        .values()
+        .map(|p| Duration::from_millis(p.timeout))
+        .max()
+        .unwrap_or_default()
+        .min(grace / 2);
+    tracing::info!(
+        clients = life.sessions(),
+        grace_ms = config.shutdown_grace,
+        "draining: not accepting; closing each client once it is quiet"
+    );
+    let fast = async {
+        while let Some(stop) = stops.recv().await {
+            if stop == Stop::Fast {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(fast);
+    // Some(true): every client left; Some(false): the last call came first; None: SIGINT.
+    let drained = tokio::select! {
+        drained = life.all_ended(start + grace - answer_time) => Some(drained),
+        _ = &mut fast => None,
+    };
+    if drained == Some(false) {
+        tracing::warn!(
+            clients = life.sessions(),
+            "grace period nearly over: answering what clients sent and closing them"
+        );
+        life.enter(Phase::Closing);
+        tokio::select! {
+            _ = life.all_ended(start + grace) => {}
+            _ = &mut fast => {}
+        }
+    }
+    tracing::info!(clients_cut = life.sessions(), "stopped");
     Ok(())
+}
+
+/// What the admin listener reports.
+struct AdminEndpoints {
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+}
+
+impl crate::admin::Endpoints for AdminEndpoints {
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.shared.readiness()
+    }
 }
 
 async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
@@ -170,14 +322,23 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
         let (rd, mut wr, addr) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
+                // Out of file descriptors and the like: back off instead of spinning, and say so in
+                // readiness meanwhile.
+                pool.accepting.store(false, Ordering::Relaxed);
                 tracing::warn!(pool = %pool.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        pool.accepting.store(true, Ordering::Relaxed);
+        let life = pool.shared.lifecycle.clone();
+        if life.phase() != Phase::Serving {
+            // Accepted in the instant shutdown began: the listener is about to close.
+            continue;
+        }
         let limit = pool.config.client_connections as u64;
         if limit > 0 && pool.clients.load(Ordering::Relaxed) >= limit {
+            pool.rejected.fetch_add(1, Ordering::Relaxed);
             pool.shared
                 .rejected_connections
                 .fetch_add(1, Ordering::Relaxed);
@@ -192,8 +353,11 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
         shared.total_connections.fetch_add(1, Ordering::Relaxed);
         shared.connected_clients.fetch_add(1, Ordering::Relaxed);
         pool.clients.fetch_add(1, Ordering::Relaxed);
+        pool.accepted.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let rd = life.track(id, rd);
         let client = ClientState {
-            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+            id,
             addr,
             name: None,
             lib_name: None,
@@ -206,6 +370,7 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
             pool.shared
                 .connected_clients
                 .fetch_sub(1, Ordering::Relaxed);
+            life.untrack(id);
         });
     }
 }
