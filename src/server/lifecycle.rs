@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 /// How long a client must send nothing, once shutdown has begun, before its connection is closed.
-pub const QUIET: Duration = Duration::from_millis(250);
+pub const QUIET: Duration = Duration::from_millis(500);
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,15 @@
 //! Layout:
 //! - `resp`: blocking RESP2 client and reply parser (`Client`, `Reply`).
 //! - `cluster`: a Redis Cluster of real `redis-server` processes, and admin helpers (kill, migrate).
-//! - `slotline`: runs the slotline binary with a YAML config and waits until it listens.
+//! - `slotline`: runs the slotline binary with a YAML config and waits until it listens; signals it.
+//! - `http`: a tiny HTTP client for the admin endpoints, and a Prometheus text reader.
 //! - `standalone`: plain `redis-server`s (twemproxy shards) and the real `nutcracker` in front of them.
 //! - this file: ports, temp dirs, polling, key slots, test host names, and the reaper that cleans up
 //!   processes even when a test binary dies without running `Drop` (statics, SIGKILL, Ctrl-C).
 #![allow(dead_code)]
 
 mod cluster;
+mod http;
 mod resp;
 mod slotline;
 mod standalone;
@@ -20,6 +22,8 @@ mod standalone;
 pub use cluster::{
     parse_slots, ClusterOpts, Endpoint, MasterInfo, NodeInfo, RedisCluster, SlotRange,
 };
+#[allow(unused_imports)]
+pub use http::{http_get, http_raw, metric, HttpReply};
 #[allow(unused_imports)]
 pub use resp::{encode, parse, Client, Reply, IO_TIMEOUT};
 #[allow(unused_imports)]

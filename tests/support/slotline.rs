@@ -122,6 +122,43 @@ impl Slotline {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Sends a signal (`"TERM"`, `"INT"`) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Waits up to `deadline` for the process to exit, and returns how it did (None if it is still
+    /// running). An exit seen here is expected, so dropping this handle afterwards does not complain.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(deadline, || {
+            status = self.exit_status();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// The port of the admin listener (`admin:` then `listen: host:port` in the config).
+    pub fn admin_port(&self) -> u16 {
+        let yaml = fs::read_to_string(&self.config).unwrap_or_default();
+        let after = yaml
+            .split_once("\nadmin:")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("no top-level `admin:` in the config:\n{yaml}"));
+        listen_addresses(after)
+            .first()
+            .and_then(|a| a.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no admin listen port in the config:\n{yaml}"))
+    }
+
     /// Whether the process is still running (it has not exited or crashed).
     pub fn is_running(&mut self) -> bool {
         self.exit_status().is_none()

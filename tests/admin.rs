@@ -1,0 +1,189 @@
+//! The admin listener of the real binary, as a kubelet and Prometheus use it: probes, metrics, and
+//! input no HTTP client should send.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::{
+    free_port, http_get, http_raw, metric, wait_ok, ClusterOpts, RedisCluster, Reply, Slotline,
+};
+
+fn shared() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| RedisCluster::start(ClusterOpts::default()))
+}
+
+/// A cluster pool in front of `seeds` with the admin listener on a free port.
+fn with_admin(seeds: &[u16]) -> Slotline {
+    let yaml = format!(
+        "{}admin:\n  listen: 127.0.0.1:{}\n",
+        Slotline::cluster_yaml(free_port(), seeds),
+        free_port()
+    );
+    Slotline::start(&yaml)
+}
+
+fn seeds(cluster: &RedisCluster) -> Vec<u16> {
+    cluster.masters().iter().map(|m| m.port).collect()
+}
+
+#[test]
+fn probes_and_metrics_with_a_live_cluster() {
+    let proxy = with_admin(&seeds(shared()));
+    let admin = proxy.admin_port();
+
+    let health = http_get(admin, "/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    wait_ok(Duration::from_secs(10), "/readyz to answer 200", || {
+        let ready = http_get(admin, "/readyz");
+        (ready.status == 200)
+            .then_some(())
+            .ok_or(format!("{ready:?}"))
+    });
+
+    let metrics = http_get(admin, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.head.contains("text/plain; version=0.0.4"),
+        "{}",
+        metrics.head
+    );
+    for name in [
+        "slotline_up 1",
+        "# TYPE slotline_client_connections gauge",
+        "# TYPE slotline_client_connections_total counter",
+        "# TYPE slotline_client_connections_rejected_total counter",
+        "# TYPE slotline_requests_total counter",
+        "# TYPE slotline_commands_total counter",
+        "# TYPE slotline_errors_total counter",
+        "# TYPE slotline_request_duration_seconds histogram",
+        "# TYPE slotline_backend_request_duration_seconds histogram",
+        "# TYPE slotline_redirects_total counter",
+        "# TYPE slotline_topology_refreshes_total counter",
+        "# TYPE slotline_discovery_updates_total counter",
+        "# TYPE slotline_config_reloads_total counter",
+        "# TYPE slotline_master_switches_total counter",
+        "# TYPE slotline_start_time_seconds gauge",
+        "slotline_build_info{version=\"",
+    ] {
+        assert!(metrics.body.contains(name), "/metrics lacks {name:?}");
+    }
+    let series = |text: &str, name: &str| {
+        metric(text, &format!("{name}{{pool=\"main\"}}"))
+            .unwrap_or_else(|| panic!("no {name}{{pool=\"main\"}} in:\n{text}"))
+    };
+    let accepted = series(&metrics.body, "slotline_client_connections_total");
+    let refreshes = metric(
+        &metrics.body,
+        "slotline_topology_refreshes_total{pool=\"main\",result=\"ok\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(refreshes >= 1.0, "a topology was learnt: {refreshes}");
+
+    let mut client = proxy.client();
+    assert_eq!(client.cmd(&["SET", "admin:k", "v"]), Reply::ok());
+    assert_eq!(client.cmd(&["GET", "admin:k"]), Reply::bulk("v"));
+    let after = http_get(admin, "/metrics").body;
+    assert_eq!(
+        series(&after, "slotline_client_connections_total"),
+        accepted + 1.0
+    );
+    assert_eq!(series(&after, "slotline_client_connections"), 1.0);
+}
+
+#[test]
+fn not_ready_until_a_cluster_pool_has_a_topology() {
+    // Nothing listens on the seed: the pool starts, but can route nothing.
+    let proxy = with_admin(&[free_port()]);
+    let admin = proxy.admin_port();
+    let ready = http_get(admin, "/readyz");
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(
+        ready.body.contains("pool main") && ready.body.contains("topology"),
+        "the reason names the pool and what it lacks: {ready:?}"
+    );
+    assert_eq!(
+        http_get(admin, "/healthz").status,
+        200,
+        "alive all the same"
+    );
+    let metrics = http_get(admin, "/metrics").body;
+    assert!(
+        metric(
+            &metrics,
+            "slotline_topology_refreshes_total{pool=\"main\",result=\"error\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "failed refreshes are counted:\n{metrics}"
+    );
+}
+
+#[test]
+fn other_paths_methods_and_garbage() {
+    let mut proxy = with_admin(&seeds(shared()));
+    let admin = proxy.admin_port();
+
+    assert_eq!(http_get(admin, "/").status, 404);
+    assert_eq!(http_get(admin, "/metricsx").status, 404);
+    let post = http_raw(
+        admin,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .unwrap();
+    assert_eq!(post.status, 405);
+    assert!(post.head.contains("Allow: GET"), "{}", post.head);
+    assert_eq!(
+        http_raw(admin, b"DELETE /readyz HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .status,
+        405
+    );
+    assert_eq!(
+        http_get(admin, "/healthz?verbose=1").status,
+        200,
+        "a query string is ignored"
+    );
+
+    for garbage in [
+        &b"\x00\x01\x02\xff\xfe\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET /healthz SPDY/3\r\n\r\n",
+        b"*1\r\n$4\r\nPING\r\n\r\n\r\n",
+    ] {
+        let reply = http_raw(admin, garbage).unwrap();
+        assert_eq!(reply.status, 400, "{garbage:?}: {reply:?}");
+    }
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    // The server may answer and close before it has read everything sent: a reset is fine too.
+    if let Ok(reply) = http_raw(admin, huge.as_bytes()) {
+        assert_eq!(reply.status, 431, "{reply:?}");
+    }
+    // Clients that send half a request, or nothing, and hang up.
+    for partial in [&b"GET /hea"[..], b""] {
+        let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        stream.write_all(partial).unwrap();
+        drop(stream);
+    }
+    // More idle connections than the listener serves at once: it closes the surplus and, once the
+    // idle ones time out or go away, serves again.
+    let idle: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", admin)).ok())
+        .collect();
+    drop(idle);
+
+    wait_ok(Duration::from_secs(10), "/healthz after garbage", || {
+        http_raw(admin, b"GET /healthz HTTP/1.1\r\n\r\n").and_then(|r| {
+            (r.status == 200)
+                .then_some(())
+                .ok_or(format!("status {}", r.status))
+        })
+    });
+    assert!(proxy.is_running(), "garbage did not kill the process");
+}
