@@ -93,6 +93,29 @@ fn probes_and_metrics_with_a_live_cluster() {
         accepted + 1.0
     );
     assert_eq!(series(&after, "slotline_client_connections"), 1.0);
+
+    // The same proxy seen through INFO, as `redis-cli info` shows it.
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &proxy.port().to_string(), "info"])
+        .output()
+        .expect("run redis-cli");
+    let info = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "# Server",
+        "# Clients",
+        "connected_clients:2",
+        "# Stats",
+        "total_connections_received:",
+        "# Slotline",
+        "ready:1",
+        "pools:1",
+        "pool_main:mode=cluster,listen=127.0.0.1:",
+        "backends=3",
+        "backend_main_0:addr=127.0.0.1:",
+        "backend_main_2:addr=127.0.0.1:",
+    ] {
+        assert!(info.contains(needle), "INFO lacks {needle:?}:\n{info}");
+    }
 }
 
 #[test]

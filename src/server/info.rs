@@ -38,11 +38,16 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
             shared.config_file.as_deref().unwrap_or(""),
         );
     }
+    let pools = shared.pools();
     if show("clients") {
         let _ = write!(
             out,
-            "# Clients\r\nconnected_clients:{}\r\n\r\n",
-            shared.connected_clients.load(Ordering::Relaxed)
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n\r\n",
+            shared.connected_clients.load(Ordering::Relaxed),
+            pools
+                .iter()
+                .map(|p| p.config.client_connections)
+                .sum::<usize>(),
         );
     }
     if show("stats") {
@@ -76,7 +81,7 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                 let topology = cluster.topology();
                 out.push_str("mode:cluster\r\n");
                 backends(&mut out, "master", topology.nodes());
-                let _ = write!(out, "slots_covered:{}\r\n\r\n", topology.covered());
+                let _ = write!(out, "slots_covered:{}\r\n", topology.covered());
             }
             Router::Shards(shards) => {
                 let _ = write!(
@@ -86,9 +91,47 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                     shards.hash()
                 );
                 backends(&mut out, "server", shards.nodes());
-                out.push_str("\r\n");
             }
         }
+        pools_and_backends(&mut out, &pools, shared);
     }
     out
+}
+
+/// Every pool of the process, one line each, then one line per backend, so that one `INFO slotline`
+/// on any pool shows the whole proxy.
+fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: &super::Shared) {
+    let ready = shared.readiness();
+    let _ = write!(
+        out,
+        "ready:{}\r\nready_reason:{}\r\npools:{}\r\n",
+        u8::from(ready.is_ok()),
+        ready.err().unwrap_or_default(),
+        pools.len()
+    );
+    for pool in pools {
+        let counters = pool.counters();
+        let nodes: Vec<std::sync::Arc<crate::backend::Node>> = match &pool.router {
+            Router::Cluster(cluster) => cluster.topology().nodes().to_vec(),
+            Router::Shards(shards) => shards.nodes().to_vec(),
+        };
+        let mode = match &pool.router {
+            Router::Cluster(_) => "cluster".to_string(),
+            Router::Shards(shards) => shards.distribution().to_string(),
+        };
+        let _ = write!(
+            out,
+            "pool_{}:mode={mode},listen={},clients={},connections_received={},rejected_connections={},backends={}\r\n",
+            pool.name,
+            pool.config.listen,
+            counters.clients,
+            counters.accepted,
+            counters.rejected,
+            nodes.len(),
+        );
+        for (i, node) in nodes.iter().enumerate() {
+            let _ = write!(out, "backend_{}_{i}:addr={}\r\n", pool.name, node.addr());
+        }
+    }
+    out.push_str("\r\n");
 }
