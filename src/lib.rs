@@ -16,7 +16,10 @@
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers and twemproxy's placement.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
-//!   answered commands and INFO.
+//!   answered commands, INFO, and the lifecycle: readiness and the SIGTERM drain.
+//! - [`metrics`]: the Prometheus registry, per-pool metric handles, and the collector that reads the
+//!   data path's atomics at scrape time.
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`) on its own thread.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
 //! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come

@@ -1,0 +1,779 @@
+//! The Kubernetes manifests in deploy/, checked the way `kubectl apply` and a reviewer would: every
+//! kustomization renders (`kubectl kustomize`, offline), every object parses into its k8s-openapi type
+//! without losing a field (so a misspelt field fails), and the pieces agree with each other and with
+//! slotline itself: probes, ports, the config, RBAC, the security context and the shutdown timing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize as _, Serialize};
+use serde_yaml::Value;
+
+/// The paths the admin listener serves (src/admin/mod.rs), which probes may point at.
+const ADMIN_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+/// Examples whose slotline config uses a pool mode that is not implemented yet, so slotline's own
+/// validation would refuse it. `mode: primary` (redis-ha behind Sentinel) is being built separately;
+/// the example shows the config it is designed to take. Everything else about it is still checked.
+const NOT_YET_VALID: [&str; 1] = ["examples/redis-ha"];
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// Every directory under deploy/ that holds a kustomization, relative to deploy/.
+fn kustomizations() -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![deploy_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read deploy/").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "kustomization.yaml") {
+                let rel = dir.strip_prefix(deploy_dir()).expect("under deploy/");
+                found.push(rel.display().to_string());
+            }
+        }
+    }
+    found.sort();
+    for expected in [
+        "base",
+        "examples/redis-cluster",
+        "examples/twemproxy-shards",
+        "examples/redis-ha",
+    ] {
+        assert!(
+            found.iter().any(|f| f == expected),
+            "no kustomization in deploy/{expected}"
+        );
+    }
+    found
+}
+
+/// One rendered kustomization, every object parsed into its type.
+#[derive(Default)]
+struct Rendered {
+    name: String,
+    deployments: Vec<Deployment>,
+    stateful_sets: Vec<StatefulSet>,
+    jobs: Vec<Job>,
+    services: Vec<Service>,
+    config_maps: Vec<ConfigMap>,
+    service_accounts: Vec<ServiceAccount>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    pdbs: Vec<PodDisruptionBudget>,
+    hpas: Vec<HorizontalPodAutoscaler>,
+    network_policies: Vec<NetworkPolicy>,
+    /// A CRD with no k8s-openapi type: kept as YAML and checked by hand.
+    service_monitors: Vec<Value>,
+}
+
+fn render(dir: &str) -> Rendered {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy_dir().join(dir))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubectl (apt-get install kubernetes-client): {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/{dir} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8 manifests");
+    let mut r = Rendered {
+        name: dir.to_string(),
+        ..Rendered::default()
+    };
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = Value::deserialize(doc).expect("a YAML document");
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+        let what = format!(
+            "deploy/{dir}: {kind} {}",
+            doc["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        match (api.as_str(), kind.as_str()) {
+            ("apps/v1", "Deployment") => r.deployments.push(typed(&doc, &what)),
+            ("apps/v1", "StatefulSet") => r.stateful_sets.push(typed(&doc, &what)),
+            ("batch/v1", "Job") => r.jobs.push(typed(&doc, &what)),
+            ("v1", "Service") => r.services.push(typed(&doc, &what)),
+            ("v1", "ConfigMap") => r.config_maps.push(typed(&doc, &what)),
+            ("v1", "ServiceAccount") => r.service_accounts.push(typed(&doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "Role") => r.roles.push(typed(&doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                r.role_bindings.push(typed(&doc, &what))
+            }
+            ("policy/v1", "PodDisruptionBudget") => r.pdbs.push(typed(&doc, &what)),
+            ("autoscaling/v2", "HorizontalPodAutoscaler") => r.hpas.push(typed(&doc, &what)),
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                r.network_policies.push(typed(&doc, &what))
+            }
+            ("monitoring.coreos.com/v1", "ServiceMonitor") => r.service_monitors.push(doc),
+            other => panic!("{what}: unexpected kind {other:?} (add it to the checks)"),
+        }
+    }
+    r
+}
+
+/// Parses `doc` into `T`, then serializes it back and fails on any field that did not survive: the
+/// k8s-openapi types ignore unknown fields, so this is what catches a misspelt one.
+fn typed<T: DeserializeOwned + Serialize>(doc: &Value, what: &str) -> T {
+    let value: T = serde_yaml::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{what}: does not parse as its type: {e}"));
+    let back = serde_yaml::to_value(&value).expect("serialize back");
+    let (given, kept) = (paths(doc), paths(&back));
+    let dropped: Vec<&String> = given.difference(&kept).collect();
+    assert!(
+        dropped.is_empty(),
+        "{what}: fields the type does not know (misspelt or misplaced?): {dropped:?}"
+    );
+    value
+}
+
+/// Every key path in a YAML tree (`spec.template.spec.containers[0].ports[1].name`).
+fn paths(value: &Value) -> BTreeSet<String> {
+    fn walk(value: &Value, at: &str, out: &mut BTreeSet<String>) {
+        match value {
+            Value::Mapping(map) => {
+                for (k, v) in map {
+                    let key = match k {
+                        Value::String(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    let path = format!("{at}.{key}");
+                    out.insert(path.clone());
+                    walk(v, &path, out);
+                }
+            }
+            Value::Sequence(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    let path = format!("{at}[{i}]");
+                    out.insert(path.clone());
+                    walk(v, &path, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(value, "", &mut out);
+    out
+}
+
+impl Rendered {
+    /// Whether a label selector picks the slotline pods (and is not empty).
+    fn selects_proxy(&self, selector: Option<&BTreeMap<String, String>>) -> bool {
+        let pod = slotline(self)
+            .0
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        selector.is_some_and(|l| !l.is_empty() && l.iter().all(|(k, v)| pod.get(k) == Some(v)))
+    }
+
+    fn proxy_service(&self) -> &Service {
+        self.services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("slotline"))
+            .unwrap_or_else(|| panic!("deploy/{}: no Service named slotline", self.name))
+    }
+}
+
+/// The slotline Deployment of a rendering, its pod spec and its container.
+fn slotline(r: &Rendered) -> (&Deployment, &PodSpec, &Container) {
+    let d = r
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("slotline"))
+        .unwrap_or_else(|| panic!("deploy/{}: no Deployment named slotline", r.name));
+    let pod = d.spec.template.spec.as_ref().expect("pod spec");
+    let c = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "slotline")
+        .expect("container named slotline");
+    (d, pod, c)
+}
+
+fn container_port(c: &Container, name: &str) -> i32 {
+    c.ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("container {} has no port named {name}", c.name))
+        .container_port
+}
+
+/// A named or numbered port of a container, as a number.
+fn resolve(c: &Container, port: &IntOrString) -> i32 {
+    match port {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => container_port(c, name),
+    }
+}
+
+/// (path, port number) of an HTTP probe.
+fn http_probe(c: &Container, probe: Option<&Probe>, what: &str) -> (String, i32) {
+    let get = probe
+        .and_then(|p| p.http_get.as_ref())
+        .unwrap_or_else(|| panic!("{} has no HTTP {what} probe", c.name));
+    (get.path.clone().unwrap_or_default(), resolve(c, &get.port))
+}
+
+/// The slotline config the Deployment mounts: (ConfigMap key's text, file path given to --config).
+fn mounted_config(r: &Rendered) -> String {
+    let (_, pod, c) = slotline(r);
+    let args = c.args.clone().unwrap_or_default();
+    let config_path = args
+        .iter()
+        .position(|a| a == "--config" || a == "-c")
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or_else(|| panic!("deploy/{}: slotline runs without --config", r.name));
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| config_path.starts_with(&format!("{}/", m.mount_path)))
+        .unwrap_or_else(|| panic!("deploy/{}: {config_path} is on no volume", r.name));
+    let key = &config_path[mount.mount_path.len() + 1..];
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the mounted volume");
+    let cm_name = volume
+        .config_map
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| panic!("deploy/{}: the config volume is not a ConfigMap", r.name));
+    let cm = r
+        .config_maps
+        .iter()
+        .find(|m| m.metadata.name.as_deref() == Some(cm_name.as_str()))
+        .unwrap_or_else(|| panic!("deploy/{}: no ConfigMap {cm_name}", r.name));
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .unwrap_or_else(|| panic!("deploy/{}: ConfigMap {cm_name} has no key {key}", r.name))
+        .clone()
+}
+
+fn port_of(listen: &str) -> i32 {
+    listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {listen:?}"))
+}
+
+#[test]
+fn every_kustomization_renders_into_typed_objects() {
+    for dir in kustomizations() {
+        let r = render(&dir);
+        slotline(&r);
+        assert!(!r.services.is_empty() && !r.config_maps.is_empty());
+    }
+}
+
+#[test]
+fn a_misspelt_field_is_caught() {
+    let doc: Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  selectr: {a: b}\n  ports: [{port: 1}]\n",
+    )
+    .unwrap();
+    let caught = std::panic::catch_unwind(|| typed::<Service>(&doc, "typo"));
+    assert!(caught.is_err(), "spec.selectr must be refused");
+}
+
+#[test]
+fn probes_ports_and_config_agree() {
+    for dir in kustomizations() {
+        let r = render(&dir);
+        let (_, _, c) = slotline(&r);
+        let text = mounted_config(&r);
+
+        // slotline's own validation, exactly as `slotline check` does it.
+        if NOT_YET_VALID.contains(&dir.as_str()) {
+            eprintln!(
+                "deploy/{dir}: config validation skipped (mode: primary is not implemented yet)"
+            );
+        } else if let Err(e) = slotline::config::Config::from_yaml(&text) {
+            panic!("deploy/{dir}: the ConfigMap's config is invalid: {e}");
+        }
+        let config: Value = serde_yaml::from_str(&text).expect("config YAML");
+        let admin_port = port_of(config["admin"]["listen"].as_str().unwrap_or_else(|| {
+            panic!("deploy/{dir}: no admin.listen, so the probes have nothing to reach")
+        }));
+        let pools = config["pools"].as_mapping().expect("pools");
+        assert_eq!(pools.len(), 1, "deploy/{dir}: one pool behind the Service");
+        let (_, pool) = pools.iter().next().expect("a pool");
+        let redis_port = port_of(pool["listen"].as_str().expect("pool listen"));
+
+        assert_eq!(container_port(c, "admin"), admin_port, "deploy/{dir}");
+        assert_eq!(container_port(c, "redis"), redis_port, "deploy/{dir}");
+        let (ready_path, ready_port) = http_probe(c, c.readiness_probe.as_ref(), "readiness");
+        let (live_path, live_port) = http_probe(c, c.liveness_probe.as_ref(), "liveness");
+        assert_eq!((ready_path.as_str(), ready_port), ("/readyz", admin_port));
+        assert_eq!((live_path.as_str(), live_port), ("/healthz", admin_port));
+        assert!(
+            ADMIN_PATHS.contains(&ready_path.as_str()) && ADMIN_PATHS.contains(&live_path.as_str())
+        );
+
+        let spec = r.proxy_service().spec.as_ref().expect("service spec");
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"), "deploy/{dir}");
+        assert!(
+            r.selects_proxy(spec.selector.as_ref()),
+            "deploy/{dir}: the Service selects the pods"
+        );
+        let svc_port = |name: &str| {
+            spec.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("deploy/{dir}: Service has no port {name}"))
+        };
+        let redis = svc_port("redis");
+        assert_eq!(redis.port, 6379, "clients use the usual Redis port");
+        assert_eq!(
+            resolve(c, redis.target_port.as_ref().expect("target")),
+            redis_port
+        );
+        let metrics = svc_port("metrics");
+        assert_eq!(metrics.port, 9121);
+        assert_eq!(
+            resolve(c, metrics.target_port.as_ref().expect("target")),
+            admin_port
+        );
+
+        // Every backend named by a pod DNS name is a pod the example creates.
+        let mut hosts: Vec<String> = Vec::new();
+        let servers = pool["servers"]
+            .as_sequence()
+            .or_else(|| pool["sentinel"]["servers"].as_sequence());
+        for line in servers.into_iter().flatten() {
+            let line = line.as_str().expect("server line");
+            hosts.push(line.split(':').next().unwrap_or_default().to_string());
+        }
+        if dir.starts_with("examples/") {
+            for host in &hosts {
+                let (pod, service) = host
+                    .split_once('.')
+                    .unwrap_or_else(|| panic!("deploy/{dir}: {host} is not pod.service"));
+                let found = r.stateful_sets.iter().any(|s| {
+                    let spec = &s.spec;
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    spec.service_name.as_deref() == Some(service)
+                        && pod
+                            .strip_prefix(&format!("{name}-"))
+                            .and_then(|i| i.parse::<i32>().ok())
+                            .is_some_and(|i| i < spec.replicas.unwrap_or(1))
+                });
+                assert!(
+                    found,
+                    "deploy/{dir}: {host} is no pod of a StatefulSet here"
+                );
+                assert!(
+                    r.services
+                        .iter()
+                        .any(|s| s.metadata.name.as_deref() == Some(service)
+                            && s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref())
+                                == Some("None")),
+                    "deploy/{dir}: {service} is not a headless Service here"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rbac_grants_nothing_beyond_discovery_reads() {
+    for dir in kustomizations() {
+        let r = render(&dir);
+        let (_, pod, _) = slotline(&r);
+        let sa = pod
+            .service_account_name
+            .clone()
+            .expect("serviceAccountName");
+        assert!(
+            r.service_accounts
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(sa.as_str())),
+            "deploy/{dir}: the ServiceAccount {sa} exists"
+        );
+        let allowed: BTreeMap<&str, &str> =
+            [("endpointslices", "discovery.k8s.io"), ("endpoints", "")].into();
+        for role in &r.roles {
+            for rule in role.rules.iter().flatten() {
+                for verb in &rule.verbs {
+                    assert!(
+                        ["get", "list", "watch"].contains(&verb.as_str()),
+                        "deploy/{dir}: verb {verb} granted"
+                    );
+                }
+                assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+                let groups = rule.api_groups.clone().unwrap_or_default();
+                for resource in rule.resources.iter().flatten() {
+                    let group = allowed
+                        .get(resource.as_str())
+                        .unwrap_or_else(|| panic!("deploy/{dir}: access to {resource} granted"));
+                    assert_eq!(groups, [group.to_string()], "deploy/{dir}: {resource}");
+                }
+            }
+        }
+        for binding in &r.role_bindings {
+            assert_eq!(binding.role_ref.kind, "Role", "namespaced only");
+            assert!(r
+                .roles
+                .iter()
+                .any(|role| role.metadata.name.as_deref() == Some(binding.role_ref.name.as_str())));
+            for subject in binding.subjects.iter().flatten() {
+                assert_eq!(
+                    (subject.kind.as_str(), subject.name.as_str()),
+                    ("ServiceAccount", sa.as_str()),
+                    "deploy/{dir}: only slotline's account is bound"
+                );
+                assert_eq!(
+                    subject.namespace,
+                    slotline(&r).0.metadata.namespace,
+                    "deploy/{dir}: bound in the proxy's namespace"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_proxy_runs_locked_down_and_spread_with_a_drain_that_fits() {
+    for dir in kustomizations() {
+        let r = render(&dir);
+        let (d, pod, c) = slotline(&r);
+        let spec = &d.spec;
+        assert!(spec.replicas.unwrap_or(1) >= 2, "deploy/{dir}: replicas");
+
+        let pod_sc = pod.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(pod_sc.run_as_non_root, Some(true), "deploy/{dir}");
+        assert!(pod_sc.run_as_user.is_some_and(|u| u != 0));
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container securityContext");
+        assert_eq!(sc.run_as_non_root, Some(true), "deploy/{dir}");
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "deploy/{dir}");
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "deploy/{dir}");
+        assert_ne!(sc.privileged, Some(true));
+        let caps = sc.capabilities.as_ref().expect("capabilities");
+        assert_eq!(
+            caps.drop.clone().unwrap_or_default(),
+            ["ALL"],
+            "deploy/{dir}"
+        );
+        assert!(caps.add.as_ref().is_none_or(|a| a.is_empty()));
+
+        let resources = c.resources.as_ref().expect("resources");
+        for what in ["cpu", "memory"] {
+            assert!(
+                resources
+                    .requests
+                    .as_ref()
+                    .is_some_and(|r| r.contains_key(what)),
+                "deploy/{dir}: {what} request"
+            );
+        }
+        assert!(resources
+            .limits
+            .as_ref()
+            .is_some_and(|l| l.contains_key("memory")));
+
+        let spread = pod.topology_spread_constraints.clone().unwrap_or_default();
+        assert!(
+            spread
+                .iter()
+                .any(|t| t.topology_key == "kubernetes.io/hostname"),
+            "deploy/{dir}: spread over nodes"
+        );
+        for t in &spread {
+            let labels = t
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref());
+            assert!(
+                r.selects_proxy(labels),
+                "deploy/{dir}: spread counts the proxy's pods"
+            );
+        }
+
+        // Kubernetes waits terminationGracePeriodSeconds in all, preStop included; slotline's drain
+        // starts after preStop and takes up to shutdown_grace.
+        let config: Value = serde_yaml::from_str(&mounted_config(&r)).expect("config");
+        let grace_ms = config["shutdown_grace"].as_u64().unwrap_or(10_000);
+        let pre_stop = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .expect("preStop");
+        let sleep_s = pre_stop
+            .sleep
+            .as_ref()
+            .map(|s| s.seconds)
+            .expect("preStop sleep (the image has no shell)");
+        assert!(sleep_s > 0);
+        let termination = pod
+            .termination_grace_period_seconds
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            termination * 1000 >= sleep_s * 1000 + grace_ms as i64,
+            "deploy/{dir}: terminationGracePeriodSeconds {termination} < preStop {sleep_s} s + shutdown_grace {grace_ms} ms"
+        );
+        assert!(
+            termination * 1000 <= sleep_s * 1000 + grace_ms as i64 + 10_000,
+            "deploy/{dir}: terminationGracePeriodSeconds {termination} is far above what the drain uses"
+        );
+    }
+}
+
+#[test]
+fn pdb_hpa_service_monitor_and_network_policy_point_at_the_proxy() {
+    for dir in kustomizations() {
+        let r = render(&dir);
+        let (_, _, c) = slotline(&r);
+        let selects = |labels| r.selects_proxy(labels);
+
+        let pdb = r
+            .pdbs
+            .first()
+            .unwrap_or_else(|| panic!("deploy/{dir}: no PodDisruptionBudget"));
+        let pdb_spec = pdb.spec.as_ref().expect("pdb spec");
+        assert!(selects(
+            pdb_spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+        ));
+        assert!(pdb_spec.min_available.is_some() || pdb_spec.max_unavailable.is_some());
+
+        let hpa = r
+            .hpas
+            .first()
+            .unwrap_or_else(|| panic!("deploy/{dir}: no HPA"));
+        let hpa_spec = &hpa.spec;
+        assert_eq!(
+            (
+                hpa_spec.scale_target_ref.kind.as_str(),
+                hpa_spec.scale_target_ref.name.as_str()
+            ),
+            ("Deployment", "slotline")
+        );
+        assert!(
+            hpa_spec.min_replicas.unwrap_or(1) >= 2,
+            "never below two replicas"
+        );
+        assert!(hpa_spec.max_replicas >= hpa_spec.min_replicas.unwrap_or(1));
+
+        let svc = r.proxy_service();
+        let svc_labels = svc.metadata.labels.clone().unwrap_or_default();
+        let svc_ports: Vec<String> = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter_map(|p| p.name.clone())
+            .collect();
+        for sm in &r.service_monitors {
+            let known = ["apiVersion", "kind", "metadata", "spec"];
+            for key in sm.as_mapping().expect("object").keys() {
+                assert!(
+                    known.contains(&key.as_str().unwrap_or("")),
+                    "ServiceMonitor key {key:?}"
+                );
+            }
+            for key in sm["spec"].as_mapping().expect("spec").keys() {
+                assert!(
+                    ["selector", "endpoints", "namespaceSelector", "jobLabel"]
+                        .contains(&key.as_str().unwrap_or("")),
+                    "deploy/{dir}: ServiceMonitor spec.{key:?}"
+                );
+            }
+            let wanted = sm["spec"]["selector"]["matchLabels"]
+                .as_mapping()
+                .expect("matchLabels");
+            for (k, v) in wanted {
+                assert_eq!(
+                    svc_labels.get(k.as_str().unwrap_or("")).map(String::as_str),
+                    v.as_str()
+                );
+            }
+            let endpoints = sm["spec"]["endpoints"].as_sequence().expect("endpoints");
+            assert!(!endpoints.is_empty());
+            for e in endpoints {
+                for key in e.as_mapping().expect("endpoint").keys() {
+                    assert!(
+                        ["port", "path", "interval", "scrapeTimeout", "scheme"]
+                            .contains(&key.as_str().unwrap_or("")),
+                        "deploy/{dir}: ServiceMonitor endpoint key {key:?}"
+                    );
+                }
+                let port = e["port"].as_str().expect("endpoint port name");
+                assert!(
+                    svc_ports.iter().any(|p| p == port),
+                    "deploy/{dir}: port {port}"
+                );
+                assert_eq!(e["path"].as_str(), Some("/metrics"));
+            }
+        }
+        assert_eq!(
+            r.service_monitors.len(),
+            1,
+            "deploy/{dir}: one ServiceMonitor"
+        );
+
+        let np = r
+            .network_policies
+            .first()
+            .unwrap_or_else(|| panic!("deploy/{dir}: no NetworkPolicy"));
+        let np_spec = np.spec.as_ref().expect("np spec");
+        assert!(selects(
+            np_spec
+                .pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+        ));
+        let open: Vec<i32> = np_spec
+            .ingress
+            .iter()
+            .flatten()
+            .flat_map(|rule| rule.ports.iter().flatten())
+            .filter_map(|p| p.port.as_ref().map(|port| resolve(c, port)))
+            .collect();
+        for port in [container_port(c, "redis"), container_port(c, "admin")] {
+            assert!(
+                open.contains(&port),
+                "deploy/{dir}: ingress to {port} allowed"
+            );
+        }
+    }
+}
+
+#[test]
+fn dockerfile_is_multi_stage_small_and_non_root() {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("deploy/Dockerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let froms: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "a build stage and a final stage");
+    let last = &lines[*froms.last().expect("a FROM")..];
+    let base = last[0];
+    assert!(
+        ["distroless", "-slim", "scratch", "alpine"]
+            .iter()
+            .any(|s| base.contains(s)),
+        "a small final image: {base}"
+    );
+    assert!(!base.contains("rust:"), "no toolchain in the final image");
+    let user = last
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the final stage sets USER");
+    let uid = user.split(':').next().unwrap_or("0");
+    assert!(uid != "0" && uid != "root", "non-root user: {user}");
+    assert!(last
+        .iter()
+        .any(|l| l.starts_with("COPY --from=") && l.contains("slotline")));
+    assert!(last
+        .iter()
+        .any(|l| l.starts_with("ENTRYPOINT") && l.contains("slotline")));
+}
+
+#[test]
+fn grafana_dashboard_uses_exported_metric_names() {
+    // The metrics contract (src/metrics): every name a dashboard may use.
+    const NAMES: &[&str] = &[
+        "slotline_client_connections",
+        "slotline_client_connections_total",
+        "slotline_client_connections_rejected_total",
+        "slotline_requests_total",
+        "slotline_commands_total",
+        "slotline_errors_total",
+        "slotline_request_duration_seconds",
+        "slotline_backend_request_duration_seconds",
+        "slotline_client_received_bytes_total",
+        "slotline_client_sent_bytes_total",
+        "slotline_backend_requests_total",
+        "slotline_backend_responses_total",
+        "slotline_backend_sent_bytes_total",
+        "slotline_backend_received_bytes_total",
+        "slotline_backend_connections",
+        "slotline_backend_queued_requests",
+        "slotline_backend_errors_total",
+        "slotline_backend_ejected",
+        "slotline_backend_ejections_total",
+        "slotline_redirects_total",
+        "slotline_topology_refreshes_total",
+        "slotline_discovery_updates_total",
+        "slotline_config_reloads_total",
+        "slotline_master_switches_total",
+        "slotline_up",
+        "slotline_build_info",
+        "slotline_start_time_seconds",
+    ];
+    let path = deploy_dir().join("grafana/slotline-dashboard.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    // JSON is YAML, so the YAML parser reads it.
+    let dash: Value = serde_yaml::from_str(&text).expect("dashboard JSON");
+    let panels = dash["panels"].as_sequence().expect("panels");
+    let mut used = BTreeSet::new();
+    for panel in panels {
+        for target in panel["targets"].as_sequence().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr.match_indices("slotline_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|b| NAMES.contains(b))
+                    .unwrap_or(&name)
+                    .to_string();
+                assert!(
+                    NAMES.contains(&base.as_str()),
+                    "panel {:?} uses {name}",
+                    panel["title"]
+                );
+                used.insert(base);
+            }
+        }
+    }
+    for needed in [
+        "slotline_requests_total",
+        "slotline_errors_total",
+        "slotline_request_duration_seconds",
+        "slotline_client_connections",
+        "slotline_backend_queued_requests",
+        "slotline_redirects_total",
+        "slotline_backend_ejections_total",
+        "slotline_topology_refreshes_total",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows {needed}");
+    }
+}
