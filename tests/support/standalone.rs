@@ -1,6 +1,6 @@
 //! Plain `redis-server`s (the shards of a twemproxy pool) and the real `nutcracker` in front of them.
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,22 +37,7 @@ impl RedisServers {
             let server_dir = dir.path().join(format!("redis{index}"));
             fs::create_dir_all(&server_dir)
                 .unwrap_or_else(|e| panic!("create {}: {e}", server_dir.display()));
-            let log = File::create(server_dir.join("redis.log")).expect("create redis.log");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--unixsocket")
-                .arg(server_dir.join("redis.sock"))
-                .arg("--dir")
-                .arg(&server_dir)
-                .current_dir(&server_dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run redis-server ({e}); is the redis-server package installed?")
-                });
+            let child = spawn_server(port, &server_dir);
             reaper.watch(child.id());
             servers.push(Server {
                 port,
@@ -97,6 +82,24 @@ impl RedisServers {
         self.servers.len()
     }
 
+    /// Kills server `index` (SIGKILL) and waits until it is gone: a shard that went down.
+    pub fn stop(&mut self, index: usize) {
+        let server = &mut self.servers[index];
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+    }
+
+    /// Starts server `index` again on its old port (with no data) and waits until it answers PING.
+    pub fn restart(&mut self, index: usize) {
+        self.stop(index);
+        let server = &mut self.servers[index];
+        server.child = spawn_server(server.port, &server.dir);
+        if let Some(reaper) = &mut self.reaper {
+            reaper.watch(server.child.id());
+        }
+        self.wait_answers_ping(index);
+    }
+
     pub fn port(&self, index: usize) -> u16 {
         self.servers[index].port
     }
@@ -125,6 +128,29 @@ impl RedisServers {
             })
             .collect()
     }
+}
+
+fn spawn_server(port: u16, dir: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("redis.log"))
+        .expect("open redis.log");
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--unixsocket")
+        .arg(dir.join("redis.sock"))
+        .arg("--dir")
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run redis-server ({e}); is the redis-server package installed?")
+        })
 }
 
 impl Drop for RedisServers {
