@@ -88,6 +88,8 @@ pub(crate) struct Ctx {
     out: BytesMut,
     closing: bool,
     commands: u64,
+    /// False until the client gives the pool's `redis_auth` password (always true without one).
+    pub authenticated: bool,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -100,6 +102,7 @@ where
         max_request_bytes: pool.config.max_request_bytes,
     });
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let authenticated = pool.config.redis_auth.is_none();
     let mut ctx = Ctx {
         pool,
         client,
@@ -110,6 +113,7 @@ where
         out: BytesMut::with_capacity(READ_CHUNK),
         closing: false,
         commands: 0,
+        authenticated,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -272,6 +276,9 @@ impl Ctx {
                 "ERR wrong number of arguments for '{}' command",
                 spec.name
             ));
+        }
+        if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+            return self.error("NOAUTH Authentication required.");
         }
         let route = match spec.route {
             Route::BlockingOption if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) => {

@@ -15,6 +15,7 @@ use super::{
 /// removed on drop.
 pub struct RedisServers {
     servers: Vec<Server>,
+    args: Vec<String>,
     reaper: Option<Reaper>,
     dir: TempDir,
 }
@@ -28,16 +29,22 @@ struct Server {
 impl RedisServers {
     /// Starts `count` servers and returns once each answers PING.
     pub fn start(count: usize) -> RedisServers {
+        RedisServers::start_with(count, &[])
+    }
+
+    /// Starts `count` servers with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(count: usize, extra_args: &[&str]) -> RedisServers {
         let dir = TempDir::new("redis");
         let mut reaper = Reaper::spawn(dir.path());
         let mut servers = Vec::new();
+        let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         for index in 0..count {
             // cluster_port: never handed out twice in this process, so parallel starts cannot collide.
             let port = cluster_port();
             let server_dir = dir.path().join(format!("redis{index}"));
             fs::create_dir_all(&server_dir)
                 .unwrap_or_else(|e| panic!("create {}: {e}", server_dir.display()));
-            let child = spawn_server(port, &server_dir);
+            let child = spawn_server(port, &server_dir, &args);
             reaper.watch(child.id());
             servers.push(Server {
                 port,
@@ -47,6 +54,7 @@ impl RedisServers {
         }
         let mut all = RedisServers {
             servers,
+            args,
             reaper: Some(reaper),
             dir,
         };
@@ -72,6 +80,8 @@ impl RedisServers {
                 let mut client = Client::try_connect(port).map_err(|e| e.to_string())?;
                 match client.cmd(&["PING"]) {
                     Reply::Status(s) if s == "PONG" => Ok(()),
+                    // A server with requirepass answers, just not yet to us.
+                    Reply::Error(e) if e.starts_with("NOAUTH") => Ok(()),
                     other => Err(format!("PING answered {other:?}")),
                 }
             },
@@ -93,7 +103,7 @@ impl RedisServers {
     pub fn restart(&mut self, index: usize) {
         self.stop(index);
         let server = &mut self.servers[index];
-        server.child = spawn_server(server.port, &server.dir);
+        server.child = spawn_server(server.port, &server.dir, &self.args);
         if let Some(reaper) = &mut self.reaper {
             reaper.watch(server.child.id());
         }
@@ -130,7 +140,7 @@ impl RedisServers {
     }
 }
 
-fn spawn_server(port: u16, dir: &Path) -> Child {
+fn spawn_server(port: u16, dir: &Path, extra_args: &[String]) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -143,6 +153,7 @@ fn spawn_server(port: u16, dir: &Path) -> Child {
         .arg(dir.join("redis.sock"))
         .arg("--dir")
         .arg(dir)
+        .args(extra_args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))
