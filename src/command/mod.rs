@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use keys::for_each_key;
-pub use spec::{flags, Begin, Find, KeySpec, Route, Spec};
+pub use spec::{flags, Begin, Family, Find, KeySpec, Route, Spec};
 
 /// Version of the Redis server the command table was generated from.
 pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;
@@ -127,6 +127,29 @@ impl<'a> Request<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_follow_redis_acl_categories() {
+        for (name, family) in [
+            (&b"get"[..], Family::String),
+            (b"pfadd", Family::String),
+            (b"hset", Family::Hash),
+            (b"lpush", Family::List),
+            (b"sadd", Family::Set),
+            (b"geoadd", Family::SortedSet),
+            (b"xadd", Family::Stream),
+            (b"publish", Family::PubSub),
+            (b"evalsha", Family::Scripting),
+            (b"expire", Family::Keyspace),
+            (b"config", Family::Other),
+            (b"info", Family::Server),
+            (b"ping", Family::Connection),
+            (b"multi", Family::Other),
+        ] {
+            let spec = lookup(name, None).unwrap();
+            assert_eq!(spec.family, family, "{}", spec.name);
+        }
+    }
 
     #[test]
     fn lookup_is_case_insensitive_and_descends_into_subcommands() {

@@ -32,6 +32,64 @@ pub mod flags {
     ];
 }
 
+/// The kind of data a command works on: its Redis ACL category, folded into a small fixed set so that
+/// metrics can count commands by family with bounded labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Strings, bitmaps and HyperLogLogs.
+    String = 0,
+    Hash,
+    List,
+    Set,
+    /// Sorted sets and geo commands.
+    SortedSet,
+    Stream,
+    PubSub,
+    Scripting,
+    /// Commands on keys of any type (DEL, EXPIRE, TYPE ...).
+    Keyspace,
+    /// Administration (CONFIG, INFO, FLUSHALL ...).
+    Server,
+    Connection,
+    /// Transactions and everything else.
+    Other,
+}
+
+impl Family {
+    pub const ALL: [Family; 12] = [
+        Family::String,
+        Family::Hash,
+        Family::List,
+        Family::Set,
+        Family::SortedSet,
+        Family::Stream,
+        Family::PubSub,
+        Family::Scripting,
+        Family::Keyspace,
+        Family::Server,
+        Family::Connection,
+        Family::Other,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::String => "string",
+            Family::Hash => "hash",
+            Family::List => "list",
+            Family::Set => "set",
+            Family::SortedSet => "sortedset",
+            Family::Stream => "stream",
+            Family::PubSub => "pubsub",
+            Family::Scripting => "scripting",
+            Family::Keyspace => "keyspace",
+            Family::Server => "server",
+            Family::Connection => "connection",
+            Family::Other => "other",
+        }
+    }
+}
+
 /// How slotline handles a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -94,6 +152,7 @@ pub struct Spec {
     /// Redis convention: N means exactly N arguments (the name included), -N at least N.
     pub arity: i16,
     pub flags: u16,
+    pub family: Family,
     pub route: Route,
     pub keys: &'static [KeySpec],
 }

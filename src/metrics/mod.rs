@@ -15,26 +15,11 @@ pub use scrape::PoolsCollector;
 
 use std::sync::Arc;
 
+pub use crate::command::Family;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-
-/// Command families: the Redis ACL category a command belongs to, folded into a bounded set.
-pub const FAMILIES: [&str; 12] = [
-    "string",
-    "hash",
-    "list",
-    "set",
-    "sortedset",
-    "stream",
-    "pubsub",
-    "scripting",
-    "keyspace",
-    "server",
-    "connection",
-    "other",
-];
 
 /// Why a request failed, as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,8 +110,8 @@ pub struct Metrics {
 /// One pool's label handles, resolved once when the pool starts.
 pub struct PoolMetrics {
     pub requests: IntCounter,
-    /// Indexed like [`FAMILIES`].
-    pub commands: [IntCounter; FAMILIES.len()],
+    /// Indexed by [`Family`] as usize.
+    pub commands: [IntCounter; Family::ALL.len()],
     /// Indexed by [`ErrorKind`] as usize.
     pub errors: [IntCounter; ErrorKind::ALL.len()],
     /// From the moment a request is read to the moment its reply is queued for the client.
@@ -142,6 +127,10 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
+    pub fn command(&self, family: Family) {
+        self.commands[family as usize].inc();
+    }
+
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].inc();
     }
@@ -268,7 +257,7 @@ impl Metrics {
         let two = |vec: &IntCounterVec, label: &str| vec.with_label_values(&[pool, label]);
         PoolMetrics {
             requests: one(&self.requests),
-            commands: FAMILIES.map(|f| two(&self.commands, f)),
+            commands: Family::ALL.map(|f| two(&self.commands, f.label())),
             errors: ErrorKind::ALL.map(|k| two(&self.errors, k.label())),
             request_duration: self.request_duration.with_label_values(&[pool]),
             backend_request_duration: self.backend_request_duration.with_label_values(&[pool]),
