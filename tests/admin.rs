@@ -210,3 +210,54 @@ fn other_paths_methods_and_garbage() {
     });
     assert!(proxy.is_running(), "garbage did not kill the process");
 }
+
+#[test]
+fn json_logs_one_line_per_event_and_none_per_request() {
+    let yaml = format!(
+        "{}admin:\n  listen: 127.0.0.1:{}\nlog_level: info\n",
+        Slotline::cluster_yaml(free_port(), &seeds(shared())),
+        free_port()
+    );
+    let mut proxy = Slotline::start_with_args(&yaml, &["--log-format", "json"]);
+    let mut client = proxy.client();
+    assert_eq!(client.cmd(&["SET", "log:k", "v"]), Reply::ok());
+    let before = proxy.log().lines().count();
+    for _ in 0..200 {
+        assert_eq!(client.cmd(&["GET", "log:k"]), Reply::bulk("v"));
+    }
+    drop(client);
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
+    let log = proxy.log();
+    let lines: Vec<&str> = log.lines().collect();
+    // Start-up, then shutdown: 200 requests added nothing in between.
+    let after_requests: Vec<&&str> = lines[before..]
+        .iter()
+        .filter(|l| !l.contains("draining") && !l.contains("stopped"))
+        .collect();
+    assert!(
+        after_requests.is_empty(),
+        "per-request lines: {after_requests:?}"
+    );
+    for line in &lines {
+        // JSON is YAML: the YAML parser reads each line as one object.
+        let event: serde_yaml::Value =
+            serde_yaml::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(
+            event["level"].is_string() && event["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    let listening = lines
+        .iter()
+        .find(|l| l.contains("\"listening\""))
+        .expect("a listening event");
+    assert!(
+        listening.contains("\"pool\":\"main\""),
+        "structured fields: {listening}"
+    );
+    assert!(
+        log.contains("\"version\""),
+        "the start-up line names the version"
+    );
+}

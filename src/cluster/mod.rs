@@ -11,7 +11,7 @@ pub use redirect::{classify, Redirect};
 pub use topology::Topology;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub struct Cluster {
     /// Refreshes that installed a topology, and those no node answered usefully (read by metrics).
     refresh_ok: AtomicU64,
     refresh_failed: AtomicU64,
+    /// The last refresh failed: log the next failure at debug, and say so when one works again.
+    refresh_failing: AtomicBool,
 }
 
 impl Cluster {
@@ -71,6 +73,7 @@ impl Cluster {
             refreshes: AtomicUsize::new(0),
             refresh_ok: AtomicU64::new(0),
             refresh_failed: AtomicU64::new(0),
+            refresh_failing: AtomicBool::new(false),
         });
         tokio::spawn(refresher(Arc::downgrade(&cluster)));
         cluster
@@ -132,13 +135,21 @@ impl Cluster {
                 Ok(map) if map.covered() > 0 => {
                     self.install(map);
                     self.refresh_ok.fetch_add(1, Ordering::Relaxed);
+                    if self.refresh_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(node = %addr, "cluster topology refreshed again");
+                    }
                     return true;
                 }
                 Ok(_) => tracing::warn!(node = %addr, "CLUSTER SLOTS lists no slots"),
                 Err(e) => tracing::warn!(node = %addr, error = %e, "unusable CLUSTER SLOTS reply"),
             }
         }
-        tracing::warn!(seeds = ?self.seeds, "no cluster node answered CLUSTER SLOTS");
+        // A cluster that stays unreachable logs once, not on every retry.
+        if self.refresh_failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(seeds = ?self.seeds, "still no cluster node answers CLUSTER SLOTS");
+        } else {
+            tracing::warn!(seeds = ?self.seeds, "no cluster node answered CLUSTER SLOTS");
+        }
         self.refresh_failed.fetch_add(1, Ordering::Relaxed);
         false
     }

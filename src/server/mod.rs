@@ -158,6 +158,12 @@ pub async fn run(
     config_file: Option<String>,
     mut stops: UnboundedReceiver<Stop>,
 ) -> std::io::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = config_file.as_deref().unwrap_or(""),
+        pools = config.pools.len(),
+        "starting"
+    );
     let shared = Shared::new(config_file);
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
     metrics.register(Box::new(
