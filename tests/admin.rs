@@ -261,3 +261,43 @@ fn json_logs_one_line_per_event_and_none_per_request() {
         "the start-up line names the version"
     );
 }
+
+#[test]
+fn answers_while_the_data_path_is_saturated() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // One data-path worker, kept busy by pipelining clients: the admin thread is not behind them.
+    let yaml = format!(
+        "{}admin:\n  listen: 127.0.0.1:{}\nworkers: 1\n",
+        Slotline::cluster_yaml(free_port(), &seeds(shared())),
+        free_port()
+    );
+    let proxy = Slotline::start(&yaml);
+    let (port, admin) = (proxy.port(), proxy.admin_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = support::Client::connect(port);
+                let key = format!("busy:{i}");
+                let batch: Vec<[&str; 2]> = vec![["INCR", key.as_str()]; 1000];
+                let mut batches = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    assert_eq!(client.pipeline(&batch).len(), 1000);
+                    batches += 1;
+                }
+                batches
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        assert_eq!(http_get(admin, "/healthz").status, 200);
+        assert_eq!(http_get(admin, "/readyz").status, 200);
+        assert!(http_get(admin, "/metrics").body.contains("slotline_up 1"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for worker in load {
+        assert!(worker.join().expect("load thread") > 0, "the load ran");
+    }
+}
