@@ -4,6 +4,7 @@ mod fanout;
 mod info;
 mod local;
 mod session;
+mod stats_port;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::cluster::Cluster;
 use crate::config::{is_unix_path, Config, Mode, PoolConfig};
 use crate::shards::Shards;
+use crate::stats::{self, PoolStats};
 use session::ClientState;
 
 /// How long start-up waits for each cluster pool's first topology before listening anyway.
@@ -52,6 +54,7 @@ pub struct Pool {
     pub config: PoolConfig,
     pub router: Router,
     pub shared: Arc<Shared>,
+    pub stats: Arc<PoolStats>,
     clients: AtomicU64,
     local_port: Option<u16>,
 }
@@ -107,8 +110,19 @@ pub async fn run(
         })?;
         bound.push((name.clone(), pool_config.clone(), listener));
     }
+    let stats_listener = match &config.stats_listen {
+        Some(listen) => Some(TcpListener::bind(listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("stats_listen: cannot listen on {listen}: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let mut pools = Vec::new();
     let mut tasks = Vec::new();
     for (name, pool_config, listener) in bound {
+        let stats = Arc::new(PoolStats::default());
         let router = if pool_config.mode == Mode::Cluster {
             let cluster = Cluster::start(&pool_config);
             if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
@@ -116,7 +130,7 @@ pub async fn run(
             }
             Router::Cluster(cluster)
         } else {
-            let shards = Shards::start(&pool_config).map_err(|e| {
+            let shards = Shards::start(&pool_config, stats.clone()).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!("pool {name}: {e}"),
@@ -133,11 +147,21 @@ pub async fn run(
             config: pool_config,
             router,
             shared: shared.clone(),
+            stats,
             clients: AtomicU64::new(0),
             local_port,
         });
         tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
+        pools.push(pool.clone());
         tasks.push(tokio::spawn(accept_loop(listener, pool)));
+    }
+    if let Some(listener) = stats_listener {
+        tracing::info!(listen = ?listener.local_addr().ok(), "serving twemproxy-compatible stats");
+        tasks.push(tokio::spawn(stats_port::serve(
+            listener,
+            shared.clone(),
+            pools,
+        )));
     }
     shutdown.await;
     tracing::info!("shutting down");
@@ -193,6 +217,7 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
         shared.total_connections.fetch_add(1, Ordering::Relaxed);
         shared.connected_clients.fetch_add(1, Ordering::Relaxed);
         pool.clients.fetch_add(1, Ordering::Relaxed);
+        stats::shift(&pool.stats.client_connections, 1);
         let client = ClientState {
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             addr,
@@ -204,6 +229,7 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
         tokio::spawn(async move {
             session::serve(rd, wr, pool.clone(), client).await;
             pool.clients.fetch_sub(1, Ordering::Relaxed);
+            stats::shift(&pool.stats.client_connections, -1);
             pool.shared
                 .connected_clients
                 .fetch_sub(1, Ordering::Relaxed);
