@@ -22,6 +22,10 @@ pub struct Config {
     /// Threads serving connections; 0 means one per CPU the process may use (cgroup limits included).
     #[serde(default)]
     pub workers: usize,
+    /// `host:port` of a twemproxy-compatible stats port (one JSON object per connection); none when
+    /// absent. nutcracker's `-s PORT -a ADDR` flags set it too.
+    #[serde(default)]
+    pub stats_listen: Option<String>,
     /// The admin HTTP listener (/metrics, /healthz, /readyz); none when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
@@ -243,7 +247,8 @@ impl Config {
             message: e.to_string(),
         })?;
         if let Some(map) = value.as_mapping() {
-            if !map.is_empty() && !map.contains_key("pools") && !map.contains_key("workers") {
+            let native = ["pools", "workers", "stats_listen"];
+            if !map.is_empty() && !native.iter().any(|k| map.contains_key(*k)) {
                 return twemproxy::parse(text);
             }
         }
@@ -288,10 +293,24 @@ impl Config {
                 format!("'{}' is not a log filter: {e}", self.log_level),
             )
         })?;
+        if let Some(listen) = &self.stats_listen {
+            split_host_port(listen).map_err(|e| ConfigError {
+                file: None,
+                message: format!("stats_listen: {e}"),
+            })?;
+        }
         let mut listens = BTreeMap::new();
+        if let Some(stats) = &self.stats_listen {
+            listens.insert(stats.as_str(), "stats_listen".to_string());
+        }
         if let Some(admin) = &self.admin {
             split_host_port(&admin.listen).map_err(|e| top("admin.listen", e))?;
-            listens.insert(admin.listen.as_str(), "admin".to_string());
+            if let Some(other) = listens.insert(admin.listen.as_str(), "admin".to_string()) {
+                return Err(top(
+                    "admin.listen",
+                    format!("{} is also used by {other}", admin.listen),
+                ));
+            }
         }
         for (name, pool) in &self.pools {
             if let Some(other) = listens.insert(pool.listen.as_str(), format!("pool {name}")) {

@@ -44,6 +44,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         admin: None,
         shutdown_grace: super::defaults::shutdown_grace(),
         log_level: super::defaults::log_level(),
+        stats_listen: None,
     };
     for (name, pool) in pools {
         let err = |field: &str, what: &str| ConfigError {

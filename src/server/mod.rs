@@ -5,6 +5,7 @@ mod info;
 mod lifecycle;
 mod local;
 mod session;
+mod stats_port;
 
 pub use lifecycle::{Lifecycle, Phase, Stop};
 
@@ -20,6 +21,7 @@ use crate::cluster::Cluster;
 use crate::config::{is_unix_path, Config, Mode, PoolConfig};
 use crate::metrics::{Metrics, PoolMetrics, PoolsCollector};
 use crate::shards::Shards;
+use crate::stats::{self, PoolStats};
 use session::ClientState;
 
 /// How long start-up waits for each cluster pool's first topology before listening anyway.
@@ -100,6 +102,7 @@ pub struct Pool {
     pub config: PoolConfig,
     pub router: Router,
     pub shared: Arc<Shared>,
+    pub stats: Arc<PoolStats>,
     pub metrics: PoolMetrics,
     clients: AtomicU64,
     accepted: AtomicU64,
@@ -193,9 +196,19 @@ pub async fn run(
         })?;
         bound.push((name.clone(), pool_config.clone(), listener));
     }
-    let mut tasks = Vec::new();
+    let stats_listener = match &config.stats_listen {
+        Some(listen) => Some(TcpListener::bind(listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("stats_listen: cannot listen on {listen}: {e}"),
+            )
+        })?),
+        None => None,
+    };
     let mut pools = Vec::new();
+    let mut tasks = Vec::new();
     for (name, pool_config, listener) in bound {
+        let stats = Arc::new(PoolStats::default());
         let router = if pool_config.mode == Mode::Cluster {
             let cluster = Cluster::start(&pool_config);
             if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
@@ -203,7 +216,7 @@ pub async fn run(
             }
             Router::Cluster(cluster)
         } else {
-            let shards = Shards::start(&pool_config).map_err(|e| {
+            let shards = Shards::start(&pool_config, stats.clone()).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!("pool {name}: {e}"),
@@ -220,6 +233,7 @@ pub async fn run(
             config: pool_config,
             router,
             shared: shared.clone(),
+            stats,
             metrics: metrics.pool(&name),
             clients: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
@@ -228,10 +242,18 @@ pub async fn run(
             local_port,
         });
         tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
-        pools.push(Arc::downgrade(&pool));
+        pools.push(pool.clone());
         tasks.push(tokio::spawn(accept_loop(listener, pool)));
     }
-    let _ = shared.pools.set(pools);
+    let _ = shared.pools.set(pools.iter().map(Arc::downgrade).collect());
+    if let Some(listener) = stats_listener {
+        tracing::info!(listen = ?listener.local_addr().ok(), "serving twemproxy-compatible stats");
+        tasks.push(tokio::spawn(stats_port::serve(
+            listener,
+            shared.clone(),
+            pools,
+        )));
+    }
     let life = shared.lifecycle.clone();
     life.enter(Phase::Serving);
 
@@ -361,6 +383,7 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
         shared.connected_clients.fetch_add(1, Ordering::Relaxed);
         pool.clients.fetch_add(1, Ordering::Relaxed);
         pool.accepted.fetch_add(1, Ordering::Relaxed);
+        stats::shift(&pool.stats.client_connections, 1);
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
         let rd = life.track(id, rd);
         let client = ClientState {
@@ -374,6 +397,7 @@ async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
         tokio::spawn(async move {
             session::serve(rd, wr, pool.clone(), client).await;
             pool.clients.fetch_sub(1, Ordering::Relaxed);
+            stats::shift(&pool.stats.client_connections, -1);
             pool.shared
                 .connected_clients
                 .fetch_sub(1, Ordering::Relaxed);

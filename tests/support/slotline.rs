@@ -38,7 +38,7 @@ impl Slotline {
         Slotline::start_with_args(yaml, &[])
     }
 
-    /// [`start`](Self::start) with more command-line arguments (e.g. `--log-format json`).
+    /// [`start`](Self::start) with more command-line arguments (e.g. nutcracker's `-s PORT`).
     pub fn start_with_args(yaml: &str, args: &[&str]) -> Slotline {
         let dir = TempDir::new("slotline");
         let config = dir.write("slotline.yml", yaml);
