@@ -93,6 +93,22 @@ fn probes_and_metrics_with_a_live_cluster() {
         accepted + 1.0
     );
     assert_eq!(series(&after, "slotline_client_connections"), 1.0);
+    // Per backend, read from the data path's counters at scrape time.
+    let owner = shared().node_for_slot(support::key_slot(b"admin:k"));
+    let backend = |name: &str| {
+        metric(
+            &after,
+            &format!("{name}{{backend=\"127.0.0.1:{owner}\",pool=\"main\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {name} for the owner of admin:k in:\n{after}"))
+    };
+    assert!(backend("slotline_backend_requests_total") >= 2.0);
+    assert!(backend("slotline_backend_responses_total") >= 2.0);
+    assert!(backend("slotline_backend_sent_bytes_total") > 0.0);
+    assert!(backend("slotline_backend_received_bytes_total") > 0.0);
+    assert!(backend("slotline_backend_connections") >= 1.0);
+    assert_eq!(backend("slotline_backend_ejected"), 0.0);
+    assert_eq!(backend("slotline_backend_queued_requests"), 0.0);
 
     // The same proxy seen through INFO, as `redis-cli info` shows it.
     let out = std::process::Command::new("redis-cli")
@@ -113,6 +129,7 @@ fn probes_and_metrics_with_a_live_cluster() {
         "backends=3",
         "backend_main_0:addr=127.0.0.1:",
         "backend_main_2:addr=127.0.0.1:",
+        ",connections=1,requests=",
     ] {
         assert!(info.contains(needle), "INFO lacks {needle:?}:\n{info}");
     }
@@ -300,4 +317,71 @@ fn answers_while_the_data_path_is_saturated() {
     for worker in load {
         assert!(worker.join().expect("load thread") > 0, "the load ran");
     }
+}
+
+#[test]
+fn sharded_pool_backends_and_ejection_in_metrics() {
+    let mut servers = support::RedisServers::start(2);
+    let (a, b) = (servers.port(0), servers.port(1));
+    let yaml = format!(
+        "pools:\n  shards:\n    listen: 127.0.0.1:{}\n    mode: ketama\n    auto_eject_hosts: true\n    \
+         server_failure_limit: 1\n    server_retry_timeout: 600000\n    timeout: 300\n    servers:\n      \
+         - 127.0.0.1:{a}:1 one\n      - 127.0.0.1:{b}:1 two\nadmin:\n  listen: 127.0.0.1:{}\n",
+        free_port(),
+        free_port()
+    );
+    let proxy = Slotline::start(&yaml);
+    let admin = proxy.admin_port();
+    wait_ok(Duration::from_secs(10), "/readyz 200", || {
+        let r = http_get(admin, "/readyz");
+        (r.status == 200).then_some(()).ok_or(r.body)
+    });
+    let mut client = proxy.client();
+    for i in 0..50 {
+        assert_eq!(client.cmd(&["SET", &format!("k{i}"), "v"]), Reply::ok());
+    }
+    let value = |text: &str, name: &str, port: u16| {
+        metric(
+            text,
+            &format!("{name}{{backend=\"127.0.0.1:{port}\",pool=\"shards\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {name} for {port} in:\n{text}"))
+    };
+    let text = http_get(admin, "/metrics").body;
+    let sent = value(&text, "slotline_backend_requests_total", a)
+        + value(&text, "slotline_backend_requests_total", b);
+    assert!(sent >= 50.0, "{sent}");
+
+    // Server b goes away: its first failure ejects it.
+    servers.stop(1);
+    wait_ok(Duration::from_secs(20), "b ejected in /metrics", || {
+        for i in 0..20 {
+            client.cmd(&["GET", &format!("k{i}")]);
+        }
+        let text = http_get(admin, "/metrics").body;
+        let ejected = value(&text, "slotline_backend_ejected", b);
+        let errors = metric(
+            &text,
+            &format!("slotline_backend_errors_total{{backend=\"127.0.0.1:{b}\",kind=\"error\",pool=\"shards\"}}"),
+        )
+        .unwrap_or(0.0)
+            + metric(
+                &text,
+                &format!("slotline_backend_errors_total{{backend=\"127.0.0.1:{b}\",kind=\"eof\",pool=\"shards\"}}"),
+            )
+            .unwrap_or(0.0);
+        (ejected == 1.0
+            && value(&text, "slotline_backend_ejections_total", b) == 1.0
+            && errors >= 1.0)
+            .then_some(())
+            .ok_or(format!("ejected {ejected}, errors {errors}"))
+    });
+    assert_eq!(
+        value(
+            &http_get(admin, "/metrics").body,
+            "slotline_backend_ejected",
+            a
+        ),
+        0.0
+    );
 }

@@ -1,10 +1,12 @@
 //! Metrics read at scrape time from the atomics that pools, clusters and backends keep anyway.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::backend::Node;
 use crate::server::{Router, Shared};
 
 /// (name, help, type, label names) of every family this collector emits.
@@ -33,7 +35,78 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &["pool", "result"],
     ),
+    (
+        "slotline_backend_requests_total",
+        "Requests written to the backend.",
+        MetricType::COUNTER,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_responses_total",
+        "Replies read from the backend.",
+        MetricType::COUNTER,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_sent_bytes_total",
+        "Request bytes written to the backend.",
+        MetricType::COUNTER,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_received_bytes_total",
+        "Reply bytes read from the backend.",
+        MetricType::COUNTER,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_connections",
+        "Open connections to the backend.",
+        MetricType::GAUGE,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_queued_requests",
+        "Requests for the backend not answered yet: queued to be written, or written and awaiting the reply.",
+        MetricType::GAUGE,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_errors_total",
+        "Backend connection failures: eof (the server closed), error (refused, reset, malformed), timeout (a request unanswered within the timeout).",
+        MetricType::COUNTER,
+        &["backend", "kind", "pool"],
+    ),
+    (
+        "slotline_backend_ejected",
+        "1 while the backend is ejected from its pool's ring (auto_eject_hosts), else 0.",
+        MetricType::GAUGE,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_backend_ejections_total",
+        "Times the backend was ejected.",
+        MetricType::COUNTER,
+        &["backend", "pool"],
+    ),
 ];
+
+/// Indexes into [`FAMILIES`], so that the code below reads by name.
+mod family {
+    pub const CLIENTS: usize = 0;
+    pub const ACCEPTED: usize = 1;
+    pub const REJECTED: usize = 2;
+    pub const REFRESHES: usize = 3;
+    pub const REQUESTS: usize = 4;
+    pub const RESPONSES: usize = 5;
+    pub const SENT: usize = 6;
+    pub const RECEIVED: usize = 7;
+    pub const CONNECTIONS: usize = 8;
+    pub const QUEUED: usize = 9;
+    pub const ERRORS: usize = 10;
+    pub const EJECTED: usize = 11;
+    pub const EJECTIONS: usize = 12;
+}
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
 pub struct PoolsCollector {
@@ -104,19 +177,63 @@ impl Collector for PoolsCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let mut families: Vec<Family> = (0..FAMILIES.len()).map(Family::new).collect();
+        use family::*;
+        let mut f: Vec<Family> = (0..FAMILIES.len()).map(Family::new).collect();
         for pool in self.shared.pools() {
             let name = pool.name.as_str();
             let stats = pool.counters();
-            families[0].add(&[("pool", name)], stats.clients);
-            families[1].add(&[("pool", name)], stats.accepted);
-            families[2].add(&[("pool", name)], stats.rejected);
-            if let Router::Cluster(cluster) = &pool.router {
-                let (ok, failed) = cluster.refresh_counts();
-                families[3].add(&[("pool", name), ("result", "ok")], ok);
-                families[3].add(&[("pool", name), ("result", "error")], failed);
+            f[CLIENTS].add(&[("pool", name)], stats.clients);
+            f[ACCEPTED].add(&[("pool", name)], stats.accepted);
+            f[REJECTED].add(&[("pool", name)], stats.rejected);
+            // (node, ejected now) for every backend the pool routes to.
+            let backends: Vec<(Arc<Node>, bool)> = match &pool.router {
+                Router::Cluster(cluster) => {
+                    let (ok, failed) = cluster.refresh_counts();
+                    f[REFRESHES].add(&[("pool", name), ("result", "ok")], ok);
+                    f[REFRESHES].add(&[("pool", name), ("result", "error")], failed);
+                    let topology = cluster.topology();
+                    topology
+                        .nodes()
+                        .iter()
+                        .map(|n| (n.clone(), false))
+                        .collect()
+                }
+                Router::Shards(shards) => {
+                    let table = shards.table();
+                    let nodes = shards.nodes().iter().enumerate();
+                    nodes.map(|(i, n)| (n.clone(), !table.is_live(i))).collect()
+                }
+            };
+            let mut seen = std::collections::HashSet::new();
+            for (node, ejected) in &backends {
+                // The same address twice in one pool would be a duplicate series, which Prometheus
+                // refuses: report it once.
+                if !seen.insert(node.addr().clone()) {
+                    continue;
+                }
+                let s = node.stats();
+                let at = [("backend", &**node.addr()), ("pool", name)];
+                let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let gauge = |g: &AtomicI64| g.load(Ordering::Relaxed).max(0) as u64;
+                f[REQUESTS].add(&at, read(&s.requests));
+                f[RESPONSES].add(&at, read(&s.responses));
+                f[SENT].add(&at, read(&s.request_bytes));
+                f[RECEIVED].add(&at, read(&s.response_bytes));
+                f[CONNECTIONS].add(&at, gauge(&s.server_connections));
+                f[QUEUED].add(&at, gauge(&s.in_queue) + gauge(&s.out_queue));
+                for (kind, counter) in [
+                    ("eof", &s.server_eof),
+                    ("error", &s.server_err),
+                    ("timeout", &s.server_timedout),
+                ] {
+                    let labels = [at[0], ("kind", kind), at[1]];
+                    f[ERRORS].add(&labels, read(counter));
+                }
+                f[EJECTED].add(&at, u64::from(*ejected));
+                f[EJECTIONS].add(&at, read(&s.ejections));
             }
         }
+        let families = f;
         families
             .into_iter()
             .map(|f| f.0)

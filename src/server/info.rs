@@ -130,7 +130,20 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
             nodes.len(),
         );
         for (i, node) in nodes.iter().enumerate() {
-            let _ = write!(out, "backend_{}_{i}:addr={}\r\n", pool.name, node.addr());
+            let s = node.stats();
+            let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            let gauge = |g: &std::sync::atomic::AtomicI64| g.load(Ordering::Relaxed).max(0);
+            let _ = write!(
+                out,
+                "backend_{}_{i}:addr={},connections={},requests={},responses={},queued={},errors={}\r\n",
+                pool.name,
+                node.addr(),
+                gauge(&s.server_connections),
+                read(&s.requests),
+                read(&s.responses),
+                gauge(&s.in_queue) + gauge(&s.out_queue),
+                read(&s.server_eof) + read(&s.server_err) + read(&s.server_timedout),
+            );
         }
     }
     out.push_str("\r\n");

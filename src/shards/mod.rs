@@ -47,6 +47,11 @@ impl Table {
         self.nodes.get(index)
     }
 
+    /// Whether server `index` (config order) is in the ring, i.e. not ejected.
+    pub fn is_live(&self, index: usize) -> bool {
+        self.ring.live().get(index).copied().unwrap_or(false)
+    }
+
     /// A server in service for a request without a key; a client always gets the same one.
     pub fn any_node(&self, pick: usize) -> Option<&Arc<Node>> {
         let live = self.ring.live();
@@ -209,6 +214,7 @@ async fn eject_failing(
                     health.reset();
                     changed = true;
                     stats::add(&pool_stats.server_ejects, 1);
+                    stats::add(&node.stats().ejections, 1);
                     let micros = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_micros() as u64);

@@ -20,6 +20,8 @@ pub struct ServerStats {
     pub server_connections: AtomicI64,
     /// When the server was last ejected, in microseconds since the Unix epoch (0: never).
     pub server_ejected_at: AtomicU64,
+    /// Times the server was ejected (not in twemproxy's JSON; exported as a Prometheus counter).
+    pub ejections: AtomicU64,
     pub requests: AtomicU64,
     pub request_bytes: AtomicU64,
     pub responses: AtomicU64,
