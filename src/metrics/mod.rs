@@ -10,8 +10,10 @@
 //! topology), so the number of series is bounded.
 
 mod scrape;
+mod tally;
 
 pub use scrape::PoolsCollector;
+pub use tally::SessionTally;
 
 use std::sync::Arc;
 

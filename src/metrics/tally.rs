@@ -1,0 +1,138 @@
+//! What one client session counts between two flushes: plain integers and thread-local histograms, so
+//! that recording a request touches no shared cache line; the session adds them to the pool's metrics
+//! once per batch of requests, where it already flushes its other counters.
+
+use std::time::Duration;
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+
+use super::{ErrorKind, Family, PoolMetrics, RedirectKind};
+
+/// A session's unflushed counts.
+pub struct SessionTally {
+    requests: LocalIntCounter,
+    commands: [u64; Family::ALL.len()],
+    errors: [u64; ErrorKind::ALL.len()],
+    redirects: [u64; RedirectKind::ALL.len()],
+    received: u64,
+    sent: u64,
+    latency: LocalHistogram,
+    backend_latency: LocalHistogram,
+    /// Something to flush.
+    dirty: bool,
+}
+
+impl SessionTally {
+    pub fn new(pool: &PoolMetrics) -> SessionTally {
+        SessionTally {
+            requests: pool.requests.local(),
+            commands: [0; Family::ALL.len()],
+            errors: [0; ErrorKind::ALL.len()],
+            redirects: [0; RedirectKind::ALL.len()],
+            received: 0,
+            sent: 0,
+            latency: pool.request_duration.local(),
+            backend_latency: pool.backend_request_duration.local(),
+            dirty: false,
+        }
+    }
+
+    /// A request was read; `family` is its command's, when it is a known command.
+    #[inline]
+    pub fn request(&mut self, family: Option<Family>) {
+        self.requests.inc();
+        if let Some(family) = family {
+            self.commands[family as usize] += 1;
+        }
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn error(&mut self, kind: ErrorKind) {
+        self.errors[kind as usize] += 1;
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn redirect(&mut self, kind: RedirectKind) {
+        self.redirects[kind as usize] += 1;
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn received(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+        self.dirty = true;
+    }
+
+    #[inline]
+    pub fn sent(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+        self.dirty = true;
+    }
+
+    /// A request's reply was queued for the client, `took` after the request was read.
+    #[inline]
+    pub fn answered(&mut self, took: Duration) {
+        self.latency.observe(took.as_secs_f64());
+        self.dirty = true;
+    }
+
+    /// A backend's reply arrived, `took` after the request was queued for it.
+    #[inline]
+    pub fn backend_answered(&mut self, took: Duration) {
+        self.backend_latency.observe(took.as_secs_f64());
+        self.dirty = true;
+    }
+
+    /// Adds everything counted since the last flush to the pool's metrics.
+    pub fn flush(&mut self, pool: &PoolMetrics) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.requests.flush();
+        self.latency.flush();
+        self.backend_latency.flush();
+        let add = |counts: &mut [u64], counters: &[prometheus::IntCounter]| {
+            for (n, counter) in counts.iter_mut().zip(counters) {
+                if *n > 0 {
+                    counter.inc_by(std::mem::take(n));
+                }
+            }
+        };
+        add(&mut self.commands, &pool.commands);
+        add(&mut self.errors, &pool.errors);
+        add(&mut self.redirects, &pool.redirects);
+        pool.client_received_bytes
+            .inc_by(std::mem::take(&mut self.received));
+        pool.client_sent_bytes
+            .inc_by(std::mem::take(&mut self.sent));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn nothing_reaches_the_pool_until_a_flush() {
+        let metrics = Metrics::new().unwrap();
+        let pool = metrics.pool("p");
+        let mut tally = SessionTally::new(&pool);
+        tally.request(Some(Family::Hash));
+        tally.request(None);
+        tally.error(ErrorKind::Timeout);
+        tally.received(10);
+        tally.answered(Duration::from_millis(3));
+        assert_eq!(pool.requests.get(), 0);
+        tally.flush(&pool);
+        tally.flush(&pool);
+        assert_eq!(pool.requests.get(), 2);
+        assert_eq!(pool.commands[Family::Hash as usize].get(), 1);
+        assert_eq!(pool.errors[ErrorKind::Timeout as usize].get(), 1);
+        assert_eq!(pool.client_received_bytes.get(), 10);
+        assert_eq!(pool.request_duration.get_sample_count(), 1);
+    }
+}
