@@ -93,6 +93,45 @@ fn probes_and_metrics_with_a_live_cluster() {
         accepted + 1.0
     );
     assert_eq!(series(&after, "slotline_client_connections"), 1.0);
+    // Per request, counted by the session.
+    for (name, at_least) in [
+        ("slotline_requests_total", 2.0),
+        ("slotline_request_duration_seconds_count", 2.0),
+        ("slotline_backend_request_duration_seconds_count", 2.0),
+        ("slotline_client_received_bytes_total", 20.0),
+        ("slotline_client_sent_bytes_total", 10.0),
+    ] {
+        let value = series(&after, name);
+        assert!(value >= at_least, "{name} = {value}");
+    }
+    let labelled = |text: &str, labels: &str| {
+        metric(text, labels).unwrap_or_else(|| panic!("no {labels} in:\n{text}"))
+    };
+    assert!(
+        labelled(
+            &after,
+            "slotline_commands_total{family=\"string\",pool=\"main\"}"
+        ) >= 2.0
+    );
+    // One error slotline decides, one the backend answers.
+    assert!(client.cmd(&["NOSUCHCOMMAND"]).is_error());
+    assert!(
+        client.cmd(&["INCR", "admin:k"]).is_error(),
+        "not an integer"
+    );
+    let errors = http_get(admin, "/metrics").body;
+    for kind in ["proxy", "backend_error"] {
+        let series = format!("slotline_errors_total{{kind=\"{kind}\",pool=\"main\"}}");
+        assert_eq!(labelled(&errors, &series), 1.0, "{series}");
+    }
+    assert_eq!(
+        labelled(
+            &errors,
+            "slotline_errors_total{kind=\"timeout\",pool=\"main\"}"
+        ),
+        0.0
+    );
+
     // Per backend, read from the data path's counters at scrape time.
     let owner = shared().node_for_slot(support::key_slot(b"admin:k"));
     let backend = |name: &str| {
@@ -325,7 +364,7 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
     let (a, b) = (servers.port(0), servers.port(1));
     let yaml = format!(
         "pools:\n  shards:\n    listen: 127.0.0.1:{}\n    mode: ketama\n    auto_eject_hosts: true\n    \
-         server_failure_limit: 1\n    server_retry_timeout: 600000\n    timeout: 300\n    servers:\n      \
+         server_failure_limit: 2\n    server_retry_timeout: 600000\n    timeout: 300\n    servers:\n      \
          - 127.0.0.1:{a}:1 one\n      - 127.0.0.1:{b}:1 two\nadmin:\n  listen: 127.0.0.1:{}\n",
         free_port(),
         free_port()
@@ -352,7 +391,35 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
         + value(&text, "slotline_backend_requests_total", b);
     assert!(sent >= 50.0, "{sent}");
 
-    // Server b goes away: its first failure ejects it.
+    // Both servers stop answering for a while: a request times out, and is counted as such.
+    for port in [a, b] {
+        let mut direct = support::Client::connect(port);
+        assert_eq!(direct.cmd(&["CLIENT", "PAUSE", "1500", "ALL"]), Reply::ok());
+    }
+    let reply = client.cmd(&["GET", "k1"]);
+    assert!(
+        reply.error().is_some_and(|e| e.contains("no reply")),
+        "{reply:?}"
+    );
+    let text = http_get(admin, "/metrics").body;
+    assert!(
+        metric(
+            &text,
+            "slotline_errors_total{kind=\"timeout\",pool=\"shards\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "timeouts counted:\n{text}"
+    );
+    wait_ok(
+        Duration::from_secs(10),
+        "the servers answer again",
+        || match client.cmd(&["GET", "k1"]) {
+            Reply::Bulk(_) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    // Server b goes away: its failures eject it.
     servers.stop(1);
     wait_ok(Duration::from_secs(20), "b ejected in /metrics", || {
         for i in 0..20 {
@@ -383,5 +450,63 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
             a
         ),
         0.0
+    );
+}
+
+#[test]
+fn redirects_are_counted_by_kind() {
+    // Its own cluster: a slot moves.
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        ..ClusterOpts::default()
+    });
+    // No periodic refresh during the test: the MOVED below must reach slotline.
+    let yaml = format!(
+        "{}admin:\n  listen: 127.0.0.1:{}\n",
+        Slotline::cluster_yaml(free_port(), &seeds(&cluster)).replace(
+            "timeout: 1000\n",
+            "timeout: 1000\n    refresh_interval: 600000\n"
+        ),
+        free_port()
+    );
+    let proxy = Slotline::start(&yaml);
+    let admin = proxy.admin_port();
+    let mut client = proxy.client();
+    let (ask_key, moved_key) = ("{redir}:ask", "{redir}:moved");
+    let slot = support::key_slot(ask_key.as_bytes());
+    assert_eq!(client.cmd(&["SET", ask_key, "a"]), Reply::ok());
+    assert_eq!(client.cmd(&["SET", moved_key, "m"]), Reply::ok());
+    let from = cluster.node_for_slot(slot);
+    let to = seeds(&cluster)
+        .into_iter()
+        .find(|&p| p != from)
+        .expect("another master");
+
+    // Mid-migration with the key already moved: the old owner answers ASK.
+    cluster.setslot_importing(slot, to, from);
+    cluster.setslot_migrating(slot, from, to);
+    assert_eq!(cluster.migrate_keys(slot, from, to), 2);
+    assert_eq!(client.cmd(&["GET", ask_key]), Reply::bulk("a"));
+    // Done: the old owner answers MOVED until slotline has refreshed its topology.
+    cluster.setslot_node(slot, to);
+    cluster.wait_slot_owner(slot, to, Duration::from_secs(10));
+    assert_eq!(client.cmd(&["GET", moved_key]), Reply::bulk("m"));
+
+    let text = http_get(admin, "/metrics").body;
+    let redirects = |kind: &str| {
+        metric(
+            &text,
+            &format!("slotline_redirects_total{{kind=\"{kind}\",pool=\"main\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {kind} redirects in:\n{text}"))
+    };
+    assert!(redirects("ask") >= 1.0, "ASK followed and counted");
+    assert!(redirects("moved") >= 1.0, "MOVED followed and counted");
+    assert_eq!(
+        metric(
+            &text,
+            "slotline_errors_total{kind=\"redirect_limit\",pool=\"main\"}"
+        ),
+        Some(0.0)
     );
 }

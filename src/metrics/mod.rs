@@ -40,6 +40,19 @@ pub enum ErrorKind {
     Proxy,
 }
 
+impl From<&crate::backend::BackendError> for ErrorKind {
+    /// Why a backend gave no reply, as the client's error.
+    fn from(e: &crate::backend::BackendError) -> ErrorKind {
+        use crate::backend::BackendError;
+        match e {
+            BackendError::Protocol(_) => ErrorKind::Protocol,
+            BackendError::Connect(_) | BackendError::Closed(_) | BackendError::Abandoned => {
+                ErrorKind::Connection
+            }
+        }
+    }
+}
+
 impl ErrorKind {
     pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Timeout,
@@ -69,6 +82,17 @@ pub enum RedirectKind {
     Ask,
     /// TRYAGAIN and CLUSTERDOWN, retried after a pause.
     TryAgain,
+}
+
+impl From<&crate::cluster::Redirect<'_>> for RedirectKind {
+    fn from(r: &crate::cluster::Redirect<'_>) -> RedirectKind {
+        use crate::cluster::Redirect;
+        match r {
+            Redirect::Moved { .. } => RedirectKind::Moved,
+            Redirect::Ask { .. } => RedirectKind::Ask,
+            Redirect::Retry => RedirectKind::TryAgain,
+        }
+    }
 }
 
 impl RedirectKind {

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::local::LocalHistogram;
 
 use super::{ErrorKind, Family, PoolMetrics, RedirectKind};
 
-/// A session's unflushed counts.
+/// A session's unflushed counts. (Requests themselves the session already counts per batch.)
 pub struct SessionTally {
-    requests: LocalIntCounter,
     commands: [u64; Family::ALL.len()],
     errors: [u64; ErrorKind::ALL.len()],
     redirects: [u64; RedirectKind::ALL.len()],
@@ -25,7 +24,6 @@ pub struct SessionTally {
 impl SessionTally {
     pub fn new(pool: &PoolMetrics) -> SessionTally {
         SessionTally {
-            requests: pool.requests.local(),
             commands: [0; Family::ALL.len()],
             errors: [0; ErrorKind::ALL.len()],
             redirects: [0; RedirectKind::ALL.len()],
@@ -37,13 +35,10 @@ impl SessionTally {
         }
     }
 
-    /// A request was read; `family` is its command's, when it is a known command.
+    /// A request for a known command was read.
     #[inline]
-    pub fn request(&mut self, family: Option<Family>) {
-        self.requests.inc();
-        if let Some(family) = family {
-            self.commands[family as usize] += 1;
-        }
+    pub fn command(&mut self, family: Family) {
+        self.commands[family as usize] += 1;
         self.dirty = true;
     }
 
@@ -78,6 +73,14 @@ impl SessionTally {
         self.dirty = true;
     }
 
+    /// [`answered`](Self::answered) for a request read at `started` (None: unknown, not observed).
+    #[inline]
+    pub fn answered_since(&mut self, started: Option<tokio::time::Instant>) {
+        if let Some(started) = started {
+            self.answered(started.elapsed());
+        }
+    }
+
     /// A backend's reply arrived, `took` after the request was queued for it.
     #[inline]
     pub fn backend_answered(&mut self, took: Duration) {
@@ -91,7 +94,6 @@ impl SessionTally {
             return;
         }
         self.dirty = false;
-        self.requests.flush();
         self.latency.flush();
         self.backend_latency.flush();
         let add = |counts: &mut [u64], counters: &[prometheus::IntCounter]| {
@@ -121,15 +123,13 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let pool = metrics.pool("p");
         let mut tally = SessionTally::new(&pool);
-        tally.request(Some(Family::Hash));
-        tally.request(None);
+        tally.command(Family::Hash);
         tally.error(ErrorKind::Timeout);
         tally.received(10);
         tally.answered(Duration::from_millis(3));
-        assert_eq!(pool.requests.get(), 0);
+        assert_eq!(pool.commands[Family::Hash as usize].get(), 0);
         tally.flush(&pool);
         tally.flush(&pool);
-        assert_eq!(pool.requests.get(), 2);
         assert_eq!(pool.commands[Family::Hash as usize].get(), 1);
         assert_eq!(pool.errors[ErrorKind::Timeout as usize].get(), 1);
         assert_eq!(pool.client_received_bytes.get(), 10);

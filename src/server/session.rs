@@ -17,6 +17,7 @@ use super::{Pool, Router};
 use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
 use crate::cluster::{classify, Cluster, Redirect, Topology};
 use crate::command::{self, LookupError, Request, Route};
+use crate::metrics::{ErrorKind, RedirectKind, SessionTally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::{key_slot, Slot};
 use crate::shards::Table;
@@ -95,6 +96,8 @@ pub(crate) struct Ctx {
     pub authenticated: bool,
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
+    /// Metrics counted here and added to the pool's once per batch.
+    tally: SessionTally,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -108,6 +111,7 @@ where
     });
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let authenticated = pool.config.redis_auth.is_none();
+    let tally = SessionTally::new(&pool.metrics);
     let mut ctx = Ctx {
         pool,
         client,
@@ -120,6 +124,7 @@ where
         commands: 0,
         authenticated,
         client_err: false,
+        tally,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -145,6 +150,9 @@ where
                 ctx.client_err = true;
                 break;
             }
+            ctx.tally.sent(ctx.out.len());
+            // Once per write, so that the metrics of answered requests never wait for more input.
+            ctx.tally.flush(&ctx.pool.metrics);
             ctx.out.clear();
             if ctx.out.capacity() > 4 * READ_CHUNK {
                 // A large reply went out; do not keep its buffer for the life of the connection.
@@ -182,7 +190,7 @@ where
                 // The client has sent all it will (it may still read, as `nc` does): answer what it
                 // sent, then close. If it is gone altogether, the next write fails and ends this.
                 Ok(0) => ctx.closing = true,
-                Ok(_) => {}
+                Ok(n) => ctx.tally.received(n),
                 Err(_) => {
                     ctx.client_err = true;
                     break;
@@ -251,7 +259,8 @@ impl Ctx {
                 }
                 Err(e) => {
                     // The stream cannot be resynchronised: say why, then close.
-                    self.error(&format!("ERR {e}"));
+                    self.tally.error(ErrorKind::Protocol);
+                    self.reply(|r| r.error(&format!("ERR {e}")));
                     self.client_err = true;
                     self.closing = true;
                 }
@@ -265,7 +274,10 @@ impl Ctx {
         self.commands += 1;
         let argc = req.argc();
         let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
-            Ok(spec) => spec,
+            Ok(spec) => {
+                self.tally.command(spec.family);
+                spec
+            }
             Err(LookupError::UnknownCommand) => return self.unknown_command(req),
             Err(LookupError::UnknownSubcommand) => {
                 let msg = format!(
@@ -434,6 +446,8 @@ impl Ctx {
     /// Gives each reply taken from the inbox to its request. Replies for requests that already gave up
     /// (timed out) find no place and are dropped.
     fn place_arrived(&mut self) {
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.pool.config.timeout);
         for (seq, result) in self.arrived.drain(..) {
             let (seq, part) = match seq & PART {
                 0 => (seq, None),
@@ -443,9 +457,18 @@ impl Ctx {
                 continue;
             };
             match (self.pending.get_mut(i as usize), part) {
-                (Some(Pending::Wait(w)), None) => w.result = Some(result),
+                (Some(Pending::Wait(w)), None) => {
+                    // Sent at `deadline - timeout` (redirects included).
+                    let sent = w.deadline.checked_sub(timeout).unwrap_or(now);
+                    self.tally
+                        .backend_answered(now.saturating_duration_since(sent));
+                    w.result = Some(result);
+                }
                 (Some(Pending::Split(s)), Some(part)) => {
                     if let Some(part) = s.parts.get_mut(part) {
+                        let sent = part.w.deadline.checked_sub(timeout).unwrap_or(now);
+                        self.tally
+                            .backend_answered(now.saturating_duration_since(sent));
                         part.w.result = Some(result);
                     }
                 }
@@ -483,6 +506,7 @@ impl Ctx {
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
         if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
+            self.tally.error(ErrorKind::Timeout);
             stats::add(&self.pool.stats.forward_error, 1);
             self.pop_front();
             return self.timed_out();
@@ -490,28 +514,44 @@ impl Ctx {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;
         };
+        // Read at `deadline - timeout`; observed once the client's reply is decided.
+        let started = w
+            .deadline
+            .checked_sub(Duration::from_millis(self.pool.config.timeout));
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
+                self.tally.answered_since(started);
+                self.tally.error(ErrorKind::from(&e));
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.error_now(&format!("ERR slotline: {e}"));
             }
             HeadEvent::Timeout => {
+                self.tally.answered_since(started);
+                self.tally.error(ErrorKind::Timeout);
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.timed_out();
             }
         };
+        let mut failure = ErrorKind::BackendError;
         if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
             if let Some(r) = classify(&reply) {
                 let resend = self.inbox.reply_to(self.front_seq);
                 let max = self.pool.config.max_redirects;
+                let kind = RedirectKind::from(&r);
                 if follow(cluster, max, self.client.id as usize, w, r, resend) {
+                    self.tally.redirect(kind);
                     return;
                 }
+                failure = ErrorKind::RedirectLimit;
             }
         }
+        if reply.first() == Some(&b'-') {
+            self.tally.error(failure);
+        }
+        self.tally.answered_since(started);
         self.out.extend_from_slice(&reply);
         self.pop_front();
     }
@@ -539,6 +579,7 @@ impl Ctx {
                 if let Some(r) = classify(&reply) {
                     let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
                     let max = self.pool.config.max_redirects;
+                    let kind = RedirectKind::from(&r);
                     if follow(
                         cluster,
                         max,
@@ -547,6 +588,7 @@ impl Ctx {
                         r,
                         resend,
                     ) {
+                        self.tally.redirect(kind);
                         waiting = true;
                         continue;
                     }
@@ -563,6 +605,7 @@ impl Ctx {
         });
         match failed {
             Some(msg) => {
+                self.tally.error(ErrorKind::Connection);
                 stats::add(&self.pool.stats.forward_error, 1);
                 Reply(&mut self.out).error(&msg);
             }
@@ -578,6 +621,10 @@ impl Ctx {
                 fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);
             }
         }
+        let started = s
+            .deadline
+            .checked_sub(Duration::from_millis(self.pool.config.timeout));
+        self.tally.answered_since(started);
         self.pop_front();
         true
     }
@@ -591,7 +638,9 @@ impl Ctx {
     }
 
     /// Writes an error reply in order: straight to the output when nothing is waiting before it.
+    /// Errors slotline decides itself (unknown command, CROSSSLOT, no topology ...).
     pub(crate) fn error(&mut self, msg: &str) {
+        self.tally.error(ErrorKind::Proxy);
         self.reply(|r| r.error(msg));
     }
 
@@ -624,11 +673,13 @@ impl Ctx {
 
     fn flush_stats(&mut self) {
         if self.commands > 0 {
+            self.pool.metrics.requests.inc_by(self.commands);
             self.pool
                 .shared
                 .total_commands
                 .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
         }
+        self.tally.flush(&self.pool.metrics);
     }
 }
 
