@@ -347,3 +347,47 @@ fn stats_port_speaks_twemproxys_format_with_real_counts() {
     assert_eq!(servers_total("out_queue"), 0);
     assert_eq!(servers_total("in_queue"), 0);
 }
+
+#[test]
+fn a_server_that_stops_answering_times_out_and_is_ejected() {
+    let servers = RedisServers::start(3);
+    let stats_port = free_port();
+    let options =
+        "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 60000\n";
+    let yaml =
+        nutcracker_yml(free_port(), &servers, options).replace("timeout: 500", "timeout: 300");
+    let proxy = Slotline::start_with_args(&yaml, &["-s", &stats_port.to_string()]);
+    let mut client = proxy.client();
+    let keys: Vec<String> = (0..60).map(|i| format!("slow:{i}")).collect();
+    write_all(&mut client, &keys);
+    let before = holders(&servers, &[0, 1, 2], &keys);
+    let slow = before[0];
+
+    // The server accepts the request and then says nothing for longer than the timeout.
+    assert_eq!(
+        servers
+            .client(slow)
+            .cmd(&["CLIENT", "PAUSE", "3000", "ALL"]),
+        Reply::ok()
+    );
+    let reply = client.cmd(&["GET", &keys[0]]);
+    assert!(
+        reply
+            .error()
+            .is_some_and(|e| e.contains("no reply from the backend within 300 ms")),
+        "{reply:?}"
+    );
+    wait_for(
+        Duration::from_secs(2),
+        "the silent server to be ejected",
+        || {
+            let pool = &stats(stats_port)["shards"];
+            pool["server_ejects"].as_u64() == Some(1)
+                && pool[format!("shard{slow}")]["server_timedout"].as_u64() >= Some(1)
+        },
+    );
+    // Its keys are served by the others while it is out of the ring (the paused server still holds
+    // the old value, so a write lands elsewhere and reads back from there).
+    assert_eq!(client.cmd(&["SET", &keys[0], "moved"]), Reply::ok());
+    assert_eq!(client.cmd(&["GET", &keys[0]]), Reply::bulk("moved"));
+}
