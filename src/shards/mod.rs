@@ -26,6 +26,7 @@ pub struct Shards {
     /// Twemproxy's name for each server (its `name`, or `host:port`), in config order.
     names: Vec<String>,
     table: ArcSwap<Table>,
+    settings: backend::Settings,
 }
 
 /// The placement requests are routed with.
@@ -115,6 +116,7 @@ impl Shards {
             nodes,
             names,
             table: ArcSwap::from_pointee(table),
+            settings: settings.clone(),
         });
         if config.auto_eject_hosts {
             let retry = Duration::from_millis(config.server_retry_timeout);
@@ -126,6 +128,11 @@ impl Shards {
             ));
         }
         Ok(shards)
+    }
+
+    /// How this pool's backend connections are set up.
+    pub fn settings(&self) -> &backend::Settings {
+        &self.settings
     }
 
     /// The placement in use now.
