@@ -95,10 +95,15 @@ impl Family {
 pub enum Route {
     /// Sent to the node that owns its keys' slot.
     Keyed,
+    /// Keyed, and may block (BLPOP ...): sent on a backend connection of the client's own, so that it
+    /// never holds up other clients' requests on a shared one.
+    Blocking,
     /// Keyed, but blocking when given a `BLOCK` option (XREAD, XREADGROUP).
     BlockingOption,
     /// Keyless, and any node gives the same answer.
     AnyNode,
+    /// Keyless, and about the whole data set: sent to every master (or server) and the replies merged.
+    EveryNode,
     /// Answered by slotline itself.
     Local,
     /// Has subcommands; the subcommand decides.

@@ -16,7 +16,7 @@ use super::local::{self, Outcome};
 use super::{Pool, Router};
 use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
 use crate::cluster::{classify, Cluster, Redirect, Topology};
-use crate::command::{self, LookupError, Request, Route};
+use crate::command::{self, LookupError, Request, Route, Spec};
 use crate::metrics::{ErrorKind, RedirectKind, SessionTally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::{key_slot, Slot};
@@ -75,7 +75,13 @@ struct Waiting {
     slot: Option<Slot>,
     deadline: Instant,
     redirects: u32,
+    /// Sent on a connection of the client's own (a blocking command): a redirect is given to the
+    /// client rather than followed on a shared connection.
+    own_connection: bool,
 }
+
+/// How long a blocking command may wait: its own timeout argument decides, this only bounds forever.
+const BLOCKING_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Everything of a session but its input buffer and parser, so that dispatching can borrow the parsed
 /// arguments while changing this.
@@ -96,6 +102,8 @@ pub(crate) struct Ctx {
     pub authenticated: bool,
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
+    /// Backend connections of this client's own (for blocking commands), closed with the session.
+    own: Vec<Arc<Node>>,
     /// Metrics counted here and added to the pool's once per batch.
     tally: SessionTally,
 }
@@ -124,6 +132,7 @@ where
         commands: 0,
         authenticated,
         client_err: false,
+        own: Vec::new(),
         tally,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
@@ -159,7 +168,9 @@ where
                 ctx.out = BytesMut::with_capacity(READ_CHUNK);
             }
         }
-        if ctx.closing && ctx.pending.is_empty() {
+        if ctx.closing && (ctx.pending.is_empty() || ctx.blocked()) {
+            // A client that has sent everything and waits on a blocking command cannot be told apart
+            // from one that left: drop it, so the server unblocks it and hands the data to someone else.
             break;
         }
         let can_read = !ctx.closing && ctx.pending.len() < max_pending;
@@ -298,35 +309,28 @@ impl Ctx {
             return self.error("NOAUTH Authentication required.");
         }
         let route = match spec.route {
-            Route::BlockingOption if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) => {
-                Route::Unsupported(
-                    "blocking commands would stall a backend connection shared with other clients (not supported yet)",
-                )
+            Route::BlockingOption
+                if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) =>
+            {
+                Route::Blocking
             }
             Route::BlockingOption => Route::Keyed,
             other => other,
         };
         match route {
-            Route::Keyed => {
-                let mut place = None;
-                let mut cross = false;
-                req.for_each_key(spec, |key| {
-                    let p = view.place_of(key);
-                    match place {
-                        None => place = Some(p),
-                        Some(first) if first != p => cross = true,
-                        _ => {}
-                    }
-                });
-                if !cross {
-                    return self.forward(view, place.unwrap_or(Place::Any), frame.clone(), now);
-                }
-                match fanout::policy(spec.name) {
+            Route::Keyed => match view.place_of_request(req, spec) {
+                Ok(place) => self.forward(view, place, frame.clone(), now),
+                Err(()) => match fanout::policy(spec.name) {
                     Some(split) => self.split(req, split, view, now),
                     None => self.error(&view.cross_error(spec.display_name())),
-                }
-            }
+                },
+            },
+            Route::Blocking => match view.place_of_request(req, spec) {
+                Ok(place) => self.forward_blocking(view, place, frame.clone()),
+                Err(()) => self.error(&view.cross_error(spec.display_name())),
+            },
             Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
+            Route::EveryNode => self.every_node(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, frame.clone(), now),
@@ -341,6 +345,39 @@ impl Ctx {
                 spec.name
             )),
         }
+    }
+
+    /// Sends a command that may block to its backend on a connection of this client's own: on a shared
+    /// one it would hold up every other client's requests until it returns. It waits as long as it
+    /// blocks (the command's own timeout decides), and the connection closes with the session, which
+    /// unblocks it on the server if the client leaves first.
+    fn forward_blocking(&mut self, view: &View<'_>, place: Place, frame: Bytes) {
+        let pick = self.client.id as usize;
+        let Some(shared) = view.target(place, pick) else {
+            view.request_refresh();
+            return self.error("CLUSTERDOWN Hash slot not served");
+        };
+        let node = match self.own.iter().find(|n| n.addr() == shared.addr()) {
+            Some(node) => node.clone(),
+            None => {
+                let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
+                self.own.push(node.clone());
+                node
+            }
+        };
+        let seq = self.front_seq + self.pending.len() as u64;
+        node.send(0, frame.clone(), false, self.inbox.reply_to(seq));
+        self.pending.push_back(Pending::Wait(Waiting {
+            result: None,
+            frame,
+            slot: match place {
+                Place::Slot(slot) => Some(slot),
+                _ => None,
+            },
+            deadline: Instant::now() + BLOCKING_WAIT,
+            redirects: 0,
+            own_connection: true,
+        }));
     }
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
@@ -365,6 +402,7 @@ impl Ctx {
             slot,
             deadline: now + Duration::from_millis(self.pool.config.timeout),
             redirects: 0,
+            own_connection: false,
         }));
     }
 
@@ -382,26 +420,95 @@ impl Ctx {
             .collect();
         // Stable: each part keeps its keys in the client's order.
         placed.sort_by_key(|&(place, _)| place);
+        let mut groups = Vec::new();
+        for group in placed.chunk_by(|a, b| a.0 == b.0) {
+            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
+            let frame = fanout::encode(&req, split, &keys);
+            groups.push((group[0].0, keys, frame));
+        }
+        self.fan_out(groups, split.merge, nkeys, view, now);
+    }
+
+    /// Sends a command about the whole data set to every master (every server in service) as it is.
+    fn every_node(
+        &mut self,
+        req: Request<'_>,
+        spec: &Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if spec.name == "scan" {
+            return self.scan(req, view, now);
+        }
+        let Some(merge) = fanout::every_node_policy(spec.name) else {
+            return self.error(&format!(
+                "ERR {} is not supported by slotline",
+                spec.display_name()
+            ));
+        };
+        if matches!(spec.name, "flushall" | "flushdb") && !self.pool.config.allow_flush {
+            let msg = format!(
+                "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
+                spec.display_name(),
+                match view { View::Cluster(..) => "master", View::Shards(_) => "server" },
+                self.pool.name
+            );
+            return self.error(&msg);
+        }
+        let groups = (0..view.node_count())
+            .map(|i| (Place::Node(i), Vec::new(), frame.clone()))
+            .collect();
+        self.fan_out(groups, merge, 0, view, now);
+    }
+
+    /// SCAN, one master at a time: the cursor's top bits say which.
+    fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
+        let cursor = std::str::from_utf8(req.arg(1))
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok());
+        let nodes = view.node_count();
+        let Some((node, inner)) = cursor
+            .map(fanout::scan_cursor)
+            .filter(|&(n, _)| n < nodes.max(1))
+        else {
+            return self.error("ERR invalid cursor");
+        };
+        let frame = fanout::with_arg(&req, 1, inner.to_string().as_bytes());
+        let groups = vec![(Place::Node(node), Vec::new(), frame)];
+        self.fan_out(groups, Merge::Scan { node, nodes }, 0, view, now);
+    }
+
+    /// Sends each part to its place and queues the request to be answered once all parts are.
+    fn fan_out(
+        &mut self,
+        groups: Vec<(Place, Vec<u32>, Bytes)>,
+        merge: Merge,
+        nkeys: usize,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if groups.len() > MAX_PARTS {
+            return self.error("ERR slotline: the keys of this command live in too many places");
+        }
+        if groups.is_empty() {
+            return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
+        }
         let seq = self.front_seq + self.pending.len() as u64;
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
         let pick = self.client.id as usize;
-        let mut parts = Vec::new();
-        for group in placed.chunk_by(|a, b| a.0 == b.0) {
-            if parts.len() == MAX_PARTS {
-                return self
-                    .error("ERR slotline: the keys of this command live in too many places");
-            }
-            let place = group[0].0;
-            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
+        let mut parts = Vec::with_capacity(groups.len());
+        for (place, keys, frame) in groups {
             let mut w = Waiting {
                 result: None,
-                frame: fanout::encode(&req, split, &keys),
+                frame,
                 slot: match place {
                     Place::Slot(slot) => Some(slot),
                     _ => None,
                 },
                 deadline,
                 redirects: 0,
+                own_connection: false,
             };
             match view.target(place, pick) {
                 Some(node) => {
@@ -420,11 +527,16 @@ impl Ctx {
         stats::add(&self.pool.stats.fragments, parts.len() as u64);
         self.pending
             .push_back(Pending::Split(Box::new(SplitRequest {
-                merge: split.merge,
+                merge,
                 nkeys,
                 deadline,
                 parts,
             })));
+    }
+
+    /// Whether the oldest request is a blocking command still waiting.
+    fn blocked(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
     }
 
     /// When the oldest request gives up, if it is still waiting for a backend.
@@ -458,10 +570,13 @@ impl Ctx {
             };
             match (self.pending.get_mut(i as usize), part) {
                 (Some(Pending::Wait(w)), None) => {
-                    // Sent at `deadline - timeout` (redirects included).
-                    let sent = w.deadline.checked_sub(timeout).unwrap_or(now);
-                    self.tally
-                        .backend_answered(now.saturating_duration_since(sent));
+                    // Sent at `deadline - timeout` (redirects included). A blocking command waits as
+                    // long as the client asked: not a backend's answer time.
+                    if !w.own_connection {
+                        let sent = w.deadline.checked_sub(timeout).unwrap_or(now);
+                        self.tally
+                            .backend_answered(now.saturating_duration_since(sent));
+                    }
                     w.result = Some(result);
                 }
                 (Some(Pending::Split(s)), Some(part)) => {
@@ -514,10 +629,14 @@ impl Ctx {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;
         };
-        // Read at `deadline - timeout`; observed once the client's reply is decided.
-        let started = w
-            .deadline
-            .checked_sub(Duration::from_millis(self.pool.config.timeout));
+        // Read at `deadline - timeout`; observed once the client's reply is decided. Not for blocking
+        // commands, which take as long as the client asked them to.
+        let started = match w.own_connection {
+            true => None,
+            false => w
+                .deadline
+                .checked_sub(Duration::from_millis(self.pool.config.timeout)),
+        };
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
@@ -536,7 +655,9 @@ impl Ctx {
             }
         };
         let mut failure = ErrorKind::BackendError;
-        if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
+        if let (Some(b'-'), Router::Cluster(cluster), false) =
+            (reply.first(), &self.pool.router, w.own_connection)
+        {
             if let Some(r) = classify(&reply) {
                 let resend = self.inbox.reply_to(self.front_seq);
                 let max = self.pool.config.max_redirects;
@@ -690,6 +811,8 @@ enum Place {
     Slot(Slot),
     /// A server of a sharded pool, by config index.
     Server(usize),
+    /// Master (or server in service) number `i`, for requests sent to every one.
+    Node(usize),
     /// Any backend: the request has no key.
     Any,
 }
@@ -708,6 +831,24 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Where all the keys of a request live (Any when it has none); Err when they live apart.
+    fn place_of_request(&self, req: Request<'_>, spec: &Spec) -> Result<Place, ()> {
+        let mut place = None;
+        let mut cross = false;
+        req.for_each_key(spec, |key| {
+            let p = self.place_of(key);
+            match place {
+                None => place = Some(p),
+                Some(first) if first != p => cross = true,
+                _ => {}
+            }
+        });
+        match cross {
+            true => Err(()),
+            false => Ok(place.unwrap_or(Place::Any)),
+        }
+    }
+
     /// Where a key lives.
     fn place_of(&self, key: &[u8]) -> Place {
         match self {
@@ -722,9 +863,19 @@ impl<'a> View<'a> {
             (View::Cluster(_, topology), Place::Slot(slot)) => {
                 topology.node_for_request(Some(slot), pick)
             }
+            (View::Cluster(_, topology), Place::Node(i)) => topology.nodes().get(i),
             (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
             (View::Shards(table), Place::Server(i)) => table.node(i),
+            (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
             (View::Shards(table), _) => table.any_node(pick),
+        }
+    }
+
+    /// How many masters (servers in service) a request for every node goes to.
+    fn node_count(&self) -> usize {
+        match self {
+            View::Cluster(_, topology) => topology.nodes().len(),
+            View::Shards(table) => table.in_service().count(),
         }
     }
 

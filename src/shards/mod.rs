@@ -26,6 +26,7 @@ pub struct Shards {
     /// Twemproxy's name for each server (its `name`, or `host:port`), in config order.
     names: Vec<String>,
     table: ArcSwap<Table>,
+    settings: backend::Settings,
 }
 
 /// The placement requests are routed with.
@@ -54,15 +55,19 @@ impl Table {
 
     /// A server in service for a request without a key; a client always gets the same one.
     pub fn any_node(&self, pick: usize) -> Option<&Arc<Node>> {
-        let live = self.ring.live();
-        let count = live.iter().filter(|&&l| l).count();
-        let nth = pick % count.max(1);
-        live.iter()
-            .enumerate()
-            .filter(|(_, &l)| l)
-            .nth(nth)
-            .and_then(|(i, _)| self.nodes.get(i))
+        let count = self.in_service().count();
+        self.in_service()
+            .nth(pick % count.max(1))
             .or_else(|| self.nodes.get(pick % self.nodes.len().max(1)))
+    }
+
+    /// The servers on the ring (all but the ejected ones), in config order.
+    pub fn in_service(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.nodes
+            .iter()
+            .zip(self.ring.live())
+            .filter(|(_, &live)| live)
+            .map(|(node, _)| node)
     }
 }
 
@@ -116,6 +121,7 @@ impl Shards {
             nodes,
             names,
             table: ArcSwap::from_pointee(table),
+            settings: settings.clone(),
         });
         if config.auto_eject_hosts {
             let retry = Duration::from_millis(config.server_retry_timeout);
@@ -127,6 +133,11 @@ impl Shards {
             ));
         }
         Ok(shards)
+    }
+
+    /// How this pool's backend connections are set up.
+    pub fn settings(&self) -> &backend::Settings {
+        &self.settings
     }
 
     /// The placement in use now.

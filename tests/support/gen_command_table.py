@@ -57,6 +57,9 @@ LOCAL = {
 # Keyless commands whose answer does not depend on which node gives it.
 ANY_NODE = {"time", "lolwut", "publish", "cluster|keyslot", "object|help", "xinfo|help",
             "memory|help", "xgroup|help", "config|help", "pubsub|help", "script|help", "function|help"}
+# Sent to every master (every server of a sharded pool) and the replies merged (src/server/fanout.rs).
+EVERY_NODE = {"keys", "scan", "dbsize", "randomkey", "flushall", "flushdb", "script|load",
+              "script|exists", "script|flush", "function|load", "function|delete", "function|flush"}
 TRANSACTION = {"multi", "exec", "discard", "watch", "unwatch"}
 PUBSUB = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
           "pubsub", "pubsub|channels", "pubsub|numpat", "pubsub|numsub", "pubsub|shardchannels",
@@ -75,10 +78,11 @@ def route(name, flags, tips, specs, is_container):
     if name in BLOCK_OPTION:
         return "Route::BlockingOption"
     if "blocking" in flags:
-        return ('Route::Unsupported("blocking commands would stall a backend connection shared with '
-                'other clients (not supported yet)")')
+        return "Route::Blocking"
     if name in ANY_NODE:
         return "Route::AnyNode"
+    if name in EVERY_NODE:
+        return "Route::EveryNode"
     if is_container:
         return "Route::Container"
     if specs:
@@ -177,6 +181,8 @@ def main():
     print()
     print("pub(super) static REDIS_VERSION: &str = \"%s\";" % version)
     print()
+    print("// One line per command, however long: easier to read and to diff than rustfmt's layout.")
+    print("#[rustfmt::skip]")
     print("pub(super) static COMMANDS: &[Spec] = &[")
     for e in entries:
         print(e)
