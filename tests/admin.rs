@@ -161,6 +161,8 @@ fn probes_and_metrics_with_a_live_cluster() {
         "connected_clients:2",
         "# Stats",
         "total_connections_received:",
+        "total_net_input_bytes:",
+        "total_error_replies:",
         "# Slotline",
         "ready:1",
         "pools:1",

@@ -53,10 +53,17 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
     if show("stats") {
         let _ = write!(
             out,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
+             total_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\ntotal_error_replies:{}\r\n\r\n",
             shared.total_connections.load(Ordering::Relaxed),
             shared.total_commands.load(Ordering::Relaxed),
             shared.rejected_connections.load(Ordering::Relaxed),
+            pools.iter().map(|p| p.metrics.client_received_bytes.get()).sum::<u64>(),
+            pools.iter().map(|p| p.metrics.client_sent_bytes.get()).sum::<u64>(),
+            pools
+                .iter()
+                .flat_map(|p| p.metrics.errors.iter().map(|e| e.get()))
+                .sum::<u64>(),
         );
     }
     if show("slotline") {
