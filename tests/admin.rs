@@ -389,6 +389,15 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
         .unwrap_or_else(|| panic!("no {name} for {port} in:\n{text}"))
     };
     let text = http_get(admin, "/metrics").body;
+    // A sharded pool has every series but the cluster-only refreshes.
+    for name in support::METRIC_NAMES {
+        if *name != "slotline_topology_refreshes_total" {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "/metrics lacks {name}"
+            );
+        }
+    }
     let sent = value(&text, "slotline_backend_requests_total", a)
         + value(&text, "slotline_backend_requests_total", b);
     assert!(sent >= 50.0, "{sent}");

@@ -19,6 +19,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
 use serde_yaml::Value;
 
+mod support;
+use support::METRIC_NAMES;
+
 /// The paths the admin listener serves (src/admin/mod.rs), which probes may point at.
 const ADMIN_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
@@ -706,35 +709,7 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
 #[test]
 fn grafana_dashboard_uses_exported_metric_names() {
     // The metrics contract (src/metrics): every name a dashboard may use.
-    const NAMES: &[&str] = &[
-        "slotline_client_connections",
-        "slotline_client_connections_total",
-        "slotline_client_connections_rejected_total",
-        "slotline_requests_total",
-        "slotline_commands_total",
-        "slotline_errors_total",
-        "slotline_request_duration_seconds",
-        "slotline_backend_request_duration_seconds",
-        "slotline_client_received_bytes_total",
-        "slotline_client_sent_bytes_total",
-        "slotline_backend_requests_total",
-        "slotline_backend_responses_total",
-        "slotline_backend_sent_bytes_total",
-        "slotline_backend_received_bytes_total",
-        "slotline_backend_connections",
-        "slotline_backend_queued_requests",
-        "slotline_backend_errors_total",
-        "slotline_backend_ejected",
-        "slotline_backend_ejections_total",
-        "slotline_redirects_total",
-        "slotline_topology_refreshes_total",
-        "slotline_discovery_updates_total",
-        "slotline_config_reloads_total",
-        "slotline_master_switches_total",
-        "slotline_up",
-        "slotline_build_info",
-        "slotline_start_time_seconds",
-    ];
+    const NAMES: &[&str] = METRIC_NAMES;
     let path = deploy_dir().join("grafana/slotline-dashboard.json");
     let text = std::fs::read_to_string(&path).expect("the dashboard");
     // JSON is YAML, so the YAML parser reads it.

@@ -54,3 +54,34 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.parse().ok())?
     })
 }
+
+/// Every metric name slotline exports: a contract with dashboards and alerts.
+pub const METRIC_NAMES: &[&str] = &[
+    "slotline_client_connections",
+    "slotline_client_connections_total",
+    "slotline_client_connections_rejected_total",
+    "slotline_requests_total",
+    "slotline_commands_total",
+    "slotline_errors_total",
+    "slotline_request_duration_seconds",
+    "slotline_backend_request_duration_seconds",
+    "slotline_client_received_bytes_total",
+    "slotline_client_sent_bytes_total",
+    "slotline_backend_requests_total",
+    "slotline_backend_responses_total",
+    "slotline_backend_sent_bytes_total",
+    "slotline_backend_received_bytes_total",
+    "slotline_backend_connections",
+    "slotline_backend_queued_requests",
+    "slotline_backend_errors_total",
+    "slotline_backend_ejected",
+    "slotline_backend_ejections_total",
+    "slotline_redirects_total",
+    "slotline_topology_refreshes_total",
+    "slotline_discovery_updates_total",
+    "slotline_config_reloads_total",
+    "slotline_master_switches_total",
+    "slotline_up",
+    "slotline_build_info",
+    "slotline_start_time_seconds",
+];

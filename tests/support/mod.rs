@@ -23,7 +23,7 @@ pub use cluster::{
     parse_slots, ClusterOpts, Endpoint, MasterInfo, NodeInfo, RedisCluster, SlotRange,
 };
 #[allow(unused_imports)]
-pub use http::{http_get, http_raw, metric, HttpReply};
+pub use http::{http_get, http_raw, metric, HttpReply, METRIC_NAMES};
 #[allow(unused_imports)]
 pub use resp::{encode, parse, Client, Reply, IO_TIMEOUT};
 #[allow(unused_imports)]
