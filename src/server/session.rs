@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+mod transaction;
+
 use super::fanout::{self, Merge, Split};
 use super::local::{self, Outcome};
 use super::{Pool, Router};
@@ -21,6 +23,7 @@ use crate::protocol::{Reply, RequestParser};
 use crate::route::{key_slot, Slot};
 use crate::shards::Table;
 use crate::stats;
+use transaction::Transaction;
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -40,6 +43,22 @@ enum Pending {
     Wait(Waiting),
     /// A multi-key command cut into parts for several backends.
     Split(Box<SplitRequest>),
+    /// A request for a connection of the client's own (a blocking command, EXEC, WATCH), held until
+    /// every request before it is answered: it must not overtake them on the other connection.
+    Held(Bytes),
+}
+
+impl Pending {
+    /// Whether later requests must wait for this one: it runs on the client's own connection, where
+    /// they would overtake it (or it them) on the shared one.
+    fn serial(&self) -> bool {
+        match self {
+            Pending::Held(_) => true,
+            Pending::Wait(w) => w.own_connection,
+            Pending::Split(s) => s.parts.first().is_some_and(|p| p.w.own_connection),
+            Pending::Ready(_) => false,
+        }
+    }
 }
 
 /// Replies to the parts of a split request are numbered apart from whole requests: the top bit marks a
@@ -59,6 +78,10 @@ struct SplitRequest {
     deadline: Instant,
     parts: Vec<Part>,
 }
+
+/// A part on its way out: its node (None: the slot has no owner), the request's key numbers it
+/// carries, its frame, and its slot (for TRYAGAIN retries).
+type PartToSend = (Option<Arc<Node>>, Vec<u32>, Bytes, Option<Slot>);
 
 struct Part {
     /// The request's key numbers this part carries, ascending.
@@ -101,8 +124,12 @@ pub(crate) struct Ctx {
     pub authenticated: bool,
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
-    /// Backend connections of this client's own (for blocking commands), closed with the session.
+    /// Backend connections of this client's own (blocking commands, transactions), closed with the
+    /// session.
     own: Vec<Arc<Node>>,
+    tx: Transaction,
+    /// Pending requests for which later ones must wait (see [`Pending::serial`]).
+    serial: usize,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -129,6 +156,8 @@ where
         authenticated,
         client_err: false,
         own: Vec::new(),
+        tx: Transaction::default(),
+        serial: 0,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -244,7 +273,7 @@ impl Ctx {
         let pool = self.pool.clone();
         let view = View::of(&pool.router);
         let now = Instant::now();
-        while !self.closing && self.pending.len() < max_pending {
+        while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
             match parser.parse(inbuf) {
                 Ok(Some(len)) => {
                     let frame = inbuf.split_to(len).freeze();
@@ -296,6 +325,9 @@ impl Ctx {
         if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
             return self.error("NOAUTH Authentication required.");
         }
+        if self.tx.queuing() && spec.route != Route::Transaction && spec.name != "quit" {
+            return self.queue(req, spec, frame, view);
+        }
         let route = match spec.route {
             Route::BlockingOption
                 if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) =>
@@ -313,12 +345,20 @@ impl Ctx {
                     None => self.error(&view.cross_error(spec.display_name())),
                 },
             },
+            Route::Blocking if !self.pending.is_empty() => self.hold(frame),
+            Route::Transaction
+                if !self.pending.is_empty()
+                    && matches!(spec.name, "exec" | "watch" | "unwatch") =>
+            {
+                self.hold(frame)
+            }
             Route::Blocking => match view.place_of_request(req, spec) {
                 Ok(place) => self.forward_blocking(view, place, frame.clone()),
                 Err(()) => self.error(&view.cross_error(spec.display_name())),
             },
             Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
             Route::EveryNode => self.every_node(req, spec, frame, view, now),
+            Route::Transaction => self.transaction(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, frame.clone(), now),
@@ -345,17 +385,10 @@ impl Ctx {
             view.request_refresh();
             return self.error("CLUSTERDOWN Hash slot not served");
         };
-        let node = match self.own.iter().find(|n| n.addr() == shared.addr()) {
-            Some(node) => node.clone(),
-            None => {
-                let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
-                self.own.push(node.clone());
-                node
-            }
-        };
+        let node = self.own_node(shared);
         let seq = self.front_seq + self.pending.len() as u64;
         node.send(0, frame.clone(), false, self.inbox.reply_to(seq));
-        self.pending.push_back(Pending::Wait(Waiting {
+        self.push(Pending::Wait(Waiting {
             result: None,
             frame,
             slot: match place {
@@ -366,6 +399,16 @@ impl Ctx {
             redirects: 0,
             own_connection: true,
         }));
+    }
+
+    /// This client's own connection to the backend of `shared`, opened on first use.
+    fn own_node(&mut self, shared: &Arc<Node>) -> Arc<Node> {
+        if let Some(node) = self.own.iter().find(|n| n.addr() == shared.addr()) {
+            return node.clone();
+        }
+        let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
+        self.own.push(node.clone());
+        node
     }
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
@@ -482,44 +525,67 @@ impl Ctx {
         if groups.is_empty() {
             return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
         }
+        let pick = self.client.id as usize;
+        let resolved = groups
+            .into_iter()
+            .map(|(place, keys, frame)| {
+                let node = view.target(place, pick).cloned();
+                if node.is_none() {
+                    view.request_refresh();
+                }
+                let slot = match place {
+                    Place::Slot(slot) => Some(slot),
+                    _ => None,
+                };
+                (node, keys, frame, slot)
+            })
+            .collect();
+        self.send_parts(resolved, merge, nkeys, false, now);
+    }
+
+    /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
+    /// to be answered once every part is. Parts on the client's own connection follow no redirects.
+    fn send_parts(
+        &mut self,
+        parts: Vec<PartToSend>,
+        merge: Merge,
+        nkeys: usize,
+        own_connection: bool,
+        now: Instant,
+    ) {
         let seq = self.front_seq + self.pending.len() as u64;
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
         let pick = self.client.id as usize;
-        let mut parts = Vec::with_capacity(groups.len());
-        for (place, keys, frame) in groups {
+        let mut sent = Vec::with_capacity(parts.len());
+        for (node, keys, frame, slot) in parts {
             let mut w = Waiting {
                 result: None,
                 frame,
-                slot: match place {
-                    Place::Slot(slot) => Some(slot),
-                    _ => None,
-                },
+                slot,
                 deadline,
                 redirects: 0,
-                own_connection: false,
+                own_connection,
             };
-            match view.target(place, pick) {
+            match node {
                 Some(node) => {
-                    let reply = self.inbox.reply_to(part_seq(seq, parts.len()));
+                    let reply = self.inbox.reply_to(part_seq(seq, sent.len()));
                     node.send(pick, w.frame.clone(), false, reply);
                 }
                 None => {
-                    view.request_refresh();
                     w.result = Some(Ok(Bytes::from_static(
                         b"-CLUSTERDOWN Hash slot not served\r\n",
-                    )));
+                    )))
                 }
             }
-            parts.push(Part { keys, w });
+            sent.push(Part { keys, w });
         }
-        stats::add(&self.pool.stats.fragments, parts.len() as u64);
-        self.pending
-            .push_back(Pending::Split(Box::new(SplitRequest {
-                merge,
-                nkeys,
-                deadline,
-                parts,
-            })));
+        stats::add(&self.pool.stats.fragments, sent.len() as u64);
+        self.push(Pending::Split(Box::new(SplitRequest {
+            merge,
+            nkeys,
+            deadline,
+            parts: sent,
+        })));
     }
 
     /// Whether the oldest request is a blocking command still waiting.
@@ -538,9 +604,40 @@ impl Ctx {
         }
     }
 
+    fn push(&mut self, pending: Pending) {
+        self.serial += usize::from(pending.serial());
+        self.pending.push_back(pending);
+    }
+
     fn pop_front(&mut self) {
-        self.pending.pop_front();
+        if let Some(pending) = self.pending.pop_front() {
+            debug_assert!(self.serial >= usize::from(pending.serial()));
+            self.serial = self.serial.saturating_sub(usize::from(pending.serial()));
+        }
         self.front_seq += 1;
+    }
+
+    /// Holds a request for the client's own connection until everything before it is answered.
+    fn hold(&mut self, frame: &Bytes) {
+        self.push(Pending::Held(frame.clone()));
+    }
+
+    /// Dispatches a held request, now that nothing is before it.
+    fn release(&mut self, frame: Bytes) {
+        let mut parser = RequestParser::new(crate::protocol::Limits {
+            max_request_bytes: frame.len().max(1024),
+        });
+        if let Ok(Some(_)) = parser.parse(&frame) {
+            let pool = self.pool.clone();
+            let view = View::of(&pool.router);
+            let req = Request {
+                frame: &frame,
+                args: parser.args(),
+            };
+            // It was counted when it first arrived.
+            self.commands = self.commands.saturating_sub(1);
+            self.dispatch(req, &frame, &view, Instant::now());
+        }
     }
 
     /// Gives each reply taken from the inbox to its request. Replies for requests that already gave up
@@ -586,6 +683,12 @@ impl Ctx {
                         continue;
                     }
                     return;
+                }
+                Some(Pending::Held(frame)) => {
+                    let frame = frame.clone();
+                    self.pop_front();
+                    self.release(frame);
+                    continue;
                 }
             };
             self.on_head(HeadEvent::Reply(result));
@@ -649,7 +752,9 @@ impl Ctx {
                     continue;
                 }
             };
-            if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
+            if let (Some(b'-'), Router::Cluster(cluster), false) =
+                (reply.first(), &self.pool.router, part.w.own_connection)
+            {
                 if let Some(r) = classify(&reply) {
                     let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
                     let max = self.pool.config.max_redirects;
@@ -706,6 +811,8 @@ impl Ctx {
 
     /// Writes an error reply in order: straight to the output when nothing is waiting before it.
     pub(crate) fn error(&mut self, msg: &str) {
+        // An error while queuing a transaction dooms it, as with Redis.
+        self.tx.abort();
         self.reply(|r| r.error(msg));
     }
 
