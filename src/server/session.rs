@@ -6,24 +6,28 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::Guard;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+mod parts;
+mod redirect;
 mod transaction;
+mod view;
 
-use super::fanout::{self, Merge, Split};
+use super::fanout;
 use super::local::{self, Outcome};
 use super::{Pool, Router};
-use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
-use crate::cluster::{classify, Cluster, Redirect, Topology};
-use crate::command::{self, LookupError, Request, Route, Spec};
+use crate::backend::{BackendResult, Inbox, Node};
+use crate::cluster::classify;
+use crate::command::{self, LookupError, Request, Route};
 use crate::protocol::{Reply, RequestParser};
-use crate::route::{key_slot, Slot};
-use crate::shards::Table;
+use crate::route::Slot;
 use crate::stats;
+use parts::{SplitRequest, MAX_PARTS, PART, PART_BITS};
+use redirect::follow;
 use transaction::Transaction;
+use view::{Place, View};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -59,34 +63,6 @@ impl Pending {
             Pending::Ready(_) => false,
         }
     }
-}
-
-/// Replies to the parts of a split request are numbered apart from whole requests: the top bit marks a
-/// part, the low bits hold the part's index and the bits between the request's number.
-const PART: u64 = 1 << 63;
-const PART_BITS: u32 = 16;
-/// Parts per request that the numbering can tell apart: more than a cluster has slots.
-const MAX_PARTS: usize = 1 << PART_BITS;
-
-fn part_seq(seq: u64, part: usize) -> u64 {
-    PART | (seq << PART_BITS) | part as u64
-}
-
-struct SplitRequest {
-    merge: Merge,
-    nkeys: usize,
-    deadline: Instant,
-    parts: Vec<Part>,
-}
-
-/// A part on its way out: its node (None: the slot has no owner), the request's key numbers it
-/// carries, its frame, and its slot (for TRYAGAIN retries).
-type PartToSend = (Option<Arc<Node>>, Vec<u32>, Bytes, Option<Slot>);
-
-struct Part {
-    /// The request's key numbers this part carries, ascending.
-    keys: Vec<u32>,
-    w: Waiting,
 }
 
 struct Waiting {
@@ -437,157 +413,6 @@ impl Ctx {
         }));
     }
 
-    /// Cuts a multi-key request whose keys live in several places into one part per place, sends every
-    /// part, and queues the request to be answered once all parts are.
-    fn split(&mut self, req: Request<'_>, split: Split, view: &View<'_>, now: Instant) {
-        let Some(nkeys) = fanout::key_count(&req, split) else {
-            let name = printable(req.arg(0)).to_lowercase();
-            return self.error(&format!(
-                "ERR wrong number of arguments for '{name}' command"
-            ));
-        };
-        let mut placed: Vec<(Place, u32)> = (0..nkeys)
-            .map(|k| (view.place_of(fanout::key(&req, split, k)), k as u32))
-            .collect();
-        // Stable: each part keeps its keys in the client's order.
-        placed.sort_by_key(|&(place, _)| place);
-        let mut groups = Vec::new();
-        for group in placed.chunk_by(|a, b| a.0 == b.0) {
-            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
-            let frame = fanout::encode(&req, split, &keys);
-            groups.push((group[0].0, keys, frame));
-        }
-        self.fan_out(groups, split.merge, nkeys, view, now);
-    }
-
-    /// Sends a command about the whole data set to every master (every server in service) as it is.
-    fn every_node(
-        &mut self,
-        req: Request<'_>,
-        spec: &Spec,
-        frame: &Bytes,
-        view: &View<'_>,
-        now: Instant,
-    ) {
-        if spec.name == "scan" {
-            return self.scan(req, view, now);
-        }
-        let Some(merge) = fanout::every_node_policy(spec.name) else {
-            return self.error(&format!(
-                "ERR {} is not supported by slotline",
-                spec.display_name()
-            ));
-        };
-        if matches!(spec.name, "flushall" | "flushdb") && !self.pool.config.allow_flush {
-            let msg = format!(
-                "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
-                spec.display_name(),
-                match view { View::Cluster(..) => "master", View::Shards(_) => "server" },
-                self.pool.name
-            );
-            return self.error(&msg);
-        }
-        let groups = (0..view.node_count())
-            .map(|i| (Place::Node(i), Vec::new(), frame.clone()))
-            .collect();
-        self.fan_out(groups, merge, 0, view, now);
-    }
-
-    /// SCAN, one master at a time: the cursor's top bits say which.
-    fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
-        let cursor = std::str::from_utf8(req.arg(1))
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok());
-        let nodes = view.node_count();
-        let Some((node, inner)) = cursor
-            .map(fanout::scan_cursor)
-            .filter(|&(n, _)| n < nodes.max(1))
-        else {
-            return self.error("ERR invalid cursor");
-        };
-        let frame = fanout::with_arg(&req, 1, inner.to_string().as_bytes());
-        let groups = vec![(Place::Node(node), Vec::new(), frame)];
-        self.fan_out(groups, Merge::Scan { node, nodes }, 0, view, now);
-    }
-
-    /// Sends each part to its place and queues the request to be answered once all parts are.
-    fn fan_out(
-        &mut self,
-        groups: Vec<(Place, Vec<u32>, Bytes)>,
-        merge: Merge,
-        nkeys: usize,
-        view: &View<'_>,
-        now: Instant,
-    ) {
-        if groups.len() > MAX_PARTS {
-            return self.error("ERR slotline: the keys of this command live in too many places");
-        }
-        if groups.is_empty() {
-            return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
-        }
-        let pick = self.client.id as usize;
-        let resolved = groups
-            .into_iter()
-            .map(|(place, keys, frame)| {
-                let node = view.target(place, pick).cloned();
-                if node.is_none() {
-                    view.request_refresh();
-                }
-                let slot = match place {
-                    Place::Slot(slot) => Some(slot),
-                    _ => None,
-                };
-                (node, keys, frame, slot)
-            })
-            .collect();
-        self.send_parts(resolved, merge, nkeys, false, now);
-    }
-
-    /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
-    /// to be answered once every part is. Parts on the client's own connection follow no redirects.
-    fn send_parts(
-        &mut self,
-        parts: Vec<PartToSend>,
-        merge: Merge,
-        nkeys: usize,
-        own_connection: bool,
-        now: Instant,
-    ) {
-        let seq = self.front_seq + self.pending.len() as u64;
-        let deadline = now + Duration::from_millis(self.pool.config.timeout);
-        let pick = self.client.id as usize;
-        let mut sent = Vec::with_capacity(parts.len());
-        for (node, keys, frame, slot) in parts {
-            let mut w = Waiting {
-                result: None,
-                frame,
-                slot,
-                deadline,
-                redirects: 0,
-                own_connection,
-            };
-            match node {
-                Some(node) => {
-                    let reply = self.inbox.reply_to(part_seq(seq, sent.len()));
-                    node.send(pick, w.frame.clone(), false, reply);
-                }
-                None => {
-                    w.result = Some(Ok(Bytes::from_static(
-                        b"-CLUSTERDOWN Hash slot not served\r\n",
-                    )))
-                }
-            }
-            sent.push(Part { keys, w });
-        }
-        stats::add(&self.pool.stats.fragments, sent.len() as u64);
-        self.push(Pending::Split(Box::new(SplitRequest {
-            merge,
-            nkeys,
-            deadline,
-            parts: sent,
-        })));
-    }
-
     /// Whether the oldest request is a blocking command still waiting.
     fn blocked(&self) -> bool {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
@@ -733,74 +558,6 @@ impl Ctx {
         self.pop_front();
     }
 
-    /// Follows redirects of the split request at the front and, once every part is answered, writes
-    /// the merged reply. Returns false while a part is still waiting.
-    fn settle_split(&mut self) -> bool {
-        let Some(Pending::Split(s)) = self.pending.front_mut() else {
-            return true;
-        };
-        let mut waiting = false;
-        for (i, part) in s.parts.iter_mut().enumerate() {
-            let reply = match part.w.result.take() {
-                None => {
-                    waiting = true;
-                    continue;
-                }
-                Some(Ok(reply)) => reply,
-                Some(failed) => {
-                    part.w.result = Some(failed);
-                    continue;
-                }
-            };
-            if let (Some(b'-'), Router::Cluster(cluster), false) =
-                (reply.first(), &self.pool.router, part.w.own_connection)
-            {
-                if let Some(r) = classify(&reply) {
-                    let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
-                    let max = self.pool.config.max_redirects;
-                    if follow(
-                        cluster,
-                        max,
-                        self.client.id as usize,
-                        &mut part.w,
-                        r,
-                        resend,
-                    ) {
-                        waiting = true;
-                        continue;
-                    }
-                }
-            }
-            part.w.result = Some(Ok(reply));
-        }
-        if waiting {
-            return false;
-        }
-        let failed = s.parts.iter().find_map(|p| match &p.w.result {
-            Some(Err(e)) => Some(format!("ERR slotline: {e}")),
-            _ => None,
-        });
-        match failed {
-            Some(msg) => {
-                stats::add(&self.pool.stats.forward_error, 1);
-                Reply(&mut self.out).error(&msg);
-            }
-            None => {
-                let replies: Vec<(&[u32], &[u8])> = s
-                    .parts
-                    .iter()
-                    .map(|p| match &p.w.result {
-                        Some(Ok(reply)) => (&p.keys[..], &reply[..]),
-                        _ => (&p.keys[..], &[][..]),
-                    })
-                    .collect();
-                fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);
-            }
-        }
-        self.pop_front();
-        true
-    }
-
     fn timed_out(&mut self) {
         let msg = format!(
             "ERR slotline: no reply from the backend within {} ms",
@@ -850,159 +607,6 @@ impl Ctx {
                 .total_commands
                 .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
         }
-    }
-}
-
-/// Where a keyed request goes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Place {
-    /// A cluster slot.
-    Slot(Slot),
-    /// A server of a sharded pool, by config index.
-    Server(usize),
-    /// Master (or server in service) number `i`, for requests sent to every one.
-    Node(usize),
-    /// Any backend: the request has no key.
-    Any,
-}
-
-/// The routing state a batch of requests is routed with, loaded once per batch.
-enum View<'a> {
-    Cluster(&'a Arc<Cluster>, Guard<Arc<Topology>>),
-    Shards(Guard<Arc<Table>>),
-}
-
-impl<'a> View<'a> {
-    fn of(router: &'a Router) -> View<'a> {
-        match router {
-            Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
-            Router::Shards(shards) => View::Shards(shards.table()),
-        }
-    }
-
-    /// Where all the keys of a request live (Any when it has none); Err when they live apart.
-    fn place_of_request(&self, req: Request<'_>, spec: &Spec) -> Result<Place, ()> {
-        let mut place = None;
-        let mut cross = false;
-        req.for_each_key(spec, |key| {
-            let p = self.place_of(key);
-            match place {
-                None => place = Some(p),
-                Some(first) if first != p => cross = true,
-                _ => {}
-            }
-        });
-        match cross {
-            true => Err(()),
-            false => Ok(place.unwrap_or(Place::Any)),
-        }
-    }
-
-    /// Where a key lives.
-    fn place_of(&self, key: &[u8]) -> Place {
-        match self {
-            View::Cluster(..) => Place::Slot(key_slot(key)),
-            View::Shards(table) => Place::Server(table.server_for_key(key)),
-        }
-    }
-
-    /// The node for a request; a client without a key always uses the same one.
-    fn target(&self, place: Place, pick: usize) -> Option<&Arc<Node>> {
-        match (self, place) {
-            (View::Cluster(_, topology), Place::Slot(slot)) => {
-                topology.node_for_request(Some(slot), pick)
-            }
-            (View::Cluster(_, topology), Place::Node(i)) => topology.nodes().get(i),
-            (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
-            (View::Shards(table), Place::Server(i)) => table.node(i),
-            (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
-            (View::Shards(table), _) => table.any_node(pick),
-        }
-    }
-
-    /// How many masters (servers in service) a request for every node goes to.
-    fn node_count(&self) -> usize {
-        match self {
-            View::Cluster(_, topology) => topology.nodes().len(),
-            View::Shards(table) => table.in_service().count(),
-        }
-    }
-
-    /// Asks for a new cluster topology (a slot had no owner).
-    fn request_refresh(&self) {
-        if let View::Cluster(cluster, _) = self {
-            cluster.request_refresh();
-        }
-    }
-
-    /// The error for a command whose keys must live together but do not.
-    fn cross_error(&self, command: String) -> String {
-        match self {
-            View::Cluster(..) => format!(
-                "CROSSSLOT Keys in request don't hash to the same slot ({command} needs all its keys in one slot; a hash tag such as {{user1}} in each key keeps them together)"
-            ),
-            View::Shards(_) => format!(
-                "CROSSSLOT the keys of this {command} live on different servers of the pool (only MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split across servers; a hash_tag keeps keys together)"
-            ),
-        }
-    }
-}
-
-/// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
-/// case the client gets the cluster's reply as is.
-fn follow(
-    cluster: &Arc<Cluster>,
-    max_redirects: u32,
-    pick: usize,
-    w: &mut Waiting,
-    redirect: Redirect<'_>,
-    reply: ReplyTo,
-) -> bool {
-    if w.redirects >= max_redirects || Instant::now() >= w.deadline {
-        return false;
-    }
-    w.redirects += 1;
-    match redirect {
-        Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
-            let asking = matches!(redirect, Redirect::Ask { .. });
-            if !asking {
-                cluster.request_refresh();
-            }
-            let addr = complete_endpoint(addr, &cluster.topology(), slot);
-            let node = cluster.node(&addr);
-            node.send(pick, w.frame.clone(), asking, reply);
-        }
-        Redirect::Retry => {
-            // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
-            let delay = Duration::from_millis(10 << w.redirects.min(5));
-            let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                match cluster.topology().node_for_request(slot, pick) {
-                    Some(node) => node.send(pick, frame, false, reply),
-                    None => reply.send(Ok(Bytes::from_static(
-                        b"-CLUSTERDOWN Hash slot not served\r\n",
-                    ))),
-                }
-            });
-        }
-    }
-    true
-}
-
-/// A redirect endpoint may leave the host out (`:6380` or `?:6380`): it is the host of the node that
-/// answered, which is the slot's current owner.
-fn complete_endpoint(addr: &str, topology: &Topology, slot: Slot) -> String {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if host.is_empty() || host == "?" => {
-            let owner = topology
-                .node_for(slot)
-                .map(|n| n.addr().to_string())
-                .unwrap_or_default();
-            let host = crate::config::split_host_port(&owner).map_or("127.0.0.1", |(h, _)| h);
-            format!("{host}:{port}")
-        }
-        _ => addr.to_string(),
     }
 }
 
