@@ -1,6 +1,6 @@
 //! slotline: a Redis proxy for Kubernetes. Clients speak plain RESP to one address; slotline routes each
-//! command to the Redis Cluster node that owns its key, following MOVED and ASK and refreshing the
-//! topology itself.
+//! command to the Redis Cluster node that owns its key (following MOVED and ASK and refreshing the
+//! topology itself), or to the shard twemproxy would pick for it.
 //!
 //! # Layout
 //!
@@ -14,11 +14,16 @@
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
 //!   the per-session inbox their replies are delivered to.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
-//! - [`shards`]: sharded pools (ketama, modula, random): their servers and twemproxy's placement.
-//! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
-//!   answered commands, INFO, and the lifecycle: readiness and the SIGTERM drain.
-//! - [`metrics`]: the Prometheus registry, per-pool metric handles, and the collector that reads the
-//!   data path's atomics at scrape time.
+//! - [`shards`]: sharded pools (ketama, modula, random): their servers, twemproxy's placement behind an
+//!   ArcSwap, and auto-ejection.
+//! - [`stats`]: the counters the data path keeps (twemproxy's fields, as relaxed atomics) and their
+//!   twemproxy-compatible JSON rendering.
+//! - [`server`]: listeners and client sessions (the one place that glues the others together): the
+//!   session loop, its routing view, split and fan-out requests and their merges, redirects,
+//!   transactions and blocking commands on connections of the client's own, locally answered commands,
+//!   INFO, the twemproxy stats port, and the lifecycle: readiness and the SIGTERM drain.
+//! - [`metrics`]: the Prometheus registry, per-pool metric handles, per-session tallies, and the
+//!   collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`) on its own thread.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
