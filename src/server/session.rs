@@ -163,13 +163,14 @@ where
         }
         ctx.drain_ready();
         if !ctx.out.is_empty() {
+            // Flushed before the write, once per write: a client that has its reply finds the request
+            // in the metrics, and they never wait for more input.
+            ctx.tally.sent(ctx.out.len());
+            ctx.tally.flush(&ctx.pool.metrics);
             if wr.write_all(&ctx.out).await.is_err() {
                 ctx.client_err = true;
                 break;
             }
-            ctx.tally.sent(ctx.out.len());
-            // Once per write, so that the metrics of answered requests never wait for more input.
-            ctx.tally.flush(&ctx.pool.metrics);
             ctx.out.clear();
             if ctx.out.capacity() > 4 * READ_CHUNK {
                 // A large reply went out; do not keep its buffer for the life of the connection.
