@@ -59,7 +59,7 @@ fn varied_key(i: usize) -> Vec<u8> {
 }
 
 fn varied_value(i: usize) -> Vec<u8> {
-    if i % 97 == 0 {
+    if i.is_multiple_of(97) {
         vec![(i % 251) as u8; 64 * 1024]
     } else {
         let mut value = format!("value-{i}-").into_bytes();
