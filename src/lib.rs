@@ -15,6 +15,9 @@
 //!   the per-session inbox their replies are delivered to.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers and twemproxy's placement.
+//! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
+//!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
+//!   endpoint sets handed to the pool, and the source's state for readiness and metrics.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
 //!   answered commands and INFO.
 //!
@@ -28,6 +31,7 @@ pub mod backend;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod discovery;
 pub mod protocol;
 pub mod route;
 pub mod server;
