@@ -254,6 +254,11 @@ fn slot_migration_under_traffic_is_invisible_to_clients() {
         .find(|&p| p != from)
         .expect("another master");
 
+    assert_ne!(key_slot(b"outside"), slot);
+    assert_eq!(
+        Client::connect(port).cmd(&["SET", "outside", "fixed"]),
+        Reply::ok()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
     let traffic = {
@@ -276,7 +281,18 @@ fn slot_migration_under_traffic_is_invisible_to_clients() {
                             "round {round}: GET {key} -> {get:?}, wrote {value:?}"
                         ));
                     }
-                    last.insert(key.clone(), value);
+                    last.insert(key.clone(), value.clone());
+                    // Split across the moving slot and a fixed one: the part for the moving slot meets
+                    // ASK and MOVED on its own.
+                    let mget = client.cmd(&["MGET", key, "outside", key]);
+                    let want = Reply::Array(Some(vec![
+                        Reply::bulk(&value),
+                        Reply::bulk("fixed"),
+                        Reply::bulk(&value),
+                    ]));
+                    if mget != want {
+                        errors.push(format!("round {round}: MGET {key} outside -> {mget:?}"));
+                    }
                 }
                 round += 1;
                 rounds.store(round, Ordering::SeqCst);
@@ -501,7 +517,11 @@ fn multi_key_commands_must_stay_in_one_slot() {
     let (_proxy, port) = Slotline::cluster(shared());
     let mut client = Client::connect(port);
     assert_ne!(key_slot(b"a"), key_slot(b"b"));
-    assert_error_prefix(&client.cmd(&["MGET", "a", "b"]), "CROSSSLOT", "MGET a b");
+    assert_error_prefix(
+        &client.cmd(&["RENAME", "a", "b"]),
+        "CROSSSLOT",
+        "RENAME a b",
+    );
     assert_open(&mut client, "CROSSSLOT");
 
     assert_eq!(client.cmd(&["SET", "{t}a", "1"]), Reply::ok());

@@ -143,14 +143,14 @@ fn multi_key_commands_must_stay_on_one_server() {
     // Find two keys on different servers, as slotline places them.
     let spread = (0..100).map(|i| format!("spread:{i}")).find(|k| {
         matches!(
-            client.cmd(&["MGET", "spread:0", k.as_str()]),
+            client.cmd(&["SMOVE", "spread:0", k.as_str(), "m"]),
             Reply::Error(_)
         )
     });
     let other = spread.expect("some key lives on another server than spread:0");
-    let reply = client.cmd(&["DEL", "spread:0", &other]);
+    let reply = client.cmd(&["SINTERSTORE", "spread:0", &other]);
     assert!(
-        matches!(&reply, Reply::Error(e) if e.starts_with("CROSSSLOT") && e.contains("DEL")),
+        matches!(&reply, Reply::Error(e) if e.starts_with("CROSSSLOT") && e.contains("SINTERSTORE")),
         "{reply:?}"
     );
     assert_eq!(client.cmd(&["SELECT", "0"]), Reply::ok());

@@ -35,9 +35,8 @@ pub(super) async fn run(
     // Log state changes, not every retry: a node that stays down logs once.
     let mut was_down = false;
     loop {
-        let connected = match timeout(settings.connect_timeout, TcpStream::connect(&*addr)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(e.to_string()),
+        let connected = match timeout(settings.connect_timeout, connect(&addr, &settings)).await {
+            Ok(result) => result,
             Err(_) => Err("connect timed out".to_string()),
         };
         let stream = match connected {
@@ -53,7 +52,6 @@ pub(super) async fn run(
             }
         };
         if let Some(stream) = stream {
-            let _ = stream.set_nodelay(true);
             if was_down {
                 tracing::info!(backend = %addr, "backend reachable again");
             }
@@ -82,6 +80,36 @@ pub(super) async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Opens a connection and runs the handshake on it.
+async fn connect(addr: &str, settings: &Settings) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    if let Some(handshake) = &settings.handshake {
+        stream
+            .write_all(&handshake.frames)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(256);
+        for _ in 0..handshake.replies {
+            let mut scanner = ReplyScanner::default();
+            let len = loop {
+                if let Some(len) = scanner.scan(&buf).map_err(|e| e.to_string())? {
+                    break len;
+                }
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("closed during AUTH/SELECT".into());
+                }
+            };
+            let reply = buf.split_to(len);
+            if reply.first() == Some(&b'-') {
+                let line = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
+                return Err(format!("AUTH/SELECT refused: {line}"));
+            }
+        }
+    }
+    Ok(stream)
 }
 
 fn notify(settings: &Settings) {

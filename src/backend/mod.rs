@@ -47,6 +47,45 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Notified whenever a connection fails, so the owner of the topology can look again.
     pub on_failure: Option<Arc<Notify>>,
+    /// Sent first on every new connection (AUTH, SELECT); each reply must be a success.
+    pub handshake: Option<Handshake>,
+}
+
+/// Commands that prepare a fresh connection before it carries requests.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    frames: Bytes,
+    replies: usize,
+}
+
+impl Settings {
+    pub fn new(connections: usize, connect_timeout: Duration) -> Settings {
+        Settings {
+            connections,
+            connect_timeout,
+            on_failure: None,
+            handshake: None,
+        }
+    }
+
+    /// Authenticates each connection with `password` and switches it to database `db`.
+    pub fn with_login(mut self, password: Option<&str>, db: u32) -> Settings {
+        let mut frames = bytes::BytesMut::new();
+        let mut replies = 0;
+        if let Some(password) = password {
+            crate::protocol::Reply(&mut frames).command(&[b"AUTH", password.as_bytes()]);
+            replies += 1;
+        }
+        if db != 0 {
+            crate::protocol::Reply(&mut frames).command(&[b"SELECT", db.to_string().as_bytes()]);
+            replies += 1;
+        }
+        self.handshake = (replies > 0).then(|| Handshake {
+            frames: frames.freeze(),
+            replies,
+        });
+        self
+    }
 }
 
 /// One backend server and its connections. Dropping the last handle closes the connections once their

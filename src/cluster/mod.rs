@@ -56,9 +56,12 @@ impl Cluster {
                 .map(|s| Arc::from(s.as_str()))
                 .collect(),
             settings: backend::Settings {
-                connections: config.server_connections,
-                connect_timeout: Duration::from_millis(config.connect_timeout),
                 on_failure: Some(refresh.clone()),
+                ..backend::Settings::new(
+                    config.server_connections,
+                    Duration::from_millis(config.connect_timeout),
+                )
+                .with_login(config.redis_auth.as_deref(), 0)
             },
             refresh,
             refresh_interval: Duration::from_millis(config.refresh_interval),

@@ -38,6 +38,20 @@ pub enum Mode {
     Random,
 }
 
+impl std::str::FromStr for Mode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Mode, ()> {
+        match s {
+            "cluster" => Ok(Mode::Cluster),
+            "ketama" => Ok(Mode::Ketama),
+            "modula" => Ok(Mode::Modula),
+            "random" => Ok(Mode::Random),
+            _ => Err(()),
+        }
+    }
+}
+
 impl Mode {
     /// The twemproxy distribution of a sharded mode.
     pub fn distribution(self) -> Option<DistributionKind> {
@@ -100,6 +114,39 @@ pub struct PoolConfig {
     /// Milliseconds allowed to connect to a backend.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: u64,
+    /// Password clients must give with AUTH before anything else; slotline also authenticates its
+    /// backend connections with it.
+    #[serde(default)]
+    pub redis_auth: Option<String>,
+    /// Sharded modes: the database backends are switched to; clients still see database 0.
+    #[serde(default)]
+    pub redis_db: u32,
+    /// Sharded modes: take a server out of the ring after `server_failure_limit` failures in a row
+    /// (its keys move to the others, as with twemproxy) and try it again after `server_retry_timeout`.
+    #[serde(default)]
+    pub auto_eject_hosts: bool,
+    /// Milliseconds an ejected server stays out of the ring.
+    #[serde(default = "defaults::server_retry_timeout")]
+    pub server_retry_timeout: u64,
+    /// Failures in a row (connection failures, and requests unanswered `timeout` ms after they were
+    /// sent) that eject a server.
+    #[serde(default = "defaults::server_failure_limit")]
+    pub server_failure_limit: u32,
+    /// twemproxy keys accepted so that a pool reads the same in both formats. `distribution`, when
+    /// given, must agree with `mode`; `redis` must be true; `backlog`, `preconnect`, `tcpkeepalive` and
+    /// `reuseport` change nothing (slotline always connects at start and uses the system's defaults).
+    #[serde(default)]
+    pub distribution: Option<String>,
+    #[serde(default)]
+    pub redis: Option<bool>,
+    #[serde(default)]
+    pub backlog: Option<u32>,
+    #[serde(default)]
+    pub preconnect: Option<bool>,
+    #[serde(default)]
+    pub tcpkeepalive: Option<bool>,
+    #[serde(default)]
+    pub reuseport: Option<bool>,
 }
 
 mod defaults {
@@ -129,6 +176,13 @@ mod defaults {
     }
     pub fn weight() -> u32 {
         1
+    }
+    /// twemproxy's defaults.
+    pub fn server_retry_timeout() -> u64 {
+        30_000
+    }
+    pub fn server_failure_limit() -> u32 {
+        2
     }
 }
 
@@ -323,10 +377,19 @@ impl Config {
                     for (field, set) in [
                         ("hash", pool.hash.is_some()),
                         ("hash_tag", pool.hash_tag.is_some()),
+                        ("distribution", pool.distribution.is_some()),
+                        ("auto_eject_hosts", pool.auto_eject_hosts),
                     ] {
                         if set {
                             return Err(err(name, field, "applies to sharded pools (ketama, modula, random), not to a cluster".into()));
                         }
+                    }
+                    if pool.redis_db != 0 {
+                        return Err(err(
+                            name,
+                            "redis_db",
+                            "a Redis Cluster has only database 0".into(),
+                        ));
                     }
                 }
                 Mode::Ketama | Mode::Modula | Mode::Random if pool.kubernetes.is_some() => {
@@ -335,7 +398,42 @@ impl Config {
                 }
                 Mode::Ketama | Mode::Modula | Mode::Random => {
                     pool.sharding().map_err(|(field, e)| err(name, &field, e))?;
+                    if let Some(d) = &pool.distribution {
+                        let matches = d.parse::<Mode>().is_ok_and(|m| m == pool.mode);
+                        if !matches {
+                            return Err(err(
+                                name,
+                                "distribution",
+                                format!("{d:?} disagrees with mode (leave one of them out)"),
+                            ));
+                        }
+                    }
                 }
+            }
+            if pool.redis == Some(false) {
+                return Err(err(
+                    name,
+                    "redis",
+                    "memcached pools are not supported: slotline is a Redis proxy (set redis: true)"
+                        .into(),
+                ));
+            }
+            if pool.redis_auth.as_deref() == Some("") {
+                return Err(err(name, "redis_auth", "must not be empty".into()));
+            }
+            if pool.auto_eject_hosts && pool.server_failure_limit == 0 {
+                return Err(err(
+                    name,
+                    "server_failure_limit",
+                    "must be at least 1".into(),
+                ));
+            }
+            if pool.auto_eject_hosts && pool.server_retry_timeout == 0 {
+                return Err(err(
+                    name,
+                    "server_retry_timeout",
+                    "must be at least 1 ms".into(),
+                ));
             }
             if pool.timeout == 0 {
                 return Err(err(name, "timeout", "must be at least 1 ms".into()));
@@ -400,6 +498,17 @@ impl PoolConfig {
             max_redirects: defaults::max_redirects(),
             refresh_interval: defaults::refresh_interval(),
             connect_timeout: defaults::connect_timeout(),
+            redis_auth: None,
+            redis_db: 0,
+            auto_eject_hosts: false,
+            server_retry_timeout: defaults::server_retry_timeout(),
+            server_failure_limit: defaults::server_failure_limit(),
+            distribution: None,
+            redis: None,
+            backlog: None,
+            preconnect: None,
+            tcpkeepalive: None,
+            reuseport: None,
         }
     }
 

@@ -31,8 +31,8 @@ struct Pool {
     servers: Vec<String>,
 }
 
-/// Converts a nutcracker.yml. Keys slotline does not act on yet are refused by name rather than
-/// ignored, so a config never silently behaves differently from twemproxy.
+/// Converts a nutcracker.yml. A key slotline cannot honour (a memcached pool) is refused by name rather
+/// than ignored, so a config never silently behaves differently from twemproxy.
 pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     let pools: BTreeMap<String, Pool> = serde_yaml::from_str(text).map_err(|e| ConfigError {
         file: None,
@@ -53,18 +53,10 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
                 "memcached pools are not supported: slotline is a Redis proxy (set redis: true)",
             ));
         }
-        if pool.redis_auth.is_some() {
-            return Err(err("redis_auth", "not supported by slotline yet"));
-        }
-        if pool.redis_db.is_some_and(|db| db != 0) {
-            return Err(err("redis_db", "only 0 is supported by slotline yet"));
-        }
-        if pool.auto_eject_hosts == Some(true) {
-            return Err(err(
-                "auto_eject_hosts",
-                "ejection is not supported by slotline yet",
-            ));
-        }
+        let redis_db = match pool.redis_db {
+            None => 0,
+            Some(db) => u32::try_from(db).map_err(|_| err("redis_db", "must not be negative"))?,
+        };
         let mode = match pool.distribution.as_deref().unwrap_or("ketama") {
             "ketama" => Mode::Ketama,
             "modula" => Mode::Modula,
@@ -91,16 +83,22 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
             native.client_connections = usize::try_from(n)
                 .map_err(|_| err("client_connections", "must not be negative"))?;
         }
-        // Accepted because they are harmless here: slotline always connects at start (preconnect),
-        // uses the system's listen backlog and TCP keepalive defaults, and the ejection settings only
-        // matter with auto_eject_hosts.
-        let _ = (
-            pool.backlog,
-            pool.preconnect,
-            pool.tcpkeepalive,
-            pool.reuseport,
-        );
-        let _ = (pool.server_retry_timeout, pool.server_failure_limit);
+        native.redis_auth = pool.redis_auth;
+        native.redis_db = redis_db;
+        native.auto_eject_hosts = pool.auto_eject_hosts.unwrap_or(false);
+        if let Some(ms) = pool.server_retry_timeout {
+            native.server_retry_timeout = u64::try_from(ms)
+                .map_err(|_| err("server_retry_timeout", "must not be negative"))?;
+        }
+        if let Some(n) = pool.server_failure_limit {
+            native.server_failure_limit = u32::try_from(n)
+                .map_err(|_| err("server_failure_limit", "must not be negative"))?;
+        }
+        native.redis = pool.redis;
+        native.backlog = pool.backlog.and_then(|n| u32::try_from(n).ok());
+        native.preconnect = pool.preconnect;
+        native.tcpkeepalive = pool.tcpkeepalive;
+        native.reuseport = pool.reuseport;
         config.pools.insert(name, native);
     }
     config.validate()?;
@@ -159,6 +157,31 @@ beta:
     }
 
     #[test]
+    fn twemproxy_keys_carry_over() {
+        let text = NUTCRACKER_YML.replacen(
+            "auto_eject_hosts: false",
+            "auto_eject_hosts: true\n  redis_auth: s3cret\n  redis_db: 3",
+            1,
+        );
+        let alpha = &Config::from_yaml(&text).unwrap().pools["alpha"];
+        assert!(alpha.auto_eject_hosts);
+        assert_eq!(alpha.redis_auth.as_deref(), Some("s3cret"));
+        assert_eq!(
+            (
+                alpha.redis_db,
+                alpha.server_retry_timeout,
+                alpha.server_failure_limit
+            ),
+            (3, 2000, 1)
+        );
+        let beta = &Config::from_yaml(&text).unwrap().pools["beta"];
+        assert_eq!(
+            (beta.server_retry_timeout, beta.server_failure_limit),
+            (30_000, 2)
+        );
+    }
+
+    #[test]
     fn refuses_what_it_cannot_honour_by_name() {
         for (change, field) in [
             (
@@ -169,12 +192,8 @@ beta:
                 "alpha.redis",
             ),
             (
-                ("auto_eject_hosts: false", "auto_eject_hosts: true"),
-                "alpha.auto_eject_hosts",
-            ),
-            (
-                ("timeout: 400", "timeout: 400\n  redis_auth: secret"),
-                "alpha.redis_auth",
+                ("timeout: 400", "timeout: 400\n  redis_db: -1"),
+                "alpha.redis_db",
             ),
             (
                 ("distribution: ketama", "distribution: ring"),

@@ -41,6 +41,14 @@ impl Reply<'_> {
         self.0.put_slice(b"$-1\r\n");
     }
 
+    /// A request as a client would send it: an array of bulk strings.
+    pub fn command(&mut self, args: &[&[u8]]) {
+        self.array(args.len());
+        for arg in args {
+            self.bulk(arg);
+        }
+    }
+
     pub fn array(&mut self, len: usize) {
         self.0.put_u8(b'*');
         self.decimal(len as i64);

@@ -48,6 +48,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "readonly" | "readwrite" => ctx.reply(|r| r.ok()),
         "reset" => {
             ctx.client.name = None;
+            ctx.authenticated = ctx.pool.config.redis_auth.is_none();
             ctx.reply(|r| r.status("RESET"));
         }
         "auth" => auth(ctx, req),
@@ -66,17 +67,51 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
     Outcome::Answered
 }
 
-/// No password is configured for cluster pools: like Redis's default user, any password is accepted for
-/// `default`, while the one-argument form is an error (there is no requirepass).
+/// With `redis_auth`, the password is checked here, for the `default` user, as Redis checks
+/// `requirepass`. Without it, like Redis's default user without a password: any password is accepted
+/// for `default`, while the one-argument form is an error.
 fn auth(ctx: &mut Ctx, req: Request<'_>) {
-    match req.argc() {
-        2 => ctx.error(
+    let (user, password) = match req.argc() {
+        2 => (None, req.arg(1)),
+        3 => (Some(req.arg(1)), req.arg(2)),
+        _ => return ctx.error("ERR syntax error"),
+    };
+    if login(ctx, user, password) {
+        return ctx.reply(|r| r.ok());
+    }
+    match (&ctx.pool.config.redis_auth, user) {
+        (None, None) => ctx.error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         ),
-        3 if req.arg(1) == b"default" => ctx.reply(|r| r.ok()),
-        3 => ctx.error("WRONGPASS invalid username-password pair or user is disabled."),
-        _ => ctx.error("ERR syntax error"),
+        _ => ctx.error(WRONGPASS),
     }
+}
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+/// Whether `user` (the default user when absent) may log in with `password`; marks the client
+/// authenticated when so.
+fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
+    let default_user = user.is_none_or(|u| u == b"default");
+    let ok = match &ctx.pool.config.redis_auth {
+        Some(expected) => default_user && same_secret(password, expected.as_bytes()),
+        None => default_user && user.is_some(),
+    };
+    if ok {
+        ctx.authenticated = true;
+    }
+    ok
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell how much of a
+/// guessed password was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn hello(ctx: &mut Ctx, req: Request<'_>) {
@@ -96,8 +131,8 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
     while i < req.argc() {
         let opt = req.arg(i);
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
-            if req.arg(i + 1) != b"default" {
-                return ctx.error("WRONGPASS invalid username-password pair or user is disabled.");
+            if !login(ctx, Some(req.arg(i + 1)), req.arg(i + 2)) {
+                return ctx.error(WRONGPASS);
             }
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.argc() {
@@ -112,6 +147,9 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
             let msg = format!("ERR Syntax error in HELLO option '{}'", printable(opt));
             return ctx.error(&msg);
         }
+    }
+    if !ctx.authenticated {
+        return ctx.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     if name.is_some() {
         ctx.client.name = name;

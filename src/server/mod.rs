@@ -1,5 +1,6 @@
 //! Listeners and client sessions: accept connections for each pool and serve them until shutdown.
 
+mod fanout;
 mod info;
 mod local;
 mod session;

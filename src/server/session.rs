@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::fanout::{self, Merge, Split};
 use super::local::{self, Outcome};
 use super::{Pool, Router};
 use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
@@ -34,6 +35,32 @@ enum Pending {
     /// The reply is known (answered locally, or an error decided by slotline).
     Ready(Bytes),
     Wait(Waiting),
+    /// A multi-key command cut into parts for several backends.
+    Split(Box<SplitRequest>),
+}
+
+/// Replies to the parts of a split request are numbered apart from whole requests: the top bit marks a
+/// part, the low bits hold the part's index and the bits between the request's number.
+const PART: u64 = 1 << 63;
+const PART_BITS: u32 = 16;
+/// Parts per request that the numbering can tell apart: more than a cluster has slots.
+const MAX_PARTS: usize = 1 << PART_BITS;
+
+fn part_seq(seq: u64, part: usize) -> u64 {
+    PART | (seq << PART_BITS) | part as u64
+}
+
+struct SplitRequest {
+    merge: Merge,
+    nkeys: usize,
+    deadline: Instant,
+    parts: Vec<Part>,
+}
+
+struct Part {
+    /// The request's key numbers this part carries, ascending.
+    keys: Vec<u32>,
+    w: Waiting,
 }
 
 struct Waiting {
@@ -61,6 +88,8 @@ pub(crate) struct Ctx {
     out: BytesMut,
     closing: bool,
     commands: u64,
+    /// False until the client gives the pool's `redis_auth` password (always true without one).
+    pub authenticated: bool,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -73,6 +102,7 @@ where
         max_request_bytes: pool.config.max_request_bytes,
     });
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let authenticated = pool.config.redis_auth.is_none();
     let mut ctx = Ctx {
         pool,
         client,
@@ -83,6 +113,7 @@ where
         out: BytesMut::with_capacity(READ_CHUNK),
         closing: false,
         commands: 0,
+        authenticated,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -246,6 +277,9 @@ impl Ctx {
                 spec.name
             ));
         }
+        if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+            return self.error("NOAUTH Authentication required.");
+        }
         let route = match spec.route {
             Route::BlockingOption if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) => {
                 Route::Unsupported(
@@ -257,46 +291,29 @@ impl Ctx {
         };
         match route {
             Route::Keyed => {
-                let place = match router {
-                    Router::Cluster(_) => {
-                        let mut slot = None;
-                        let mut cross = false;
-                        req.for_each_key(spec, |key| {
-                            let s = key_slot(key);
-                            match slot {
-                                None => slot = Some(s),
-                                Some(first) if first != s => cross = true,
-                                _ => {}
-                            }
-                        });
-                        if cross {
-                            return self
-                                .error("CROSSSLOT Keys in request don't hash to the same slot");
-                        }
-                        slot.map_or(Place::Any, Place::Slot)
+                let mut place = None;
+                let mut cross = false;
+                req.for_each_key(spec, |key| {
+                    let p = place_of(router, key);
+                    match place {
+                        None => place = Some(p),
+                        Some(first) if first != p => cross = true,
+                        _ => {}
                     }
-                    Router::Shards(shards) => {
-                        let mut server = None;
-                        let mut cross = false;
-                        req.for_each_key(spec, |key| {
-                            let s = shards.server_for_key(key);
-                            match server {
-                                None => server = Some(s),
-                                Some(first) if first != s => cross = true,
-                                _ => {}
-                            }
-                        });
-                        if cross {
-                            let msg = format!(
-                                "CROSSSLOT the keys of this {} live on different servers of the pool (splitting it is not supported yet)",
-                                spec.display_name()
-                            );
-                            return self.error(&msg);
-                        }
-                        server.map_or(Place::Any, Place::Server)
-                    }
-                };
-                self.forward(router, topology, place, frame.clone(), now);
+                });
+                if !cross {
+                    return self.forward(
+                        router,
+                        topology,
+                        place.unwrap_or(Place::Any),
+                        frame.clone(),
+                        now,
+                    );
+                }
+                match fanout::policy(spec.name) {
+                    Some(split) => self.split(req, split, router, topology, now),
+                    None => self.error(&cross_error(router, spec.display_name())),
+                }
             }
             Route::AnyNode => self.forward(router, topology, Place::Any, frame.clone(), now),
             Route::Local => match local::handle(self, req, spec) {
@@ -349,10 +366,80 @@ impl Ctx {
         }));
     }
 
+    /// Cuts a multi-key request whose keys live in several places into one part per place, sends every
+    /// part, and queues the request to be answered once all parts are.
+    fn split(
+        &mut self,
+        req: Request<'_>,
+        split: Split,
+        router: &Router,
+        topology: Option<&Topology>,
+        now: Instant,
+    ) {
+        let Some(nkeys) = fanout::key_count(&req, split) else {
+            let name = printable(req.arg(0)).to_lowercase();
+            return self.error(&format!(
+                "ERR wrong number of arguments for '{name}' command"
+            ));
+        };
+        let mut placed: Vec<(Place, u32)> = (0..nkeys)
+            .map(|k| (place_of(router, fanout::key(&req, split, k)), k as u32))
+            .collect();
+        // Stable: each part keeps its keys in the client's order.
+        placed.sort_by_key(|&(place, _)| place);
+        let seq = self.front_seq + self.pending.len() as u64;
+        let deadline = now + Duration::from_millis(self.pool.config.timeout);
+        let pick = self.client.id as usize;
+        let mut parts = Vec::new();
+        for group in placed.chunk_by(|a, b| a.0 == b.0) {
+            if parts.len() == MAX_PARTS {
+                return self
+                    .error("ERR slotline: the keys of this command live in too many places");
+            }
+            let place = group[0].0;
+            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
+            let mut w = Waiting {
+                result: None,
+                frame: fanout::encode(&req, split, &keys),
+                slot: match place {
+                    Place::Slot(slot) => Some(slot),
+                    _ => None,
+                },
+                deadline,
+                redirects: 0,
+            };
+            match target(router, topology, place, pick) {
+                Some(node) => {
+                    let reply = self.inbox.reply_to(part_seq(seq, parts.len()));
+                    node.send(pick, w.frame.clone(), false, reply);
+                }
+                None => {
+                    if let Router::Cluster(cluster) = router {
+                        cluster.request_refresh();
+                    }
+                    w.result = Some(Ok(Bytes::from_static(
+                        b"-CLUSTERDOWN Hash slot not served\r\n",
+                    )));
+                }
+            }
+            parts.push(Part { keys, w });
+        }
+        self.pending
+            .push_back(Pending::Split(Box::new(SplitRequest {
+                merge: split.merge,
+                nkeys,
+                deadline,
+                parts,
+            })));
+    }
+
     /// When the oldest request gives up, if it is still waiting for a backend.
     fn head_deadline(&self) -> Option<Instant> {
         match self.pending.front() {
             Some(Pending::Wait(w)) if w.result.is_none() => Some(w.deadline),
+            Some(Pending::Split(s)) if s.parts.iter().any(|p| p.w.result.is_none()) => {
+                Some(s.deadline)
+            }
             _ => None,
         }
     }
@@ -366,11 +453,21 @@ impl Ctx {
     /// (timed out) find no place and are dropped.
     fn place_arrived(&mut self) {
         for (seq, result) in self.arrived.drain(..) {
+            let (seq, part) = match seq & PART {
+                0 => (seq, None),
+                _ => ((seq & !PART) >> PART_BITS, Some(seq as usize % MAX_PARTS)),
+            };
             let Some(i) = seq.checked_sub(self.front_seq) else {
                 continue;
             };
-            if let Some(Pending::Wait(w)) = self.pending.get_mut(i as usize) {
-                w.result = Some(result);
+            match (self.pending.get_mut(i as usize), part) {
+                (Some(Pending::Wait(w)), None) => w.result = Some(result),
+                (Some(Pending::Split(s)), Some(part)) => {
+                    if let Some(part) = s.parts.get_mut(part) {
+                        part.w.result = Some(result);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -390,6 +487,12 @@ impl Ctx {
                     Some(result) => result,
                     None => return,
                 },
+                Some(Pending::Split(_)) => {
+                    if self.settle_split() {
+                        continue;
+                    }
+                    return;
+                }
             };
             self.on_head(HeadEvent::Reply(result));
         }
@@ -397,6 +500,10 @@ impl Ctx {
 
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
+        if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
+            self.pop_front();
+            return self.timed_out();
+        }
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;
         };
@@ -408,11 +515,7 @@ impl Ctx {
             }
             HeadEvent::Timeout => {
                 self.pop_front();
-                let msg = format!(
-                    "ERR slotline: no reply from the backend within {} ms",
-                    self.pool.config.timeout
-                );
-                return self.error_now(&msg);
+                return self.timed_out();
             }
         };
         if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
@@ -426,6 +529,77 @@ impl Ctx {
         }
         self.out.extend_from_slice(&reply);
         self.pop_front();
+    }
+
+    /// Follows redirects of the split request at the front and, once every part is answered, writes
+    /// the merged reply. Returns false while a part is still waiting.
+    fn settle_split(&mut self) -> bool {
+        let Some(Pending::Split(s)) = self.pending.front_mut() else {
+            return true;
+        };
+        let mut waiting = false;
+        for (i, part) in s.parts.iter_mut().enumerate() {
+            let reply = match part.w.result.take() {
+                None => {
+                    waiting = true;
+                    continue;
+                }
+                Some(Ok(reply)) => reply,
+                Some(failed) => {
+                    part.w.result = Some(failed);
+                    continue;
+                }
+            };
+            if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
+                if let Some(r) = classify(&reply) {
+                    let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
+                    let max = self.pool.config.max_redirects;
+                    if follow(
+                        cluster,
+                        max,
+                        self.client.id as usize,
+                        &mut part.w,
+                        r,
+                        resend,
+                    ) {
+                        waiting = true;
+                        continue;
+                    }
+                }
+            }
+            part.w.result = Some(Ok(reply));
+        }
+        if waiting {
+            return false;
+        }
+        let failed = s.parts.iter().find_map(|p| match &p.w.result {
+            Some(Err(e)) => Some(format!("ERR slotline: {e}")),
+            _ => None,
+        });
+        match failed {
+            Some(msg) => Reply(&mut self.out).error(&msg),
+            None => {
+                let replies: Vec<(&[u32], &[u8])> = s
+                    .parts
+                    .iter()
+                    .map(|p| match &p.w.result {
+                        Some(Ok(reply)) => (&p.keys[..], &reply[..]),
+                        _ => (&p.keys[..], &[][..]),
+                    })
+                    .collect();
+                fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);
+            }
+        }
+        self.pop_front();
+        true
+    }
+
+    fn timed_out(&mut self) {
+        let msg = format!(
+            "ERR slotline: no reply from the backend within {} ms",
+            self.pool.config.timeout
+        );
+        self.error_now(&msg);
     }
 
     /// Writes an error reply in order: straight to the output when nothing is waiting before it.
@@ -471,7 +645,7 @@ impl Ctx {
 }
 
 /// Where a keyed request goes.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Place {
     /// A cluster slot.
     Slot(Slot),
@@ -479,6 +653,26 @@ enum Place {
     Server(usize),
     /// Any backend: the request has no key.
     Any,
+}
+
+/// Where a key lives.
+fn place_of(router: &Router, key: &[u8]) -> Place {
+    match router {
+        Router::Cluster(_) => Place::Slot(key_slot(key)),
+        Router::Shards(shards) => Place::Server(shards.server_for_key(key)),
+    }
+}
+
+/// The error for a command whose keys must live together but do not.
+fn cross_error(router: &Router, command: String) -> String {
+    match router {
+        Router::Cluster(_) => format!(
+            "CROSSSLOT Keys in request don't hash to the same slot ({command} needs all its keys in one slot; a hash tag such as {{user1}} in each key keeps them together)"
+        ),
+        Router::Shards(_) => format!(
+            "CROSSSLOT the keys of this {command} live on different servers of the pool (only MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split across servers; a hash_tag keeps keys together)"
+        ),
+    }
 }
 
 /// The node for a request; a client without a key always uses the same one.

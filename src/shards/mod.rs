@@ -20,11 +20,11 @@ impl Shards {
         let sharding = config
             .sharding()
             .map_err(|(field, e)| format!("{field}: {e}"))?;
-        let settings = backend::Settings {
-            connections: config.server_connections,
-            connect_timeout: Duration::from_millis(config.connect_timeout),
-            on_failure: None,
-        };
+        let settings = backend::Settings::new(
+            config.server_connections,
+            Duration::from_millis(config.connect_timeout),
+        )
+        .with_login(config.redis_auth.as_deref(), config.redis_db);
         let nodes = sharding
             .servers
             .iter()

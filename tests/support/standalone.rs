@@ -1,6 +1,6 @@
 //! Plain `redis-server`s (the shards of a twemproxy pool) and the real `nutcracker` in front of them.
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +15,7 @@ use super::{
 /// removed on drop.
 pub struct RedisServers {
     servers: Vec<Server>,
+    args: Vec<String>,
     reaper: Option<Reaper>,
     dir: TempDir,
 }
@@ -28,31 +29,22 @@ struct Server {
 impl RedisServers {
     /// Starts `count` servers and returns once each answers PING.
     pub fn start(count: usize) -> RedisServers {
+        RedisServers::start_with(count, &[])
+    }
+
+    /// Starts `count` servers with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(count: usize, extra_args: &[&str]) -> RedisServers {
         let dir = TempDir::new("redis");
         let mut reaper = Reaper::spawn(dir.path());
         let mut servers = Vec::new();
+        let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         for index in 0..count {
             // cluster_port: never handed out twice in this process, so parallel starts cannot collide.
             let port = cluster_port();
             let server_dir = dir.path().join(format!("redis{index}"));
             fs::create_dir_all(&server_dir)
                 .unwrap_or_else(|e| panic!("create {}: {e}", server_dir.display()));
-            let log = File::create(server_dir.join("redis.log")).expect("create redis.log");
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--unixsocket")
-                .arg(server_dir.join("redis.sock"))
-                .arg("--dir")
-                .arg(&server_dir)
-                .current_dir(&server_dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run redis-server ({e}); is the redis-server package installed?")
-                });
+            let child = spawn_server(port, &server_dir, &args);
             reaper.watch(child.id());
             servers.push(Server {
                 port,
@@ -62,6 +54,7 @@ impl RedisServers {
         }
         let mut all = RedisServers {
             servers,
+            args,
             reaper: Some(reaper),
             dir,
         };
@@ -87,6 +80,8 @@ impl RedisServers {
                 let mut client = Client::try_connect(port).map_err(|e| e.to_string())?;
                 match client.cmd(&["PING"]) {
                     Reply::Status(s) if s == "PONG" => Ok(()),
+                    // A server with requirepass answers, just not yet to us.
+                    Reply::Error(e) if e.starts_with("NOAUTH") => Ok(()),
                     other => Err(format!("PING answered {other:?}")),
                 }
             },
@@ -95,6 +90,24 @@ impl RedisServers {
 
     pub fn len(&self) -> usize {
         self.servers.len()
+    }
+
+    /// Kills server `index` (SIGKILL) and waits until it is gone: a shard that went down.
+    pub fn stop(&mut self, index: usize) {
+        let server = &mut self.servers[index];
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+    }
+
+    /// Starts server `index` again on its old port (with no data) and waits until it answers PING.
+    pub fn restart(&mut self, index: usize) {
+        self.stop(index);
+        let server = &mut self.servers[index];
+        server.child = spawn_server(server.port, &server.dir, &self.args);
+        if let Some(reaper) = &mut self.reaper {
+            reaper.watch(server.child.id());
+        }
+        self.wait_answers_ping(index);
     }
 
     pub fn port(&self, index: usize) -> u16 {
@@ -125,6 +138,30 @@ impl RedisServers {
             })
             .collect()
     }
+}
+
+fn spawn_server(port: u16, dir: &Path, extra_args: &[String]) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("redis.log"))
+        .expect("open redis.log");
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--unixsocket")
+        .arg(dir.join("redis.sock"))
+        .arg("--dir")
+        .arg(dir)
+        .args(extra_args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run redis-server ({e}); is the redis-server package installed?")
+        })
 }
 
 impl Drop for RedisServers {
