@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::cluster::Cluster;
 use crate::config::{is_unix_path, Config, Mode, PoolConfig};
+use crate::discovery::{self, Discovery};
 use crate::shards::Shards;
 use session::ClientState;
 
@@ -54,6 +55,8 @@ pub struct Pool {
     pub shared: Arc<Shared>,
     clients: AtomicU64,
     local_port: Option<u16>,
+    /// Where the backends come from, when they are followed (Kubernetes, re-resolved host names).
+    discovery: Option<Discovery>,
 }
 
 /// What is behind a pool.
@@ -66,6 +69,12 @@ impl Pool {
     /// The TCP port the pool listens on (None for unix sockets).
     pub fn port(&self) -> Option<u16> {
         self.local_port
+    }
+
+    /// The state of the pool's discovery source (for readiness and metrics): None when its backends
+    /// are fixed.
+    pub fn discovery(&self) -> Option<&Arc<discovery::Status>> {
+        self.discovery.as_ref().map(|d| &d.status)
     }
 }
 
@@ -109,8 +118,19 @@ pub async fn run(
     }
     let mut tasks = Vec::new();
     for (name, pool_config, listener) in bound {
+        let mut discovery = None;
         let router = if pool_config.mode == Mode::Cluster {
             let cluster = Cluster::start(&pool_config);
+            if pool_config.kubernetes.is_some() {
+                // The seeds are the Service's endpoints: wait for them before the first refresh.
+                let source = Discovery::start(&name, &pool_config);
+                let mut endpoints = source.endpoints.clone();
+                let _ =
+                    tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some))
+                        .await;
+                cluster.follow(source.endpoints.clone());
+                discovery = Some(source);
+            }
             if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
                 tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
             }
@@ -135,6 +155,7 @@ pub async fn run(
             shared: shared.clone(),
             clients: AtomicU64::new(0),
             local_port,
+            discovery,
         });
         tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
         tasks.push(tokio::spawn(accept_loop(listener, pool)));

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use super::{cluster_port, log_tail, wait_ok, Client, Reaper, Reply, TempDir};
+use super::{log_tail, wait_ok, Client, Reaper, Reply, TempDir};
 
 /// One "pod"; killed (by PID) on drop.
 pub struct RedisPod {
@@ -21,15 +21,16 @@ pub struct RedisPod {
 }
 
 impl RedisPod {
-    /// Starts `redis-server` for pod `name` on `ip` (127.0.0.x) and a free port below 32768, and waits
-    /// until it answers PING.
-    pub fn start(name: &str, ip: &str) -> RedisPod {
+    /// Starts `redis-server` for pod `name` on `ip` (127.0.0.x) and `port` (pods of one service share
+    /// their port, as containers of one StatefulSet do; take it from `cluster_port()`), and waits until
+    /// it answers PING.
+    pub fn start(name: &str, ip: &str, port: u16) -> RedisPod {
         let dir = TempDir::new(&format!("pod-{name}"));
         let reaper = Reaper::spawn(dir.path());
         let mut pod = RedisPod {
             name: name.to_string(),
             ip: ip.to_string(),
-            port: cluster_port(),
+            port,
             child: None,
             reaper: Some(reaper),
             dir,
