@@ -65,7 +65,7 @@ impl Mode {
 }
 
 /// One pool: a listener and the backends behind it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// `host:port` to listen on, or the path of a unix socket.

@@ -54,7 +54,8 @@ pub(super) async fn run(
         }
         if next != current {
             for (old, new) in current.iter().zip(&next) {
-                if old.addr != new.addr {
+                // The first resolution of a name is no news; a resolved address changing is.
+                if old.addr != new.addr && current_ip(old).is_some() {
                     tracing::info!(pool = %status.snapshot().pool, server = %new.name, from = %old.addr, to = %new.addr, "backend address changed");
                 }
             }

@@ -3,6 +3,8 @@
 mod fanout;
 mod info;
 mod local;
+mod pools;
+mod reload;
 mod session;
 
 use std::future::Future;
@@ -14,9 +16,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::cluster::Cluster;
-use crate::config::{is_unix_path, Config, Mode, PoolConfig};
+use crate::config::{is_unix_path, Config, PoolConfig};
 use crate::discovery::{self, Discovery};
 use crate::shards::Shards;
+use pools::Pools;
+use reload::Reload;
 use session::ClientState;
 
 /// How long start-up waits for each cluster pool's first topology before listening anyway.
@@ -99,78 +103,48 @@ impl Listener {
     }
 }
 
-/// Starts every pool of `config` and serves until `shutdown` completes.
+/// Starts every pool of `config` and serves until `shutdown` completes. With a config file, SIGHUP or a
+/// change of the file's content reloads it (see `reload`).
 pub async fn run(
     config: Config,
     config_file: Option<String>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let shared = Shared::new(config_file);
-    let mut bound = Vec::new();
-    for (name, pool_config) in &config.pools {
-        let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
-            )
-        })?;
-        bound.push((name.clone(), pool_config.clone(), listener));
-    }
-    let mut tasks = Vec::new();
-    for (name, pool_config, listener) in bound {
-        let mut discovery = None;
-        let router = if pool_config.mode == Mode::Cluster {
-            let cluster = Cluster::start(&pool_config);
-            if pool_config.kubernetes.is_some() {
-                // The seeds are the Service's endpoints: wait for them before the first refresh.
-                let source = Discovery::start(&name, &pool_config);
-                let mut endpoints = source.endpoints.clone();
-                let _ =
-                    tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some))
-                        .await;
-                cluster.follow(source.endpoints.clone());
-                discovery = Some(source);
+    let shared = Shared::new(config_file.clone());
+    let mut pools = Pools::default();
+    // At start, any pool that cannot listen is fatal.
+    pools.apply(&config, &shared).await?;
+    let mut reload = config_file.map(|file| Reload::new(file.into()));
+    let mut running = config;
+    tokio::pin!(shutdown);
+    loop {
+        let next = async {
+            match &mut reload {
+                Some(reload) => reload.next().await,
+                None => std::future::pending().await,
             }
-            if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
-                tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            config = next => {
+                if config.workers != running.workers {
+                    tracing::warn!("workers changes take effect at the next start");
+                }
+                match pools.apply(&config, &shared).await {
+                    Ok(()) => running = config,
+                    Err(e) => tracing::error!(error = %e, "new configuration rejected; the running configuration stays"),
+                }
             }
-            Router::Cluster(cluster)
-        } else {
-            let shards = Shards::start(&pool_config).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("pool {name}: {e}"),
-                )
-            })?;
-            Router::Shards(shards)
-        };
-        let local_port = match &listener {
-            Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-            Listener::Unix(..) => None,
-        };
-        let pool = Arc::new(Pool {
-            name: name.clone(),
-            config: pool_config,
-            router,
-            shared: shared.clone(),
-            clients: AtomicU64::new(0),
-            local_port,
-            discovery,
-        });
-        tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
-        tasks.push(tokio::spawn(accept_loop(listener, pool)));
+        }
     }
-    shutdown.await;
     tracing::info!("shutting down");
-    for task in tasks {
-        task.abort();
-    }
+    pools.stop();
     Ok(())
 }
 
-async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
+async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
     loop {
-        let accepted = match &listener {
+        let accepted = match &*listener {
             Listener::Tcp(l) => l.accept().await.map(|(s, addr)| {
                 let _ = s.set_nodelay(true);
                 let (rd, wr) = s.into_split();

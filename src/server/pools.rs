@@ -1,0 +1,145 @@
+//! The running pools, and how a (new) configuration becomes them: pools added are started, pools removed
+//! stop listening, pools whose settings changed are started afresh behind the same listener; pools
+//! whose settings did not change are not touched, so their clients never notice a reload.
+//!
+//! Clients connected to a pool that changed keep the session they have (nobody is dropped) with the
+//! settings it started with; new connections get the new ones.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::{accept_loop, Listener, Pool, Router, Shared, FIRST_TOPOLOGY_WAIT};
+use crate::cluster::Cluster;
+use crate::config::{Config, Mode, PoolConfig};
+use crate::discovery::Discovery;
+use crate::shards::Shards;
+
+struct Running {
+    pool: Arc<Pool>,
+    listener: Arc<Listener>,
+    accept: JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub(super) struct Pools {
+    running: BTreeMap<String, Running>,
+}
+
+impl Pools {
+    /// Makes the running pools those of `config`. Every new listener is bound first: if one cannot be,
+    /// nothing changes and the error says which.
+    pub(super) async fn apply(&mut self, config: &Config, shared: &Arc<Shared>) -> io::Result<()> {
+        let mut fresh = BTreeMap::new();
+        for (name, pool_config) in &config.pools {
+            let reusable = self
+                .running
+                .get(name)
+                .is_some_and(|r| r.pool.config.listen == pool_config.listen);
+            if !reusable {
+                let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
+                    )
+                })?;
+                fresh.insert(name.clone(), Arc::new(listener));
+            }
+        }
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !config.pools.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = self.running.remove(&name) {
+                old.accept.abort();
+                tracing::info!(pool = %name, listen = %old.pool.config.listen,
+                    "pool removed: no longer listening; its connected clients stay until they leave");
+            }
+        }
+        for (name, pool_config) in &config.pools {
+            let old = self.running.get(name);
+            if old.is_some_and(|r| r.pool.config == *pool_config) {
+                continue;
+            }
+            let listener = match fresh.remove(name) {
+                Some(listener) => listener,
+                None => match old {
+                    Some(old) => old.listener.clone(),
+                    None => continue, // bound above; cannot happen
+                },
+            };
+            let pool = start_pool(name, pool_config, &listener, shared).await?;
+            let accept = tokio::spawn(accept_loop(listener.clone(), pool.clone()));
+            if let Some(old) = self.running.insert(
+                name.clone(),
+                Running {
+                    pool,
+                    listener,
+                    accept,
+                },
+            ) {
+                old.accept.abort();
+                tracing::info!(pool = %name, "pool settings changed: new connections use them; connected clients keep theirs");
+            } else {
+                tracing::info!(pool = %name, listen = %pool_config.listen, "listening");
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn stop(&mut self) {
+        for running in std::mem::take(&mut self.running).into_values() {
+            running.accept.abort();
+        }
+    }
+}
+
+/// Starts what is behind one pool: its cluster or shards, and its discovery source.
+async fn start_pool(
+    name: &str,
+    config: &PoolConfig,
+    listener: &Listener,
+    shared: &Arc<Shared>,
+) -> io::Result<Arc<Pool>> {
+    let mut discovery = None;
+    let router = if config.mode == Mode::Cluster {
+        let cluster = Cluster::start(config);
+        if config.kubernetes.is_some() {
+            // The seeds are the Service's endpoints: wait for them before the first refresh.
+            let source = Discovery::start(name, config);
+            let mut endpoints = source.endpoints.clone();
+            let _ = tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some))
+                .await;
+            cluster.follow(source.endpoints.clone());
+            discovery = Some(source);
+        }
+        if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
+            tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
+        }
+        Router::Cluster(cluster)
+    } else {
+        let shards = Shards::start(config).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
+        })?;
+        Router::Shards(shards)
+    };
+    let local_port = match listener {
+        Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+        Listener::Unix(..) => None,
+    };
+    Ok(Arc::new(Pool {
+        name: name.to_string(),
+        config: config.clone(),
+        router,
+        shared: shared.clone(),
+        clients: AtomicU64::new(0),
+        local_port,
+        discovery,
+    }))
+}
