@@ -36,3 +36,4 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod shards;
+pub mod stats;

@@ -19,6 +19,19 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
+    /// twemproxy's stats port: serve twemproxy-compatible JSON stats on this port (as nutcracker -s).
+    #[arg(short = 's', long, value_name = "PORT")]
+    stats_port: Option<u16>,
+    /// twemproxy's stats address (as nutcracker -a); with -s, or port 22222 without it.
+    #[arg(short = 'a', long, value_name = "ADDR")]
+    stats_addr: Option<String>,
+    /// twemproxy's stats aggregation interval (as nutcracker -i). Accepted for nutcracker command lines;
+    /// slotline's counters are always current.
+    #[arg(short = 'i', long, value_name = "MS")]
+    stats_interval: Option<u64>,
+    /// Test the configuration and exit, as nutcracker -t (the same as `slotline check`).
+    #[arg(short = 't', long)]
+    test_conf: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,14 +54,20 @@ fn main() -> ExitCode {
         eprintln!("slotline: --config FILE is required (see --help)");
         return ExitCode::from(2);
     };
-    let config = match Config::load(&path) {
+    let mut config = match Config::load(&path) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("slotline: invalid configuration: {e}");
             return ExitCode::from(1);
         }
     };
-    if let Some(Command::Check) = cli.command {
+    if cli.stats_port.is_some() || cli.stats_addr.is_some() {
+        let addr = cli.stats_addr.as_deref().unwrap_or("0.0.0.0");
+        let port = cli.stats_port.unwrap_or(22222);
+        config.stats_listen = Some(slotline::config::join_host_port(addr, port));
+    }
+    let _ = cli.stats_interval;
+    if cli.test_conf || matches!(cli.command, Some(Command::Check)) {
         println!(
             "{}: configuration is valid ({} pool(s))",
             path.display(),

@@ -8,7 +8,7 @@ use support::{free_port, wait_for, Client, RedisServers, Reply, Slotline};
 
 fn nutcracker_yml(port: u16, servers: &RedisServers, extra: &str) -> String {
     let mut yaml = format!(
-        "shards:\n  listen: 127.0.0.1:{port}\n  redis: true\n  hash: fnv1a_64\n  \
+        "shards:\n  listen: 127.0.0.1:{port}\n  redis: true\n  hash: murmur\n  \
          distribution: ketama\n  timeout: 500\n{extra}  servers:\n"
     );
     for i in 0..servers.len() {
@@ -108,4 +108,242 @@ fn a_wrong_backend_password_is_reported_not_hidden() {
     wait_for(Duration::from_secs(5), "the log to say why", || {
         proxy.log().contains("AUTH/SELECT refused: WRONGPASS")
     });
+}
+
+/// The JSON object a twemproxy-style stats port writes before closing.
+fn stats(port: u16) -> serde_json::Value {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to stats");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read stats");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
+}
+
+/// Which server holds each key (exactly one must).
+#[track_caller]
+fn holders(servers: &RedisServers, live: &[usize], keys: &[String]) -> Vec<usize> {
+    let caller = std::panic::Location::caller();
+    keys.iter()
+        .map(|k| {
+            let on: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|&i| servers.client(i).cmd(&["EXISTS", k]) == Reply::Int(1))
+                .collect();
+            assert_eq!(
+                on.len(),
+                1,
+                "{k} is on servers {on:?} (holders at {caller})"
+            );
+            on[0]
+        })
+        .collect()
+}
+
+fn flush(servers: &RedisServers, live: &[usize]) {
+    for &i in live {
+        assert_eq!(servers.client(i).cmd(&["FLUSHALL"]), Reply::ok());
+    }
+}
+
+fn write_all(client: &mut Client, keys: &[String]) {
+    for k in keys {
+        assert_eq!(client.cmd(&["SET", k, "v"]), Reply::ok(), "SET {k}");
+    }
+}
+
+#[test]
+fn auto_eject_hosts_moves_keys_as_nutcracker_does_and_takes_the_server_back() {
+    let mut servers = RedisServers::start(4);
+    let options =
+        "  auto_eject_hosts: true\n  server_failure_limit: 2\n  server_retry_timeout: 1500\n";
+    let stats_port = free_port();
+    let proxy = Slotline::start_with_args(
+        &nutcracker_yml(free_port(), &servers, options),
+        &["-s", &stats_port.to_string(), "-a", "127.0.0.1"],
+    );
+    let nutcracker_port = free_port();
+    let nutcracker = support::Nutcracker::start(
+        &nutcracker_yml(nutcracker_port, &servers, options),
+        nutcracker_port,
+    );
+    let keys: Vec<String> = (0..200).map(|i| format!("eject:{i}")).collect();
+    let all = [0, 1, 2, 3];
+    let mut client = proxy.client();
+    write_all(&mut client, &keys);
+    let before = holders(&servers, &all, &keys);
+    let down = before[0];
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != down).collect();
+    flush(&servers, &all);
+
+    // The shard goes down: after a few failed requests both proxies take it out of the ring.
+    servers.stop(down);
+    let mut failed = 0;
+    wait_for(
+        Duration::from_secs(10),
+        "slotline to eject the down server",
+        || {
+            let ok = client.cmd(&["SET", &keys[0], "v"]).is_ok();
+            failed += usize::from(!ok);
+            ok
+        },
+    );
+    assert!(failed >= 1, "the first requests to the down server fail");
+    let mut through_nutcracker = nutcracker.client();
+    wait_for(
+        Duration::from_secs(10),
+        "nutcracker to eject the down server",
+        || through_nutcracker.cmd(&["SET", &keys[0], "v"]).is_ok(),
+    );
+    flush(&servers, &live);
+
+    // The keys of the down server move exactly where nutcracker moves them; no other key moves.
+    write_all(&mut client, &keys);
+    let ours = holders(&servers, &live, &keys);
+    flush(&servers, &live);
+    write_all(&mut through_nutcracker, &keys);
+    assert_eq!(
+        holders(&servers, &live, &keys),
+        ours,
+        "placement after ejection differs from nutcracker"
+    );
+    for (i, (&was, &is)) in before.iter().zip(&ours).enumerate() {
+        if was != down {
+            assert_eq!(was, is, "{} moved although its server is up", keys[i]);
+        }
+    }
+    flush(&servers, &live);
+
+    let report = stats(stats_port);
+    let pool = &report["shards"];
+    assert!(pool["server_ejects"].as_u64() >= Some(1), "{pool}");
+    let down_name = format!("shard{down}");
+    assert!(
+        pool[&down_name]["server_ejected_at"].as_u64() > Some(0),
+        "{pool}"
+    );
+    assert!(pool[&down_name]["server_err"].as_u64() > Some(0), "{pool}");
+
+    // Back after server_retry_timeout: its keys return to it.
+    servers.restart(down);
+    wait_for(
+        Duration::from_secs(10),
+        "the server to be back in the ring",
+        || {
+            client.cmd(&["SET", &keys[0], "v"]).is_ok()
+                && servers.client(down).cmd(&["EXISTS", &keys[0]]) == Reply::Int(1)
+        },
+    );
+    flush(&servers, &all);
+    write_all(&mut client, &keys);
+    assert_eq!(
+        holders(&servers, &all, &keys),
+        before,
+        "placement after the server came back"
+    );
+}
+
+#[test]
+fn without_auto_eject_hosts_a_down_server_fails_its_keys_and_nothing_moves() {
+    let mut servers = RedisServers::start(3);
+    let proxy = Slotline::start(&nutcracker_yml(free_port(), &servers, ""));
+    let keys: Vec<String> = (0..60).map(|i| format!("stay:{i}")).collect();
+    let all = [0, 1, 2];
+    let mut client = proxy.client();
+    write_all(&mut client, &keys);
+    let before = holders(&servers, &all, &keys);
+    let down = before[0];
+    servers.stop(down);
+    for _ in 0..10 {
+        let reply = client.cmd(&["SET", &keys[0], "v"]);
+        assert!(
+            reply.error().is_some_and(|e| e.starts_with("ERR slotline")),
+            "{reply:?}"
+        );
+    }
+    let live: Vec<usize> = all.iter().copied().filter(|&i| i != down).collect();
+    flush(&servers, &live);
+    let others: Vec<String> = keys
+        .iter()
+        .zip(&before)
+        .filter(|(_, &s)| s != down)
+        .map(|(k, _)| k.clone())
+        .collect();
+    write_all(&mut client, &others);
+    let expected: Vec<usize> = before.iter().copied().filter(|&s| s != down).collect();
+    assert_eq!(holders(&servers, &live, &others), expected);
+}
+
+#[test]
+fn stats_port_speaks_twemproxys_format_with_real_counts() {
+    let servers = RedisServers::start(2);
+    let stats_port = free_port();
+    let proxy = Slotline::start_with_args(
+        &nutcracker_yml(free_port(), &servers, ""),
+        &["-s", &stats_port.to_string(), "-a", "127.0.0.1"],
+    );
+    let nutcracker_port = free_port();
+    let nutcracker = support::Nutcracker::start(
+        &nutcracker_yml(nutcracker_port, &servers, ""),
+        nutcracker_port,
+    );
+    let _ = nutcracker.client().cmd(&["GET", "x"]);
+
+    let mut clients: Vec<Client> = (0..3).map(|_| proxy.client()).collect();
+    for i in 0..100 {
+        assert_eq!(
+            clients[i % 3].cmd(&["SET", &format!("s{i}"), "v"]),
+            Reply::ok()
+        );
+    }
+    let keys: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let mut mget = vec!["MGET".to_string()];
+    mget.extend(keys.iter().cloned());
+    assert_eq!(clients[0].cmd(&mget).as_array().map(|a| a.len()), Some(20));
+    let mut gone = proxy.client();
+    assert_eq!(gone.cmd(&["PING"]), Reply::Status("PONG".into()));
+    drop(gone);
+    wait_for(
+        Duration::from_secs(5),
+        "the closed client to be counted",
+        || stats(stats_port)["shards"]["client_connections"].as_u64() == Some(3),
+    );
+
+    let ours = stats(stats_port);
+    // The same fields, at every level, as the real nutcracker writes.
+    let theirs = stats(nutcracker.stats_port());
+    let fields = |v: &serde_json::Value| -> Vec<String> {
+        let mut names: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(fields(&ours), fields(&theirs));
+    assert_eq!(fields(&ours["shards"]), fields(&theirs["shards"]));
+    assert_eq!(
+        fields(&ours["shards"]["shard0"]),
+        fields(&theirs["shards"]["shard0"])
+    );
+
+    let pool = &ours["shards"];
+    let servers_total = |field: &str| -> u64 {
+        (0..2)
+            .map(|i| pool[format!("shard{i}")][field].as_u64().expect(field))
+            .sum()
+    };
+    // 100 SETs plus the MGET's parts (one per server holding some of its keys).
+    let fragments = pool["fragments"].as_u64().expect("fragments");
+    assert_eq!(fragments, 2, "the 20 keys span both servers: {pool}");
+    assert_eq!(servers_total("requests"), 100 + fragments);
+    assert_eq!(servers_total("responses"), 100 + fragments);
+    assert!(servers_total("request_bytes") > 100 * 20);
+    // 100 × "+OK\r\n", 20 × "$1\r\nv\r\n", and the two parts' array headers ("*9\r\n", "*11\r\n"...).
+    let headers = servers_total("response_bytes") - (100 * 5 + 20 * 7);
+    assert!((8..=10).contains(&headers), "{pool}");
+    assert_eq!(servers_total("server_connections"), 2);
+    assert_eq!(pool["client_connections"].as_u64(), Some(3), "{pool}");
+    assert!(pool["client_eof"].as_u64() >= Some(1), "{pool}");
+    assert_eq!(ours["curr_connections"].as_u64(), Some(3));
+    assert!(ours["total_connections"].as_u64() >= Some(4));
+    assert_eq!(servers_total("out_queue"), 0);
+    assert_eq!(servers_total("in_queue"), 0);
 }

@@ -10,8 +10,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{BackendError, Message, ReplyTo, Settings};
+use super::{BackendError, Health, Message, ReplyTo, Settings};
 use crate::protocol::ReplyScanner;
+use crate::stats::{self, ServerStats};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -22,20 +23,81 @@ const READ_CHUNK: usize = 64 * 1024;
 const DRAIN: Duration = Duration::from_secs(10);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
-/// Who is waiting for the next reply: a client, or nobody (the `ASKING` sent before an ASK retry).
-type Inflight = Mutex<VecDeque<Option<ReplyTo>>>;
+/// What one connection task serves and reports to.
+pub(super) struct Link {
+    pub addr: Arc<str>,
+    pub settings: Settings,
+    pub stats: Arc<ServerStats>,
+    pub health: Option<Arc<Health>>,
+}
+
+impl Link {
+    fn failed(&self) {
+        if let Some(health) = &self.health {
+            health.failed();
+        }
+    }
+}
+
+/// A request written to the server, waiting for its reply.
+struct Written {
+    /// A client, or nobody (the `ASKING` sent before an ASK retry).
+    reply: Option<ReplyTo>,
+    bytes: u32,
+}
+
+/// Requests written and not yet answered, oldest first.
+#[derive(Default)]
+struct Queue {
+    written: VecDeque<Written>,
+    /// Replies read so far: the number of the oldest unanswered request.
+    answered: u64,
+    /// When each batch was written, with the count of requests written before it: the oldest request's
+    /// write time is found here once the requests before it are answered.
+    batches: VecDeque<(u64, Instant)>,
+    total_written: u64,
+}
+
+impl Queue {
+    fn push_batch(&mut self, at: Instant) {
+        self.batches.push_back((self.total_written, at));
+    }
+
+    fn push(&mut self, w: Written) {
+        self.written.push_back(w);
+        self.total_written += 1;
+    }
+
+    fn pop(&mut self) -> Option<Written> {
+        let w = self.written.pop_front()?;
+        self.answered += 1;
+        // Batches whose requests are all answered are forgotten.
+        while self.batches.len() > 1 && self.batches[1].0 <= self.answered {
+            self.batches.pop_front();
+        }
+        Some(w)
+    }
+
+    /// When the oldest unanswered request was written, and its number.
+    fn oldest(&self) -> Option<(u64, Instant)> {
+        if self.written.is_empty() {
+            return None;
+        }
+        let (_, at) = self.batches.front()?;
+        Some((self.answered, *at))
+    }
+}
+
+type Inflight = Mutex<Queue>;
 
 /// Runs until every sender of `rx` is gone.
-pub(super) async fn run(
-    addr: Arc<str>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    settings: Settings,
-) {
+pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
+    let (addr, settings) = (&link.addr, &link.settings);
     let mut backoff = MIN_BACKOFF;
     // Log state changes, not every retry: a node that stays down logs once.
     let mut was_down = false;
     loop {
-        let connected = match timeout(settings.connect_timeout, connect(&addr, &settings)).await {
+        let connected = match timeout(settings.connect_timeout, connect(addr, settings)).await {
             Ok(result) => result,
             Err(_) => Err("connect timed out".to_string()),
         };
@@ -56,23 +118,38 @@ pub(super) async fn run(
                 tracing::info!(backend = %addr, "backend reachable again");
             }
             backoff = MIN_BACKOFF;
-            match serve(stream, &addr, &mut rx).await {
+            stats::shift(&link.stats.server_connections, 1);
+            let result = serve(stream, &link, &mut rx).await;
+            stats::shift(&link.stats.server_connections, -1);
+            match result {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(backend = %addr, error = %e, "backend connection failed");
+                    let counter = match e {
+                        BackendError::Closed(_) => &link.stats.server_eof,
+                        _ => &link.stats.server_err,
+                    };
+                    stats::add(counter, 1);
+                    link.failed();
                     was_down = true;
-                    notify(&settings);
+                    notify(settings);
                 }
             }
             continue;
         }
-        notify(&settings);
+        stats::add(&link.stats.server_err, 1);
+        link.failed();
+        notify(settings);
         // While the node is unreachable, fail requests at once instead of letting them wait for a timeout.
         let retry_at = Instant::now() + backoff;
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => msg.reply.send(Err(BackendError::Connect(addr.clone()))),
+                    Some(msg) => {
+                        stats::shift(&link.stats.in_queue, -1);
+                        stats::shift(&link.stats.in_queue_bytes, -(msg.frame.len() as i64));
+                        msg.reply.send(Err(BackendError::Connect(addr.clone())));
+                    }
                     None => return,
                 },
                 _ = sleep_until(retry_at) => break,
@@ -122,11 +199,12 @@ fn notify(settings: &Settings) {
 /// connection failed; either way, requests still waiting for a reply are failed.
 async fn serve(
     stream: TcpStream,
-    addr: &Arc<str>,
+    link: &Link,
     rx: &mut mpsc::UnboundedReceiver<Message>,
 ) -> Result<(), BackendError> {
+    let (addr, stats) = (&link.addr, &*link.stats);
     let (mut rd, mut wr) = stream.into_split();
-    let inflight: Inflight = Mutex::new(VecDeque::with_capacity(BATCH));
+    let inflight: Inflight = Mutex::new(Queue::default());
 
     let writer = async {
         let mut batch = Vec::with_capacity(BATCH);
@@ -139,6 +217,7 @@ async fn serve(
                 while !inflight
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
+                    .written
                     .is_empty()
                     && Instant::now() < deadline
                 {
@@ -158,18 +237,34 @@ async fn serve(
                     }
                 }
             }
+            let mut count = batch.len() as i64;
             {
                 // Queue the reply slots before the bytes leave, so the reader always finds them.
                 let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
+                queue.push_batch(Instant::now());
                 for msg in batch.drain(..) {
                     if msg.asking {
                         out.extend_from_slice(ASKING);
-                        queue.push_back(None);
+                        queue.push(Written {
+                            reply: None,
+                            bytes: ASKING.len() as u32,
+                        });
+                        count += 1;
                     }
                     out.extend_from_slice(&msg.frame);
-                    queue.push_back(Some(msg.reply));
+                    queue.push(Written {
+                        reply: Some(msg.reply),
+                        bytes: msg.frame.len() as u32,
+                    });
                 }
             }
+            let bytes = out.len() as i64;
+            stats::shift(&stats.in_queue, -count);
+            stats::shift(&stats.in_queue_bytes, -bytes);
+            stats::shift(&stats.out_queue, count);
+            stats::shift(&stats.out_queue_bytes, bytes);
+            stats::add(&stats.requests, count as u64);
+            stats::add(&stats.request_bytes, bytes as u64);
             wr.write_all(&out)
                 .await
                 .map_err(|_| BackendError::Closed(addr.clone()))?;
@@ -188,6 +283,7 @@ async fn serve(
                 Ok(0) | Err(_) => return Err(BackendError::Closed(addr.clone())),
                 Ok(_) => {}
             }
+            let (mut replies, mut reply_bytes, mut request_bytes) = (0i64, 0i64, 0i64);
             while let Some(len) = scanner
                 .scan(&buf)
                 .map_err(|_| BackendError::Protocol(addr.clone()))?
@@ -196,13 +292,51 @@ async fn serve(
                 let waiter = inflight
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .pop_front();
-                match waiter {
-                    // The client may have given up (timeout, disconnect): the reply is dropped.
-                    Some(Some(tx)) => tx.send(Ok(reply)),
-                    Some(None) => {}
+                    .pop();
+                replies += 1;
+                reply_bytes += len as i64;
+                let Some(written) = waiter else {
                     // A reply nobody asked for: the stream is out of step and cannot be trusted.
-                    None => return Err(BackendError::Protocol(addr.clone())),
+                    return Err(BackendError::Protocol(addr.clone()));
+                };
+                request_bytes += written.bytes as i64;
+                // The client may have given up (timeout, disconnect): the reply is dropped.
+                if let Some(tx) = written.reply {
+                    tx.send(Ok(reply));
+                }
+            }
+            if replies > 0 {
+                stats::add(&stats.responses, replies as u64);
+                stats::add(&stats.response_bytes, reply_bytes as u64);
+                stats::shift(&stats.out_queue, -replies);
+                stats::shift(&stats.out_queue_bytes, -request_bytes);
+                if let Some(health) = &link.health {
+                    health.answered();
+                }
+            }
+        }
+    };
+
+    // Counts each request that stays unanswered `timeout` after it was written, once. It does not
+    // close the connection: the client already gets its own timeout error, and a slow command (a big
+    // KEYS) should not fail every request pipelined behind it.
+    let watchdog = async {
+        let Some(limit) = link.settings.timeout else {
+            return std::future::pending().await;
+        };
+        let tick = (limit / 4).clamp(Duration::from_millis(1), Duration::from_millis(250));
+        let mut counted = None;
+        loop {
+            tokio::time::sleep(tick).await;
+            let oldest = inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .oldest();
+            if let Some((number, sent)) = oldest {
+                if sent.elapsed() >= limit && counted != Some(number) {
+                    counted = Some(number);
+                    stats::add(&stats.server_timedout, 1);
+                    link.failed();
                 }
             }
         }
@@ -211,17 +345,18 @@ async fn serve(
     let result = tokio::select! {
         r = writer => r,
         r = reader => r,
+        r = watchdog => r,
     };
     let failed = match &result {
         Ok(()) => BackendError::Closed(addr.clone()),
         Err(e) => e.clone(),
     };
-    for tx in inflight
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain(..)
-        .flatten()
-    {
+    let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
+    let unanswered = queue.written.len() as i64;
+    let unanswered_bytes: i64 = queue.written.iter().map(|w| w.bytes as i64).sum();
+    stats::shift(&stats.out_queue, -unanswered);
+    stats::shift(&stats.out_queue_bytes, -unanswered_bytes);
+    for tx in queue.written.drain(..).filter_map(|w| w.reply) {
         tx.send(Err(failed.clone()));
     }
     result

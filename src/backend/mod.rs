@@ -5,8 +5,10 @@
 //! is no checkout: a request never waits for a connection to be free, only for its place in the pipeline.
 
 mod connection;
+mod health;
 mod inbox;
 
+pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
 
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
+
+use crate::stats::{self, ServerStats};
 
 /// What a backend answered, or why it could not.
 pub type BackendResult = Result<Bytes, BackendError>;
@@ -49,6 +53,12 @@ pub struct Settings {
     pub on_failure: Option<Arc<Notify>>,
     /// Sent first on every new connection (AUTH, SELECT); each reply must be a success.
     pub handshake: Option<Handshake>,
+    /// A request unanswered this long after it was written counts as a server timeout (and, with
+    /// ejection, as a failure). Counted from the write, not from when it was queued, so a long queue
+    /// in front of a healthy server is never mistaken for a failing server.
+    pub timeout: Option<Duration>,
+    /// Count failures in a row, waking this when a node reaches `limit` of them.
+    pub eject: Option<(u32, Arc<Notify>)>,
 }
 
 /// Commands that prepare a fresh connection before it carries requests.
@@ -65,6 +75,8 @@ impl Settings {
             connect_timeout,
             on_failure: None,
             handshake: None,
+            timeout: None,
+            eject: None,
         }
     }
 
@@ -93,35 +105,66 @@ impl Settings {
 pub struct Node {
     addr: Arc<str>,
     conns: Box<[mpsc::UnboundedSender<Message>]>,
+    stats: Arc<ServerStats>,
+    health: Option<Arc<Health>>,
 }
 
 impl Node {
     /// Starts the node's connection tasks (they connect at once, then on demand with backoff).
     pub fn spawn(addr: Arc<str>, settings: &Settings) -> Arc<Node> {
+        let stats = Arc::new(ServerStats::default());
+        let health = settings
+            .eject
+            .as_ref()
+            .map(|(limit, notify)| Arc::new(Health::new(*limit, notify.clone())));
         let conns = (0..settings.connections.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(connection::run(addr.clone(), rx, settings.clone()));
+                let link = connection::Link {
+                    addr: addr.clone(),
+                    settings: settings.clone(),
+                    stats: stats.clone(),
+                    health: health.clone(),
+                };
+                tokio::spawn(connection::run(link, rx));
                 tx
             })
             .collect();
-        Arc::new(Node { addr, conns })
+        Arc::new(Node {
+            addr,
+            conns,
+            stats,
+            health,
+        })
     }
 
     pub fn addr(&self) -> &Arc<str> {
         &self.addr
     }
 
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Failures in a row, when the pool ejects failing servers.
+    pub fn health(&self) -> Option<&Arc<Health>> {
+        self.health.as_ref()
+    }
+
     /// Queues a request on connection `pick % connections`. A client always picks the same connection, so
     /// its requests to this node stay in order.
     pub fn send(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
         let conn = &self.conns[pick % self.conns.len()];
+        stats::shift(&self.stats.in_queue, 1);
+        stats::shift(&self.stats.in_queue_bytes, frame.len() as i64);
         if let Err(mpsc::error::SendError(msg)) = conn.send(Message {
             frame,
             asking,
             reply,
         }) {
             // The connection task is gone (runtime shutting down): fail the request rather than hang it.
+            stats::shift(&self.stats.in_queue, -1);
+            stats::shift(&self.stats.in_queue_bytes, -(msg.frame.len() as i64));
             msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
         }
     }

@@ -22,6 +22,10 @@ pub struct Config {
     /// Threads serving connections; 0 means one per CPU the process may use (cgroup limits included).
     #[serde(default)]
     pub workers: usize,
+    /// `host:port` of a twemproxy-compatible stats port (one JSON object per connection); none when
+    /// absent. nutcracker's `-s PORT -a ADDR` flags set it too.
+    #[serde(default)]
+    pub stats_listen: Option<String>,
 }
 
 /// How a pool finds the backend for a request.
@@ -300,7 +304,8 @@ impl Config {
             message: e.to_string(),
         })?;
         if let Some(map) = value.as_mapping() {
-            if !map.is_empty() && !map.contains_key("pools") && !map.contains_key("workers") {
+            let native = ["pools", "workers", "stats_listen"];
+            if !map.is_empty() && !native.iter().any(|k| map.contains_key(*k)) {
                 return twemproxy::parse(text);
             }
         }
@@ -328,6 +333,12 @@ impl Config {
                 file: None,
                 message: "workers: at most 1024".into(),
             });
+        }
+        if let Some(listen) = &self.stats_listen {
+            split_host_port(listen).map_err(|e| ConfigError {
+                file: None,
+                message: format!("stats_listen: {e}"),
+            })?;
         }
         let mut listens = BTreeMap::new();
         for (name, pool) in &self.pools {

@@ -41,6 +41,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     let mut config = Config {
         pools: BTreeMap::new(),
         workers: 0,
+        stats_listen: None,
     };
     for (name, pool) in pools {
         let err = |field: &str, what: &str| ConfigError {

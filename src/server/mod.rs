@@ -6,6 +6,7 @@ mod local;
 mod pools;
 mod reload;
 mod session;
+mod stats_port;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use crate::cluster::Cluster;
 use crate::config::{is_unix_path, Config, PoolConfig};
 use crate::discovery::{self, Discovery};
 use crate::shards::Shards;
+use crate::stats::{self, PoolStats};
 use pools::Pools;
 use reload::Reload;
 use session::ClientState;
@@ -57,6 +59,7 @@ pub struct Pool {
     pub config: PoolConfig,
     pub router: Router,
     pub shared: Arc<Shared>,
+    pub stats: Arc<PoolStats>,
     clients: AtomicU64,
     local_port: Option<u16>,
     /// Where the backends come from, when they are followed (Kubernetes, re-resolved host names).
@@ -111,9 +114,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = Shared::new(config_file.clone());
+    let stats_listener = match &config.stats_listen {
+        Some(listen) => Some(TcpListener::bind(listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("stats_listen: cannot listen on {listen}: {e}"),
+            )
+        })?),
+        None => None,
+    };
     let mut pools = Pools::default();
     // At start, any pool that cannot listen is fatal.
     pools.apply(&config, &shared).await?;
+    let stats_task = stats_listener.map(|listener| {
+        tracing::info!(listen = ?listener.local_addr().ok(), "serving twemproxy-compatible stats");
+        tokio::spawn(stats_port::serve(listener, shared.clone(), pools.watch()))
+    });
     let mut reload = config_file.map(|file| Reload::new(file.into()));
     let mut running = config;
     tokio::pin!(shutdown);
@@ -136,6 +152,9 @@ pub async fn run(
                 }
             }
         }
+    }
+    if let Some(task) = stats_task {
+        task.abort();
     }
     tracing::info!("shutting down");
     pools.stop();
@@ -188,6 +207,7 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
         shared.total_connections.fetch_add(1, Ordering::Relaxed);
         shared.connected_clients.fetch_add(1, Ordering::Relaxed);
         pool.clients.fetch_add(1, Ordering::Relaxed);
+        stats::shift(&pool.stats.client_connections, 1);
         let client = ClientState {
             id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             addr,
@@ -199,6 +219,7 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
         tokio::spawn(async move {
             session::serve(rd, wr, pool.clone(), client).await;
             pool.clients.fetch_sub(1, Ordering::Relaxed);
+            stats::shift(&pool.stats.client_connections, -1);
             pool.shared
                 .connected_clients
                 .fetch_sub(1, Ordering::Relaxed);

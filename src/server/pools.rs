@@ -10,6 +10,7 @@ use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{accept_loop, Listener, Pool, Router, Shared, FIRST_TOPOLOGY_WAIT};
@@ -17,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Mode, PoolConfig};
 use crate::discovery::Discovery;
 use crate::shards::Shards;
+use crate::stats::PoolStats;
 
 struct Running {
     pool: Arc<Pool>,
@@ -24,9 +26,19 @@ struct Running {
     accept: JoinHandle<()>,
 }
 
-#[derive(Default)]
 pub(super) struct Pools {
     running: BTreeMap<String, Running>,
+    /// The pools serving now, for those who report on them (the stats port).
+    current: watch::Sender<Vec<Arc<Pool>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Pools {
+        Pools {
+            running: BTreeMap::new(),
+            current: watch::channel(Vec::new()).0,
+        }
+    }
 }
 
 impl Pools {
@@ -90,7 +102,14 @@ impl Pools {
                 tracing::info!(pool = %name, listen = %pool_config.listen, "listening");
             }
         }
+        self.current
+            .send_replace(self.running.values().map(|r| r.pool.clone()).collect());
         Ok(())
+    }
+
+    /// The pools serving now, and later after each reload.
+    pub(super) fn watch(&self) -> watch::Receiver<Vec<Arc<Pool>>> {
+        self.current.subscribe()
     }
 
     pub(super) fn stop(&mut self) {
@@ -108,6 +127,7 @@ async fn start_pool(
     shared: &Arc<Shared>,
 ) -> io::Result<Arc<Pool>> {
     let mut discovery = None;
+    let stats = Arc::new(PoolStats::default());
     let router = if config.mode == Mode::Cluster {
         let cluster = Cluster::start(config);
         if config.kubernetes.is_some() {
@@ -124,7 +144,7 @@ async fn start_pool(
         }
         Router::Cluster(cluster)
     } else {
-        let shards = Shards::start(config).map_err(|e| {
+        let shards = Shards::start(config, stats.clone()).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
         })?;
         Router::Shards(shards)
@@ -138,6 +158,7 @@ async fn start_pool(
         config: config.clone(),
         router,
         shared: shared.clone(),
+        stats,
         clients: AtomicU64::new(0),
         local_port,
         discovery,

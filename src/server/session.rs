@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::Guard;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -18,6 +19,8 @@ use crate::cluster::{classify, Cluster, Redirect, Topology};
 use crate::command::{self, LookupError, Request, Route};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::{key_slot, Slot};
+use crate::shards::Table;
+use crate::stats;
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -90,6 +93,8 @@ pub(crate) struct Ctx {
     commands: u64,
     /// False until the client gives the pool's `redis_auth` password (always true without one).
     pub authenticated: bool,
+    /// The connection ends in an error (protocol error, reset) rather than the client closing it.
+    client_err: bool,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -114,6 +119,7 @@ where
         closing: false,
         commands: 0,
         authenticated,
+        client_err: false,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -136,6 +142,7 @@ where
         ctx.drain_ready();
         if !ctx.out.is_empty() {
             if wr.write_all(&ctx.out).await.is_err() {
+                ctx.client_err = true;
                 break;
             }
             ctx.out.clear();
@@ -176,11 +183,19 @@ where
                 // sent, then close. If it is gone altogether, the next write fails and ends this.
                 Ok(0) => ctx.closing = true,
                 Ok(_) => {}
-                Err(_) => break,
+                Err(_) => {
+                    ctx.client_err = true;
+                    break;
+                }
             },
         }
     }
     ctx.flush_stats();
+    let ended = match ctx.client_err {
+        true => &ctx.pool.stats.client_err,
+        false => &ctx.pool.stats.client_eof,
+    };
+    stats::add(ended, 1);
     let _ = wr.shutdown().await;
 }
 
@@ -216,11 +231,7 @@ impl Ctx {
         }
         // One snapshot of the routing state per batch of requests.
         let pool = self.pool.clone();
-        let guard = match &pool.router {
-            Router::Cluster(cluster) => Some(cluster.topology()),
-            Router::Shards(_) => None,
-        };
-        let topology = guard.as_ref().map(|g| &***g);
+        let view = View::of(&pool.router);
         let now = Instant::now();
         while !self.closing && self.pending.len() < max_pending {
             match parser.parse(inbuf) {
@@ -231,7 +242,7 @@ impl Ctx {
                             frame: &frame,
                             args: parser.args(),
                         };
-                        self.dispatch(req, &frame, &pool.router, topology, now);
+                        self.dispatch(req, &frame, &view, now);
                     }
                 }
                 Ok(None) => {
@@ -241,6 +252,7 @@ impl Ctx {
                 Err(e) => {
                     // The stream cannot be resynchronised: say why, then close.
                     self.error(&format!("ERR {e}"));
+                    self.client_err = true;
                     self.closing = true;
                 }
             }
@@ -249,14 +261,7 @@ impl Ctx {
         !self.closing && !inbuf.is_empty()
     }
 
-    fn dispatch(
-        &mut self,
-        req: Request<'_>,
-        frame: &Bytes,
-        router: &Router,
-        topology: Option<&Topology>,
-        now: Instant,
-    ) {
+    fn dispatch(&mut self, req: Request<'_>, frame: &Bytes, view: &View<'_>, now: Instant) {
         self.commands += 1;
         let argc = req.argc();
         let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
@@ -294,7 +299,7 @@ impl Ctx {
                 let mut place = None;
                 let mut cross = false;
                 req.for_each_key(spec, |key| {
-                    let p = place_of(router, key);
+                    let p = view.place_of(key);
                     match place {
                         None => place = Some(p),
                         Some(first) if first != p => cross = true,
@@ -302,23 +307,17 @@ impl Ctx {
                     }
                 });
                 if !cross {
-                    return self.forward(
-                        router,
-                        topology,
-                        place.unwrap_or(Place::Any),
-                        frame.clone(),
-                        now,
-                    );
+                    return self.forward(view, place.unwrap_or(Place::Any), frame.clone(), now);
                 }
                 match fanout::policy(spec.name) {
-                    Some(split) => self.split(req, split, router, topology, now),
-                    None => self.error(&cross_error(router, spec.display_name())),
+                    Some(split) => self.split(req, split, view, now),
+                    None => self.error(&view.cross_error(spec.display_name())),
                 }
             }
-            Route::AnyNode => self.forward(router, topology, Place::Any, frame.clone(), now),
+            Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
-                Outcome::Forward => self.forward(router, topology, Place::Any, frame.clone(), now),
+                Outcome::Forward => self.forward(view, Place::Any, frame.clone(), now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(
@@ -333,19 +332,10 @@ impl Ctx {
     }
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
-    fn forward(
-        &mut self,
-        router: &Router,
-        topology: Option<&Topology>,
-        place: Place,
-        frame: Bytes,
-        now: Instant,
-    ) {
+    fn forward(&mut self, view: &View<'_>, place: Place, frame: Bytes, now: Instant) {
         let pick = self.client.id as usize;
-        let Some(node) = target(router, topology, place, pick) else {
-            if let Router::Cluster(cluster) = router {
-                cluster.request_refresh();
-            }
+        let Some(node) = view.target(place, pick) else {
+            view.request_refresh();
             return self.error(match place {
                 Place::Slot(_) => "CLUSTERDOWN Hash slot not served",
                 _ => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
@@ -368,14 +358,7 @@ impl Ctx {
 
     /// Cuts a multi-key request whose keys live in several places into one part per place, sends every
     /// part, and queues the request to be answered once all parts are.
-    fn split(
-        &mut self,
-        req: Request<'_>,
-        split: Split,
-        router: &Router,
-        topology: Option<&Topology>,
-        now: Instant,
-    ) {
+    fn split(&mut self, req: Request<'_>, split: Split, view: &View<'_>, now: Instant) {
         let Some(nkeys) = fanout::key_count(&req, split) else {
             let name = printable(req.arg(0)).to_lowercase();
             return self.error(&format!(
@@ -383,7 +366,7 @@ impl Ctx {
             ));
         };
         let mut placed: Vec<(Place, u32)> = (0..nkeys)
-            .map(|k| (place_of(router, fanout::key(&req, split, k)), k as u32))
+            .map(|k| (view.place_of(fanout::key(&req, split, k)), k as u32))
             .collect();
         // Stable: each part keeps its keys in the client's order.
         placed.sort_by_key(|&(place, _)| place);
@@ -408,15 +391,13 @@ impl Ctx {
                 deadline,
                 redirects: 0,
             };
-            match target(router, topology, place, pick) {
+            match view.target(place, pick) {
                 Some(node) => {
                     let reply = self.inbox.reply_to(part_seq(seq, parts.len()));
                     node.send(pick, w.frame.clone(), false, reply);
                 }
                 None => {
-                    if let Router::Cluster(cluster) = router {
-                        cluster.request_refresh();
-                    }
+                    view.request_refresh();
                     w.result = Some(Ok(Bytes::from_static(
                         b"-CLUSTERDOWN Hash slot not served\r\n",
                     )));
@@ -424,6 +405,7 @@ impl Ctx {
             }
             parts.push(Part { keys, w });
         }
+        stats::add(&self.pool.stats.fragments, parts.len() as u64);
         self.pending
             .push_back(Pending::Split(Box::new(SplitRequest {
                 merge: split.merge,
@@ -501,6 +483,7 @@ impl Ctx {
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
         if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
+            stats::add(&self.pool.stats.forward_error, 1);
             self.pop_front();
             return self.timed_out();
         }
@@ -510,10 +493,12 @@ impl Ctx {
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
+                stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.error_now(&format!("ERR slotline: {e}"));
             }
             HeadEvent::Timeout => {
+                stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.timed_out();
             }
@@ -577,7 +562,10 @@ impl Ctx {
             _ => None,
         });
         match failed {
-            Some(msg) => Reply(&mut self.out).error(&msg),
+            Some(msg) => {
+                stats::add(&self.pool.stats.forward_error, 1);
+                Reply(&mut self.out).error(&msg);
+            }
             None => {
                 let replies: Vec<(&[u32], &[u8])> = s
                     .parts
@@ -655,40 +643,56 @@ enum Place {
     Any,
 }
 
-/// Where a key lives.
-fn place_of(router: &Router, key: &[u8]) -> Place {
-    match router {
-        Router::Cluster(_) => Place::Slot(key_slot(key)),
-        Router::Shards(shards) => Place::Server(shards.server_for_key(key)),
-    }
+/// The routing state a batch of requests is routed with, loaded once per batch.
+enum View<'a> {
+    Cluster(&'a Arc<Cluster>, Guard<Arc<Topology>>),
+    Shards(Guard<Arc<Table>>),
 }
 
-/// The error for a command whose keys must live together but do not.
-fn cross_error(router: &Router, command: String) -> String {
-    match router {
-        Router::Cluster(_) => format!(
-            "CROSSSLOT Keys in request don't hash to the same slot ({command} needs all its keys in one slot; a hash tag such as {{user1}} in each key keeps them together)"
-        ),
-        Router::Shards(_) => format!(
-            "CROSSSLOT the keys of this {command} live on different servers of the pool (only MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split across servers; a hash_tag keeps keys together)"
-        ),
+impl<'a> View<'a> {
+    fn of(router: &'a Router) -> View<'a> {
+        match router {
+            Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
+            Router::Shards(shards) => View::Shards(shards.table()),
+        }
     }
-}
 
-/// The node for a request; a client without a key always uses the same one.
-fn target<'a>(
-    router: &'a Router,
-    topology: Option<&'a Topology>,
-    place: Place,
-    pick: usize,
-) -> Option<&'a Arc<Node>> {
-    match (router, place) {
-        (Router::Cluster(_), Place::Slot(slot)) => topology?.node_for_request(Some(slot), pick),
-        (Router::Cluster(_), _) => topology?.node_for_request(None, pick),
-        (Router::Shards(shards), Place::Server(i)) => shards.node(i),
-        (Router::Shards(shards), _) => {
-            let nodes = shards.nodes();
-            nodes.get(pick % nodes.len().max(1))
+    /// Where a key lives.
+    fn place_of(&self, key: &[u8]) -> Place {
+        match self {
+            View::Cluster(..) => Place::Slot(key_slot(key)),
+            View::Shards(table) => Place::Server(table.server_for_key(key)),
+        }
+    }
+
+    /// The node for a request; a client without a key always uses the same one.
+    fn target(&self, place: Place, pick: usize) -> Option<&Arc<Node>> {
+        match (self, place) {
+            (View::Cluster(_, topology), Place::Slot(slot)) => {
+                topology.node_for_request(Some(slot), pick)
+            }
+            (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
+            (View::Shards(table), Place::Server(i)) => table.node(i),
+            (View::Shards(table), _) => table.any_node(pick),
+        }
+    }
+
+    /// Asks for a new cluster topology (a slot had no owner).
+    fn request_refresh(&self) {
+        if let View::Cluster(cluster, _) = self {
+            cluster.request_refresh();
+        }
+    }
+
+    /// The error for a command whose keys must live together but do not.
+    fn cross_error(&self, command: String) -> String {
+        match self {
+            View::Cluster(..) => format!(
+                "CROSSSLOT Keys in request don't hash to the same slot ({command} needs all its keys in one slot; a hash tag such as {{user1}} in each key keeps them together)"
+            ),
+            View::Shards(_) => format!(
+                "CROSSSLOT the keys of this {command} live on different servers of the pool (only MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split across servers; a hash_tag keeps keys together)"
+            ),
         }
     }
 }

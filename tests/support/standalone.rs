@@ -188,6 +188,7 @@ pub struct Nutcracker {
     child: Option<Child>,
     reaper: Option<Reaper>,
     port: u16,
+    stats_port: u16,
     log: PathBuf,
     dir: TempDir,
 }
@@ -200,10 +201,11 @@ impl Nutcracker {
         let config = dir.write("nutcracker.yml", yaml);
         let log = dir.path().join("nutcracker.log");
         let mut reaper = Reaper::spawn(dir.path());
+        let stats_port = free_port();
         let child = Command::new("nutcracker")
             .arg("-c")
             .arg(&config)
-            .args(["-s", &free_port().to_string(), "-a", "127.0.0.1"])
+            .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
             .arg("-o")
             .arg(&log)
             .arg("-p")
@@ -221,6 +223,7 @@ impl Nutcracker {
             child: Some(child),
             reaper: Some(reaper),
             port,
+            stats_port,
             log,
             dir,
         };
@@ -235,6 +238,11 @@ impl Nutcracker {
         });
         assert!(up, "nutcracker did not listen on {port} within 10 s");
         nutcracker
+    }
+
+    /// Where nutcracker serves its JSON stats.
+    pub fn stats_port(&self) -> u16 {
+        self.stats_port
     }
 
     pub fn port(&self) -> u16 {
