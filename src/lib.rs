@@ -13,13 +13,15 @@
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
 //!   the per-session inbox their replies are delivered to.
-//! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
-//! - [`shards`]: sharded pools (ketama, modula, random): their servers and twemproxy's placement.
+//! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
+//!   seeds from discovery.
+//! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
+//!   follows them, keyed by stable name), twemproxy's placement, and ejection of failing servers.
 //! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
 //!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
 //!   endpoint sets handed to the pool, and the source's state for readiness and metrics.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
-//!   answered commands and INFO.
+//!   answered commands and INFO; the running pools and config reload (SIGHUP, file change).
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
 //! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come

@@ -28,6 +28,8 @@ use crate::discovery::EndpointSet;
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
 /// How long one node may take to answer CLUSTER SLOTS.
 const SLOTS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a follower of discovery checks that its cluster still exists.
+const FOLLOW_CHECK: Duration = Duration::from_secs(10);
 const CLUSTER_SLOTS: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
 
 /// A Redis Cluster behind one pool.
@@ -117,9 +119,19 @@ impl Cluster {
         take(&mut endpoints, self);
         let cluster = Arc::downgrade(self);
         tokio::spawn(async move {
-            while endpoints.changed().await.is_ok() {
+            loop {
+                // Woken now and then to notice the pool is gone (removed by a reload): this task's
+                // receiver is what keeps the discovery source running.
+                let changed = tokio::select! {
+                    changed = endpoints.changed() => Some(changed.is_ok()),
+                    _ = sleep(FOLLOW_CHECK) => None,
+                };
                 let Some(c) = cluster.upgrade() else { return };
-                take(&mut endpoints, &c);
+                match changed {
+                    Some(true) => take(&mut endpoints, &c),
+                    Some(false) => return, // the source is gone
+                    None => {}
+                }
             }
         });
     }

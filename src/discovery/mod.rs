@@ -66,10 +66,15 @@ impl Discovery {
             None => {
                 let servers = static_servers(config);
                 let status = Status::new(pool, "servers".to_string());
-                // Usable at once: a name not resolved yet is connected to by name.
-                let initial: Arc<[Endpoint]> = servers.iter().map(|s| s.unresolved()).collect();
-                status.synced(initial.len());
-                let (tx, rx) = watch::channel(Some(initial));
+                // Addresses only: known at once. Host names: once the resolver has looked them up
+                // (it hands over the first set even if a lookup fails, with the name as written).
+                let initial = if servers.iter().any(StaticServer::needs_resolving) {
+                    None
+                } else {
+                    status.synced(servers.len());
+                    Some(servers.iter().map(StaticServer::unresolved).collect())
+                };
+                let (tx, rx) = watch::channel(initial);
                 (
                     Discovery {
                         endpoints: rx,

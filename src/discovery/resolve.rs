@@ -52,7 +52,7 @@ pub(super) async fn run(
             Some(detail) => status.failed("resolution failed", &detail),
             None => status.ok(),
         }
-        if next != current {
+        if next != current || tx.borrow().is_none() {
             for (old, new) in current.iter().zip(&next) {
                 // The first resolution of a name is no news; a resolved address changing is.
                 if old.addr != new.addr && current_ip(old).is_some() {

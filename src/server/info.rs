@@ -85,7 +85,7 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                     shards.distribution(),
                     shards.hash()
                 );
-                backends(&mut out, "server", shards.nodes());
+                backends(&mut out, "server", shards.members().nodes());
                 out.push_str("\r\n");
             }
         }

@@ -126,16 +126,13 @@ async fn start_pool(
     listener: &Listener,
     shared: &Arc<Shared>,
 ) -> io::Result<Arc<Pool>> {
-    let mut discovery = None;
     let stats = Arc::new(PoolStats::default());
+    let mut discovery = None;
     let router = if config.mode == Mode::Cluster {
         let cluster = Cluster::start(config);
+        // Only Kubernetes seeds are followed: a cluster learns the rest from CLUSTER SLOTS.
         if config.kubernetes.is_some() {
-            // The seeds are the Service's endpoints: wait for them before the first refresh.
-            let source = Discovery::start(name, config);
-            let mut endpoints = source.endpoints.clone();
-            let _ = tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some))
-                .await;
+            let source = first_set(Discovery::start(name, config)).await;
             cluster.follow(source.endpoints.clone());
             discovery = Some(source);
         }
@@ -144,9 +141,12 @@ async fn start_pool(
         }
         Router::Cluster(cluster)
     } else {
-        let shards = Shards::start(config, stats.clone()).map_err(|e| {
+        // Static servers have a source too: their host names are resolved again as they move.
+        let source = first_set(Discovery::start(name, config)).await;
+        let shards = Shards::start(config, stats.clone(), &source).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
         })?;
+        discovery = Some(source);
         Router::Shards(shards)
     };
     let local_port = match listener {
@@ -163,4 +163,12 @@ async fn start_pool(
         local_port,
         discovery,
     }))
+}
+
+/// Waits a little for the source's first endpoint set, so that the pool serves with it from the first
+/// request on; a slow API server or resolver does not hold the pool back (it fills in later).
+async fn first_set(source: Discovery) -> Discovery {
+    let mut endpoints = source.endpoints.clone();
+    let _ = tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some)).await;
+    source
 }

@@ -336,10 +336,7 @@ impl Ctx {
         let pick = self.client.id as usize;
         let Some(node) = view.target(place, pick) else {
             view.request_refresh();
-            return self.error(match place {
-                Place::Slot(_) => "CLUSTERDOWN Hash slot not served",
-                _ => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
-            });
+            return self.error(view.no_node(place));
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.send(pick, frame.clone(), false, self.inbox.reply_to(seq));
@@ -398,9 +395,7 @@ impl Ctx {
                 }
                 None => {
                     view.request_refresh();
-                    w.result = Some(Ok(Bytes::from_static(
-                        b"-CLUSTERDOWN Hash slot not served\r\n",
-                    )));
+                    w.result = Some(Ok(Bytes::from(format!("-{}\r\n", view.no_node(place)))));
                 }
             }
             parts.push(Part { keys, w });
@@ -674,6 +669,17 @@ impl<'a> View<'a> {
             (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
             (View::Shards(table), Place::Server(i)) => table.node(i),
             (View::Shards(table), _) => table.any_node(pick),
+        }
+    }
+
+    /// The error for a request no node can take (see [`target`](Self::target)).
+    fn no_node(&self, place: Place) -> &str {
+        match (self, place) {
+            (View::Cluster(..), Place::Slot(_)) => "CLUSTERDOWN Hash slot not served",
+            (View::Cluster(..), _) => {
+                "CLUSTERDOWN slotline has not learnt the cluster topology yet"
+            }
+            (View::Shards(table), _) => table.unavailable(),
         }
     }
 

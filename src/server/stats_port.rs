@@ -40,6 +40,7 @@ fn render(source: &str, shared: &Shared, pools: &[Arc<Pool>]) -> String {
         .iter()
         .map(|pool| match &pool.router {
             Router::Shards(shards) => shards
+                .members()
                 .servers()
                 .map(|(name, node)| (name.to_string(), node.clone()))
                 .collect(),
