@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# End-to-end throughput: redis-benchmark against a local Redis Cluster directly (--cluster), through
-# nutcracker (twemproxy, in front of three standalone redis-servers: the same number of Redis processes),
-# and through slotline, in one run on one machine. Prints ops/s, the ratio to direct, and the proxies' CPU
-# seconds per 100k requests.
+# End-to-end throughput, in one run on one machine, of the two things slotline replaces:
 #
-#   benches/compare.sh            # -c 50, -n 300000, SET and GET at -P 1 and -P 16
+#   cluster: redis-benchmark against a local Redis Cluster directly (--cluster) and through slotline
+#            (mode: cluster). Ratio: slotline / direct.
+#   shards:  nutcracker (twemproxy) and slotline (mode: ketama, the same nutcracker.yml servers) in front
+#            of the same three standalone redis-servers. Ratio: slotline / nutcracker. The hash is murmur:
+#            twemproxy's fnv1a_64 keeps similar short keys (k1:123, k1:124 ...) close together on the
+#            ring, so a 10-key MGET would often not spread over the shards at all.
+#
+# Workloads: SET and GET at -P 1 and -P 16, and a 10-key MGET whose keys spread over every
+# master/shard (for the cluster, also a 10-key MGET whose keys share one slot, the no-split baseline).
+# Prints ops/s, ratios, and each proxy's CPU seconds per 100k requests.
+#
+#   benches/compare.sh            # -c 50, -n 300000
 #   N=1000000 CLIENTS=50 benches/compare.sh
 #   REPEAT=5 benches/compare.sh   # runs per cell (median shown; default 3)
 #   WORKERS=2 benches/compare.sh  # slotline threads (default 1: on a 2-core box the benchmark client and
@@ -65,6 +73,7 @@ done
 
 slotline_port=$((BASE + 20))
 nutcracker_port=$((BASE + 21))
+slotline_shards_port=$((BASE + 23))
 cat >"$work/slotline.yml" <<YAML
 workers: $WORKERS
 pools:
@@ -72,11 +81,17 @@ pools:
     listen: 127.0.0.1:$slotline_port
     mode: cluster
     servers: [127.0.0.1:${cluster_ports[0]}]
+  shards:
+    listen: 127.0.0.1:$slotline_shards_port
+    mode: ketama
+    hash: murmur
+    servers:
+$(for p in "${shard_ports[@]}"; do echo "      - 127.0.0.1:$p:1"; done)
 YAML
 cat >"$work/nutcracker.yml" <<YAML
 alpha:
   listen: 127.0.0.1:$nutcracker_port
-  hash: fnv1a_64
+  hash: murmur
   distribution: ketama
   redis: true
   servers:
@@ -87,50 +102,74 @@ slotline_pid=$!; pids+=($slotline_pid)
 nutcracker -c "$work/nutcracker.yml" -s $((BASE + 22)) -o "$work/nutcracker.log" &
 nutcracker_pid=$!; pids+=($nutcracker_pid)
 wait_port "$slotline_port"
+wait_port "$slotline_shards_port"
 wait_port "$nutcracker_port"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick_hz=$(getconf CLK_TCK)
 
-bench() { # port test pipeline [--cluster]
-    redis-benchmark -p "$1" -c "$CLIENTS" -n "$N" -P "$3" -t "$2" -r 100000 --csv ${4:-} 2>/dev/null |
+# A workload: a redis-benchmark -t test name, or mget10 (10 random keys: on every master/shard) or
+# mget10tag (10 random keys sharing one hash tag: one slot).
+workload_args() { # workload
+    case $1 in
+        mget10) echo "MGET $(for i in $(seq 10); do printf 'k%s:__rand_int__ ' "$i"; done)" ;;
+        mget10tag) echo "MGET $(for i in $(seq 10); do printf '{k}%s:__rand_int__ ' "$i"; done)" ;;
+        *) echo "-t $1" ;;
+    esac
+}
+bench() { # port workload pipeline [--cluster]
+    # shellcheck disable=SC2046
+    redis-benchmark -p "$1" -c "$CLIENTS" -n "$N" -P "$3" -r 100000 --csv ${4:-} $(workload_args "$2") 2>/dev/null |
         awk -F, '/^"[A-Z]/ && $1 != "\"test\"" { gsub(/"/, "", $2); print $2; exit }'
 }
+measure() { # pid port workload pipeline [--cluster]: "ops cpu_ticks"
+    local c0 c1 ops
+    [ "$1" = - ] || c0=$(cpu_ticks "$1")
+    ops=$(bench "$2" "$3" "$4" "${5:-}")
+    ops=${ops:-0}  # the workload failed (e.g. a cross-slot MGET sent straight to a cluster)
+    [ "$1" = - ] || c1=$(cpu_ticks "$1")
+    echo "$ops $([ "$1" = - ] && echo 0 || echo $((c1 - c0)))"
+}
 
-# Each cell is the median of REPEAT runs, interleaved (direct, nutcracker, slotline, direct, ...) so
-# that a noisy neighbour slows all three alike.
+# Each cell is the median of REPEAT runs, interleaved (direct, slotline, nutcracker, slotline, ...) so
+# that a noisy neighbour slows every side alike. Lines: section workload P base base_cpu slotline slotline_cpu
 results="$work/results"
 : >"$results"
+CLUSTER_WORKLOADS=${CLUSTER_WORKLOADS:-"set get mget10 mget10tag"}
+SHARD_WORKLOADS=${SHARD_WORKLOADS:-"set get mget10"}
 for r in $(seq "$REPEAT"); do
     for P in $PIPELINES; do
-        for t in $TESTS; do
-            direct=$(bench "${cluster_ports[0]}" "$t" "$P" --cluster)
-            n0=$(cpu_ticks $nutcracker_pid)
-            nut=$(bench "$nutcracker_port" "$t" "$P")
-            n1=$(cpu_ticks $nutcracker_pid)
-            s0=$(cpu_ticks $slotline_pid)
-            slot=$(bench "$slotline_port" "$t" "$P")
-            s1=$(cpu_ticks $slotline_pid)
-            echo "$t $P $direct $nut $((n1 - n0)) $slot $((s1 - s0))" >>"$results"
+        for w in $CLUSTER_WORKLOADS; do
+            echo "cluster $w $P $(measure - "${cluster_ports[0]}" "$w" "$P" --cluster) $(measure $slotline_pid "$slotline_port" "$w" "$P")" >>"$results"
+        done
+        for w in $SHARD_WORKLOADS; do
+            echo "shards $w $P $(measure $nutcracker_pid "$nutcracker_port" "$w" "$P") $(measure $slotline_pid "$slotline_shards_port" "$w" "$P")" >>"$results"
         done
     done
 done
 
-printf '%-5s %-3s %12s %12s %7s %9s %12s %7s %9s\n' test P direct nutcracker ratio "cpu/100k" slotline ratio "cpu/100k"
-for P in $PIPELINES; do
-    for t in $TESTS; do
-        awk -v t="$t" -v P="$P" -v hz="$tick_hz" -v N="$N" '
-            function median(a, n,   i, j, x) {
-                for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+report() { # section base-name
+    printf '\n%-8s %-10s %-3s %12s %9s %12s %9s %7s\n' "$1" workload P "$2" "cpu/100k" slotline "cpu/100k" ratio
+    awk -v sec="$1" -v hz="$tick_hz" -v N="$N" '
+        function median(a, n,   i, j, x) {
+            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        $1 == sec { k = $2 " " $3; if (!(k in n)) order[++cells] = k; i = ++n[k]; b[k, i] = $4; bc[k, i] = $5; s[k, i] = $6; sc[k, i] = $7 }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; m = n[k]
+                for (i = 1; i <= m; i++) { B[i] = b[k, i]; BC[i] = bc[k, i]; S[i] = s[k, i]; SC[i] = sc[k, i] }
+                Bm = median(B, m); Sm = median(S, m); split(k, parts, " ")
+                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %7.2f\n", "", parts[1], parts[2], Bm,
+                    median(BC, m) / hz * 100000 / N, Sm, median(SC, m) / hz * 100000 / N, Sm / Bm
             }
-            $1 == t && $2 == P { n++; d[n] = $3; nu[n] = $4; nc[n] = $5; s[n] = $6; sc[n] = $7 }
-            END {
-                D = median(d, n); NU = median(nu, n); S = median(s, n)
-                printf "%-5s %-3s %12.0f %12.0f %7.2f %9.3f %12.0f %7.2f %9.3f\n", t, P, D, NU, NU / D,
-                    median(nc, n) / hz * 100000 / N, S, S / D, median(sc, n) / hz * 100000 / N
-            }' "$results"
-    done
-done
-echo "(ratio: ops/s through the proxy / ops/s direct to the cluster; cpu/100k: proxy CPU seconds per 100k requests;"
-echo " $(nproc) cores; slotline workers: $WORKERS; -c $CLIENTS -n $N; median of $REPEAT interleaved runs)"
+        }' "$results"
+}
+[ -n "${RAW:-}" ] && cat "$results"
+report cluster direct
+report shards nutcracker
+echo
+echo "(cluster ratio: slotline / direct to the cluster; shards ratio: slotline / nutcracker on the same three"
+echo " shards; cpu/100k: the proxy's CPU seconds per 100k requests (direct: none); $(nproc) cores;"
+echo " slotline workers: $WORKERS; -c $CLIENTS -n $N; median of $REPEAT interleaved runs)"

@@ -1,6 +1,7 @@
 //! twemproxy placement, checked against twemproxy itself: keys written through the real `nutcracker`
 //! land on real redis-servers, and slotline's library (`slotline::route`) must name the same server
-//! for every key. Plain, binary, non-ASCII, long and hash-tagged keys; unnamed, named, weighted,
+//! for every key; then the same nutcracker.yml runs in the slotline binary, whose writes must land on
+//! the same servers. Plain, binary, non-ASCII, long and hash-tagged keys; unnamed, named, weighted,
 //! unsorted, unix-socket and ejected servers; every hash with ketama and modula; random.
 //!
 //! The 25 redis-servers are shared; each check writes its keys under its own prefix and reads back
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use slotline::route::{Distribution, DistributionKind, Hash, ServerLine};
-use support::{free_port, Nutcracker, RedisServers, Reply};
+use support::{free_port, Client, Nutcracker, RedisServers, Reply, Slotline};
 
 fn servers() -> &'static RedisServers {
     static SERVERS: OnceLock<RedisServers> = OnceLock::new();
@@ -126,12 +127,12 @@ fn test_keys(prefix: &str, count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Writes `SET key key` for every key through `nutcracker`.
-fn write_through(nutcracker: &Nutcracker, keys: &[Vec<u8>]) {
+/// Writes `SET key key` for every key through a proxy.
+fn write_through(mut client: Client, keys: &[Vec<u8>], proxy: &str) {
     let commands: Vec<[&[u8]; 3]> = keys.iter().map(|k| [&b"SET"[..], k, k]).collect();
-    let replies = nutcracker.client().pipeline(&commands);
+    let replies = client.pipeline(&commands);
     for (key, reply) in keys.iter().zip(&replies) {
-        assert!(reply.is_ok(), "SET {key:?} through nutcracker: {reply:?}");
+        assert!(reply.is_ok(), "SET {key:?} through {proxy}: {reply:?}");
     }
 }
 
@@ -183,14 +184,44 @@ fn assert_same_placement(pool: &Pool, keys: &[Vec<u8>], actual: &[usize], live: 
     );
 }
 
-/// Runs `pool` in nutcracker, writes its keys, and checks every key's server.
+/// Runs `pool` in nutcracker, writes its keys, and checks every key's server; then runs the very same
+/// file in the slotline binary and checks that its keys land on the same servers too.
 fn check(pool: &Pool) {
     let port = free_port();
     let nutcracker = Nutcracker::start(&pool.yaml(port), port);
     let keys = test_keys(&pool.prefix, pool.keys);
-    write_through(&nutcracker, &keys);
+    write_through(nutcracker.client(), &keys, "nutcracker");
     let actual = nutcracker_placement(pool, &keys);
     assert_same_placement(pool, &keys, &actual, &vec![true; pool.servers.len()]);
+
+    // slotline's sharded pools do not connect to unix socket servers yet.
+    if pool.servers.iter().any(|(line, _)| line.starts_with('/')) {
+        return;
+    }
+    delete_through(nutcracker.client(), &keys);
+    let port = free_port();
+    let proxy = Slotline::start(&pool.yaml(port));
+    write_through(proxy.client(), &keys, "slotline");
+    let through_slotline = nutcracker_placement(pool, &keys);
+    let moved = actual
+        .iter()
+        .zip(&through_slotline)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        moved,
+        0,
+        "keys placed differently by the slotline binary with\n{}",
+        pool.yaml(port)
+    );
+    delete_through(proxy.client(), &keys);
+}
+
+fn delete_through(mut client: Client, keys: &[Vec<u8>]) {
+    let commands: Vec<[&[u8]; 2]> = keys.iter().map(|k| [&b"DEL"[..], k]).collect();
+    for (key, reply) in keys.iter().zip(client.pipeline(&commands)) {
+        assert_eq!(reply, Reply::Int(1), "DEL {key:?}");
+    }
 }
 
 #[test]
@@ -294,7 +325,7 @@ fn an_empty_key_goes_to_hash_0_unhashed() {
     let pool = Pool::new("", "fnv1a_32", "modula").tcp(&[17, 18, 19], &[1, 1, 1], None);
     let port = free_port();
     let nutcracker = Nutcracker::start(&pool.yaml(port), port);
-    write_through(&nutcracker, &[Vec::new()]);
+    write_through(nutcracker.client(), &[Vec::new()], "nutcracker");
     let holders: Vec<usize> = pool
         .servers
         .iter()
@@ -327,7 +358,7 @@ fn check_ejection(prefix: &str, hash: &'static str, distribution: &'static str) 
     });
     assert!(failed, "no key went to the refusing server");
     let keys = test_keys(&pool.prefix, pool.keys);
-    write_through(&nutcracker, &keys);
+    write_through(nutcracker.client(), &keys, "nutcracker");
     let actual = nutcracker_placement(&pool, &keys);
     assert_same_placement(&pool, &keys, &actual, &[true, false, true, true]);
 }
@@ -345,7 +376,7 @@ fn random_puts_each_key_on_one_server() {
     let port = free_port();
     let nutcracker = Nutcracker::start(&pool.yaml(port), port);
     let keys = test_keys(&pool.prefix, pool.keys);
-    write_through(&nutcracker, &keys);
+    write_through(nutcracker.client(), &keys, "nutcracker");
     let actual = nutcracker_placement(&pool, &keys);
     let used = (0..3).filter(|s| actual.contains(s)).count();
     assert!(used > 1, "600 random placements all on one server");

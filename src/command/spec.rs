@@ -41,6 +41,8 @@ pub enum Route {
     BlockingOption,
     /// Keyless, and any node gives the same answer.
     AnyNode,
+    /// Keyless, and about the whole data set: sent to every master (or server) and the replies merged.
+    EveryNode,
     /// Answered by slotline itself.
     Local,
     /// Has subcommands; the subcommand decides.

@@ -118,6 +118,10 @@ pub struct PoolConfig {
     /// Milliseconds allowed to connect to a backend.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: u64,
+    /// Whether FLUSHALL and FLUSHDB may empty every master (server) of the pool. Off by default: a
+    /// proxy in front of shared data should not wipe every shard by accident.
+    #[serde(default)]
+    pub allow_flush: bool,
     /// Password clients must give with AUTH before anything else; slotline also authenticates its
     /// backend connections with it.
     #[serde(default)]
@@ -509,6 +513,7 @@ impl PoolConfig {
             max_redirects: defaults::max_redirects(),
             refresh_interval: defaults::refresh_interval(),
             connect_timeout: defaults::connect_timeout(),
+            allow_flush: false,
             redis_auth: None,
             redis_db: 0,
             auto_eject_hosts: false,

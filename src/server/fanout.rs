@@ -1,6 +1,10 @@
+//! Requests answered by several backends together.
+//!
 //! Multi-key commands whose keys live on several backends: MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are
 //! cut into one sub-request per place (a cluster slot, or a server of a sharded pool) and the replies are
-//! put back together in key order.
+//! put back together in key order. Commands about the whole data set (KEYS, DBSIZE, SCRIPT LOAD ...) go
+//! to every master as they are, and their replies are merged; SCAN walks the masters one after the
+//! other, with the master's number in the cursor's top bits.
 //!
 //! A cluster refuses a multi-key command whose keys span slots even when one node owns them all, so a
 //! cluster request is cut per slot; the sub-requests for one node still leave in one write, because they
@@ -18,8 +22,54 @@ pub(crate) enum Merge {
     Values,
     /// MSET: every part answers +OK.
     AllOk,
-    /// DEL, UNLINK, EXISTS, TOUCH: each part answers a count; the client gets the sum.
+    /// DEL, UNLINK, EXISTS, TOUCH, DBSIZE: each part answers a count; the client gets the sum.
     Sum,
+    /// KEYS: the arrays, one after the other.
+    Concat,
+    /// SCRIPT LOAD, FUNCTION LOAD: every node must give the same answer (a SHA, a library name).
+    Same,
+    /// SCRIPT EXISTS: per script, 1 only when every node has it.
+    AllHave,
+    /// RANDOMKEY: the first key any node names.
+    AnyValue,
+    /// SCAN on master number `node` of `nodes`: the reply's cursor is rewritten to carry the node.
+    Scan { node: usize, nodes: usize },
+}
+
+/// The merge for a command sent to every master, by its table name.
+pub(crate) fn every_node_policy(name: &str) -> Option<Merge> {
+    Some(match name {
+        "keys" => Merge::Concat,
+        "dbsize" => Merge::Sum,
+        "randomkey" => Merge::AnyValue,
+        "flushall" | "flushdb" | "script|flush" | "function|flush" | "function|delete" => {
+            Merge::AllOk
+        }
+        "script|load" | "function|load" => Merge::Same,
+        "script|exists" => Merge::AllHave,
+        _ => return None,
+    })
+}
+
+/// SCAN cursors carry the master's number above this many bits of the master's own cursor (Redis
+/// cursors index a hash table, far below 2^48 entries).
+const SCAN_NODE_SHIFT: u32 = 48;
+const SCAN_INNER: u64 = (1 << SCAN_NODE_SHIFT) - 1;
+
+/// A client's SCAN cursor as (master number, that master's cursor).
+pub(crate) fn scan_cursor(cursor: u64) -> (usize, u64) {
+    ((cursor >> SCAN_NODE_SHIFT) as usize, cursor & SCAN_INNER)
+}
+
+/// The request with its argument `index` replaced by `value`.
+pub(crate) fn with_arg(req: &Request<'_>, index: usize, value: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(req.frame.len() + 24);
+    let mut out = Reply(&mut buf);
+    out.array(req.argc());
+    for i in 0..req.argc() {
+        out.bulk(if i == index { value } else { req.arg(i) });
+    }
+    buf.freeze()
 }
 
 /// How a splittable command is laid out and merged.
@@ -104,7 +154,97 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
             }
             Reply(out).int(sum);
         }
+        Merge::Concat => {
+            let mut all = Vec::new();
+            for (_, reply) in parts {
+                match array(reply) {
+                    Some(elements) => all.extend(elements),
+                    None => return unexpected(out),
+                }
+            }
+            Reply(out).array(all.len());
+            for element in all {
+                out.extend_from_slice(element);
+            }
+        }
+        Merge::Same => match parts.split_first() {
+            Some(((_, first), rest)) if rest.iter().all(|(_, r)| r == first) => {
+                out.extend_from_slice(first)
+            }
+            _ => Reply(out).error("ERR slotline: the nodes answered differently"),
+        },
+        Merge::AllHave => {
+            let mut have: Option<Vec<i64>> = None;
+            for (_, reply) in parts {
+                let Some(flags) = array(reply).and_then(|e| e.iter().map(|f| integer(f)).collect())
+                else {
+                    return unexpected(out);
+                };
+                let flags: Vec<i64> = flags;
+                have = Some(match have {
+                    None => flags,
+                    Some(h) if h.len() == flags.len() => {
+                        h.iter().zip(&flags).map(|(a, b)| *a.min(b)).collect()
+                    }
+                    Some(_) => return unexpected(out),
+                });
+            }
+            let have = have.unwrap_or_default();
+            Reply(out).array(have.len());
+            for flag in have {
+                Reply(out).int(flag);
+            }
+        }
+        Merge::AnyValue => {
+            let found = parts
+                .iter()
+                .find(|(_, r)| !r.starts_with(b"$-1") && !r.starts_with(b"_"));
+            match found {
+                Some((_, reply)) => out.extend_from_slice(reply),
+                None => Reply(out).null(),
+            }
+        }
+        Merge::Scan { node, nodes } => match parts {
+            [(_, reply)] => scan_reply(reply, node, nodes, out),
+            _ => unexpected(out),
+        },
     }
+}
+
+/// Rewrites a master's SCAN reply `[cursor, keys]` so that the cursor names the master, and moves on
+/// to the next master when this one is done.
+fn scan_reply(reply: &[u8], node: usize, nodes: usize, out: &mut BytesMut) {
+    let Some((2, rest)) = line(reply, b'*') else {
+        return unexpected(out);
+    };
+    let Some((len, rest)) = line(rest, b'$') else {
+        return unexpected(out);
+    };
+    let Some(len) = usize::try_from(len).ok().filter(|&l| rest.len() >= l + 2) else {
+        return unexpected(out);
+    };
+    let (digits, keys) = (&rest[..len], &rest[len + 2..]);
+    let Some(inner) = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+    else {
+        return unexpected(out);
+    };
+    let cursor = match inner {
+        0 if node + 1 < nodes => ((node + 1) as u64) << SCAN_NODE_SHIFT,
+        0 => 0,
+        inner if inner <= SCAN_INNER => ((node as u64) << SCAN_NODE_SHIFT) | inner,
+        _ => return unexpected(out),
+    };
+    Reply(out).array(2);
+    Reply(out).bulk(cursor.to_string().as_bytes());
+    out.extend_from_slice(keys);
+}
+
+/// Every element of an array reply.
+fn array(reply: &[u8]) -> Option<Vec<&[u8]>> {
+    let (len, _) = line(reply, b'*')?;
+    elements(reply, usize::try_from(len).ok()?)
 }
 
 fn merge_values(nkeys: usize, parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
@@ -134,7 +274,8 @@ fn elements(reply: &[u8], n: usize) -> Option<Vec<&[u8]>> {
     if usize::try_from(len).ok()? != n {
         return None;
     }
-    let mut elements = Vec::with_capacity(n);
+    // `n` may come from a backend's reply: never reserve more than the reply could hold.
+    let mut elements = Vec::with_capacity(n.min(reply.len() / 3));
     for _ in 0..n {
         let size = ReplyScanner::default().scan(rest).ok()??;
         let (element, tail) = rest.split_at(size);
@@ -248,6 +389,92 @@ mod tests {
             ],
         );
         assert_eq!(got, b"-WRONGTYPE first\r\n");
+    }
+
+    #[test]
+    fn every_node_merges() {
+        let none: &[u32] = &[];
+        assert_eq!(
+            merged(
+                Merge::Concat,
+                0,
+                &[
+                    (none, b"*1\r\n$1\r\na\r\n"),
+                    (none, b"*0\r\n"),
+                    (none, b"*2\r\n$1\r\nb\r\n$1\r\nc\r\n")
+                ]
+            ),
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::Same,
+                0,
+                &[(none, b"$2\r\nab\r\n"), (none, b"$2\r\nab\r\n")]
+            ),
+            b"$2\r\nab\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::Same,
+                0,
+                &[(none, b"$2\r\nab\r\n"), (none, b"$2\r\nxy\r\n")]
+            ),
+            b"-ERR slotline: the nodes answered differently\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::AllHave,
+                0,
+                &[(none, b"*2\r\n:1\r\n:1\r\n"), (none, b"*2\r\n:0\r\n:1\r\n")]
+            ),
+            b"*2\r\n:0\r\n:1\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::AnyValue,
+                0,
+                &[(none, b"$-1\r\n"), (none, b"$1\r\nk\r\n")]
+            ),
+            b"$1\r\nk\r\n"
+        );
+        assert_eq!(
+            merged(Merge::AnyValue, 0, &[(none, b"$-1\r\n")]),
+            b"$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn scan_cursors_carry_the_master_and_move_on_when_it_is_done() {
+        let reply = b"*2\r\n$2\r\n17\r\n*1\r\n$1\r\nk\r\n";
+        let on = |node, nodes| merged(Merge::Scan { node, nodes }, 0, &[(&[], reply)]);
+        let first = format!(
+            "*2\r\n${}\r\n{}\r\n*1\r\n$1\r\nk\r\n",
+            ((1u64 << 48) | 17).to_string().len(),
+            (1u64 << 48) | 17
+        );
+        assert_eq!(on(1, 3), first.as_bytes());
+        assert_eq!(scan_cursor((1 << 48) | 17), (1, 17));
+        let done = b"*2\r\n$1\r\n0\r\n*0\r\n";
+        let next = format!("*2\r\n$15\r\n{}\r\n*0\r\n", 2u64 << 48);
+        assert_eq!(
+            merged(Merge::Scan { node: 1, nodes: 3 }, 0, &[(&[], done)]),
+            next.as_bytes()
+        );
+        assert_eq!(
+            merged(Merge::Scan { node: 2, nodes: 3 }, 0, &[(&[], done)]),
+            b"*2\r\n$1\r\n0\r\n*0\r\n"
+        );
+        assert!(merged(
+            Merge::Scan { node: 0, nodes: 1 },
+            0,
+            &[(&[], b"*2\r\n$3\r\nabc\r\n*0\r\n")]
+        )
+        .starts_with(b"-ERR"));
+        // A huge element count from a backend is not trusted with an allocation.
+        assert!(
+            merged(Merge::Concat, 0, &[(&[], b"*9223372036854775807\r\n")]).starts_with(b"-ERR")
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::local::{self, Outcome};
 use super::{Pool, Router};
 use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
 use crate::cluster::{classify, Cluster, Redirect, Topology};
-use crate::command::{self, LookupError, Request, Route};
+use crate::command::{self, LookupError, Request, Route, Spec};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::{key_slot, Slot};
 use crate::shards::Table;
@@ -315,6 +315,7 @@ impl Ctx {
                 }
             }
             Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
+            Route::EveryNode => self.every_node(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, frame.clone(), now),
@@ -367,20 +368,88 @@ impl Ctx {
             .collect();
         // Stable: each part keeps its keys in the client's order.
         placed.sort_by_key(|&(place, _)| place);
+        let mut groups = Vec::new();
+        for group in placed.chunk_by(|a, b| a.0 == b.0) {
+            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
+            let frame = fanout::encode(&req, split, &keys);
+            groups.push((group[0].0, keys, frame));
+        }
+        self.fan_out(groups, split.merge, nkeys, view, now);
+    }
+
+    /// Sends a command about the whole data set to every master (every server in service) as it is.
+    fn every_node(
+        &mut self,
+        req: Request<'_>,
+        spec: &Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if spec.name == "scan" {
+            return self.scan(req, view, now);
+        }
+        let Some(merge) = fanout::every_node_policy(spec.name) else {
+            return self.error(&format!(
+                "ERR {} is not supported by slotline",
+                spec.display_name()
+            ));
+        };
+        if matches!(spec.name, "flushall" | "flushdb") && !self.pool.config.allow_flush {
+            let msg = format!(
+                "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
+                spec.display_name(),
+                match view { View::Cluster(..) => "master", View::Shards(_) => "server" },
+                self.pool.name
+            );
+            return self.error(&msg);
+        }
+        let groups = (0..view.node_count())
+            .map(|i| (Place::Node(i), Vec::new(), frame.clone()))
+            .collect();
+        self.fan_out(groups, merge, 0, view, now);
+    }
+
+    /// SCAN, one master at a time: the cursor's top bits say which.
+    fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
+        let cursor = std::str::from_utf8(req.arg(1))
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok());
+        let nodes = view.node_count();
+        let Some((node, inner)) = cursor
+            .map(fanout::scan_cursor)
+            .filter(|&(n, _)| n < nodes.max(1))
+        else {
+            return self.error("ERR invalid cursor");
+        };
+        let frame = fanout::with_arg(&req, 1, inner.to_string().as_bytes());
+        let groups = vec![(Place::Node(node), Vec::new(), frame)];
+        self.fan_out(groups, Merge::Scan { node, nodes }, 0, view, now);
+    }
+
+    /// Sends each part to its place and queues the request to be answered once all parts are.
+    fn fan_out(
+        &mut self,
+        groups: Vec<(Place, Vec<u32>, Bytes)>,
+        merge: Merge,
+        nkeys: usize,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if groups.len() > MAX_PARTS {
+            return self.error("ERR slotline: the keys of this command live in too many places");
+        }
+        if groups.is_empty() {
+            return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
+        }
         let seq = self.front_seq + self.pending.len() as u64;
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
         let pick = self.client.id as usize;
-        let mut parts = Vec::new();
-        for group in placed.chunk_by(|a, b| a.0 == b.0) {
-            if parts.len() == MAX_PARTS {
-                return self
-                    .error("ERR slotline: the keys of this command live in too many places");
-            }
-            let place = group[0].0;
-            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
+        let mut parts = Vec::with_capacity(groups.len());
+        for (place, keys, frame) in groups {
             let mut w = Waiting {
                 result: None,
-                frame: fanout::encode(&req, split, &keys),
+                frame,
                 slot: match place {
                     Place::Slot(slot) => Some(slot),
                     _ => None,
@@ -403,7 +472,7 @@ impl Ctx {
         stats::add(&self.pool.stats.fragments, parts.len() as u64);
         self.pending
             .push_back(Pending::Split(Box::new(SplitRequest {
-                merge: split.merge,
+                merge,
                 nkeys,
                 deadline,
                 parts,
@@ -634,6 +703,8 @@ enum Place {
     Slot(Slot),
     /// A server of a sharded pool, by config index.
     Server(usize),
+    /// Master (or server in service) number `i`, for requests sent to every one.
+    Node(usize),
     /// Any backend: the request has no key.
     Any,
 }
@@ -666,8 +737,10 @@ impl<'a> View<'a> {
             (View::Cluster(_, topology), Place::Slot(slot)) => {
                 topology.node_for_request(Some(slot), pick)
             }
+            (View::Cluster(_, topology), Place::Node(i)) => topology.nodes().get(i),
             (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
             (View::Shards(table), Place::Server(i)) => table.node(i),
+            (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
             (View::Shards(table), _) => table.any_node(pick),
         }
     }
@@ -680,6 +753,14 @@ impl<'a> View<'a> {
                 "CLUSTERDOWN slotline has not learnt the cluster topology yet"
             }
             (View::Shards(table), _) => table.unavailable(),
+        }
+    }
+
+    /// How many masters (servers in service) a request for every node goes to.
+    fn node_count(&self) -> usize {
+        match self {
+            View::Cluster(_, topology) => topology.nodes().len(),
+            View::Shards(table) => table.in_service().count(),
         }
     }
 

@@ -138,15 +138,20 @@ impl Table {
 
     /// A server in service for a request without a key; a client always gets the same one.
     pub fn any_node(&self, pick: usize) -> Option<&Arc<Node>> {
-        let live = self.ring.as_ref().map_or(&[][..], |r| r.live());
-        let count = live.iter().filter(|&&l| l).count();
-        let nth = pick % count.max(1);
-        live.iter()
-            .enumerate()
-            .filter(|(_, &l)| l)
-            .nth(nth)
-            .and_then(|(i, _)| self.nodes.get(i))
+        let count = self.in_service().count();
+        self.in_service()
+            .nth(pick % count.max(1))
             .or_else(|| self.nodes.get(pick % self.nodes.len().max(1)))
+    }
+
+    /// The servers on the ring (all but the ejected ones), in the members' order.
+    pub fn in_service(&self) -> impl Iterator<Item = &Arc<Node>> {
+        let live = self.ring.as_ref().map_or(&[][..], |r| r.live());
+        self.nodes
+            .iter()
+            .zip(live)
+            .filter(|(_, &live)| live)
+            .map(|(node, _)| node)
     }
 
     /// What a client is told when no server can take its request.

@@ -57,6 +57,9 @@ LOCAL = {
 # Keyless commands whose answer does not depend on which node gives it.
 ANY_NODE = {"time", "lolwut", "publish", "cluster|keyslot", "object|help", "xinfo|help",
             "memory|help", "xgroup|help", "config|help", "pubsub|help", "script|help", "function|help"}
+# Sent to every master (every server of a sharded pool) and the replies merged (src/server/fanout.rs).
+EVERY_NODE = {"keys", "scan", "dbsize", "randomkey", "flushall", "flushdb", "script|load",
+              "script|exists", "script|flush", "function|load", "function|delete", "function|flush"}
 TRANSACTION = {"multi", "exec", "discard", "watch", "unwatch"}
 PUBSUB = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
           "pubsub", "pubsub|channels", "pubsub|numpat", "pubsub|numsub", "pubsub|shardchannels",
@@ -79,6 +82,8 @@ def route(name, flags, tips, specs, is_container):
                 'other clients (not supported yet)")')
     if name in ANY_NODE:
         return "Route::AnyNode"
+    if name in EVERY_NODE:
+        return "Route::EveryNode"
     if is_container:
         return "Route::Container"
     if specs:
