@@ -432,31 +432,46 @@ fn a_static_host_name_is_resolved_again_when_its_pod_moves() {
     );
 }
 
-#[test]
-fn a_cluster_pool_takes_its_seeds_from_the_service() {
-    let cluster = support::RedisCluster::start(support::ClusterOpts {
-        replicas_per_master: 0,
-        ..Default::default()
-    });
-    let api = KubeApi::start();
-    // One slice per node: the nodes listen on different ports of 127.0.0.1.
+/// Lists `cluster`'s nodes as the endpoints of service `redis-cluster`, one slice per node (the nodes
+/// listen on different ports of 127.0.0.1), named `prefix-N`; slices of other prefixes are deleted.
+fn publish_cluster(
+    api: &KubeApi,
+    cluster: &support::RedisCluster,
+    prefix: &str,
+    old: Option<&str>,
+) {
     for (i, port) in cluster.live_ports().into_iter().enumerate() {
+        let name = format!("{prefix}-{i}");
         api.apply_slice(
             NS,
             &Slice::new(
-                &format!("redis-cluster-{i}"),
+                &name,
                 "redis-cluster",
                 port,
-                vec![PodEndpoint::ready(
-                    "127.0.0.1",
-                    &format!("redis-cluster-{i}"),
-                )],
+                vec![PodEndpoint::ready("127.0.0.1", &name)],
             ),
         );
     }
+    if let Some(old) = old {
+        for i in 0..cluster.live_ports().len() {
+            api.delete_slice(NS, &format!("{old}-{i}"));
+        }
+    }
+}
+
+#[test]
+fn a_cluster_pool_is_seeded_by_the_service_and_bootstraps_again_after_a_full_restart() {
+    let opts = support::ClusterOpts {
+        replicas_per_master: 0,
+        ..Default::default()
+    };
+    let before = support::RedisCluster::start(opts.clone());
+    let api = KubeApi::start();
+    publish_cluster(&api, &before, "before", None);
     let dir = TempDir::new("kubeconfig");
     let kubeconfig = api.write_kubeconfig(&dir).to_string_lossy().into_owned();
     let listen = free_port();
+    // No servers: the seeds are the Service's endpoints.
     let proxy = Slotline::start_with_env(
         &format!(
             "pools:\n  main:\n    listen: 127.0.0.1:{listen}\n    mode: cluster\n    kubernetes:\n      service: redis-cluster\n      namespace: {NS}\n"
@@ -468,4 +483,30 @@ fn a_cluster_pool_takes_its_seeds_from_the_service() {
     serving(&mut client);
     set_all(&mut client, &keys);
     all_read_back(&mut client, &keys).expect("every key reads back through the cluster pool");
+
+    // The whole StatefulSet restarts at new addresses: every node slotline knows is gone, and the
+    // Service lists only new ones. (A fresh cluster stands in for it: its data starts empty.)
+    let after = support::RedisCluster::start(opts);
+    publish_cluster(&api, &after, "after", Some("before"));
+    drop(before);
+    wait_ok(
+        WAIT,
+        "the pool to learn the new cluster from the Service",
+        || match client.cmd(&["SET", "after:probe", "1"]) {
+            reply if reply.is_ok() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    set_all(&mut client, &keys);
+    all_read_back(&mut client, &keys).expect("every key reads back from the new cluster");
+    let held: i64 = after
+        .live_ports()
+        .into_iter()
+        .map(|port| after.client(port).cmd(&["DBSIZE"]).as_int().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        held,
+        keys.len() as i64 + 1,
+        "the keys are on the new cluster"
+    );
 }
