@@ -193,6 +193,12 @@ fn a_pod_back_at_a_new_ip_keeps_its_keys_and_clients_stay_connected() {
     );
 }
 
+/// INFO's slotline section.
+fn info_slotline(client: &mut Client) -> String {
+    let info = client.cmd(&["INFO", "slotline"]);
+    String::from_utf8_lossy(info.as_bytes().unwrap_or_default()).into_owned()
+}
+
 /// INFO's total_connections_received.
 fn connections_received(client: &mut Client) -> u64 {
     let info = client.cmd(&["INFO", "stats"]);
@@ -331,10 +337,16 @@ fn backends_keep_serving_while_the_api_server_is_down_and_changes_are_picked_up_
     let mut setup = Setup::new(2);
     let (proxy, mut client, keys) = setup.ketama_with_keys(200);
 
+    assert!(info_slotline(&mut client).contains("discovery_state:synced\r\n"));
     setup.api.stop();
     wait_for(WAIT, "slotline to notice the API server is gone", || {
         proxy.log().contains("discovery source failing")
     });
+    let info = info_slotline(&mut client);
+    assert!(
+        info.contains("discovery_state:failing\r\n") && info.contains("discovery_endpoints:2\r\n"),
+        "{info}"
+    );
     all_read_back(&mut client, &keys).expect("the last known backends keep serving");
 
     // A pod moves while the API is down; once it is back, the change is picked up.
@@ -350,12 +362,37 @@ fn backends_keep_serving_while_the_api_server_is_down_and_changes_are_picked_up_
     wait_for(WAIT, "slotline to log the recovery", || {
         proxy.log().contains("discovery source reachable again")
     });
+    assert!(info_slotline(&mut client).contains("discovery_state:synced\r\n"));
     let log = proxy.log();
     assert_eq!(
         log.matches("discovery source failing").count(),
         1,
         "one warning for the outage, not one per retry:\n{log}"
     );
+}
+
+#[test]
+fn rbac_forbidden_is_reported_and_retried() {
+    let setup = Setup::new(1);
+    setup.api.set_forbidden(true);
+    let proxy = setup.slotline(&ketama_yaml(free_port(), ""));
+    let mut client = proxy.client();
+    wait_ok(WAIT, "INFO to say what RBAC is missing", || {
+        let info = info_slotline(&mut client);
+        let said = info.contains("discovery_state:failing")
+            && info.contains("forbidden")
+            && info.contains("get, list and watch on endpointslices.discovery.k8s.io");
+        if said {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    });
+    assert!(client.cmd(&["GET", "k"]).is_error());
+    // The role is granted: slotline picks the endpoints up by itself.
+    setup.api.set_forbidden(false);
+    serving(&mut client);
+    assert_eq!(proxy.log().matches("discovery source failing").count(), 1);
 }
 
 #[test]

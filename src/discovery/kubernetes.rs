@@ -140,8 +140,12 @@ impl Follow<'_> {
             };
             let changed = match item {
                 Ok(event) => {
-                    backoff = MIN_BACKOFF;
-                    self.status.ok();
+                    // Init comes before the list is even asked for: only what the API server sent
+                    // shows it answering.
+                    if !matches!(event, Event::Init) {
+                        backoff = MIN_BACKOFF;
+                        self.status.ok();
+                    }
                     match event {
                         Event::Init => {
                             listing = Some(BTreeMap::new());

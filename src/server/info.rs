@@ -76,7 +76,7 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                 let topology = cluster.topology();
                 out.push_str("mode:cluster\r\n");
                 backends(&mut out, "master", topology.nodes());
-                let _ = write!(out, "slots_covered:{}\r\n\r\n", topology.covered());
+                let _ = write!(out, "slots_covered:{}\r\n", topology.covered());
             }
             Router::Shards(shards) => {
                 let _ = write!(
@@ -86,9 +86,36 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                     shards.hash()
                 );
                 backends(&mut out, "server", shards.members().nodes());
-                out.push_str("\r\n");
             }
         }
+        if let Some(status) = pool.discovery() {
+            discovery(&mut out, &status.snapshot());
+        }
+        out.push_str("\r\n");
     }
     out
+}
+
+/// Where the pool's backends come from and how that is going: `discovery_state` is `starting` (no
+/// endpoints yet), `synced`, or `failing` (the last known backends stay in use).
+fn discovery(out: &mut String, status: &crate::discovery::StatusSnapshot) {
+    use crate::discovery::SourceState;
+    let state = match &status.state {
+        SourceState::Starting => "starting",
+        SourceState::Synced => "synced",
+        SourceState::Failing { .. } => "failing",
+    };
+    let _ = write!(
+        out,
+        "discovery:{}\r\ndiscovery_state:{state}\r\ndiscovery_endpoints:{}\r\ndiscovery_updates:{}\r\ndiscovery_errors:{}\r\n",
+        status.source, status.endpoints, status.updates, status.errors
+    );
+    if let SourceState::Failing { reason } = &status.state {
+        // One line: the reason may not carry a line break into the reply.
+        let _ = write!(
+            out,
+            "discovery_failing:{}\r\n",
+            reason.replace(['\r', '\n'], " ")
+        );
+    }
 }
