@@ -19,8 +19,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Requests taken from the queue per write.
 const BATCH: usize = 512;
 const READ_CHUNK: usize = 64 * 1024;
-/// How long a connection whose node was dropped waits for its outstanding replies.
-const DRAIN: Duration = Duration::from_secs(10);
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 /// What one connection task serves and reports to.
@@ -213,7 +211,7 @@ async fn serve(
             if rx.recv_many(&mut batch, BATCH).await == 0 {
                 // Nobody can send any more (the node left the topology): let the replies already on
                 // their way arrive before closing.
-                let deadline = Instant::now() + DRAIN;
+                let deadline = Instant::now() + link.settings.drain;
                 while !inflight
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)

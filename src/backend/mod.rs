@@ -59,6 +59,8 @@ pub struct Settings {
     pub timeout: Option<Duration>,
     /// Count failures in a row, waking this when a node reaches `limit` of them.
     pub eject: Option<(u32, Arc<Notify>)>,
+    /// How long a connection whose node was dropped waits for replies already on their way.
+    pub drain: Duration,
 }
 
 /// Commands that prepare a fresh connection before it carries requests.
@@ -77,6 +79,7 @@ impl Settings {
             handshake: None,
             timeout: None,
             eject: None,
+            drain: Duration::from_secs(10),
         }
     }
 

@@ -87,6 +87,11 @@ impl Cluster {
     }
 
     /// Asks for a refresh soon; requests made while one is pending collapse into it.
+    /// How this cluster's backend connections are set up.
+    pub fn settings(&self) -> &backend::Settings {
+        &self.settings
+    }
+
     pub fn request_refresh(&self) {
         self.refresh.notify_one();
     }

@@ -37,6 +37,9 @@ pub mod flags {
 pub enum Route {
     /// Sent to the node that owns its keys' slot.
     Keyed,
+    /// Keyed, and may block (BLPOP ...): sent on a backend connection of the client's own, so that it
+    /// never holds up other clients' requests on a shared one.
+    Blocking,
     /// Keyed, but blocking when given a `BLOCK` option (XREAD, XREADGROUP).
     BlockingOption,
     /// Keyless, and any node gives the same answer.

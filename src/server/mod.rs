@@ -72,6 +72,26 @@ pub enum Router {
     Shards(Arc<Shards>),
 }
 
+impl Router {
+    /// Settings for a backend connection owned by one client session (blocking commands,
+    /// transactions): logged in like the shared ones, one connection, closed as soon as the session
+    /// drops it.
+    pub fn own_settings(&self) -> crate::backend::Settings {
+        let shared = match self {
+            Router::Cluster(cluster) => cluster.settings(),
+            Router::Shards(shards) => shards.settings(),
+        };
+        crate::backend::Settings {
+            connections: 1,
+            on_failure: None,
+            timeout: None,
+            eject: None,
+            drain: Duration::ZERO,
+            ..shared.clone()
+        }
+    }
+}
+
 impl Pool {
     /// The TCP port the pool listens on (None for unix sockets).
     pub fn port(&self) -> Option<u16> {

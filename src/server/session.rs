@@ -74,7 +74,13 @@ struct Waiting {
     slot: Option<Slot>,
     deadline: Instant,
     redirects: u32,
+    /// Sent on a connection of the client's own (a blocking command): a redirect is given to the
+    /// client rather than followed on a shared connection.
+    own_connection: bool,
 }
+
+/// How long a blocking command may wait: its own timeout argument decides, this only bounds forever.
+const BLOCKING_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Everything of a session but its input buffer and parser, so that dispatching can borrow the parsed
 /// arguments while changing this.
@@ -95,6 +101,8 @@ pub(crate) struct Ctx {
     pub authenticated: bool,
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
+    /// Backend connections of this client's own (for blocking commands), closed with the session.
+    own: Vec<Arc<Node>>,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -120,6 +128,7 @@ where
         commands: 0,
         authenticated,
         client_err: false,
+        own: Vec::new(),
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -151,7 +160,9 @@ where
                 ctx.out = BytesMut::with_capacity(READ_CHUNK);
             }
         }
-        if ctx.closing && ctx.pending.is_empty() {
+        if ctx.closing && (ctx.pending.is_empty() || ctx.blocked()) {
+            // A client that has sent everything and waits on a blocking command cannot be told apart
+            // from one that left: drop it, so the server unblocks it and hands the data to someone else.
             break;
         }
         let can_read = !ctx.closing && ctx.pending.len() < max_pending;
@@ -286,34 +297,26 @@ impl Ctx {
             return self.error("NOAUTH Authentication required.");
         }
         let route = match spec.route {
-            Route::BlockingOption if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) => {
-                Route::Unsupported(
-                    "blocking commands would stall a backend connection shared with other clients (not supported yet)",
-                )
+            Route::BlockingOption
+                if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) =>
+            {
+                Route::Blocking
             }
             Route::BlockingOption => Route::Keyed,
             other => other,
         };
         match route {
-            Route::Keyed => {
-                let mut place = None;
-                let mut cross = false;
-                req.for_each_key(spec, |key| {
-                    let p = view.place_of(key);
-                    match place {
-                        None => place = Some(p),
-                        Some(first) if first != p => cross = true,
-                        _ => {}
-                    }
-                });
-                if !cross {
-                    return self.forward(view, place.unwrap_or(Place::Any), frame.clone(), now);
-                }
-                match fanout::policy(spec.name) {
+            Route::Keyed => match view.place_of_request(req, spec) {
+                Ok(place) => self.forward(view, place, frame.clone(), now),
+                Err(()) => match fanout::policy(spec.name) {
                     Some(split) => self.split(req, split, view, now),
                     None => self.error(&view.cross_error(spec.display_name())),
-                }
-            }
+                },
+            },
+            Route::Blocking => match view.place_of_request(req, spec) {
+                Ok(place) => self.forward_blocking(view, place, frame.clone()),
+                Err(()) => self.error(&view.cross_error(spec.display_name())),
+            },
             Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
             Route::EveryNode => self.every_node(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
@@ -330,6 +333,39 @@ impl Ctx {
                 spec.name
             )),
         }
+    }
+
+    /// Sends a command that may block to its backend on a connection of this client's own: on a shared
+    /// one it would hold up every other client's requests until it returns. It waits as long as it
+    /// blocks (the command's own timeout decides), and the connection closes with the session, which
+    /// unblocks it on the server if the client leaves first.
+    fn forward_blocking(&mut self, view: &View<'_>, place: Place, frame: Bytes) {
+        let pick = self.client.id as usize;
+        let Some(shared) = view.target(place, pick) else {
+            view.request_refresh();
+            return self.error("CLUSTERDOWN Hash slot not served");
+        };
+        let node = match self.own.iter().find(|n| n.addr() == shared.addr()) {
+            Some(node) => node.clone(),
+            None => {
+                let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
+                self.own.push(node.clone());
+                node
+            }
+        };
+        let seq = self.front_seq + self.pending.len() as u64;
+        node.send(0, frame.clone(), false, self.inbox.reply_to(seq));
+        self.pending.push_back(Pending::Wait(Waiting {
+            result: None,
+            frame,
+            slot: match place {
+                Place::Slot(slot) => Some(slot),
+                _ => None,
+            },
+            deadline: Instant::now() + BLOCKING_WAIT,
+            redirects: 0,
+            own_connection: true,
+        }));
     }
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
@@ -351,6 +387,7 @@ impl Ctx {
             slot,
             deadline: now + Duration::from_millis(self.pool.config.timeout),
             redirects: 0,
+            own_connection: false,
         }));
     }
 
@@ -456,6 +493,7 @@ impl Ctx {
                 },
                 deadline,
                 redirects: 0,
+                own_connection: false,
             };
             match view.target(place, pick) {
                 Some(node) => {
@@ -477,6 +515,11 @@ impl Ctx {
                 deadline,
                 parts,
             })));
+    }
+
+    /// Whether the oldest request is a blocking command still waiting.
+    fn blocked(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
     }
 
     /// When the oldest request gives up, if it is still waiting for a backend.
@@ -567,7 +610,9 @@ impl Ctx {
                 return self.timed_out();
             }
         };
-        if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
+        if let (Some(b'-'), Router::Cluster(cluster), false) =
+            (reply.first(), &self.pool.router, w.own_connection)
+        {
             if let Some(r) = classify(&reply) {
                 let resend = self.inbox.reply_to(self.front_seq);
                 let max = self.pool.config.max_redirects;
@@ -720,6 +765,24 @@ impl<'a> View<'a> {
         match router {
             Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
             Router::Shards(shards) => View::Shards(shards.table()),
+        }
+    }
+
+    /// Where all the keys of a request live (Any when it has none); Err when they live apart.
+    fn place_of_request(&self, req: Request<'_>, spec: &Spec) -> Result<Place, ()> {
+        let mut place = None;
+        let mut cross = false;
+        req.for_each_key(spec, |key| {
+            let p = self.place_of(key);
+            match place {
+                None => place = Some(p),
+                Some(first) if first != p => cross = true,
+                _ => {}
+            }
+        });
+        match cross {
+            true => Err(()),
+            false => Ok(place.unwrap_or(Place::Any)),
         }
     }
 

@@ -104,6 +104,11 @@ impl Shards {
         Ok(shards)
     }
 
+    /// How this pool's backend connections are set up.
+    pub fn settings(&self) -> &backend::Settings {
+        &self.settings
+    }
+
     /// The placement in use now.
     pub fn table(&self) -> Guard<Arc<Table>> {
         self.table.load()

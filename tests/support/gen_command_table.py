@@ -78,8 +78,7 @@ def route(name, flags, tips, specs, is_container):
     if name in BLOCK_OPTION:
         return "Route::BlockingOption"
     if "blocking" in flags:
-        return ('Route::Unsupported("blocking commands would stall a backend connection shared with '
-                'other clients (not supported yet)")')
+        return "Route::Blocking"
     if name in ANY_NODE:
         return "Route::AnyNode"
     if name in EVERY_NODE:
@@ -161,6 +160,8 @@ def main():
     print()
     print("pub(super) static REDIS_VERSION: &str = \"%s\";" % version)
     print()
+    print("// One line per command, however long: easier to read and to diff than rustfmt's layout.")
+    print("#[rustfmt::skip]")
     print("pub(super) static COMMANDS: &[Spec] = &[")
     for e in entries:
         print(e)

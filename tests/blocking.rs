@@ -1,0 +1,119 @@
+//! Blocking commands through slotline: they wait as long as Redis makes them wait, never hold up other
+//! clients whose requests share the backend connection, and a client that leaves while blocked is
+//! gone from the server too.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{free_port, key_slot, wait_for, Client, RedisCluster, RedisServers, Reply, Slotline};
+
+/// Keys that all live on one master: the blocked command and the other client's traffic share the
+/// master's one multiplexed connection (server_connections: 1).
+const LIST: &str = "{b}list";
+const OTHER: &str = "{b}other";
+
+/// Client list lines of the server at `port` that are blocked in `command`.
+fn blocked_in(port: u16, command: &str) -> usize {
+    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
+    text.lines()
+        .filter(|l| l.contains(&format!(" cmd={command} ")))
+        .count()
+}
+
+fn blocking_commands_stall_no_one(proxy_port: u16, backend_port: u16) {
+    let mut blocked = Client::connect(proxy_port);
+    blocked.send(&["BLPOP", LIST, "0"]);
+    wait_for(
+        Duration::from_secs(5),
+        "BLPOP to block on the server",
+        || blocked_in(backend_port, "blpop") == 1,
+    );
+
+    // Another client's requests to the same master go through while BLPOP waits.
+    let mut other = Client::connect(proxy_port);
+    let cmds: Vec<Vec<String>> = (0..500)
+        .map(|i| vec!["SET".into(), OTHER.into(), i.to_string()])
+        .collect();
+    assert!(other.pipeline(&cmds).iter().all(Reply::is_ok));
+    assert_eq!(other.cmd(&["GET", OTHER]), Reply::bulk("499"));
+
+    // The blocked client gets its reply when there is one.
+    assert_eq!(other.cmd(&["RPUSH", LIST, "x"]), Reply::Int(1));
+    assert_eq!(
+        blocked.read_reply(),
+        Reply::Array(Some(vec![Reply::bulk(LIST), Reply::bulk("x")]))
+    );
+    // The same client goes on with ordinary commands, and blocks again.
+    assert_eq!(blocked.cmd(&["GET", OTHER]), Reply::bulk("499"));
+
+    // A blocking command with a timeout outlives the pool's timeout (300 ms) and returns nil.
+    let started = Instant::now();
+    assert_eq!(blocked.cmd(&["BLPOP", LIST, "1"]), Reply::Array(None));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // XREAD with BLOCK waits on the client's own connection too.
+    blocked.send(&["XREAD", "BLOCK", "0", "STREAMS", "{b}stream", "$"]);
+    wait_for(Duration::from_secs(5), "XREAD BLOCK to block", || {
+        blocked_in(backend_port, "xread") == 1
+    });
+    assert_eq!(other.cmd(&["GET", OTHER]), Reply::bulk("499"));
+    assert!(other
+        .cmd(&["XADD", "{b}stream", "*", "f", "v"])
+        .as_bytes()
+        .is_some());
+    let reply = blocked.read_reply();
+    assert!(
+        reply.as_array().is_some_and(|a| a.len() == 1),
+        "XREAD: {reply:?}"
+    );
+
+    // A client that leaves while blocked is gone from the server: it takes nothing pushed later.
+    let mut leaving = Client::connect(proxy_port);
+    leaving.send(&["BLPOP", LIST, "0"]);
+    wait_for(Duration::from_secs(5), "the second BLPOP to block", || {
+        blocked_in(backend_port, "blpop") == 1
+    });
+    drop(leaving);
+    wait_for(
+        Duration::from_secs(5),
+        "the server to forget the client",
+        || blocked_in(backend_port, "blpop") == 0,
+    );
+    assert_eq!(other.cmd(&["RPUSH", LIST, "kept"]), Reply::Int(1));
+    assert_eq!(
+        other.cmd(&["LRANGE", LIST, "0", "-1"]),
+        Reply::Array(Some(vec![Reply::bulk("kept")]))
+    );
+    assert_eq!(other.cmd(&["DEL", LIST, OTHER, "{b}stream"]), Reply::Int(3));
+}
+
+#[test]
+fn cluster_blocking_commands_wait_on_their_own_connection() {
+    let cluster = RedisCluster::start(Default::default());
+    let port = free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let yaml = Slotline::cluster_yaml(port, &seeds).replace("timeout: 1000", "timeout: 300");
+    let _proxy = Slotline::start(&yaml);
+    let backend = cluster.node_for_slot(key_slot(b"b"));
+    blocking_commands_stall_no_one(port, backend);
+
+    // Keys in different slots cannot block together.
+    let reply = Client::connect(port).cmd(&["BLPOP", "a", "b", "0"]);
+    assert!(
+        reply.error().is_some_and(|e| e.starts_with("CROSSSLOT")),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn ketama_blocking_commands_wait_on_their_own_connection() {
+    let servers = RedisServers::start(1);
+    let port = free_port();
+    let proxy = Slotline::start(&format!(
+        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    timeout: 300\n    servers:\n      - 127.0.0.1:{}:1\n",
+        servers.port(0)
+    ));
+    blocking_commands_stall_no_one(proxy.port(), servers.port(0));
+}
