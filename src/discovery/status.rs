@@ -79,24 +79,13 @@ impl Status {
         s.endpoints = count;
         s.updates += 1;
         s.last_change = Some(SystemTime::now());
-        self.recovered(&mut s);
+        recovered(&mut s);
     }
 
     /// The source answered (a watch event, a resolution); nothing may have changed.
     pub(super) fn ok(&self) {
         let mut s = self.lock();
-        self.recovered(&mut s);
-    }
-
-    fn recovered(&self, s: &mut StatusSnapshot) {
-        match &s.state {
-            SourceState::Failing { .. } => {
-                tracing::info!(pool = %s.pool, source = %s.source, endpoints = s.endpoints, "discovery source reachable again");
-                s.state = SourceState::Synced;
-            }
-            SourceState::Starting if s.has_endpoints => s.state = SourceState::Synced,
-            _ => {}
-        }
+        recovered(&mut s);
     }
 
     /// The source failed; `reason` is a short class ("unreachable", "forbidden", ...) that decides
@@ -120,5 +109,16 @@ impl Status {
         } else {
             tracing::debug!(pool = %s.pool, source = %s.source, reason, error = %detail, "discovery source still failing");
         }
+    }
+}
+
+/// The source answered again: a failing state ends (logged once), and a first set makes it synced.
+fn recovered(s: &mut StatusSnapshot) {
+    if let SourceState::Failing { .. } = &s.state {
+        tracing::info!(pool = %s.pool, source = %s.source, endpoints = s.endpoints, "discovery source reachable again");
+        s.state = SourceState::Starting;
+    }
+    if s.state == SourceState::Starting && s.has_endpoints {
+        s.state = SourceState::Synced;
     }
 }
