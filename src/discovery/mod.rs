@@ -42,6 +42,8 @@ pub struct Discovery {
     pub endpoints: watch::Receiver<EndpointSet>,
     pub status: Arc<Status>,
     recheck: Arc<Notify>,
+    /// A static source's server list, which a reload may replace.
+    servers: Option<Arc<watch::Sender<Vec<StaticServer>>>>,
 }
 
 impl Discovery {
@@ -49,19 +51,17 @@ impl Discovery {
     /// runtime.
     pub fn start(pool: &str, config: &PoolConfig) -> Discovery {
         let recheck = Arc::new(Notify::new());
-        let (discovery, tx) = match &config.kubernetes {
+        match &config.kubernetes {
             Some(k8s) => {
                 let status = Status::new(pool, format!("kubernetes service {}", k8s.service));
                 let (tx, rx) = watch::channel(None);
-                tokio::spawn(kubernetes::run(k8s.clone(), tx.clone(), status.clone()));
-                (
-                    Discovery {
-                        endpoints: rx,
-                        status,
-                        recheck: recheck.clone(),
-                    },
-                    None,
-                )
+                tokio::spawn(kubernetes::run(k8s.clone(), tx, status.clone()));
+                Discovery {
+                    endpoints: rx,
+                    status,
+                    recheck,
+                    servers: None,
+                }
             }
             None => {
                 let servers = static_servers(config);
@@ -75,35 +75,41 @@ impl Discovery {
                     Some(servers.iter().map(StaticServer::unresolved).collect())
                 };
                 let (tx, rx) = watch::channel(initial);
-                (
-                    Discovery {
-                        endpoints: rx,
-                        status,
-                        recheck: recheck.clone(),
-                    },
-                    Some((tx, servers)),
-                )
-            }
-        };
-        if let Some((tx, servers)) = tx {
-            if servers.iter().any(|s| s.needs_resolving()) {
-                let interval = std::time::Duration::from_millis(config.resolve_interval);
+                let (list, list_rx) = watch::channel(servers);
                 tokio::spawn(resolve::run(
-                    servers,
-                    interval,
+                    list_rx,
+                    std::time::Duration::from_millis(config.resolve_interval),
                     tx,
-                    discovery.status.clone(),
-                    recheck,
+                    status.clone(),
+                    recheck.clone(),
                 ));
+                Discovery {
+                    endpoints: rx,
+                    status,
+                    recheck,
+                    servers: Some(Arc::new(list)),
+                }
             }
         }
-        discovery
     }
 
     /// A backend connection failed: the source should look again soon (a host name may now resolve to
     /// a new address). Cheap; many calls collapse into one look.
     pub fn recheck(&self) -> Arc<Notify> {
         self.recheck.clone()
+    }
+
+    /// Makes `config`'s `servers:` this static source's list (a reload changed only them): the pool
+    /// follows as it follows any new endpoint set, connected clients included. False for a Kubernetes
+    /// source.
+    pub fn replace_servers(&self, config: &PoolConfig) -> bool {
+        match &self.servers {
+            Some(list) => {
+                list.send_replace(static_servers(config));
+                true
+            }
+            None => false,
+        }
     }
 }
 

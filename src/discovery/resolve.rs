@@ -3,6 +3,7 @@
 //! Kubernetes API access. A changed address is a new endpoint set; a failed resolution keeps the last
 //! known address.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,45 +24,55 @@ const MIN_RECHECK_GAP: Duration = Duration::from_secs(1);
 const HOSTS_OVERRIDE_ENV: &str = "SLOTLINE_TEST_HOSTS_FILE";
 
 pub(super) async fn run(
-    servers: Vec<StaticServer>,
+    mut servers: watch::Receiver<Vec<StaticServer>>,
     interval: Duration,
     tx: watch::Sender<EndpointSet>,
     status: Arc<Status>,
     recheck: Arc<Notify>,
 ) {
     let overrides = std::env::var_os(HOSTS_OVERRIDE_ENV).map(PathBuf::from);
-    let mut current: Vec<Endpoint> = servers.iter().map(StaticServer::unresolved).collect();
+    // The last good address of each name, kept while a lookup fails.
+    let mut resolved: HashMap<(String, u16), SocketAddr> = HashMap::new();
     let mut last_look = Instant::now() - MIN_RECHECK_GAP;
     loop {
-        let mut next = current.clone();
+        let list = servers.borrow_and_update().clone();
+        let mut next: Vec<Endpoint> = Vec::with_capacity(list.len());
         let mut failure = None;
-        for (server, endpoint) in servers.iter().zip(next.iter_mut()) {
-            if !server.needs_resolving() {
-                continue;
-            }
-            let previous = current_ip(endpoint);
-            match resolve(&server.host, server.port, overrides.as_ref(), previous).await {
-                Ok(addr) => {
-                    endpoint.addr = Arc::from(join_host_port(&addr.ip().to_string(), addr.port()))
+        for server in &list {
+            let mut endpoint = server.unresolved();
+            if server.needs_resolving() {
+                let key = (server.host.clone(), server.port);
+                let previous = resolved.get(&key).map(SocketAddr::ip);
+                match resolve(&server.host, server.port, overrides.as_ref(), previous).await {
+                    Ok(addr) => {
+                        resolved.insert(key.clone(), addr);
+                    }
+                    Err(e) => failure = Some(format!("{}: {e}", server.host)),
                 }
-                Err(e) => failure = Some(format!("{}: {e}", server.host)),
+                if let Some(addr) = resolved.get(&key) {
+                    endpoint.addr = Arc::from(join_host_port(&addr.ip().to_string(), addr.port()));
+                }
             }
+            next.push(endpoint);
         }
         last_look = Instant::now().max(last_look);
         match failure {
             Some(detail) => status.failed("resolution failed", &detail),
             None => status.ok(),
         }
-        if next != current || tx.borrow().is_none() {
-            for (old, new) in current.iter().zip(&next) {
+        let current = tx.borrow().clone();
+        if current.as_deref() != Some(&next[..]) {
+            for old in current.iter().flat_map(|c| c.iter()) {
                 // The first resolution of a name is no news; a resolved address changing is.
-                if old.addr != new.addr && current_ip(old).is_some() {
+                let moved = next
+                    .iter()
+                    .find(|n| n.name == old.name && n.addr != old.addr);
+                if let (Some(new), Some(_)) = (moved, current_ip(old)) {
                     tracing::info!(pool = %status.snapshot().pool, server = %new.name, from = %old.addr, to = %new.addr, "backend address changed");
                 }
             }
-            current = next;
-            status.synced(current.len());
-            if tx.send(Some(current.iter().cloned().collect())).is_err() {
+            status.synced(next.len());
+            if tx.send(Some(next.into())).is_err() {
                 return; // the pool is gone
             }
         }
@@ -73,6 +84,9 @@ pub(super) async fn run(
                     tokio::time::sleep_until(gap).await;
                 }
             }
+            changed = servers.changed() => if changed.is_err() {
+                return; // the pool is gone
+            },
             _ = tx.closed() => return,
         }
         last_look = Instant::now();

@@ -21,6 +21,8 @@ use crate::shards::Shards;
 use crate::stats::PoolStats;
 
 struct Running {
+    /// The settings it runs with: the pool's own, but for `servers:` a reload may have replaced.
+    config: PoolConfig,
     pool: Arc<Pool>,
     listener: Arc<Listener>,
     accept: JoinHandle<()>,
@@ -50,7 +52,7 @@ impl Pools {
             let reusable = self
                 .running
                 .get(name)
-                .is_some_and(|r| r.pool.config.listen == pool_config.listen);
+                .is_some_and(|r| r.config.listen == pool_config.listen);
             if !reusable {
                 let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
                     io::Error::new(
@@ -70,15 +72,24 @@ impl Pools {
         for name in removed {
             if let Some(old) = self.running.remove(&name) {
                 old.accept.abort();
-                tracing::info!(pool = %name, listen = %old.pool.config.listen,
+                tracing::info!(pool = %name, listen = %old.config.listen,
                     "pool removed: no longer listening; its connected clients stay until they leave");
             }
         }
         for (name, pool_config) in &config.pools {
-            let old = self.running.get(name);
-            if old.is_some_and(|r| r.pool.config == *pool_config) {
+            let old = self.running.get_mut(name);
+            if old.as_ref().is_some_and(|r| r.config == *pool_config) {
                 continue;
             }
+            if let Some(old) = old {
+                if servers_only(&old.config, pool_config) && replace_servers(&old.pool, pool_config)
+                {
+                    old.config = pool_config.clone();
+                    tracing::info!(pool = %name, "pool servers changed: connected clients follow them");
+                    continue;
+                }
+            }
+            let old = self.running.get(name);
             let listener = match fresh.remove(name) {
                 Some(listener) => listener,
                 None => match old {
@@ -91,6 +102,7 @@ impl Pools {
             if let Some(old) = self.running.insert(
                 name.clone(),
                 Running {
+                    config: pool_config.clone(),
                     pool,
                     listener,
                     accept,
@@ -117,6 +129,23 @@ impl Pools {
             running.accept.abort();
         }
     }
+}
+
+/// Whether `new` differs from `old` in `servers:` alone.
+fn servers_only(old: &PoolConfig, new: &PoolConfig) -> bool {
+    let mut probe = old.clone();
+    probe.servers.clone_from(&new.servers);
+    probe == *new
+}
+
+/// Hands a sharded pool with a static source its new `servers:`; the pool swaps them in like any
+/// other endpoint set. False when the pool cannot (a cluster's seeds, a Kubernetes source).
+fn replace_servers(pool: &Pool, config: &PoolConfig) -> bool {
+    matches!(pool.router, Router::Shards(_))
+        && pool
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.replace_servers(config))
 }
 
 /// Starts what is behind one pool: its cluster or shards, and its discovery source.
