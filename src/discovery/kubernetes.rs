@@ -24,6 +24,8 @@ use super::endpoints::{from_endpoints, from_slices};
 use super::{Endpoint, EndpointSet, Status};
 use crate::config::{EndpointsApi, KubernetesConfig};
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// At most this many backends are named in the log line of a change.
@@ -44,12 +46,12 @@ pub(super) async fn run(
 ) {
     let mut backoff = MIN_BACKOFF;
     let client = loop {
-        match Client::try_default().await {
+        match client().await {
             Ok(client) => break client,
             Err(e) => {
                 status.failed(
                     "no Kubernetes client configuration (KUBECONFIG or in-cluster)",
-                    &e.to_string(),
+                    &e,
                 );
                 tokio::select! {
                     _ = sleep(backoff) => {}
@@ -246,6 +248,17 @@ impl Follow<'_> {
         self.status.synced(endpoints.len());
         self.tx.send(Some(endpoints.into())).is_err()
     }
+}
+
+/// A client from KUBECONFIG (or ~/.kube/config), else the pod's service account. kube-rs sets no read
+/// timeout: an API server that accepts connections but never answers would hold a list forever, and
+/// the pool's state would claim it is in sync. Watches are closed by the server within 290 s, so a read
+/// that waits longer than that has hung.
+async fn client() -> Result<Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(READ_TIMEOUT);
+    Client::try_from(config).map_err(|e| e.to_string())
 }
 
 /// A watcher wrapper, so that the kube-rs watcher type stays in one place.
