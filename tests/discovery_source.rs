@@ -193,6 +193,14 @@ fn kubernetes_source_follows_a_service_through_api_trouble() {
         wait_state(&strict, "failing (not found)", |s| matches!(s, SourceState::Failing { reason } if reason.contains("404"))).await;
         assert!(current(&strict).is_none());
 
+        // A server with neither API: after falling back, the 404 is a failure like any other (retried
+        // with backoff), not another fallback.
+        api.set_endpoints_served(false);
+        let neither = Discovery::start("p", &config("redis", ""));
+        wait_state(&neither, "failing (not found) after the fallback", |s| matches!(s, SourceState::Failing { reason } if reason.contains("404"))).await;
+        api.set_endpoints_served(true);
+        wait_set(&neither, &["redis-0=127.0.0.6:6379", "redis-1=127.0.0.3:6379"]).await;
+
         // A service with no endpoints at all is an empty set, not an unknown one.
         let empty = Discovery::start("p", &config("nothing", "      api: endpoints\n"));
         wait_set(&empty, &[]).await;

@@ -66,15 +66,16 @@ pub(super) async fn run(
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
     let mut api = config.api.unwrap_or(EndpointsApi::Endpointslices);
-    let follow = Follow {
-        config: &config,
-        namespace: &namespace,
-        tx: &tx,
-        status: &status,
-        // Only the default may fall back: an explicit `api: endpointslices` means exactly that.
-        fall_back: config.api.is_none(),
-    };
     loop {
+        let follow = Follow {
+            config: &config,
+            namespace: &namespace,
+            tx: &tx,
+            status: &status,
+            // Only the default may fall back, and only once: an explicit `api: endpointslices` means
+            // exactly that, and Endpoints have nothing to fall back to (a 404 there is retried).
+            fall_back: config.api.is_none() && api == EndpointsApi::Endpointslices,
+        };
         let stop = match api {
             EndpointsApi::Endpointslices => {
                 let selector = format!("kubernetes.io/service-name={}", config.service);

@@ -143,6 +143,7 @@ struct State {
     /// Bumped by `stop`: connections of an older generation close.
     generation: u64,
     slices_served: bool,
+    endpoints_served: bool,
     forbidden: bool,
     watch_limit: Option<Duration>,
     requests: Vec<String>,
@@ -175,6 +176,7 @@ impl KubeApi {
             state: Mutex::new(State {
                 rv: 100,
                 slices_served: true,
+                endpoints_served: true,
                 ..State::default()
             }),
             changed: Condvar::new(),
@@ -336,6 +338,11 @@ impl KubeApi {
     /// Whether discovery.k8s.io/v1 EndpointSlices are served; when not, their paths answer 404.
     pub fn set_slices_served(&self, served: bool) {
         self.inner.lock().slices_served = served;
+    }
+
+    /// Whether core/v1 Endpoints are served; when not, their paths answer 404 (a server with neither).
+    pub fn set_endpoints_served(&self, served: bool) {
+        self.inner.lock().endpoints_served = served;
     }
 
     /// Whether every request is refused with 403 Forbidden (the service account lacks RBAC).
@@ -646,13 +653,13 @@ fn handle(inner: &Inner, mut conn: TcpStream, generation: u64) {
     let line = head.lines().next().unwrap_or("");
     let mut words = line.split(' ');
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (forbidden, slices_served) = {
+    let (forbidden, slices_served, endpoints_served) = {
         let mut state = inner.lock();
         if state.generation != generation {
             return;
         }
         state.requests.push(format!("{method} {target}"));
-        (state.forbidden, state.slices_served)
+        (state.forbidden, state.slices_served, state.endpoints_served)
     };
     let Some(target) = parse_target(target).filter(|_| method == "GET") else {
         let body = status_json(
@@ -677,7 +684,11 @@ fn handle(inner: &Inner, mut conn: TcpStream, generation: u64) {
         );
         return respond(&mut conn, 403, "Forbidden", &body);
     }
-    if target.resource == Resource::Slices && !slices_served {
+    let served = match target.resource {
+        Resource::Slices => slices_served,
+        Resource::Endpoints => endpoints_served,
+    };
+    if !served {
         let body = status_json(
             404,
             "NotFound",
