@@ -84,8 +84,10 @@ impl Shards {
             unavailable,
             _alive: alive,
         });
-        // The servers known now serve from the first request on.
-        let endpoints = discovery.endpoints.borrow().clone();
+        // The servers known now serve from the first request on; the upkeep task takes every later
+        // set (marked seen here, on its own receiver, so that none falls between the two).
+        let mut follow = discovery.endpoints.clone();
+        let endpoints = follow.borrow_and_update().clone();
         if let Some(endpoints) = endpoints {
             let members = shards.install(&endpoints);
             shards.use_live(&members, None);
@@ -95,12 +97,7 @@ impl Shards {
             retry: Duration::from_millis(config.server_retry_timeout),
             stats: pool_stats,
         });
-        tokio::spawn(upkeep::run(
-            Arc::downgrade(&shards),
-            discovery.endpoints.clone(),
-            eject,
-            gone,
-        ));
+        tokio::spawn(upkeep::run(Arc::downgrade(&shards), follow, eject, gone));
         Ok(shards)
     }
 

@@ -23,6 +23,7 @@ pub(super) struct Eject {
     pub stats: Arc<PoolStats>,
 }
 
+/// `endpoints` has seen the set `Shards::start` installed.
 pub(super) async fn run(
     shards: Weak<Shards>,
     mut endpoints: watch::Receiver<EndpointSet>,
@@ -32,8 +33,6 @@ pub(super) async fn run(
     // Ejected servers by (name, address): a server that moves is a new backend with a clean record.
     let mut ejected: HashMap<(Arc<str>, Arc<str>), Instant> = HashMap::new();
     let mut following = true;
-    // The set known at start was installed by `Shards::start`.
-    endpoints.borrow_and_update();
     loop {
         let next_return = ejected.values().min().copied();
         let mut new_set = None;
