@@ -1,6 +1,6 @@
 //! slotline: a Redis proxy for Kubernetes. Clients speak plain RESP to one address; slotline routes each
-//! command to the Redis Cluster node that owns its key, following MOVED and ASK and refreshing the
-//! topology itself.
+//! command to the Redis Cluster node that owns its key (following MOVED and ASK and refreshing the
+//! topology itself), or to the shard twemproxy would pick for it.
 //!
 //! # Layout
 //!
@@ -16,12 +16,16 @@
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
 //!   seeds from discovery.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
-//!   follows them, keyed by stable name), twemproxy's placement, and ejection of failing servers.
+//!   follows them, keyed by stable name), twemproxy's placement behind an ArcSwap, and auto-ejection.
 //! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
 //!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
 //!   endpoint sets handed to the pool, and the source's state for readiness and metrics.
-//! - [`server`]: listeners and client sessions (the one place that glues the others together), locally
-//!   answered commands and INFO; the running pools and config reload (SIGHUP, file change).
+//! - [`stats`]: the counters the data path keeps (twemproxy's fields, as relaxed atomics) and their
+//!   twemproxy-compatible JSON rendering.
+//! - [`server`]: listeners and client sessions (the one place that glues the others together): the
+//!   session loop, its routing view, split and fan-out requests and their merges, redirects,
+//!   transactions and blocking commands on connections of the client's own, locally answered commands,
+//!   INFO, and the twemproxy stats port; the running pools and config reload (SIGHUP, file change).
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
 //! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come

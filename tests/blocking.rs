@@ -48,6 +48,22 @@ fn blocking_commands_stall_no_one(proxy_port: u16, backend_port: u16) {
     // The same client goes on with ordinary commands, and blocks again.
     assert_eq!(blocked.cmd(&["GET", OTHER]), Reply::bulk("499"));
 
+    // Pipelined with the push before it, the blocking command sees the push (it is not sent ahead of
+    // it on its own connection), and the read after it sees what it popped.
+    let replies = blocked.pipeline(&[
+        vec!["RPUSH", LIST, "y"],
+        vec!["BLPOP", LIST, "0"],
+        vec!["LLEN", LIST],
+    ]);
+    assert_eq!(
+        replies,
+        vec![
+            Reply::Int(1),
+            Reply::Array(Some(vec![Reply::bulk(LIST), Reply::bulk("y")])),
+            Reply::Int(0)
+        ]
+    );
+
     // A blocking command with a timeout outlives the pool's timeout (300 ms) and returns nil.
     let started = Instant::now();
     assert_eq!(blocked.cmd(&["BLPOP", LIST, "1"]), Reply::Array(None));

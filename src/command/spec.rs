@@ -42,6 +42,9 @@ pub enum Route {
     Blocking,
     /// Keyed, but blocking when given a `BLOCK` option (XREAD, XREADGROUP).
     BlockingOption,
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the session runs the transaction on a connection of the
+    /// client's own.
+    Transaction,
     /// Keyless, and any node gives the same answer.
     AnyNode,
     /// Keyless, and about the whole data set: sent to every master (or server) and the replies merged.

@@ -34,6 +34,8 @@ pub(crate) enum Merge {
     AnyValue,
     /// SCAN on master number `node` of `nodes`: the reply's cursor is rewritten to carry the node.
     Scan { node: usize, nodes: usize },
+    /// A transaction (MULTI, the commands, EXEC) or a WATCH: the last reply is the client's.
+    Last,
 }
 
 /// The merge for a command sent to every master, by its table name.
@@ -127,9 +129,10 @@ pub(crate) fn encode(req: &Request<'_>, split: Split, keys: &[u32]) -> Bytes {
 /// is the number of keys of the whole request. An error reply from any part answers the whole command:
 /// the one whose part holds the earliest key, so the client sees what Redis would have said first.
 pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
+    // EXEC's reply already says what became of each queued command (EXECABORT included).
     let first_error = parts
         .iter()
-        .filter(|(_, reply)| reply.first() == Some(&b'-'))
+        .filter(|(_, reply)| merge != Merge::Last && reply.first() == Some(&b'-'))
         .min_by_key(|(keys, _)| keys.first().copied());
     if let Some((_, reply)) = first_error {
         out.extend_from_slice(reply);
@@ -204,6 +207,10 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
                 None => Reply(out).null(),
             }
         }
+        Merge::Last => match parts.last() {
+            Some((_, reply)) => out.extend_from_slice(reply),
+            None => unexpected(out),
+        },
         Merge::Scan { node, nodes } => match parts {
             [(_, reply)] => scan_reply(reply, node, nodes, out),
             _ => unexpected(out),

@@ -6,21 +6,28 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::Guard;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::fanout::{self, Merge, Split};
+mod parts;
+mod redirect;
+mod transaction;
+mod view;
+
+use super::fanout;
 use super::local::{self, Outcome};
 use super::{Pool, Router};
-use crate::backend::{BackendResult, Inbox, Node, ReplyTo};
-use crate::cluster::{classify, Cluster, Redirect, Topology};
-use crate::command::{self, LookupError, Request, Route, Spec};
+use crate::backend::{BackendResult, Inbox, Node};
+use crate::cluster::classify;
+use crate::command::{self, LookupError, Request, Route};
 use crate::protocol::{Reply, RequestParser};
-use crate::route::{key_slot, Slot};
-use crate::shards::Table;
+use crate::route::Slot;
 use crate::stats;
+use parts::{SplitRequest, MAX_PARTS, PART, PART_BITS};
+use redirect::follow;
+use transaction::Transaction;
+use view::{Place, View};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -40,30 +47,22 @@ enum Pending {
     Wait(Waiting),
     /// A multi-key command cut into parts for several backends.
     Split(Box<SplitRequest>),
+    /// A request for a connection of the client's own (a blocking command, EXEC, WATCH), held until
+    /// every request before it is answered: it must not overtake them on the other connection.
+    Held(Bytes),
 }
 
-/// Replies to the parts of a split request are numbered apart from whole requests: the top bit marks a
-/// part, the low bits hold the part's index and the bits between the request's number.
-const PART: u64 = 1 << 63;
-const PART_BITS: u32 = 16;
-/// Parts per request that the numbering can tell apart: more than a cluster has slots.
-const MAX_PARTS: usize = 1 << PART_BITS;
-
-fn part_seq(seq: u64, part: usize) -> u64 {
-    PART | (seq << PART_BITS) | part as u64
-}
-
-struct SplitRequest {
-    merge: Merge,
-    nkeys: usize,
-    deadline: Instant,
-    parts: Vec<Part>,
-}
-
-struct Part {
-    /// The request's key numbers this part carries, ascending.
-    keys: Vec<u32>,
-    w: Waiting,
+impl Pending {
+    /// Whether later requests must wait for this one: it runs on the client's own connection, where
+    /// they would overtake it (or it them) on the shared one.
+    fn serial(&self) -> bool {
+        match self {
+            Pending::Held(_) => true,
+            Pending::Wait(w) => w.own_connection,
+            Pending::Split(s) => s.parts.first().is_some_and(|p| p.w.own_connection),
+            Pending::Ready(_) => false,
+        }
+    }
 }
 
 struct Waiting {
@@ -101,8 +100,12 @@ pub(crate) struct Ctx {
     pub authenticated: bool,
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
-    /// Backend connections of this client's own (for blocking commands), closed with the session.
+    /// Backend connections of this client's own (blocking commands, transactions), closed with the
+    /// session.
     own: Vec<Arc<Node>>,
+    tx: Transaction,
+    /// Pending requests for which later ones must wait (see [`Pending::serial`]).
+    serial: usize,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -129,6 +132,8 @@ where
         authenticated,
         client_err: false,
         own: Vec::new(),
+        tx: Transaction::default(),
+        serial: 0,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -244,7 +249,7 @@ impl Ctx {
         let pool = self.pool.clone();
         let view = View::of(&pool.router);
         let now = Instant::now();
-        while !self.closing && self.pending.len() < max_pending {
+        while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
             match parser.parse(inbuf) {
                 Ok(Some(len)) => {
                     let frame = inbuf.split_to(len).freeze();
@@ -296,6 +301,9 @@ impl Ctx {
         if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
             return self.error("NOAUTH Authentication required.");
         }
+        if self.tx.queuing() && spec.route != Route::Transaction && spec.name != "quit" {
+            return self.queue(req, spec, frame, view);
+        }
         let route = match spec.route {
             Route::BlockingOption
                 if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) =>
@@ -313,12 +321,20 @@ impl Ctx {
                     None => self.error(&view.cross_error(spec.display_name())),
                 },
             },
+            Route::Blocking if !self.pending.is_empty() => self.hold(frame),
+            Route::Transaction
+                if !self.pending.is_empty()
+                    && matches!(spec.name, "exec" | "watch" | "unwatch") =>
+            {
+                self.hold(frame)
+            }
             Route::Blocking => match view.place_of_request(req, spec) {
                 Ok(place) => self.forward_blocking(view, place, frame.clone()),
                 Err(()) => self.error(&view.cross_error(spec.display_name())),
             },
             Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
             Route::EveryNode => self.every_node(req, spec, frame, view, now),
+            Route::Transaction => self.transaction(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, frame.clone(), now),
@@ -343,19 +359,12 @@ impl Ctx {
         let pick = self.client.id as usize;
         let Some(shared) = view.target(place, pick) else {
             view.request_refresh();
-            return self.error("CLUSTERDOWN Hash slot not served");
+            return self.error(view.no_node(place));
         };
-        let node = match self.own.iter().find(|n| n.addr() == shared.addr()) {
-            Some(node) => node.clone(),
-            None => {
-                let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
-                self.own.push(node.clone());
-                node
-            }
-        };
+        let node = self.own_node(shared);
         let seq = self.front_seq + self.pending.len() as u64;
         node.send(0, frame.clone(), false, self.inbox.reply_to(seq));
-        self.pending.push_back(Pending::Wait(Waiting {
+        self.push(Pending::Wait(Waiting {
             result: None,
             frame,
             slot: match place {
@@ -366,6 +375,16 @@ impl Ctx {
             redirects: 0,
             own_connection: true,
         }));
+    }
+
+    /// This client's own connection to the backend of `shared`, opened on first use.
+    fn own_node(&mut self, shared: &Arc<Node>) -> Arc<Node> {
+        if let Some(node) = self.own.iter().find(|n| n.addr() == shared.addr()) {
+            return node.clone();
+        }
+        let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
+        self.own.push(node.clone());
+        node
     }
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
@@ -391,132 +410,6 @@ impl Ctx {
         }));
     }
 
-    /// Cuts a multi-key request whose keys live in several places into one part per place, sends every
-    /// part, and queues the request to be answered once all parts are.
-    fn split(&mut self, req: Request<'_>, split: Split, view: &View<'_>, now: Instant) {
-        let Some(nkeys) = fanout::key_count(&req, split) else {
-            let name = printable(req.arg(0)).to_lowercase();
-            return self.error(&format!(
-                "ERR wrong number of arguments for '{name}' command"
-            ));
-        };
-        let mut placed: Vec<(Place, u32)> = (0..nkeys)
-            .map(|k| (view.place_of(fanout::key(&req, split, k)), k as u32))
-            .collect();
-        // Stable: each part keeps its keys in the client's order.
-        placed.sort_by_key(|&(place, _)| place);
-        let mut groups = Vec::new();
-        for group in placed.chunk_by(|a, b| a.0 == b.0) {
-            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
-            let frame = fanout::encode(&req, split, &keys);
-            groups.push((group[0].0, keys, frame));
-        }
-        self.fan_out(groups, split.merge, nkeys, view, now);
-    }
-
-    /// Sends a command about the whole data set to every master (every server in service) as it is.
-    fn every_node(
-        &mut self,
-        req: Request<'_>,
-        spec: &Spec,
-        frame: &Bytes,
-        view: &View<'_>,
-        now: Instant,
-    ) {
-        if spec.name == "scan" {
-            return self.scan(req, view, now);
-        }
-        let Some(merge) = fanout::every_node_policy(spec.name) else {
-            return self.error(&format!(
-                "ERR {} is not supported by slotline",
-                spec.display_name()
-            ));
-        };
-        if matches!(spec.name, "flushall" | "flushdb") && !self.pool.config.allow_flush {
-            let msg = format!(
-                "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
-                spec.display_name(),
-                match view { View::Cluster(..) => "master", View::Shards(_) => "server" },
-                self.pool.name
-            );
-            return self.error(&msg);
-        }
-        let groups = (0..view.node_count())
-            .map(|i| (Place::Node(i), Vec::new(), frame.clone()))
-            .collect();
-        self.fan_out(groups, merge, 0, view, now);
-    }
-
-    /// SCAN, one master at a time: the cursor's top bits say which.
-    fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
-        let cursor = std::str::from_utf8(req.arg(1))
-            .ok()
-            .and_then(|c| c.parse::<u64>().ok());
-        let nodes = view.node_count();
-        let Some((node, inner)) = cursor
-            .map(fanout::scan_cursor)
-            .filter(|&(n, _)| n < nodes.max(1))
-        else {
-            return self.error("ERR invalid cursor");
-        };
-        let frame = fanout::with_arg(&req, 1, inner.to_string().as_bytes());
-        let groups = vec![(Place::Node(node), Vec::new(), frame)];
-        self.fan_out(groups, Merge::Scan { node, nodes }, 0, view, now);
-    }
-
-    /// Sends each part to its place and queues the request to be answered once all parts are.
-    fn fan_out(
-        &mut self,
-        groups: Vec<(Place, Vec<u32>, Bytes)>,
-        merge: Merge,
-        nkeys: usize,
-        view: &View<'_>,
-        now: Instant,
-    ) {
-        if groups.len() > MAX_PARTS {
-            return self.error("ERR slotline: the keys of this command live in too many places");
-        }
-        if groups.is_empty() {
-            return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
-        }
-        let seq = self.front_seq + self.pending.len() as u64;
-        let deadline = now + Duration::from_millis(self.pool.config.timeout);
-        let pick = self.client.id as usize;
-        let mut parts = Vec::with_capacity(groups.len());
-        for (place, keys, frame) in groups {
-            let mut w = Waiting {
-                result: None,
-                frame,
-                slot: match place {
-                    Place::Slot(slot) => Some(slot),
-                    _ => None,
-                },
-                deadline,
-                redirects: 0,
-                own_connection: false,
-            };
-            match view.target(place, pick) {
-                Some(node) => {
-                    let reply = self.inbox.reply_to(part_seq(seq, parts.len()));
-                    node.send(pick, w.frame.clone(), false, reply);
-                }
-                None => {
-                    view.request_refresh();
-                    w.result = Some(Ok(Bytes::from(format!("-{}\r\n", view.no_node(place)))));
-                }
-            }
-            parts.push(Part { keys, w });
-        }
-        stats::add(&self.pool.stats.fragments, parts.len() as u64);
-        self.pending
-            .push_back(Pending::Split(Box::new(SplitRequest {
-                merge,
-                nkeys,
-                deadline,
-                parts,
-            })));
-    }
-
     /// Whether the oldest request is a blocking command still waiting.
     fn blocked(&self) -> bool {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
@@ -533,9 +426,40 @@ impl Ctx {
         }
     }
 
+    fn push(&mut self, pending: Pending) {
+        self.serial += usize::from(pending.serial());
+        self.pending.push_back(pending);
+    }
+
     fn pop_front(&mut self) {
-        self.pending.pop_front();
+        if let Some(pending) = self.pending.pop_front() {
+            debug_assert!(self.serial >= usize::from(pending.serial()));
+            self.serial = self.serial.saturating_sub(usize::from(pending.serial()));
+        }
         self.front_seq += 1;
+    }
+
+    /// Holds a request for the client's own connection until everything before it is answered.
+    fn hold(&mut self, frame: &Bytes) {
+        self.push(Pending::Held(frame.clone()));
+    }
+
+    /// Dispatches a held request, now that nothing is before it.
+    fn release(&mut self, frame: Bytes) {
+        let mut parser = RequestParser::new(crate::protocol::Limits {
+            max_request_bytes: frame.len().max(1024),
+        });
+        if let Ok(Some(_)) = parser.parse(&frame) {
+            let pool = self.pool.clone();
+            let view = View::of(&pool.router);
+            let req = Request {
+                frame: &frame,
+                args: parser.args(),
+            };
+            // It was counted when it first arrived.
+            self.commands = self.commands.saturating_sub(1);
+            self.dispatch(req, &frame, &view, Instant::now());
+        }
     }
 
     /// Gives each reply taken from the inbox to its request. Replies for requests that already gave up
@@ -582,6 +506,12 @@ impl Ctx {
                     }
                     return;
                 }
+                Some(Pending::Held(frame)) => {
+                    let frame = frame.clone();
+                    self.pop_front();
+                    self.release(frame);
+                    continue;
+                }
             };
             self.on_head(HeadEvent::Reply(result));
         }
@@ -625,72 +555,6 @@ impl Ctx {
         self.pop_front();
     }
 
-    /// Follows redirects of the split request at the front and, once every part is answered, writes
-    /// the merged reply. Returns false while a part is still waiting.
-    fn settle_split(&mut self) -> bool {
-        let Some(Pending::Split(s)) = self.pending.front_mut() else {
-            return true;
-        };
-        let mut waiting = false;
-        for (i, part) in s.parts.iter_mut().enumerate() {
-            let reply = match part.w.result.take() {
-                None => {
-                    waiting = true;
-                    continue;
-                }
-                Some(Ok(reply)) => reply,
-                Some(failed) => {
-                    part.w.result = Some(failed);
-                    continue;
-                }
-            };
-            if let (Some(b'-'), Router::Cluster(cluster)) = (reply.first(), &self.pool.router) {
-                if let Some(r) = classify(&reply) {
-                    let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
-                    let max = self.pool.config.max_redirects;
-                    if follow(
-                        cluster,
-                        max,
-                        self.client.id as usize,
-                        &mut part.w,
-                        r,
-                        resend,
-                    ) {
-                        waiting = true;
-                        continue;
-                    }
-                }
-            }
-            part.w.result = Some(Ok(reply));
-        }
-        if waiting {
-            return false;
-        }
-        let failed = s.parts.iter().find_map(|p| match &p.w.result {
-            Some(Err(e)) => Some(format!("ERR slotline: {e}")),
-            _ => None,
-        });
-        match failed {
-            Some(msg) => {
-                stats::add(&self.pool.stats.forward_error, 1);
-                Reply(&mut self.out).error(&msg);
-            }
-            None => {
-                let replies: Vec<(&[u32], &[u8])> = s
-                    .parts
-                    .iter()
-                    .map(|p| match &p.w.result {
-                        Some(Ok(reply)) => (&p.keys[..], &reply[..]),
-                        _ => (&p.keys[..], &[][..]),
-                    })
-                    .collect();
-                fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);
-            }
-        }
-        self.pop_front();
-        true
-    }
-
     fn timed_out(&mut self) {
         let msg = format!(
             "ERR slotline: no reply from the backend within {} ms",
@@ -701,6 +565,8 @@ impl Ctx {
 
     /// Writes an error reply in order: straight to the output when nothing is waiting before it.
     pub(crate) fn error(&mut self, msg: &str) {
+        // An error while queuing a transaction dooms it, as with Redis.
+        self.tx.abort();
         self.reply(|r| r.error(msg));
     }
 
@@ -738,170 +604,6 @@ impl Ctx {
                 .total_commands
                 .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
         }
-    }
-}
-
-/// Where a keyed request goes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Place {
-    /// A cluster slot.
-    Slot(Slot),
-    /// A server of a sharded pool, by config index.
-    Server(usize),
-    /// Master (or server in service) number `i`, for requests sent to every one.
-    Node(usize),
-    /// Any backend: the request has no key.
-    Any,
-}
-
-/// The routing state a batch of requests is routed with, loaded once per batch.
-enum View<'a> {
-    Cluster(&'a Arc<Cluster>, Guard<Arc<Topology>>),
-    Shards(Guard<Arc<Table>>),
-}
-
-impl<'a> View<'a> {
-    fn of(router: &'a Router) -> View<'a> {
-        match router {
-            Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
-            Router::Shards(shards) => View::Shards(shards.table()),
-        }
-    }
-
-    /// Where all the keys of a request live (Any when it has none); Err when they live apart.
-    fn place_of_request(&self, req: Request<'_>, spec: &Spec) -> Result<Place, ()> {
-        let mut place = None;
-        let mut cross = false;
-        req.for_each_key(spec, |key| {
-            let p = self.place_of(key);
-            match place {
-                None => place = Some(p),
-                Some(first) if first != p => cross = true,
-                _ => {}
-            }
-        });
-        match cross {
-            true => Err(()),
-            false => Ok(place.unwrap_or(Place::Any)),
-        }
-    }
-
-    /// Where a key lives.
-    fn place_of(&self, key: &[u8]) -> Place {
-        match self {
-            View::Cluster(..) => Place::Slot(key_slot(key)),
-            View::Shards(table) => Place::Server(table.server_for_key(key)),
-        }
-    }
-
-    /// The node for a request; a client without a key always uses the same one.
-    fn target(&self, place: Place, pick: usize) -> Option<&Arc<Node>> {
-        match (self, place) {
-            (View::Cluster(_, topology), Place::Slot(slot)) => {
-                topology.node_for_request(Some(slot), pick)
-            }
-            (View::Cluster(_, topology), Place::Node(i)) => topology.nodes().get(i),
-            (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
-            (View::Shards(table), Place::Server(i)) => table.node(i),
-            (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
-            (View::Shards(table), _) => table.any_node(pick),
-        }
-    }
-
-    /// The error for a request no node can take (see [`target`](Self::target)).
-    fn no_node(&self, place: Place) -> &str {
-        match (self, place) {
-            (View::Cluster(..), Place::Slot(_)) => "CLUSTERDOWN Hash slot not served",
-            (View::Cluster(..), _) => {
-                "CLUSTERDOWN slotline has not learnt the cluster topology yet"
-            }
-            (View::Shards(table), _) => table.unavailable(),
-        }
-    }
-
-    /// How many masters (servers in service) a request for every node goes to.
-    fn node_count(&self) -> usize {
-        match self {
-            View::Cluster(_, topology) => topology.nodes().len(),
-            View::Shards(table) => table.in_service().count(),
-        }
-    }
-
-    /// Asks for a new cluster topology (a slot had no owner).
-    fn request_refresh(&self) {
-        if let View::Cluster(cluster, _) = self {
-            cluster.request_refresh();
-        }
-    }
-
-    /// The error for a command whose keys must live together but do not.
-    fn cross_error(&self, command: String) -> String {
-        match self {
-            View::Cluster(..) => format!(
-                "CROSSSLOT Keys in request don't hash to the same slot ({command} needs all its keys in one slot; a hash tag such as {{user1}} in each key keeps them together)"
-            ),
-            View::Shards(_) => format!(
-                "CROSSSLOT the keys of this {command} live on different servers of the pool (only MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split across servers; a hash_tag keeps keys together)"
-            ),
-        }
-    }
-}
-
-/// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
-/// case the client gets the cluster's reply as is.
-fn follow(
-    cluster: &Arc<Cluster>,
-    max_redirects: u32,
-    pick: usize,
-    w: &mut Waiting,
-    redirect: Redirect<'_>,
-    reply: ReplyTo,
-) -> bool {
-    if w.redirects >= max_redirects || Instant::now() >= w.deadline {
-        return false;
-    }
-    w.redirects += 1;
-    match redirect {
-        Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
-            let asking = matches!(redirect, Redirect::Ask { .. });
-            if !asking {
-                cluster.request_refresh();
-            }
-            let addr = complete_endpoint(addr, &cluster.topology(), slot);
-            let node = cluster.node(&addr);
-            node.send(pick, w.frame.clone(), asking, reply);
-        }
-        Redirect::Retry => {
-            // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
-            let delay = Duration::from_millis(10 << w.redirects.min(5));
-            let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                match cluster.topology().node_for_request(slot, pick) {
-                    Some(node) => node.send(pick, frame, false, reply),
-                    None => reply.send(Ok(Bytes::from_static(
-                        b"-CLUSTERDOWN Hash slot not served\r\n",
-                    ))),
-                }
-            });
-        }
-    }
-    true
-}
-
-/// A redirect endpoint may leave the host out (`:6380` or `?:6380`): it is the host of the node that
-/// answered, which is the slot's current owner.
-fn complete_endpoint(addr: &str, topology: &Topology, slot: Slot) -> String {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if host.is_empty() || host == "?" => {
-            let owner = topology
-                .node_for(slot)
-                .map(|n| n.addr().to_string())
-                .unwrap_or_default();
-            let host = crate::config::split_host_port(&owner).map_or("127.0.0.1", |(h, _)| h);
-            format!("{host}:{port}")
-        }
-        _ => addr.to_string(),
     }
 }
 

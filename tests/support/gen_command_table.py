@@ -72,7 +72,7 @@ def route(name, flags, tips, specs, is_container):
     if name in LOCAL:
         return "Route::Local"
     if name in TRANSACTION:
-        return 'Route::Unsupported("transactions are not supported yet")'
+        return "Route::Transaction"
     if name in PUBSUB:
         return 'Route::Unsupported("pub/sub is not supported yet")'
     if name in BLOCK_OPTION:

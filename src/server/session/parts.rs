@@ -1,0 +1,270 @@
+//! Requests answered by several backends together: multi-key commands split by slot or server,
+//! commands sent to every master, SCAN, and the parts of a transaction. Each part is a [`Waiting`]
+//! of its own, following its own redirects; the merge is [`fanout`]'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::super::fanout::{self, Merge, Split};
+use super::super::Router;
+use super::redirect::follow;
+use super::view::{Place, View};
+use super::{printable, Ctx, Pending, Waiting};
+use crate::backend::Node;
+use crate::cluster::classify;
+use crate::command::{Request, Spec};
+use crate::protocol::Reply;
+use crate::route::Slot;
+use crate::stats;
+
+/// Replies to the parts of a split request are numbered apart from whole requests: the top bit marks a
+/// part, the low bits hold the part's index and the bits between the request's number.
+pub(super) const PART: u64 = 1 << 63;
+pub(super) const PART_BITS: u32 = 16;
+/// Parts per request that the numbering can tell apart: more than a cluster has slots.
+pub(super) const MAX_PARTS: usize = 1 << PART_BITS;
+
+pub(super) fn part_seq(seq: u64, part: usize) -> u64 {
+    PART | (seq << PART_BITS) | part as u64
+}
+
+pub(super) struct SplitRequest {
+    pub(super) merge: Merge,
+    pub(super) nkeys: usize,
+    pub(super) deadline: Instant,
+    pub(super) parts: Vec<Part>,
+}
+
+/// A part on its way out: its node (None: the slot has no owner), the request's key numbers it
+/// carries, its frame, and its slot (for TRYAGAIN retries).
+pub(super) type PartToSend = (Option<Arc<Node>>, Vec<u32>, Bytes, Option<Slot>);
+
+pub(super) struct Part {
+    /// The request's key numbers this part carries, ascending.
+    pub(super) keys: Vec<u32>,
+    pub(super) w: Waiting,
+}
+
+impl Ctx {
+    /// Cuts a multi-key request whose keys live in several places into one part per place, sends every
+    /// part, and queues the request to be answered once all parts are.
+    pub(super) fn split(&mut self, req: Request<'_>, split: Split, view: &View<'_>, now: Instant) {
+        let Some(nkeys) = fanout::key_count(&req, split) else {
+            let name = printable(req.arg(0)).to_lowercase();
+            return self.error(&format!(
+                "ERR wrong number of arguments for '{name}' command"
+            ));
+        };
+        let mut placed: Vec<(Place, u32)> = (0..nkeys)
+            .map(|k| (view.place_of(fanout::key(&req, split, k)), k as u32))
+            .collect();
+        // Stable: each part keeps its keys in the client's order.
+        placed.sort_by_key(|&(place, _)| place);
+        let mut groups = Vec::new();
+        for group in placed.chunk_by(|a, b| a.0 == b.0) {
+            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
+            let frame = fanout::encode(&req, split, &keys);
+            groups.push((group[0].0, keys, frame));
+        }
+        self.fan_out(groups, split.merge, nkeys, view, now);
+    }
+
+    /// Sends a command about the whole data set to every master (every server in service) as it is.
+    pub(super) fn every_node(
+        &mut self,
+        req: Request<'_>,
+        spec: &Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if spec.name == "scan" {
+            return self.scan(req, view, now);
+        }
+        let Some(merge) = fanout::every_node_policy(spec.name) else {
+            return self.error(&format!(
+                "ERR {} is not supported by slotline",
+                spec.display_name()
+            ));
+        };
+        if matches!(spec.name, "flushall" | "flushdb") && !self.pool.config.allow_flush {
+            let msg = format!(
+                "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
+                spec.display_name(),
+                match view { View::Cluster(..) => "master", View::Shards(_) => "server" },
+                self.pool.name
+            );
+            return self.error(&msg);
+        }
+        let groups = (0..view.node_count())
+            .map(|i| (Place::Node(i), Vec::new(), frame.clone()))
+            .collect();
+        self.fan_out(groups, merge, 0, view, now);
+    }
+
+    /// SCAN, one master at a time: the cursor's top bits say which.
+    pub(super) fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
+        let cursor = std::str::from_utf8(req.arg(1))
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok());
+        let nodes = view.node_count();
+        let Some((node, inner)) = cursor
+            .map(fanout::scan_cursor)
+            .filter(|&(n, _)| n < nodes.max(1))
+        else {
+            return self.error("ERR invalid cursor");
+        };
+        let frame = fanout::with_arg(&req, 1, inner.to_string().as_bytes());
+        let groups = vec![(Place::Node(node), Vec::new(), frame)];
+        self.fan_out(groups, Merge::Scan { node, nodes }, 0, view, now);
+    }
+
+    /// Sends each part to its place and queues the request to be answered once all parts are.
+    pub(super) fn fan_out(
+        &mut self,
+        groups: Vec<(Place, Vec<u32>, Bytes)>,
+        merge: Merge,
+        nkeys: usize,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if groups.len() > MAX_PARTS {
+            return self.error("ERR slotline: the keys of this command live in too many places");
+        }
+        if groups.is_empty() {
+            return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
+        }
+        let pick = self.client.id as usize;
+        let resolved = groups
+            .into_iter()
+            .map(|(place, keys, frame)| {
+                let node = view.target(place, pick).cloned();
+                if node.is_none() {
+                    view.request_refresh();
+                }
+                let slot = match place {
+                    Place::Slot(slot) => Some(slot),
+                    _ => None,
+                };
+                (node, keys, frame, slot)
+            })
+            .collect();
+        self.send_parts(resolved, merge, nkeys, false, now);
+    }
+
+    /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
+    /// to be answered once every part is. Parts on the client's own connection follow no redirects.
+    pub(super) fn send_parts(
+        &mut self,
+        parts: Vec<PartToSend>,
+        merge: Merge,
+        nkeys: usize,
+        own_connection: bool,
+        now: Instant,
+    ) {
+        let seq = self.front_seq + self.pending.len() as u64;
+        let deadline = now + Duration::from_millis(self.pool.config.timeout);
+        let pick = self.client.id as usize;
+        let mut sent = Vec::with_capacity(parts.len());
+        for (node, keys, frame, slot) in parts {
+            let mut w = Waiting {
+                result: None,
+                frame,
+                slot,
+                deadline,
+                redirects: 0,
+                own_connection,
+            };
+            match node {
+                Some(node) => {
+                    let reply = self.inbox.reply_to(part_seq(seq, sent.len()));
+                    node.send(pick, w.frame.clone(), false, reply);
+                }
+                None => {
+                    w.result = Some(Ok(Bytes::from_static(
+                        b"-CLUSTERDOWN Hash slot not served\r\n",
+                    )))
+                }
+            }
+            sent.push(Part { keys, w });
+        }
+        stats::add(&self.pool.stats.fragments, sent.len() as u64);
+        self.push(Pending::Split(Box::new(SplitRequest {
+            merge,
+            nkeys,
+            deadline,
+            parts: sent,
+        })));
+    }
+
+    /// Follows redirects of the split request at the front and, once every part is answered, writes
+    /// the merged reply. Returns false while a part is still waiting.
+    pub(super) fn settle_split(&mut self) -> bool {
+        let Some(Pending::Split(s)) = self.pending.front_mut() else {
+            return true;
+        };
+        let mut waiting = false;
+        for (i, part) in s.parts.iter_mut().enumerate() {
+            let reply = match part.w.result.take() {
+                None => {
+                    waiting = true;
+                    continue;
+                }
+                Some(Ok(reply)) => reply,
+                Some(failed) => {
+                    part.w.result = Some(failed);
+                    continue;
+                }
+            };
+            if let (Some(b'-'), Router::Cluster(cluster), false) =
+                (reply.first(), &self.pool.router, part.w.own_connection)
+            {
+                if let Some(r) = classify(&reply) {
+                    let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
+                    let max = self.pool.config.max_redirects;
+                    if follow(
+                        cluster,
+                        max,
+                        self.client.id as usize,
+                        &mut part.w,
+                        r,
+                        resend,
+                    ) {
+                        waiting = true;
+                        continue;
+                    }
+                }
+            }
+            part.w.result = Some(Ok(reply));
+        }
+        if waiting {
+            return false;
+        }
+        let failed = s.parts.iter().find_map(|p| match &p.w.result {
+            Some(Err(e)) => Some(format!("ERR slotline: {e}")),
+            _ => None,
+        });
+        match failed {
+            Some(msg) => {
+                stats::add(&self.pool.stats.forward_error, 1);
+                Reply(&mut self.out).error(&msg);
+            }
+            None => {
+                let replies: Vec<(&[u32], &[u8])> = s
+                    .parts
+                    .iter()
+                    .map(|p| match &p.w.result {
+                        Some(Ok(reply)) => (&p.keys[..], &reply[..]),
+                        _ => (&p.keys[..], &[][..]),
+                    })
+                    .collect();
+                fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);
+            }
+        }
+        self.pop_front();
+        true
+    }
+}

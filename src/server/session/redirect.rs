@@ -1,0 +1,70 @@
+//! Following a cluster's MOVED, ASK, TRYAGAIN and CLUSTERDOWN replies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::Waiting;
+use crate::backend::ReplyTo;
+use crate::cluster::{Cluster, Redirect, Topology};
+use crate::route::Slot;
+
+/// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
+/// case the client gets the cluster's reply as is.
+pub(super) fn follow(
+    cluster: &Arc<Cluster>,
+    max_redirects: u32,
+    pick: usize,
+    w: &mut Waiting,
+    redirect: Redirect<'_>,
+    reply: ReplyTo,
+) -> bool {
+    if w.redirects >= max_redirects || Instant::now() >= w.deadline {
+        return false;
+    }
+    w.redirects += 1;
+    match redirect {
+        Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
+            let asking = matches!(redirect, Redirect::Ask { .. });
+            if !asking {
+                cluster.request_refresh();
+            }
+            let addr = complete_endpoint(addr, &cluster.topology(), slot);
+            let node = cluster.node(&addr);
+            node.send(pick, w.frame.clone(), asking, reply);
+        }
+        Redirect::Retry => {
+            // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
+            let delay = Duration::from_millis(10 << w.redirects.min(5));
+            let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                match cluster.topology().node_for_request(slot, pick) {
+                    Some(node) => node.send(pick, frame, false, reply),
+                    None => reply.send(Ok(Bytes::from_static(
+                        b"-CLUSTERDOWN Hash slot not served\r\n",
+                    ))),
+                }
+            });
+        }
+    }
+    true
+}
+
+/// A redirect endpoint may leave the host out (`:6380` or `?:6380`): it is the host of the node that
+/// answered, which is the slot's current owner.
+pub(super) fn complete_endpoint(addr: &str, topology: &Topology, slot: Slot) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if host.is_empty() || host == "?" => {
+            let owner = topology
+                .node_for(slot)
+                .map(|n| n.addr().to_string())
+                .unwrap_or_default();
+            let host = crate::config::split_host_port(&owner).map_or("127.0.0.1", |(h, _)| h);
+            format!("{host}:{port}")
+        }
+        _ => addr.to_string(),
+    }
+}

@@ -1,0 +1,219 @@
+//! MULTI, EXEC, DISCARD, WATCH and UNWATCH: a transaction runs on one backend, on a connection of the
+//! client's own.
+//!
+//! slotline queues the commands itself (answering `+QUEUED`) and learns from their keys which backend
+//! the transaction belongs to. EXEC sends MULTI, the commands and EXEC there back to back, and the
+//! client gets EXEC's reply. WATCH goes out at once, on the same connection, so that the backend
+//! watches the keys for this transaction. A command whose keys live on another backend is refused and
+//! aborts the transaction, as Redis aborts on any error while queuing (EXECABORT).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Ctx, Place, View};
+use crate::backend::Node;
+use crate::command::{Request, Route, Spec};
+use crate::server::fanout::Merge;
+
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
+
+/// A client's transaction state.
+#[derive(Default)]
+pub(super) struct Transaction {
+    /// Between MULTI and EXEC/DISCARD.
+    queuing: bool,
+    queued: Vec<Bytes>,
+    /// Where the transaction and its WATCH are bound, once a key names it, and that place's backend.
+    place: Option<Place>,
+    node: Option<Arc<Node>>,
+    watching: bool,
+    /// A command was refused while queuing: EXEC will fail with EXECABORT.
+    aborted: bool,
+}
+
+impl Transaction {
+    /// Between MULTI and EXEC/DISCARD.
+    pub(super) fn queuing(&self) -> bool {
+        self.queuing
+    }
+
+    /// A command was refused while queuing.
+    pub(super) fn abort(&mut self) {
+        if self.queuing {
+            self.aborted = true;
+        }
+    }
+}
+
+impl Ctx {
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
+    pub(super) fn transaction(
+        &mut self,
+        req: Request<'_>,
+        spec: &Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        match spec.name {
+            "multi" if self.tx.queuing => {
+                self.reply(|r| r.error("ERR MULTI calls can not be nested"))
+            }
+            "multi" => {
+                self.tx.queuing = true;
+                self.reply(|r| r.ok());
+            }
+            "exec" if !self.tx.queuing => self.error("ERR EXEC without MULTI"),
+            "exec" => self.exec(view, now),
+            "discard" if !self.tx.queuing => self.error("ERR DISCARD without MULTI"),
+            "discard" => {
+                self.end_transaction();
+                self.reply(|r| r.ok());
+            }
+            "watch" if self.tx.queuing => {
+                self.reply(|r| r.error("ERR WATCH inside MULTI is not allowed"))
+            }
+            "watch" => {
+                let Some(node) = self.bind(req, spec, view) else {
+                    return;
+                };
+                self.tx.watching = true;
+                self.on_own(node, vec![frame.clone()], now);
+            }
+            "unwatch" => match (self.tx.watching, self.tx.node.clone()) {
+                (true, Some(node)) => {
+                    self.tx.watching = false;
+                    if !self.tx.queuing {
+                        (self.tx.place, self.tx.node) = (None, None);
+                    }
+                    self.on_own(node, vec![frame.clone()], now);
+                }
+                _ => self.reply(|r| r.ok()),
+            },
+            _ => self.error("ERR unknown transaction command"),
+        }
+    }
+
+    /// A command between MULTI and EXEC: checked, bound to the transaction's backend, and queued.
+    pub(super) fn queue(&mut self, req: Request<'_>, spec: &Spec, frame: &Bytes, view: &View<'_>) {
+        let queueable = match spec.route {
+            Route::Keyed | Route::AnyNode | Route::Blocking | Route::BlockingOption => true,
+            Route::Local => matches!(spec.name, "ping" | "echo"),
+            _ => false,
+        };
+        if !queueable {
+            let msg = format!(
+                "ERR {} cannot be part of a transaction through slotline",
+                spec.display_name()
+            );
+            return self.error(&msg);
+        }
+        if self.bind(req, spec, view).is_some() {
+            self.tx.queued.push(frame.clone());
+            self.reply(|r| r.status("QUEUED"));
+        }
+    }
+
+    /// Ties the transaction to the place of the request's keys (a cluster slot: Redis Cluster runs a
+    /// transaction only within one slot; a server of a sharded pool) and returns its backend; None
+    /// (with the client told why) when the keys live apart or elsewhere than the transaction's others.
+    fn bind(&mut self, req: Request<'_>, spec: &Spec, view: &View<'_>) -> Option<Arc<Node>> {
+        let place = match view.place_of_request(req, spec) {
+            Ok(place) => place,
+            Err(()) => {
+                self.error(&view.cross_error(spec.display_name()));
+                return None;
+            }
+        };
+        let pick = self.client.id as usize;
+        if place == Place::Any {
+            // Keyless: runs wherever the transaction runs.
+            let node = self
+                .tx
+                .node
+                .clone()
+                .or_else(|| view.target(place, pick).cloned());
+            if node.is_none() {
+                self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
+            }
+            return node;
+        }
+        if self.tx.place.is_some_and(|bound| bound != place) {
+            let msg = format!(
+                "CROSSSLOT Keys in request don't hash to the same slot ({} reaches beyond this transaction's {})",
+                spec.display_name(),
+                match view {
+                    View::Cluster(..) => "slot: all keys of a transaction must share one slot; a hash tag such as {user1} keeps them together",
+                    View::Shards(_) => "server: all keys of a transaction must live on one server of the pool; a hash_tag keeps them together",
+                }
+            );
+            self.error(&msg);
+            return None;
+        }
+        let Some(node) = view.target(place, pick).cloned() else {
+            view.request_refresh();
+            self.error("CLUSTERDOWN Hash slot not served");
+            return None;
+        };
+        self.tx.place = Some(place);
+        self.tx.node = Some(node.clone());
+        Some(node)
+    }
+
+    fn exec(&mut self, view: &View<'_>, now: Instant) {
+        if self.tx.aborted {
+            self.end_transaction();
+            return self.error("EXECABORT Transaction discarded because of previous errors.");
+        }
+        let queued = std::mem::take(&mut self.tx.queued);
+        let node = self.tx.node.clone();
+        let watching = self.tx.watching;
+        // EXEC ends the transaction and unwatches, on the backend as here.
+        self.tx = Default::default();
+        let node = match node {
+            Some(node) => node,
+            None if queued.is_empty() && !watching => return self.reply(|r| r.array(0)),
+            None => match view.target(Place::Any, self.client.id as usize) {
+                Some(node) => node.clone(),
+                None => {
+                    return self.error("CLUSTERDOWN slotline knows no backend to send this to yet")
+                }
+            },
+        };
+        let mut frames = Vec::with_capacity(queued.len() + 2);
+        frames.push(Bytes::from_static(MULTI));
+        frames.extend(queued);
+        frames.push(Bytes::from_static(EXEC));
+        self.on_own(node, frames, now);
+    }
+
+    /// Forgets the transaction, and the WATCH on the backend if there was one.
+    pub(crate) fn end_transaction(&mut self) {
+        let tx = std::mem::take(&mut self.tx);
+        if let (true, Some(node)) = (tx.watching, tx.node) {
+            let own = self.own_node(&node);
+            // Nobody waits for this reply: it goes to an inbox no one reads.
+            own.send(
+                0,
+                Bytes::from_static(UNWATCH),
+                false,
+                crate::backend::Inbox::new().reply_to(0),
+            );
+        }
+    }
+
+    /// Sends `frames` back to back on this client's own connection to `node`; the client gets the
+    /// last one's reply.
+    fn on_own(&mut self, node: Arc<Node>, frames: Vec<Bytes>, now: Instant) {
+        let own = self.own_node(&node);
+        let parts = frames
+            .into_iter()
+            .map(|frame| (Some(own.clone()), Vec::new(), frame, None))
+            .collect();
+        self.send_parts(parts, Merge::Last, 0, true, now);
+    }
+}
