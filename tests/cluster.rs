@@ -593,8 +593,8 @@ fn connection_commands_are_answered_by_the_proxy() {
         Some(Reply::Int(2)),
         "HELLO 2 reports proto 2: {hello:?}"
     );
-    assert_error_prefix(&client.cmd(&["HELLO", "3"]), "NOPROTO", "HELLO 3");
-    assert_open(&mut client, "HELLO 3");
+    assert_error_prefix(&client.cmd(&["HELLO", "4"]), "NOPROTO", "HELLO 4");
+    assert_open(&mut client, "HELLO 4");
 
     assert_eq!(
         client.cmd(&["CLIENT", "SETNAME", "slotline-test"]),

@@ -11,7 +11,7 @@ mod inbox;
 pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,6 +83,27 @@ impl Settings {
         }
     }
 
+    /// The same settings for connections that speak RESP3 (`HELLO 3` after the login), for clients
+    /// that asked for it: replies must reach them in the protocol they chose.
+    pub fn resp3(&self) -> Settings {
+        let mut frames = bytes::BytesMut::new();
+        let mut replies = 0;
+        if let Some(h) = &self.handshake {
+            frames.extend_from_slice(&h.frames);
+            replies = h.replies;
+        }
+        crate::protocol::Reply(&mut frames).command(&[b"HELLO", b"3"]);
+        Settings {
+            handshake: Some(Handshake {
+                frames: frames.freeze(),
+                replies: replies + 1,
+            }),
+            // Health is the RESP2 twin's to count; one set of failures per server.
+            eject: None,
+            ..self.clone()
+        }
+    }
+
     /// Authenticates each connection with `password` and switches it to database `db`.
     pub fn with_login(mut self, password: Option<&str>, db: u32) -> Settings {
         let mut frames = bytes::BytesMut::new();
@@ -110,12 +131,18 @@ pub struct Node {
     conns: Box<[mpsc::UnboundedSender<Message>]>,
     stats: Arc<ServerStats>,
     health: Option<Arc<Health>>,
+    settings: Settings,
+    /// The same server over RESP3 connections, started when a RESP3 client first needs it.
+    resp3: OnceLock<Arc<Node>>,
 }
 
 impl Node {
     /// Starts the node's connection tasks (they connect at once, then on demand with backoff).
     pub fn spawn(addr: Arc<str>, settings: &Settings) -> Arc<Node> {
-        let stats = Arc::new(ServerStats::default());
+        Node::spawn_with_stats(addr, settings, Arc::new(ServerStats::default()))
+    }
+
+    fn spawn_with_stats(addr: Arc<str>, settings: &Settings, stats: Arc<ServerStats>) -> Arc<Node> {
         let health = settings
             .eject
             .as_ref()
@@ -138,6 +165,23 @@ impl Node {
             conns,
             stats,
             health,
+            settings: settings.clone(),
+            resp3: OnceLock::new(),
+        })
+    }
+
+    /// This server for a client speaking `protocol` (2 or 3): itself, or its RESP3 twin, whose
+    /// connections are set up with `HELLO 3` and share this node's counters.
+    pub fn for_protocol(self: &Arc<Self>, protocol: u8) -> &Arc<Node> {
+        if protocol < 3 {
+            return self;
+        }
+        self.resp3.get_or_init(|| {
+            Node::spawn_with_stats(
+                self.addr.clone(),
+                &self.settings.resp3(),
+                self.stats.clone(),
+            )
         })
     }
 

@@ -49,6 +49,13 @@ impl Reply<'_> {
         }
     }
 
+    /// A RESP3 map header: `len` key/value pairs follow.
+    pub fn map(&mut self, len: usize) {
+        self.0.put_u8(b'%');
+        self.decimal(len as i64);
+        self.0.put_slice(b"\r\n");
+    }
+
     pub fn array(&mut self, len: usize) {
         self.0.put_u8(b'*');
         self.decimal(len as i64);

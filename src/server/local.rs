@@ -48,6 +48,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "readonly" | "readwrite" => ctx.reply(|r| r.ok()),
         "reset" => {
             ctx.end_transaction();
+            ctx.set_protocol(2);
             ctx.client.name = None;
             ctx.authenticated = ctx.pool.config.redis_auth.is_none();
             ctx.reply(|r| r.status("RESET"));
@@ -116,14 +117,11 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 }
 
 fn hello(ctx: &mut Ctx, req: Request<'_>) {
+    let mut proto = ctx.protocol();
     if req.argc() >= 2 {
         match parse_int(req.arg(1)) {
-            Some(2) => {}
-            Some(_) => {
-                return ctx.error(
-                    "NOPROTO this protocol version is not supported by slotline (RESP2 only)",
-                )
-            }
+            Some(p @ (2 | 3)) => proto = p as u8,
+            Some(_) => return ctx.error("NOPROTO unsupported protocol version"),
             None => return ctx.error("ERR Protocol version is not an integer or out of range"),
         }
     }
@@ -155,15 +153,20 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
     if name.is_some() {
         ctx.client.name = name;
     }
+    ctx.set_protocol(proto);
     let id = ctx.client.id as i64;
     ctx.reply(|r| {
-        r.array(14);
+        // RESP3 clients get a map, RESP2 clients the same pairs as a flat array, as Redis answers.
+        match proto {
+            3 => r.map(7),
+            _ => r.array(14),
+        }
         r.bulk(b"server");
         r.bulk(b"redis");
         r.bulk(b"version");
         r.bulk(command::TABLE_REDIS_VERSION.as_bytes());
         r.bulk(b"proto");
-        r.int(2);
+        r.int(proto as i64);
         r.bulk(b"id");
         r.int(id);
         r.bulk(b"mode");

@@ -106,6 +106,8 @@ pub(crate) struct Ctx {
     tx: Transaction,
     /// Pending requests for which later ones must wait (see [`Pending::serial`]).
     serial: usize,
+    /// The RESP version the client chose with HELLO (2 until it says otherwise).
+    proto: u8,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -134,6 +136,7 @@ where
         own: Vec::new(),
         tx: Transaction::default(),
         serial: 0,
+        proto: 2,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -377,12 +380,30 @@ impl Ctx {
         }));
     }
 
+    /// The RESP version the client speaks.
+    pub(crate) fn protocol(&self) -> u8 {
+        self.proto
+    }
+
+    /// Switches the client to RESP `proto`: its requests go to backend connections speaking it from now
+    /// on. Its own connections speak the old one, so they are dropped (and reopened when needed).
+    pub(crate) fn set_protocol(&mut self, proto: u8) {
+        if proto != self.proto {
+            self.proto = proto;
+            self.own.clear();
+        }
+    }
+
     /// This client's own connection to the backend of `shared`, opened on first use.
     fn own_node(&mut self, shared: &Arc<Node>) -> Arc<Node> {
         if let Some(node) = self.own.iter().find(|n| n.addr() == shared.addr()) {
             return node.clone();
         }
-        let node = Node::spawn(shared.addr().clone(), &self.pool.router.own_settings());
+        let settings = match self.proto {
+            3 => self.pool.router.own_settings().resp3(),
+            _ => self.pool.router.own_settings(),
+        };
+        let node = Node::spawn(shared.addr().clone(), &settings);
         self.own.push(node.clone());
         node
     }
@@ -395,7 +416,8 @@ impl Ctx {
             return self.error(view.no_node(place));
         };
         let seq = self.front_seq + self.pending.len() as u64;
-        node.send(pick, frame.clone(), false, self.inbox.reply_to(seq));
+        node.for_protocol(self.proto)
+            .send(pick, frame.clone(), false, self.inbox.reply_to(seq));
         let slot = match place {
             Place::Slot(slot) => Some(slot),
             _ => None,
@@ -546,7 +568,15 @@ impl Ctx {
             if let Some(r) = classify(&reply) {
                 let resend = self.inbox.reply_to(self.front_seq);
                 let max = self.pool.config.max_redirects;
-                if follow(cluster, max, self.client.id as usize, w, r, resend) {
+                if follow(
+                    cluster,
+                    max,
+                    self.client.id as usize,
+                    self.proto,
+                    w,
+                    r,
+                    resend,
+                ) {
                     return;
                 }
             }

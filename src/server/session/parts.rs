@@ -181,6 +181,11 @@ impl Ctx {
             match node {
                 Some(node) => {
                     let reply = self.inbox.reply_to(part_seq(seq, sent.len()));
+                    // Own connections already speak the client's protocol.
+                    let node = match own_connection {
+                        true => &node,
+                        false => node.for_protocol(self.proto),
+                    };
                     node.send(pick, w.frame.clone(), false, reply);
                 }
                 None => {
@@ -229,6 +234,7 @@ impl Ctx {
                         cluster,
                         max,
                         self.client.id as usize,
+                        self.proto,
                         &mut part.w,
                         r,
                         resend,

@@ -17,6 +17,7 @@ pub(super) fn follow(
     cluster: &Arc<Cluster>,
     max_redirects: u32,
     pick: usize,
+    proto: u8,
     w: &mut Waiting,
     redirect: Redirect<'_>,
     reply: ReplyTo,
@@ -33,7 +34,8 @@ pub(super) fn follow(
             }
             let addr = complete_endpoint(addr, &cluster.topology(), slot);
             let node = cluster.node(&addr);
-            node.send(pick, w.frame.clone(), asking, reply);
+            node.for_protocol(proto)
+                .send(pick, w.frame.clone(), asking, reply);
         }
         Redirect::Retry => {
             // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
@@ -42,7 +44,7 @@ pub(super) fn follow(
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 match cluster.topology().node_for_request(slot, pick) {
-                    Some(node) => node.send(pick, frame, false, reply),
+                    Some(node) => node.for_protocol(proto).send(pick, frame, false, reply),
                     None => reply.send(Ok(Bytes::from_static(
                         b"-CLUSTERDOWN Hash slot not served\r\n",
                     ))),
