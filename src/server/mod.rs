@@ -62,7 +62,7 @@ pub struct Pool {
     pub stats: Arc<PoolStats>,
     clients: AtomicU64,
     local_port: Option<u16>,
-    /// Where the backends come from, when they are followed (Kubernetes, re-resolved host names).
+    /// Where the backends come from (see [`discovery`](Self::discovery)).
     discovery: Option<Discovery>,
 }
 
@@ -98,8 +98,10 @@ impl Pool {
         self.local_port
     }
 
-    /// The state of the pool's discovery source (for readiness and metrics): None when its backends
-    /// are fixed.
+    /// The state of the pool's discovery source (for readiness and metrics): every sharded pool has
+    /// one (static servers are re-resolved), a cluster pool only with `kubernetes:` (None otherwise:
+    /// it learns its nodes from the cluster). Ready = `has_endpoints()`; `snapshot().state` says
+    /// whether the source is in sync or failing with the last known backends.
     pub fn discovery(&self) -> Option<&Arc<discovery::Status>> {
         self.discovery.as_ref().map(|d| &d.status)
     }
