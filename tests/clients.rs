@@ -54,12 +54,7 @@ fn redis_py_against_a_cluster_pool() {
 fn redis_py_against_a_ketama_pool() {
     let servers = RedisServers::start(3);
     let port = free_port();
-    let mut yaml = format!(
-        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    hash: murmur\n    hash_tag: \"{{}}\"\n    servers:\n"
-    );
-    for i in 0..servers.len() {
-        yaml.push_str(&format!("      - 127.0.0.1:{}:1 s{i}\n", servers.port(i)));
-    }
+    let yaml = servers.ketama_yaml(port, "");
     let _proxy = Slotline::start(&yaml);
     run_redis_py(port);
     redis_cli_resp3(port);

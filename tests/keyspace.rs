@@ -172,13 +172,7 @@ fn cluster_keyspace_commands_cover_every_master() {
 #[test]
 fn ketama_keyspace_commands_cover_every_server_and_flushall_needs_permission() {
     let servers = RedisServers::start(3);
-    let mut yaml = format!(
-        "pools:\n  shards:\n    listen: 127.0.0.1:{}\n    mode: ketama\n    hash: murmur\n    servers:\n",
-        free_port()
-    );
-    for i in 0..servers.len() {
-        yaml.push_str(&format!("      - 127.0.0.1:{}:1 s{i}\n", servers.port(i)));
-    }
+    let yaml = servers.ketama_yaml(free_port(), "");
     let proxy = Slotline::start(&yaml);
     let mut client = proxy.client();
     assert_eq!(
@@ -189,14 +183,7 @@ fn ketama_keyspace_commands_cover_every_server_and_flushall_needs_permission() {
     let mut backends: Vec<Client> = (0..servers.len()).map(|i| servers.client(i)).collect();
     keyspace_commands_see_every_backend(&mut client, &mut backends);
 
-    let allowed = Slotline::start(
-        &yaml
-            .replace(
-                "    mode: ketama\n",
-                "    mode: ketama\n    allow_flush: true\n",
-            )
-            .replace(&proxy.port().to_string(), &free_port().to_string()),
-    );
+    let allowed = Slotline::start(&servers.ketama_yaml(free_port(), "    allow_flush: true\n"));
     assert_eq!(allowed.client().cmd(&["FLUSHALL"]), Reply::ok());
     for i in 0..servers.len() {
         assert_eq!(

@@ -147,12 +147,7 @@ fn cluster_transactions_run_on_the_master_of_their_keys() {
 fn ketama_transactions_run_on_the_server_of_their_keys() {
     let servers = RedisServers::start(3);
     let port = free_port();
-    let mut yaml = format!(
-        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    hash: murmur\n    hash_tag: \"{{}}\"\n    servers:\n"
-    );
-    for i in 0..servers.len() {
-        yaml.push_str(&format!("      - 127.0.0.1:{}:1 s{i}\n", servers.port(i)));
-    }
+    let yaml = servers.ketama_yaml(port, "");
     let _proxy = Slotline::start(&yaml);
     // Find a key on another server than {t}: try names until one of them refuses to join a
     // transaction with {t}a.

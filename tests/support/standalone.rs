@@ -92,6 +92,20 @@ impl RedisServers {
         self.servers.len()
     }
 
+    /// A native slotline config with one ketama pool named `shards` on `127.0.0.1:port` over these
+    /// servers (named s0, s1, ...), hashed with murmur and `{}` hash tags; `extra` adds pool lines
+    /// (indented by four spaces).
+    pub fn ketama_yaml(&self, port: u16, extra: &str) -> String {
+        let mut yaml = format!(
+            "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    hash: murmur\n    \
+             hash_tag: \"{{}}\"\n{extra}    servers:\n"
+        );
+        for i in 0..self.len() {
+            yaml.push_str(&format!("      - 127.0.0.1:{}:1 s{i}\n", self.port(i)));
+        }
+        yaml
+    }
+
     /// Kills server `index` (SIGKILL) and waits until it is gone: a shard that went down.
     pub fn stop(&mut self, index: usize) {
         let server = &mut self.servers[index];
