@@ -13,15 +13,20 @@
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
 //!   the per-session inbox their replies are delivered to.
-//! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification.
-//! - [`shards`]: sharded pools (ketama, modula, random): their servers, twemproxy's placement behind an
-//!   ArcSwap, and auto-ejection.
+//! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
+//!   seeds from discovery.
+//! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
+//!   follows them, keyed by stable name), twemproxy's placement behind an ArcSwap, and auto-ejection.
+//! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
+//!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
+//!   endpoint sets handed to the pool, and the source's state for readiness and metrics.
 //! - [`stats`]: the counters the data path keeps (twemproxy's fields, as relaxed atomics) and their
 //!   twemproxy-compatible JSON rendering.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together): the
 //!   session loop, its routing view, split and fan-out requests and their merges, redirects,
 //!   transactions and blocking commands on connections of the client's own, locally answered commands,
-//!   INFO, the twemproxy stats port, and the lifecycle: readiness and the SIGTERM drain.
+//!   INFO, and the twemproxy stats port; the running pools and config reload (SIGHUP, file change);
+//!   the lifecycle: readiness and the SIGTERM drain.
 //! - [`metrics`]: the Prometheus registry, per-pool metric handles, per-session tallies, and the
 //!   collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`) on its own thread.
@@ -37,6 +42,7 @@ pub mod backend;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod discovery;
 pub mod metrics;
 pub mod protocol;
 pub mod route;

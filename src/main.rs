@@ -122,7 +122,11 @@ fn main() -> ExitCode {
 /// RUST_LOG, when set, wins over the config's `log_level` (validated at load).
 fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        // kube-rs logs every failed request of a retry loop; slotline logs each change of its
+        // discovery state once, with the error, so kube's own lines are off unless RUST_LOG asks.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{level},kube_client=off,kube_runtime=off"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -17,16 +17,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::backend::{self, Node};
 use crate::config::PoolConfig;
+use crate::discovery::EndpointSet;
 
 /// Shortest time between two topology refreshes: a burst of MOVED replies costs one refresh.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
 /// How long one node may take to answer CLUSTER SLOTS.
 const SLOTS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a follower of discovery checks that its cluster still exists.
+const FOLLOW_CHECK: Duration = Duration::from_secs(10);
 const CLUSTER_SLOTS: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
 
 /// A Redis Cluster behind one pool.
@@ -35,7 +38,11 @@ pub struct Cluster {
     /// Every node slotline holds connections to, by address: the current masters plus nodes named by
     /// redirects since the last refresh.
     nodes: Mutex<HashMap<Arc<str>, Arc<Node>>>,
-    seeds: Vec<Arc<str>>,
+    /// Where to learn the topology when no known master answers: the configured servers, or the
+    /// endpoints discovery last handed over (replaced whole, off the data path).
+    seeds: Mutex<Arc<[Arc<str>]>>,
+    /// Whether the seeds come from discovery (and so list every node that exists).
+    discovered: AtomicBool,
     refresh: Arc<Notify>,
     settings: backend::Settings,
     refresh_interval: Duration,
@@ -55,11 +62,14 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             topology: ArcSwap::from_pointee(Topology::empty()),
             nodes: Mutex::new(HashMap::new()),
-            seeds: config
-                .servers
-                .iter()
-                .map(|s| Arc::from(s.as_str()))
-                .collect(),
+            seeds: Mutex::new(
+                config
+                    .servers
+                    .iter()
+                    .map(|s| Arc::from(s.as_str()))
+                    .collect(),
+            ),
+            discovered: AtomicBool::new(false),
             settings: backend::Settings {
                 on_failure: Some(refresh.clone()),
                 ..backend::Settings::new(
@@ -94,6 +104,58 @@ impl Cluster {
         self.refresh.notify_one();
     }
 
+    /// Replaces the seeds (discovery found the cluster's endpoints elsewhere) and looks again soon: if
+    /// every node the topology knows has moved, the next refresh starts over from these.
+    pub fn set_seeds(&self, seeds: Vec<Arc<str>>) {
+        let mut current = self.seeds.lock().unwrap_or_else(PoisonError::into_inner);
+        if **current != *seeds {
+            tracing::info!(seeds = ?seeds, "cluster seeds changed");
+            *current = seeds.into();
+            self.discovered.store(true, Ordering::Relaxed);
+            self.request_refresh();
+        }
+    }
+
+    /// Takes every endpoint set discovery hands over as the new seeds, until the cluster or the source
+    /// is gone.
+    pub fn follow(self: &Arc<Self>, mut endpoints: watch::Receiver<EndpointSet>) {
+        let take = |endpoints: &mut watch::Receiver<EndpointSet>, cluster: &Cluster| {
+            let seeds: Option<Vec<Arc<str>>> = endpoints
+                .borrow_and_update()
+                .as_deref()
+                .map(|set| set.iter().map(|e| e.addr.clone()).collect());
+            if let Some(seeds) = seeds {
+                cluster.set_seeds(seeds);
+            }
+        };
+        // The set known now is taken at once, so that a refresh right after this call uses it.
+        take(&mut endpoints, self);
+        let cluster = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                // Woken now and then to notice the pool is gone (removed by a reload): this task's
+                // receiver is what keeps the discovery source running.
+                let changed = tokio::select! {
+                    changed = endpoints.changed() => Some(changed.is_ok()),
+                    _ = sleep(FOLLOW_CHECK) => None,
+                };
+                let Some(c) = cluster.upgrade() else { return };
+                match changed {
+                    Some(true) => take(&mut endpoints, &c),
+                    Some(false) => return, // the source is gone
+                    None => {}
+                }
+            }
+        });
+    }
+
+    fn seeds(&self) -> Arc<[Arc<str>]> {
+        self.seeds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The node at `addr`, connecting to it if slotline has not yet (a redirect to a new node).
     pub fn node(&self, addr: &str) -> Arc<Node> {
         let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -109,6 +171,7 @@ impl Cluster {
     /// Fetches the slot map from the first node that answers (known masters first, then the seeds) and
     /// installs it. Returns whether a topology was installed.
     pub async fn refresh_now(&self) -> bool {
+        let seeds = self.seeds();
         let mut candidates: Vec<Arc<str>> = self
             .topology()
             .nodes()
@@ -120,7 +183,13 @@ impl Cluster {
             let shift = self.refreshes.fetch_add(1, Ordering::Relaxed) % candidates.len();
             candidates.rotate_left(shift);
         }
-        for seed in &self.seeds {
+        // Known masters that the seeds no longer list (discovery saw them go: a whole StatefulSet
+        // restarted at new IPs) are asked last, so that the seeds bootstrap the topology again without
+        // waiting for every old address to time out first.
+        if self.discovered.load(Ordering::Relaxed) {
+            candidates.sort_by_key(|addr| !seeds.contains(addr));
+        }
+        for seed in seeds.iter() {
             if !candidates.contains(seed) {
                 candidates.push(seed.clone());
             }
@@ -151,9 +220,9 @@ impl Cluster {
         }
         // A cluster that stays unreachable logs once, not on every retry.
         if self.refresh_failing.swap(true, Ordering::Relaxed) {
-            tracing::debug!(seeds = ?self.seeds, "still no cluster node answers CLUSTER SLOTS");
+            tracing::debug!(seeds = ?seeds, "still no cluster node answers CLUSTER SLOTS");
         } else {
-            tracing::warn!(seeds = ?self.seeds, "no cluster node answered CLUSTER SLOTS");
+            tracing::warn!(seeds = ?seeds, "no cluster node answered CLUSTER SLOTS");
         }
         self.refresh_failed.fetch_add(1, Ordering::Relaxed);
         false

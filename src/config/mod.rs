@@ -86,7 +86,7 @@ impl Mode {
 }
 
 /// One pool: a listener and the backends behind it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// `host:port` to listen on, or the path of a unix socket.
@@ -94,7 +94,16 @@ pub struct PoolConfig {
     pub mode: Mode,
     /// Cluster: seed nodes as `host:port` (host names allowed); the topology is learnt from them.
     /// Sharded modes: twemproxy server lines, `host:port:weight [name]`.
+    /// Host names are re-resolved every `resolve_interval` and when a connection fails.
+    /// Either this or `kubernetes`.
+    #[serde(default)]
     pub servers: Vec<String>,
+    /// The backends are the endpoints of a Kubernetes Service, followed as they change.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Milliseconds between re-resolutions of the host names in `servers`.
+    #[serde(default = "defaults::resolve_interval")]
+    pub resolve_interval: u64,
     /// Sharded modes: the key hash, by twemproxy's name (default fnv1a_64).
     #[serde(default)]
     pub hash: Option<String>,
@@ -193,6 +202,12 @@ mod defaults {
     pub fn log_level() -> String {
         "info".into()
     }
+    pub fn resolve_interval() -> u64 {
+        30_000
+    }
+    pub fn weight() -> u32 {
+        1
+    }
     /// twemproxy's defaults.
     pub fn server_retry_timeout() -> u64 {
         30_000
@@ -200,6 +215,71 @@ mod defaults {
     pub fn server_failure_limit() -> u32 {
         2
     }
+}
+
+/// A pool's backends taken from a Kubernetes Service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The Service whose endpoints are the backends.
+    pub service: String,
+    /// Its namespace; default: the namespace of the kubeconfig context, or the pod's own in-cluster.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The Service port, by name or number; may be left out when the Service has one port.
+    #[serde(default)]
+    pub port: Option<PortRef>,
+    /// Which API to read; default `endpointslices`, falling back to `endpoints` when the API server
+    /// does not serve discovery.k8s.io/v1.
+    #[serde(default)]
+    pub api: Option<EndpointsApi>,
+    /// Pod name -> the name the server has on the ketama ring (default: the pod's hostname or name).
+    #[serde(default)]
+    pub names: BTreeMap<String, String>,
+    /// Sharded modes: the weight of every endpoint.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
+}
+
+/// A Service port, by name or number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Name(String),
+    Number(u16),
+}
+
+impl<'de> Deserialize<'de> for PortRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PortRef, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Name(String),
+        }
+        let number = |n: u64| match u16::try_from(n) {
+            Ok(n) if n > 0 => Ok(PortRef::Number(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "port {n} is not between 1 and 65535"
+            ))),
+        };
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => number(n),
+            Raw::Name(name) => match name.parse::<u64>() {
+                Ok(n) => number(n),
+                Err(_) => Ok(PortRef::Name(name)),
+            },
+        }
+    }
+}
+
+/// The Kubernetes API endpoints are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointsApi {
+    /// discovery.k8s.io/v1 EndpointSlices (GA since Kubernetes 1.21).
+    Endpointslices,
+    /// core/v1 Endpoints (deprecated since Kubernetes 1.33).
+    Endpoints,
 }
 
 /// A configuration that cannot be used, with where the problem is.
@@ -327,11 +407,31 @@ impl Config {
             if !is_unix_path(&pool.listen) {
                 split_host_port(&pool.listen).map_err(|e| err(name, "listen", e))?;
             }
-            if pool.servers.is_empty() {
+            match (&pool.kubernetes, pool.servers.is_empty()) {
+                (None, true) => {
+                    return Err(err(
+                        name,
+                        "servers",
+                        "at least one server is required (or a kubernetes: source)".into(),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(err(
+                        name,
+                        "servers",
+                        "give either servers or kubernetes, not both".into(),
+                    ))
+                }
+                (Some(k8s), true) => k8s
+                    .validate()
+                    .map_err(|(field, e)| err(name, &format!("kubernetes.{field}"), e))?,
+                (None, false) => {}
+            }
+            if pool.resolve_interval == 0 {
                 return Err(err(
                     name,
-                    "servers",
-                    "at least one server is required".into(),
+                    "resolve_interval",
+                    "must be at least 1 ms".into(),
                 ));
             }
             match pool.mode {
@@ -357,6 +457,10 @@ impl Config {
                             "a Redis Cluster has only database 0".into(),
                         ));
                     }
+                }
+                Mode::Ketama | Mode::Modula | Mode::Random if pool.kubernetes.is_some() => {
+                    pool.placement()
+                        .map_err(|(field, e)| err(name, &field, e))?;
                 }
                 Mode::Ketama | Mode::Modula | Mode::Random => {
                     pool.sharding().map_err(|(field, e)| err(name, &field, e))?;
@@ -448,6 +552,8 @@ impl PoolConfig {
             listen,
             mode,
             servers,
+            kubernetes: None,
+            resolve_interval: defaults::resolve_interval(),
             hash: None,
             hash_tag: None,
             timeout: defaults::timeout(),
@@ -493,6 +599,25 @@ impl PoolConfig {
             }
             servers.push(server);
         }
+        let (hash, hash_tag) = self.placement()?;
+        let specs: Vec<_> = servers.iter().map(ServerLine::spec).collect();
+        let distribution =
+            Distribution::new(kind, &specs).map_err(|e| ("servers".to_string(), e.to_string()))?;
+        Ok(Sharding {
+            servers,
+            hash,
+            hash_tag,
+            distribution,
+        })
+    }
+}
+
+/// A sharded pool's key hash and hash tag.
+pub type Placement = (Hash, Option<[u8; 2]>);
+
+impl PoolConfig {
+    /// The key hash and hash tag of a sharded pool; the error names the field at fault.
+    pub fn placement(&self) -> Result<Placement, (String, String)> {
         let hash = match &self.hash {
             Some(name) => name
                 .parse()
@@ -511,15 +636,56 @@ impl PoolConfig {
                 }
             },
         };
-        let specs: Vec<_> = servers.iter().map(ServerLine::spec).collect();
-        let distribution =
-            Distribution::new(kind, &specs).map_err(|e| ("servers".to_string(), e.to_string()))?;
-        Ok(Sharding {
-            servers,
-            hash,
-            hash_tag,
-            distribution,
-        })
+        Ok((hash, hash_tag))
+    }
+}
+
+impl KubernetesConfig {
+    /// Checks the names Kubernetes would accept; the error names the field (below `kubernetes.`).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let dns_label = |field: &str, value: &str| {
+            let ok = !value.is_empty()
+                && value.len() <= 63
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !value.starts_with('-')
+                && !value.ends_with('-');
+            if ok {
+                Ok(())
+            } else {
+                Err((
+                    field.to_string(),
+                    format!("{value:?} is not a valid Kubernetes name (lower case letters, digits and '-', at most 63)"),
+                ))
+            }
+        };
+        dns_label("service", &self.service)?;
+        if let Some(ns) = &self.namespace {
+            dns_label("namespace", ns)?;
+        }
+        if let Some(PortRef::Name(port)) = &self.port {
+            dns_label("port", port)?;
+        }
+        if self.weight == 0 {
+            return Err(("weight".into(), "must be at least 1".into()));
+        }
+        let mut seen = BTreeMap::new();
+        for (pod, name) in &self.names {
+            if name.is_empty() || name.contains(['\0', ' ']) {
+                return Err((
+                    format!("names.{pod}"),
+                    "must be a non-empty name without spaces".into(),
+                ));
+            }
+            if let Some(other) = seen.insert(name, pod) {
+                return Err((
+                    format!("names.{pod}"),
+                    format!("{name:?} is also the name of {other}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -639,6 +805,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pools.main.hash"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_source_is_checked_field_by_field() {
+        let pool = "pools:\n  s:\n    listen: 127.0.0.1:6390\n    mode: ketama\n    kubernetes:\n      service: redis\n      namespace: cache\n      port: redis\n      names: {redis-0: shard-a}\n";
+        let config = Config::from_yaml(pool).unwrap();
+        let k8s = config.pools["s"].kubernetes.clone().unwrap();
+        assert_eq!(k8s.port, Some(PortRef::Name("redis".into())));
+        assert_eq!((k8s.api, k8s.weight), (None, 1));
+        assert_eq!(config.pools["s"].resolve_interval, 30_000);
+        let numbered = pool.replace("port: redis", "port: 6379");
+        assert_eq!(
+            Config::from_yaml(&numbered).unwrap().pools["s"]
+                .kubernetes
+                .clone()
+                .unwrap()
+                .port,
+            Some(PortRef::Number(6379))
+        );
+        for (bad, field) in [
+            (
+                pool.replace("service: redis", "service: Redis_0"),
+                "pools.s.kubernetes.service",
+            ),
+            (
+                pool.replace("namespace: cache", "namespace: \"\""),
+                "pools.s.kubernetes.namespace",
+            ),
+            (pool.replace("port: redis", "port: 70000"), "70000"),
+            (
+                pool.replace("shard-a}", "\"a b\"}"),
+                "pools.s.kubernetes.names.redis-0",
+            ),
+            (
+                pool.replace("      port: redis\n", "      prot: redis\n"),
+                "prot",
+            ),
+            (
+                pool.replace(
+                    "    kubernetes:",
+                    "    servers: [127.0.0.1:7000:1]\n    kubernetes:",
+                ),
+                "pools.s.servers",
+            ),
+            (
+                pool.replace("      port: redis\n", "      api: slices\n"),
+                "slices",
+            ),
+            (
+                pool.replace(
+                    "    kubernetes:",
+                    "    resolve_interval: 0\n    kubernetes:",
+                ),
+                "pools.s.resolve_interval",
+            ),
+        ] {
+            let e = Config::from_yaml(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let neither = "pools:\n  s:\n    listen: 127.0.0.1:6390\n    mode: cluster\n";
+        let e = Config::from_yaml(neither).unwrap_err().to_string();
+        assert!(
+            e.contains("pools.s.servers") && e.contains("kubernetes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -200,8 +200,12 @@ impl Collector for PoolsCollector {
                 }
                 Router::Shards(shards) => {
                     let table = shards.table();
-                    let nodes = shards.nodes().iter().enumerate();
-                    nodes.map(|(i, n)| (n.clone(), !table.is_live(i))).collect()
+                    let live: Vec<&Arc<Node>> = table.in_service().collect();
+                    let members = shards.members();
+                    let nodes = members.nodes().iter();
+                    nodes
+                        .map(|n| (n.clone(), !live.iter().any(|l| Arc::ptr_eq(l, n))))
+                        .collect()
                 }
             };
             let mut seen = std::collections::HashSet::new();

@@ -97,8 +97,11 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                     shards.distribution(),
                     shards.hash()
                 );
-                backends(&mut out, "server", shards.nodes());
+                backends(&mut out, "server", shards.members().nodes());
             }
+        }
+        if let Some(status) = pool.discovery() {
+            discovery(&mut out, &status.snapshot());
         }
         pools_and_backends(&mut out, &pools, shared);
     }
@@ -120,7 +123,7 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
         let counters = pool.counters();
         let nodes: Vec<std::sync::Arc<crate::backend::Node>> = match &pool.router {
             Router::Cluster(cluster) => cluster.topology().nodes().to_vec(),
-            Router::Shards(shards) => shards.nodes().to_vec(),
+            Router::Shards(shards) => shards.members().nodes().to_vec(),
         };
         let mode = match &pool.router {
             Router::Cluster(_) => "cluster".to_string(),
@@ -154,4 +157,28 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
         }
     }
     out.push_str("\r\n");
+}
+
+/// Where the pool's backends come from and how that is going: `discovery_state` is `starting` (no
+/// endpoints yet), `synced`, or `failing` (the last known backends stay in use).
+fn discovery(out: &mut String, status: &crate::discovery::StatusSnapshot) {
+    use crate::discovery::SourceState;
+    let state = match &status.state {
+        SourceState::Starting => "starting",
+        SourceState::Synced => "synced",
+        SourceState::Failing { .. } => "failing",
+    };
+    let _ = write!(
+        out,
+        "discovery:{}\r\ndiscovery_state:{state}\r\ndiscovery_endpoints:{}\r\ndiscovery_updates:{}\r\ndiscovery_errors:{}\r\n",
+        status.source, status.endpoints, status.updates, status.errors
+    );
+    if let SourceState::Failing { reason } = &status.state {
+        // One line: the reason may not carry a line break into the reply.
+        let _ = write!(
+            out,
+            "discovery_failing:{}\r\n",
+            reason.replace(['\r', '\n'], " ")
+        );
+    }
 }

@@ -4,13 +4,15 @@ mod fanout;
 mod info;
 mod lifecycle;
 mod local;
+mod pools;
+mod reload;
 mod session;
 mod stats_port;
 
 pub use lifecycle::{Lifecycle, Phase, Stop};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -18,10 +20,13 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::cluster::Cluster;
-use crate::config::{is_unix_path, Config, Mode, PoolConfig};
+use crate::config::{is_unix_path, Config, PoolConfig};
+use crate::discovery::{self, Discovery};
 use crate::metrics::{Metrics, PoolMetrics, PoolsCollector};
 use crate::shards::Shards;
 use crate::stats::{self, PoolStats};
+use pools::Pools;
+use reload::Reload;
 use session::ClientState;
 
 /// How long start-up waits for each cluster pool's first topology before listening anyway.
@@ -38,7 +43,7 @@ pub struct Shared {
     next_client_id: AtomicU64,
     pub lifecycle: Arc<Lifecycle>,
     /// Every pool, once all have started (weak: each pool holds this).
-    pools: OnceLock<Vec<Weak<Pool>>>,
+    pools: std::sync::Mutex<Vec<Weak<Pool>>>,
 }
 
 impl Shared {
@@ -52,16 +57,20 @@ impl Shared {
             rejected_connections: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
             lifecycle: Arc::new(Lifecycle::default()),
-            pools: OnceLock::new(),
+            pools: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Every pool, in config order; empty while they are starting.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        self.pools
-            .get()
-            .map(|pools| pools.iter().filter_map(Weak::upgrade).collect())
-            .unwrap_or_default()
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The pools serving now (at start and after each reload).
+    fn set_pools(&self, pools: &[Arc<Pool>]) {
+        *self.pools.lock().unwrap_or_else(|e| e.into_inner()) =
+            pools.iter().map(Arc::downgrade).collect();
     }
 
     /// `Ok` when every pool can route requests and accepts clients; otherwise why not.
@@ -72,6 +81,14 @@ impl Shared {
             Phase::Serving => {}
         }
         for pool in self.pools() {
+            if let Some(status) = pool.discovery() {
+                if !status.has_endpoints() {
+                    return Err(format!(
+                        "pool {}: discovery has found no backend yet",
+                        pool.name
+                    ));
+                }
+            }
             if !pool.accepting.load(Ordering::Relaxed) {
                 return Err(format!("pool {}: listener is not accepting", pool.name));
             }
@@ -79,7 +96,7 @@ impl Shared {
                 Router::Cluster(c) if c.topology().covered() == 0 => {
                     return Err(format!("pool {}: no cluster topology yet", pool.name))
                 }
-                Router::Shards(s) if s.nodes().is_empty() => {
+                Router::Shards(s) if s.members().is_empty() => {
                     return Err(format!("pool {}: no servers", pool.name))
                 }
                 _ => {}
@@ -110,6 +127,8 @@ pub struct Pool {
     /// The accept loop runs and its last accept succeeded.
     accepting: AtomicBool,
     local_port: Option<u16>,
+    /// Where the backends come from (see [`discovery`](Self::discovery)).
+    discovery: Option<Discovery>,
 }
 
 /// What is behind a pool.
@@ -151,6 +170,14 @@ impl Pool {
             rejected: self.rejected.load(Ordering::Relaxed),
         }
     }
+
+    /// The state of the pool's discovery source (for readiness and metrics): every sharded pool has
+    /// one (static servers are re-resolved), a cluster pool only with `kubernetes:` (None otherwise:
+    /// it learns its nodes from the cluster). Ready = `has_endpoints()`; `snapshot().state` says
+    /// whether the source is in sync or failing with the last known backends.
+    pub fn discovery(&self) -> Option<&Arc<discovery::Status>> {
+        self.discovery.as_ref().map(|d| &d.status)
+    }
 }
 
 /// A bound listener of either kind.
@@ -176,6 +203,7 @@ impl Listener {
 
 /// Starts every pool of `config` (and the admin listener, if configured) and serves until a [`Stop`]
 /// arrives on `stops`: [`Stop::Graceful`] drains within `shutdown_grace`, [`Stop::Fast`] returns at once.
+/// With a config file, SIGHUP or a change of the file's content reloads it (see `reload`).
 pub async fn run(
     config: Config,
     config_file: Option<String>,
@@ -187,7 +215,7 @@ pub async fn run(
         pools = config.pools.len(),
         "starting"
     );
-    let shared = Shared::new(config_file);
+    let shared = Shared::new(config_file.clone());
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
     metrics.register(Box::new(
         PoolsCollector::new(shared.clone()).map_err(std::io::Error::other)?,
@@ -206,16 +234,6 @@ pub async fn run(
         crate::admin::spawn(listener, endpoints)?;
         tracing::info!(listen = %admin.listen, "admin listening (/metrics /healthz /readyz)");
     }
-    let mut bound = Vec::new();
-    for (name, pool_config) in &config.pools {
-        let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
-            )
-        })?;
-        bound.push((name.clone(), pool_config.clone(), listener));
-    }
     let stats_listener = match &config.stats_listen {
         Some(listen) => Some(TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(
@@ -225,64 +243,52 @@ pub async fn run(
         })?),
         None => None,
     };
-    let mut pools = Vec::new();
-    let mut tasks = Vec::new();
-    for (name, pool_config, listener) in bound {
-        let stats = Arc::new(PoolStats::default());
-        let router = if pool_config.mode == Mode::Cluster {
-            let cluster = Cluster::start(&pool_config);
-            if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
-                tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
-            }
-            Router::Cluster(cluster)
-        } else {
-            let shards = Shards::start(&pool_config, stats.clone()).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("pool {name}: {e}"),
-                )
-            })?;
-            Router::Shards(shards)
-        };
-        let local_port = match &listener {
-            Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-            Listener::Unix(..) => None,
-        };
-        let pool = Arc::new(Pool {
-            name: name.clone(),
-            config: pool_config,
-            router,
-            shared: shared.clone(),
-            stats,
-            metrics: metrics.pool(&name),
-            clients: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            accepting: AtomicBool::new(true),
-            local_port,
-        });
-        tracing::info!(pool = %name, listen = %pool.config.listen, "listening");
-        pools.push(pool.clone());
-        tasks.push(tokio::spawn(accept_loop(listener, pool)));
-    }
-    let _ = shared.pools.set(pools.iter().map(Arc::downgrade).collect());
-    if let Some(listener) = stats_listener {
+    let mut pools = Pools::default();
+    // At start, any pool that cannot listen is fatal.
+    pools.apply(&config, &shared, &metrics).await?;
+    shared.set_pools(&pools.watch().borrow());
+    let stats_task = stats_listener.map(|listener| {
         tracing::info!(listen = ?listener.local_addr().ok(), "serving twemproxy-compatible stats");
-        tasks.push(tokio::spawn(stats_port::serve(
-            listener,
-            shared.clone(),
-            pools,
-        )));
-    }
+        tokio::spawn(stats_port::serve(listener, shared.clone(), pools.watch()))
+    });
     let life = shared.lifecycle.clone();
     life.enter(Phase::Serving);
-
-    let stop = stops.recv().await.unwrap_or(Stop::Fast);
+    let mut reload = config_file.map(|file| Reload::new(file.into()));
+    let mut running = config;
+    let stop = loop {
+        let next = async {
+            match &mut reload {
+                Some(reload) => reload.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            stop = stops.recv() => break stop.unwrap_or(Stop::Fast),
+            config = next => {
+                if config.workers != running.workers {
+                    tracing::warn!("workers changes take effect at the next start");
+                }
+                match pools.apply(&config, &shared, &metrics).await {
+                    Ok(()) => {
+                        metrics.config_reload(true);
+                        shared.set_pools(&pools.watch().borrow());
+                        running = config;
+                    }
+                    Err(e) => {
+                        metrics.config_reload(false);
+                        tracing::error!(error = %e, "new configuration rejected; the running configuration stays");
+                    }
+                }
+            }
+        }
+    };
+    let config = running;
     // Unready first, so that the endpoint leaves the Service while the listeners close.
     life.enter(Phase::Draining);
-    for task in &tasks {
+    if let Some(task) = stats_task {
         task.abort();
     }
+    pools.stop();
     if stop == Stop::Fast {
         tracing::info!(clients = life.sessions(), "stopping now");
         return Ok(());
@@ -347,9 +353,9 @@ impl crate::admin::Endpoints for AdminEndpoints {
     }
 }
 
-async fn accept_loop(listener: Listener, pool: Arc<Pool>) {
+async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
     loop {
-        let accepted = match &listener {
+        let accepted = match &*listener {
             Listener::Tcp(l) => l.accept().await.map(|(s, addr)| {
                 let _ = s.set_nodelay(true);
                 let (rd, wr) = s.into_split();

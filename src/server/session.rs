@@ -375,7 +375,7 @@ impl Ctx {
         let pick = self.client.id as usize;
         let Some(shared) = view.target(place, pick) else {
             view.request_refresh();
-            return self.error("CLUSTERDOWN Hash slot not served");
+            return self.error(view.no_node(place));
         };
         let node = self.own_node(shared);
         let seq = self.front_seq + self.pending.len() as u64;
@@ -426,10 +426,7 @@ impl Ctx {
         let pick = self.client.id as usize;
         let Some(node) = view.target(place, pick) else {
             view.request_refresh();
-            return self.error(match place {
-                Place::Slot(_) => "CLUSTERDOWN Hash slot not served",
-                _ => "CLUSTERDOWN slotline has not learnt the cluster topology yet",
-            });
+            return self.error(view.no_node(place));
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.for_protocol(self.proto)

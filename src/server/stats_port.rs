@@ -12,7 +12,11 @@ use super::{Pool, Router, Shared};
 use crate::backend::Node;
 use crate::stats::twemproxy::{self, Header};
 
-pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, pools: Vec<Arc<Pool>>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    pools: tokio::sync::watch::Receiver<Vec<Arc<Pool>>>,
+) {
     let source = host_name();
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
@@ -20,7 +24,9 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, pools: Vec
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
-        let text = render(&source, &shared, &pools);
+        // The pools serving now: a reload may have added or removed some.
+        let current = pools.borrow().clone();
+        let text = render(&source, &shared, &current);
         tokio::spawn(async move {
             let _ = stream.write_all(text.as_bytes()).await;
             let _ = stream.shutdown().await;
@@ -34,6 +40,7 @@ fn render(source: &str, shared: &Shared, pools: &[Arc<Pool>]) -> String {
         .iter()
         .map(|pool| match &pool.router {
             Router::Shards(shards) => shards
+                .members()
                 .servers()
                 .map(|(name, node)| (name.to_string(), node.clone()))
                 .collect(),

@@ -1,83 +1,59 @@
 //! Sharded pools: independent Redis servers, each key placed exactly where twemproxy would place it.
 //!
 //! The placement in use is a [`Table`] behind an `ArcSwap`: sessions load it once per batch of
-//! requests, and an ejection (or a server's return) builds a new one off the data path.
+//! requests. One task per pool (`upkeep`) builds every new one off the data path: when discovery hands
+//! over a new endpoint set (a pod back at a new IP, a host name resolving elsewhere, a server added or
+//! gone), and when an ejection (or a server's return) changes which servers are in service.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod table;
+mod upkeep;
+
+pub use table::{Members, Table};
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::sync::{oneshot, Notify};
 
 use crate::backend::{self, Node};
-use crate::config::{join_host_port, PoolConfig, Sharding};
-use crate::route::{Distribution, DistributionKind, Hash};
-use crate::stats::{self, PoolStats};
+use crate::config::PoolConfig;
+use crate::discovery::{Discovery, Endpoint};
+use crate::route::{DistributionKind, Hash};
+use crate::stats::PoolStats;
 
 /// The servers of a sharded pool and how keys are placed on them.
 pub struct Shards {
     hash: Hash,
     hash_tag: Option<[u8; 2]>,
-    /// Every configured server, ejected or not.
-    full: Distribution,
-    /// In config order, like the distribution's server indexes.
-    nodes: Vec<Arc<Node>>,
-    /// Twemproxy's name for each server (its `name`, or `host:port`), in config order.
-    names: Vec<String>,
-    table: ArcSwap<Table>,
+    kind: DistributionKind,
+    /// How connections to a new server are made.
     settings: backend::Settings,
-}
-
-/// The placement requests are routed with.
-pub struct Table {
-    hash: Hash,
-    hash_tag: Option<[u8; 2]>,
-    /// The ring over the servers in service (all of them unless some are ejected).
-    ring: Distribution,
-    nodes: Vec<Arc<Node>>,
-}
-
-impl Table {
-    /// Index (config order) of the server that holds `key`.
-    pub fn server_for_key(&self, key: &[u8]) -> usize {
-        self.ring.server_for_key(self.hash, self.hash_tag, key)
-    }
-
-    pub fn node(&self, index: usize) -> Option<&Arc<Node>> {
-        self.nodes.get(index)
-    }
-
-    /// Whether server `index` (config order) is in the ring, i.e. not ejected.
-    pub fn is_live(&self, index: usize) -> bool {
-        self.ring.live().get(index).copied().unwrap_or(false)
-    }
-
-    /// A server in service for a request without a key; a client always gets the same one.
-    pub fn any_node(&self, pick: usize) -> Option<&Arc<Node>> {
-        let count = self.in_service().count();
-        self.in_service()
-            .nth(pick % count.max(1))
-            .or_else(|| self.nodes.get(pick % self.nodes.len().max(1)))
-    }
-
-    /// The servers on the ring (all but the ejected ones), in config order.
-    pub fn in_service(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.nodes
-            .iter()
-            .zip(self.ring.live())
-            .filter(|(_, &live)| live)
-            .map(|(node, _)| node)
-    }
+    /// Every server discovery listed last, ejected or not; replaced whole by `upkeep`.
+    members: Mutex<Arc<Members>>,
+    table: ArcSwap<Table>,
+    /// What clients are told while the pool has no server.
+    unavailable: Arc<str>,
+    /// Dropped with the pool, which ends its upkeep task.
+    _alive: oneshot::Sender<()>,
 }
 
 impl Shards {
-    /// Starts connections to every server (and, with `auto_eject_hosts`, the task that ejects failing
-    /// servers and puts them back). The config must have been validated.
-    pub fn start(config: &PoolConfig, pool_stats: Arc<PoolStats>) -> Result<Arc<Shards>, String> {
-        let sharding = config
-            .sharding()
+    /// Starts connections to the servers `discovery` knows now, and the task that follows its changes
+    /// (and, with `auto_eject_hosts`, ejects failing servers and puts them back). The config must have
+    /// been validated.
+    pub fn start(
+        config: &PoolConfig,
+        pool_stats: Arc<PoolStats>,
+        discovery: &Discovery,
+    ) -> Result<Arc<Shards>, String> {
+        let (hash, hash_tag) = config
+            .placement()
             .map_err(|(field, e)| format!("{field}: {e}"))?;
+        let kind = config
+            .mode
+            .distribution()
+            .ok_or_else(|| "mode: a cluster pool has no sharding".to_string())?;
         let notify = Arc::new(Notify::new());
         let mut settings = backend::Settings::new(
             config.server_connections,
@@ -85,53 +61,43 @@ impl Shards {
         )
         .with_login(config.redis_auth.as_deref(), config.redis_db);
         settings.timeout = Some(Duration::from_millis(config.timeout));
+        // A failed connection may mean a host name now resolves elsewhere: look again.
+        settings.on_failure = Some(discovery.recheck());
         if config.auto_eject_hosts {
             settings.eject = Some((config.server_failure_limit, notify.clone()));
         }
-        let Sharding {
-            servers,
-            hash,
-            hash_tag,
-            distribution,
-        } = sharding;
-        let nodes: Vec<Arc<Node>> = servers
-            .iter()
-            .map(|s| {
-                let addr = join_host_port(&s.address, s.port.unwrap_or(0));
-                Node::spawn(Arc::from(addr), &settings)
-            })
-            .collect();
-        let names = servers
-            .iter()
-            .map(|s| match &s.name {
-                Some(name) => name.clone(),
-                None => join_host_port(&s.address, s.port.unwrap_or(0)),
-            })
-            .collect();
-        let table = Table {
-            hash,
-            hash_tag,
-            ring: distribution.clone(),
-            nodes: nodes.clone(),
-        };
+        let unavailable: Arc<str> = Arc::from(match &config.kubernetes {
+            Some(k8s) => format!(
+                "ERR slotline: pool has no backend: kubernetes service {} lists no ready endpoints",
+                k8s.service
+            ),
+            None => "ERR slotline: pool has no backend".to_string(),
+        });
+        let (alive, gone) = oneshot::channel();
         let shards = Arc::new(Shards {
             hash,
             hash_tag,
-            full: distribution,
-            nodes,
-            names,
-            table: ArcSwap::from_pointee(table),
-            settings: settings.clone(),
+            kind,
+            settings,
+            members: Mutex::new(Arc::new(Members::empty())),
+            table: ArcSwap::from_pointee(Table::empty((hash, hash_tag), &unavailable)),
+            unavailable,
+            _alive: alive,
         });
-        if config.auto_eject_hosts {
-            let retry = Duration::from_millis(config.server_retry_timeout);
-            tokio::spawn(eject_failing(
-                Arc::downgrade(&shards),
-                notify,
-                retry,
-                pool_stats,
-            ));
+        // The servers known now serve from the first request on; the upkeep task takes every later
+        // set (marked seen here, on its own receiver, so that none falls between the two).
+        let mut follow = discovery.endpoints.clone();
+        let endpoints = follow.borrow_and_update().clone();
+        if let Some(endpoints) = endpoints {
+            let members = shards.install(&endpoints);
+            shards.use_live(&members, None);
         }
+        let eject = config.auto_eject_hosts.then(|| upkeep::Eject {
+            notify,
+            retry: Duration::from_millis(config.server_retry_timeout),
+            stats: pool_stats,
+        });
+        tokio::spawn(upkeep::run(Arc::downgrade(&shards), follow, eject, gone));
         Ok(shards)
     }
 
@@ -145,13 +111,12 @@ impl Shards {
         self.table.load()
     }
 
-    /// Every configured server in config order, with twemproxy's name for it.
-    pub fn servers(&self) -> impl Iterator<Item = (&str, &Arc<Node>)> {
-        self.names.iter().map(String::as_str).zip(&self.nodes)
-    }
-
-    pub fn nodes(&self) -> &[Arc<Node>] {
-        &self.nodes
+    /// Every server now, ejected or not, with twemproxy's name for it.
+    pub fn members(&self) -> Arc<Members> {
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn hash(&self) -> Hash {
@@ -163,83 +128,27 @@ impl Shards {
     }
 
     pub fn distribution(&self) -> DistributionKind {
-        self.full.kind()
+        self.kind
     }
 
-    /// Puts a ring over the servers marked live in service.
-    fn use_live(&self, live: &[bool]) {
-        // With every server ejected there is no ring to build: keep them all, so that requests fail
-        // fast at their down servers rather than nowhere.
-        let ring = self
-            .full
-            .with_live(live)
-            .unwrap_or_else(|_| self.full.clone());
-        self.table.store(Arc::new(Table {
-            hash: self.hash,
-            hash_tag: self.hash_tag,
-            ring,
-            nodes: self.nodes.clone(),
-        }));
+    /// Makes `endpoints` the members (reusing the nodes of servers that did not move) and returns them.
+    /// A set that cannot be placed (two servers of one name) is logged and the members stay.
+    fn install(&self, endpoints: &[Endpoint]) -> Arc<Members> {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        match Members::build(self.kind, endpoints, &members, |addr| {
+            Node::spawn(addr.clone(), &self.settings)
+        }) {
+            Ok(new) => *members = Arc::new(new),
+            Err(e) => {
+                tracing::error!(error = %e, "discovered servers cannot be placed; keeping the previous ones")
+            }
+        }
+        members.clone()
     }
-}
 
-/// twemproxy's auto_eject_hosts: a server with `server_failure_limit` failures in a row leaves the
-/// ring; after `retry` it is put back, and must fail as many times again to leave once more.
-async fn eject_failing(
-    shards: std::sync::Weak<Shards>,
-    notify: Arc<Notify>,
-    retry: Duration,
-    pool_stats: Arc<PoolStats>,
-) {
-    let mut ejected_until: Vec<Option<Instant>> = Vec::new();
-    loop {
-        let next_return = ejected_until.iter().flatten().min().copied();
-        match next_return {
-            Some(at) => {
-                tokio::select! {
-                    _ = notify.notified() => {}
-                    _ = tokio::time::sleep_until(at) => {}
-                }
-            }
-            None => notify.notified().await,
-        }
-        let Some(shards) = shards.upgrade() else {
-            return;
-        };
-        ejected_until.resize(shards.nodes.len(), None);
-        let now = Instant::now();
-        let mut changed = false;
-        for (i, (name, node)) in shards.servers().enumerate() {
-            let Some(health) = node.health() else {
-                continue;
-            };
-            match ejected_until[i] {
-                Some(until) if until <= now => {
-                    ejected_until[i] = None;
-                    health.reset();
-                    changed = true;
-                    tracing::info!(server = name, backend = %node.addr(), "server back in the ring after server_retry_timeout");
-                }
-                None if health.failing() => {
-                    ejected_until[i] = Some(now + retry);
-                    health.reset();
-                    changed = true;
-                    stats::add(&pool_stats.server_ejects, 1);
-                    stats::add(&node.stats().ejections, 1);
-                    let micros = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as u64);
-                    node.stats()
-                        .server_ejected_at
-                        .store(micros, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(server = name, backend = %node.addr(), retry_ms = retry.as_millis() as u64, "server ejected after server_failure_limit failures in a row; its keys move to the other servers");
-                }
-                _ => {}
-            }
-        }
-        if changed {
-            let live: Vec<bool> = ejected_until.iter().map(Option::is_none).collect();
-            shards.use_live(&live);
-        }
+    /// Routes with the members marked `live` (all of them when `None`).
+    fn use_live(&self, members: &Members, live: Option<&[bool]>) {
+        let table = members.table((self.hash, self.hash_tag), live, &self.unavailable);
+        self.table.store(Arc::new(table));
     }
 }

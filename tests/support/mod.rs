@@ -6,6 +6,9 @@
 //! - `cluster`: a Redis Cluster of real `redis-server` processes, and admin helpers (kill, migrate).
 //! - `slotline`: runs the slotline binary with a YAML config and waits until it listens; signals it.
 //! - `http`: a tiny HTTP client for the admin endpoints, and a Prometheus text reader.
+//! - `kube_api`: a fake Kubernetes API server (EndpointSlices and Endpoints, list and watch) that
+//!   kube-rs's watcher runs against unmodified.
+//! - `pods`: `redis-server`s on their own loopback addresses, stopped and started again elsewhere.
 //! - `standalone`: plain `redis-server`s (twemproxy shards) and the real `nutcracker` in front of them.
 //! - this file: ports, temp dirs, polling, key slots, test host names, and the reaper that cleans up
 //!   processes even when a test binary dies without running `Drop` (statics, SIGKILL, Ctrl-C).
@@ -13,6 +16,8 @@
 
 mod cluster;
 mod http;
+mod kube_api;
+mod pods;
 mod resp;
 mod slotline;
 mod standalone;
@@ -24,6 +29,10 @@ pub use cluster::{
 };
 #[allow(unused_imports)]
 pub use http::{http_get, http_raw, metric, HttpReply, METRIC_NAMES};
+#[allow(unused_imports)]
+pub use kube_api::{KubeApi, PodEndpoint, Slice};
+#[allow(unused_imports)]
+pub use pods::RedisPod;
 #[allow(unused_imports)]
 pub use resp::{encode, parse, Client, Reply, IO_TIMEOUT};
 #[allow(unused_imports)]
@@ -291,6 +300,18 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Kills a process this harness owns, by PID, after disarming its reaper (the owner cleans up
+/// itself).
+pub(crate) fn kill_owned(reaper: &mut Option<Reaper>, child: &mut Option<Child>) {
+    if let Some(reaper) = reaper.take() {
+        reaper.disarm();
+    }
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// A watchdog shell that SIGKILLs the registered processes and removes a directory once its stdin

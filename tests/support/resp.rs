@@ -196,7 +196,13 @@ impl Client {
     }
 
     pub fn try_connect(port: u16) -> io::Result<Client> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        Client::try_connect_to(&format!("127.0.0.1:{port}"))
+    }
+
+    /// Connects to `ip:port` (any loopback address, as the "pods" of discovery tests use).
+    pub fn try_connect_to(addr: &str) -> io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        let port = stream.peer_addr()?.port();
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         // A peer that stops reading must not block a pipelined write forever either.
         stream.set_write_timeout(Some(IO_TIMEOUT))?;

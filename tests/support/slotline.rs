@@ -35,11 +35,20 @@ impl Slotline {
     /// Writes `yaml` to a temp file, runs `slotline --config FILE` with stdout and stderr going to a
     /// log file, and waits (up to 10 s) until every `listen: host:port` in the YAML accepts TCP.
     pub fn start(yaml: &str) -> Slotline {
-        Slotline::start_with_args(yaml, &[])
+        Slotline::start_with(yaml, &[], &[])
     }
 
     /// [`start`](Self::start) with more command-line arguments (e.g. nutcracker's `-s PORT`).
     pub fn start_with_args(yaml: &str, args: &[&str]) -> Slotline {
+        Slotline::start_with(yaml, args, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment variables (KUBECONFIG, ...).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Slotline {
+        Slotline::start_with(yaml, &[], env)
+    }
+
+    fn start_with(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Slotline {
         let dir = TempDir::new("slotline");
         let config = dir.write("slotline.yml", yaml);
         let log = dir.path().join("slotline.log");
@@ -51,6 +60,7 @@ impl Slotline {
             .args(args)
             .current_dir(dir.path())
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log handle"))
             .stderr(out)

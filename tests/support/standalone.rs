@@ -280,13 +280,7 @@ impl Nutcracker {
 
 impl Drop for Nutcracker {
     fn drop(&mut self) {
-        if let Some(reaper) = self.reaper.take() {
-            reaper.disarm();
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::kill_owned(&mut self.reaper, &mut self.child);
         if thread::panicking() {
             self.dir.keep();
             eprintln!("nutcracker log kept: {}", self.log.display());

@@ -86,6 +86,18 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The error for a request no node can take (see [`target`](Self::target)): a sharded pool says
+    /// why it has no server (a Kubernetes Service without ready endpoints).
+    pub(super) fn no_node(&self, place: Place) -> &str {
+        match (self, place) {
+            (View::Cluster(..), Place::Slot(_)) => "CLUSTERDOWN Hash slot not served",
+            (View::Cluster(..), _) => {
+                "CLUSTERDOWN slotline has not learnt the cluster topology yet"
+            }
+            (View::Shards(table), _) => table.unavailable(),
+        }
+    }
+
     /// Asks for a new cluster topology (a slot had no owner).
     pub(super) fn request_refresh(&self) {
         if let View::Cluster(cluster, _) = self {

@@ -1,0 +1,214 @@
+//! The running pools, and how a (new) configuration becomes them: pools added are started, pools removed
+//! stop listening, pools whose settings changed are started afresh behind the same listener; pools
+//! whose settings did not change are not touched, so their clients never notice a reload.
+//!
+//! Clients connected to a pool that changed keep the session they have (nobody is dropped) with the
+//! settings it started with; new connections get the new ones.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{accept_loop, Listener, Pool, Router, Shared, FIRST_TOPOLOGY_WAIT};
+use crate::cluster::Cluster;
+use crate::config::{Config, Mode, PoolConfig};
+use crate::discovery::Discovery;
+use crate::metrics::Metrics;
+use crate::shards::Shards;
+use crate::stats::PoolStats;
+
+struct Running {
+    /// The settings it runs with: the pool's own, but for `servers:` a reload may have replaced.
+    config: PoolConfig,
+    pool: Arc<Pool>,
+    listener: Arc<Listener>,
+    accept: JoinHandle<()>,
+}
+
+pub(super) struct Pools {
+    running: BTreeMap<String, Running>,
+    /// The pools serving now, for those who report on them (the stats port).
+    current: watch::Sender<Vec<Arc<Pool>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Pools {
+        Pools {
+            running: BTreeMap::new(),
+            current: watch::channel(Vec::new()).0,
+        }
+    }
+}
+
+impl Pools {
+    /// Makes the running pools those of `config`. Every new listener is bound first: if one cannot be,
+    /// nothing changes and the error says which.
+    pub(super) async fn apply(
+        &mut self,
+        config: &Config,
+        shared: &Arc<Shared>,
+        metrics: &Metrics,
+    ) -> io::Result<()> {
+        let mut fresh = BTreeMap::new();
+        for (name, pool_config) in &config.pools {
+            let reusable = self
+                .running
+                .get(name)
+                .is_some_and(|r| r.config.listen == pool_config.listen);
+            if !reusable {
+                let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
+                    )
+                })?;
+                fresh.insert(name.clone(), Arc::new(listener));
+            }
+        }
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !config.pools.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = self.running.remove(&name) {
+                old.accept.abort();
+                tracing::info!(pool = %name, listen = %old.config.listen,
+                    "pool removed: no longer listening; its connected clients stay until they leave");
+            }
+        }
+        for (name, pool_config) in &config.pools {
+            let old = self.running.get_mut(name);
+            if old.as_ref().is_some_and(|r| r.config == *pool_config) {
+                continue;
+            }
+            if let Some(old) = old {
+                if servers_only(&old.config, pool_config) && replace_servers(&old.pool, pool_config)
+                {
+                    old.config = pool_config.clone();
+                    tracing::info!(pool = %name, "pool servers changed: connected clients follow them");
+                    continue;
+                }
+            }
+            let old = self.running.get(name);
+            let listener = match fresh.remove(name) {
+                Some(listener) => listener,
+                None => match old {
+                    Some(old) => old.listener.clone(),
+                    None => continue, // bound above; cannot happen
+                },
+            };
+            let pool = start_pool(name, pool_config, &listener, shared, metrics).await?;
+            let accept = tokio::spawn(accept_loop(listener.clone(), pool.clone()));
+            if let Some(old) = self.running.insert(
+                name.clone(),
+                Running {
+                    config: pool_config.clone(),
+                    pool,
+                    listener,
+                    accept,
+                },
+            ) {
+                old.accept.abort();
+                tracing::info!(pool = %name, "pool settings changed: new connections use them; connected clients keep theirs");
+            } else {
+                tracing::info!(pool = %name, listen = %pool_config.listen, "listening");
+            }
+        }
+        self.current
+            .send_replace(self.running.values().map(|r| r.pool.clone()).collect());
+        Ok(())
+    }
+
+    /// The pools serving now, and later after each reload.
+    pub(super) fn watch(&self) -> watch::Receiver<Vec<Arc<Pool>>> {
+        self.current.subscribe()
+    }
+
+    pub(super) fn stop(&mut self) {
+        for running in std::mem::take(&mut self.running).into_values() {
+            running.accept.abort();
+        }
+    }
+}
+
+/// Whether `new` differs from `old` in `servers:` alone.
+fn servers_only(old: &PoolConfig, new: &PoolConfig) -> bool {
+    let mut probe = old.clone();
+    probe.servers.clone_from(&new.servers);
+    probe == *new
+}
+
+/// Hands a sharded pool with a static source its new `servers:`; the pool swaps them in like any
+/// other endpoint set. False when the pool cannot (a cluster's seeds, a Kubernetes source).
+fn replace_servers(pool: &Pool, config: &PoolConfig) -> bool {
+    matches!(pool.router, Router::Shards(_))
+        && pool
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.replace_servers(config))
+}
+
+/// Starts what is behind one pool: its cluster or shards, and its discovery source.
+async fn start_pool(
+    name: &str,
+    config: &PoolConfig,
+    listener: &Listener,
+    shared: &Arc<Shared>,
+    metrics: &Metrics,
+) -> io::Result<Arc<Pool>> {
+    let stats = Arc::new(PoolStats::default());
+    let mut discovery = None;
+    let router = if config.mode == Mode::Cluster {
+        let cluster = Cluster::start(config);
+        // Only Kubernetes seeds are followed: a cluster learns the rest from CLUSTER SLOTS.
+        if config.kubernetes.is_some() {
+            let source = first_set(Discovery::start(name, config)).await;
+            cluster.follow(source.endpoints.clone());
+            discovery = Some(source);
+        }
+        if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
+            tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
+        }
+        Router::Cluster(cluster)
+    } else {
+        // Static servers have a source too: their host names are resolved again as they move.
+        let source = first_set(Discovery::start(name, config)).await;
+        let shards = Shards::start(config, stats.clone(), &source).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
+        })?;
+        discovery = Some(source);
+        Router::Shards(shards)
+    };
+    let local_port = match listener {
+        Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+        Listener::Unix(..) => None,
+    };
+    Ok(Arc::new(Pool {
+        name: name.to_string(),
+        config: config.clone(),
+        router,
+        shared: shared.clone(),
+        stats,
+        metrics: metrics.pool(name),
+        clients: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        accepting: AtomicBool::new(true),
+        local_port,
+        discovery,
+    }))
+}
+
+/// Waits a little for the source's first endpoint set, so that the pool serves with it from the first
+/// request on; a slow API server or resolver does not hold the pool back (it fills in later).
+async fn first_set(source: Discovery) -> Discovery {
+    let mut endpoints = source.endpoints.clone();
+    let _ = tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some)).await;
+    source
+}
