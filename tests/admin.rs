@@ -401,6 +401,12 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
     let sent = value(&text, "slotline_backend_requests_total", a)
         + value(&text, "slotline_backend_requests_total", b);
     assert!(sent >= 50.0, "{sent}");
+    // The static server list is a discovery source too: its first endpoint set is an update.
+    assert!(
+        metric(&text, "slotline_discovery_updates_total{pool=\"shards\"}")
+            .is_some_and(|n| n >= 1.0),
+        "discovery updates counted:\n{text}"
+    );
 
     // Both servers stop answering for a while: a request times out, and is counted as such.
     for port in [a, b] {

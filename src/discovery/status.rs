@@ -1,7 +1,7 @@
 //! The state of a discovery source, readable by readiness checks and metrics, and the one place that
 //! logs its changes: a source that keeps failing the same way logs once, not once per retry.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 /// Where a source stands.
@@ -39,6 +39,8 @@ pub struct StatusSnapshot {
 #[derive(Debug)]
 pub struct Status {
     inner: Mutex<StatusSnapshot>,
+    /// The pool's `slotline_discovery_updates_total`, once the pool has metrics.
+    updates_metric: OnceLock<prometheus::IntCounter>,
 }
 
 impl Status {
@@ -55,7 +57,16 @@ impl Status {
                 last_error: None,
                 last_change: None,
             }),
+            updates_metric: OnceLock::new(),
         })
+    }
+
+    /// Counts every endpoint set handed to the pool in `counter` too, the ones before this call
+    /// included.
+    pub fn count_updates_in(&self, counter: prometheus::IntCounter) {
+        let s = self.lock();
+        counter.inc_by(s.updates.saturating_sub(counter.get()));
+        let _ = self.updates_metric.set(counter);
     }
 
     pub fn snapshot(&self) -> StatusSnapshot {
@@ -78,6 +89,9 @@ impl Status {
         s.has_endpoints = true;
         s.endpoints = count;
         s.updates += 1;
+        if let Some(counter) = self.updates_metric.get() {
+            counter.inc();
+        }
         s.last_change = Some(SystemTime::now());
         recovered(&mut s);
     }

@@ -189,13 +189,19 @@ async fn start_pool(
         Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
         Listener::Unix(..) => None,
     };
+    let pool_metrics = metrics.pool(name);
+    if let Some(source) = &discovery {
+        source
+            .status
+            .count_updates_in(pool_metrics.discovery_updates.clone());
+    }
     Ok(Arc::new(Pool {
         name: name.to_string(),
         config: config.clone(),
         router,
         shared: shared.clone(),
         stats,
-        metrics: metrics.pool(name),
+        metrics: pool_metrics,
         clients: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
