@@ -407,6 +407,14 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
             .is_some_and(|n| n >= 1.0),
         "discovery updates counted:\n{text}"
     );
+    assert_eq!(
+        metric(&text, "slotline_discovery_synced{pool=\"shards\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "slotline_discovery_errors_total{pool=\"shards\"}"),
+        Some(0.0)
+    );
 
     // Both servers stop answering for a while: a request times out, and is counted as such.
     for port in [a, b] {

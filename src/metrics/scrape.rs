@@ -89,6 +89,18 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &["backend", "pool"],
     ),
+    (
+        "slotline_discovery_synced",
+        "1 while the pool's discovery source follows its backends; 0 while it is starting or failing (the last known backends stay in use).",
+        MetricType::GAUGE,
+        &["pool"],
+    ),
+    (
+        "slotline_discovery_errors_total",
+        "Failures of the pool's discovery source (API server unreachable or refusing, names not resolving); each retry counts.",
+        MetricType::COUNTER,
+        &["pool"],
+    ),
 ];
 
 /// Indexes into [`FAMILIES`], so that the code below reads by name.
@@ -106,6 +118,8 @@ mod family {
     pub const ERRORS: usize = 10;
     pub const EJECTED: usize = 11;
     pub const EJECTIONS: usize = 12;
+    pub const DISCOVERY_SYNCED: usize = 13;
+    pub const DISCOVERY_ERRORS: usize = 14;
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -185,6 +199,12 @@ impl Collector for PoolsCollector {
             f[CLIENTS].add(&[("pool", name)], stats.clients);
             f[ACCEPTED].add(&[("pool", name)], stats.accepted);
             f[REJECTED].add(&[("pool", name)], stats.rejected);
+            if let Some(status) = pool.discovery() {
+                let snapshot = status.snapshot();
+                let synced = matches!(snapshot.state, crate::discovery::SourceState::Synced);
+                f[DISCOVERY_SYNCED].add(&[("pool", name)], u64::from(synced));
+                f[DISCOVERY_ERRORS].add(&[("pool", name)], snapshot.errors);
+            }
             // (node, ejected now) for every backend the pool routes to.
             let backends: Vec<(Arc<Node>, bool)> = match &pool.router {
                 Router::Cluster(cluster) => {

@@ -79,6 +79,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "slotline_redirects_total",
     "slotline_topology_refreshes_total",
     "slotline_discovery_updates_total",
+    "slotline_discovery_synced",
+    "slotline_discovery_errors_total",
     "slotline_config_reloads_total",
     "slotline_master_switches_total",
     "slotline_up",
