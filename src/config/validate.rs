@@ -1,0 +1,247 @@
+//! Checking a parsed configuration before anything binds: every error names the field at fault.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let err = |pool: &str, field: &str, what: String| ConfigError {
+            file: None,
+            message: format!("pools.{pool}.{field}: {what}"),
+        };
+        if self.pools.is_empty() {
+            return Err(ConfigError {
+                file: None,
+                message: "pools: at least one pool is required".into(),
+            });
+        }
+        if self.workers > 1024 {
+            return Err(ConfigError {
+                file: None,
+                message: "workers: at most 1024".into(),
+            });
+        }
+        let top = |field: &str, what: String| ConfigError {
+            file: None,
+            message: format!("{field}: {what}"),
+        };
+        if self.shutdown_grace == 0 || self.shutdown_grace > 3_600_000 {
+            return Err(top(
+                "shutdown_grace",
+                "must be between 1 ms and one hour".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            top(
+                "log_level",
+                format!("'{}' is not a log filter: {e}", self.log_level),
+            )
+        })?;
+        if let Some(listen) = &self.stats_listen {
+            split_host_port(listen).map_err(|e| ConfigError {
+                file: None,
+                message: format!("stats_listen: {e}"),
+            })?;
+        }
+        let mut listens = BTreeMap::new();
+        if let Some(stats) = &self.stats_listen {
+            listens.insert(stats.as_str(), "stats_listen".to_string());
+        }
+        if let Some(admin) = &self.admin {
+            split_host_port(&admin.listen).map_err(|e| top("admin.listen", e))?;
+            if let Some(other) = listens.insert(admin.listen.as_str(), "admin".to_string()) {
+                return Err(top(
+                    "admin.listen",
+                    format!("{} is also used by {other}", admin.listen),
+                ));
+            }
+        }
+        for (name, pool) in &self.pools {
+            if let Some(other) = listens.insert(pool.listen.as_str(), format!("pool {name}")) {
+                return Err(err(
+                    name,
+                    "listen",
+                    format!("{} is also used by {other}", pool.listen),
+                ));
+            }
+            if !is_unix_path(&pool.listen) {
+                split_host_port(&pool.listen).map_err(|e| err(name, "listen", e))?;
+            }
+            match (&pool.kubernetes, pool.servers.is_empty()) {
+                (None, true) => {
+                    return Err(err(
+                        name,
+                        "servers",
+                        "at least one server is required (or a kubernetes: source)".into(),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(err(
+                        name,
+                        "servers",
+                        "give either servers or kubernetes, not both".into(),
+                    ))
+                }
+                (Some(k8s), true) => k8s
+                    .validate()
+                    .map_err(|(field, e)| err(name, &format!("kubernetes.{field}"), e))?,
+                (None, false) => {}
+            }
+            if pool.resolve_interval == 0 {
+                return Err(err(
+                    name,
+                    "resolve_interval",
+                    "must be at least 1 ms".into(),
+                ));
+            }
+            match pool.mode {
+                Mode::Cluster => {
+                    for (i, server) in pool.servers.iter().enumerate() {
+                        split_host_port(server)
+                            .map_err(|e| err(name, &format!("servers[{i}]"), e))?;
+                    }
+                    for (field, set) in [
+                        ("hash", pool.hash.is_some()),
+                        ("hash_tag", pool.hash_tag.is_some()),
+                        ("distribution", pool.distribution.is_some()),
+                        ("auto_eject_hosts", pool.auto_eject_hosts),
+                    ] {
+                        if set {
+                            return Err(err(name, field, "applies to sharded pools (ketama, modula, random), not to a cluster".into()));
+                        }
+                    }
+                    if pool.redis_db != 0 {
+                        return Err(err(
+                            name,
+                            "redis_db",
+                            "a Redis Cluster has only database 0".into(),
+                        ));
+                    }
+                }
+                Mode::Ketama | Mode::Modula | Mode::Random if pool.kubernetes.is_some() => {
+                    pool.placement()
+                        .map_err(|(field, e)| err(name, &field, e))?;
+                }
+                Mode::Ketama | Mode::Modula | Mode::Random => {
+                    pool.sharding().map_err(|(field, e)| err(name, &field, e))?;
+                    if let Some(d) = &pool.distribution {
+                        let matches = d.parse::<Mode>().is_ok_and(|m| m == pool.mode);
+                        if !matches {
+                            return Err(err(
+                                name,
+                                "distribution",
+                                format!("{d:?} disagrees with mode (leave one of them out)"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if pool.redis == Some(false) {
+                return Err(err(
+                    name,
+                    "redis",
+                    "memcached pools are not supported: slotline is a Redis proxy (set redis: true)"
+                        .into(),
+                ));
+            }
+            if pool.redis_auth.as_deref() == Some("") {
+                return Err(err(name, "redis_auth", "must not be empty".into()));
+            }
+            if pool.auto_eject_hosts && pool.server_failure_limit == 0 {
+                return Err(err(
+                    name,
+                    "server_failure_limit",
+                    "must be at least 1".into(),
+                ));
+            }
+            if pool.auto_eject_hosts && pool.server_retry_timeout == 0 {
+                return Err(err(
+                    name,
+                    "server_retry_timeout",
+                    "must be at least 1 ms".into(),
+                ));
+            }
+            if pool.timeout == 0 {
+                return Err(err(name, "timeout", "must be at least 1 ms".into()));
+            }
+            if !(1..=64).contains(&pool.server_connections) {
+                return Err(err(
+                    name,
+                    "server_connections",
+                    "must be between 1 and 64".into(),
+                ));
+            }
+            if pool.max_request_bytes < 1024 || pool.max_request_bytes > u32::MAX as usize / 2 {
+                return Err(err(
+                    name,
+                    "max_request_bytes",
+                    "must be between 1024 and 2 GiB".into(),
+                ));
+            }
+            if pool.max_pending == 0 {
+                return Err(err(name, "max_pending", "must be at least 1".into()));
+            }
+            if pool.refresh_interval == 0 {
+                return Err(err(
+                    name,
+                    "refresh_interval",
+                    "must be at least 1 ms".into(),
+                ));
+            }
+            if pool.connect_timeout == 0 {
+                return Err(err(name, "connect_timeout", "must be at least 1 ms".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KubernetesConfig {
+    /// Checks the names Kubernetes would accept; the error names the field (below `kubernetes.`).
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        let dns_label = |field: &str, value: &str| {
+            let ok = !value.is_empty()
+                && value.len() <= 63
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !value.starts_with('-')
+                && !value.ends_with('-');
+            if ok {
+                Ok(())
+            } else {
+                Err((
+                    field.to_string(),
+                    format!("{value:?} is not a valid Kubernetes name (lower case letters, digits and '-', at most 63)"),
+                ))
+            }
+        };
+        dns_label("service", &self.service)?;
+        if let Some(ns) = &self.namespace {
+            dns_label("namespace", ns)?;
+        }
+        if let Some(PortRef::Name(port)) = &self.port {
+            dns_label("port", port)?;
+        }
+        if self.weight == 0 {
+            return Err(("weight".into(), "must be at least 1".into()));
+        }
+        let mut seen = BTreeMap::new();
+        for (pod, name) in &self.names {
+            if name.is_empty() || name.contains(['\0', ' ']) {
+                return Err((
+                    format!("names.{pod}"),
+                    "must be a non-empty name without spaces".into(),
+                ));
+            }
+            if let Some(other) = seen.insert(name, pod) {
+                return Err((
+                    format!("names.{pod}"),
+                    format!("{name:?} is also the name of {other}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
