@@ -2,12 +2,12 @@
 //! its data in its own directory (its "persistent volume"), and can be stopped and started again on
 //! another address, as a rescheduled StatefulSet pod comes back with a new IP and the same volume.
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::thread;
 use std::time::Duration;
 
+use super::standalone::spawn_redis_server;
 use super::{log_tail, wait_ok, Client, Reaper, Reply, TempDir};
 
 /// One "pod"; killed (by PID) on drop.
@@ -44,24 +44,7 @@ impl RedisPod {
     }
 
     fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .expect("open redis.log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", &self.ip])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); is the redis-server package installed?")
-            });
+        let child = spawn_redis_server(&self.ip, self.port, self.dir.path(), &[]);
         if let Some(reaper) = &mut self.reaper {
             reaper.watch(child.id());
         }

@@ -154,17 +154,27 @@ impl RedisServers {
     }
 }
 
+/// A standalone server on `ip:port` (and a unix socket in `dir`), logging to `dir/redis.log`.
 fn spawn_server(port: u16, dir: &Path, extra_args: &[String]) -> Child {
+    let mut args = vec![
+        "--unixsocket".to_string(),
+        dir.join("redis.sock").display().to_string(),
+    ];
+    args.extend_from_slice(extra_args);
+    spawn_redis_server("127.0.0.1", port, dir, &args)
+}
+
+/// Runs `redis-server` bound to `ip:port` with no persistence, its files and its log
+/// (`dir/redis.log`, appended to across restarts) in `dir`.
+pub(crate) fn spawn_redis_server(ip: &str, port: u16, dir: &Path, extra_args: &[String]) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("redis.log"))
         .expect("open redis.log");
     Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--bind", ip])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--unixsocket")
-        .arg(dir.join("redis.sock"))
         .arg("--dir")
         .arg(dir)
         .args(extra_args)
