@@ -17,16 +17,15 @@ mod view;
 
 use super::fanout;
 use super::local::{self, Outcome};
-use super::{Pool, Router};
+use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
-use crate::cluster::classify;
 use crate::command::{self, LookupError, Request, Route};
-use crate::metrics::{ErrorKind, RedirectKind, SessionTally};
+use crate::metrics::{ErrorKind, SessionTally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
 use crate::stats;
 use parts::{SplitRequest, MAX_PARTS, PART, PART_BITS};
-use redirect::follow;
+use redirect::{follow_reply, Redirected};
 use transaction::Transaction;
 use view::{Place, View};
 
@@ -602,29 +601,13 @@ impl Ctx {
                 return self.timed_out();
             }
         };
-        let mut failure = ErrorKind::BackendError;
-        if let (Some(b'-'), Router::Cluster(cluster), false) =
-            (reply.first(), &self.pool.router, w.own_connection)
-        {
-            if let Some(r) = classify(&reply) {
-                let resend = self.inbox.reply_to(self.front_seq);
-                let max = self.pool.config.max_redirects;
-                let kind = RedirectKind::from(&r);
-                if follow(
-                    cluster,
-                    max,
-                    self.client.id as usize,
-                    self.proto,
-                    w,
-                    r,
-                    resend,
-                ) {
-                    self.tally.redirect(kind);
-                    return;
-                }
-                failure = ErrorKind::RedirectLimit;
-            }
-        }
+        let pick = self.client.id as usize;
+        let resend = || self.inbox.reply_to(self.front_seq);
+        let failure = match follow_reply(&self.pool, pick, self.proto, w, &reply, resend) {
+            Redirected::Followed(kind) => return self.tally.redirect(kind),
+            Redirected::Refused => ErrorKind::RedirectLimit,
+            Redirected::No => ErrorKind::BackendError,
+        };
         if reply.first() == Some(&b'-') {
             self.tally.error(failure);
         }

@@ -9,14 +9,12 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::super::fanout::{self, Merge, Split};
-use super::super::Router;
-use super::redirect::follow;
+use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
 use super::{printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
-use crate::cluster::classify;
 use crate::command::{Request, Spec};
-use crate::metrics::{ErrorKind, RedirectKind};
+use crate::metrics::ErrorKind;
 use crate::protocol::Reply;
 use crate::route::Slot;
 use crate::stats;
@@ -225,27 +223,14 @@ impl Ctx {
                     continue;
                 }
             };
-            if let (Some(b'-'), Router::Cluster(cluster), false) =
-                (reply.first(), &self.pool.router, part.w.own_connection)
+            let pick = self.client.id as usize;
+            let resend = || self.inbox.reply_to(part_seq(self.front_seq, i));
+            if let Redirected::Followed(kind) =
+                follow_reply(&self.pool, pick, self.proto, &mut part.w, &reply, resend)
             {
-                if let Some(r) = classify(&reply) {
-                    let resend = self.inbox.reply_to(part_seq(self.front_seq, i));
-                    let max = self.pool.config.max_redirects;
-                    let kind = RedirectKind::from(&r);
-                    if follow(
-                        cluster,
-                        max,
-                        self.client.id as usize,
-                        self.proto,
-                        &mut part.w,
-                        r,
-                        resend,
-                    ) {
-                        self.tally.redirect(kind);
-                        waiting = true;
-                        continue;
-                    }
-                }
+                self.tally.redirect(kind);
+                waiting = true;
+                continue;
             }
             part.w.result = Some(Ok(reply));
         }

@@ -6,14 +6,54 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::super::{Pool, Router};
 use super::Waiting;
 use crate::backend::ReplyTo;
-use crate::cluster::{Cluster, Redirect, Topology};
+use crate::cluster::{classify, Cluster, Redirect, Topology};
+use crate::metrics::RedirectKind;
 use crate::route::Slot;
+
+/// What came of a backend reply that may be a cluster redirect.
+pub(super) enum Redirected {
+    /// Not a redirect to follow (not an error, not a cluster pool, or a request on the client's own
+    /// connection, which gets the redirect as is): the reply stands.
+    No,
+    /// Resent; its reply will arrive again.
+    Followed(RedirectKind),
+    /// A redirect that may not be followed again (too many, or out of time): the reply stands.
+    Refused,
+}
+
+/// Follows `reply` when it is a MOVED, ASK, TRYAGAIN or CLUSTERDOWN that `w` may follow; `resend`
+/// says where the resent request's reply goes.
+pub(super) fn follow_reply(
+    pool: &Pool,
+    pick: usize,
+    proto: u8,
+    w: &mut Waiting,
+    reply: &[u8],
+    resend: impl FnOnce() -> ReplyTo,
+) -> Redirected {
+    let Router::Cluster(cluster) = &pool.router else {
+        return Redirected::No;
+    };
+    if reply.first() != Some(&b'-') || w.own_connection {
+        return Redirected::No;
+    }
+    let Some(redirect) = classify(reply) else {
+        return Redirected::No;
+    };
+    let kind = RedirectKind::from(&redirect);
+    let max = pool.config.max_redirects;
+    match follow(cluster, max, pick, proto, w, redirect, resend()) {
+        true => Redirected::Followed(kind),
+        false => Redirected::Refused,
+    }
+}
 
 /// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
 /// case the client gets the cluster's reply as is.
-pub(super) fn follow(
+fn follow(
     cluster: &Arc<Cluster>,
     max_redirects: u32,
     pick: usize,
