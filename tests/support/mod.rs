@@ -53,22 +53,37 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Number of hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 
-/// A port that was free a moment ago (bind `127.0.0.1:0`, read it, drop the listener).
+/// A port that was free a moment ago, for a listener a test starts (slotline, nutcracker, a fake API
+/// server).
+///
+/// Ports come from 10000..=19999: below the cluster ports (whose bus ports sit 10000 higher) and far
+/// below the kernel's ephemeral range, so an outgoing connection of some other process cannot take the
+/// port between this check and the bind (which `127.0.0.1:0` would risk).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
+    static CURSOR: Mutex<Option<u32>> = Mutex::new(None);
+    next_port(&CURSOR, (10000, 19999), port_bindable)
 }
 
 /// A port for a cluster node: it and its cluster bus port (`port + 10000`) are both bindable.
 ///
 /// Ports come from 20000 up to just below where the bus port would enter the kernel's ephemeral range,
-/// so neither can be taken by an outgoing connection or by `free_port`. A process-wide cursor keeps
-/// concurrent tests from being handed the same port before redis has bound it.
+/// so neither can be taken by an outgoing connection or by `free_port`.
 pub fn cluster_port() -> u16 {
     static CURSOR: Mutex<Option<u32>> = Mutex::new(None);
-    let (lo, hi) = cluster_port_range();
+    next_port(&CURSOR, cluster_port_range(), |port| {
+        port_bindable(port) && port_bindable(port + 10000)
+    })
+}
+
+/// The next port in `lo..=hi` that `usable` accepts. A process-wide cursor keeps concurrent tests from
+/// being handed the same port before its server has bound it.
+fn next_port(
+    cursor: &Mutex<Option<u32>>,
+    (lo, hi): (u16, u16),
+    usable: impl Fn(u16) -> bool,
+) -> u16 {
     let span = u32::from(hi - lo) + 1;
-    let mut cursor = CURSOR.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cursor = cursor.lock().unwrap_or_else(|e| e.into_inner());
     let next = cursor.get_or_insert_with(|| {
         // Spread separate test binaries (rare, but possible) over the range.
         let nanos = SystemTime::now()
@@ -79,11 +94,11 @@ pub fn cluster_port() -> u16 {
     for _ in 0..span {
         let port = lo + (*next % span) as u16;
         *next = next.wrapping_add(1);
-        if port_bindable(port) && port_bindable(port + 10000) {
+        if usable(port) {
             return port;
         }
     }
-    panic!("no free port pair (P, P+10000) with P in {lo}..={hi}");
+    panic!("no usable port in {lo}..={hi}");
 }
 
 fn cluster_port_range() -> (u16, u16) {
