@@ -1,6 +1,7 @@
 //! slotline: a Redis proxy for Kubernetes. Clients speak plain RESP to one address; slotline routes each
 //! command to the Redis Cluster node that owns its key (following MOVED and ASK and refreshing the
-//! topology itself), or to the shard twemproxy would pick for it.
+//! topology itself), to the shard twemproxy would pick for it, or to the current master (or a replica)
+//! of a primary/replica group.
 //!
 //! # Layout
 //!
@@ -17,6 +18,9 @@
 //!   seeds from discovery.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
 //!   follows them, keyed by stable name), twemproxy's placement behind an ArcSwap, and auto-ejection.
+//! - [`primary`]: primary pools (a master with replicas): who is master, decided by Sentinel (a
+//!   majority, and `+switch-master` announcements) or by `ROLE` probes, as a snapshot behind an
+//!   ArcSwap; healthy replicas for reads; READONLY retries after a switch.
 //! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
 //!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
 //!   endpoint sets handed to the pool, and the source's state for readiness and metrics.
@@ -44,6 +48,7 @@ pub mod command;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
+pub mod primary;
 pub mod protocol;
 pub mod route;
 pub mod server;

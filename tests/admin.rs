@@ -389,9 +389,11 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
         .unwrap_or_else(|| panic!("no {name} for {port} in:\n{text}"))
     };
     let text = http_get(admin, "/metrics").body;
-    // A sharded pool has every series but the cluster-only refreshes.
+    // A sharded pool has every series but the cluster-only refreshes and the primary pools' own.
     for name in support::METRIC_NAMES {
-        if *name != "slotline_topology_refreshes_total" {
+        let elsewhere = *name == "slotline_topology_refreshes_total"
+            || support::PRIMARY_METRIC_NAMES.contains(name);
+        if !elsewhere {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "/metrics lacks {name}"

@@ -25,11 +25,6 @@ use support::METRIC_NAMES;
 /// The paths the admin listener serves (src/admin/mod.rs), which probes may point at.
 const ADMIN_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
-/// Examples whose slotline config uses a pool mode that is not implemented yet, so slotline's own
-/// validation would refuse it. `mode: primary` (redis-ha behind Sentinel) is being built separately;
-/// the example shows the config it is designed to take. Everything else about it is still checked.
-const NOT_YET_VALID: [&str; 1] = ["examples/redis-ha"];
-
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
@@ -312,11 +307,7 @@ fn probes_ports_and_config_agree() {
         let text = mounted_config(&r);
 
         // slotline's own validation, exactly as `slotline check` does it.
-        if NOT_YET_VALID.contains(&dir.as_str()) {
-            eprintln!(
-                "deploy/{dir}: config validation skipped (mode: primary is not implemented yet)"
-            );
-        } else if let Err(e) = slotline::config::Config::from_yaml(&text) {
+        if let Err(e) = slotline::config::Config::from_yaml(&text) {
             panic!("deploy/{dir}: the ConfigMap's config is invalid: {e}");
         }
         let config: Value = serde_yaml::from_str(&text).expect("config YAML");

@@ -7,9 +7,11 @@
 mod connection;
 mod health;
 mod inbox;
+mod nodes;
 
 pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
+pub use nodes::Nodes;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

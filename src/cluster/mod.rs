@@ -10,7 +10,6 @@ mod topology;
 pub use redirect::{classify, Redirect};
 pub use topology::Topology;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -37,14 +36,13 @@ pub struct Cluster {
     topology: ArcSwap<Topology>,
     /// Every node slotline holds connections to, by address: the current masters plus nodes named by
     /// redirects since the last refresh.
-    nodes: Mutex<HashMap<Arc<str>, Arc<Node>>>,
+    nodes: backend::Nodes,
     /// Where to learn the topology when no known master answers: the configured servers, or the
     /// endpoints discovery last handed over (replaced whole, off the data path).
     seeds: Mutex<Arc<[Arc<str>]>>,
     /// Whether the seeds come from discovery (and so list every node that exists).
     discovered: AtomicBool,
     refresh: Arc<Notify>,
-    settings: backend::Settings,
     refresh_interval: Duration,
     refreshes: AtomicUsize,
     /// Refreshes that installed a topology, and those no node answered usefully (read by metrics).
@@ -61,7 +59,14 @@ impl Cluster {
         let refresh = Arc::new(Notify::new());
         let cluster = Arc::new(Cluster {
             topology: ArcSwap::from_pointee(Topology::empty()),
-            nodes: Mutex::new(HashMap::new()),
+            nodes: backend::Nodes::new(backend::Settings {
+                on_failure: Some(refresh.clone()),
+                ..backend::Settings::new(
+                    config.server_connections,
+                    Duration::from_millis(config.connect_timeout),
+                )
+                .with_login(config.redis_auth.as_deref(), 0)
+            }),
             seeds: Mutex::new(
                 config
                     .servers
@@ -70,14 +75,6 @@ impl Cluster {
                     .collect(),
             ),
             discovered: AtomicBool::new(false),
-            settings: backend::Settings {
-                on_failure: Some(refresh.clone()),
-                ..backend::Settings::new(
-                    config.server_connections,
-                    Duration::from_millis(config.connect_timeout),
-                )
-                .with_login(config.redis_auth.as_deref(), 0)
-            },
             refresh,
             refresh_interval: Duration::from_millis(config.refresh_interval),
             refreshes: AtomicUsize::new(0),
@@ -97,7 +94,7 @@ impl Cluster {
     /// Asks for a refresh soon; requests made while one is pending collapse into it.
     /// How this cluster's backend connections are set up.
     pub fn settings(&self) -> &backend::Settings {
-        &self.settings
+        self.nodes.settings()
     }
 
     pub fn request_refresh(&self) {
@@ -158,14 +155,7 @@ impl Cluster {
 
     /// The node at `addr`, connecting to it if slotline has not yet (a redirect to a new node).
     pub fn node(&self, addr: &str) -> Arc<Node> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(node) = nodes.get(addr) {
-            return node.clone();
-        }
-        let addr: Arc<str> = Arc::from(addr);
-        let node = Node::spawn(addr.clone(), &self.settings);
-        nodes.insert(addr, node.clone());
-        node
+        self.nodes.get(addr)
     }
 
     /// Fetches the slot map from the first node that answers (known masters first, then the seeds) and
@@ -237,24 +227,10 @@ impl Cluster {
     }
 
     fn install(&self, map: slots::SlotMap) {
-        let new = {
-            let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
-            let masters: Vec<Arc<Node>> = map
-                .masters
-                .iter()
-                .map(|addr| match nodes.get(addr.as_str()) {
-                    Some(node) => node.clone(),
-                    None => Node::spawn(Arc::from(addr.as_str()), &self.settings),
-                })
-                .collect();
-            // Nodes no longer in the topology are dropped here; their connections close once sessions
-            // holding the old topology are done with them.
-            *nodes = masters
-                .iter()
-                .map(|n| (n.addr().clone(), n.clone()))
-                .collect();
-            Topology::new(map.slots, masters)
-        };
+        // Nodes no longer in the topology are dropped here; their connections close once sessions
+        // holding the old topology are done with them.
+        let masters = self.nodes.keep_only(map.masters.iter().map(String::as_str));
+        let new = Topology::new(map.slots, masters);
         let old = self.topology.load();
         if !old.same_routes(&new) {
             tracing::info!(

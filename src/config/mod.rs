@@ -58,6 +58,9 @@ pub enum Mode {
     Modula,
     /// Independent shards, any live server (twemproxy's random distribution).
     Random,
+    /// One master with replicas: writes to the current master (found by Sentinel or by probing
+    /// `ROLE`), reads to replicas when `read_from` says so.
+    Primary,
 }
 
 impl std::str::FromStr for Mode {
@@ -69,6 +72,7 @@ impl std::str::FromStr for Mode {
             "ketama" => Ok(Mode::Ketama),
             "modula" => Ok(Mode::Modula),
             "random" => Ok(Mode::Random),
+            "primary" => Ok(Mode::Primary),
             _ => Err(()),
         }
     }
@@ -78,7 +82,7 @@ impl Mode {
     /// The twemproxy distribution of a sharded mode.
     pub fn distribution(self) -> Option<DistributionKind> {
         match self {
-            Mode::Cluster => None,
+            Mode::Cluster | Mode::Primary => None,
             Mode::Ketama => Some(DistributionKind::Ketama),
             Mode::Modula => Some(DistributionKind::Modula),
             Mode::Random => Some(DistributionKind::Random),
@@ -95,6 +99,7 @@ pub struct PoolConfig {
     pub mode: Mode,
     /// Cluster: seed nodes as `host:port` (host names allowed); the topology is learnt from them.
     /// Sharded modes: twemproxy server lines, `host:port:weight [name]`.
+    /// Primary: the master and its replicas as `host:port` (optional with `sentinel`, which names them).
     /// Host names are re-resolved every `resolve_interval` and when a connection fails.
     /// Either this or `kubernetes`.
     #[serde(default)]
@@ -173,6 +178,51 @@ pub struct PoolConfig {
     pub tcpkeepalive: Option<bool>,
     #[serde(default)]
     pub reuseport: Option<bool>,
+    /// Primary pools: find the master by asking these sentinels (without it, by probing `ROLE`).
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+    /// Primary pools: milliseconds between two looks at who is master (`ROLE` probes, sentinel
+    /// queries). Failures and READONLY replies make slotline look at once.
+    #[serde(default = "defaults::probe_interval")]
+    pub probe_interval: u64,
+    /// Primary pools: where read-only commands go.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// Primary pools: a second listener serving read-only commands from replicas (writes are refused
+    /// with READONLY, as a replica would), like the redis-ha chart's read port.
+    #[serde(default)]
+    pub replica_listen: Option<String>,
+}
+
+/// Where a primary pool finds out who the master is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under.
+    pub master_name: String,
+    /// Sentinels as `host:port`; or
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// the endpoints of the sentinels' Kubernetes Service.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Password of the sentinels (`requirepass` in sentinel.conf), if they ask for one.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// Where a primary pool sends read-only commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// Everything to the master.
+    #[default]
+    Master,
+    /// Reads to a replica only (round-robin over the healthy ones); while none is healthy they fail
+    /// with an error rather than load the master.
+    Replica,
+    /// Reads to a healthy replica, and to the master while there is none.
+    PreferReplica,
 }
 
 mod defaults {
@@ -215,6 +265,10 @@ mod defaults {
     }
     pub fn server_failure_limit() -> u32 {
         2
+    }
+    /// HAProxy's `inter 1s`, as the redis-ha chart configures it.
+    pub fn probe_interval() -> u64 {
+        1000
     }
 }
 
@@ -386,6 +440,10 @@ impl PoolConfig {
             preconnect: None,
             tcpkeepalive: None,
             reuseport: None,
+            sentinel: None,
+            probe_interval: defaults::probe_interval(),
+            read_from: ReadFrom::Master,
+            replica_listen: None,
         }
     }
 
@@ -475,6 +533,11 @@ pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
         .unwrap_or(host);
     if host.is_empty() {
         return Err(format!("'{addr}' has no host"));
+    }
+    // A colon left in the host is an IPv6 address (bracketed or not) or a mistake, such as a
+    // twemproxy server line's `:weight` where only host:port belongs.
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!("'{addr}' is not host:port"));
     }
     let port: u16 = port
         .parse()
@@ -566,6 +629,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pools.main.hash"), "{e}");
+    }
+
+    #[test]
+    fn primary_pools_check_their_fields() {
+        let sentinel = "pools:\n  p:\n    listen: 127.0.0.1:6390\n    mode: primary\n    read_from: prefer_replica\n    replica_listen: 127.0.0.1:6391\n    sentinel:\n      master_name: mymaster\n      servers: [10.0.0.1:26379, 10.0.0.2:26379]\n";
+        let config = Config::from_yaml(sentinel).unwrap();
+        let p = &config.pools["p"];
+        assert_eq!(p.read_from, ReadFrom::PreferReplica);
+        assert_eq!(p.probe_interval, 1000);
+        assert!(p.servers.is_empty(), "the sentinels name the members");
+        let probed = "pools:\n  p:\n    listen: 127.0.0.1:6390\n    mode: primary\n    servers: [10.0.0.1:6379, 10.0.0.2:6379]\n";
+        assert_eq!(
+            Config::from_yaml(probed).unwrap().pools["p"].read_from,
+            ReadFrom::Master
+        );
+        for (bad, field) in [
+            (
+                sentinel.replace("mymaster", "\"\""),
+                "pools.p.sentinel.master_name",
+            ),
+            (
+                sentinel.replace("10.0.0.2:26379", "10.0.0.2"),
+                "pools.p.sentinel.servers[1]",
+            ),
+            (
+                sentinel.replace("      servers: [10.0.0.1:26379, 10.0.0.2:26379]\n", ""),
+                "pools.p.sentinel.servers",
+            ),
+            (
+                sentinel.replace("prefer_replica", "replicas"),
+                "unknown variant `replicas`",
+            ),
+            (
+                sentinel.replace("127.0.0.1:6391", "127.0.0.1:6390"),
+                "pools.p.replica_listen",
+            ),
+            (
+                sentinel.replace("mode: primary", "mode: primary\n    hash: md5"),
+                "pools.p.hash",
+            ),
+            (
+                probed.replace("servers: [10.0.0.1:6379, 10.0.0.2:6379]", "servers: []"),
+                "pools.p.servers",
+            ),
+            (
+                probed.replace("10.0.0.2:6379", "10.0.0.2:6379:1"),
+                "pools.p.servers[1]",
+            ),
+            (
+                probed.replace("mode: primary", "mode: primary\n    probe_interval: 0"),
+                "pools.p.probe_interval",
+            ),
+        ] {
+            let e = Config::from_yaml(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        // Primary-only fields elsewhere are refused by name.
+        for field in ["read_from: replica", "replica_listen: 127.0.0.1:7000"] {
+            let bad = MINIMAL.replace("servers:", &format!("{field}\n    servers:"));
+            let e = Config::from_yaml(&bad).unwrap_err().to_string();
+            let name = field.split(':').next().unwrap_or_default();
+            assert!(e.contains(&format!("pools.main.{name}")), "{e}");
+        }
     }
 
     #[test]

@@ -68,7 +68,9 @@ impl Config {
             if !is_unix_path(&pool.listen) {
                 split_host_port(&pool.listen).map_err(|e| err(name, "listen", e))?;
             }
+            let named_by_sentinel = pool.mode == Mode::Primary && pool.sentinel.is_some();
             match (&pool.kubernetes, pool.servers.is_empty()) {
+                (None, true) if named_by_sentinel => {}
                 (None, true) => {
                     return Err(err(
                         name,
@@ -119,6 +121,21 @@ impl Config {
                         ));
                     }
                 }
+                Mode::Primary => {
+                    pool.validate_primary()
+                        .map_err(|(field, e)| err(name, &field, e))?;
+                    if let Some(replica_listen) = &pool.replica_listen {
+                        if let Some(other) =
+                            listens.insert(replica_listen.as_str(), format!("pool {name}"))
+                        {
+                            return Err(err(
+                                name,
+                                "replica_listen",
+                                format!("{replica_listen} is also used by {other}"),
+                            ));
+                        }
+                    }
+                }
                 Mode::Ketama | Mode::Modula | Mode::Random if pool.kubernetes.is_some() => {
                     pool.placement()
                         .map_err(|(field, e)| err(name, &field, e))?;
@@ -134,6 +151,21 @@ impl Config {
                                 format!("{d:?} disagrees with mode (leave one of them out)"),
                             ));
                         }
+                    }
+                }
+            }
+            if pool.mode != Mode::Primary {
+                for (field, set) in [
+                    ("sentinel", pool.sentinel.is_some()),
+                    ("read_from", pool.read_from != ReadFrom::Master),
+                    ("replica_listen", pool.replica_listen.is_some()),
+                ] {
+                    if set {
+                        return Err(err(
+                            name,
+                            field,
+                            "applies to primary pools (mode: primary) only".into(),
+                        ));
                     }
                 }
             }
@@ -194,6 +226,66 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl PoolConfig {
+    /// The fields of a primary pool; the error names the field at fault.
+    fn validate_primary(&self) -> Result<(), (String, String)> {
+        for (i, server) in self.servers.iter().enumerate() {
+            split_host_port(server).map_err(|e| (format!("servers[{i}]"), e))?;
+        }
+        for (field, set) in [
+            ("hash", self.hash.is_some()),
+            ("hash_tag", self.hash_tag.is_some()),
+            ("distribution", self.distribution.is_some()),
+            ("auto_eject_hosts", self.auto_eject_hosts),
+        ] {
+            if set {
+                return Err((
+                    field.into(),
+                    "applies to sharded pools (ketama, modula, random), not to a primary pool"
+                        .into(),
+                ));
+            }
+        }
+        if self.probe_interval == 0 {
+            return Err(("probe_interval".into(), "must be at least 1 ms".into()));
+        }
+        if let Some(listen) = &self.replica_listen {
+            split_host_port(listen).map_err(|e| ("replica_listen".to_string(), e))?;
+        }
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(());
+        };
+        if sentinel.master_name.is_empty() || sentinel.master_name.contains([' ', '\0']) {
+            return Err((
+                "sentinel.master_name".into(),
+                "must be a non-empty name without spaces".into(),
+            ));
+        }
+        if sentinel.password.as_deref() == Some("") {
+            return Err(("sentinel.password".into(), "must not be empty".into()));
+        }
+        match (&sentinel.kubernetes, sentinel.servers.is_empty()) {
+            (None, true) => Err((
+                "sentinel.servers".into(),
+                "at least one sentinel is required (or a kubernetes: source)".into(),
+            )),
+            (Some(_), false) => Err((
+                "sentinel.servers".into(),
+                "give either servers or kubernetes, not both".into(),
+            )),
+            (Some(k8s), true) => k8s
+                .validate()
+                .map_err(|(field, e)| (format!("sentinel.kubernetes.{field}"), e)),
+            (None, false) => {
+                for (i, server) in sentinel.servers.iter().enumerate() {
+                    split_host_port(server).map_err(|e| (format!("sentinel.servers[{i}]"), e))?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 

@@ -82,6 +82,8 @@ pub enum RedirectKind {
     Ask,
     /// TRYAGAIN and CLUSTERDOWN, retried after a pause.
     TryAgain,
+    /// READONLY from a demoted master, sent again to the new one.
+    Readonly,
 }
 
 impl From<&crate::cluster::Redirect<'_>> for RedirectKind {
@@ -96,10 +98,11 @@ impl From<&crate::cluster::Redirect<'_>> for RedirectKind {
 }
 
 impl RedirectKind {
-    pub const ALL: [RedirectKind; 3] = [
+    pub const ALL: [RedirectKind; 4] = [
         RedirectKind::Moved,
         RedirectKind::Ask,
         RedirectKind::TryAgain,
+        RedirectKind::Readonly,
     ];
 
     pub fn label(self) -> &'static str {
@@ -107,6 +110,7 @@ impl RedirectKind {
             RedirectKind::Moved => "moved",
             RedirectKind::Ask => "ask",
             RedirectKind::TryAgain => "tryagain",
+            RedirectKind::Readonly => "readonly",
         }
     }
 }
@@ -242,7 +246,7 @@ impl Metrics {
             )?,
             redirects: counter(
                 "slotline_redirects_total",
-                "MOVED, ASK and TRYAGAIN/CLUSTERDOWN replies followed.",
+                "MOVED, ASK and TRYAGAIN/CLUSTERDOWN replies followed, and READONLY replies of a demoted master sent again to the new one.",
                 &["pool", "kind"],
             )?,
             discovery_updates: counter(

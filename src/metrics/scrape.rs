@@ -101,6 +101,24 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &["pool"],
     ),
+    (
+        "slotline_master",
+        "1 for the backend a primary pool sends writes to now.",
+        MetricType::GAUGE,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_master_last_switch_timestamp_seconds",
+        "When a primary pool's master last changed (seconds since the Unix epoch), labelled with how the change was noticed: sentinel (a majority of the sentinels), sentinel_event (+switch-master), role_probe.",
+        MetricType::GAUGE,
+        &["pool", "via"],
+    ),
+    (
+        "slotline_replicas_healthy",
+        "Replicas of a primary pool whose link to the master is up (where reads go with read_from: replica).",
+        MetricType::GAUGE,
+        &["pool"],
+    ),
 ];
 
 /// Indexes into [`FAMILIES`], so that the code below reads by name.
@@ -120,6 +138,9 @@ mod family {
     pub const EJECTIONS: usize = 12;
     pub const DISCOVERY_SYNCED: usize = 13;
     pub const DISCOVERY_ERRORS: usize = 14;
+    pub const MASTER: usize = 15;
+    pub const LAST_SWITCH: usize = 16;
+    pub const REPLICAS: usize = 17;
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -226,6 +247,22 @@ impl Collector for PoolsCollector {
                     nodes
                         .map(|n| (n.clone(), !live.iter().any(|l| Arc::ptr_eq(l, n))))
                         .collect()
+                }
+                Router::Primary(primary) => {
+                    let roles = primary.roles();
+                    if let Some(master) = &roles.master {
+                        f[MASTER].add(&[("backend", master.addr()), ("pool", name)], 1);
+                    }
+                    if let Some(switch) = primary.last_switch() {
+                        let at = switch
+                            .at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        f[LAST_SWITCH].add(&[("pool", name), ("via", switch.via.label())], at);
+                    }
+                    f[REPLICAS].add(&[("pool", name)], roles.replicas.len() as u64);
+                    let nodes = roles.master.iter().chain(&roles.replicas);
+                    nodes.map(|n| (n.clone(), false)).collect()
                 }
             };
             let mut seen = std::collections::HashSet::new();

@@ -99,6 +99,7 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                 );
                 backends(&mut out, "server", shards.members().nodes());
             }
+            Router::Primary(primary) => primary_section(&mut out, primary),
         }
         if let Some(status) = pool.discovery() {
             discovery(&mut out, &status.snapshot());
@@ -121,13 +122,11 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
     );
     for pool in pools {
         let counters = pool.counters();
-        let nodes: Vec<std::sync::Arc<crate::backend::Node>> = match &pool.router {
-            Router::Cluster(cluster) => cluster.topology().nodes().to_vec(),
-            Router::Shards(shards) => shards.members().nodes().to_vec(),
-        };
+        let nodes = pool.router.backends();
         let mode = match &pool.router {
             Router::Cluster(_) => "cluster".to_string(),
             Router::Shards(shards) => shards.distribution().to_string(),
+            Router::Primary(_) => "primary".to_string(),
         };
         let _ = write!(
             out,
@@ -157,6 +156,38 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
         }
     }
     out.push_str("\r\n");
+}
+
+/// A primary pool's master, replicas and last switch: `master_detection` says what decides the master
+/// (`sentinel` or `role_probe`), `last_switch_via` how the last switch was noticed.
+fn primary_section(out: &mut String, primary: &crate::primary::Primary) {
+    let roles = primary.roles();
+    let master = roles.master.as_ref().map_or("", |n| &**n.addr());
+    let detection = match primary.uses_sentinel() {
+        true => "sentinel",
+        false => "role_probe",
+    };
+    let replicas: Vec<&str> = roles.replicas.iter().map(|n| &**n.addr()).collect();
+    let switches: u64 = primary.switch_counts().iter().map(|(_, n)| n).sum();
+    let _ = write!(
+        out,
+        "mode:primary\r\nmaster_detection:{detection}\r\nmaster:{master}\r\nreplicas:{}\r\nreplica_addresses:{}\r\nmaster_switches:{switches}\r\n",
+        replicas.len(),
+        replicas.join(","),
+    );
+    if let Some(switch) = primary.last_switch() {
+        let at = switch
+            .at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let _ = write!(
+            out,
+            "last_switch_from:{}\r\nlast_switch_to:{}\r\nlast_switch_via:{}\r\nlast_switch_time_ms:{at}\r\n",
+            switch.from,
+            switch.to,
+            switch.via.label()
+        );
+    }
 }
 
 /// Where the pool's backends come from and how that is going: `discovery_state` is `starting` (no

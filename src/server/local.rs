@@ -36,7 +36,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
                         "ERR SELECT is not allowed: pool '{}' is a Redis Cluster, which has only database 0",
                         ctx.pool.name
                     ),
-                    super::Router::Shards(_) => format!(
+                    super::Router::Shards(_) | super::Router::Primary(_) => format!(
                         "ERR SELECT is not allowed: pool '{}' serves database 0 only",
                         ctx.pool.name
                     ),

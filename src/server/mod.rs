@@ -23,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::{is_unix_path, Config, PoolConfig};
 use crate::discovery::{self, Discovery};
 use crate::metrics::{Metrics, PoolMetrics, PoolsCollector};
+use crate::primary::Primary;
 use crate::shards::Shards;
 use crate::stats::{self, PoolStats};
 use pools::Pools;
@@ -99,6 +100,9 @@ impl Shared {
                 Router::Shards(s) if s.members().is_empty() => {
                     return Err(format!("pool {}: no servers", pool.name))
                 }
+                Router::Primary(p) if p.roles().master.is_none() => {
+                    return Err(format!("pool {}: no master known", pool.name))
+                }
                 _ => {}
             }
         }
@@ -129,15 +133,36 @@ pub struct Pool {
     local_port: Option<u16>,
     /// Where the backends come from (see [`discovery`](Self::discovery)).
     discovery: Option<Discovery>,
+    /// A primary pool's replica listener: read-only commands only, served by replicas.
+    pub read_only: bool,
 }
 
 /// What is behind a pool.
+#[derive(Clone)]
 pub enum Router {
     Cluster(Arc<Cluster>),
     Shards(Arc<Shards>),
+    Primary(Arc<Primary>),
 }
 
 impl Router {
+    /// Every backend the pool routes to now.
+    pub fn backends(&self) -> Vec<Arc<crate::backend::Node>> {
+        match self {
+            Router::Cluster(cluster) => cluster.topology().nodes().to_vec(),
+            Router::Shards(shards) => shards.members().nodes().to_vec(),
+            Router::Primary(primary) => {
+                let roles = primary.roles();
+                roles
+                    .master
+                    .iter()
+                    .chain(&roles.replicas)
+                    .cloned()
+                    .collect()
+            }
+        }
+    }
+
     /// Settings for a backend connection owned by one client session (blocking commands,
     /// transactions): logged in like the shared ones, one connection, closed as soon as the session
     /// drops it.
@@ -145,6 +170,7 @@ impl Router {
         let shared = match self {
             Router::Cluster(cluster) => cluster.settings(),
             Router::Shards(shards) => shards.settings(),
+            Router::Primary(primary) => primary.settings(),
         };
         crate::backend::Settings {
             connections: 1,
@@ -387,8 +413,9 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
         };
         pool.accepting.store(true, Ordering::Relaxed);
         let life = pool.shared.lifecycle.clone();
-        if life.phase() != Phase::Serving {
-            // Accepted in the instant shutdown began: the listener is about to close.
+        if matches!(life.phase(), Phase::Draining | Phase::Closing) {
+            // Accepted in the instant shutdown began: the listener is about to close. (While
+            // starting, a pool that listens serves: the others are still being set up.)
             continue;
         }
         let limit = pool.config.client_connections as u64;

@@ -15,9 +15,10 @@ use tokio::task::JoinHandle;
 
 use super::{accept_loop, Listener, Pool, Router, Shared, FIRST_TOPOLOGY_WAIT};
 use crate::cluster::Cluster;
-use crate::config::{Config, Mode, PoolConfig};
+use crate::config::{Config, Mode, PoolConfig, ReadFrom};
 use crate::discovery::Discovery;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolMetrics};
+use crate::primary::Primary;
 use crate::shards::Shards;
 use crate::stats::PoolStats;
 
@@ -27,6 +28,28 @@ struct Running {
     pool: Arc<Pool>,
     listener: Arc<Listener>,
     accept: JoinHandle<()>,
+    /// A primary pool's replica listener.
+    replicas: Option<Replicas>,
+}
+
+/// The read-only listener of a primary pool: a pool of its own sharing the primary's router.
+struct Replicas {
+    pool: Arc<Pool>,
+    listener: Arc<Listener>,
+    accept: JoinHandle<()>,
+}
+
+impl Running {
+    fn stop_accepting(&self) {
+        self.accept.abort();
+        if let Some(replicas) = &self.replicas {
+            replicas.accept.abort();
+        }
+    }
+
+    fn pools(&self) -> impl Iterator<Item = Arc<Pool>> + '_ {
+        std::iter::once(self.pool.clone()).chain(self.replicas.iter().map(|r| r.pool.clone()))
+    }
 }
 
 pub(super) struct Pools {
@@ -77,7 +100,7 @@ impl Pools {
             .collect();
         for name in removed {
             if let Some(old) = self.running.remove(&name) {
-                old.accept.abort();
+                old.stop_accepting();
                 tracing::info!(pool = %name, listen = %old.config.listen,
                     "pool removed: no longer listening; its connected clients stay until they leave");
             }
@@ -104,6 +127,31 @@ impl Pools {
                 },
             };
             let pool = start_pool(name, pool_config, &listener, shared, metrics).await?;
+            let replicas = match &pool_config.replica_listen {
+                Some(listen) => {
+                    let same = old
+                        .and_then(|r| r.replicas.as_ref().map(|rep| (r, rep)))
+                        .filter(|(r, _)| r.config.replica_listen.as_ref() == Some(listen));
+                    let listener = match same {
+                        Some((_, rep)) => rep.listener.clone(),
+                        None => Arc::new(Listener::bind(listen).await.map_err(|e| {
+                            io::Error::new(
+                                e.kind(),
+                                format!("pool {name}: cannot listen on {listen}: {e}"),
+                            )
+                        })?),
+                    };
+                    let replica_pool = replica_pool(&pool, listen, &listener, metrics);
+                    let accept = tokio::spawn(accept_loop(listener.clone(), replica_pool.clone()));
+                    tracing::info!(pool = %name, listen = %listen, "replica listener: read-only commands, served by replicas");
+                    Some(Replicas {
+                        pool: replica_pool,
+                        listener,
+                        accept,
+                    })
+                }
+                None => None,
+            };
             let accept = tokio::spawn(accept_loop(listener.clone(), pool.clone()));
             if let Some(old) = self.running.insert(
                 name.clone(),
@@ -112,16 +160,17 @@ impl Pools {
                     pool,
                     listener,
                     accept,
+                    replicas,
                 },
             ) {
-                old.accept.abort();
+                old.stop_accepting();
                 tracing::info!(pool = %name, "pool settings changed: new connections use them; connected clients keep theirs");
             } else {
                 tracing::info!(pool = %name, listen = %pool_config.listen, "listening");
             }
         }
         self.current
-            .send_replace(self.running.values().map(|r| r.pool.clone()).collect());
+            .send_replace(self.running.values().flat_map(Running::pools).collect());
         Ok(())
     }
 
@@ -132,7 +181,7 @@ impl Pools {
 
     pub(super) fn stop(&mut self) {
         for running in std::mem::take(&mut self.running).into_values() {
-            running.accept.abort();
+            running.stop_accepting();
         }
     }
 }
@@ -164,30 +213,57 @@ async fn start_pool(
 ) -> io::Result<Arc<Pool>> {
     let stats = Arc::new(PoolStats::default());
     let mut discovery = None;
-    let router = if config.mode == Mode::Cluster {
-        let cluster = Cluster::start(config);
-        // Only Kubernetes seeds are followed: a cluster learns the rest from CLUSTER SLOTS.
-        if config.kubernetes.is_some() {
+    let router = match config.mode {
+        Mode::Cluster => {
+            let cluster = Cluster::start(config);
+            // Only Kubernetes seeds are followed: a cluster learns the rest from CLUSTER SLOTS.
+            if config.kubernetes.is_some() {
+                let source = first_set(Discovery::start(name, config)).await;
+                cluster.follow(source.endpoints.clone());
+                discovery = Some(source);
+            }
+            if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
+                tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
+            }
+            Router::Cluster(cluster)
+        }
+        Mode::Primary => {
+            // Members are optional with Sentinel, which names the master and its replicas.
+            if !config.servers.is_empty() || config.kubernetes.is_some() {
+                discovery = Some(first_set(Discovery::start(name, config)).await);
+            }
+            let sentinels = match &config.sentinel {
+                Some(sentinel) => {
+                    let mut source = PoolConfig::new(
+                        config.listen.clone(),
+                        Mode::Primary,
+                        sentinel.servers.clone(),
+                    );
+                    source.kubernetes.clone_from(&sentinel.kubernetes);
+                    source.resolve_interval = config.resolve_interval;
+                    let sentinels = Discovery::start(&format!("{name}/sentinels"), &source);
+                    Some(first_set(sentinels).await)
+                }
+                None => None,
+            };
+            let members = discovery.as_ref().map(|d| d.endpoints.clone());
+            let primary = Primary::start(name, config, members, sentinels);
+            primary.count_switches_in(metrics.pool(name).master_switches);
+            let found = primary.look_now(FIRST_TOPOLOGY_WAIT).await;
+            if !found || primary.roles().master.is_none() {
+                tracing::warn!(pool = %name, "no master known yet; serving anyway and looking again in the background");
+            }
+            Router::Primary(primary)
+        }
+        Mode::Ketama | Mode::Modula | Mode::Random => {
+            // Static servers have a source too: their host names are resolved again as they move.
             let source = first_set(Discovery::start(name, config)).await;
-            cluster.follow(source.endpoints.clone());
+            let shards = Shards::start(config, stats.clone(), &source).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
+            })?;
             discovery = Some(source);
+            Router::Shards(shards)
         }
-        if tokio::time::timeout(FIRST_TOPOLOGY_WAIT, cluster.refresh_now()).await != Ok(true) {
-            tracing::warn!(pool = %name, "no cluster topology yet; serving anyway and retrying in the background");
-        }
-        Router::Cluster(cluster)
-    } else {
-        // Static servers have a source too: their host names are resolved again as they move.
-        let source = first_set(Discovery::start(name, config)).await;
-        let shards = Shards::start(config, stats.clone(), &source).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
-        })?;
-        discovery = Some(source);
-        Router::Shards(shards)
-    };
-    let local_port = match listener {
-        Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-        Listener::Unix(..) => None,
     };
     let pool_metrics = metrics.pool(name);
     if let Some(source) = &discovery {
@@ -195,20 +271,90 @@ async fn start_pool(
             .status
             .count_updates_in(pool_metrics.discovery_updates.clone());
     }
-    Ok(Arc::new(Pool {
-        name: name.to_string(),
-        config: config.clone(),
+    let behind = Behind {
         router,
-        shared: shared.clone(),
         stats,
-        metrics: pool_metrics,
+        discovery,
+        read_only: false,
+    };
+    Ok(new_pool(
+        name,
+        config.clone(),
+        listener,
+        shared,
+        pool_metrics,
+        behind,
+    ))
+}
+
+/// What serves a pool's clients.
+struct Behind {
+    router: Router,
+    stats: Arc<PoolStats>,
+    discovery: Option<Discovery>,
+    /// Writes refused (a replica listener).
+    read_only: bool,
+}
+
+fn new_pool(
+    name: &str,
+    config: PoolConfig,
+    listener: &Listener,
+    shared: &Arc<Shared>,
+    metrics: PoolMetrics,
+    behind: Behind,
+) -> Arc<Pool> {
+    let local_port = match listener {
+        Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+        Listener::Unix(..) => None,
+    };
+    Arc::new(Pool {
+        name: name.to_string(),
+        config,
+        router: behind.router,
+        shared: shared.clone(),
+        stats: behind.stats,
+        metrics,
         clients: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         accepting: AtomicBool::new(true),
         local_port,
-        discovery,
-    }))
+        discovery: behind.discovery,
+        read_only: behind.read_only,
+    })
+}
+
+/// The pool behind a primary pool's replica listener (named `<pool>-replicas` in metrics and INFO):
+/// the same master and replicas, reads to replicas (to the master only with `read_from:
+/// prefer_replica`), writes refused.
+fn replica_pool(
+    primary: &Arc<Pool>,
+    listen: &str,
+    listener: &Listener,
+    metrics: &Metrics,
+) -> Arc<Pool> {
+    let name = format!("{}-replicas", primary.name);
+    let mut config = primary.config.clone();
+    config.listen = listen.to_string();
+    config.replica_listen = None;
+    if config.read_from != ReadFrom::PreferReplica {
+        config.read_from = ReadFrom::Replica;
+    }
+    let behind = Behind {
+        router: primary.router.clone(),
+        stats: Arc::new(PoolStats::default()),
+        discovery: primary.discovery.clone(),
+        read_only: true,
+    };
+    new_pool(
+        &name,
+        config,
+        listener,
+        &primary.shared,
+        metrics.pool(&name),
+        behind,
+    )
 }
 
 /// Waits a little for the source's first endpoint set, so that the pool serves with it from the first

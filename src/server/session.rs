@@ -258,7 +258,7 @@ impl Ctx {
         }
         // One snapshot of the routing state per batch of requests.
         let pool = self.pool.clone();
-        let view = View::of(&pool.router);
+        let view = View::of(&pool);
         let now = Instant::now();
         while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
             match parser.parse(inbuf) {
@@ -316,6 +316,10 @@ impl Ctx {
         if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
             return self.error("NOAUTH Authentication required.");
         }
+        if self.pool.read_only && spec.has(command::flags::WRITE) {
+            // The replica listener, like a replica: reads only.
+            return self.error("READONLY You can't write against a read only replica.");
+        }
         if self.tx.queuing() && spec.route != Route::Transaction && spec.name != "quit" {
             return self.queue(req, spec, frame, view);
         }
@@ -330,7 +334,7 @@ impl Ctx {
         };
         match route {
             Route::Keyed => match view.place_of_request(req, spec) {
-                Ok(place) => self.forward(view, place, frame.clone(), now),
+                Ok(place) => self.forward(view, view.for_reads(place, spec), frame.clone(), now),
                 Err(()) => match fanout::policy(spec.name) {
                     Some(split) => self.split(req, split, view, now),
                     None => self.error(&view.cross_error(spec.display_name())),
@@ -485,7 +489,7 @@ impl Ctx {
         });
         if let Ok(Some(_)) = parser.parse(&frame) {
             let pool = self.pool.clone();
-            let view = View::of(&pool.router);
+            let view = View::of(&pool);
             let req = Request {
                 frame: &frame,
                 args: parser.args(),

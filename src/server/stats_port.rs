@@ -35,7 +35,8 @@ pub(super) async fn serve(
 }
 
 fn render(source: &str, shared: &Shared, pools: &[Arc<Pool>]) -> String {
-    // Cluster pools report the nodes of their current topology, by address.
+    // Cluster pools report the nodes of their current topology, primary pools their master and
+    // replicas, by address.
     let nodes: Vec<Vec<(String, Arc<Node>)>> = pools
         .iter()
         .map(|pool| match &pool.router {
@@ -44,11 +45,11 @@ fn render(source: &str, shared: &Shared, pools: &[Arc<Pool>]) -> String {
                 .servers()
                 .map(|(name, node)| (name.to_string(), node.clone()))
                 .collect(),
-            Router::Cluster(cluster) => cluster
-                .topology()
-                .nodes()
-                .iter()
-                .map(|node| (node.addr().to_string(), node.clone()))
+            Router::Cluster(_) | Router::Primary(_) => pool
+                .router
+                .backends()
+                .into_iter()
+                .map(|node| (node.addr().to_string(), node))
                 .collect(),
         })
         .collect();

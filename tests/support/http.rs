@@ -55,6 +55,13 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Metric names only primary pools export.
+pub const PRIMARY_METRIC_NAMES: &[&str] = &[
+    "slotline_master",
+    "slotline_master_last_switch_timestamp_seconds",
+    "slotline_replicas_healthy",
+];
+
 /// Every metric name slotline exports: a contract with dashboards and alerts.
 pub const METRIC_NAMES: &[&str] = &[
     "slotline_client_connections",
@@ -83,6 +90,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "slotline_discovery_errors_total",
     "slotline_config_reloads_total",
     "slotline_master_switches_total",
+    "slotline_master",
+    "slotline_master_last_switch_timestamp_seconds",
+    "slotline_replicas_healthy",
     "slotline_up",
     "slotline_build_info",
     "slotline_start_time_seconds",

@@ -9,6 +9,7 @@
 //! - `kube_api`: a fake Kubernetes API server (EndpointSlices and Endpoints, list and watch) that
 //!   kube-rs's watcher runs against unmodified.
 //! - `pods`: `redis-server`s on their own loopback addresses, stopped and started again elsewhere.
+//! - `sentinel`: a master with replicas, and real `redis-sentinel`s watching it.
 //! - `standalone`: plain `redis-server`s (twemproxy shards) and the real `nutcracker` in front of them.
 //! - this file: ports, temp dirs, polling, key slots, test host names, and the reaper that cleans up
 //!   processes even when a test binary dies without running `Drop` (statics, SIGKILL, Ctrl-C).
@@ -19,6 +20,7 @@ mod http;
 mod kube_api;
 mod pods;
 mod resp;
+mod sentinel;
 mod slotline;
 mod standalone;
 
@@ -28,13 +30,15 @@ pub use cluster::{
     parse_slots, ClusterOpts, Endpoint, MasterInfo, NodeInfo, RedisCluster, SlotRange,
 };
 #[allow(unused_imports)]
-pub use http::{http_get, http_raw, metric, HttpReply, METRIC_NAMES};
+pub use http::{http_get, http_raw, metric, HttpReply, METRIC_NAMES, PRIMARY_METRIC_NAMES};
 #[allow(unused_imports)]
 pub use kube_api::{KubeApi, PodEndpoint, Slice};
 #[allow(unused_imports)]
 pub use pods::RedisPod;
 #[allow(unused_imports)]
 pub use resp::{encode, parse, Client, Reply, IO_TIMEOUT};
+#[allow(unused_imports)]
+pub use sentinel::{ReplicaGroup, Sentinels};
 #[allow(unused_imports)]
 pub use slotline::Slotline;
 #[allow(unused_imports)]

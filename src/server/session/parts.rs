@@ -93,7 +93,7 @@ impl Ctx {
             let msg = format!(
                 "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
                 spec.display_name(),
-                match view { View::Cluster(..) => "master", View::Shards(_) => "server" },
+                match view { View::Cluster(..) | View::Primary(..) => "master", View::Shards(_) => "server" },
                 self.pool.name
             );
             return self.error(&msg);

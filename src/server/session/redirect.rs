@@ -1,4 +1,4 @@
-//! Following a cluster's MOVED, ASK, TRYAGAIN and CLUSTERDOWN replies.
+//! Following a cluster's MOVED, ASK, TRYAGAIN and CLUSTERDOWN replies, and a demoted master's READONLY.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +34,31 @@ pub(super) fn follow_reply(
     reply: &[u8],
     resend: impl FnOnce() -> ReplyTo,
 ) -> Redirected {
-    let Router::Cluster(cluster) = &pool.router else {
-        return Redirected::No;
-    };
     if reply.first() != Some(&b'-') || w.own_connection {
         return Redirected::No;
     }
+    let cluster = match &pool.router {
+        Router::Cluster(cluster) => cluster,
+        Router::Primary(primary) if reply.starts_with(b"-READONLY") => {
+            // Refused by a master that has been demoted: it did not run, so it may run once on the
+            // new one.
+            if w.redirects > 0 || Instant::now() >= w.deadline {
+                return Redirected::Refused;
+            }
+            w.redirects += 1;
+            let refused = Bytes::copy_from_slice(reply);
+            primary.resend_to_new_master(
+                w.frame.clone(),
+                proto,
+                pick,
+                refused,
+                w.deadline,
+                resend(),
+            );
+            return Redirected::Followed(RedirectKind::Readonly);
+        }
+        _ => return Redirected::No,
+    };
     let Some(redirect) = classify(reply) else {
         return Redirected::No;
     };

@@ -149,6 +149,7 @@ impl Ctx {
                 match view {
                     View::Cluster(..) => "slot: all keys of a transaction must share one slot; a hash tag such as {user1} keeps them together",
                     View::Shards(_) => "server: all keys of a transaction must live on one server of the pool; a hash_tag keeps them together",
+                    View::Primary(..) => "master",
                 }
             );
             self.error(&msg);

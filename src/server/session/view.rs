@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use arc_swap::Guard;
 
-use super::super::Router;
+use super::super::{Pool, Router};
 use crate::backend::Node;
 use crate::cluster::{Cluster, Topology};
-use crate::command::{Request, Spec};
+use crate::command::{flags, Request, Spec};
+use crate::config::ReadFrom;
+use crate::primary::{Primary, Roles};
 use crate::route::{key_slot, Slot};
 use crate::shards::Table;
 
@@ -20,21 +22,40 @@ pub(super) enum Place {
     Server(usize),
     /// Master (or server in service) number `i`, for requests sent to every one.
     Node(usize),
-    /// Any backend: the request has no key.
+    /// Any backend: the request has no key. In a primary pool: the master.
     Any,
+    /// A primary pool's replica, for a read-only command.
+    Replica,
 }
 
 /// The routing state a batch of requests is routed with, loaded once per batch.
 pub(super) enum View<'a> {
     Cluster(&'a Arc<Cluster>, Guard<Arc<Topology>>),
     Shards(Guard<Arc<Table>>),
+    Primary(&'a Arc<Primary>, Guard<Arc<Roles>>, ReadFrom),
 }
 
 impl<'a> View<'a> {
-    pub(super) fn of(router: &'a Router) -> View<'a> {
-        match router {
+    pub(super) fn of(pool: &'a Pool) -> View<'a> {
+        match &pool.router {
             Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
             Router::Shards(shards) => View::Shards(shards.table()),
+            Router::Primary(primary) => {
+                View::Primary(primary, primary.roles(), pool.config.read_from)
+            }
+        }
+    }
+
+    /// Where a request that may be read from a replica goes: a primary pool that reads from replicas
+    /// sends read-only commands there; everything else stays where its keys are.
+    pub(super) fn for_reads(&self, place: Place, spec: &Spec) -> Place {
+        match self {
+            View::Primary(_, _, read_from)
+                if *read_from != ReadFrom::Master && spec.has(flags::READONLY) =>
+            {
+                Place::Replica
+            }
+            _ => place,
         }
     }
 
@@ -61,6 +82,7 @@ impl<'a> View<'a> {
         match self {
             View::Cluster(..) => Place::Slot(key_slot(key)),
             View::Shards(table) => Place::Server(table.server_for_key(key)),
+            View::Primary(..) => Place::Any,
         }
     }
 
@@ -75,6 +97,10 @@ impl<'a> View<'a> {
             (View::Shards(table), Place::Server(i)) => table.node(i),
             (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
             (View::Shards(table), _) => table.any_node(pick),
+            (View::Primary(primary, roles, read_from), Place::Replica) => {
+                primary.read_node(roles, *read_from)
+            }
+            (View::Primary(_, roles, _), _) => roles.master.as_ref(),
         }
     }
 
@@ -83,6 +109,7 @@ impl<'a> View<'a> {
         match self {
             View::Cluster(_, topology) => topology.nodes().len(),
             View::Shards(table) => table.in_service().count(),
+            View::Primary(_, roles, _) => usize::from(roles.master.is_some()),
         }
     }
 
@@ -95,13 +122,19 @@ impl<'a> View<'a> {
                 "CLUSTERDOWN slotline has not learnt the cluster topology yet"
             }
             (View::Shards(table), _) => table.unavailable(),
+            (View::Primary(..), Place::Replica) => {
+                "ERR slotline: no healthy replica to read from (read_from: replica)"
+            }
+            (View::Primary(..), _) => "MASTERDOWN slotline knows no master for this pool yet",
         }
     }
 
     /// Asks for a new cluster topology (a slot had no owner).
     pub(super) fn request_refresh(&self) {
-        if let View::Cluster(cluster, _) = self {
-            cluster.request_refresh();
+        match self {
+            View::Cluster(cluster, _) => cluster.request_refresh(),
+            View::Primary(primary, ..) => primary.look_soon(),
+            View::Shards(_) => {}
         }
     }
 
@@ -111,6 +144,8 @@ impl<'a> View<'a> {
             View::Cluster(..) => format!(
                 "CROSSSLOT Keys in request don't hash to the same slot ({command} needs all its keys in one slot; a hash tag such as {{user1}} in each key keeps them together)"
             ),
+            // Never: a primary pool holds every key on one master.
+            View::Primary(..) => format!("ERR the keys of this {command} cannot be served together"),
             View::Shards(_) => format!(
                 "CROSSSLOT the keys of this {command} live on different servers of the pool (only MGET, MSET, DEL, UNLINK, EXISTS and TOUCH are split across servers; a hash_tag keeps keys together)"
             ),

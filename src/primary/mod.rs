@@ -1,0 +1,274 @@
+//! Primary pools: one Redis master with replicas, as the redis-ha chart runs them. Writes (and
+//! everything not read-only) go to the current master; reads go to replicas when `read_from` asks.
+//!
+//! Who is master is decided by one task per pool (`detect`), off the data path: it asks the sentinels
+//! (a majority of those that answer must agree, and their `+switch-master` messages switch at once,
+//! see `sentinel`) or, without Sentinel, probes `ROLE` on every member and accepts a new master only
+//! when exactly one claims the role. Each decision is a new [`Roles`] snapshot behind an `ArcSwap`:
+//! sessions load it once per batch of requests and never wait on it.
+//!
+//! When the master changes, slotline drops its connections to the demoted one (they close once the
+//! replies already on their way are in), so no later request can reach it; a request it refused with
+//! READONLY is sent once more, to the master the next look finds.
+
+mod detect;
+mod replies;
+mod sentinel;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::backend::{self, Node, ReplyTo};
+use crate::config::{PoolConfig, ReadFrom};
+use crate::discovery::{Discovery, EndpointSet};
+
+/// Who serves what, now.
+#[derive(Default)]
+pub struct Roles {
+    pub master: Option<Arc<Node>>,
+    /// Replicas whose link to their master is up.
+    pub replicas: Vec<Arc<Node>>,
+}
+
+/// How a master switch was noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A majority of the sentinels named a new master when asked.
+    Sentinel,
+    /// A sentinel announced `+switch-master`.
+    SentinelEvent,
+    /// Exactly one member answered `ROLE` with master.
+    RoleProbe,
+}
+
+impl Via {
+    pub const ALL: [Via; 3] = [Via::Sentinel, Via::SentinelEvent, Via::RoleProbe];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Sentinel => "sentinel",
+            Via::SentinelEvent => "sentinel_event",
+            Via::RoleProbe => "role_probe",
+        }
+    }
+}
+
+/// The last master switch.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub from: Arc<str>,
+    pub to: Arc<str>,
+    pub at: SystemTime,
+    pub via: Via,
+}
+
+/// A primary pool's master and replicas, and what decides them.
+pub struct Primary {
+    pool: String,
+    roles: ArcSwap<Roles>,
+    /// Connections to every member, by address (the demoted master's are dropped at a switch).
+    nodes: backend::Nodes,
+    /// Wakes the detector for a look now (a failed connection, a READONLY reply).
+    look: Arc<Notify>,
+    /// Looks begun, and (watched) looks finished: a READONLY retry waits for a look that began after
+    /// the refusal.
+    looks_begun: AtomicU64,
+    looks_done: watch::Sender<u64>,
+    next_read: AtomicUsize,
+    switches: [AtomicU64; 3],
+    /// The pool's `slotline_master_switches_total`.
+    switch_counter: OnceLock<prometheus::IntCounter>,
+    last_switch: Mutex<Option<Switch>>,
+    sentinel: bool,
+}
+
+impl Primary {
+    /// Starts the pool's detector; `members` are the master and replicas as discovery lists them (None
+    /// when the sentinels name them), `sentinels` where the sentinels are. The config must have been
+    /// validated. Call [`look_now`](Self::look_now) to wait for a first master.
+    pub fn start(
+        pool: &str,
+        config: &PoolConfig,
+        members: Option<watch::Receiver<EndpointSet>>,
+        sentinels: Option<Discovery>,
+    ) -> Arc<Primary> {
+        let look = Arc::new(Notify::new());
+        let settings = backend::Settings {
+            on_failure: Some(look.clone()),
+            ..backend::Settings::new(
+                config.server_connections,
+                Duration::from_millis(config.connect_timeout),
+            )
+            .with_login(config.redis_auth.as_deref(), config.redis_db)
+        };
+        let primary = Arc::new(Primary {
+            pool: pool.to_string(),
+            roles: ArcSwap::from_pointee(Roles::default()),
+            nodes: backend::Nodes::new(settings),
+            look,
+            looks_begun: AtomicU64::new(0),
+            looks_done: watch::channel(0).0,
+            next_read: AtomicUsize::new(0),
+            switches: Default::default(),
+            switch_counter: OnceLock::new(),
+            last_switch: Mutex::new(None),
+            sentinel: config.sentinel.is_some(),
+        });
+        tokio::spawn(detect::run(
+            Arc::downgrade(&primary),
+            detect::Sources::new(config, members, sentinels),
+        ));
+        primary
+    }
+
+    /// The current roles; cheap, never blocks.
+    pub fn roles(&self) -> Guard<Arc<Roles>> {
+        self.roles.load()
+    }
+
+    /// How this pool's backend connections are set up.
+    pub fn settings(&self) -> &backend::Settings {
+        self.nodes.settings()
+    }
+
+    /// The node a read-only command goes to: the next healthy replica in turn; the master when there
+    /// is none and `read_from` allows it.
+    pub fn read_node<'r>(&self, roles: &'r Roles, read_from: ReadFrom) -> Option<&'r Arc<Node>> {
+        if read_from != ReadFrom::Master && !roles.replicas.is_empty() {
+            let i = self.next_read.fetch_add(1, Ordering::Relaxed);
+            return roles.replicas.get(i % roles.replicas.len());
+        }
+        match read_from {
+            ReadFrom::Replica => None,
+            ReadFrom::PreferReplica | ReadFrom::Master => roles.master.as_ref(),
+        }
+    }
+
+    /// Asks the detector to look at the roles again soon.
+    pub fn look_soon(&self) {
+        self.look.notify_one();
+    }
+
+    /// Waits (up to `wait`) for a look that begins after this call; true when one finished.
+    pub async fn look_now(&self, wait: Duration) -> bool {
+        let want = self.looks_begun.load(Ordering::Relaxed) + 1;
+        let mut done = self.looks_done.subscribe();
+        self.look_soon();
+        tokio::time::timeout(wait, done.wait_for(|&n| n >= want))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Sends once more a request the master refused with READONLY (it was demoted, so the request did
+    /// not run): to the master the next look finds, before `deadline`. The client gets `refused` when
+    /// no look finishes in time or no master is known.
+    pub fn resend_to_new_master(
+        self: &Arc<Self>,
+        frame: Bytes,
+        proto: u8,
+        pick: usize,
+        refused: Bytes,
+        deadline: Instant,
+        reply: ReplyTo,
+    ) {
+        let primary = self.clone();
+        tokio::spawn(async move {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            primary.look_now(wait).await;
+            match primary.roles().master.clone() {
+                Some(master) => master.for_protocol(proto).send(pick, frame, false, reply),
+                None => reply.send(Ok(refused)),
+            }
+        });
+    }
+
+    /// Counts every master switch in `counter` too.
+    pub fn count_switches_in(&self, counter: prometheus::IntCounter) {
+        let _ = self.switch_counter.set(counter);
+    }
+
+    /// Whether the sentinels decide who is master (else `ROLE` probes do).
+    pub fn uses_sentinel(&self) -> bool {
+        self.sentinel
+    }
+
+    /// Master switches so far, by how they were noticed.
+    pub fn switch_counts(&self) -> [(Via, u64); 3] {
+        Via::ALL.map(|via| (via, self.switches[via as usize].load(Ordering::Relaxed)))
+    }
+
+    pub fn last_switch(&self) -> Option<Switch> {
+        self.last_switch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node at `addr`, connecting to it if there is none yet.
+    fn node(&self, addr: &str) -> Arc<Node> {
+        self.nodes.get(addr)
+    }
+
+    /// Installs the roles a look found; `master` None keeps the current one.
+    fn install(&self, master: Option<(&str, Via)>, replicas: &[Arc<str>]) {
+        let current = self.roles.load();
+        let current_master = current.master.as_ref().map(|n| n.addr().clone());
+        let master = match master {
+            Some((addr, via)) if current_master.as_deref() != Some(addr) => {
+                self.switch(current_master.clone(), addr, via)
+            }
+            _ => current.master.clone(),
+        };
+        let master_addr = master.as_ref().map(|n| n.addr().clone());
+        let replicas: Vec<Arc<Node>> = replicas
+            .iter()
+            .filter(|addr| Some(*addr) != master_addr.as_ref())
+            .map(|addr| self.node(addr))
+            .collect();
+        let same = master_addr == current_master
+            && replicas.len() == current.replicas.len()
+            && replicas
+                .iter()
+                .zip(&current.replicas)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            if replicas.len() != current.replicas.len() {
+                tracing::info!(pool = %self.pool, replicas = replicas.len(), "healthy replicas changed");
+            }
+            self.roles.store(Arc::new(Roles { master, replicas }));
+        }
+    }
+
+    /// Makes `to` the master: the demoted one's connections are dropped, so nothing more is sent there.
+    fn switch(&self, from: Option<Arc<str>>, to: &str, via: Via) -> Option<Arc<Node>> {
+        if let Some(old) = &from {
+            self.nodes.forget(old);
+        }
+        let node = self.node(to);
+        let Some(old) = from else {
+            tracing::info!(pool = %self.pool, master = %to, via = via.label(), "master found");
+            return Some(node);
+        };
+        self.switches[via as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.switch_counter.get() {
+            counter.inc();
+        }
+        tracing::warn!(pool = %self.pool, from = %old, to = %to, via = via.label(), "master switched");
+        *self
+            .last_switch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Switch {
+            from: old,
+            to: node.addr().clone(),
+            at: SystemTime::now(),
+            via,
+        });
+        Some(node)
+    }
+}

@@ -1,0 +1,460 @@
+//! Primary pools in front of a real master with replicas: writes follow the master through Sentinel
+//! failovers, a SIGKILLed master, and `REPLICAOF` switches found by `ROLE` probes, with the clients of
+//! slotline connected throughout; reads go to replicas when asked.
+//!
+//! The failover tests run a steady write/read load through slotline and print how many requests failed
+//! and for how long (run with `--nocapture` to see it).
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::{
+    free_port, http_get, metric, wait_for, Client, ReplicaGroup, Reply, Sentinels, Slotline,
+};
+
+/// `probe_interval` of the ROLE-probing pools.
+const PROBE_MS: u64 = 200;
+/// Sentinel's `down-after-milliseconds`.
+const DOWN_AFTER_MS: u64 = 1000;
+const LOAD_THREADS: usize = 4;
+
+fn role_probe_yaml(port: u16, admin: u16, group: &ReplicaGroup, extra: &str) -> String {
+    let servers: Vec<String> = (0..3)
+        .map(|i| format!("      - {}\n", group.addr(i)))
+        .collect();
+    format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    \
+         probe_interval: {PROBE_MS}\n    timeout: 3000\n{extra}    servers:\n{}admin:\n  listen: 127.0.0.1:{admin}\n",
+        servers.concat()
+    )
+}
+
+fn sentinel_yaml(port: u16, admin: u16, sentinels: &Sentinels) -> String {
+    let servers: Vec<String> = sentinels
+        .ports()
+        .iter()
+        .map(|p| format!("        - 127.0.0.1:{p}\n"))
+        .collect();
+    format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    \
+         probe_interval: 1000\n    timeout: 3000\n    sentinel:\n      master_name: {}\n      servers:\n{}admin:\n  listen: 127.0.0.1:{admin}\n",
+        Sentinels::MASTER_NAME,
+        servers.concat()
+    )
+}
+
+/// A master with two replicas and slotline in front (pool `ha`, ROLE probes, `extra` pool lines),
+/// once slotline has found the master; with slotline's admin port.
+fn role_probed(extra: &str) -> (ReplicaGroup, Slotline, u16) {
+    let group = ReplicaGroup::start(3);
+    let (port, admin) = (free_port(), free_port());
+    let slotline = Slotline::start(&role_probe_yaml(port, admin, &group, extra));
+    wait_master(&slotline, &group.addr(0));
+    (group, slotline, admin)
+}
+
+/// The same, with three sentinels watching the group and slotline asking them.
+fn sentinel_watched() -> (ReplicaGroup, Sentinels, Slotline, u16) {
+    let group = ReplicaGroup::start(3);
+    let sentinels = Sentinels::start(3, group.port(0), DOWN_AFTER_MS, 2);
+    let (port, admin) = (free_port(), free_port());
+    let slotline = Slotline::start(&sentinel_yaml(port, admin, &sentinels));
+    wait_master(&slotline, &group.addr(0));
+    (group, sentinels, slotline, admin)
+}
+
+/// The `INFO slotline` field `name` of slotline's first pool.
+fn info_field(slotline: &Slotline, name: &str) -> Option<String> {
+    let reply = slotline.client().cmd(&["INFO", "slotline"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("INFO slotline")).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+}
+
+fn wait_master(slotline: &Slotline, addr: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("slotline to name {addr} master"),
+        || info_field(slotline, "master").as_deref() == Some(addr),
+    );
+}
+
+/// One write of the load: `SET key value`, sent at `sent`.
+struct Write {
+    key: String,
+    value: String,
+    sent: SystemTime,
+    acked: bool,
+}
+
+/// What one load thread saw.
+#[derive(Default)]
+struct Seen {
+    writes: Vec<Write>,
+    /// When a request failed, and how.
+    errors: Vec<(Instant, String)>,
+    /// Successful writes, by when they were acknowledged.
+    oks: Vec<Instant>,
+    /// The connection to slotline failed (it must never).
+    dropped: Option<String>,
+}
+
+/// Clients writing and reading through slotline, each on one connection, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<Seen>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..LOAD_THREADS)
+            .map(|t| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut seen = Seen::default();
+                    let mut client = Client::connect(port);
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let (key, value) = (format!("load:{t}:{i}"), i.to_string());
+                        let sent = SystemTime::now();
+                        client.send(&["SET", &key, &value]);
+                        let set = client.try_read_reply();
+                        client.send(&["GET", &key]);
+                        let get = client.try_read_reply();
+                        let now = Instant::now();
+                        let (set, get) = match (set, get) {
+                            (Ok(set), Ok(get)) => (set, get),
+                            (Err(e), _) | (_, Err(e)) => {
+                                seen.dropped = Some(e.to_string());
+                                break;
+                            }
+                        };
+                        let acked = set.is_ok();
+                        match (&set, &get) {
+                            (Reply::Status(_), Reply::Bulk(Some(v))) if v == value.as_bytes() => {
+                                seen.oks.push(now)
+                            }
+                            _ => seen.errors.push((now, format!("SET {set:?}, GET {get:?}"))),
+                        }
+                        seen.writes.push(Write {
+                            key,
+                            value,
+                            sent,
+                            acked,
+                        });
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn stop(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a load thread panicked"))
+            .collect()
+    }
+}
+
+/// Runs the load, does `trigger`, waits until slotline has moved away from `old_master` and the load
+/// has run on the new one for a second, then checks and reports: no client connection dropped, writes
+/// resumed within `bound` of the trigger, and every write sent after slotline's switch is on the new
+/// master. Returns the new master's address.
+fn failover_under_load(
+    what: &str,
+    slotline: &Slotline,
+    old_master: &str,
+    bound: Duration,
+    trigger: impl FnOnce(),
+) -> String {
+    let load = Load::start(slotline.port());
+    thread::sleep(Duration::from_millis(500));
+    let triggered = Instant::now();
+    trigger();
+    let mut new_master = String::new();
+    wait_for(
+        Duration::from_secs(30),
+        "slotline to switch masters",
+        || {
+            new_master = info_field(slotline, "master").unwrap_or_default();
+            !new_master.is_empty() && new_master != old_master
+        },
+    );
+    // Writes keep going on the new master for a while.
+    thread::sleep(Duration::from_secs(1));
+    let seen = load.stop();
+
+    let dropped: Vec<&String> = seen.iter().filter_map(|s| s.dropped.as_ref()).collect();
+    assert!(
+        dropped.is_empty(),
+        "{what}: client connections to slotline failed: {dropped:?}"
+    );
+    let mut errors: Vec<&(Instant, String)> = seen.iter().flat_map(|s| &s.errors).collect();
+    errors.sort_by_key(|(at, _)| *at);
+    let writes: usize = seen.iter().map(|s| s.writes.len()).sum();
+    let last_error = errors.last().map(|(at, _)| *at);
+    // Writes resumed: the first success after the last failure (or after the trigger).
+    let resumed = seen
+        .iter()
+        .flat_map(|s| &s.oks)
+        .filter(|at| **at > last_error.unwrap_or(triggered))
+        .min()
+        .copied()
+        .unwrap_or_else(|| panic!("{what}: no request succeeded after the switch"));
+    let window = match (errors.first(), errors.last()) {
+        (Some((first, _)), Some((last, _))) => last.duration_since(*first),
+        _ => Duration::ZERO,
+    };
+    let switch_ms: u128 = info_field(slotline, "last_switch_time_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: slotline reports no switch"));
+    let via = info_field(slotline, "last_switch_via").unwrap_or_default();
+    eprintln!(
+        "{what}: {} of {writes} write+read pairs failed, over {} ms; writes resumed {} ms after the trigger; switch noticed via {via}",
+        errors.len(),
+        window.as_millis(),
+        resumed.duration_since(triggered).as_millis(),
+    );
+    if let Some((_, first)) = errors.first() {
+        eprintln!("{what}: first failure: {first}");
+    }
+    assert!(
+        resumed.duration_since(triggered) <= bound,
+        "{what}: writes resumed {:?} after the trigger, beyond {bound:?}",
+        resumed.duration_since(triggered)
+    );
+
+    // Every write sent after slotline switched went to the new master (nothing to the demoted one,
+    // where it would have been lost).
+    let mut master = Client::try_connect_to(&new_master).expect("connect to the new master");
+    let mut after = 0;
+    for write in seen.iter().flat_map(|s| &s.writes) {
+        let sent_ms = write
+            .sent
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        if write.acked && sent_ms > switch_ms {
+            after += 1;
+            assert_eq!(
+                master.cmd(&["GET", &write.key]),
+                Reply::bulk(&write.value),
+                "{what}: {} was written after the switch but is not on the new master",
+                write.key
+            );
+        }
+    }
+    assert!(
+        after > 100,
+        "{what}: only {after} writes after the switch were checked"
+    );
+    new_master
+}
+
+#[test]
+fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes() {
+    let replica_port = free_port();
+    let extra = format!("    read_from: replica\n    replica_listen: 127.0.0.1:{replica_port}\n");
+    let (group, slotline, admin) = role_probed(&extra);
+    wait_for(Duration::from_secs(10), "both replicas to be used", || {
+        info_field(&slotline, "replicas").as_deref() == Some("2")
+    });
+    for i in 0..3 {
+        assert!(group.client(i).cmd(&["CONFIG", "RESETSTAT"]).is_ok());
+    }
+
+    let mut client = slotline.client();
+    for i in 0..50 {
+        assert!(client.cmd(&["SET", &format!("k{i}"), "v"]).is_ok());
+    }
+    for i in 0..50 {
+        client.cmd(&["GET", &format!("k{i}")]);
+    }
+    let calls = |i: usize, cmd: &str| -> u64 {
+        let stats = group.info(i, "commandstats");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (m, r1, r2) = (calls(0, "get"), calls(1, "get"), calls(2, "get"));
+    assert_eq!(m, 0, "no read went to the master (replicas: {r1}, {r2})");
+    assert_eq!(r1 + r2, 50, "every read went to a replica");
+    // Writes on the master (replicas apply them through replication, not from slotline).
+    assert_eq!(calls(0, "set"), 50);
+    assert_eq!(
+        calls(1, "set") + calls(2, "set"),
+        100,
+        "replicated, not sent"
+    );
+    assert_eq!(group.client(0).cmd(&["GET", "k49"]), Reply::bulk("v"));
+    assert!(
+        r1 >= 20 && r2 >= 20,
+        "reads are spread over both replicas: {r1} and {r2}"
+    );
+    // A transaction is the master's.
+    client.send(&["MULTI"]);
+    client.send(&["INCR", "counter"]);
+    client.send(&["GET", "counter"]);
+    client.send(&["EXEC"]);
+    let replies: Vec<Reply> = (0..4).map(|_| client.read_reply()).collect();
+    assert_eq!(
+        replies[3],
+        Reply::Array(Some(vec![Reply::Int(1), Reply::bulk("1")])),
+        "{replies:?}"
+    );
+
+    // The replica port: reads served by replicas, writes refused as a replica refuses them.
+    let mut reader = Client::connect(replica_port);
+    let refused = reader.cmd(&["SET", "x", "1"]);
+    assert!(
+        refused.error().is_some_and(|e| e.starts_with("READONLY")),
+        "{refused:?}"
+    );
+    assert_eq!(reader.cmd(&["EXISTS", "x"]), Reply::Int(0));
+    wait_for(Duration::from_secs(5), "k0 to reach the replicas", || {
+        reader.cmd(&["GET", "k0"]) == Reply::bulk("v")
+    });
+    // The GET above, and the one in the transaction.
+    assert_eq!(calls(0, "get"), 2, "the replica port read from the master");
+
+    // Operators see the master, the replicas, and no switch yet.
+    let text = http_get(admin, "/metrics").body;
+    let series = format!(
+        "slotline_master{{backend=\"{}\",pool=\"ha\"}}",
+        group.addr(0)
+    );
+    assert_eq!(metric(&text, &series), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "slotline_replicas_healthy{pool=\"ha\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "slotline_master_switches_total{pool=\"ha\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        info_field(&slotline, "master_detection").as_deref(),
+        Some("role_probe")
+    );
+}
+
+#[test]
+fn role_probes_follow_a_replicaof_switch_under_load() {
+    let (group, slotline, admin) = role_probed("");
+    // What an operator (or a failover script) does: promote server 1, then point the others at it.
+    let bound = Duration::from_millis(4 * PROBE_MS + 1000);
+    let old = group.addr(0);
+    let new = failover_under_load(
+        "ROLE probe, REPLICAOF switch",
+        &slotline,
+        &old,
+        bound,
+        || {
+            group.replicate(1, None);
+            group.replicate(0, Some(1));
+            group.replicate(2, Some(1));
+        },
+    );
+    assert_eq!(new, group.addr(1));
+    assert_eq!(
+        info_field(&slotline, "last_switch_via").as_deref(),
+        Some("role_probe")
+    );
+    let text = http_get(admin, "/metrics").body;
+    assert_eq!(
+        metric(&text, "slotline_master_switches_total{pool=\"ha\"}"),
+        Some(1.0)
+    );
+    // The demoted master now replicates the new one.
+    assert_eq!(group.role(0), "slave");
+}
+
+#[test]
+fn role_probes_follow_a_killed_master_once_a_replica_is_promoted() {
+    let (mut group, slotline, _) = role_probed("");
+    // The master dies; a second later a replica is promoted (by hand here: no Sentinel).
+    let operator = Duration::from_secs(1);
+    let bound = operator + Duration::from_millis(4 * PROBE_MS + 1000);
+    let (p1, p2) = (group.port(1), group.port(2));
+    let old = group.addr(0);
+    let new = failover_under_load(
+        "ROLE probe, master SIGKILLed, replica promoted 1 s later",
+        &slotline,
+        &old,
+        bound,
+        || {
+            group.kill(0);
+            thread::sleep(operator);
+            assert!(Client::connect(p1).cmd(&["REPLICAOF", "NO", "ONE"]).is_ok());
+            let to_p1 = Client::connect(p2).cmd(&["REPLICAOF", "127.0.0.1", &p1.to_string()]);
+            assert!(to_p1.is_ok());
+        },
+    );
+    assert_eq!(new, format!("127.0.0.1:{p1}"));
+    assert_eq!(
+        info_field(&slotline, "last_switch_via").as_deref(),
+        Some("role_probe")
+    );
+}
+
+/// Sentinel's `failover-timeout` and election leave a failover some seconds: the bound for writes
+/// to resume after the trigger.
+const SENTINEL_BOUND: Duration = Duration::from_secs(10);
+
+#[test]
+fn sentinel_failover_under_load() {
+    let (group, sentinels, slotline, admin) = sentinel_watched();
+    assert_eq!(
+        info_field(&slotline, "master_detection").as_deref(),
+        Some("sentinel")
+    );
+    let old = group.addr(0);
+    let new = failover_under_load(
+        "Sentinel, SENTINEL FAILOVER",
+        &slotline,
+        &old,
+        SENTINEL_BOUND,
+        || {
+            let reply = sentinels
+                .client(0)
+                .cmd(&["SENTINEL", "FAILOVER", Sentinels::MASTER_NAME]);
+            assert!(reply.is_ok(), "SENTINEL FAILOVER: {reply:?}");
+        },
+    );
+    // The master slotline chose is the one the sentinels promoted.
+    let promoted = sentinels.master_port(0).map(|p| format!("127.0.0.1:{p}"));
+    assert_eq!(promoted.as_deref(), Some(new.as_str()));
+    let via = info_field(&slotline, "last_switch_via").unwrap_or_default();
+    assert!(via.starts_with("sentinel"), "switch noticed via {via}");
+    let text = http_get(admin, "/metrics").body;
+    assert_eq!(
+        metric(&text, "slotline_master_switches_total{pool=\"ha\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn sentinel_follows_a_killed_master() {
+    let (mut group, sentinels, slotline, _) = sentinel_watched();
+    let old = group.addr(0);
+    let bound = SENTINEL_BOUND + Duration::from_millis(DOWN_AFTER_MS);
+    let new = failover_under_load("Sentinel, master SIGKILLed", &slotline, &old, bound, || {
+        group.kill(0)
+    });
+    let promoted = sentinels.master_port(1).map(|p| format!("127.0.0.1:{p}"));
+    assert_eq!(promoted.as_deref(), Some(new.as_str()));
+}

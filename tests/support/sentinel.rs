@@ -1,0 +1,232 @@
+//! A master with replicas (plain `redis-server`s), and real `redis-sentinel`s watching them.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use super::{free_port, log_tail, wait_ok, Client, Reaper, RedisServers, Reply, TempDir};
+
+/// Server 0 starts as master, the others as its replicas; `switch` and `kill` change that.
+pub struct ReplicaGroup {
+    pub servers: RedisServers,
+}
+
+impl ReplicaGroup {
+    /// Starts `count` servers, makes 1.. replicas of 0, and waits until every link is up.
+    pub fn start(count: usize) -> ReplicaGroup {
+        let servers = RedisServers::start(count);
+        let group = ReplicaGroup { servers };
+        for i in 1..count {
+            group.replicate(i, Some(0));
+        }
+        for i in 1..count {
+            group.wait_linked(i);
+        }
+        group
+    }
+
+    pub fn port(&self, index: usize) -> u16 {
+        self.servers.port(index)
+    }
+
+    pub fn addr(&self, index: usize) -> String {
+        format!("127.0.0.1:{}", self.port(index))
+    }
+
+    pub fn client(&self, index: usize) -> Client {
+        self.servers.client(index)
+    }
+
+    /// `REPLICAOF` server `master` on server `index`, or `REPLICAOF NO ONE` with None.
+    pub fn replicate(&self, index: usize, master: Option<usize>) {
+        let reply = match master {
+            Some(m) => {
+                self.client(index)
+                    .cmd(&["REPLICAOF", "127.0.0.1", &self.port(m).to_string()])
+            }
+            None => self.client(index).cmd(&["REPLICAOF", "NO", "ONE"]),
+        };
+        assert!(reply.is_ok(), "REPLICAOF on server {index}: {reply:?}");
+    }
+
+    /// Waits until server `index` is a replica with its link to the master up.
+    pub fn wait_linked(&self, index: usize) {
+        wait_ok(
+            Duration::from_secs(15),
+            &format!("server {index} to be a linked replica"),
+            || {
+                let info = self.info(index, "replication");
+                match info.contains("master_link_status:up") {
+                    true => Ok(()),
+                    false => Err(info),
+                }
+            },
+        );
+    }
+
+    /// `INFO section` of server `index`.
+    pub fn info(&self, index: usize, section: &str) -> String {
+        match self.client(index).cmd(&["INFO", section]) {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("INFO on server {index}: {other:?}"),
+        }
+    }
+
+    /// What `ROLE` says server `index` is: "master" or "slave".
+    pub fn role(&self, index: usize) -> String {
+        let reply = self.client(index).cmd(&["ROLE"]);
+        reply
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Reply::as_str)
+            .unwrap_or_else(|| panic!("ROLE on server {index}: {reply:?}"))
+            .to_string()
+    }
+
+    /// SIGKILLs server `index`.
+    pub fn kill(&mut self, index: usize) {
+        self.servers.stop(index);
+    }
+}
+
+/// `redis-sentinel` processes monitoring one master as `mymaster`; killed (by PID) on drop.
+pub struct Sentinels {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    reaper: Option<Reaper>,
+    dir: TempDir,
+}
+
+impl Sentinels {
+    pub const MASTER_NAME: &'static str = "mymaster";
+
+    /// Starts `count` sentinels (quorum 2) monitoring `127.0.0.1:master_port`, which they consider down
+    /// after `down_after_ms` without an answer, and waits until each sees every other sentinel and
+    /// `replicas` replicas.
+    pub fn start(count: usize, master_port: u16, down_after_ms: u64, replicas: usize) -> Sentinels {
+        let dir = TempDir::new("sentinel");
+        let mut reaper = Reaper::spawn(dir.path());
+        let mut ports = Vec::new();
+        let mut children = Vec::new();
+        for i in 0..count {
+            let port = free_port();
+            let sdir = dir.path().join(format!("sentinel{i}"));
+            fs::create_dir_all(&sdir).expect("create a sentinel dir");
+            let conf = sdir.join("sentinel.conf");
+            let name = Sentinels::MASTER_NAME;
+            fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {log}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {name} {down_after_ms}\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = sdir.display(),
+                    log = sdir.join("sentinel.log").display(),
+                ),
+            )
+            .expect("write sentinel.conf");
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .current_dir(&sdir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run redis-sentinel ({e}); is the redis-sentinel package installed?"
+                    )
+                });
+            reaper.watch(child.id());
+            ports.push(port);
+            children.push(child);
+        }
+        let sentinels = Sentinels {
+            ports,
+            children,
+            reaper: Some(reaper),
+            dir,
+        };
+        for i in 0..count {
+            wait_ok(
+                Duration::from_secs(30),
+                &format!("sentinel {i} to know its peers and {replicas} replicas"),
+                || {
+                    let reply = Client::try_connect(sentinels.ports[i])
+                        .map_err(|e| e.to_string())?
+                        .cmd(&["SENTINEL", "MASTER", Sentinels::MASTER_NAME]);
+                    let fields = reply.as_array().ok_or(format!("{reply:?}"))?;
+                    let field = |name: &str| {
+                        fields
+                            .chunks(2)
+                            .find(|kv| kv[0].as_str() == Some(name))
+                            .and_then(|kv| kv[1].as_str().map(str::to_string))
+                    };
+                    let peers = field("num-other-sentinels").unwrap_or_default();
+                    let slaves = field("num-slaves").unwrap_or_default();
+                    if peers == (count - 1).to_string() && slaves == replicas.to_string() {
+                        Ok(())
+                    } else {
+                        Err(format!("{peers} other sentinels, {slaves} replicas"))
+                    }
+                },
+            );
+        }
+        sentinels
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    pub fn client(&self, index: usize) -> Client {
+        Client::connect(self.ports[index])
+    }
+
+    /// The master sentinel `index` names now.
+    pub fn master_port(&self, index: usize) -> Option<u16> {
+        let reply = self.client(index).cmd(&[
+            "SENTINEL",
+            "GET-MASTER-ADDR-BY-NAME",
+            Sentinels::MASTER_NAME,
+        ]);
+        reply
+            .as_array()
+            .and_then(|a| a.get(1))
+            .and_then(Reply::as_str)
+            .and_then(|p| p.parse().ok())
+    }
+
+    /// Sentinel `index`'s log, for failure messages.
+    pub fn log(&self, index: usize) -> String {
+        let path: PathBuf = self
+            .dir
+            .path()
+            .join(format!("sentinel{index}"))
+            .join("sentinel.log");
+        log_tail(&path, 40)
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.take() {
+            reaper.disarm();
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            self.dir.keep();
+            eprintln!(
+                "sentinel logs kept in {}/sentinel*/sentinel.log",
+                self.dir.path().display()
+            );
+        }
+    }
+}
