@@ -162,7 +162,9 @@ def emit(entries, name, info):
     entries.append('    Spec { name: "%s", arity: %d, flags: %s, family: %s, route: %s, keys: &[%s] },' % (
         name, arity, rust_flags(flags), family(categories), route(name, flags, tips, specs, bool(subs)),
         rust_specs))
-    for sub in subs:
+    # Redis lists subcommands in its dict's order, which changes from run to run: sorted, a regenerated
+    # table differs only where a command did.
+    for sub in sorted(subs, key=lambda s: s[0]):
         emit(entries, sub[0], sub)
 
 
