@@ -13,7 +13,8 @@
 //! - [`route`]: where a key goes: cluster hash slots, and twemproxy's hashes and distributions (ketama,
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
-//!   the per-session inbox their replies are delivered to.
+//!   the per-session inbox their replies are delivered to; a client's own subscriber connections,
+//!   which hand every frame to the session and count what a slow subscriber has not taken.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
 //!   seeds from discovery.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
@@ -28,7 +29,9 @@
 //!   twemproxy-compatible JSON rendering.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together): the
 //!   session loop, its routing view, split and fan-out requests and their merges, redirects,
-//!   transactions and blocking commands on connections of the client's own, locally answered commands,
+//!   transactions and blocking commands on connections of the client's own, pub/sub (subscriptions on
+//!   subscriber connections of the client's own, confirmations with the client's counts, subscriber
+//!   mode), locally answered commands,
 //!   INFO, and the twemproxy stats port; the running pools and config reload (SIGHUP, file change);
 //!   the lifecycle: readiness and the SIGTERM drain.
 //! - [`metrics`]: the Prometheus registry, per-pool metric handles, per-session tallies, and the

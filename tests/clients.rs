@@ -6,24 +6,12 @@ mod support;
 
 use std::process::Command;
 
-use support::{free_port, RedisCluster, RedisServers, Slotline};
+use support::{free_port, run_python_client, RedisCluster, RedisServers, Slotline};
 
 /// Runs the redis-py script with RESP2 and with RESP3 (redis-py 8's default).
 fn run_redis_py(port: u16) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
     for protocol in ["2", "3"] {
-        let out = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(protocol)
-            .output()
-            .expect("run python3");
-        assert!(
-            out.status.success(),
-            "redis-py (RESP{protocol}) against slotline failed (is redis-py installed? pip install redis):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python_client("redis_py.py", port, protocol);
     }
 }
 

@@ -158,7 +158,7 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
 }
 
 /// Opens a connection and runs the handshake on it.
-async fn connect(addr: &str, settings: &Settings) -> Result<TcpStream, String> {
+pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
     if let Some(handshake) = &settings.handshake {

@@ -3,15 +3,18 @@
 //! Many clients' requests are queued on one connection; a writer sends everything queued in one write and
 //! a reader matches replies to requests in order, forwarding each reply as the bytes it arrived as. There
 //! is no checkout: a request never waits for a connection to be free, only for its place in the pipeline.
+//! Subscriptions are the exception: they live on a [`Subscriber`] connection of one client's own.
 
 mod connection;
 mod health;
 mod inbox;
 mod nodes;
+mod subscriber;
 
 pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
 pub use nodes::Nodes;
+pub use subscriber::{Feed, SubEvent, Subscriber};
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -109,6 +109,9 @@ pub enum Route {
     EveryNode,
     /// Answered by slotline itself.
     Local,
+    /// SUBSCRIBE and its kin, and PUBLISH: the session places them (subscriptions live on backend
+    /// connections of the client's own; PUBLISH goes where the channel's subscribers are).
+    PubSub,
     /// Has subcommands; the subcommand decides.
     Container,
     /// Refused with an error naming the command and this reason.

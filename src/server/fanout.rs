@@ -26,6 +26,14 @@ pub(crate) enum Merge {
     Sum,
     /// KEYS: the arrays, one after the other.
     Concat,
+    /// PUBSUB NUMPAT in a sharded pool: slotline subscribes a pattern on every server, so each
+    /// server counts the same patterns.
+    Max,
+    /// PUBSUB CHANNELS, SHARDCHANNELS: the arrays' elements, each once.
+    Union,
+    /// PUBSUB NUMSUB, SHARDNUMSUB: every node answers `[channel, count, ...]` for the same channels;
+    /// the client gets each channel once with the counts summed.
+    SumPairs,
     /// SCRIPT LOAD, FUNCTION LOAD: every node must give the same answer (a SHA, a library name).
     Same,
     /// SCRIPT EXISTS: per script, 1 only when every node has it.
@@ -42,7 +50,9 @@ pub(crate) enum Merge {
 pub(crate) fn every_node_policy(name: &str) -> Option<Merge> {
     Some(match name {
         "keys" => Merge::Concat,
-        "dbsize" => Merge::Sum,
+        "dbsize" | "pubsub|numpat" => Merge::Sum,
+        "pubsub|channels" | "pubsub|shardchannels" => Merge::Union,
+        "pubsub|numsub" | "pubsub|shardnumsub" => Merge::SumPairs,
         "randomkey" => Merge::AnyValue,
         "flushall" | "flushdb" | "script|flush" | "function|flush" | "function|delete" => {
             Merge::AllOk
@@ -147,29 +157,40 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
                 unexpected(out);
             }
         }
-        Merge::Sum => {
-            let mut sum: i64 = 0;
-            for (_, reply) in parts {
-                match integer(reply) {
-                    Some(n) => sum = sum.saturating_add(n),
-                    None => return unexpected(out),
-                }
-            }
-            Reply(out).int(sum);
+        Merge::Sum | Merge::Max => {
+            let Some(counts) = parts
+                .iter()
+                .map(|(_, r)| integer(r))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return unexpected(out);
+            };
+            let merged = match merge {
+                Merge::Sum => counts.into_iter().fold(0i64, i64::saturating_add),
+                _ => counts.into_iter().max().unwrap_or(0),
+            };
+            Reply(out).int(merged);
         }
-        Merge::Concat => {
-            let mut all = Vec::new();
-            for (_, reply) in parts {
-                match array(reply) {
-                    Some(elements) => all.extend(elements),
-                    None => return unexpected(out),
-                }
-            }
+        Merge::Concat | Merge::Union => {
+            let Some(arrays) = parts
+                .iter()
+                .map(|(_, r)| array(r))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return unexpected(out);
+            };
+            let mut seen = std::collections::HashSet::new();
+            let all: Vec<&[u8]> = arrays
+                .into_iter()
+                .flatten()
+                .filter(|e| merge == Merge::Concat || seen.insert(*e))
+                .collect();
             Reply(out).array(all.len());
             for element in all {
                 out.extend_from_slice(element);
             }
         }
+        Merge::SumPairs => sum_pairs(parts, out),
         Merge::Same => match parts.split_first() {
             Some(((_, first), rest)) if rest.iter().all(|(_, r)| r == first) => {
                 out.extend_from_slice(first)
@@ -246,6 +267,39 @@ fn scan_reply(reply: &[u8], node: usize, nodes: usize, out: &mut BytesMut) {
     Reply(out).array(2);
     Reply(out).bulk(cursor.to_string().as_bytes());
     out.extend_from_slice(keys);
+}
+
+/// `[channel, count, ...]` from every node, for the same channels in the same order: the counts summed.
+fn sum_pairs(parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
+    let mut merged: Option<(Vec<&[u8]>, Vec<i64>)> = None;
+    for (_, reply) in parts {
+        let Some(elements) = array(reply).filter(|e| e.len() % 2 == 0) else {
+            return unexpected(out);
+        };
+        let (names, counts): (Vec<&[u8]>, Vec<&[u8]>) =
+            elements.chunks(2).map(|pair| (pair[0], pair[1])).unzip();
+        let Some(counts) = counts
+            .iter()
+            .map(|c| integer(c))
+            .collect::<Option<Vec<i64>>>()
+        else {
+            return unexpected(out);
+        };
+        merged = Some(match merged {
+            None => (names, counts),
+            Some((first, sums)) if first == names => {
+                let sums = sums.iter().zip(&counts).map(|(a, b)| a.saturating_add(*b));
+                (first, sums.collect())
+            }
+            Some(_) => return unexpected(out),
+        });
+    }
+    let (names, sums) = merged.unwrap_or_default();
+    Reply(out).array(names.len() * 2);
+    for (name, sum) in names.iter().zip(sums) {
+        out.extend_from_slice(name);
+        Reply(out).int(sum);
+    }
 }
 
 /// Every element of an array reply.
@@ -448,6 +502,47 @@ mod tests {
         assert_eq!(
             merged(Merge::AnyValue, 0, &[(none, b"$-1\r\n")]),
             b"$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn pubsub_introspection_merges() {
+        let none: &[u32] = &[];
+        // A channel with subscribers on two nodes is named once.
+        assert_eq!(
+            merged(
+                Merge::Union,
+                0,
+                &[
+                    (none, b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"),
+                    (none, b"*0\r\n"),
+                    (none, b"*2\r\n$1\r\nb\r\n$1\r\nc\r\n")
+                ]
+            ),
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::SumPairs,
+                0,
+                &[
+                    (none, b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:0\r\n"),
+                    (none, b"*4\r\n$1\r\na\r\n:2\r\n$1\r\nb\r\n:5\r\n")
+                ]
+            ),
+            b"*4\r\n$1\r\na\r\n:3\r\n$1\r\nb\r\n:5\r\n"
+        );
+        // Nodes naming different channels cannot be summed.
+        assert_eq!(
+            merged(
+                Merge::SumPairs,
+                0,
+                &[
+                    (none, b"*2\r\n$1\r\na\r\n:1\r\n"),
+                    (none, b"*2\r\n$1\r\nz\r\n:1\r\n")
+                ]
+            ),
+            b"-ERR slotline: a backend answered part of a split command unexpectedly\r\n"
         );
     }
 

@@ -48,6 +48,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "readonly" | "readwrite" => ctx.reply(|r| r.ok()),
         "reset" => {
             ctx.end_transaction();
+            ctx.end_pubsub();
             ctx.set_protocol(2);
             ctx.client.name = None;
             ctx.authenticated = ctx.pool.config.redis_auth.is_none();

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 mod parts;
+mod pubsub;
 mod redirect;
 mod transaction;
 mod view;
@@ -50,6 +51,8 @@ enum Pending {
     /// A request for a connection of the client's own (a blocking command, EXEC, WATCH), held until
     /// every request before it is answered: it must not overtake them on the other connection.
     Held(Bytes),
+    /// (UN)SUBSCRIBE and its kin, waiting for the backends' confirmations.
+    PubSub(Box<pubsub::SubRequest>),
 }
 
 impl Pending {
@@ -57,7 +60,7 @@ impl Pending {
     /// they would overtake it (or it them) on the shared one.
     fn serial(&self) -> bool {
         match self {
-            Pending::Held(_) => true,
+            Pending::Held(_) | Pending::PubSub(_) => true,
             Pending::Wait(w) => w.own_connection,
             Pending::Split(s) => s.parts.first().is_some_and(|p| p.w.own_connection),
             Pending::Ready(_) => false,
@@ -108,6 +111,8 @@ pub(crate) struct Ctx {
     serial: usize,
     /// The RESP version the client chose with HELLO (2 until it says otherwise).
     proto: u8,
+    /// Subscriptions and the backend connections of its own that carry them, once it subscribes.
+    pubsub: Option<Box<pubsub::PubSub>>,
     /// Metrics counted here and added to the pool's once per batch.
     tally: SessionTally,
 }
@@ -140,6 +145,7 @@ where
         tx: Transaction::default(),
         serial: 0,
         proto: 2,
+        pubsub: None,
         tally,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
@@ -166,11 +172,20 @@ where
             // in the metrics, and they never wait for more input.
             ctx.tally.sent(ctx.out.len());
             ctx.tally.flush(&ctx.pool.metrics);
-            if wr.write_all(&ctx.out).await.is_err() {
+            // A subscriber that stops reading must not make slotline buffer its messages without end.
+            let written = tokio::select! {
+                written = wr.write_all(&ctx.out) => written.is_ok(),
+                _ = pubsub::overflow(ctx.feed()) => {
+                    ctx.drop_slow_subscriber();
+                    false
+                }
+            };
+            if !written {
                 ctx.client_err = true;
                 break;
             }
             ctx.out.clear();
+            ctx.wrote();
             if ctx.out.capacity() > 4 * READ_CHUNK {
                 // A large reply went out; do not keep its buffer for the life of the connection.
                 ctx.out = BytesMut::with_capacity(READ_CHUNK);
@@ -214,6 +229,13 @@ where
                     ctx.client_err = true;
                     break;
                 }
+            },
+            // Messages and confirmations from the client's subscriber connections (also taken on
+            // every pass, so a busy client socket cannot starve them, nor they it).
+            too_slow = pubsub::next_events(&mut ctx.pubsub) => if too_slow {
+                ctx.drop_slow_subscriber();
+                ctx.client_err = true;
+                break;
             },
         }
     }
@@ -316,6 +338,9 @@ impl Ctx {
         if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
             return self.error("NOAUTH Authentication required.");
         }
+        if self.subscriber_mode(req, spec) {
+            return;
+        }
         if self.pool.read_only && spec.has(command::flags::WRITE) {
             // The replica listener, like a replica: reads only.
             return self.error("READONLY You can't write against a read only replica.");
@@ -353,6 +378,7 @@ impl Ctx {
             },
             Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
             Route::EveryNode => self.every_node(req, spec, frame, view, now),
+            Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
@@ -460,6 +486,7 @@ impl Ctx {
             Some(Pending::Split(s)) if s.parts.iter().any(|p| p.w.result.is_none()) => {
                 Some(s.deadline)
             }
+            Some(Pending::PubSub(s)) if s.waiting() => s.deadline,
             _ => None,
         }
     }
@@ -540,6 +567,7 @@ impl Ctx {
     /// Moves every reply that is already known, from the front of the pipeline, into the output.
     fn drain_ready(&mut self) {
         self.place_arrived();
+        self.take_pubsub();
         loop {
             let result = match self.pending.front_mut() {
                 None => return,
@@ -554,6 +582,12 @@ impl Ctx {
                 },
                 Some(Pending::Split(_)) => {
                     if self.settle_split() {
+                        continue;
+                    }
+                    return;
+                }
+                Some(Pending::PubSub(_)) => {
+                    if self.settle_pubsub() {
                         continue;
                     }
                     return;
@@ -576,6 +610,9 @@ impl Ctx {
             stats::add(&self.pool.stats.forward_error, 1);
             self.pop_front();
             return self.timed_out();
+        }
+        if let (HeadEvent::Timeout, Some(Pending::PubSub(_))) = (&event, self.pending.front()) {
+            return self.pubsub_timed_out();
         }
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;

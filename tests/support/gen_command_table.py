@@ -55,15 +55,18 @@ LOCAL = {
     "client|help", "client|no-evict", "client|no-touch", "client|reply",
 }
 # Keyless commands whose answer does not depend on which node gives it.
-ANY_NODE = {"time", "lolwut", "publish", "cluster|keyslot", "object|help", "xinfo|help",
+ANY_NODE = {"time", "lolwut", "cluster|keyslot", "object|help", "xinfo|help",
             "memory|help", "xgroup|help", "config|help", "pubsub|help", "script|help", "function|help"}
 # Sent to every master (every server of a sharded pool) and the replies merged (src/server/fanout.rs).
 EVERY_NODE = {"keys", "scan", "dbsize", "randomkey", "flushall", "flushdb", "script|load",
-              "script|exists", "script|flush", "function|load", "function|delete", "function|flush"}
+              "script|exists", "script|flush", "function|load", "function|delete", "function|flush",
+              "pubsub|channels", "pubsub|numpat", "pubsub|numsub", "pubsub|shardchannels",
+              "pubsub|shardnumsub"}
 TRANSACTION = {"multi", "exec", "discard", "watch", "unwatch"}
+# Subscriptions and PUBLISH: the session's pub/sub module (src/server/session/pubsub.rs) places them.
+# SPUBLISH is an ordinary keyed command (its channel is its key).
 PUBSUB = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
-          "pubsub", "pubsub|channels", "pubsub|numpat", "pubsub|numsub", "pubsub|shardchannels",
-          "pubsub|shardnumsub"}
+          "publish"}
 # Blocking only when given a BLOCK option: decided per request (see Route::BlockingOption).
 BLOCK_OPTION = {"xread", "xreadgroup"}
 
@@ -74,7 +77,7 @@ def route(name, flags, tips, specs, is_container):
     if name in TRANSACTION:
         return "Route::Transaction"
     if name in PUBSUB:
-        return 'Route::Unsupported("pub/sub is not supported yet")'
+        return "Route::PubSub"
     if name in BLOCK_OPTION:
         return "Route::BlockingOption"
     if "blocking" in flags:
@@ -162,7 +165,9 @@ def emit(entries, name, info):
     entries.append('    Spec { name: "%s", arity: %d, flags: %s, family: %s, route: %s, keys: &[%s] },' % (
         name, arity, rust_flags(flags), family(categories), route(name, flags, tips, specs, bool(subs)),
         rust_specs))
-    for sub in subs:
+    # Redis lists subcommands in its dict's order, which changes from run to run: sorted, a regenerated
+    # table differs only where a command did.
+    for sub in sorted(subs, key=lambda s: s[0]):
         emit(entries, sub[0], sub)
 
 

@@ -54,6 +54,26 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Runs `tests/clients/<script>` with python3 against slotline on `port` speaking RESP `protocol`, and
+/// panics with its output unless it succeeds (redis-py must be installed: `pip install redis`).
+pub fn run_python_client(script: &str, port: u16, protocol: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&path)
+        .arg(port.to_string())
+        .arg(protocol)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{script} (RESP{protocol}) against slotline on port {port} failed (is redis-py installed? pip install redis):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Number of hash slots in a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 

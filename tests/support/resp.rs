@@ -1,4 +1,5 @@
-//! A tiny blocking RESP2 client, independent of the proxy's own codec so that it checks it.
+//! A tiny blocking RESP2 client, independent of the proxy's own codec so that it checks it. RESP3
+//! pushes, maps and nulls read as arrays and nil, enough to follow a client that said HELLO 3.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -153,11 +154,14 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
             }
             Ok(Some((Reply::Bulk(Some(buf[after..end].to_vec())), end + 2)))
         }
-        b'*' => {
+        // RESP3 nulls, pushes and maps (as a flat array of pairs), for clients that said HELLO 3.
+        b'_' => Ok(Some((Reply::Bulk(None), after))),
+        b'*' | b'>' | b'%' => {
             let len = number()?;
             if len < 0 {
                 return Ok(Some((Reply::Array(None), after)));
             }
+            let len = if buf[0] == b'%' { len * 2 } else { len };
             let mut items = Vec::with_capacity(len.min(4096) as usize);
             let mut pos = after;
             for _ in 0..len {

@@ -83,7 +83,11 @@ impl Ctx {
         if spec.name == "scan" {
             return self.scan(req, view, now);
         }
-        let Some(merge) = fanout::every_node_policy(spec.name) else {
+        let merge = match (spec.name, view) {
+            ("pubsub|numpat", View::Shards(_)) => Some(Merge::Max),
+            _ => fanout::every_node_policy(spec.name),
+        };
+        let Some(merge) = merge else {
             return self.error(&format!(
                 "ERR {} is not supported by slotline",
                 spec.display_name()

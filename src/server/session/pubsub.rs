@@ -1,0 +1,775 @@
+//! Pub/Sub through slotline: SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE, their UNSUBSCRIBEs, and PUBLISH.
+//!
+//! Subscriptions live on backend connections of the client's own ([`Subscriber`]), one per backend
+//! the client needs, opened on first use and closed when it leaves subscriber mode or disconnects:
+//! - cluster: classic channels and patterns all on one node, because the cluster bus broadcasts every
+//!   PUBLISH to every node; shard channels on the master owning their slot, where SPUBLISH goes.
+//! - sharded pools: the servers know nothing of each other, so a channel lives on the server its name
+//!   hashes to as a key (PUBLISH is routed the same way), and a pattern on every server, whose
+//!   streams are merged.
+//!
+//! slotline writes the (un)subscribe confirmations itself once the backends have confirmed, with the
+//! counts Redis would give this client (its subscriptions over all its connections, not one
+//! connection's); messages are forwarded as the bytes they came as. A subscription request holds the
+//! requests after it back until it is confirmed, as other requests on own connections do, so a
+//! PUBLISH pipelined after SUBSCRIBE finds the subscription in place.
+//!
+//! A backend connection that carries subscriptions and drops (node restart, failover) disconnects
+//! the client, as the Redis it was subscribed on would have: client libraries reconnect and subscribe
+//! again, where a silent resubscription would hide the messages lost in between.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::view::{Place, View};
+use super::{Ctx, Pending};
+use crate::backend::{BackendError, Feed, Node, Settings, SubEvent, Subscriber};
+use crate::command::{Request, Spec};
+use crate::protocol::{parse_int, Reply};
+use crate::route::{key_slot, Slot};
+
+/// What a subscriber may have waiting in slotline before it is dropped: Redis's default hard
+/// `client-output-buffer-limit pubsub`.
+const OUTPUT_LIMIT: usize = 32 << 20;
+
+/// Frames from subscriber connections taken per pass of the session loop.
+const EVENTS_PER_PASS: usize = 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+enum Kind {
+    #[default]
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl Kind {
+    /// The command (and confirmation) name.
+    fn name(self, subscribe: bool) -> &'static str {
+        match (self, subscribe) {
+            (Kind::Channel, true) => "subscribe",
+            (Kind::Pattern, true) => "psubscribe",
+            (Kind::Shard, true) => "ssubscribe",
+            (Kind::Channel, false) => "unsubscribe",
+            (Kind::Pattern, false) => "punsubscribe",
+            (Kind::Shard, false) => "sunsubscribe",
+        }
+    }
+}
+
+/// A client's subscriptions and the connections that carry them.
+pub(super) struct PubSub {
+    conns: Vec<Conn>,
+    next_id: u32,
+    events: mpsc::UnboundedReceiver<SubEvent>,
+    sender: mpsc::UnboundedSender<SubEvent>,
+    feed: Arc<Feed>,
+    /// Events taken from the connections, not yet looked at.
+    arrived: Vec<SubEvent>,
+    /// Every subscription asked for (confirmed or on its way), by kind, with the connections holding
+    /// it (several for a pattern in a sharded pool).
+    wanted: [HashMap<Bytes, Vec<u32>>; 3],
+    /// Subscriptions confirmed to the client: what its counts are made of.
+    confirmed: [HashSet<Bytes>; 3],
+    /// The cluster node holding classic channels and patterns.
+    classic: Option<u32>,
+    /// Message bytes moved into the session's output since its last write.
+    moved: usize,
+}
+
+struct Conn {
+    link: Subscriber,
+    /// Requests sent on it, oldest first, waiting for confirmations.
+    expect: VecDeque<Expect>,
+}
+
+/// One (un)subscribe request on one connection: the server confirms each of its names.
+struct Expect {
+    remaining: usize,
+    /// The client request's items it carries.
+    items: Vec<usize>,
+}
+
+/// A client's (un)subscribe request, answered once every backend involved has confirmed.
+#[derive(Default)]
+pub(super) struct SubRequest {
+    kind: Kind,
+    subscribe: bool,
+    items: Vec<Item>,
+    /// Confirmations still to come.
+    waiting: usize,
+    pub(super) deadline: Option<Instant>,
+    /// Messages that came after a confirmation of this request on their connection: they follow it.
+    after: BytesMut,
+    confirmed_on: Vec<u32>,
+}
+
+impl SubRequest {
+    pub(super) fn waiting(&self) -> bool {
+        self.waiting > 0
+    }
+}
+
+/// The backend requests of one client request, by connection (and, for shard channels in a cluster,
+/// by slot, which Redis requires of one request): the request's items each carries.
+#[derive(Default)]
+struct Batches(Vec<(BatchKey, Vec<usize>)>);
+
+/// A connection id, and the slot of shard channels in a cluster.
+type BatchKey = (u32, Option<Slot>);
+
+impl Batches {
+    fn add(&mut self, key: BatchKey, item: usize) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, items)) => items.push(item),
+            None => self.0.push((key, vec![item])),
+        }
+    }
+}
+
+/// One channel or pattern of a request (None: an UNSUBSCRIBE of everything when there was nothing).
+#[derive(Default)]
+struct Item {
+    name: Option<Bytes>,
+    error: Option<Bytes>,
+}
+
+impl PubSub {
+    fn new() -> PubSub {
+        let (sender, events) = mpsc::unbounded_channel();
+        PubSub {
+            conns: Vec::new(),
+            next_id: 0,
+            events,
+            sender,
+            feed: Feed::new(OUTPUT_LIMIT),
+            arrived: Vec::new(),
+            wanted: Default::default(),
+            confirmed: Default::default(),
+            classic: None,
+            moved: 0,
+        }
+    }
+
+    /// The count Redis reports in a confirmation of `kind`.
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Shard => self.confirmed[Kind::Shard as usize].len(),
+            _ => {
+                self.confirmed[Kind::Channel as usize].len()
+                    + self.confirmed[Kind::Pattern as usize].len()
+            }
+        }
+    }
+
+    /// Subscriptions of every kind: more than 0 is subscriber mode.
+    fn total(&self) -> usize {
+        self.confirmed.iter().map(HashSet::len).sum()
+    }
+
+    /// The connection to `node`'s server, opened now if there is none.
+    fn conn_for(&mut self, node: &Arc<Node>, settings: &Settings) -> u32 {
+        if let Some(conn) = self.conns.iter().find(|c| c.link.addr() == node.addr()) {
+            return conn.link.id();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let link = Subscriber::spawn(
+            id,
+            node.addr().clone(),
+            settings,
+            self.sender.clone(),
+            self.feed.clone(),
+        );
+        self.conns.push(Conn {
+            link,
+            expect: VecDeque::new(),
+        });
+        id
+    }
+
+    /// Forgets that `name` is held on connection `id`.
+    fn unwant(&mut self, kind: Kind, name: &Bytes, id: u32) {
+        let wanted = &mut self.wanted[kind as usize];
+        if let Some(ids) = wanted.get_mut(name) {
+            ids.retain(|&i| i != id);
+            if ids.is_empty() {
+                wanted.remove(name);
+            }
+        }
+    }
+
+    /// The connections a new subscription goes on (None: a backend it needs is not known): see the
+    /// module's note.
+    fn holders(
+        &mut self,
+        kind: Kind,
+        name: &[u8],
+        view: &View<'_>,
+        shard_place: Option<Place>,
+        settings: &Settings,
+        pick: usize,
+    ) -> Option<Vec<u32>> {
+        let classic = kind != Kind::Shard && !matches!(view, View::Shards(_));
+        if let (true, Some(id)) = (classic, self.classic) {
+            return Some(vec![id]);
+        }
+        let places: Vec<Place> = match (kind, view) {
+            (Kind::Shard, _) => shard_place.into_iter().collect(),
+            // One connection: to any node of a cluster (its bus broadcasts), to a primary's master.
+            (_, View::Cluster(..) | View::Primary(..)) => vec![Place::Any],
+            (Kind::Channel, View::Shards(_)) => vec![view.place_of(name)],
+            (Kind::Pattern, View::Shards(_)) => (0..view.node_count()).map(Place::Node).collect(),
+        };
+        let mut ids = Vec::with_capacity(places.len());
+        for place in places {
+            let Some(node) = view.target(place, pick) else {
+                view.request_refresh();
+                return None;
+            };
+            ids.push(self.conn_for(node, settings));
+        }
+        if classic {
+            self.classic = ids.first().copied();
+        }
+        (!ids.is_empty()).then_some(ids)
+    }
+
+    /// Sends each batch as one `command` on its connection; returns how many confirmations to
+    /// expect.
+    fn send(&mut self, batches: Batches, command: &str, items: &[Item]) -> usize {
+        let mut waiting = 0;
+        for ((id, _), carried) in batches.0 {
+            let Some(conn) = self.conns.iter_mut().find(|c| c.link.id() == id) else {
+                continue;
+            };
+            let mut frame = BytesMut::new();
+            let mut out = Reply(&mut frame);
+            out.array(1 + carried.len());
+            out.bulk(command.as_bytes());
+            for &i in &carried {
+                out.bulk(items[i].name.as_deref().unwrap_or_default());
+            }
+            conn.link.send(frame.freeze());
+            waiting += carried.len();
+            conn.expect.push_back(Expect {
+                remaining: carried.len(),
+                items: carried,
+            });
+        }
+        waiting
+    }
+
+    /// Closes connections that hold nothing and wait for nothing: the server forgets them.
+    fn prune(&mut self) {
+        let wanted = &self.wanted;
+        self.conns.retain(|c| {
+            let id = c.link.id();
+            !c.expect.is_empty()
+                || wanted
+                    .iter()
+                    .any(|m| m.values().any(|ids| ids.contains(&id)))
+        });
+        if self
+            .classic
+            .is_some_and(|id| !self.conns.iter().any(|c| c.link.id() == id))
+        {
+            self.classic = None;
+        }
+    }
+}
+
+impl Ctx {
+    /// SUBSCRIBE and its kin, and PUBLISH.
+    pub(super) fn pubsub(
+        &mut self,
+        req: Request<'_>,
+        spec: &Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        let (kind, subscribe) = match spec.name {
+            "publish" => {
+                // A cluster broadcasts PUBLISH to every node; independent servers only reach the
+                // subscribers of the server the channel hashes to.
+                let place = match view {
+                    View::Cluster(..) | View::Primary(..) => Place::Any,
+                    View::Shards(_) => view.place_of(req.arg(1)),
+                };
+                return self.forward(view, place, frame.clone(), now);
+            }
+            "subscribe" => (Kind::Channel, true),
+            "psubscribe" => (Kind::Pattern, true),
+            "ssubscribe" => (Kind::Shard, true),
+            "unsubscribe" => (Kind::Channel, false),
+            "punsubscribe" => (Kind::Pattern, false),
+            "sunsubscribe" => (Kind::Shard, false),
+            _ => return self.error("ERR slotline: unknown pub/sub command"),
+        };
+        if !self.pending.is_empty() {
+            return self.hold(frame);
+        }
+        // Shard channels of one request must share a slot, as Redis Cluster requires.
+        let mut shard_place = None;
+        if kind == Kind::Shard && req.argc() > 1 {
+            match view.place_of_request(req, spec) {
+                Ok(place) => shard_place = Some(place),
+                Err(()) => return self.error(&view.cross_error(spec.display_name())),
+            }
+        }
+        let settings = match self.proto {
+            3 => self.pool.router.own_settings().resp3(),
+            _ => self.pool.router.own_settings(),
+        };
+        let pick = self.client.id as usize;
+        let cluster = matches!(view, View::Cluster(..));
+        let ps = self.pubsub.get_or_insert_with(|| Box::new(PubSub::new()));
+        let mut names: Vec<Bytes> = (1..req.argc())
+            .map(|i| Bytes::copy_from_slice(req.arg(i)))
+            .collect();
+        if names.is_empty() && !subscribe {
+            names = ps.wanted[kind as usize].keys().cloned().collect();
+        }
+        let mut items: Vec<Item> = names
+            .into_iter()
+            .map(|name| Item {
+                name: Some(name),
+                error: None,
+            })
+            .collect();
+        if items.is_empty() {
+            items.push(Item::default());
+        }
+        let mut batches = Batches::default();
+        for (i, item) in items.iter_mut().enumerate() {
+            let Some(name) = item.name.clone() else {
+                continue;
+            };
+            let slot = (cluster && kind == Kind::Shard).then(|| key_slot(&name));
+            if !subscribe {
+                // Unsubscribing from what it never subscribed to is answered here.
+                for id in ps.wanted[kind as usize].remove(&name).unwrap_or_default() {
+                    batches.add((id, slot), i);
+                }
+                continue;
+            }
+            if ps.wanted[kind as usize].contains_key(&name) {
+                continue;
+            }
+            let Some(ids) = ps.holders(kind, &name, view, shard_place, &settings, pick) else {
+                let msg = format!("-{}\r\n", view.no_node(shard_place.unwrap_or(Place::Any)));
+                item.error = Some(Bytes::from(msg));
+                continue;
+            };
+            for &id in &ids {
+                batches.add((id, slot), i);
+            }
+            ps.wanted[kind as usize].insert(name, ids);
+        }
+        let waiting = ps.send(batches, kind.name(subscribe), &items);
+        self.push(Pending::PubSub(Box::new(SubRequest {
+            kind,
+            subscribe,
+            items,
+            waiting,
+            deadline: Some(now + Duration::from_millis(self.pool.config.timeout)),
+            after: BytesMut::new(),
+            confirmed_on: Vec::new(),
+        })));
+    }
+
+    /// In subscriber mode, what Redis allows a RESP2 client and how it answers PING there. Returns
+    /// true when the request was answered here.
+    pub(super) fn subscriber_mode(&mut self, req: Request<'_>, spec: &Spec) -> bool {
+        if self.pubsub.as_ref().is_none_or(|ps| ps.total() == 0) {
+            return false;
+        }
+        if self.proto == 3 {
+            // Confirmations and messages already on their way speak the protocol they were asked in.
+            if spec.name == "hello"
+                && req.argc() > 1
+                && parse_int(req.arg(1)) != Some(i64::from(self.proto))
+            {
+                self.error(
+                    "ERR slotline: a subscribed client cannot switch protocol; unsubscribe first",
+                );
+                return true;
+            }
+            return false;
+        }
+        match spec.name {
+            "ping" => {
+                let arg = if req.argc() > 1 { req.arg(1) } else { b"" };
+                self.reply(|r| {
+                    r.array(2);
+                    r.bulk(b"pong");
+                    r.bulk(arg);
+                });
+                true
+            }
+            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
+            | "sunsubscribe" | "quit" | "reset" => false,
+            name => {
+                let msg = format!("ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context");
+                self.error(&msg);
+                true
+            }
+        }
+    }
+
+    /// Unsubscribes from everything at once (RESET): closing the connections is what tells the
+    /// servers.
+    pub(crate) fn end_pubsub(&mut self) {
+        self.pubsub = None;
+    }
+
+    /// Looks at what the subscriber connections delivered: messages go to the client, confirmations
+    /// to the request waiting for them.
+    pub(super) fn take_pubsub(&mut self) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        while ps.arrived.len() < EVENTS_PER_PASS {
+            match ps.events.try_recv() {
+                Ok(event) => ps.arrived.push(event),
+                Err(_) => break,
+            }
+        }
+        let mut events = std::mem::take(&mut ps.arrived);
+        for event in events.drain(..) {
+            match event {
+                SubEvent::Frame(id, frame) => self.on_frame(id, frame),
+                SubEvent::Lost(id, error) => self.on_lost(id, error),
+            }
+        }
+        if let Some(ps) = self.pubsub.as_mut() {
+            if ps.arrived.is_empty() {
+                ps.arrived = events;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, id: u32, frame: Bytes) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        if is_message(&frame) {
+            match self.pending.front_mut() {
+                Some(Pending::PubSub(r)) if r.confirmed_on.contains(&id) => {
+                    r.after.extend_from_slice(&frame)
+                }
+                _ => {
+                    ps.moved += frame.len();
+                    self.out.extend_from_slice(&frame);
+                }
+            }
+            return;
+        }
+        // Confirmations never reach the client as they came.
+        ps.feed.written(frame.len());
+        let Some(conn) = ps.conns.iter_mut().find(|c| c.link.id() == id) else {
+            return;
+        };
+        let (Some(expect), Some(Pending::PubSub(r))) =
+            (conn.expect.front_mut(), self.pending.front_mut())
+        else {
+            return self.unasked(id, &frame);
+        };
+        if frame.first() == Some(&b'-') {
+            // One error answers the whole request on this connection.
+            let error = match frame.starts_with(b"-MOVED") || frame.starts_with(b"-ASK") {
+                true => {
+                    View::of(&self.pool).request_refresh();
+                    Bytes::from_static(
+                        b"-TRYAGAIN slotline: the channel's slot has moved; try again\r\n",
+                    )
+                }
+                false => frame,
+            };
+            r.waiting -= expect.remaining;
+            let items = std::mem::take(&mut expect.items);
+            conn.expect.pop_front();
+            for i in items {
+                let Some(item) = r.items.get_mut(i) else {
+                    continue;
+                };
+                item.error.get_or_insert_with(|| error.clone());
+                if let (true, Some(name)) = (r.subscribe, &item.name) {
+                    ps.unwant(r.kind, name, id);
+                }
+            }
+            return;
+        }
+        expect.remaining -= 1;
+        r.waiting -= 1;
+        if expect.remaining == 0 {
+            conn.expect.pop_front();
+        }
+        if !r.confirmed_on.contains(&id) {
+            r.confirmed_on.push(id);
+        }
+    }
+
+    /// A frame nobody asked for that is not a message: Redis Cluster unsubscribes shard channels whose
+    /// slot left the node (`sunsubscribe`, unasked). Anything else means the stream is out of step.
+    fn unasked(&mut self, id: u32, frame: &[u8]) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        match kind_and_channel(frame) {
+            Some((b"sunsubscribe", channel)) => {
+                let channel = Bytes::copy_from_slice(channel);
+                ps.unwant(Kind::Shard, &channel, id);
+                ps.confirmed[Kind::Shard as usize].remove(&channel);
+                let count = ps.count(Kind::Shard);
+                confirmation(
+                    &mut self.out,
+                    self.proto,
+                    "sunsubscribe",
+                    Some(&channel),
+                    count,
+                );
+            }
+            _ => {
+                tracing::warn!(client.addr = %self.client.addr, frame = %super::printable(frame), "unexpected frame on a subscriber connection: closing the client");
+                self.pubsub = None;
+                self.closing = true;
+            }
+        }
+    }
+
+    /// A subscriber connection failed or closed. Requests waiting on it get the error; if it held
+    /// subscriptions, the client is closed (see the module's note).
+    fn on_lost(&mut self, id: u32, error: BackendError) {
+        let Some(ps) = self.pubsub.as_mut() else {
+            return;
+        };
+        let Some(pos) = ps.conns.iter().position(|c| c.link.id() == id) else {
+            return;
+        };
+        let conn = ps.conns.remove(pos);
+        if let Some(Pending::PubSub(r)) = self.pending.front_mut() {
+            let line = Bytes::from(format!("-ERR slotline: {error}\r\n"));
+            for expect in conn.expect {
+                r.waiting -= expect.remaining;
+                // An unsubscribe is done: the connection is gone.
+                if !r.subscribe {
+                    continue;
+                }
+                for i in expect.items {
+                    if let Some(item) = r.items.get_mut(i) {
+                        item.error.get_or_insert_with(|| line.clone());
+                        if let Some(name) = &item.name {
+                            ps.unwant(r.kind, name, id);
+                        }
+                    }
+                }
+            }
+        }
+        let held: Vec<(usize, Bytes)> = ps
+            .wanted
+            .iter()
+            .enumerate()
+            .flat_map(|(k, m)| {
+                m.iter()
+                    .filter(|(_, ids)| ids.contains(&id))
+                    .map(move |(name, _)| (k, name.clone()))
+            })
+            .collect();
+        if !held.is_empty() {
+            tracing::warn!(client.addr = %self.client.addr, backend = %conn.link.addr(), %error,
+                "a subscriber connection to the backend was lost: closing the client, which subscribes again when it reconnects");
+            self.closing = true;
+        }
+        for (k, name) in held {
+            let kind = [Kind::Channel, Kind::Pattern, Kind::Shard][k];
+            ps.unwant(kind, &name, id);
+        }
+        ps.prune();
+    }
+
+    /// Writes the confirmations of the (un)subscribe request at the front once all have come.
+    /// Returns false while it still waits.
+    pub(super) fn settle_pubsub(&mut self) -> bool {
+        let r = match self.pending.front_mut() {
+            Some(Pending::PubSub(r)) if r.waiting == 0 => std::mem::take(r),
+            Some(Pending::PubSub(_)) => return false,
+            _ => return true,
+        };
+        self.pop_front();
+        let Some(ps) = self.pubsub.as_mut() else {
+            return true;
+        };
+        let kind = r.kind;
+        let mut last_error: Option<&Bytes> = None;
+        for item in &r.items {
+            if let Some(error) = &item.error {
+                // A request refused by a backend is one error, as from Redis, not one per name.
+                if last_error != Some(error) {
+                    self.out.extend_from_slice(error);
+                }
+                last_error = Some(error);
+                continue;
+            }
+            last_error = None;
+            if let Some(name) = &item.name {
+                match r.subscribe {
+                    true => ps.confirmed[kind as usize].insert(name.clone()),
+                    false => ps.confirmed[kind as usize].remove(name),
+                };
+            }
+            let count = ps.count(kind);
+            confirmation(
+                &mut self.out,
+                self.proto,
+                kind.name(r.subscribe),
+                item.name.as_deref(),
+                count,
+            );
+        }
+        ps.moved += r.after.len();
+        self.out.extend_from_slice(&r.after);
+        ps.prune();
+        if ps.conns.is_empty() && ps.total() == 0 {
+            // Out of subscriber mode: nothing is left open.
+            self.pubsub = None;
+        }
+        true
+    }
+
+    /// The request at the front waited too long for its confirmations: a late one could no longer
+    /// be told apart from the next request's, so the client is closed after the error.
+    pub(super) fn pubsub_timed_out(&mut self) {
+        self.pop_front();
+        self.timed_out();
+        self.pubsub = None;
+        self.closing = true;
+    }
+
+    /// The client's subscriptions, if it has any connection for them.
+    pub(super) fn feed(&self) -> Option<Arc<Feed>> {
+        self.pubsub.as_ref().map(|ps| ps.feed.clone())
+    }
+
+    /// The output was written: the messages in it no longer count against the client's limit.
+    pub(super) fn wrote(&mut self) {
+        if let Some(ps) = self.pubsub.as_mut() {
+            ps.feed.written(std::mem::take(&mut ps.moved));
+        }
+    }
+
+    pub(super) fn drop_slow_subscriber(&self) {
+        tracing::warn!(client.addr = %self.client.addr, limit = OUTPUT_LIMIT,
+            "closing a subscriber that does not read its messages fast enough (output limit for pub/sub clients reached)");
+    }
+}
+
+/// Waits for what the client's subscriber connections deliver; true when the client fell too far
+/// behind and must be dropped. Never ready for a client without subscriptions.
+pub(super) async fn next_events(pubsub: &mut Option<Box<PubSub>>) -> bool {
+    let Some(ps) = pubsub.as_deref_mut() else {
+        return std::future::pending().await;
+    };
+    let feed = ps.feed.clone();
+    tokio::select! {
+        _ = feed.wait_overflow() => true,
+        _ = ps.events.recv_many(&mut ps.arrived, EVENTS_PER_PASS) => feed.overflowed(),
+    }
+}
+
+/// Ready when the client behind `feed` fell too far behind; never without one.
+pub(super) async fn overflow(feed: Option<Arc<Feed>>) {
+    match feed {
+        Some(feed) => feed.wait_overflow().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Messages of every kind (`message`, `pmessage`, `smessage`), in RESP2 or RESP3, told apart from
+/// confirmations by their first bytes alone.
+fn is_message(frame: &[u8]) -> bool {
+    let Some((&marker, rest)) = frame.split_first() else {
+        return false;
+    };
+    matches!(marker, b'*' | b'>')
+        && (rest.starts_with(b"3\r\n$7\r\nmessage\r\n")
+            || rest.starts_with(b"4\r\n$8\r\npmessage\r\n")
+            || rest.starts_with(b"3\r\n$8\r\nsmessage\r\n"))
+}
+
+/// The kind and channel of a three-element confirmation (`[sunsubscribe, channel, count]`).
+fn kind_and_channel(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = frame
+        .strip_prefix(b">3\r\n")
+        .or_else(|| frame.strip_prefix(b"*3\r\n"))?;
+    let (kind, rest) = bulk(rest)?;
+    let (channel, _) = bulk(rest)?;
+    Some((kind, channel))
+}
+
+fn bulk(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = buf.strip_prefix(b"$")?;
+    let end = body.windows(2).position(|w| w == b"\r\n")?;
+    let len = usize::try_from(parse_int(&body[..end])?).ok()?;
+    let data = body.get(end + 2..end + 2 + len)?;
+    Some((data, body.get(end + 4 + len..)?))
+}
+
+/// `[what, name, count]`, a push in RESP3, as Redis confirms (un)subscriptions; no name is a null.
+fn confirmation(out: &mut BytesMut, proto: u8, what: &str, name: Option<&[u8]>, count: usize) {
+    let mut r = Reply(out);
+    match proto {
+        3 => r.push(3),
+        _ => r.array(3),
+    }
+    r.bulk(what.as_bytes());
+    match (name, proto) {
+        (Some(name), _) => r.bulk(name),
+        (None, 3) => r.0.put_slice(b"_\r\n"),
+        (None, _) => r.null(),
+    }
+    r.int(count as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_told_from_confirmations() {
+        assert!(is_message(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"));
+        assert!(is_message(b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"));
+        assert!(is_message(
+            b"*4\r\n$8\r\npmessage\r\n$2\r\na*\r\n$1\r\na\r\n$1\r\nx\r\n"
+        ));
+        assert!(is_message(
+            b">3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$1\r\nx\r\n"
+        ));
+        assert!(!is_message(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"));
+        assert!(!is_message(b"-ERR no\r\n"));
+        assert!(!is_message(b""));
+    }
+
+    #[test]
+    fn confirmations_carry_the_clients_count() {
+        let mut out = BytesMut::new();
+        confirmation(&mut out, 2, "subscribe", Some(b"ch"), 3);
+        confirmation(&mut out, 2, "unsubscribe", None, 0);
+        confirmation(&mut out, 3, "unsubscribe", None, 1);
+        assert_eq!(
+            &out[..],
+            &b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:3\r\n*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n>3\r\n$11\r\nunsubscribe\r\n_\r\n:1\r\n"[..]
+        );
+        assert_eq!(
+            kind_and_channel(b">3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:0\r\n"),
+            Some((&b"sunsubscribe"[..], &b"ch"[..]))
+        );
+        assert_eq!(kind_and_channel(b"*3\r\n$12\r\nsunsub"), None);
+    }
+}
