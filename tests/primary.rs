@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{
-    free_port, http_get, metric, wait_for, Client, ReplicaGroup, Reply, Sentinels, Slotline,
+    free_port, http_get, metric, wait_for, Client, KubeApi, PodEndpoint, ReplicaGroup, Reply,
+    Sentinels, Slice, Slotline, TempDir,
 };
 
 /// `probe_interval` of the ROLE-probing pools.
@@ -355,6 +356,11 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
 #[test]
 fn role_probes_follow_a_replicaof_switch_under_load() {
     let (group, slotline, admin) = role_probed("");
+    let before = slotline_connections(&group, 0);
+    assert!(
+        !before.is_empty(),
+        "slotline holds connections to the master"
+    );
     // What an operator (or a failover script) does: promote server 1, then point the others at it.
     let bound = Duration::from_millis(4 * PROBE_MS + 1000);
     let old = group.addr(0);
@@ -379,8 +385,111 @@ fn role_probes_follow_a_replicaof_switch_under_load() {
         metric(&text, "slotline_master_switches_total{pool=\"ha\"}"),
         Some(1.0)
     );
-    // The demoted master now replicates the new one.
+    // The demoted master now replicates the new one, and the connections slotline wrote through
+    // are closed (its probes use new ones).
     assert_eq!(group.role(0), "slave");
+    wait_for(
+        Duration::from_secs(15),
+        "the old connections to the demoted master to close",
+        || {
+            let now = slotline_connections(&group, 0);
+            before.iter().all(|id| !now.contains(id))
+        },
+    );
+    // Writes it refused with READONLY were sent again to the new master, not failed.
+    let readonly = "slotline_redirects_total{kind=\"readonly\",pool=\"ha\"}";
+    assert!(metric(&text, readonly).is_some_and(|n| n >= 1.0), "{text}");
+}
+
+/// The ids of the ordinary client connections of server `index` (slotline's: not replication links,
+/// not the connection asking).
+fn slotline_connections(group: &ReplicaGroup, index: usize) -> Vec<String> {
+    let reply = group.client(index).cmd(&["CLIENT", "LIST"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
+    text.lines()
+        .filter(|l| l.contains(" flags=N ") && !l.contains(" cmd=client|list "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn reads_without_a_healthy_replica_fail_or_go_to_the_master_as_read_from_says() {
+    let replica_port = free_port();
+    let extra = format!("    read_from: replica\n    replica_listen: 127.0.0.1:{replica_port}\n");
+    let (mut group, slotline, _) = role_probed(&extra);
+    wait_for(Duration::from_secs(10), "both replicas to be used", || {
+        info_field(&slotline, "replicas").as_deref() == Some("2")
+    });
+    let mut client = slotline.client();
+    assert!(client.cmd(&["SET", "k", "v"]).is_ok());
+    group.kill(1);
+    group.kill(2);
+    wait_for(
+        Duration::from_secs(10),
+        "the replicas to be found gone",
+        || info_field(&slotline, "replicas").as_deref() == Some("0"),
+    );
+    // read_from: replica: an error that says why; writes still go to the master.
+    let read = client.cmd(&["GET", "k"]);
+    assert!(
+        read.error()
+            .is_some_and(|e| e.contains("no healthy replica")),
+        "{read:?}"
+    );
+    assert!(client.cmd(&["SET", "k", "w"]).is_ok());
+    let mut reader = Client::connect(replica_port);
+    assert!(reader.cmd(&["GET", "k"]).is_error());
+
+    // prefer_replica: the master answers meanwhile.
+    let port = free_port();
+    let yaml = role_probe_yaml(port, free_port(), &group, "    read_from: prefer_replica\n");
+    let preferring = Slotline::start(&yaml);
+    wait_master(&preferring, &group.addr(0));
+    assert_eq!(preferring.client().cmd(&["GET", "k"]), Reply::bulk("w"));
+}
+
+#[test]
+fn sentinels_found_through_a_kubernetes_service_are_asked_and_followed() {
+    const NS: &str = "redis-ha";
+    let group = ReplicaGroup::start(3);
+    let sentinels = Sentinels::start(3, group.port(0), DOWN_AFTER_MS, 2);
+    let api = KubeApi::start();
+    // One slice per sentinel: each listens on a port of its own.
+    for (i, port) in sentinels.ports().iter().enumerate() {
+        let pod = format!("sentinel-{i}");
+        let endpoint = PodEndpoint::ready("127.0.0.1", &pod);
+        api.apply_slice(
+            NS,
+            &Slice::new(&pod, "redis-sentinel", *port, vec![endpoint]),
+        );
+    }
+    let dir = TempDir::new("kubeconfig");
+    let kubeconfig = api.write_kubeconfig(&dir).to_string_lossy().into_owned();
+    let port = free_port();
+    let yaml = format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    timeout: 3000\n    \
+         sentinel:\n      master_name: {}\n      kubernetes:\n        service: redis-sentinel\n        \
+         namespace: {NS}\n",
+        Sentinels::MASTER_NAME
+    );
+    let slotline = Slotline::start_with_env(&yaml, &[("KUBECONFIG", &kubeconfig)]);
+    wait_master(&slotline, &group.addr(0));
+    let old = group.addr(0);
+    let new = failover_under_load(
+        "Sentinel from a Service, SENTINEL FAILOVER",
+        &slotline,
+        &old,
+        SENTINEL_BOUND,
+        || {
+            let reply = sentinels
+                .client(1)
+                .cmd(&["SENTINEL", "FAILOVER", Sentinels::MASTER_NAME]);
+            assert!(reply.is_ok(), "SENTINEL FAILOVER: {reply:?}");
+        },
+    );
+    let promoted = sentinels.master_port(2).map(|p| format!("127.0.0.1:{p}"));
+    assert_eq!(promoted.as_deref(), Some(new.as_str()));
 }
 
 #[test]
