@@ -109,11 +109,13 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick_hz=$(getconf CLK_TCK)
 
 # A workload: a redis-benchmark -t test name, or mget10 (10 random keys: on every master/shard) or
-# mget10tag (10 random keys sharing one hash tag: one slot).
+# mget10tag (10 random keys sharing one hash tag: one slot). `{tag}` is that hash tag through a
+# proxy; redis-benchmark --cluster replaces it with a tag of the node each client talks to, so that
+# the direct run spreads over the masters too.
 workload_args() { # workload
     case $1 in
         mget10) echo "MGET $(for i in $(seq 10); do printf 'k%s:__rand_int__ ' "$i"; done)" ;;
-        mget10tag) echo "MGET $(for i in $(seq 10); do printf '{k}%s:__rand_int__ ' "$i"; done)" ;;
+        mget10tag) echo "MGET $(for i in $(seq 10); do printf '{tag}%s:__rand_int__ ' "$i"; done)" ;;
         *) echo "-t $1" ;;
     esac
 }

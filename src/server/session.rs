@@ -358,11 +358,14 @@ impl Ctx {
             other => other,
         };
         match route {
-            Route::Keyed => match view.place_of_request(req, spec) {
-                Ok(place) => self.forward(view, view.for_reads(place, spec), frame.clone(), now),
-                Err(()) => match fanout::policy(spec.name) {
-                    Some(split) => self.split(req, split, view, now),
-                    None => self.error(&view.cross_error(spec.display_name())),
+            Route::Keyed => match fanout::policy(spec.name) {
+                // Placed once, key by key: forwarded whole when the keys live together.
+                Some(split) if argc > 2 => self.split(req, spec, split, frame, view, now),
+                _ => match view.place_of_request(req, spec) {
+                    Ok(place) => {
+                        self.forward(view, view.for_reads(place, spec), frame.clone(), now)
+                    }
+                    Err(()) => self.error(&view.cross_error(spec.display_name())),
                 },
             },
             Route::Blocking if !self.pending.is_empty() => self.hold(frame),

@@ -49,8 +49,17 @@ pub(super) struct Part {
 
 impl Ctx {
     /// Cuts a multi-key request whose keys live in several places into one part per place, sends every
-    /// part, and queues the request to be answered once all parts are.
-    pub(super) fn split(&mut self, req: Request<'_>, split: Split, view: &View<'_>, now: Instant) {
+    /// part, and queues the request to be answered once all parts are. When its keys all live in one
+    /// place, the request goes there as it is.
+    pub(super) fn split(
+        &mut self,
+        req: Request<'_>,
+        spec: &Spec,
+        split: Split,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
         let Some(nkeys) = fanout::key_count(&req, split) else {
             let name = printable(req.arg(0)).to_lowercase();
             return self.error(&format!(
@@ -60,6 +69,11 @@ impl Ctx {
         let mut placed: Vec<(Place, u32)> = (0..nkeys)
             .map(|k| (view.place_of(fanout::key(&req, split, k)), k as u32))
             .collect();
+        if let Some(&(first, _)) = placed.first() {
+            if placed.iter().all(|&(place, _)| place == first) {
+                return self.forward(view, view.for_reads(first, spec), frame.clone(), now);
+            }
+        }
         // Stable: each part keeps its keys in the client's order.
         placed.sort_by_key(|&(place, _)| place);
         let mut groups = Vec::new();
