@@ -133,3 +133,89 @@ fn ketama_blocking_commands_wait_on_their_own_connection() {
     ));
     blocking_commands_stall_no_one(proxy.port(), servers.port(0));
 }
+
+/// The PID of the redis-server on `port`.
+fn process_id(port: u16) -> String {
+    let reply = Client::connect(port).cmd(&["INFO", "server"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("INFO server")).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("process_id in INFO")
+        .trim()
+        .to_string()
+}
+
+fn signal(pid: &str, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+#[test]
+fn wait_counts_the_replicas_that_have_every_earlier_write_on_every_master() {
+    let cluster = RedisCluster::start(Default::default());
+    let port = free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let yaml = Slotline::cluster_yaml(port, &seeds).replace("timeout: 1000", "timeout: 300");
+    let proxy = Slotline::start(&yaml);
+    let mut client = proxy.client();
+    for i in 0..30 {
+        assert!(client.cmd(&["SET", &format!("k{i}"), "v"]).is_ok());
+    }
+    // Every master has one replica, and it has every write.
+    assert_eq!(client.cmd(&["WAIT", "1", "5000"]), Reply::Int(1));
+
+    // One master's replica stops (SIGSTOP: its link stays up, it just acknowledges nothing), and the
+    // client writes to that master: its replica has not got the write, so it is not counted, and WAIT
+    // waits out its timeout, on the client's own connections only.
+    let master = &cluster.masters()[0];
+    let replica = cluster.replicas_of(master.port)[0];
+    let pid = process_id(replica);
+    let key = support::key_in_slot("w", master.slots[0].0);
+    assert!(client.cmd(&["SET", &key, "v"]).is_ok());
+    signal(&pid, "-STOP");
+    let started = Instant::now();
+    client.send(&["WAIT", "1", "800"]);
+    let mut other = proxy.client();
+    for i in 0..30 {
+        assert_eq!(other.cmd(&["GET", &format!("k{i}")]), Reply::bulk("v"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "other clients waited for WAIT: {:?}",
+        started.elapsed()
+    );
+    let waited = client.read_reply();
+    let took = started.elapsed();
+    signal(&pid, "-CONT");
+    assert_eq!(waited, Reply::Int(0), "the stopped replica was counted");
+    assert!(
+        took >= Duration::from_millis(800),
+        "WAIT returned after {took:?}"
+    );
+
+    // Once it runs again it catches up, and WAIT says so.
+    assert_eq!(client.cmd(&["WAIT", "1", "5000"]), Reply::Int(1));
+    // WAIT's own key (set and deleted in one script on each master) is nowhere.
+    let keys = client.cmd(&["KEYS", "__slotline_wait__*"]);
+    assert_eq!(keys, Reply::Array(Some(vec![])));
+    for bad in [["WAIT", "1", "-1"], ["WAIT", "x", "0"]] {
+        assert!(client.cmd(&bad).is_error(), "{bad:?}");
+    }
+}
+
+#[test]
+fn wait_in_a_sharded_pool_asks_every_server() {
+    let servers = RedisServers::start(2);
+    let port = free_port();
+    let proxy = Slotline::start(&servers.ketama_yaml(port, ""));
+    let mut client = proxy.client();
+    assert!(client.cmd(&["SET", "a", "1"]).is_ok());
+    // No replicas: none to count, at once for 0 and after the timeout for 1.
+    assert_eq!(client.cmd(&["WAIT", "0", "0"]), Reply::Int(0));
+    let started = Instant::now();
+    assert_eq!(client.cmd(&["WAIT", "1", "200"]), Reply::Int(0));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}

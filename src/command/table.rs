@@ -314,7 +314,7 @@ pub(super) static COMMANDS: &[Spec] = &[
     Spec { name: "unlink", arity: -2, flags: flags::WRITE | flags::FAST, family: Family::Keyspace, route: Route::Keyed, keys: &[KeySpec { begin: Begin::Index(1), find: Find::Range { last_key: -1, step: 1, limit: 0 } }] },
     Spec { name: "unsubscribe", arity: -1, flags: flags::PUBSUB | flags::NOSCRIPT | flags::LOADING | flags::STALE, family: Family::PubSub, route: Route::PubSub, keys: &[] },
     Spec { name: "unwatch", arity: 1, flags: flags::NOSCRIPT | flags::LOADING | flags::STALE | flags::FAST, family: Family::Other, route: Route::Transaction, keys: &[] },
-    Spec { name: "wait", arity: 3, flags: flags::NOSCRIPT, family: Family::Connection, route: Route::Unsupported("it needs every node of the cluster (not supported yet)"), keys: &[] },
+    Spec { name: "wait", arity: 3, flags: flags::NOSCRIPT, family: Family::Connection, route: Route::EveryNode, keys: &[] },
     Spec { name: "watch", arity: -2, flags: flags::NOSCRIPT | flags::LOADING | flags::STALE | flags::FAST, family: Family::Other, route: Route::Transaction, keys: &[KeySpec { begin: Begin::Index(1), find: Find::Range { last_key: -1, step: 1, limit: 0 } }] },
     Spec { name: "xack", arity: -4, flags: flags::WRITE | flags::FAST, family: Family::Stream, route: Route::Keyed, keys: &[KeySpec { begin: Begin::Index(1), find: Find::Range { last_key: 0, step: 1, limit: 0 } }] },
     Spec { name: "xadd", arity: -5, flags: flags::WRITE | flags::DENYOOM | flags::FAST, family: Family::Stream, route: Route::Keyed, keys: &[KeySpec { begin: Begin::Index(1), find: Find::Range { last_key: 0, step: 1, limit: 0 } }] },

@@ -44,6 +44,9 @@ pub(crate) enum Merge {
     Scan { node: usize, nodes: usize },
     /// A transaction (MULTI, the commands, EXEC) or a WATCH: the last reply is the client's.
     Last,
+    /// WAIT: per master, the reply of the script that marks the offset, then WAIT's count; the
+    /// client gets the least count.
+    Wait,
 }
 
 /// The merge for a command sent to every master, by its table name.
@@ -59,6 +62,7 @@ pub(crate) fn every_node_policy(name: &str) -> Option<Merge> {
         }
         "script|load" | "function|load" => Merge::Same,
         "script|exists" => Merge::AllHave,
+        "wait" => Merge::Wait,
         _ => return None,
     })
 }
@@ -191,6 +195,18 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
             }
         }
         Merge::SumPairs => sum_pairs(parts, out),
+        Merge::Wait => {
+            let counts: Option<Vec<i64>> = parts
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .map(|(_, r)| integer(r))
+                .collect();
+            match counts.and_then(|c| c.into_iter().min()) {
+                Some(least) => Reply(out).int(least),
+                None => unexpected(out),
+            }
+        }
         Merge::Same => match parts.split_first() {
             Some(((_, first), rest)) if rest.iter().all(|(_, r)| r == first) => {
                 out.extend_from_slice(first)

@@ -82,7 +82,7 @@ struct Waiting {
 }
 
 /// How long a blocking command may wait: its own timeout argument decides, this only bounds forever.
-const BLOCKING_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(super) const BLOCKING_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Everything of a session but its input buffer and parser, so that dispatching can borrow the parsed
 /// arguments while changing this.
@@ -440,7 +440,7 @@ impl Ctx {
     }
 
     /// This client's own connection to the backend of `shared`, opened on first use.
-    fn own_node(&mut self, shared: &Arc<Node>) -> Arc<Node> {
+    pub(super) fn own_node(&mut self, shared: &Arc<Node>) -> Arc<Node> {
         if let Some(node) = self.own.iter().find(|n| n.addr() == shared.addr()) {
             return node.clone();
         }

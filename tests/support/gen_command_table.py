@@ -61,7 +61,7 @@ ANY_NODE = {"time", "lolwut", "cluster|keyslot", "object|help", "xinfo|help",
 EVERY_NODE = {"keys", "scan", "dbsize", "randomkey", "flushall", "flushdb", "script|load",
               "script|exists", "script|flush", "function|load", "function|delete", "function|flush",
               "pubsub|channels", "pubsub|numpat", "pubsub|numsub", "pubsub|shardchannels",
-              "pubsub|shardnumsub"}
+              "pubsub|shardnumsub", "wait"}
 TRANSACTION = {"multi", "exec", "discard", "watch", "unwatch"}
 # Subscriptions and PUBLISH: the session's pub/sub module (src/server/session/pubsub.rs) places them.
 # SPUBLISH is an ordinary keyed command (its channel is its key).

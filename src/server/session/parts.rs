@@ -15,7 +15,7 @@ use super::{printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
-use crate::protocol::Reply;
+use crate::protocol::{parse_int, Reply};
 use crate::route::Slot;
 use crate::stats;
 
@@ -94,8 +94,10 @@ impl Ctx {
         view: &View<'_>,
         now: Instant,
     ) {
-        if spec.name == "scan" {
-            return self.scan(req, view, now);
+        match spec.name {
+            "scan" => return self.scan(req, view, now),
+            "wait" => return self.wait(req, frame, view, now),
+            _ => {}
         }
         let merge = match (spec.name, view) {
             ("pubsub|numpat", View::Shards(_)) => Some(Merge::Max),
@@ -169,21 +171,22 @@ impl Ctx {
                 (node, keys, frame, slot)
             })
             .collect();
-        self.send_parts(resolved, merge, nkeys, false, now);
+        let deadline = now + Duration::from_millis(self.pool.config.timeout);
+        self.send_parts(resolved, merge, nkeys, false, deadline);
     }
 
     /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
-    /// to be answered once every part is. Parts on the client's own connection follow no redirects.
+    /// to be answered once every part is, or to fail at `deadline`. Parts on the client's own
+    /// connection follow no redirects.
     pub(super) fn send_parts(
         &mut self,
         parts: Vec<PartToSend>,
         merge: Merge,
         nkeys: usize,
         own_connection: bool,
-        now: Instant,
+        deadline: Instant,
     ) {
         let seq = self.front_seq + self.pending.len() as u64;
-        let deadline = now + Duration::from_millis(self.pool.config.timeout);
         let pick = self.client.id as usize;
         let mut sent = Vec::with_capacity(parts.len());
         for (node, keys, frame, slot) in parts {
@@ -220,6 +223,47 @@ impl Ctx {
             deadline,
             parts: sent,
         })));
+    }
+
+    /// WAIT. The client's writes went to any master, over shared connections, so every master is
+    /// asked on a connection of the client's own. First a script there sets and deletes a key of
+    /// slotline's own (in a slot that master serves): it leaves no trace, but it gives the connection a
+    /// replication offset past every write the master ran for the client before (Redis 7.0 moves a
+    /// connection's offset with any command; later versions only with commands that replicate, hence
+    /// a write). WAIT then waits for the replicas to reach that offset. The client gets the least
+    /// count: each of its earlier writes reached at least that many replicas.
+    fn wait(&mut self, req: Request<'_>, frame: &Bytes, view: &View<'_>, now: Instant) {
+        let timeout = match parse_int(req.arg(2)) {
+            Some(t) if t >= 0 => t as u64,
+            Some(_) => return self.error("ERR timeout is negative"),
+            None => return self.error("ERR timeout is not an integer or out of range"),
+        };
+        if parse_int(req.arg(1)).is_none() {
+            return self.error("ERR value is not an integer or out of range");
+        }
+        let pick = self.client.id as usize;
+        let mut parts = Vec::new();
+        for i in 0..view.node_count() {
+            let Some(node) = view.target(Place::Node(i), pick).cloned() else {
+                view.request_refresh();
+                return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
+            };
+            let Some(mark) = wait_mark(view, &node, pick) else {
+                return self.error("ERR slotline: found no key of its own on a master for WAIT");
+            };
+            let own = self.own_node(&node);
+            parts.push((Some(own.clone()), Vec::new(), mark, None));
+            parts.push((Some(own), Vec::new(), frame.clone(), None));
+        }
+        if parts.is_empty() {
+            return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
+        }
+        // WAIT 0 blocks until the replicas answer: as long as a blocking command.
+        let deadline = match timeout {
+            0 => now + super::BLOCKING_WAIT,
+            ms => now + Duration::from_millis(ms.saturating_add(self.pool.config.timeout)),
+        };
+        self.send_parts(parts, Merge::Wait, 0, true, deadline);
     }
 
     /// Follows redirects of the split request at the front and, once every part is answered, writes
@@ -284,4 +328,23 @@ impl Ctx {
         self.pop_front();
         true
     }
+}
+
+/// Sets and deletes the key, in one script: replicated, yet no client can ever see the key.
+const WAIT_MARK_SCRIPT: &[u8] =
+    b"redis.call('SET', KEYS[1], '1') redis.call('DEL', KEYS[1]) return 1";
+
+/// The script that moves a connection's replication offset past everything `node` has run: on a key
+/// `node` serves (a slot it owns, a server's share of the ring), named so that no application uses it.
+fn wait_mark(view: &View<'_>, node: &Arc<Node>, pick: usize) -> Option<Bytes> {
+    (0..100_000u32).find_map(|n| {
+        let key = format!("__slotline_wait__:{n}");
+        let place = view.place_of(key.as_bytes());
+        let owner = view.target(place, pick)?;
+        Arc::ptr_eq(owner, node).then(|| {
+            let mut buf = bytes::BytesMut::new();
+            Reply(&mut buf).command(&[b"EVAL", WAIT_MARK_SCRIPT, b"1", key.as_bytes()]);
+            buf.freeze()
+        })
+    })
 }

@@ -215,6 +215,7 @@ impl Ctx {
             .into_iter()
             .map(|frame| (Some(own.clone()), Vec::new(), frame, None))
             .collect();
-        self.send_parts(parts, Merge::Last, 0, true, now);
+        let deadline = now + std::time::Duration::from_millis(self.pool.config.timeout);
+        self.send_parts(parts, Merge::Last, 0, true, deadline);
     }
 }
