@@ -166,6 +166,8 @@ fn wait_counts_the_replicas_that_have_every_earlier_write_on_every_master() {
     }
     // Every master has one replica, and it has every write.
     assert_eq!(client.cmd(&["WAIT", "1", "5000"]), Reply::Int(1));
+    // A timeout of thousands of years is a timeout like any other.
+    assert_eq!(client.cmd(&["WAIT", "1", "100000000000000"]), Reply::Int(1));
 
     // One master's replica stops (SIGSTOP: its link stays up, it just acknowledges nothing), and the
     // client writes to that master: its replica has not got the write, so it is not counted, and WAIT

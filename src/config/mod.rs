@@ -685,6 +685,13 @@ mod tests {
             let e = Config::from_yaml(&bad).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+        // A duration that would overflow the clock is refused.
+        let absurd = probed.replace(
+            "mode: primary",
+            "mode: primary\n    timeout: 18446744073709551615",
+        );
+        let e = Config::from_yaml(&absurd).unwrap_err().to_string();
+        assert!(e.contains("pools.p.timeout"), "{e}");
         // Primary-only fields elsewhere are refused by name.
         for field in ["read_from: replica", "replica_listen: 127.0.0.1:7000"] {
             let bad = MINIMAL.replace("servers:", &format!("{field}\n    servers:"));

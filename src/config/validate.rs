@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// The longest duration a millisecond field may hold: one day.
+const MAX_MS: u64 = 86_400_000;
+
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |pool: &str, field: &str, what: String| ConfigError {
@@ -196,6 +199,24 @@ impl Config {
             }
             if pool.timeout == 0 {
                 return Err(err(name, "timeout", "must be at least 1 ms".into()));
+            }
+            // Durations are added to clock readings: an absurd one must be refused here, not
+            // overflow there.
+            for (field, ms) in [
+                ("timeout", pool.timeout),
+                ("connect_timeout", pool.connect_timeout),
+                ("refresh_interval", pool.refresh_interval),
+                ("resolve_interval", pool.resolve_interval),
+                ("server_retry_timeout", pool.server_retry_timeout),
+                ("probe_interval", pool.probe_interval),
+            ] {
+                if ms > MAX_MS {
+                    return Err(err(
+                        name,
+                        field,
+                        "must be at most one day (86400000 ms)".into(),
+                    ));
+                }
             }
             if !(1..=64).contains(&pool.server_connections) {
                 return Err(err(

@@ -258,10 +258,14 @@ impl Ctx {
         if parts.is_empty() {
             return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
         }
-        // WAIT 0 blocks until the replicas answer: as long as a blocking command.
+        // WAIT 0 blocks until the replicas answer: as long as a blocking command, which also bounds
+        // absurd timeouts (an Instant cannot reach that far).
         let deadline = match timeout {
             0 => now + super::BLOCKING_WAIT,
-            ms => now + Duration::from_millis(ms.saturating_add(self.pool.config.timeout)),
+            ms => {
+                let wait = Duration::from_millis(ms.saturating_add(self.pool.config.timeout));
+                now + wait.min(super::BLOCKING_WAIT)
+            }
         };
         self.send_parts(parts, Merge::Wait, 0, true, deadline);
     }
