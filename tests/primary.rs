@@ -567,3 +567,51 @@ fn sentinel_follows_a_killed_master() {
     let promoted = sentinels.master_port(1).map(|p| format!("127.0.0.1:{p}"));
     assert_eq!(promoted.as_deref(), Some(new.as_str()));
 }
+
+#[test]
+fn members_found_through_a_kubernetes_service_are_probed_and_followed() {
+    const NS: &str = "redis-ha";
+    let group = ReplicaGroup::start(3);
+    let api = KubeApi::start();
+    // One slice per member: each listens on a port of its own.
+    for i in 0..3 {
+        let pod = format!("redis-{i}");
+        let endpoint = PodEndpoint::ready("127.0.0.1", &pod);
+        api.apply_slice(
+            NS,
+            &Slice::new(&pod, "redis", group.port(i), vec![endpoint]),
+        );
+    }
+    let dir = TempDir::new("kubeconfig");
+    let kubeconfig = api.write_kubeconfig(&dir).to_string_lossy().into_owned();
+    let port = free_port();
+    let yaml = format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    probe_interval: {PROBE_MS}\n    \
+         timeout: 3000\n    kubernetes:\n      service: redis\n      namespace: {NS}\n"
+    );
+    let slotline = Slotline::start_with_env(&yaml, &[("KUBECONFIG", &kubeconfig)]);
+    wait_master(&slotline, &group.addr(0));
+    wait_for(Duration::from_secs(10), "both replicas to be used", || {
+        info_field(&slotline, "replicas").as_deref() == Some("2")
+    });
+    // A member that leaves the Service is no longer a replica to read from.
+    api.delete_slice(NS, "redis-2");
+    wait_for(
+        Duration::from_secs(10),
+        "the departed replica to be dropped",
+        || info_field(&slotline, "replica_addresses").as_deref() == Some(group.addr(1).as_str()),
+    );
+    let old = group.addr(0);
+    let bound = Duration::from_millis(4 * PROBE_MS + 1000);
+    let new = failover_under_load(
+        "ROLE probe over Kubernetes members",
+        &slotline,
+        &old,
+        bound,
+        || {
+            group.replicate(1, None);
+            group.replicate(0, Some(1));
+        },
+    );
+    assert_eq!(new, group.addr(1));
+}
