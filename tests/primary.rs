@@ -85,6 +85,15 @@ fn wait_master(slotline: &Slotline, addr: &str) {
     );
 }
 
+/// Waits until slotline counts `n` healthy replicas.
+fn wait_replicas(slotline: &Slotline, n: usize) {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{n} healthy replicas"),
+        || info_field(slotline, "replicas") == Some(n.to_string()),
+    );
+}
+
 /// One write of the load: `SET key value`, sent at `sent`.
 struct Write {
     key: String,
@@ -268,9 +277,7 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
     let replica_port = free_port();
     let extra = format!("    read_from: replica\n    replica_listen: 127.0.0.1:{replica_port}\n");
     let (group, slotline, admin) = role_probed(&extra);
-    wait_for(Duration::from_secs(10), "both replicas to be used", || {
-        info_field(&slotline, "replicas").as_deref() == Some("2")
-    });
+    wait_replicas(&slotline, 2);
     for i in 0..3 {
         assert!(group.client(i).cmd(&["CONFIG", "RESETSTAT"]).is_ok());
     }
@@ -418,9 +425,7 @@ fn reads_without_a_healthy_replica_fail_or_go_to_the_master_as_read_from_says() 
     let replica_port = free_port();
     let extra = format!("    read_from: replica\n    replica_listen: 127.0.0.1:{replica_port}\n");
     let (mut group, slotline, _) = role_probed(&extra);
-    wait_for(Duration::from_secs(10), "both replicas to be used", || {
-        info_field(&slotline, "replicas").as_deref() == Some("2")
-    });
+    wait_replicas(&slotline, 2);
     let mut client = slotline.client();
     assert!(client.cmd(&["SET", "k", "v"]).is_ok());
     group.kill(1);
@@ -591,9 +596,7 @@ fn members_found_through_a_kubernetes_service_are_probed_and_followed() {
     );
     let slotline = Slotline::start_with_env(&yaml, &[("KUBECONFIG", &kubeconfig)]);
     wait_master(&slotline, &group.addr(0));
-    wait_for(Duration::from_secs(10), "both replicas to be used", || {
-        info_field(&slotline, "replicas").as_deref() == Some("2")
-    });
+    wait_replicas(&slotline, 2);
     // A member that leaves the Service is no longer a replica to read from.
     api.delete_slice(NS, "redis-2");
     wait_for(
