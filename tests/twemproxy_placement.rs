@@ -194,10 +194,6 @@ fn check(pool: &Pool) {
     let actual = nutcracker_placement(pool, &keys);
     assert_same_placement(pool, &keys, &actual, &vec![true; pool.servers.len()]);
 
-    // slotline's sharded pools do not connect to unix socket servers yet.
-    if pool.servers.iter().any(|(line, _)| line.starts_with('/')) {
-        return;
-    }
     delete_through(nutcracker.client(), &keys);
     let port = free_port();
     let proxy = Slotline::start(&pool.yaml(port));

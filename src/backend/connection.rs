@@ -4,9 +4,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::stream::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -158,9 +158,8 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
 }
 
 /// Opens a connection and runs the handshake on it.
-pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<TcpStream, String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<Stream, String> {
+    let mut stream = Stream::connect(addr).await.map_err(|e| e.to_string())?;
     if let Some(handshake) = &settings.handshake {
         stream
             .write_all(&handshake.frames)
@@ -196,7 +195,7 @@ fn notify(settings: &Settings) {
 /// Pipelines requests over one established connection. `Ok` when the queue closed, `Err` when the
 /// connection failed; either way, requests still waiting for a reply are failed.
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     link: &Link,
     rx: &mut mpsc::UnboundedReceiver<Message>,
 ) -> Result<(), BackendError> {

@@ -9,6 +9,7 @@ mod connection;
 mod health;
 mod inbox;
 mod nodes;
+mod stream;
 mod subscriber;
 
 pub use health::Health;

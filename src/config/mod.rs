@@ -457,14 +457,9 @@ impl PoolConfig {
         })?;
         let mut servers = Vec::with_capacity(self.servers.len());
         for (i, line) in self.servers.iter().enumerate() {
+            // A line without a port is a unix socket; the backend connection opens it by path.
             let server =
                 ServerLine::parse(line).map_err(|e| (format!("servers[{i}]"), e.to_string()))?;
-            if server.port.is_none() {
-                return Err((
-                    format!("servers[{i}]"),
-                    "unix socket servers are not supported yet".into(),
-                ));
-            }
             servers.push(server);
         }
         let (hash, hash_tag) = self.placement()?;

@@ -123,14 +123,23 @@ pub(crate) struct StaticServer {
 }
 
 impl StaticServer {
+    /// A unix socket (a twemproxy server line naming a path): its `host` is the path.
+    fn is_unix(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
     fn needs_resolving(&self) -> bool {
-        self.host.parse::<std::net::IpAddr>().is_err()
+        !self.is_unix() && self.host.parse::<std::net::IpAddr>().is_err()
     }
 
     fn unresolved(&self) -> Endpoint {
+        let addr = match self.is_unix() {
+            true => Arc::from(self.host.as_str()),
+            false => Arc::from(join_host_port(&self.host, self.port)),
+        };
         Endpoint {
             name: self.name.clone(),
-            addr: Arc::from(join_host_port(&self.host, self.port)),
+            addr,
             weight: self.weight,
         }
     }
@@ -148,7 +157,8 @@ fn static_servers(config: &PoolConfig) -> Vec<StaticServer> {
                 Some(StaticServer {
                     name: Arc::from(line.ring_name()),
                     host: line.address.clone(),
-                    port: line.port?,
+                    // None: a unix socket, whose address is its path.
+                    port: line.port.unwrap_or(0),
                     weight: line.weight,
                 })
             }
