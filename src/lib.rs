@@ -12,9 +12,10 @@
 //!   extraction.
 //! - [`route`]: where a key goes: cluster hash slots, and twemproxy's hashes and distributions (ketama,
 //!   modula, random) for sharded pools.
-//! - [`backend`]: multiplexed, pipelined connections to backend nodes, reconnecting with backoff, and
-//!   the per-session inbox their replies are delivered to; a client's own subscriber connections,
-//!   which hand every frame to the session and count what a slow subscriber has not taken.
+//! - [`backend`]: multiplexed, pipelined connections to backend nodes (TCP or unix socket),
+//!   reconnecting with backoff, the per-session inbox their replies are delivered to, and the
+//!   address -> node map pools keep; a client's own subscriber connections, which hand every frame to
+//!   the session and count what a slow subscriber has not taken.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
 //!   seeds from discovery.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
@@ -28,12 +29,12 @@
 //! - [`stats`]: the counters the data path keeps (twemproxy's fields, as relaxed atomics) and their
 //!   twemproxy-compatible JSON rendering.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together): the
-//!   session loop, its routing view, split and fan-out requests and their merges, redirects,
-//!   transactions and blocking commands on connections of the client's own, pub/sub (subscriptions on
-//!   subscriber connections of the client's own, confirmations with the client's counts, subscriber
-//!   mode), locally answered commands,
-//!   INFO, and the twemproxy stats port; the running pools and config reload (SIGHUP, file change);
-//!   the lifecycle: readiness and the SIGTERM drain.
+//!   session loop, its routing view, split and fan-out requests and their merges, redirects (and a
+//!   demoted master's READONLY), transactions, blocking commands and WAIT on connections of the
+//!   client's own, pub/sub (subscriptions on subscriber connections of the client's own, confirmations
+//!   with the client's counts, subscriber mode), locally answered commands, INFO, and the twemproxy
+//!   stats port; the running pools (a primary pool's replica listener too) and config reload (SIGHUP,
+//!   file change); the lifecycle: readiness and the SIGTERM drain.
 //! - [`metrics`]: the Prometheus registry, per-pool metric handles, per-session tallies, and the
 //!   collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`) on its own thread.
