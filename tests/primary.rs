@@ -618,3 +618,34 @@ fn members_found_through_a_kubernetes_service_are_probed_and_followed() {
     );
     assert_eq!(new, group.addr(1));
 }
+
+#[test]
+fn subscribers_keep_hearing_publishes_across_a_master_switch() {
+    let (group, slotline, _) = role_probed("");
+    let mut subscriber = slotline.client();
+    let confirmed = subscriber.cmd(&["SUBSCRIBE", "news"]);
+    assert_eq!(
+        confirmed.as_array().map(<[Reply]>::len),
+        Some(3),
+        "{confirmed:?}"
+    );
+    let mut publisher = slotline.client();
+    let message = |n: &str| {
+        Reply::Array(Some(vec![
+            Reply::bulk("message"),
+            Reply::bulk("news"),
+            Reply::bulk(n),
+        ]))
+    };
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "one"]), Reply::Int(1));
+    assert_eq!(subscriber.read_reply(), message("one"));
+
+    // The subscription stays on the demoted master, which now replicates the new one's PUBLISHes.
+    group.replicate(1, None);
+    group.replicate(0, Some(1));
+    group.replicate(2, Some(1));
+    wait_master(&slotline, &group.addr(1));
+    group.wait_linked(0);
+    publisher.cmd(&["PUBLISH", "news", "two"]);
+    assert_eq!(subscriber.read_reply(), message("two"));
+}
