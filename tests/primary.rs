@@ -486,12 +486,7 @@ fn sentinels_found_through_a_kubernetes_service_are_asked_and_followed() {
         &slotline,
         &old,
         SENTINEL_BOUND,
-        || {
-            let reply = sentinels
-                .client(1)
-                .cmd(&["SENTINEL", "FAILOVER", Sentinels::MASTER_NAME]);
-            assert!(reply.is_ok(), "SENTINEL FAILOVER: {reply:?}");
-        },
+        || sentinel_failover(&sentinels, 1),
     );
     let promoted = sentinels.master_port(2).map(|p| format!("127.0.0.1:{p}"));
     assert_eq!(promoted.as_deref(), Some(new.as_str()));
@@ -525,6 +520,14 @@ fn role_probes_follow_a_killed_master_once_a_replica_is_promoted() {
     );
 }
 
+/// Asks sentinel `index` for a failover, as an operator would.
+fn sentinel_failover(sentinels: &Sentinels, index: usize) {
+    let reply = sentinels
+        .client(index)
+        .cmd(&["SENTINEL", "FAILOVER", Sentinels::MASTER_NAME]);
+    assert!(reply.is_ok(), "SENTINEL FAILOVER: {reply:?}");
+}
+
 /// Sentinel's `failover-timeout` and election leave a failover some seconds: the bound for writes
 /// to resume after the trigger.
 const SENTINEL_BOUND: Duration = Duration::from_secs(10);
@@ -542,12 +545,7 @@ fn sentinel_failover_under_load() {
         &slotline,
         &old,
         SENTINEL_BOUND,
-        || {
-            let reply = sentinels
-                .client(0)
-                .cmd(&["SENTINEL", "FAILOVER", Sentinels::MASTER_NAME]);
-            assert!(reply.is_ok(), "SENTINEL FAILOVER: {reply:?}");
-        },
+        || sentinel_failover(&sentinels, 0),
     );
     // The master slotline chose is the one the sentinels promoted.
     let promoted = sentinels.master_port(0).map(|p| format!("127.0.0.1:{p}"));

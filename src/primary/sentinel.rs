@@ -24,6 +24,9 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// The sentinels of one pool: connections to ask them, and one subscriber task per sentinel.
 pub(super) struct Sentinels {
     master_name: String,
+    /// `SENTINEL GET-MASTER-ADDR-BY-NAME` and `SENTINEL REPLICAS` for `master_name`, asked every look.
+    get_master: Bytes,
+    get_replicas: Bytes,
     password: Option<String>,
     settings: backend::Settings,
     nodes: HashMap<Arc<str>, Arc<Node>>,
@@ -43,8 +46,16 @@ pub(super) struct Answer {
 
 impl Sentinels {
     pub(super) fn new(config: &SentinelConfig, connect_timeout: Duration) -> Sentinels {
+        let name = config.master_name.as_bytes();
+        let mut frames = BytesMut::new();
+        Reply(&mut frames).command(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name]);
+        let get_master = frames.split().freeze();
+        Reply(&mut frames).command(&[b"SENTINEL", b"REPLICAS", name]);
+        let get_replicas = frames.split().freeze();
         Sentinels {
             master_name: config.master_name.clone(),
+            get_master,
+            get_replicas,
             password: config.password.clone(),
             settings: backend::Settings::new(1, connect_timeout)
                 .with_login(config.password.as_deref(), 0),
@@ -86,19 +97,13 @@ impl Sentinels {
 
     /// Asks every sentinel in `addrs` for the master and its replicas, each within `wait`.
     pub(super) async fn ask(&mut self, addrs: &[Arc<str>], wait: Duration) -> Answer {
-        let name = self.master_name.as_bytes();
-        let mut frames = BytesMut::new();
-        Reply(&mut frames).command(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name]);
-        let get_master = frames.split().freeze();
-        Reply(&mut frames).command(&[b"SENTINEL", b"REPLICAS", name]);
-        let get_replicas = frames.split().freeze();
         let asks = addrs.iter().map(|addr| {
             let node = self
                 .nodes
                 .entry(addr.clone())
                 .or_insert_with(|| Node::spawn(addr.clone(), &self.settings))
                 .clone();
-            let (get_master, get_replicas) = (get_master.clone(), get_replicas.clone());
+            let (get_master, get_replicas) = (self.get_master.clone(), self.get_replicas.clone());
             async move {
                 let (master, replicas) = tokio::join!(
                     request(&node, get_master, wait),

@@ -212,6 +212,7 @@ async fn start_pool(
     metrics: &Metrics,
 ) -> io::Result<Arc<Pool>> {
     let stats = Arc::new(PoolStats::default());
+    let pool_metrics = metrics.pool(name);
     let mut discovery = None;
     let router = match config.mode {
         Mode::Cluster => {
@@ -248,7 +249,7 @@ async fn start_pool(
             };
             let members = discovery.as_ref().map(|d| d.endpoints.clone());
             let primary = Primary::start(name, config, members, sentinels);
-            primary.count_switches_in(metrics.pool(name).master_switches);
+            primary.count_switches_in(pool_metrics.master_switches.clone());
             let found = primary.look_now(FIRST_TOPOLOGY_WAIT).await;
             if !found || primary.roles().master.is_none() {
                 tracing::warn!(pool = %name, "no master known yet; serving anyway and looking again in the background");
@@ -265,7 +266,6 @@ async fn start_pool(
             Router::Shards(shards)
         }
     };
-    let pool_metrics = metrics.pool(name);
     if let Some(source) = &discovery {
         source
             .status
