@@ -37,11 +37,13 @@ impl Link {
     }
 }
 
-/// A request written to the server, waiting for its reply.
+/// A request (or a batch of them) written to the server, waiting for its replies.
 struct Written {
     /// A client, or nobody (the `ASKING` sent before an ASK retry).
     reply: Option<ReplyTo>,
     bytes: u32,
+    /// Replies it waits for: more than one for a batch.
+    replies: u32,
 }
 
 /// Requests written and not yet answered, oldest first.
@@ -50,6 +52,8 @@ struct Queue {
     written: VecDeque<Written>,
     /// Replies read so far: the number of the oldest unanswered request.
     answered: u64,
+    /// Replies already read for the oldest request, a batch still waiting for the rest.
+    front_got: u32,
     /// When each batch was written, with the count of requests written before it: the oldest request's
     /// write time is found here once the requests before it are answered.
     batches: VecDeque<(u64, Instant)>,
@@ -64,6 +68,24 @@ impl Queue {
     fn push(&mut self, w: Written) {
         self.written.push_back(w);
         self.total_written += 1;
+    }
+
+    /// One more reply has been read: the oldest request, if it has all its replies now (`Err` when
+    /// no request was waiting: the server is out of step).
+    fn answer(&mut self) -> Result<Option<Written>, ()> {
+        let front = self.written.front().ok_or(())?;
+        self.front_got += 1;
+        if self.front_got < front.replies {
+            return Ok(None);
+        }
+        self.front_got = 0;
+        Ok(self.pop())
+    }
+
+    /// Replies still to come.
+    fn unanswered(&self) -> i64 {
+        let replies: i64 = self.written.iter().map(|w| w.replies as i64).sum();
+        replies - self.front_got as i64
     }
 
     fn pop(&mut self) -> Option<Written> {
@@ -144,7 +166,7 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
-                        stats::shift(&link.stats.in_queue, -1);
+                        stats::shift(&link.stats.in_queue, -(msg.replies as i64));
                         stats::shift(&link.stats.in_queue_bytes, -(msg.frame.len() as i64));
                         msg.reply.send(Err(BackendError::Connect(addr.clone())));
                     }
@@ -234,7 +256,9 @@ async fn serve(
                     }
                 }
             }
-            let mut count = batch.len() as i64;
+            // Requests taken from the queue (and their bytes), and requests written: the queued ones
+            // plus any ASKING.
+            let (mut queued, mut queued_bytes, mut count) = (0i64, 0i64, 0i64);
             {
                 // Queue the reply slots before the bytes leave, so the reader always finds them.
                 let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -245,19 +269,24 @@ async fn serve(
                         queue.push(Written {
                             reply: None,
                             bytes: ASKING.len() as u32,
+                            replies: 1,
                         });
                         count += 1;
                     }
                     out.extend_from_slice(&msg.frame);
+                    queued += msg.replies as i64;
+                    queued_bytes += msg.frame.len() as i64;
+                    count += msg.replies as i64;
                     queue.push(Written {
                         reply: Some(msg.reply),
                         bytes: msg.frame.len() as u32,
+                        replies: msg.replies,
                     });
                 }
             }
             let bytes = out.len() as i64;
-            stats::shift(&stats.in_queue, -count);
-            stats::shift(&stats.in_queue_bytes, -bytes);
+            stats::shift(&stats.in_queue, -queued);
+            stats::shift(&stats.in_queue_bytes, -queued_bytes);
             stats::shift(&stats.out_queue, count);
             stats::shift(&stats.out_queue_bytes, bytes);
             stats::add(&stats.requests, count as u64);
@@ -272,6 +301,7 @@ async fn serve(
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut scanner = ReplyScanner::default();
+        let mut batched = 0;
         loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -281,21 +311,25 @@ async fn serve(
                 Ok(_) => {}
             }
             let (mut replies, mut reply_bytes, mut request_bytes) = (0i64, 0i64, 0i64);
+            // The replies of a batch are delivered together: `batched` bytes at the front of `buf`
+            // already belong to the oldest request.
             while let Some(len) = scanner
-                .scan(&buf)
+                .scan(&buf[batched..])
                 .map_err(|_| BackendError::Protocol(addr.clone()))?
             {
-                let reply = buf.split_to(len).freeze();
-                let waiter = inflight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop();
+                batched += len;
                 replies += 1;
                 reply_bytes += len as i64;
-                let Some(written) = waiter else {
+                let answered = inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .answer()
                     // A reply nobody asked for: the stream is out of step and cannot be trusted.
-                    return Err(BackendError::Protocol(addr.clone()));
+                    .map_err(|()| BackendError::Protocol(addr.clone()))?;
+                let Some(written) = answered else {
+                    continue;
                 };
+                let reply = buf.split_to(std::mem::take(&mut batched)).freeze();
                 request_bytes += written.bytes as i64;
                 // The client may have given up (timeout, disconnect): the reply is dropped.
                 if let Some(tx) = written.reply {
@@ -349,7 +383,7 @@ async fn serve(
         Err(e) => e.clone(),
     };
     let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
-    let unanswered = queue.written.len() as i64;
+    let unanswered = queue.unanswered();
     let unanswered_bytes: i64 = queue.written.iter().map(|w| w.bytes as i64).sum();
     stats::shift(&stats.out_queue, -unanswered);
     stats::shift(&stats.out_queue_bytes, -unanswered_bytes);
@@ -357,4 +391,42 @@ async fn serve(
         tx.send(Err(failed.clone()));
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Inbox;
+
+    fn written(reply: Option<ReplyTo>, replies: u32) -> Written {
+        Written {
+            reply,
+            bytes: 10,
+            replies,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_answered_by_its_last_reply_and_counted_by_replies() {
+        let inbox = Inbox::new();
+        let mut queue = Queue::default();
+        queue.push_batch(Instant::now());
+        queue.push(written(None, 1)); // an ASKING
+        queue.push(written(Some(inbox.reply_to(1)), 3));
+        queue.push(written(Some(inbox.reply_to(2)), 1));
+        assert_eq!(queue.unanswered(), 5);
+
+        let asking = queue.answer().expect("waiting").expect("answered");
+        assert!(asking.reply.is_none());
+        assert!(queue.answer().expect("waiting").is_none(), "1 of 3");
+        assert!(queue.answer().expect("waiting").is_none(), "2 of 3");
+        assert_eq!(queue.unanswered(), 2);
+        let batch = queue.answer().expect("waiting").expect("3 of 3");
+        assert_eq!(batch.replies, 3);
+        assert_eq!(queue.unanswered(), 1);
+        let single = queue.answer().expect("waiting").expect("answered");
+        assert_eq!(single.replies, 1);
+        assert_eq!(queue.unanswered(), 0);
+        assert!(queue.answer().is_err(), "a reply nobody waits for");
+    }
 }

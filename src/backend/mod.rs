@@ -30,8 +30,11 @@ pub type BackendResult = Result<Bytes, BackendError>;
 
 /// A request on its way to a backend, with where to deliver the reply.
 pub struct Message {
-    /// One complete RESP request, forwarded as is.
+    /// Complete RESP requests, forwarded as they are: one, or `replies` of them back to back.
     pub frame: Bytes,
+    /// How many requests `frame` holds. Their replies are delivered together, as one run of bytes:
+    /// one delivery per batch instead of one per request.
+    pub replies: u32,
     /// Send `ASKING` first, back to back on the same connection (ASK redirects).
     pub asking: bool,
     pub reply: ReplyTo,
@@ -207,16 +210,27 @@ impl Node {
     /// Queues a request on connection `pick % connections`. A client always picks the same connection, so
     /// its requests to this node stay in order.
     pub fn send(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
+        self.queue(pick, frame, 1, asking, reply);
+    }
+
+    /// Queues `replies` requests written back to back in `frame`, like [`Node::send`]; `reply` gets
+    /// their replies together, back to back in one `Bytes`, once the last has arrived.
+    pub fn send_batch(&self, pick: usize, frame: Bytes, replies: u32, reply: ReplyTo) {
+        self.queue(pick, frame, replies.max(1), false, reply);
+    }
+
+    fn queue(&self, pick: usize, frame: Bytes, replies: u32, asking: bool, reply: ReplyTo) {
         let conn = &self.conns[pick % self.conns.len()];
-        stats::shift(&self.stats.in_queue, 1);
+        stats::shift(&self.stats.in_queue, replies as i64);
         stats::shift(&self.stats.in_queue_bytes, frame.len() as i64);
         if let Err(mpsc::error::SendError(msg)) = conn.send(Message {
             frame,
+            replies,
             asking,
             reply,
         }) {
             // The connection task is gone (runtime shutting down): fail the request rather than hang it.
-            stats::shift(&self.stats.in_queue, -1);
+            stats::shift(&self.stats.in_queue, -(replies as i64));
             stats::shift(&self.stats.in_queue_bytes, -(msg.frame.len() as i64));
             msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
         }
