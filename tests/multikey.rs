@@ -4,11 +4,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use support::{
-    free_port, key_slot, Client, Nutcracker, RedisCluster, RedisServers, Reply, Slotline,
+    free_port, key_slot, twemproxy_stats, Client, Nutcracker, RedisCluster, RedisServers, Reply,
+    Slotline,
 };
 
 fn shared() -> &'static RedisCluster {
@@ -99,6 +100,27 @@ fn split_commands_behave_like_one_server(client: &mut Client, prefix: &str, spre
     );
 }
 
+/// MSET of each key to `v-<key>`.
+fn set_values(client: &mut Client, keys: &[String]) {
+    let mut mset = vec!["MSET".to_string()];
+    for k in keys {
+        mset.push(k.clone());
+        mset.push(format!("v-{k}"));
+    }
+    assert_eq!(client.cmd(&mset), Reply::ok());
+}
+
+/// One MGET of every key returns what [`set_values`] wrote, in the keys' order.
+fn mget_gets_the_values(client: &mut Client, keys: &[String]) {
+    let mut mget = vec!["MGET".to_string()];
+    mget.extend(keys.iter().cloned());
+    let expected: Vec<Option<Vec<u8>>> = keys
+        .iter()
+        .map(|k| Some(format!("v-{k}").into_bytes()))
+        .collect();
+    assert_eq!(values(&client.cmd(&mget)), expected);
+}
+
 /// Split commands in the middle of a pipeline keep their place, and a large MGET comes back whole.
 fn pipelines_keep_order_through_splits(client: &mut Client, prefix: &str) {
     let mut cmds: Vec<Vec<String>> = Vec::new();
@@ -132,19 +154,8 @@ fn pipelines_keep_order_through_splits(client: &mut Client, prefix: &str) {
     }
 
     let keys: Vec<String> = (0..5000).map(|i| format!("{prefix}big{i}")).collect();
-    let mut mset = vec!["MSET".to_string()];
-    for k in &keys {
-        mset.push(k.clone());
-        mset.push(format!("v-{k}"));
-    }
-    assert_eq!(client.cmd(&mset), Reply::ok());
-    let mut mget = vec!["MGET".to_string()];
-    mget.extend(keys.iter().cloned());
-    let expected: Vec<Option<Vec<u8>>> = keys
-        .iter()
-        .map(|k| Some(format!("v-{k}").into_bytes()))
-        .collect();
-    assert_eq!(values(&client.cmd(&mget)), expected);
+    set_values(client, &keys);
+    mget_gets_the_values(client, &keys);
     let mut del = vec!["DEL".to_string()];
     del.extend(keys.iter().cloned());
     assert_eq!(client.cmd(&del), Reply::Int(keys.len() as i64));
@@ -167,6 +178,65 @@ fn cluster_splits_multi_key_commands_across_slots() {
         Reply::bulk("here")
     );
     pipelines_keep_order_through_splits(&mut client, "pipe:");
+}
+
+/// The parts of a split command that go to one master leave as one batch, yet each is a request of
+/// its own to Redis (its own slot) and is counted as one: the twemproxy-style stats of every master
+/// grow by at least its number of parts, and no queue is left holding requests once all is answered.
+#[test]
+fn cluster_parts_for_one_master_travel_together_and_each_is_counted() {
+    let cluster = shared();
+    let port = free_port();
+    let stats_port = free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let _proxy = Slotline::start_with_args(
+        &Slotline::cluster_yaml(port, &seeds),
+        &["-s", &stats_port.to_string(), "-a", "127.0.0.1"],
+    );
+    let mut client = Client::connect(port);
+    let keys: Vec<String> = (0..60).map(|i| format!("batch:{i}")).collect();
+    let mut slots_of_master: BTreeMap<u16, BTreeSet<u16>> = BTreeMap::new();
+    for key in &keys {
+        let slot = key_slot(key.as_bytes());
+        slots_of_master
+            .entry(cluster.node_for_slot(slot))
+            .or_default()
+            .insert(slot);
+    }
+    assert_eq!(slots_of_master.len(), 3, "the keys span every master");
+    assert!(
+        slots_of_master.values().all(|slots| slots.len() > 1),
+        "every master holds several of the keys' slots: {slots_of_master:?}"
+    );
+    set_values(&mut client, &keys);
+
+    let requests = |report: &serde_json::Value, master: u16| {
+        report["main"][format!("127.0.0.1:{master}")]["requests"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no requests for master {master}: {report}"))
+    };
+    let before = twemproxy_stats(stats_port);
+    mget_gets_the_values(&mut client, &keys);
+    let after = twemproxy_stats(stats_port);
+
+    let parts: usize = slots_of_master.values().map(BTreeSet::len).sum();
+    let fragments = |report: &serde_json::Value| report["main"]["fragments"].as_u64().unwrap_or(0);
+    assert_eq!(
+        fragments(&after) - fragments(&before),
+        parts as u64,
+        "one part per slot"
+    );
+    for (master, slots) in &slots_of_master {
+        let sent = requests(&after, *master) - requests(&before, *master);
+        assert!(
+            sent >= slots.len() as u64,
+            "master {master} holds {} of the slots but counted {sent} requests",
+            slots.len()
+        );
+        let server = &after["main"][format!("127.0.0.1:{master}")];
+        assert_eq!(server["in_queue"].as_i64(), Some(0), "{server}");
+        assert_eq!(server["out_queue"].as_i64(), Some(0), "{server}");
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{free_port, wait_for, Client, RedisServers, Reply, Slotline};
+use support::{free_port, twemproxy_stats, wait_for, Client, RedisServers, Reply, Slotline};
 
 fn nutcracker_yml(port: u16, servers: &RedisServers, extra: &str) -> String {
     let mut yaml = format!(
@@ -110,15 +110,6 @@ fn a_wrong_backend_password_is_reported_not_hidden() {
     });
 }
 
-/// The JSON object a twemproxy-style stats port writes before closing.
-fn stats(port: u16) -> serde_json::Value {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to stats");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read stats");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
-}
-
 /// Which server holds each key (exactly one must).
 #[track_caller]
 fn holders(servers: &RedisServers, live: &[usize], keys: &[String]) -> Vec<usize> {
@@ -209,7 +200,7 @@ fn auto_eject_hosts_moves_keys_as_nutcracker_does_and_takes_the_server_back() {
     }
     flush(&servers, &live);
 
-    let report = stats(stats_port);
+    let report = twemproxy_stats(stats_port);
     let pool = &report["shards"];
     assert!(pool["server_ejects"].as_u64() >= Some(1), "{pool}");
     let down_name = format!("shard{down}");
@@ -301,12 +292,12 @@ fn stats_port_speaks_twemproxys_format_with_real_counts() {
     wait_for(
         Duration::from_secs(5),
         "the closed client to be counted",
-        || stats(stats_port)["shards"]["client_connections"].as_u64() == Some(3),
+        || twemproxy_stats(stats_port)["shards"]["client_connections"].as_u64() == Some(3),
     );
 
-    let ours = stats(stats_port);
+    let ours = twemproxy_stats(stats_port);
     // The same fields, at every level, as the real nutcracker writes.
-    let theirs = stats(nutcracker.stats_port());
+    let theirs = twemproxy_stats(nutcracker.stats_port());
     let fields = |v: &serde_json::Value| -> Vec<String> {
         let mut names: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
         names.sort();
@@ -376,7 +367,7 @@ fn a_server_that_stops_answering_times_out_and_is_ejected() {
         Duration::from_secs(2),
         "the silent server to be ejected",
         || {
-            let pool = &stats(stats_port)["shards"];
+            let pool = &twemproxy_stats(stats_port)["shards"];
             pool["server_ejects"].as_u64() == Some(1)
                 && pool[format!("shard{slow}")]["server_timedout"].as_u64() >= Some(1)
         },

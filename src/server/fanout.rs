@@ -119,16 +119,9 @@ pub(crate) fn key<'a>(req: &Request<'a>, split: Split, k: usize) -> &'a [u8] {
     req.arg(1 + k * split.step)
 }
 
-/// The sub-request carrying the keys numbered `keys` (with their values).
-pub(crate) fn encode(req: &Request<'_>, split: Split, keys: &[u32]) -> Bytes {
-    let mut size = 16 + req.arg(0).len();
-    for &k in keys {
-        for j in 0..split.step {
-            size += 16 + req.arg(1 + k as usize * split.step + j).len();
-        }
-    }
-    let mut buf = BytesMut::with_capacity(size);
-    let mut out = Reply(&mut buf);
+/// Appends the sub-request carrying the keys numbered `keys` (with their values) to `buf`.
+pub(crate) fn encode_into(req: &Request<'_>, split: Split, keys: &[u32], buf: &mut BytesMut) {
+    let mut out = Reply(buf);
     out.array(1 + keys.len() * split.step);
     out.bulk(req.arg(0));
     for &k in keys {
@@ -136,7 +129,6 @@ pub(crate) fn encode(req: &Request<'_>, split: Split, keys: &[u32]) -> Bytes {
             out.bulk(req.arg(1 + k as usize * split.step + j));
         }
     }
-    buf.freeze()
 }
 
 /// Puts the parts' replies together. `parts` holds each part's keys (ascending) and its reply; `nkeys`
@@ -321,20 +313,25 @@ fn sum_pairs(parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
 /// Every element of an array reply.
 fn array(reply: &[u8]) -> Option<Vec<&[u8]>> {
     let (len, _) = line(reply, b'*')?;
-    elements(reply, usize::try_from(len).ok()?)
+    let n = usize::try_from(len).ok()?;
+    // `n` comes from a backend's reply: never reserve more than the reply could hold.
+    let mut elements = Vec::with_capacity(n.min(reply.len() / 3));
+    for_each_element(reply, n, |_, element| elements.push(element))?;
+    Some(elements)
 }
 
 fn merge_values(nkeys: usize, parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
     let mut values: Vec<&[u8]> = vec![&[]; nkeys];
     for (keys, reply) in parts {
-        let Some(elements) = elements(reply, keys.len()) else {
-            return unexpected(out);
-        };
-        for (&k, value) in keys.iter().zip(elements) {
-            match values.get_mut(k as usize) {
+        let mut fits = true;
+        let whole = for_each_element(reply, keys.len(), |i, value| {
+            match values.get_mut(keys[i] as usize) {
                 Some(slot) => *slot = value,
-                None => return unexpected(out),
+                None => fits = false,
             }
+        });
+        if whole.is_none() || !fits {
+            return unexpected(out);
         }
     }
     let size: usize = values.iter().map(|v| v.len()).sum();
@@ -345,21 +342,24 @@ fn merge_values(nkeys: usize, parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
     }
 }
 
-/// The elements of an array reply that must have exactly `n` of them.
-fn elements(reply: &[u8], n: usize) -> Option<Vec<&[u8]>> {
+/// Calls `each` with the number and bytes of every element of an array reply that must have exactly
+/// `n` of them; None when it is not such a reply (`each` may have seen some elements by then).
+fn for_each_element<'a>(
+    reply: &'a [u8],
+    n: usize,
+    mut each: impl FnMut(usize, &'a [u8]),
+) -> Option<()> {
     let (len, mut rest) = line(reply, b'*')?;
     if usize::try_from(len).ok()? != n {
         return None;
     }
-    // `n` may come from a backend's reply: never reserve more than the reply could hold.
-    let mut elements = Vec::with_capacity(n.min(reply.len() / 3));
-    for _ in 0..n {
+    for i in 0..n {
         let size = ReplyScanner::default().scan(rest).ok()??;
         let (element, tail) = rest.split_at(size);
-        elements.push(element);
+        each(i, element);
         rest = tail;
     }
-    rest.is_empty().then_some(elements)
+    rest.is_empty().then_some(())
 }
 
 fn integer(reply: &[u8]) -> Option<i64> {
@@ -402,8 +402,10 @@ mod tests {
         parsed(b"*7\r\n$4\r\nMSET\r\n$1\r\na\r\n$2\r\nva\r\n$1\r\nb\r\n$2\r\nvb\r\n$1\r\nc\r\n$0\r\n\r\n", |req| {
             assert_eq!(key_count(&req, mset), Some(3));
             assert_eq!(key(&req, mset, 2), b"c");
+            let mut buf = BytesMut::new();
+            encode_into(&req, mset, &[0, 2], &mut buf);
             assert_eq!(
-                &encode(&req, mset, &[0, 2])[..],
+                &buf[..],
                 b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n$2\r\nva\r\n$1\r\nc\r\n$0\r\n\r\n"
             );
         });
@@ -416,10 +418,10 @@ mod tests {
         let mget = policy("mget").unwrap();
         parsed(b"*3\r\n$4\r\nmget\r\n$1\r\na\r\n$1\r\nb\r\n", |req| {
             assert_eq!(key_count(&req, mget), Some(2));
-            assert_eq!(
-                &encode(&req, mget, &[1])[..],
-                b"*2\r\n$4\r\nmget\r\n$1\r\nb\r\n"
-            );
+            // Appended after what the buffer holds: the parts of one request share a buffer.
+            let mut buf = BytesMut::from(&b"+before\r\n"[..]);
+            encode_into(&req, mget, &[1], &mut buf);
+            assert_eq!(&buf[..], b"+before\r\n*2\r\n$4\r\nmget\r\n$1\r\nb\r\n");
         });
         assert_eq!(policy("get"), None);
     }

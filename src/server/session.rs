@@ -555,11 +555,13 @@ impl Ctx {
                     w.result = Some(result);
                 }
                 (Some(Pending::Split(s)), Some(part)) => {
-                    if let Some(part) = s.parts.get_mut(part) {
-                        let sent = part.w.deadline.checked_sub(timeout).unwrap_or(now);
-                        self.tally
-                            .backend_answered(now.saturating_duration_since(sent));
-                        part.w.result = Some(result);
+                    let Some(sent) = s.parts.get(part).map(|p| p.w.deadline) else {
+                        continue;
+                    };
+                    let took =
+                        now.saturating_duration_since(sent.checked_sub(timeout).unwrap_or(now));
+                    for _ in 0..s.arrived(part, result) {
+                        self.tally.backend_answered(took);
                     }
                 }
                 _ => {}

@@ -42,7 +42,7 @@ pub use sentinel::{ReplicaGroup, Sentinels};
 #[allow(unused_imports)]
 pub use slotline::Slotline;
 #[allow(unused_imports)]
-pub use standalone::{Nutcracker, RedisServers};
+pub use standalone::{twemproxy_stats, Nutcracker, RedisServers};
 
 use std::fs;
 use std::io::Write;

@@ -297,3 +297,12 @@ impl Drop for Nutcracker {
         }
     }
 }
+
+/// The JSON a twemproxy-style stats port (nutcracker's, or slotline's `-s`) writes on connect.
+pub fn twemproxy_stats(port: u16) -> serde_json::Value {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to stats");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read stats");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
+}

@@ -2,20 +2,21 @@
 //! commands sent to every master, SCAN, and the parts of a transaction. Each part is a [`Waiting`]
 //! of its own, following its own redirects; the merge is [`fanout`]'s.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::super::fanout::{self, Merge, Split};
 use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
 use super::{printable, Ctx, Pending, Waiting};
-use crate::backend::Node;
+use crate::backend::{BackendError, BackendResult, Node};
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
-use crate::protocol::{parse_int, Reply};
+use crate::protocol::{parse_int, Reply, ReplyScanner};
 use crate::route::Slot;
 use crate::stats;
 
@@ -33,18 +34,60 @@ pub(super) fn part_seq(seq: u64, part: usize) -> u64 {
 pub(super) struct SplitRequest {
     pub(super) merge: Merge,
     pub(super) nkeys: usize,
+    /// The request's key numbers, grouped by part: each part holds a run of them.
+    pub(super) keys: Vec<u32>,
     pub(super) deadline: Instant,
     pub(super) parts: Vec<Part>,
 }
 
-/// A part on its way out: its node (None: the slot has no owner), the request's key numbers it
-/// carries, its frame, and its slot (for TRYAGAIN retries).
-pub(super) type PartToSend = (Option<Arc<Node>>, Vec<u32>, Bytes, Option<Slot>);
+/// A part on its way out: its node (None: the slot has no owner), where its key numbers are in
+/// [`SplitRequest::keys`], its frame, and its slot (for TRYAGAIN retries).
+pub(super) type PartToSend = (Option<Arc<Node>>, Range<u32>, Bytes, Option<Slot>);
 
 pub(super) struct Part {
-    /// The request's key numbers this part carries, ascending.
-    pub(super) keys: Vec<u32>,
+    /// Where the request's key numbers this part carries are in [`SplitRequest::keys`].
+    pub(super) keys: Range<u32>,
     pub(super) w: Waiting,
+    /// How many parts, from this one on, the next reply delivered for this one answers: more than one
+    /// when they went to their node as one batch.
+    pub(super) carries: u32,
+}
+
+impl SplitRequest {
+    /// Places a reply delivered for part `first`: its own or, for a batch, the replies of the parts from
+    /// `first` on, back to back. Returns how many parts it answered.
+    pub(super) fn arrived(&mut self, first: usize, result: BackendResult) -> usize {
+        let Some(carries) = self
+            .parts
+            .get_mut(first)
+            .map(|p| std::mem::replace(&mut p.carries, 1))
+        else {
+            return 0;
+        };
+        let parts = self.parts.iter_mut().skip(first).take(carries as usize);
+        let mut rest = match result {
+            Ok(bytes) if carries > 1 => bytes,
+            result => {
+                let mut n = 0;
+                for part in parts {
+                    part.w.result = Some(result.clone());
+                    n += 1;
+                }
+                return n;
+            }
+        };
+        let mut n = 0;
+        for part in parts {
+            // The connection counted these replies out of its stream: each is whole.
+            let len = ReplyScanner::default().scan(&rest).ok().flatten();
+            part.w.result = Some(match len {
+                Some(len) => Ok(rest.split_to(len)),
+                None => Err(BackendError::Protocol(Arc::from("a backend"))),
+            });
+            n += 1;
+        }
+        n
+    }
 }
 
 impl Ctx {
@@ -76,13 +119,55 @@ impl Ctx {
         }
         // Stable: each part keeps its keys in the client's order.
         placed.sort_by_key(|&(place, _)| place);
+        let keys: Vec<u32> = placed.iter().map(|&(_, k)| k).collect();
+        let pick = self.client.id as usize;
         let mut groups = Vec::new();
+        let mut start = 0;
         for group in placed.chunk_by(|a, b| a.0 == b.0) {
-            let keys: Vec<u32> = group.iter().map(|&(_, k)| k).collect();
-            let frame = fanout::encode(&req, split, &keys);
-            groups.push((group[0].0, keys, frame));
+            let place = group[0].0;
+            let node = view.target(place, pick).cloned();
+            if node.is_none() {
+                view.request_refresh();
+            }
+            let end = start + group.len() as u32;
+            groups.push((node, place, start..end));
+            start = end;
         }
-        self.fan_out(groups, split.merge, nkeys, view, now);
+        if groups.len() > MAX_PARTS {
+            return self.error("ERR slotline: the keys of this command live in too many places");
+        }
+        // A node's parts side by side leave as one batch (stable: the merge goes by key numbers).
+        groups.sort_by_key(|(node, ..)| {
+            node.as_ref()
+                .map_or(usize::MAX, |n| Arc::as_ptr(n) as usize)
+        });
+        // Every part's frame in one buffer: one allocation for the request, not one per part.
+        // Each argument is in one part, as in the request; each part adds a header and the name.
+        let size = req.frame.len() + groups.len() * (16 + req.arg(0).len());
+        let mut buf = BytesMut::with_capacity(size);
+        let mut ends = Vec::with_capacity(groups.len());
+        for (_, _, range) in &groups {
+            fanout::encode_into(
+                &req,
+                split,
+                &keys[range.start as usize..range.end as usize],
+                &mut buf,
+            );
+            ends.push(buf.len());
+        }
+        let buf = buf.freeze();
+        let mut from = 0;
+        let parts = groups
+            .into_iter()
+            .zip(ends)
+            .map(|((node, place, range), end)| {
+                let frame = buf.slice(from..end);
+                from = end;
+                (node, range, frame, place.slot())
+            })
+            .collect();
+        let deadline = now + Duration::from_millis(self.pool.config.timeout);
+        self.send_parts(parts, split.merge, nkeys, keys, false, deadline);
     }
 
     /// Sends a command about the whole data set to every master (every server in service) as it is.
@@ -119,9 +204,9 @@ impl Ctx {
             return self.error(&msg);
         }
         let groups = (0..view.node_count())
-            .map(|i| (Place::Node(i), Vec::new(), frame.clone()))
+            .map(|i| (Place::Node(i), frame.clone()))
             .collect();
-        self.fan_out(groups, merge, 0, view, now);
+        self.fan_out(groups, merge, view, now);
     }
 
     /// SCAN, one master at a time: the cursor's top bits say which.
@@ -137,16 +222,15 @@ impl Ctx {
             return self.error("ERR invalid cursor");
         };
         let frame = fanout::with_arg(&req, 1, inner.to_string().as_bytes());
-        let groups = vec![(Place::Node(node), Vec::new(), frame)];
-        self.fan_out(groups, Merge::Scan { node, nodes }, 0, view, now);
+        let groups = vec![(Place::Node(node), frame)];
+        self.fan_out(groups, Merge::Scan { node, nodes }, view, now);
     }
 
-    /// Sends each part to its place and queues the request to be answered once all parts are.
+    /// Sends each frame to its place and queues the request to be answered once all are.
     pub(super) fn fan_out(
         &mut self,
-        groups: Vec<(Place, Vec<u32>, Bytes)>,
+        groups: Vec<(Place, Bytes)>,
         merge: Merge,
-        nkeys: usize,
         view: &View<'_>,
         now: Instant,
     ) {
@@ -157,69 +241,91 @@ impl Ctx {
             return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
         }
         let pick = self.client.id as usize;
-        let resolved = groups
+        let parts = groups
             .into_iter()
-            .map(|(place, keys, frame)| {
+            .map(|(place, frame)| {
                 let node = view.target(place, pick).cloned();
                 if node.is_none() {
                     view.request_refresh();
                 }
-                let slot = match place {
-                    Place::Slot(slot) => Some(slot),
-                    _ => None,
-                };
-                (node, keys, frame, slot)
+                (node, 0..0, frame, place.slot())
             })
             .collect();
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
-        self.send_parts(resolved, merge, nkeys, false, deadline);
+        self.send_parts(parts, merge, 0, Vec::new(), false, deadline);
     }
 
     /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
-    /// to be answered once every part is, or to fail at `deadline`. Parts on the client's own
-    /// connection follow no redirects.
+    /// to be answered once every part is, or to fail at `deadline`. Consecutive parts for one node go
+    /// as one batch: one message to its connection and one delivery of their replies. Parts on the
+    /// client's own connection follow no redirects.
     pub(super) fn send_parts(
         &mut self,
         parts: Vec<PartToSend>,
         merge: Merge,
         nkeys: usize,
+        keys: Vec<u32>,
         own_connection: bool,
         deadline: Instant,
     ) {
         let seq = self.front_seq + self.pending.len() as u64;
         let pick = self.client.id as usize;
         let mut sent = Vec::with_capacity(parts.len());
+        let mut nodes = Vec::with_capacity(parts.len());
         for (node, keys, frame, slot) in parts {
-            let mut w = Waiting {
-                result: None,
+            let result = node
+                .is_none()
+                .then(|| Ok(Bytes::from_static(b"-CLUSTERDOWN Hash slot not served\r\n")));
+            let w = Waiting {
+                result,
                 frame,
                 slot,
                 deadline,
                 redirects: 0,
                 own_connection,
             };
-            match node {
-                Some(node) => {
-                    let reply = self.inbox.reply_to(part_seq(seq, sent.len()));
-                    // Own connections already speak the client's protocol.
-                    let node = match own_connection {
-                        true => &node,
-                        false => node.for_protocol(self.proto),
-                    };
-                    node.send(pick, w.frame.clone(), false, reply);
+            sent.push(Part {
+                keys,
+                w,
+                carries: 1,
+            });
+            nodes.push(node);
+        }
+        let mut first = 0;
+        while first < sent.len() {
+            let Some(node) = &nodes[first] else {
+                first += 1;
+                continue;
+            };
+            let run = nodes[first..]
+                .iter()
+                .take_while(|n| n.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)))
+                .count();
+            let reply = self.inbox.reply_to(part_seq(seq, first));
+            // Own connections already speak the client's protocol.
+            let node = match own_connection {
+                true => node,
+                false => node.for_protocol(self.proto),
+            };
+            if run == 1 {
+                node.send(pick, sent[first].w.frame.clone(), false, reply);
+            } else {
+                let batch = &sent[first..first + run];
+                let mut frame =
+                    BytesMut::with_capacity(batch.iter().map(|p| p.w.frame.len()).sum());
+                for part in batch {
+                    frame.extend_from_slice(&part.w.frame);
                 }
-                None => {
-                    w.result = Some(Ok(Bytes::from_static(
-                        b"-CLUSTERDOWN Hash slot not served\r\n",
-                    )))
-                }
+                node.send_batch(pick, frame.freeze(), run as u32, reply);
+                sent[first].carries = run as u32;
             }
-            sent.push(Part { keys, w });
+            first += run;
         }
         stats::add(&self.pool.stats.fragments, sent.len() as u64);
         self.push(Pending::Split(Box::new(SplitRequest {
             merge,
             nkeys,
+            keys,
             deadline,
             parts: sent,
         })));
@@ -252,8 +358,8 @@ impl Ctx {
                 return self.error("ERR slotline: found no key of its own on a master for WAIT");
             };
             let own = self.own_node(&node);
-            parts.push((Some(own.clone()), Vec::new(), mark, None));
-            parts.push((Some(own), Vec::new(), frame.clone(), None));
+            parts.push((Some(own.clone()), 0..0, mark, None));
+            parts.push((Some(own), 0..0, frame.clone(), None));
         }
         if parts.is_empty() {
             return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
@@ -267,7 +373,7 @@ impl Ctx {
                 now + wait.min(super::BLOCKING_WAIT)
             }
         };
-        self.send_parts(parts, Merge::Wait, 0, true, deadline);
+        self.send_parts(parts, Merge::Wait, 0, Vec::new(), true, deadline);
     }
 
     /// Follows redirects of the split request at the front and, once every part is answered, writes
@@ -294,6 +400,8 @@ impl Ctx {
             if let Redirected::Followed(kind) =
                 follow_reply(&self.pool, pick, self.proto, &mut part.w, &reply, resend)
             {
+                // Resent alone: its reply will answer it alone.
+                part.carries = 1;
                 self.tally.redirect(kind);
                 waiting = true;
                 continue;
@@ -317,9 +425,13 @@ impl Ctx {
                 let replies: Vec<(&[u32], &[u8])> = s
                     .parts
                     .iter()
-                    .map(|p| match &p.w.result {
-                        Some(Ok(reply)) => (&p.keys[..], &reply[..]),
-                        _ => (&p.keys[..], &[][..]),
+                    .map(|p| {
+                        let keys = s.keys.get(p.keys.start as usize..p.keys.end as usize);
+                        let reply = match &p.w.result {
+                            Some(Ok(reply)) => &reply[..],
+                            _ => &[],
+                        };
+                        (keys.unwrap_or_default(), reply)
                     })
                     .collect();
                 fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);

@@ -213,9 +213,9 @@ impl Ctx {
         let own = self.own_node(&node);
         let parts = frames
             .into_iter()
-            .map(|frame| (Some(own.clone()), Vec::new(), frame, None))
+            .map(|frame| (Some(own.clone()), 0..0, frame, None))
             .collect();
         let deadline = now + std::time::Duration::from_millis(self.pool.config.timeout);
-        self.send_parts(parts, Merge::Last, 0, true, deadline);
+        self.send_parts(parts, Merge::Last, 0, Vec::new(), true, deadline);
     }
 }

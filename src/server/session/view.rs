@@ -28,6 +28,16 @@ pub(super) enum Place {
     Replica,
 }
 
+impl Place {
+    /// The cluster slot, for a place that is one (TRYAGAIN retries ask its owner again).
+    pub(super) fn slot(self) -> Option<Slot> {
+        match self {
+            Place::Slot(slot) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
 /// The routing state a batch of requests is routed with, loaded once per batch.
 pub(super) enum View<'a> {
     Cluster(&'a Arc<Cluster>, Guard<Arc<Topology>>),
