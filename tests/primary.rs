@@ -303,6 +303,12 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
     assert_eq!(r1 + r2, 50, "every read went to a replica");
     // Writes on the master (replicas apply them through replication, not from slotline).
     assert_eq!(calls(0, "set"), 50);
+    // Replication is asynchronous: the replicas apply the 50 SETs soon, not at once.
+    wait_for(
+        Duration::from_secs(10),
+        "both replicas to apply the 50 SETs",
+        || calls(1, "set") + calls(2, "set") >= 100,
+    );
     assert_eq!(
         calls(1, "set") + calls(2, "set"),
         100,
