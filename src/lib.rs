@@ -13,7 +13,8 @@
 //! - [`route`]: where a key goes: cluster hash slots, and twemproxy's hashes and distributions (ketama,
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes (TCP or unix socket),
-//!   reconnecting with backoff, the per-session inbox their replies are delivered to, and the
+//!   reconnecting with backoff, taking requests alone or in batches (a split request's parts for one
+//!   node), the per-session inbox their replies are delivered to, and the
 //!   address -> node map pools keep; a client's own subscriber connections, which hand every frame to
 //!   the session and count what a slow subscriber has not taken.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
