@@ -163,13 +163,42 @@ report() { # section base-name
                 k = order[c]; m = n[k]
                 for (i = 1; i <= m; i++) { B[i] = b[k, i]; BC[i] = bc[k, i]; S[i] = s[k, i]; SC[i] = sc[k, i] }
                 Bm = median(B, m); Sm = median(S, m); split(k, parts, " ")
-                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %7.2f\n", "", parts[1], parts[2], Bm,
-                    median(BC, m) / hz * 100000 / N, Sm, median(SC, m) / hz * 100000 / N, Sm / Bm
+                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %7s\n", "", parts[1], parts[2], Bm,
+                    median(BC, m) / hz * 100000 / N, Sm, median(SC, m) / hz * 100000 / N,
+                    (Bm > 0 ? sprintf("%.2f", Sm / Bm) : "-")
             }
         }' "$results"
 }
 [ -n "${RAW:-}" ] && cat "$results"
 report cluster direct
+# The split's cost: a cross-slot MGET (mget10, which Redis Cluster itself refuses, hence no direct
+# figure) against the same MGET with its keys in one slot (mget10tag), through slotline and direct.
+cross_slot() {
+    awk '
+        function median(a, n,   i, j, x) {
+            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        $1 == "cluster" && ($2 == "mget10" || $2 == "mget10tag") {
+            k = $2 " " $3; i = ++n[k]; direct[k, i] = $4; proxied[k, i] = $6; ps[$3] = 1
+        }
+        END {
+            for (p in ps) {
+                c = "mget10 " p; t = "mget10tag " p
+                if (!(c in n) || !(t in n)) continue
+                for (i = 1; i <= n[c]; i++) C[i] = proxied[c, i]; cm = median(C, n[c])
+                for (i = 1; i <= n[t]; i++) { T[i] = proxied[t, i]; D[i] = direct[t, i] }
+                tm = median(T, n[t]); dm = median(D, n[t])
+                printf "         -P %-3s %9.0f ops/s: %.2fx the same-slot MGET through slotline (%.0f), %.2fx it direct (%.0f)\n",
+                    p, cm, (tm > 0 ? cm / tm : 0), tm, (dm > 0 ? cm / dm : 0), dm
+            }
+        }' "$results" | sort -t P -k2n
+}
+if grep -q '^cluster mget10 ' "$results" && grep -q '^cluster mget10tag ' "$results"; then
+    echo
+    echo "cross-slot 10-key MGET through slotline (keys on every master):"
+    cross_slot
+fi
 report shards nutcracker
 echo
 echo "(cluster ratio: slotline / direct to the cluster; shards ratio: slotline / nutcracker on the same three"
