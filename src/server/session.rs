@@ -405,8 +405,7 @@ impl Ctx {
     /// unblocks it on the server if the client leaves first.
     fn forward_blocking(&mut self, view: &View<'_>, place: Place, frame: Bytes) {
         let pick = self.client.id as usize;
-        let Some(shared) = view.target(place, pick) else {
-            view.request_refresh();
+        let Some(shared) = view.target_or_refresh(place, pick) else {
             return self.error(view.no_node(place));
         };
         let node = self.own_node(shared);
@@ -456,8 +455,7 @@ impl Ctx {
     /// Sends a request to the backend its keys belong to (any backend when it has none).
     fn forward(&mut self, view: &View<'_>, place: Place, frame: Bytes, now: Instant) {
         let pick = self.client.id as usize;
-        let Some(node) = view.target(place, pick) else {
-            view.request_refresh();
+        let Some(node) = view.target_or_refresh(place, pick) else {
             return self.error(view.no_node(place));
         };
         let seq = self.front_seq + self.pending.len() as u64;

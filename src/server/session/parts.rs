@@ -64,29 +64,30 @@ impl SplitRequest {
         else {
             return 0;
         };
-        let parts = self.parts.iter_mut().skip(first).take(carries as usize);
-        let mut rest = match result {
-            Ok(bytes) if carries > 1 => bytes,
-            result => {
-                let mut n = 0;
+        let end = (first + carries as usize).min(self.parts.len());
+        let parts = &mut self.parts[first..end];
+        match result {
+            Ok(mut rest) if parts.len() > 1 => {
                 for part in parts {
-                    part.w.result = Some(result.clone());
-                    n += 1;
+                    // The connection counted these replies out of its stream: each is whole.
+                    let len = ReplyScanner::default().scan(&rest).ok().flatten();
+                    part.w.result = Some(match len {
+                        Some(len) => Ok(rest.split_to(len)),
+                        None => Err(BackendError::Protocol(Arc::from("a backend"))),
+                    });
                 }
-                return n;
             }
-        };
-        let mut n = 0;
-        for part in parts {
-            // The connection counted these replies out of its stream: each is whole.
-            let len = ReplyScanner::default().scan(&rest).ok().flatten();
-            part.w.result = Some(match len {
-                Some(len) => Ok(rest.split_to(len)),
-                None => Err(BackendError::Protocol(Arc::from("a backend"))),
-            });
-            n += 1;
+            // One part's reply, or a failure shared by the whole batch.
+            result => {
+                if let Some((last, others)) = parts.split_last_mut() {
+                    for part in others {
+                        part.w.result = Some(result.clone());
+                    }
+                    last.w.result = Some(result);
+                }
+            }
         }
-        n
+        end - first
     }
 }
 
@@ -125,10 +126,7 @@ impl Ctx {
         let mut start = 0;
         for group in placed.chunk_by(|a, b| a.0 == b.0) {
             let place = group[0].0;
-            let node = view.target(place, pick).cloned();
-            if node.is_none() {
-                view.request_refresh();
-            }
+            let node = view.target_or_refresh(place, pick).cloned();
             let end = start + group.len() as u32;
             groups.push((node, place, start..end));
             start = end;
@@ -244,10 +242,7 @@ impl Ctx {
         let parts = groups
             .into_iter()
             .map(|(place, frame)| {
-                let node = view.target(place, pick).cloned();
-                if node.is_none() {
-                    view.request_refresh();
-                }
+                let node = view.target_or_refresh(place, pick).cloned();
                 (node, 0..0, frame, place.slot())
             })
             .collect();
@@ -350,8 +345,7 @@ impl Ctx {
         let pick = self.client.id as usize;
         let mut parts = Vec::new();
         for i in 0..view.node_count() {
-            let Some(node) = view.target(Place::Node(i), pick).cloned() else {
-                view.request_refresh();
+            let Some(node) = view.target_or_refresh(Place::Node(i), pick).cloned() else {
                 return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
             };
             let Some(mark) = wait_mark(view, &node, pick) else {

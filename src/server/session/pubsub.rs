@@ -228,10 +228,7 @@ impl PubSub {
         };
         let mut ids = Vec::with_capacity(places.len());
         for place in places {
-            let Some(node) = view.target(place, pick) else {
-                view.request_refresh();
-                return None;
-            };
+            let node = view.target_or_refresh(place, pick)?;
             ids.push(self.conn_for(node, settings));
         }
         if classic {

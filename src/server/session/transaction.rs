@@ -155,8 +155,7 @@ impl Ctx {
             self.error(&msg);
             return None;
         }
-        let Some(node) = view.target(place, pick).cloned() else {
-            view.request_refresh();
+        let Some(node) = view.target_or_refresh(place, pick).cloned() else {
             self.error("CLUSTERDOWN Hash slot not served");
             return None;
         };

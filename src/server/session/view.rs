@@ -140,6 +140,16 @@ impl<'a> View<'a> {
     }
 
     /// Asks for a new cluster topology (a slot had no owner).
+    /// [`View::target`], asking for a fresh topology (or a look for the master) when the place has
+    /// none: the request fails now, the next one finds a node.
+    pub(super) fn target_or_refresh(&self, place: Place, pick: usize) -> Option<&Arc<Node>> {
+        let node = self.target(place, pick);
+        if node.is_none() {
+            self.request_refresh();
+        }
+        node
+    }
+
     pub(super) fn request_refresh(&self) {
         match self {
             View::Cluster(cluster, _) => cluster.request_refresh(),
