@@ -105,8 +105,16 @@ wait_port "$slotline_port"
 wait_port "$slotline_shards_port"
 wait_port "$nutcracker_port"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU of a process in clock ticks: "user system".
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 tick_hz=$(getconf CLK_TCK)
+cluster_pids=("${pids[@]:0:6}")
+shard_pids=("${pids[@]:6:3}")
+redis_ticks() { # pid...: user + system ticks of them all
+    local t=0 u s
+    for pid in "$@"; do read -r u s < <(cpu_ticks "$pid"); t=$((t + u + s)); done
+    echo $t
+}
 
 # A workload: a redis-benchmark -t test name, or mget10 (10 random keys: on every master/shard) or
 # mget10tag (10 random keys sharing one hash tag: one slot). `{tag}` is that hash tag through a
@@ -119,22 +127,35 @@ workload_args() { # workload
         *) echo "-t $1" ;;
     esac
 }
-bench() { # port workload pipeline [--cluster]
+bench() { # port workload pipeline [--cluster]: "ops client_cpu_seconds"
+    local out
+    # `times` in the command substitution's subshell: the CPU its child, redis-benchmark, used.
     # shellcheck disable=SC2046
-    redis-benchmark -p "$1" -c "$CLIENTS" -n "$N" -P "$3" -r 100000 --csv ${4:-} $(workload_args "$2") 2>/dev/null |
-        awk -F, '/^"[A-Z]/ && $1 != "\"test\"" { gsub(/"/, "", $2); print $2; exit }'
+    out=$(redis-benchmark -p "$1" -c "$CLIENTS" -n "$N" -P "$3" -r 100000 --csv ${4:-} $(workload_args "$2") 2>/dev/null; times)
+    awk -F, '
+        /^"[A-Z]/ && $1 != "\"test\"" && ops == "" { gsub(/"/, "", $2); ops = $2 }
+        END {
+            # last line of `times`: "XmY.YYYs XmY.YYYs", the children'"'"'s user and system time
+            split($0, t, /[ms ]+/)
+            printf "%s %.3f\n", (ops == "" ? 0 : ops), t[1] * 60 + t[2] + t[3] * 60 + t[4]
+        }' <<<"$out"
 }
-measure() { # pid port workload pipeline [--cluster]: "ops cpu_ticks"
-    local c0 c1 ops
-    [ "$1" = - ] || c0=$(cpu_ticks "$1")
-    ops=$(bench "$2" "$3" "$4" "${5:-}")
-    ops=${ops:-0}  # the workload failed (e.g. a cross-slot MGET sent straight to a cluster)
-    [ "$1" = - ] || c1=$(cpu_ticks "$1")
-    echo "$ops $([ "$1" = - ] && echo 0 || echo $((c1 - c0)))"
+# One run; appends "section workload P side ops client_s proxy_user proxy_sys redis" to the results
+# (CPU in ticks but the client's, in seconds; side is direct, nutcracker or slotline).
+measure() { # section workload pipeline side proxy_pid port [--cluster]
+    local redis u0 s0 u1 s1 r0 r1 run
+    if [ "$1" = cluster ]; then redis=("${cluster_pids[@]}"); else redis=("${shard_pids[@]}"); fi
+    [ "$5" = - ] && { u0=0; s0=0; } || read -r u0 s0 < <(cpu_ticks "$5")
+    r0=$(redis_ticks "${redis[@]}")
+    run=$(bench "$6" "$2" "$3" "${7:-}")
+    r1=$(redis_ticks "${redis[@]}")
+    [ "$5" = - ] && { u1=0; s1=0; } || read -r u1 s1 < <(cpu_ticks "$5")
+    echo "$1 $2 $3 $4 $run $((u1 - u0)) $((s1 - s0)) $((r1 - r0))" >>"$results"
 }
 
 # Each cell is the median of REPEAT runs, interleaved (direct, slotline, nutcracker, slotline, ...) so
-# that a noisy neighbour slows every side alike. Lines: section workload P base base_cpu slotline slotline_cpu
+# that a noisy neighbour slows every side alike. A failed run (a cross-slot MGET sent straight to a
+# cluster) counts 0 ops/s.
 results="$work/results"
 : >"$results"
 CLUSTER_WORKLOADS=${CLUSTER_WORKLOADS:-"set get mget10 mget10tag"}
@@ -142,64 +163,86 @@ SHARD_WORKLOADS=${SHARD_WORKLOADS:-"set get mget10"}
 for r in $(seq "$REPEAT"); do
     for P in $PIPELINES; do
         for w in $CLUSTER_WORKLOADS; do
-            echo "cluster $w $P $(measure - "${cluster_ports[0]}" "$w" "$P" --cluster) $(measure $slotline_pid "$slotline_port" "$w" "$P")" >>"$results"
+            measure cluster "$w" "$P" direct - "${cluster_ports[0]}" --cluster
+            measure cluster "$w" "$P" slotline $slotline_pid "$slotline_port"
         done
         for w in $SHARD_WORKLOADS; do
-            echo "shards $w $P $(measure $nutcracker_pid "$nutcracker_port" "$w" "$P") $(measure $slotline_pid "$slotline_shards_port" "$w" "$P")" >>"$results"
+            measure shards "$w" "$P" nutcracker $nutcracker_pid "$nutcracker_port"
+            measure shards "$w" "$P" slotline $slotline_pid "$slotline_shards_port"
         done
     done
 done
 
-report() { # section base-name
-    printf '\n%-8s %-10s %-3s %12s %9s %12s %9s %7s\n' "$1" workload P "$2" "cpu/100k" slotline "cpu/100k" ratio
-    awk -v sec="$1" -v hz="$tick_hz" -v N="$N" '
-        function median(a, n,   i, j, x) {
-            for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-        }
-        $1 == sec { k = $2 " " $3; if (!(k in n)) order[++cells] = k; i = ++n[k]; b[k, i] = $4; bc[k, i] = $5; s[k, i] = $6; sc[k, i] = $7 }
-        END {
-            for (c = 1; c <= cells; c++) {
-                k = order[c]; m = n[k]
-                for (i = 1; i <= m; i++) { B[i] = b[k, i]; BC[i] = bc[k, i]; S[i] = s[k, i]; SC[i] = sc[k, i] }
-                Bm = median(B, m); Sm = median(S, m); split(k, parts, " ")
-                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %7s\n", "", parts[1], parts[2], Bm,
-                    median(BC, m) / hz * 100000 / N, Sm, median(SC, m) / hz * 100000 / N,
-                    (Bm > 0 ? sprintf("%.2f", Sm / Bm) : "-")
-            }
-        }' "$results"
-}
-[ -n "${RAW:-}" ] && cat "$results"
-report cluster direct
-# The split's cost: a cross-slot MGET (mget10, which Redis Cluster itself refuses, hence no direct
-# figure) against the same MGET with its keys in one slot (mget10tag), through slotline and direct.
-cross_slot() {
+# The median of each column of each (section, workload, P, side) cell:
+# "section workload P side ops client_s proxy_user proxy_sys redis", in first-seen order.
+medians() {
     awk '
         function median(a, n,   i, j, x) {
             for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
             return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
         }
-        $1 == "cluster" && ($2 == "mget10" || $2 == "mget10tag") {
-            k = $2 " " $3; i = ++n[k]; direct[k, i] = $4; proxied[k, i] = $6; ps[$3] = 1
-        }
+        { k = $1 " " $2 " " $3 " " $4; if (!(k in n)) order[++cells] = k; i = ++n[k]; for (f = 5; f <= 9; f++) v[k, f, i] = $f }
         END {
-            for (p in ps) {
-                c = "mget10 " p; t = "mget10tag " p
-                if (!(c in n) || !(t in n)) continue
-                for (i = 1; i <= n[c]; i++) C[i] = proxied[c, i]; cm = median(C, n[c])
-                for (i = 1; i <= n[t]; i++) { T[i] = proxied[t, i]; D[i] = direct[t, i] }
-                tm = median(T, n[t]); dm = median(D, n[t])
-                printf "         -P %-3s %9.0f ops/s: %.2fx the same-slot MGET through slotline (%.0f), %.2fx it direct (%.0f)\n",
-                    p, cm, (tm > 0 ? cm / tm : 0), tm, (dm > 0 ? cm / dm : 0), dm
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; line = k
+                for (f = 5; f <= 9; f++) { for (i = 1; i <= n[k]; i++) a[i] = v[k, f, i]; line = line " " median(a, n[k]) }
+                print line
             }
-        }' "$results" | sort -t P -k2n
+        }' "$results"
 }
-if grep -q '^cluster mget10 ' "$results" && grep -q '^cluster mget10tag ' "$results"; then
+medians >"$work/medians"
+
+report() { # section base-side
+    printf '\n%-8s %-10s %-3s %12s %9s %12s %9s %7s\n' "$1" workload P "$2" "cpu/100k" slotline "cpu/100k" ratio
+    awk -v sec="$1" -v base="$2" -v hz="$tick_hz" -v N="$N" '
+        $1 == sec { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
+                    ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; split(k, parts, " "); b = ops[k, base]; s = ops[k, "slotline"]
+                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %7s\n", "", parts[1], parts[2], b, cpu[k, base],
+                    s, cpu[k, "slotline"], (b > 0 ? sprintf("%.2f", s / b) : "-")
+            }
+        }' "$work/medians"
+}
+[ -n "${RAW:-}" ] && cat "$results"
+report cluster direct
+# The split's cost: a cross-slot MGET (mget10, which Redis Cluster itself refuses, hence no direct
+# figure) against the same MGET with its keys in one slot (mget10tag), through slotline and direct.
+if grep -q '^cluster mget10 ' "$work/medians" && grep -q '^cluster mget10tag ' "$work/medians"; then
     echo
     echo "cross-slot 10-key MGET through slotline (keys on every master):"
-    cross_slot
+    awk '
+        $1 == "cluster" && $4 == "slotline" { proxied[$2, $3] = $5; ps[$3] }
+        $1 == "cluster" && $4 == "direct" { direct[$2, $3] = $5 }
+        END {
+            for (p in ps) {
+                if (!(("mget10", p) in proxied) || !(("mget10tag", p) in proxied)) continue
+                c = proxied["mget10", p]; t = proxied["mget10tag", p]; d = direct["mget10tag", p]
+                printf "         -P %-3s %9.0f ops/s: %.2fx the same-slot MGET through slotline (%.0f), %.2fx it direct (%.0f)\n",
+                    p, c, (t > 0 ? c / t : 0), t, (d > 0 ? c / d : 0), d
+            }
+        }' "$work/medians" | sort -t P -k2n
 fi
 report shards nutcracker
+
+# Where the machine's CPU went, per request: the benchmark client, the proxy (and how much of it was the
+# kernel's socket work) and the redis-servers. When `busy` is near the core count, throughput is their
+# sum's inverse: a proxy can only gain by what it spends itself, and the kernel part of that is the
+# floor for any proxy making the same reads and writes. `no user code` is the ops/s with the proxy's
+# user-space time taken away (its kernel time kept): the most any rewrite of the proxy could reach.
+echo
+echo "CPU per request, µs (medians):"
+printf '%-8s %-10s %-3s %-10s %9s %7s %12s %7s %6s %13s\n' "" workload P side ops/s client "proxy(sys)" redis busy "no user code"
+awk -v hz="$tick_hz" -v N="$N" '
+    {
+        us = 1e6 / N; client = $6 * us; user = $7 / hz * us; sys = $8 / hz * us; redis = $9 / hz * us
+        total = client + user + sys + redis
+        busy = total * $5 / 1e6
+        ceiling = (total - user > 0) ? $5 * total / (total - user) : 0
+        printf "%-8s %-10s %-3s %-10s %9.0f %7.2f %5.2f(%4.2f) %7.2f %6.2f %13.0f\n", $1, $2, $3, $4, $5, client,
+            user + sys, sys, redis, busy, ($4 == "direct" ? $5 : ceiling)
+    }' "$work/medians"
 echo
 echo "(cluster ratio: slotline / direct to the cluster; shards ratio: slotline / nutcracker on the same three"
 echo " shards; cpu/100k: the proxy's CPU seconds per 100k requests (direct: none); $(nproc) cores;"
