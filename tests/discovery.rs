@@ -320,6 +320,87 @@ fn slices_are_joined_and_only_ready_endpoints_get_traffic() {
     );
 }
 
+#[test]
+fn subscribers_follow_the_ring_when_a_pod_joins() {
+    let setup = Setup::new(3);
+    // The StatefulSet has two ready pods; the third joins once clients have subscribed.
+    setup.publish(&[(2, None)]);
+    let proxy = setup.slotline(&ketama_yaml(free_port(), ""));
+    let mut writer = proxy.client();
+    serving(&mut writer);
+    // A channel lives on the server a key of its name lives on: a key per channel, written now,
+    // tells afterwards (by reading back as nil) which channels the new pod took over.
+    let channels = keys(40);
+    set_all(&mut writer, &channels);
+    let mut subscribers: Vec<Client> = channels
+        .iter()
+        .map(|ch| {
+            let mut sub = proxy.client();
+            let reply = sub.cmd(&["SUBSCRIBE", ch.as_str()]);
+            assert_eq!(reply.as_array().map(<[Reply]>::len), Some(3), "{reply:?}");
+            sub
+        })
+        .collect();
+    let mut watcher = proxy.client();
+    let reply = watcher.cmd(&["PSUBSCRIBE", "*:user"]);
+    assert_eq!(reply.as_array().map(<[Reply]>::len), Some(3), "{reply:?}");
+
+    setup.publish(&[]);
+    let moved = |writer: &mut Client| -> Vec<bool> {
+        let gets: Vec<[&str; 2]> = channels.iter().map(|ch| ["GET", ch.as_str()]).collect();
+        writer
+            .pipeline(&gets)
+            .iter()
+            .map(|reply| *reply == Reply::nil())
+            .collect()
+    };
+    wait_for(WAIT, "the new pod to take over some channels", || {
+        moved(&mut writer).contains(&true)
+    });
+    let moved = moved(&mut writer);
+    assert!(moved.contains(&false), "some channels stay where they were");
+
+    // A pattern now misses a server: its client is closed, and subscribes again on all three.
+    assert!(watcher.is_closed(), "the pattern subscriber is closed");
+    let mut watcher = proxy.client();
+    let reply = watcher.cmd(&["PSUBSCRIBE", "*:user"]);
+    assert_eq!(reply.as_array().map(<[Reply]>::len), Some(3), "{reply:?}");
+    for ((ch, sub), moved) in channels.iter().zip(&mut subscribers).zip(&moved) {
+        if *moved {
+            // PUBLISH goes to the new pod now; the client held the channel elsewhere.
+            assert!(
+                sub.is_closed(),
+                "the subscriber of {ch}, which moved, is closed"
+            );
+            let mut again = proxy.client();
+            let reply = again.cmd(&["SUBSCRIBE", ch.as_str()]);
+            assert_eq!(reply.as_array().map(<[Reply]>::len), Some(3), "{reply:?}");
+            *sub = again;
+        }
+        // Both the channel's subscriber (kept, or back) and the pattern's get what is published.
+        assert_eq!(
+            writer.cmd(&["PUBLISH", ch.as_str(), "hello"]),
+            Reply::Int(2),
+            "{ch}"
+        );
+        let message = sub.read_reply();
+        assert_eq!(
+            message.as_array().and_then(|m| m[2].as_str()),
+            Some("hello"),
+            "{ch}: {message:?}"
+        );
+        let pmessage = watcher.read_reply();
+        assert_eq!(
+            pmessage.as_array().and_then(|m| m[2].as_str()),
+            Some(ch.as_str()),
+            "{pmessage:?}"
+        );
+    }
+    assert!(proxy
+        .log()
+        .contains("no longer matches where messages are published"));
+}
+
 /// Connections to `pod` other than the one asking.
 fn other_connections(pod: &RedisPod) -> usize {
     let reply = pod.client().cmd(&["CLIENT", "LIST"]);

@@ -232,10 +232,14 @@ where
             },
             // Messages and confirmations from the client's subscriber connections (also taken on
             // every pass, so a busy client socket cannot starve them, nor they it).
-            too_slow = pubsub::next_events(&mut ctx.pubsub) => if too_slow {
-                ctx.drop_slow_subscriber();
-                ctx.client_err = true;
-                break;
+            woken = pubsub::next_events(&mut ctx.pubsub) => match woken {
+                pubsub::Woken::Events => {}
+                pubsub::Woken::TooSlow => {
+                    ctx.drop_slow_subscriber();
+                    ctx.client_err = true;
+                    break;
+                }
+                pubsub::Woken::Placement => ctx.follow_placement(),
             },
         }
     }

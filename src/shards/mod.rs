@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::backend::{self, Node};
 use crate::config::PoolConfig;
@@ -32,6 +32,9 @@ pub struct Shards {
     /// Every server discovery listed last, ejected or not; replaced whole by `upkeep`.
     members: Mutex<Arc<Members>>,
     table: ArcSwap<Table>,
+    /// Counts the placements put in use: a subscribed client follows it, because a channel lives on
+    /// the server its name hashes to and a pattern on every server in service.
+    placed: watch::Sender<u64>,
     /// What clients are told while the pool has no server.
     unavailable: Arc<str>,
     /// Dropped with the pool, which ends its upkeep task.
@@ -81,6 +84,7 @@ impl Shards {
             settings,
             members: Mutex::new(Arc::new(Members::empty())),
             table: ArcSwap::from_pointee(Table::empty((hash, hash_tag), &unavailable)),
+            placed: watch::Sender::new(0),
             unavailable,
             _alive: alive,
         });
@@ -109,6 +113,12 @@ impl Shards {
     /// The placement in use now.
     pub fn table(&self) -> Guard<Arc<Table>> {
         self.table.load()
+    }
+
+    /// Changes each time another placement is put in use (a server added, gone, moved, ejected or
+    /// back); the receiver has seen the one in use now.
+    pub fn placement_changes(&self) -> watch::Receiver<u64> {
+        self.placed.subscribe()
     }
 
     /// Every server now, ejected or not, with twemproxy's name for it.
@@ -150,5 +160,6 @@ impl Shards {
     fn use_live(&self, members: &Members, live: Option<&[bool]>) {
         let table = members.table((self.hash, self.hash_tag), live, &self.unavailable);
         self.table.store(Arc::new(table));
+        self.placed.send_modify(|n| *n += 1);
     }
 }

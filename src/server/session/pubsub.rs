@@ -16,16 +16,19 @@
 //!
 //! A backend connection that carries subscriptions and drops (node restart, failover) disconnects
 //! the client, as the Redis it was subscribed on would have: client libraries reconnect and subscribe
-//! again, where a silent resubscription would hide the messages lost in between.
+//! again, where a silent resubscription would hide the messages lost in between. So does a sharded
+//! pool's new placement (a server added, moved, ejected or back) under which a channel of the client
+//! hashes to another server, or a pattern misses a server in service: PUBLISH goes by the new one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::super::Router;
 use super::view::{Place, View};
 use super::{Ctx, Pending};
 use crate::backend::{BackendError, Feed, Node, Settings, SubEvent, Subscriber};
@@ -80,6 +83,8 @@ pub(super) struct PubSub {
     classic: Option<u32>,
     /// Message bytes moved into the session's output since its last write.
     moved: usize,
+    /// A sharded pool's placement changes, which the subscriptions must still match.
+    placement: Option<watch::Receiver<u64>>,
 }
 
 struct Conn {
@@ -140,7 +145,17 @@ struct Item {
 }
 
 impl PubSub {
-    fn new() -> PubSub {
+    fn new(router: &Router) -> PubSub {
+        let placement = match router {
+            Router::Shards(shards) => {
+                let mut changes = shards.placement_changes();
+                // The first subscriptions were placed with the batch's snapshot, which a change may
+                // already have replaced: check them once against the newest.
+                changes.mark_changed();
+                Some(changes)
+            }
+            _ => None,
+        };
         let (sender, events) = mpsc::unbounded_channel();
         PubSub {
             conns: Vec::new(),
@@ -153,6 +168,7 @@ impl PubSub {
             confirmed: Default::default(),
             classic: None,
             moved: 0,
+            placement,
         }
     }
 
@@ -326,7 +342,10 @@ impl Ctx {
         };
         let pick = self.client.id as usize;
         let cluster = matches!(view, View::Cluster(..));
-        let ps = self.pubsub.get_or_insert_with(|| Box::new(PubSub::new()));
+        let router = &self.pool.router;
+        let ps = self
+            .pubsub
+            .get_or_insert_with(|| Box::new(PubSub::new(router)));
         let mut names: Vec<Bytes> = (1..req.argc())
             .map(|i| Bytes::copy_from_slice(req.arg(i)))
             .collect();
@@ -591,6 +610,52 @@ impl Ctx {
         ps.prune();
     }
 
+    /// A sharded pool put another placement in use. A channel held on a server it no longer hashes
+    /// to, or a pattern missing a server now in service, would silently miss what PUBLISH now sends
+    /// there: the client is closed, as when a subscriber connection is lost, and subscribes again
+    /// where its channels live now when it reconnects. Subscriptions the change left in place keep
+    /// their client connected.
+    pub(super) fn follow_placement(&mut self) {
+        let Some(ps) = self.pubsub.as_ref() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let view = View::of(&pool);
+        let held_on = |id: &u32| {
+            ps.conns
+                .iter()
+                .find(|c| c.link.id() == *id)
+                .map(|c| c.link.addr())
+        };
+        let moved_channel = ps.wanted[Kind::Channel as usize]
+            .iter()
+            .find(|(name, ids)| {
+                let now = view.target(view.place_of(name), 0).map(|node| node.addr());
+                ids.iter().any(|id| held_on(id) != now)
+            })
+            .map(|(name, _)| name.clone());
+        let in_service: Vec<_> = (0..view.node_count())
+            .filter_map(|i| view.target(Place::Node(i), 0))
+            .map(|node| node.addr())
+            .collect();
+        let short_pattern = ps.wanted[Kind::Pattern as usize]
+            .iter()
+            .find(|(_, ids)| {
+                let held: Vec<_> = ids.iter().filter_map(held_on).collect();
+                in_service.iter().any(|addr| !held.contains(addr))
+            })
+            .map(|(name, _)| name.clone());
+        let Some((what, name)) = moved_channel
+            .map(|name| ("channel", name))
+            .or(short_pattern.map(|name| ("pattern", name)))
+        else {
+            return;
+        };
+        tracing::info!(client.addr = %self.client.addr, what, name = %super::printable(&name),
+            "the pool's servers changed and a subscription no longer matches where messages are published: closing the client, which subscribes again when it reconnects");
+        self.closing = true;
+    }
+
     /// Writes the confirmations of the (un)subscribe request at the front once all have come.
     /// Returns false while it still waits.
     pub(super) fn settle_pubsub(&mut self) -> bool {
@@ -667,17 +732,44 @@ impl Ctx {
     }
 }
 
-/// Waits for what the client's subscriber connections deliver; true when the client fell too far
-/// behind and must be dropped. Never ready for a client without subscriptions.
-pub(super) async fn next_events(pubsub: &mut Option<Box<PubSub>>) -> bool {
+/// What woke a subscribed client's session besides its own socket.
+pub(super) enum Woken {
+    /// Frames from its subscriber connections, taken into `arrived`.
+    Events,
+    /// The client fell too far behind and must be dropped.
+    TooSlow,
+    /// A sharded pool put another placement in use (see [`Ctx::follow_placement`]).
+    Placement,
+}
+
+/// Waits for what the client's subscriber connections deliver or its pool's placement changing.
+/// Never ready for a client without subscriptions.
+pub(super) async fn next_events(pubsub: &mut Option<Box<PubSub>>) -> Woken {
     let Some(ps) = pubsub.as_deref_mut() else {
         return std::future::pending().await;
     };
     let feed = ps.feed.clone();
-    tokio::select! {
-        _ = feed.wait_overflow() => true,
-        _ = ps.events.recv_many(&mut ps.arrived, EVENTS_PER_PASS) => feed.overflowed(),
+    let placement = async {
+        match ps.placement.as_mut() {
+            Some(changes) => changes.changed().await.is_ok(),
+            None => std::future::pending().await,
+        }
+    };
+    let pool_alive = tokio::select! {
+        _ = feed.wait_overflow() => return Woken::TooSlow,
+        _ = ps.events.recv_many(&mut ps.arrived, EVENTS_PER_PASS) => {
+            return match feed.overflowed() {
+                true => Woken::TooSlow,
+                false => Woken::Events,
+            };
+        }
+        alive = placement => alive,
+    };
+    if !pool_alive {
+        // The pool is gone (a reload replaced it); its placement will not change again.
+        ps.placement = None;
     }
+    Woken::Placement
 }
 
 /// Ready when the client behind `feed` fell too far behind; never without one.
