@@ -118,6 +118,25 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Argument `i` as it came on the wire (`$<len>\r\n<bytes>\r\n`), to copy into a request of
+    /// slotline's own without encoding it again; None for an inline command or `i` out of range.
+    pub fn raw_arg(&self, i: usize) -> Option<&'a [u8]> {
+        let &(start, end) = self.args.get(i)?;
+        let from = match i {
+            // The first argument follows the array's header line.
+            0 => self.frame.iter().position(|&b| b == b'\n')? + 1,
+            _ => self.args[i - 1].1 as usize + 2,
+        };
+        let raw = self.frame.get(from..end as usize + 2)?;
+        // Arguments of a RESP array lie back to back, each a bulk string: anything else (an inline
+        // command's words) is not what the parser cut, and gets encoded instead.
+        (self.frame.first() == Some(&b'*')
+            && raw.first() == Some(&b'$')
+            && from < start as usize
+            && raw.ends_with(b"\r\n"))
+        .then_some(raw)
+    }
+
     /// Calls `found` with each key of the request.
     pub fn for_each_key(&self, spec: &Spec, mut found: impl FnMut(&'a [u8])) {
         for_each_key(spec, self.argc(), |i| self.arg(i), |i| found(self.arg(i)));

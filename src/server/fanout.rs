@@ -120,13 +120,17 @@ pub(crate) fn key<'a>(req: &Request<'a>, split: Split, k: usize) -> &'a [u8] {
 }
 
 /// Appends the sub-request carrying the keys numbered `keys` (with their values) to `buf`.
+/// Arguments are copied as the client sent them when it sent an array, not encoded again.
 pub(crate) fn encode_into(req: &Request<'_>, split: Split, keys: &[u32], buf: &mut BytesMut) {
-    let mut out = Reply(buf);
-    out.array(1 + keys.len() * split.step);
-    out.bulk(req.arg(0));
+    Reply(buf).array(1 + keys.len() * split.step);
+    let mut put = |i: usize| match req.raw_arg(i) {
+        Some(raw) => buf.extend_from_slice(raw),
+        None => Reply(buf).bulk(req.arg(i)),
+    };
+    put(0);
     for &k in keys {
         for j in 0..split.step {
-            out.bulk(req.arg(1 + k as usize * split.step + j));
+            put(1 + k as usize * split.step + j);
         }
     }
 }
@@ -422,6 +426,12 @@ mod tests {
             let mut buf = BytesMut::from(&b"+before\r\n"[..]);
             encode_into(&req, mget, &[1], &mut buf);
             assert_eq!(&buf[..], b"+before\r\n*2\r\n$4\r\nmget\r\n$1\r\nb\r\n");
+        });
+        // Typed inline, the arguments have no bulk headers to copy: they are encoded.
+        parsed(b"mget a  bb\r\n", |req| {
+            let mut buf = BytesMut::new();
+            encode_into(&req, mget, &[1, 0], &mut buf);
+            assert_eq!(&buf[..], b"*3\r\n$4\r\nmget\r\n$2\r\nbb\r\n$1\r\na\r\n");
         });
         assert_eq!(policy("get"), None);
     }
