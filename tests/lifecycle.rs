@@ -152,6 +152,8 @@ fn a_client_that_never_goes_quiet_is_cut_at_the_end_of_the_grace_period() {
     let mut proxy = start(shared());
     let port = proxy.port();
     let stop = Arc::new(AtomicBool::new(false));
+    // SIGTERM once the client is being served: connected after the listener closed, it would not be.
+    let (first, served) = std::sync::mpsc::channel();
     let chatty = {
         let stop = stop.clone();
         thread::spawn(move || {
@@ -167,6 +169,7 @@ fn a_client_that_never_goes_quiet_is_cut_at_the_end_of_the_grace_period() {
                     Ok(reply) => {
                         assert_eq!(reply, Reply::Status("PONG".into()));
                         answered += 1;
+                        let _ = first.send(answered);
                     }
                     Err(_) => return answered,
                 }
@@ -175,14 +178,19 @@ fn a_client_that_never_goes_quiet_is_cut_at_the_end_of_the_grace_period() {
             answered
         })
     };
+    served
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the client is answered before the drain");
     proxy.signal("TERM");
+    // Everything the client had been answered by now (and a little more: the thread may be ahead).
+    let before_term = served.try_iter().last().unwrap_or(1);
     let status = proxy
         .wait_exit(Duration::from_millis(GRACE_MS + 5000))
         .expect("slotline exits even though a client keeps talking");
     stop.store(true, Ordering::SeqCst);
     assert!(status.success(), "exit status {status}");
     assert!(
-        chatty.join().expect("client thread") > 0,
+        chatty.join().expect("client thread") > before_term + 1,
         "served while draining"
     );
 }
