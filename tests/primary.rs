@@ -13,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{
-    free_port, http_get, metric, wait_for, Client, KubeApi, PodEndpoint, ReplicaGroup, Reply,
-    Sentinels, Slice, Slotline, TempDir,
+    free_port, http_get, metric, wait_for, wait_ok, Client, KubeApi, PodEndpoint, ReplicaGroup,
+    Reply, Sentinels, Slice, Slotline, TempDir,
 };
 
 /// `probe_interval` of the ROLE-probing pools.
@@ -537,6 +537,39 @@ fn sentinel_failover(sentinels: &Sentinels, index: usize) {
 /// Sentinel's `failover-timeout` and election leave a failover some seconds: the bound for writes
 /// to resume after the trigger.
 const SENTINEL_BOUND: Duration = Duration::from_secs(10);
+
+#[test]
+fn sentinels_that_require_an_acl_user_are_asked_as_that_user() {
+    let group = ReplicaGroup::start(2);
+    let sentinels =
+        Sentinels::start_with(3, group.port(0), DOWN_AFTER_MS, 1, Some(("watcher", "pw2")));
+    let refused = Client::connect(sentinels.ports()[0]).cmd(&["SENTINEL", "MASTERS"]);
+    assert!(
+        refused.error().is_some_and(|e| e.starts_with("NOAUTH")),
+        "the sentinels require a login: {refused:?}"
+    );
+    let (port, admin) = (free_port(), free_port());
+    let yaml = sentinel_yaml(port, admin, &sentinels).replace(
+        "      master_name:",
+        "      username: watcher\n      password: pw2\n      master_name:",
+    );
+    let slotline = Slotline::start(&yaml);
+    wait_master(&slotline, &group.addr(0));
+    let mut client = slotline.client();
+    assert_eq!(client.cmd(&["SET", "acl", "1"]), Reply::ok());
+    // A switch the sentinels make is followed.
+    sentinel_failover(&sentinels, 0);
+    wait_master(&slotline, &group.addr(1));
+    wait_ok(
+        SENTINEL_BOUND,
+        "a write on the new master",
+        || match slotline.client().cmd(&["SET", "acl", "2"]) {
+            r if r.is_ok() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(group.client(1).cmd(&["GET", "acl"]), Reply::bulk("2"));
+}
 
 #[test]
 fn sentinel_failover_under_load() {

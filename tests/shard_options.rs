@@ -91,6 +91,51 @@ fn redis_auth_and_redis_db_apply_to_clients_and_backends() {
 }
 
 #[test]
+fn an_acl_user_logs_in_to_the_backends_and_clients_log_in_as_it() {
+    // Redis 6 ACLs: the default user is off; the application's user has a password.
+    let acl = [
+        "--user", "app", "on", ">s3cret", "~*", "&*", "+@all", "--user", "default", "off",
+    ];
+    let servers = RedisServers::start_with(2, &acl);
+    let proxy = Slotline::start(&format!(
+        "pools:\n  shards:\n    listen: 127.0.0.1:{}\n    mode: ketama\n    redis_auth: s3cret\n    \
+         redis_username: app\n    servers:\n      - 127.0.0.1:{}:1\n      - 127.0.0.1:{}:1\n",
+        free_port(),
+        servers.port(0),
+        servers.port(1)
+    ));
+    let wrongpass = |reply: Reply| reply.error().is_some_and(|e| e.starts_with("WRONGPASS"));
+    let mut client = proxy.client();
+    assert!(wrongpass(client.cmd(&["AUTH", "default", "s3cret"])));
+    assert!(wrongpass(client.cmd(&["AUTH", "app", "wrong"])));
+    assert_eq!(client.cmd(&["AUTH", "app", "s3cret"]), Reply::ok());
+    let keys: Vec<String> = (0..20).map(|i| format!("key{i}")).collect();
+    for k in &keys {
+        assert_eq!(client.cmd(&["SET", k, k]), Reply::ok());
+    }
+    // The keys reached the servers, written by the user slotline logs in as.
+    let stored: i64 = (0..servers.len())
+        .map(|i| {
+            let mut backend = servers.client(i);
+            assert_eq!(backend.cmd(&["AUTH", "app", "s3cret"]), Reply::ok());
+            backend.cmd(&["DBSIZE"]).as_int().expect("DBSIZE")
+        })
+        .sum();
+    assert_eq!(stored, keys.len() as i64);
+    // The password alone logs in as the pool's user, as HELLO's AUTH with the user's name does.
+    let mut short = proxy.client();
+    assert_eq!(short.cmd(&["AUTH", "s3cret"]), Reply::ok());
+    assert_eq!(short.cmd(&["GET", "key3"]), Reply::bulk("key3"));
+    let mut hello = proxy.client();
+    let reply = hello.cmd(&["HELLO", "2", "AUTH", "app", "s3cret"]);
+    assert!(reply.as_array().is_some(), "HELLO 2 AUTH: {reply:?}");
+    assert_eq!(
+        hello.cmd(&["EXISTS", "key1", "key2", "nokey"]),
+        Reply::Int(2)
+    );
+}
+
+#[test]
 fn a_wrong_backend_password_is_reported_not_hidden() {
     let servers = RedisServers::start_with(1, &["--requirepass", "s3cret"]);
     let proxy = Slotline::start(&nutcracker_yml(

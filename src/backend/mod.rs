@@ -113,12 +113,13 @@ impl Settings {
         }
     }
 
-    /// Authenticates each connection with `password` and switches it to database `db`.
-    pub fn with_login(mut self, password: Option<&str>, db: u32) -> Settings {
+    /// Authenticates each connection with `password` (as ACL user `user`, or the default user) and
+    /// switches it to database `db`.
+    pub fn with_login(mut self, user: Option<&str>, password: Option<&str>, db: u32) -> Settings {
         let mut frames = bytes::BytesMut::new();
         let mut replies = 0;
         if let Some(password) = password {
-            crate::protocol::Reply(&mut frames).command(&[b"AUTH", password.as_bytes()]);
+            auth_command(user, password, &mut frames);
             replies += 1;
         }
         if db != 0 {
@@ -130,6 +131,15 @@ impl Settings {
             replies,
         });
         self
+    }
+}
+
+/// Appends `AUTH [user] password` to `out`.
+pub fn auth_command(user: Option<&str>, password: &str, out: &mut bytes::BytesMut) {
+    let mut out = crate::protocol::Reply(out);
+    match user {
+        Some(user) => out.command(&[b"AUTH", user.as_bytes(), password.as_bytes()]),
+        None => out.command(&[b"AUTH", password.as_bytes()]),
     }
 }
 

@@ -65,7 +65,11 @@ impl Cluster {
                     config.server_connections,
                     Duration::from_millis(config.connect_timeout),
                 )
-                .with_login(config.redis_auth.as_deref(), 0)
+                .with_login(
+                    config.redis_username.as_deref(),
+                    config.redis_auth.as_deref(),
+                    0,
+                )
             }),
             seeds: Mutex::new(
                 config

@@ -149,6 +149,11 @@ pub struct PoolConfig {
     /// backend connections with it.
     #[serde(default)]
     pub redis_auth: Option<String>,
+    /// With `redis_auth`: the ACL user (Redis 6 and later) slotline logs in to its backends as, and
+    /// the user name clients may give with AUTH (the password alone logs them in too). Without it,
+    /// the `default` user.
+    #[serde(default)]
+    pub redis_username: Option<String>,
     /// Sharded modes: the database backends are switched to; clients still see database 0.
     #[serde(default)]
     pub redis_db: u32,
@@ -209,6 +214,9 @@ pub struct SentinelConfig {
     /// Password of the sentinels (`requirepass` in sentinel.conf), if they ask for one.
     #[serde(default)]
     pub password: Option<String>,
+    /// With `password`: the sentinels' ACL user (`user` in sentinel.conf); without it, the default user.
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 /// Where a primary pool sends read-only commands.
@@ -430,6 +438,7 @@ impl PoolConfig {
             connect_timeout: defaults::connect_timeout(),
             allow_flush: false,
             redis_auth: None,
+            redis_username: None,
             redis_db: 0,
             auto_eject_hosts: false,
             server_retry_timeout: defaults::server_retry_timeout(),
@@ -634,6 +643,23 @@ mod tests {
         assert_eq!(p.read_from, ReadFrom::PreferReplica);
         assert_eq!(p.probe_interval, 1000);
         assert!(p.servers.is_empty(), "the sentinels name the members");
+        let acl = sentinel
+            .replace(
+                "mode: primary",
+                "mode: primary\n    redis_auth: pw\n    redis_username: app",
+            )
+            .replace(
+                "master_name",
+                "username: watcher\n      password: pw2\n      master_name",
+            );
+        let acl = Config::from_yaml(&acl).unwrap();
+        let p = &acl.pools["p"];
+        assert_eq!(p.redis_username.as_deref(), Some("app"));
+        let s = p.sentinel.as_ref().unwrap();
+        assert_eq!(
+            (s.username.as_deref(), s.password.as_deref()),
+            (Some("watcher"), Some("pw2"))
+        );
         let probed = "pools:\n  p:\n    listen: 127.0.0.1:6390\n    mode: primary\n    servers: [10.0.0.1:6379, 10.0.0.2:6379]\n";
         assert_eq!(
             Config::from_yaml(probed).unwrap().pools["p"].read_from,
@@ -675,6 +701,15 @@ mod tests {
             (
                 probed.replace("mode: primary", "mode: primary\n    probe_interval: 0"),
                 "pools.p.probe_interval",
+            ),
+            (
+                // An ACL user needs its password.
+                probed.replace("mode: primary", "mode: primary\n    redis_username: app"),
+                "pools.p.redis_username",
+            ),
+            (
+                sentinel.replace("master_name", "username: app\n      master_name"),
+                "pools.p.sentinel.username",
             ),
         ] {
             let e = Config::from_yaml(&bad).unwrap_err().to_string();

@@ -183,6 +183,19 @@ impl Config {
             if pool.redis_auth.as_deref() == Some("") {
                 return Err(err(name, "redis_auth", "must not be empty".into()));
             }
+            match (&pool.redis_username, &pool.redis_auth) {
+                (Some(user), _) if user.is_empty() => {
+                    return Err(err(name, "redis_username", "must not be empty".into()));
+                }
+                (Some(_), None) => {
+                    return Err(err(
+                        name,
+                        "redis_username",
+                        "needs redis_auth, the user's password".into(),
+                    ));
+                }
+                _ => {}
+            }
             if pool.auto_eject_hosts && pool.server_failure_limit == 0 {
                 return Err(err(
                     name,
@@ -287,6 +300,18 @@ impl PoolConfig {
         }
         if sentinel.password.as_deref() == Some("") {
             return Err(("sentinel.password".into(), "must not be empty".into()));
+        }
+        match (&sentinel.username, &sentinel.password) {
+            (Some(user), _) if user.is_empty() => {
+                return Err(("sentinel.username".into(), "must not be empty".into()));
+            }
+            (Some(_), None) => {
+                return Err((
+                    "sentinel.username".into(),
+                    "needs sentinel.password, the user's password".into(),
+                ));
+            }
+            _ => {}
         }
         match (&sentinel.kubernetes, sentinel.servers.is_empty()) {
             (None, true) => Err((

@@ -105,7 +105,11 @@ impl Primary {
                 config.server_connections,
                 Duration::from_millis(config.connect_timeout),
             )
-            .with_login(config.redis_auth.as_deref(), config.redis_db)
+            .with_login(
+                config.redis_username.as_deref(),
+                config.redis_auth.as_deref(),
+                config.redis_db,
+            )
         };
         let primary = Arc::new(Primary {
             pool: pool.to_string(),

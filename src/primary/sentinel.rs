@@ -27,7 +27,8 @@ pub(super) struct Sentinels {
     /// `SENTINEL GET-MASTER-ADDR-BY-NAME` and `SENTINEL REPLICAS` for `master_name`, asked every look.
     get_master: Bytes,
     get_replicas: Bytes,
-    password: Option<String>,
+    /// `AUTH` for the subscriber connections, when the sentinels ask for a password.
+    auth: Option<Bytes>,
     settings: backend::Settings,
     nodes: HashMap<Arc<str>, Arc<Node>>,
     subscribers: HashMap<Arc<str>, JoinHandle<()>>,
@@ -56,9 +57,15 @@ impl Sentinels {
             master_name: config.master_name.clone(),
             get_master,
             get_replicas,
-            password: config.password.clone(),
-            settings: backend::Settings::new(1, connect_timeout)
-                .with_login(config.password.as_deref(), 0),
+            auth: config.password.as_deref().map(|password| {
+                backend::auth_command(config.username.as_deref(), password, &mut frames);
+                frames.split().freeze()
+            }),
+            settings: backend::Settings::new(1, connect_timeout).with_login(
+                config.username.as_deref(),
+                config.password.as_deref(),
+                0,
+            ),
             nodes: HashMap::new(),
             subscribers: HashMap::new(),
         }
@@ -86,7 +93,7 @@ impl Sentinels {
                 let task = tokio::spawn(subscribe(
                     addr.clone(),
                     self.master_name.clone(),
-                    self.password.clone(),
+                    self.auth.clone(),
                     events.clone(),
                     look.clone(),
                 ));
@@ -155,13 +162,13 @@ async fn request(node: &Node, frame: Bytes, wait: Duration) -> Option<Bytes> {
 async fn subscribe(
     addr: Arc<str>,
     master_name: String,
-    password: Option<String>,
+    auth: Option<Bytes>,
     events: mpsc::UnboundedSender<String>,
     look: Arc<Notify>,
 ) {
     let mut backoff = RECONNECT_MIN;
     loop {
-        match listen(&addr, &master_name, password.as_deref(), &events, &look).await {
+        match listen(&addr, &master_name, auth.as_deref(), &events, &look).await {
             Ok(()) => return, // nobody listens to the events any more
             Err(e) => {
                 tracing::debug!(sentinel = %addr, error = %e, "sentinel subscription lost; reconnecting");
@@ -176,7 +183,7 @@ async fn subscribe(
 async fn listen(
     addr: &str,
     master_name: &str,
-    password: Option<&str>,
+    auth: Option<&[u8]>,
     events: &mpsc::UnboundedSender<String>,
     look: &Notify,
 ) -> Result<(), String> {
@@ -185,8 +192,8 @@ async fn listen(
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let mut out = BytesMut::new();
-    if let Some(password) = password {
-        Reply(&mut out).command(&[b"AUTH", password.as_bytes()]);
+    if let Some(auth) = auth {
+        out.extend_from_slice(auth);
     }
     Reply(&mut out).command(&[b"SUBSCRIBE", b"+switch-master"]);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;

@@ -70,9 +70,10 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
     Outcome::Answered
 }
 
-/// With `redis_auth`, the password is checked here, for the `default` user, as Redis checks
-/// `requirepass`. Without it, like Redis's default user without a password: any password is accepted
-/// for `default`, while the one-argument form is an error.
+/// With `redis_auth`, the password is checked here, as Redis checks `requirepass`, for the `default`
+/// user or the pool's `redis_username` (the one-argument form logs in as that user). Without it, like
+/// Redis's default user without a password: any password is accepted for `default`, while the
+/// one-argument form is an error.
 fn auth(ctx: &mut Ctx, req: Request<'_>) {
     let (user, password) = match req.argc() {
         2 => (None, req.arg(1)),
@@ -95,10 +96,12 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 /// Whether `user` (the default user when absent) may log in with `password`; marks the client
 /// authenticated when so.
 fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
-    let default_user = user.is_none_or(|u| u == b"default");
-    let ok = match &ctx.pool.config.redis_auth {
-        Some(expected) => default_user && same_secret(password, expected.as_bytes()),
-        None => default_user && user.is_some(),
+    let config = &ctx.pool.config;
+    let pool_user = config.redis_username.as_deref().unwrap_or("default");
+    let known_user = user.is_none_or(|u| u == pool_user.as_bytes());
+    let ok = match &config.redis_auth {
+        Some(expected) => known_user && same_secret(password, expected.as_bytes()),
+        None => known_user && user.is_some(),
     };
     if ok {
         ctx.authenticated = true;

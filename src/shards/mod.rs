@@ -62,7 +62,11 @@ impl Shards {
             config.server_connections,
             Duration::from_millis(config.connect_timeout),
         )
-        .with_login(config.redis_auth.as_deref(), config.redis_db);
+        .with_login(
+            config.redis_username.as_deref(),
+            config.redis_auth.as_deref(),
+            config.redis_db,
+        );
         settings.timeout = Some(Duration::from_millis(config.timeout));
         // A failed connection may mean a host name now resolves elsewhere: look again.
         settings.on_failure = Some(discovery.recheck());

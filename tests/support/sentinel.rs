@@ -94,6 +94,8 @@ impl ReplicaGroup {
 /// `redis-sentinel` processes monitoring one master as `mymaster`; killed (by PID) on drop.
 pub struct Sentinels {
     ports: Vec<u16>,
+    /// The ACL user and password the sentinels require, if any.
+    user: Option<(String, String)>,
     children: Vec<Child>,
     reaper: Option<Reaper>,
     dir: TempDir,
@@ -106,6 +108,24 @@ impl Sentinels {
     /// after `down_after_ms` without an answer, and waits until each sees every other sentinel and
     /// `replicas` replicas.
     pub fn start(count: usize, master_port: u16, down_after_ms: u64, replicas: usize) -> Sentinels {
+        Sentinels::start_with(count, master_port, down_after_ms, replicas, None)
+    }
+
+    /// The same, the sentinels requiring ACL user `user` (name, password) of every client, each
+    /// other included; their default user is off.
+    pub fn start_with(
+        count: usize,
+        master_port: u16,
+        down_after_ms: u64,
+        replicas: usize,
+        user: Option<(&str, &str)>,
+    ) -> Sentinels {
+        let acl = user.map_or(String::new(), |(name, password)| {
+            format!(
+                "user default off\nuser {name} on >{password} allchannels +@all\n\
+                 sentinel sentinel-user {name}\nsentinel sentinel-pass {password}\n"
+            )
+        });
         let dir = TempDir::new("sentinel");
         let mut reaper = Reaper::spawn(dir.path());
         let mut ports = Vec::new();
@@ -123,7 +143,7 @@ impl Sentinels {
                      sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {name} {down_after_ms}\n\
                      sentinel failover-timeout {name} 10000\n\
-                     sentinel parallel-syncs {name} 1\n",
+                     sentinel parallel-syncs {name} 1\n{acl}",
                     dir = sdir.display(),
                     log = sdir.join("sentinel.log").display(),
                 ),
@@ -147,6 +167,7 @@ impl Sentinels {
         }
         let sentinels = Sentinels {
             ports,
+            user: user.map(|(name, password)| (name.to_string(), password.to_string())),
             children,
             reaper: Some(reaper),
             dir,
@@ -156,9 +177,10 @@ impl Sentinels {
                 Duration::from_secs(30),
                 &format!("sentinel {i} to know its peers and {replicas} replicas"),
                 || {
-                    let reply = Client::try_connect(sentinels.ports[i])
-                        .map_err(|e| e.to_string())?
-                        .cmd(&["SENTINEL", "MASTER", Sentinels::MASTER_NAME]);
+                    let mut client =
+                        Client::try_connect(sentinels.ports[i]).map_err(|e| e.to_string())?;
+                    sentinels.log_in(&mut client);
+                    let reply = client.cmd(&["SENTINEL", "MASTER", Sentinels::MASTER_NAME]);
                     let fields = reply.as_array().ok_or(format!("{reply:?}"))?;
                     let field = |name: &str| {
                         fields
@@ -183,8 +205,18 @@ impl Sentinels {
         &self.ports
     }
 
+    /// A client of sentinel `index`, logged in when the sentinels require it.
     pub fn client(&self, index: usize) -> Client {
-        Client::connect(self.ports[index])
+        let mut client = Client::connect(self.ports[index]);
+        self.log_in(&mut client);
+        client
+    }
+
+    fn log_in(&self, client: &mut Client) {
+        if let Some((name, password)) = &self.user {
+            let reply = client.cmd(&["AUTH", name, password]);
+            assert!(reply.is_ok(), "AUTH {name} at a sentinel: {reply:?}");
+        }
     }
 
     /// The master sentinel `index` names now.
