@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::stream::Stream;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
@@ -70,16 +70,20 @@ impl Queue {
         self.total_written += 1;
     }
 
-    /// One more reply has been read: the oldest request, if it has all its replies now (`Err` when
-    /// no request was waiting: the server is out of step).
-    fn answer(&mut self) -> Result<Option<Written>, ()> {
-        let front = self.written.front().ok_or(())?;
+    /// One more reply, `reply`, has been read, for the oldest request. A batch's replies but its last
+    /// are delivered here, each as it comes; the request itself is returned with its last reply (`Err`
+    /// when no request was waiting: the server is out of step).
+    fn answer(&mut self, reply: Bytes) -> Result<Option<(Written, Bytes)>, ()> {
+        let front = self.written.front_mut().ok_or(())?;
         self.front_got += 1;
         if self.front_got < front.replies {
+            if let Some(tx) = &mut front.reply {
+                tx.send_next(Ok(reply));
+            }
             return Ok(None);
         }
         self.front_got = 0;
-        Ok(self.pop())
+        Ok(self.pop().map(|w| (w, reply)))
     }
 
     /// Replies still to come.
@@ -301,7 +305,6 @@ async fn serve(
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut scanner = ReplyScanner::default();
-        let mut batched = 0;
         loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -311,25 +314,22 @@ async fn serve(
                 Ok(_) => {}
             }
             let (mut replies, mut reply_bytes, mut request_bytes) = (0i64, 0i64, 0i64);
-            // The replies of a batch are delivered together: `batched` bytes at the front of `buf`
-            // already belong to the oldest request.
             while let Some(len) = scanner
-                .scan(&buf[batched..])
+                .scan(&buf)
                 .map_err(|_| BackendError::Protocol(addr.clone()))?
             {
-                batched += len;
                 replies += 1;
                 reply_bytes += len as i64;
+                let reply = buf.split_to(len).freeze();
                 let answered = inflight
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .answer()
+                    .answer(reply)
                     // A reply nobody asked for: the stream is out of step and cannot be trusted.
                     .map_err(|()| BackendError::Protocol(addr.clone()))?;
-                let Some(written) = answered else {
+                let Some((written, reply)) = answered else {
                     continue;
                 };
-                let reply = buf.split_to(std::mem::take(&mut batched)).freeze();
                 request_bytes += written.bytes as i64;
                 // The client may have given up (timeout, disconnect): the reply is dropped.
                 if let Some(tx) = written.reply {
@@ -406,27 +406,76 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_is_answered_by_its_last_reply_and_counted_by_replies() {
+    #[tokio::test]
+    async fn a_batchs_replies_are_delivered_each_under_its_number_and_counted() {
         let inbox = Inbox::new();
         let mut queue = Queue::default();
         queue.push_batch(Instant::now());
         queue.push(written(None, 1)); // an ASKING
-        queue.push(written(Some(inbox.reply_to(1)), 3));
-        queue.push(written(Some(inbox.reply_to(2)), 1));
+        queue.push(written(Some(inbox.reply_to_each(10, 3)), 3));
+        queue.push(written(Some(inbox.reply_to(20)), 1));
         assert_eq!(queue.unanswered(), 5);
+        let reply = |s: &'static str| Bytes::from_static(s.as_bytes());
 
-        let asking = queue.answer().expect("waiting").expect("answered");
+        let (asking, _) = queue
+            .answer(reply("+OK\r\n"))
+            .expect("waiting")
+            .expect("answered");
         assert!(asking.reply.is_none());
-        assert!(queue.answer().expect("waiting").is_none(), "1 of 3");
-        assert!(queue.answer().expect("waiting").is_none(), "2 of 3");
+        assert!(
+            queue.answer(reply(":1\r\n")).expect("waiting").is_none(),
+            "1 of 3"
+        );
+        assert_eq!(
+            inbox.recv(10).await,
+            Ok(reply(":1\r\n")),
+            "delivered at once"
+        );
+        assert!(
+            queue.answer(reply(":2\r\n")).expect("waiting").is_none(),
+            "2 of 3"
+        );
         assert_eq!(queue.unanswered(), 2);
-        let batch = queue.answer().expect("waiting").expect("3 of 3");
-        assert_eq!(batch.replies, 3);
+        let (batch, last) = queue
+            .answer(reply(":3\r\n"))
+            .expect("waiting")
+            .expect("3 of 3");
+        assert_eq!((batch.replies, &last[..]), (3, &b":3\r\n"[..]));
         assert_eq!(queue.unanswered(), 1);
-        let single = queue.answer().expect("waiting").expect("answered");
+        batch.reply.expect("a client").send(Ok(last));
+        let mut got = Vec::new();
+        inbox.take(&mut got);
+        assert_eq!(
+            got,
+            vec![(11, Ok(reply(":2\r\n"))), (12, Ok(reply(":3\r\n")))]
+        );
+        let (single, _) = queue
+            .answer(reply("$-1\r\n"))
+            .expect("waiting")
+            .expect("answered");
         assert_eq!(single.replies, 1);
         assert_eq!(queue.unanswered(), 0);
-        assert!(queue.answer().is_err(), "a reply nobody waits for");
+        assert!(
+            queue.answer(reply("+OK\r\n")).is_err(),
+            "a reply nobody waits for"
+        );
+    }
+
+    #[test]
+    fn a_batch_cut_short_fails_the_replies_it_still_owes() {
+        let inbox = Inbox::new();
+        let mut tx = inbox.reply_to_each(5, 3);
+        tx.send_next(Ok(Bytes::from_static(b"+first\r\n")));
+        drop(tx);
+        let mut got = Vec::new();
+        inbox.take(&mut got);
+        assert_eq!(
+            got,
+            vec![
+                (5, Ok(Bytes::from_static(b"+first\r\n"))),
+                (6, Err(BackendError::Abandoned)),
+                (7, Err(BackendError::Abandoned)),
+            ]
+        );
     }
 }

@@ -29,16 +29,29 @@ impl Inbox {
 
     /// A handle that delivers one reply, numbered `seq`, to this inbox.
     pub fn reply_to(self: &Arc<Self>, seq: u64) -> ReplyTo {
+        self.reply_to_each(seq, 1)
+    }
+
+    /// A handle that delivers the replies of `count` requests sent as one batch, numbered `seq`,
+    /// `seq + 1` and on, each as it arrives.
+    pub fn reply_to_each(self: &Arc<Self>, seq: u64, count: u32) -> ReplyTo {
         ReplyTo {
             inbox: Some(self.clone()),
             seq,
+            owed: count.max(1),
         }
     }
 
-    fn deliver(&self, seq: u64, result: BackendResult) {
+    /// Delivers `result` under the numbers `seq..seq + count`.
+    fn deliver(&self, seq: u64, count: u32, result: BackendResult) {
         let waker = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.replies.push((seq, result));
+            for n in 1..count {
+                state.replies.push((seq + u64::from(n - 1), result.clone()));
+            }
+            state
+                .replies
+                .push((seq + u64::from(count.max(1) - 1), result));
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -66,7 +79,7 @@ impl Inbox {
 
     /// Takes what has been delivered without waiting.
     #[cfg(test)]
-    fn take(&self, out: &mut Vec<(u64, BackendResult)>) {
+    pub(crate) fn take(&self, out: &mut Vec<(u64, BackendResult)>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         out.append(&mut state.replies);
     }
@@ -84,25 +97,48 @@ impl Inbox {
     }
 }
 
-/// The promise of one reply. Dropping it unanswered (the request never reached a connection) delivers
-/// an error, so no session waits for a reply that cannot come.
+/// The promise of one reply (or of each reply of a batch). Dropping it with replies unanswered (the
+/// request never reached a connection, the connection failed) delivers an error for each, so no
+/// session waits for a reply that cannot come.
 pub struct ReplyTo {
     inbox: Option<Arc<Inbox>>,
+    /// The number the next reply is delivered under.
     seq: u64,
+    /// Replies still to deliver: more than one for a batch.
+    owed: u32,
 }
 
 impl ReplyTo {
+    /// Replies still to deliver.
+    pub fn owed(&self) -> u32 {
+        self.owed
+    }
+
+    /// Delivers `result` as the answer to every request still owed one: the reply to a single request
+    /// (or a batch's last), or a failure shared by the rest of a batch.
     pub fn send(mut self, result: BackendResult) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.deliver(self.seq, result);
+            inbox.deliver(self.seq, self.owed, result);
         }
+    }
+
+    /// Delivers a batch's next reply (not its last: that goes with [`send`](Self::send)).
+    pub fn send_next(&mut self, result: BackendResult) {
+        if self.owed <= 1 {
+            return;
+        }
+        if let Some(inbox) = &self.inbox {
+            inbox.deliver(self.seq, 1, result);
+        }
+        self.seq += 1;
+        self.owed -= 1;
     }
 }
 
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.deliver(self.seq, Err(BackendError::Abandoned));
+            inbox.deliver(self.seq, self.owed, Err(BackendError::Abandoned));
         }
     }
 }

@@ -32,8 +32,8 @@ pub type BackendResult = Result<Bytes, BackendError>;
 pub struct Message {
     /// Complete RESP requests, forwarded as they are: one, or `replies` of them back to back.
     pub frame: Bytes,
-    /// How many requests `frame` holds. Their replies are delivered together, as one run of bytes:
-    /// one delivery per batch instead of one per request.
+    /// How many requests `frame` holds: one message to the connection for the batch, and each
+    /// reply delivered, cut out of the stream, under its own number as soon as it is read.
     pub replies: u32,
     /// Send `ASKING` first, back to back on the same connection (ASK redirects).
     pub asking: bool,
@@ -223,10 +223,10 @@ impl Node {
         self.queue(pick, frame, 1, asking, reply);
     }
 
-    /// Queues `replies` requests written back to back in `frame`, like [`Node::send`]; `reply` gets
-    /// their replies together, back to back in one `Bytes`, once the last has arrived.
-    pub fn send_batch(&self, pick: usize, frame: Bytes, replies: u32, reply: ReplyTo) {
-        self.queue(pick, frame, replies.max(1), false, reply);
+    /// Queues requests written back to back in `frame`, as many as `reply` owes replies (see
+    /// [`Inbox::reply_to_each`]), like [`Node::send`]; each reply is delivered as it arrives.
+    pub fn send_batch(&self, pick: usize, frame: Bytes, reply: ReplyTo) {
+        self.queue(pick, frame, reply.owed(), false, reply);
     }
 
     fn queue(&self, pick: usize, frame: Bytes, replies: u32, asking: bool, reply: ReplyTo) {

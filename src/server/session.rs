@@ -557,14 +557,13 @@ impl Ctx {
                     w.result = Some(result);
                 }
                 (Some(Pending::Split(s)), Some(part)) => {
-                    let Some(sent) = s.parts.get(part).map(|p| p.w.deadline) else {
+                    let Some(w) = s.parts.get_mut(part).map(|p| &mut p.w) else {
                         continue;
                     };
-                    let took =
-                        now.saturating_duration_since(sent.checked_sub(timeout).unwrap_or(now));
-                    for _ in 0..s.arrived(part, result) {
-                        self.tally.backend_answered(took);
-                    }
+                    let sent = w.deadline.checked_sub(timeout).unwrap_or(now);
+                    self.tally
+                        .backend_answered(now.saturating_duration_since(sent));
+                    w.result = Some(result);
                 }
                 _ => {}
             }

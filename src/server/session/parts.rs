@@ -13,10 +13,10 @@ use super::super::fanout::{self, Merge, Split};
 use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
 use super::{printable, Ctx, Pending, Waiting};
-use crate::backend::{BackendError, BackendResult, Node};
+use crate::backend::Node;
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
-use crate::protocol::{parse_int, Reply, ReplyScanner};
+use crate::protocol::{parse_int, Reply};
 use crate::route::Slot;
 use crate::stats;
 
@@ -48,47 +48,6 @@ pub(super) struct Part {
     /// Where the request's key numbers this part carries are in [`SplitRequest::keys`].
     pub(super) keys: Range<u32>,
     pub(super) w: Waiting,
-    /// How many parts, from this one on, the next reply delivered for this one answers: more than one
-    /// when they went to their node as one batch.
-    pub(super) carries: u32,
-}
-
-impl SplitRequest {
-    /// Places a reply delivered for part `first`: its own or, for a batch, the replies of the parts from
-    /// `first` on, back to back. Returns how many parts it answered.
-    pub(super) fn arrived(&mut self, first: usize, result: BackendResult) -> usize {
-        let Some(carries) = self
-            .parts
-            .get_mut(first)
-            .map(|p| std::mem::replace(&mut p.carries, 1))
-        else {
-            return 0;
-        };
-        let end = (first + carries as usize).min(self.parts.len());
-        let parts = &mut self.parts[first..end];
-        match result {
-            Ok(mut rest) if parts.len() > 1 => {
-                for part in parts {
-                    // The connection counted these replies out of its stream: each is whole.
-                    let len = ReplyScanner::default().scan(&rest).ok().flatten();
-                    part.w.result = Some(match len {
-                        Some(len) => Ok(rest.split_to(len)),
-                        None => Err(BackendError::Protocol(Arc::from("a backend"))),
-                    });
-                }
-            }
-            // One part's reply, or a failure shared by the whole batch.
-            result => {
-                if let Some((last, others)) = parts.split_last_mut() {
-                    for part in others {
-                        part.w.result = Some(result.clone());
-                    }
-                    last.w.result = Some(result);
-                }
-            }
-        }
-        end - first
-    }
 }
 
 impl Ctx {
@@ -252,7 +211,7 @@ impl Ctx {
 
     /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
     /// to be answered once every part is, or to fail at `deadline`. Consecutive parts for one node go
-    /// as one batch: one message to its connection and one delivery of their replies. Parts on the
+    /// as one batch: one message to its connection, and each reply delivered as it is read. Parts on the
     /// client's own connection follow no redirects.
     pub(super) fn send_parts(
         &mut self,
@@ -279,11 +238,7 @@ impl Ctx {
                 redirects: 0,
                 own_connection,
             };
-            sent.push(Part {
-                keys,
-                w,
-                carries: 1,
-            });
+            sent.push(Part { keys, w });
             nodes.push(node);
         }
         let mut first = 0;
@@ -296,7 +251,8 @@ impl Ctx {
                 .iter()
                 .take_while(|n| n.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)))
                 .count();
-            let reply = self.inbox.reply_to(part_seq(seq, first));
+            // One number per part: the replies of a batch are delivered each under its own.
+            let reply = self.inbox.reply_to_each(part_seq(seq, first), run as u32);
             // Own connections already speak the client's protocol.
             let node = match own_connection {
                 true => node,
@@ -311,8 +267,7 @@ impl Ctx {
                 for part in batch {
                     frame.extend_from_slice(&part.w.frame);
                 }
-                node.send_batch(pick, frame.freeze(), run as u32, reply);
-                sent[first].carries = run as u32;
+                node.send_batch(pick, frame.freeze(), reply);
             }
             first += run;
         }
@@ -394,8 +349,6 @@ impl Ctx {
             if let Redirected::Followed(kind) =
                 follow_reply(&self.pool, pick, self.proto, &mut part.w, &reply, resend)
             {
-                // Resent alone: its reply will answer it alone.
-                part.carries = 1;
                 self.tally.redirect(kind);
                 waiting = true;
                 continue;
