@@ -467,10 +467,24 @@ fn killed_master_fails_only_its_slots_and_the_same_connection_recovers() {
 
 #[test]
 fn malformed_input_gets_a_protocol_error_and_the_connection_is_closed() {
-    let (_proxy, port) = Slotline::cluster(shared());
+    let (proxy, port) = Slotline::cluster(shared());
     let mut bystander = Client::connect(port);
-    let cases: [(&str, &[u8]); 5] = [
+    let cases: [(&str, &[u8]); 8] = [
         ("a non-numeric array length", b"*abc\r\n"),
+        // Redis refuses these with a protocol error and closes the connection: forwarded, they
+        // would cut a backend connection other clients' requests share.
+        (
+            "a bulk length with a leading zero",
+            b"*2\r\n$3\r\nGET\r\n$01\r\na\r\n",
+        ),
+        (
+            "an array length with a leading zero",
+            b"*02\r\n$3\r\nGET\r\n$1\r\na\r\n",
+        ),
+        (
+            "a bulk length with a plus sign",
+            b"*2\r\n$3\r\nGET\r\n$+1\r\na\r\n",
+        ),
         (
             "a negative bulk length inside an array",
             b"*2\r\n$3\r\nGET\r\n$-5\r\n",
@@ -495,6 +509,11 @@ fn malformed_input_gets_a_protocol_error_and_the_connection_is_closed() {
             Reply::bulk(&value)
         );
     }
+    assert!(
+        !proxy.log().contains("backend connection failed"),
+        "a backend connection was lost:\n{}",
+        proxy.log()
+    );
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! Client request framing: never panics, agrees with itself however the bytes are split across reads,
-//! and agrees with the redis-protocol crate's decoder on every RESP array it accepts.
+//! and agrees with the redis-protocol crate's decoder on every RESP array it accepts; each argument's
+//! bytes as they came (copied into split requests) are its canonical encoding.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use redis_protocol::resp2::types::OwnedFrame;
+use slotline::command::Request;
 use slotline::protocol::{Limits, RequestParser};
 
-type Parsed = Vec<(usize, Vec<Vec<u8>>)>;
+/// Each request's length, arguments and argument ranges.
+type Parsed = Vec<(usize, Vec<Vec<u8>>, Vec<(u32, u32)>)>;
 
 /// Parses everything in `data`, feeding it `step` bytes at a time. Returns the complete requests and
 /// whether the stream ended in a protocol error.
@@ -30,7 +33,7 @@ fn parse(data: &[u8], step: usize) -> (Parsed, bool) {
                             buf[s as usize..e as usize].to_vec()
                         })
                         .collect();
-                    out.push((len, args));
+                    out.push((len, args, parser.args().to_vec()));
                     start += len;
                 }
                 Ok(None) => break,
@@ -51,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole_err, pieces_err);
 
     let mut offset = 0;
-    for (len, args) in &whole {
+    for (len, args, ranges) in &whole {
         let frame = &data[offset..offset + len];
         offset += len;
         if frame[0] != b'*' || args.is_empty() {
@@ -71,5 +74,12 @@ fuzz_target!(|data: &[u8]| {
             })
             .collect();
         assert_eq!(&items, args);
+        let request = Request { frame, args: ranges };
+        for (i, arg) in args.iter().enumerate() {
+            let mut canonical = format!("${}\r\n", arg.len()).into_bytes();
+            canonical.extend_from_slice(arg);
+            canonical.extend_from_slice(b"\r\n");
+            assert_eq!(request.raw_arg(i), Some(&canonical[..]), "argument {i} of {frame:?}");
+        }
     }
 });

@@ -185,13 +185,18 @@ pub(super) fn parse_header(buf: &[u8], skip: usize) -> Result<Option<(i64, usize
     Ok(Some((value, lf + 1)))
 }
 
-/// A decimal integer as Redis writes it: optional '-', then 1 to 18 digits.
+/// A decimal integer as Redis writes and reads it (`string2ll`): `0`, or an optional '-' then 1 to 18
+/// digits without a leading zero. Redis refuses anything else in a request (`$03` is "invalid bulk
+/// length" and closes the connection), so slotline must not accept what it would then forward.
 pub fn parse_int(digits: &[u8]) -> Option<i64> {
+    if digits == b"0" {
+        return Some(0);
+    }
     let (negative, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if digits.is_empty() || digits.len() > 18 {
+    if digits.is_empty() || digits.len() > 18 || digits[0] == b'0' {
         return None;
     }
     let mut value: i64 = 0;
@@ -268,12 +273,37 @@ mod tests {
             b"*1\r\n$4294967296\r\n",
             b"*1\r\n$12345678901234567890123\r\n",
             b"*1\n$3\r\nfoo\r\n",
+            // Lengths Redis itself refuses (it would close a shared backend connection over them).
+            b"*1\r\n$03\r\nfoo\r\n",
+            b"*01\r\n$3\r\nfoo\r\n",
+            b"*1\r\n$+3\r\nfoo\r\n",
+            b"*1\r\n$-0\r\n",
+            b"*1\r\n$00\r\n\r\n",
         ] {
             assert!(
                 parse_all(bad).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    #[test]
+    fn integers_read_as_redis_reads_them() {
+        for (text, value) in [
+            (&b"0"[..], Some(0)),
+            (b"7", Some(7)),
+            (b"-1", Some(-1)),
+            (b"120", Some(120)),
+            (b"00", None),
+            (b"07", None),
+            (b"-0", None),
+            (b"+7", None),
+            (b"", None),
+            (b"-", None),
+            (b"1x", None),
+        ] {
+            assert_eq!(parse_int(text), value, "{}", String::from_utf8_lossy(text));
         }
     }
 
