@@ -37,9 +37,9 @@ fn cut_and_route(c: &mut Criterion) {
             let mut buf = input.clone();
             let mut slots = 0u32;
             while let Some(len) = parser.parse(&buf).unwrap() {
-                let frame = buf.split_to(len).freeze();
+                let raw = buf.split_to(len);
                 let req = Request {
-                    frame: &frame,
+                    frame: parser.frame(&raw),
                     args: parser.args(),
                 };
                 let spec = command::lookup(req.arg(0), None).unwrap();

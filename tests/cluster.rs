@@ -469,7 +469,7 @@ fn killed_master_fails_only_its_slots_and_the_same_connection_recovers() {
 fn malformed_input_gets_a_protocol_error_and_the_connection_is_closed() {
     let (proxy, port) = Slotline::cluster(shared());
     let mut bystander = Client::connect(port);
-    let cases: [(&str, &[u8]); 8] = [
+    let cases: [(&str, &[u8]); 10] = [
         ("a non-numeric array length", b"*abc\r\n"),
         // Redis refuses these with a protocol error and closes the connection: forwarded, they
         // would cut a backend connection other clients' requests share.
@@ -484,6 +484,11 @@ fn malformed_input_gets_a_protocol_error_and_the_connection_is_closed() {
         (
             "a bulk length with a plus sign",
             b"*2\r\n$3\r\nGET\r\n$+1\r\na\r\n",
+        ),
+        ("an inline command with unbalanced quotes", b"GET \"a\r\n"),
+        (
+            "an inline command with a word after a closing quote",
+            b"GET 'a'b\r\n",
         ),
         (
             "a negative bulk length inside an array",
@@ -514,6 +519,23 @@ fn malformed_input_gets_a_protocol_error_and_the_connection_is_closed() {
         "a backend connection was lost:\n{}",
         proxy.log()
     );
+}
+
+#[test]
+fn inline_commands_are_read_as_redis_reads_them() {
+    let (proxy, port) = Slotline::cluster(shared());
+    let mut client = Client::connect(port);
+    // As typed into telnet: quotes group words, escapes are read, and the key routes by its slot.
+    client.send_raw(b"SET \"inline key\" 'it\\'s \"here\"'\r\n");
+    assert_eq!(client.read_reply(), Reply::ok());
+    client.send_raw(b"  mget \"inline key\"\t\"inline\\x20key\"   nokey\r\n");
+    let value = Reply::bulk("it's \"here\"");
+    assert_eq!(
+        client.read_reply(),
+        Reply::Array(Some(vec![value.clone(), value.clone(), Reply::nil()]))
+    );
+    assert_eq!(client.cmd(&["GET", "inline key"]), value);
+    assert!(!proxy.log().contains("backend connection failed"));
 }
 
 #[test]

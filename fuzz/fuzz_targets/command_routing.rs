@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let mut parser = RequestParser::new(Limits { max_request_bytes: 1 << 20 });
     let mut rest = data;
     while let Ok(Some(len)) = parser.parse(rest) {
-        let req = Request { frame: &rest[..len], args: parser.args() };
+        let req = Request { frame: parser.frame(&rest[..len]), args: parser.args() };
         if req.argc() > 0 {
             let sub = (req.argc() > 1).then(|| req.arg(1));
             if let Ok(spec) = command::lookup(req.arg(0), sub) {

@@ -1,5 +1,7 @@
 //! Client requests: RESP arrays of bulk strings, or inline commands typed by a human.
 
+use bytes::{BufMut, Bytes, BytesMut};
+
 use super::ProtocolError;
 
 /// Bounds on what one client request may make the proxy hold.
@@ -26,10 +28,14 @@ const MAX_HEADER: usize = 32;
 ///
 /// The parser keeps its place between calls, so a request that arrives in pieces is not re-read from the
 /// start each time. After `parse` returns `Ok(Some(len))`, [`args`](Self::args) holds the argument ranges
-/// (offsets into the first `len` bytes) until the next call.
+/// until the next call: offsets into the first `len` bytes, or for an inline command into the RESP
+/// array it was encoded as ([`frame`](Self::frame) tells which).
 #[derive(Debug, Default)]
 pub struct RequestParser {
     args: Vec<(u32, u32)>,
+    /// The last request, when it was an inline command, as a RESP array: backends get this, never
+    /// the line, whose quoting Redis reads by rules of its own.
+    inline: Option<Bytes>,
     /// Arguments the array header announced; 0 while no header has been read.
     expected: usize,
     /// Where parsing resumes.
@@ -52,6 +58,17 @@ impl RequestParser {
         &self.args
     }
 
+    /// The bytes [`args`](Self::args) index for the last complete request, whose `raw` bytes were
+    /// cut from the input: `raw` itself, or the RESP array an inline command was encoded as.
+    pub fn frame<'a>(&'a self, raw: &'a [u8]) -> &'a [u8] {
+        self.inline.as_deref().unwrap_or(raw)
+    }
+
+    /// [`frame`](Self::frame) for an inline command, taken: what to forward instead of its line.
+    pub fn take_inline(&mut self) -> Option<Bytes> {
+        self.inline.take()
+    }
+
     /// How many bytes the buffer must hold before the pending request can complete, if known.
     pub fn needed(&self) -> usize {
         self.need
@@ -63,6 +80,7 @@ impl RequestParser {
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         if self.expected == 0 {
             self.args.clear();
+            self.inline = None;
             self.need = 0;
             let Some(&first) = buf.first() else {
                 return Ok(None);
@@ -133,7 +151,8 @@ impl RequestParser {
         self.args.clear();
     }
 
-    /// `GET key\r\n`: arguments separated by spaces or tabs, as typed into telnet.
+    /// `GET key "a value"\r\n`, as typed into telnet: split as Redis splits it (`sdssplitargs`),
+    /// quotes and escapes included, and encoded as a RESP array for the backends.
     fn parse_inline(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
         let window = &buf[..buf.len().min(MAX_INLINE)];
         let Some(nl) = window.iter().position(|&b| b == b'\n') else {
@@ -147,20 +166,114 @@ impl RequestParser {
         } else {
             nl
         };
-        let mut i = 0;
-        while i < line_end {
-            while i < line_end && (buf[i] == b' ' || buf[i] == b'\t') {
-                i += 1;
+        let words = split_inline(&buf[..line_end])?;
+        if !words.is_empty() {
+            let size: usize = words.iter().map(|w| w.len() + 16).sum();
+            let mut frame = BytesMut::with_capacity(size + 16);
+            put_header(&mut frame, b'*', words.len());
+            for word in &words {
+                put_header(&mut frame, b'$', word.len());
+                let start = frame.len();
+                frame.put_slice(word);
+                self.args.push((start as u32, frame.len() as u32));
+                frame.put_slice(b"\r\n");
             }
-            let start = i;
-            while i < line_end && buf[i] != b' ' && buf[i] != b'\t' {
-                i += 1;
-            }
-            if i > start {
-                self.args.push((start as u32, i as u32));
-            }
+            self.inline = Some(frame.freeze());
         }
         Ok(Some(nl + 1))
+    }
+}
+
+fn put_header(out: &mut BytesMut, marker: u8, n: usize) {
+    out.put_u8(marker);
+    out.put_slice(n.to_string().as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// The words of an inline command line, as Redis's `sdssplitargs` finds them: separated by white
+/// space; in "double quotes" with \n \r \t \b \a \xHH and \<any> escapes, in 'single quotes' with \'
+/// only; a closing quote must end the word. A NUL byte is refused: Redis, reading the line as a C
+/// string, would never find its end.
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    const UNBALANCED: ProtocolError = ProtocolError("unbalanced quotes in request");
+    if line.contains(&0) {
+        return Err(ProtocolError("NUL byte in an inline request"));
+    }
+    let at = |i: usize| line.get(i).copied();
+    // C's isspace: what may separate words and must follow a closing quote.
+    let space = |b: Option<u8>| matches!(b, Some(b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c));
+    let mut words = Vec::new();
+    let mut p = 0;
+    loop {
+        while space(at(p)) {
+            p += 1;
+        }
+        if p >= line.len() {
+            return Ok(words);
+        }
+        let mut word = Vec::new();
+        let (mut double, mut single) = (false, false);
+        loop {
+            let c = at(p);
+            if double {
+                match c {
+                    None => return Err(UNBALANCED),
+                    Some(b'\\')
+                        if at(p + 1) == Some(b'x')
+                            && at(p + 2).is_some_and(|b| b.is_ascii_hexdigit())
+                            && at(p + 3).is_some_and(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                        word.push(hex(line[p + 2]) * 16 + hex(line[p + 3]));
+                        p += 3;
+                    }
+                    Some(b'\\') if at(p + 1).is_some() => {
+                        p += 1;
+                        word.push(match line[p] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                    Some(b'"') => {
+                        if at(p + 1).is_some() && !space(at(p + 1)) {
+                            return Err(UNBALANCED);
+                        }
+                        p += 1;
+                        break;
+                    }
+                    Some(b) => word.push(b),
+                }
+            } else if single {
+                match c {
+                    None => return Err(UNBALANCED),
+                    Some(b'\\') if at(p + 1) == Some(b'\'') => {
+                        p += 1;
+                        word.push(b'\'');
+                    }
+                    Some(b'\'') => {
+                        if at(p + 1).is_some() && !space(at(p + 1)) {
+                            return Err(UNBALANCED);
+                        }
+                        p += 1;
+                        break;
+                    }
+                    Some(b) => word.push(b),
+                }
+            } else {
+                match c {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
+                    Some(b'"') => double = true,
+                    Some(b'\'') => single = true,
+                    Some(b) => word.push(b),
+                }
+            }
+            p += 1;
+        }
+        words.push(word);
     }
 }
 
@@ -218,10 +331,11 @@ mod tests {
         let mut out = Vec::new();
         let mut rest = input;
         while let Some(len) = parser.parse(rest)? {
+            let frame = parser.frame(&rest[..len]);
             let args = parser
                 .args()
                 .iter()
-                .map(|&(s, e)| rest[s as usize..e as usize].to_vec())
+                .map(|&(s, e)| frame[s as usize..e as usize].to_vec())
                 .collect();
             out.push(args);
             rest = &rest[len..];
@@ -286,6 +400,47 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn inline_commands_are_split_as_redis_splits_them() {
+        let cases: [(&[u8], &[&[u8]]); 9] = [
+            (b"SET \"a b\" c\r\n", &[b"SET", b"a b", b"c"]),
+            (b"ECHO a\"b c\"\n", &[b"ECHO", b"ab c"]),
+            (b"ECHO \"x\\ny\\x41\\q\"\r\n", &[b"ECHO", b"x\nyAq"]),
+            (b"ECHO 'it\\'s' '\\n'\r\n", &[b"ECHO", b"it's", b"\\n"]),
+            (b"ECHO '' \"\"\r\n", &[b"ECHO", b"", b""]),
+            (b"  GET\tk \x0b\r\n", &[b"GET", b"k"]),
+            (b"ECHO\x0bx\r\n", &[b"ECHO\x0bx"]),
+            (b"ECHO \"a\"\t\"b\"\r\n", &[b"ECHO", b"a", b"b"]),
+            (b"ECHO \"\\x4\"\r\n", &[b"ECHO", b"x4"]),
+        ];
+        for (line, want) in cases {
+            let got = parse_all(line).unwrap_or_else(|e| panic!("{line:?}: {e:?}"));
+            let want: Vec<Vec<u8>> = want.iter().map(|w| w.to_vec()).collect();
+            assert_eq!(got, vec![want], "{:?}", String::from_utf8_lossy(line));
+        }
+        for bad in [
+            &b"GET \"a\r\n"[..],
+            b"GET 'a\r\n",
+            b"GET \"a\"b\r\n",
+            b"GET 'a'b\r\n",
+            b"GET a\0b\r\n",
+        ] {
+            assert!(
+                parse_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // What travels on is a RESP array, whatever the line looked like.
+        let mut parser = RequestParser::new(Limits::default());
+        let line = b"set 'a b' \"c\\n\"\r\n";
+        assert_eq!(parser.parse(line), Ok(Some(line.len())));
+        assert_eq!(
+            parser.take_inline().as_deref(),
+            Some(&b"*3\r\n$3\r\nset\r\n$3\r\na b\r\n$2\r\nc\n\r\n"[..])
+        );
     }
 
     #[test]

@@ -395,7 +395,7 @@ mod tests {
         });
         assert_eq!(parser.parse(frame), Ok(Some(frame.len())));
         check(Request {
-            frame,
+            frame: parser.frame(frame),
             args: parser.args(),
         });
     }

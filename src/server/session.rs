@@ -289,7 +289,9 @@ impl Ctx {
         while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
             match parser.parse(inbuf) {
                 Ok(Some(len)) => {
-                    let frame = inbuf.split_to(len).freeze();
+                    let raw = inbuf.split_to(len);
+                    // An inline command travels on as the RESP array it was read as.
+                    let frame = parser.take_inline().unwrap_or_else(|| raw.freeze());
                     if !parser.args().is_empty() {
                         let req = Request {
                             frame: &frame,
