@@ -73,6 +73,31 @@ fn redis_auth_and_redis_db_apply_to_clients_and_backends() {
             .collect();
         assert_eq!(found.len(), 1, "{k} in database 3 of servers {found:?}");
     }
+    // Nothing leaves the pool's database: not a key moved or copied to another one, not a key sent
+    // to another server.
+    let elsewhere = |reply: Reply| {
+        reply
+            .error()
+            .is_some_and(|e| e.contains("not supported by slotline"))
+    };
+    assert!(elsewhere(client.cmd(&["MOVE", "key1", "0"])));
+    assert!(elsewhere(
+        client.cmd(&["COPY", "key1", "key1copy", "DB", "0"])
+    ));
+    assert!(elsewhere(
+        client.cmd(&["COPY", "key1", "key1copy", "REPLACE", "db", "5"])
+    ));
+    let port = servers.port(0).to_string();
+    assert!(elsewhere(client.cmd(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &port,
+        "key1",
+        "0",
+        "1000"
+    ])));
+    assert_eq!(client.cmd(&["COPY", "key1", "key1copy"]), Reply::Int(1));
+    assert_eq!(client.cmd(&["GET", "key1copy"]), Reply::bulk("key1"));
     for i in 0..servers.len() {
         assert_eq!(backend(&servers, i, "0").cmd(&["DBSIZE"]), Reply::Int(0));
     }

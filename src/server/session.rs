@@ -347,6 +347,14 @@ impl Ctx {
         if self.subscriber_mode(req, spec) {
             return;
         }
+        if argc > 4
+            && spec.name == "copy"
+            && (3..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"DB"))
+        {
+            // Into another database: a pool serves one (with redis_db, not even the one numbered).
+            return self
+                .error("ERR COPY ... DB is not supported by slotline: a pool serves one database");
+        }
         if self.pool.read_only && spec.has(command::flags::WRITE) {
             // The replica listener, like a replica: reads only.
             return self.error("READONLY You can't write against a read only replica.");

@@ -71,7 +71,17 @@ PUBSUB = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe"
 BLOCK_OPTION = {"xread", "xreadgroup"}
 
 
+# Keyed, but they take keys where slotline does not place them: another database (a pool serves one;
+# with redis_db it is not even the client's number) or another server altogether.
+ELSEWHERE = {
+    "move": "a pool serves one database",
+    "migrate": "it sends keys to a server slotline does not place them on; ask the nodes directly",
+}
+
+
 def route(name, flags, tips, specs, is_container):
+    if name in ELSEWHERE:
+        return 'Route::Unsupported("%s")' % ELSEWHERE[name]
     if name in LOCAL:
         return "Route::Local"
     if name in TRANSACTION:
