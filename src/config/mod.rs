@@ -125,7 +125,8 @@ pub struct PoolConfig {
     /// Most clients connected at once; more are refused at accept (0: no limit).
     #[serde(default)]
     pub client_connections: usize,
-    /// Largest request a client may send, in bytes.
+    /// Largest request a client may send, in bytes. (No one argument may pass 512 MiB, Redis's own
+    /// `proto-max-bulk-len`, whatever this allows.)
     #[serde(default = "defaults::max_request_bytes")]
     pub max_request_bytes: usize,
     /// Requests a client may have outstanding; past this slotline stops reading from that client until

@@ -23,6 +23,9 @@ impl Default for Limits {
 const MAX_INLINE: usize = 64 * 1024;
 /// Longest `*N` / `$N` header line we accept before deciding the stream is garbage.
 const MAX_HEADER: usize = 32;
+/// Longest argument Redis takes (`proto-max-bulk-len`'s default): a longer one, forwarded, would make
+/// the backend drop a connection other clients share, whatever `max_request_bytes` allows.
+const MAX_BULK: i64 = 512 << 20;
 
 /// Cuts one request at a time from the front of a client's buffer.
 ///
@@ -116,7 +119,8 @@ impl RequestParser {
             else {
                 return Ok(None);
             };
-            if len < 0 || (len as u64) > self.limits.max_request_bytes as u64 {
+            if !(0..=MAX_BULK).contains(&len) || (len as u64) > self.limits.max_request_bytes as u64
+            {
                 self.reset();
                 return Err(ProtocolError("invalid bulk length"));
             }
@@ -468,6 +472,12 @@ mod tests {
             max_request_bytes: 100,
         });
         assert!(parser.parse(b"*1\r\n$200\r\n").is_err());
+        // Whatever the limit, no argument longer than Redis takes.
+        let mut roomy = RequestParser::new(Limits {
+            max_request_bytes: 1 << 30,
+        });
+        assert!(roomy.parse(b"*1\r\n$536870913\r\n").is_err());
+        assert_eq!(roomy.parse(b"*1\r\n$536870912\r\n"), Ok(None));
         assert!(parser.parse(b"*50\r\n").is_err());
         assert!(parse_all(&[b'x'; MAX_INLINE + 1]).is_err());
     }
