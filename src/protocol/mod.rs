@@ -5,8 +5,8 @@
 //! client's buffer and [`ReplyScanner`] only measures how long a backend reply is, so both can hand out
 //! `split_to(n).freeze()` slices that are forwarded without a copy. (An inline command, typed by a
 //! human, is the exception: it is re-encoded as a RESP array.) What is forwarded as it came must be
-//! read exactly as Redis reads it, or a backend would drop a connection other clients share. Both resume where they stopped, so a
-//! large frame arriving in many reads is scanned once. The full decoder of the `redis-protocol` crate is
+//! read exactly as Redis reads it, or a backend would drop a connection other clients share. Both
+//! resume where they stopped, so a large frame arriving in many reads is scanned once. The full decoder of the `redis-protocol` crate is
 //! used off the data path (topology replies) and as the reference the fuzzers compare against.
 
 mod reply;

@@ -1,8 +1,8 @@
 //! Client requests: RESP arrays of bulk strings, or inline commands typed by a human.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use super::ProtocolError;
+use super::{ProtocolError, Reply};
 
 /// Bounds on what one client request may make the proxy hold.
 #[derive(Debug, Clone, Copy)]
@@ -174,24 +174,17 @@ impl RequestParser {
         if !words.is_empty() {
             let size: usize = words.iter().map(|w| w.len() + 16).sum();
             let mut frame = BytesMut::with_capacity(size + 16);
-            put_header(&mut frame, b'*', words.len());
+            Reply(&mut frame).array(words.len());
             for word in &words {
-                put_header(&mut frame, b'$', word.len());
-                let start = frame.len();
-                frame.put_slice(word);
-                self.args.push((start as u32, frame.len() as u32));
-                frame.put_slice(b"\r\n");
+                Reply(&mut frame).bulk(word);
+                // The word lies before the CRLF that ends it.
+                let end = frame.len() - 2;
+                self.args.push(((end - word.len()) as u32, end as u32));
             }
             self.inline = Some(frame.freeze());
         }
         Ok(Some(nl + 1))
     }
-}
-
-fn put_header(out: &mut BytesMut, marker: u8, n: usize) {
-    out.put_u8(marker);
-    out.put_slice(n.to_string().as_bytes());
-    out.put_slice(b"\r\n");
 }
 
 /// The words of an inline command line, as Redis's `sdssplitargs` finds them: separated by white
@@ -347,6 +340,17 @@ mod tests {
         Ok(out)
     }
 
+    /// Every input in `bad` is a protocol error.
+    fn refused(bad: &[&[u8]]) {
+        for &bad in bad {
+            assert!(
+                parse_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     #[test]
     fn arrays_and_inline_commands() {
         let got =
@@ -382,7 +386,7 @@ mod tests {
 
     #[test]
     fn malformed_input_is_a_protocol_error() {
-        for bad in [
+        refused(&[
             &b"*abc\r\n"[..],
             b"*1\r\n:5\r\n",
             b"*1\r\n$-5\r\n",
@@ -397,13 +401,7 @@ mod tests {
             b"*1\r\n$+3\r\nfoo\r\n",
             b"*1\r\n$-0\r\n",
             b"*1\r\n$00\r\n\r\n",
-        ] {
-            assert!(
-                parse_all(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+        ]);
     }
 
     #[test]
@@ -424,19 +422,13 @@ mod tests {
             let want: Vec<Vec<u8>> = want.iter().map(|w| w.to_vec()).collect();
             assert_eq!(got, vec![want], "{:?}", String::from_utf8_lossy(line));
         }
-        for bad in [
+        refused(&[
             &b"GET \"a\r\n"[..],
             b"GET 'a\r\n",
             b"GET \"a\"b\r\n",
             b"GET 'a'b\r\n",
             b"GET a\0b\r\n",
-        ] {
-            assert!(
-                parse_all(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+        ]);
         // What travels on is a RESP array, whatever the line looked like.
         let mut parser = RequestParser::new(Limits::default());
         let line = b"set 'a b' \"c\\n\"\r\n";
