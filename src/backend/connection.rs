@@ -42,8 +42,13 @@ struct Written {
     /// A client, or nobody (the `ASKING` sent before an ASK retry).
     reply: Option<ReplyTo>,
     bytes: u32,
-    /// Replies it waits for: more than one for a batch.
-    replies: u32,
+}
+
+impl Written {
+    /// Replies it still waits for: more than one for a batch not yet answered in full.
+    fn owed(&self) -> u32 {
+        self.reply.as_ref().map_or(1, ReplyTo::owed)
+    }
 }
 
 /// Requests written and not yet answered, oldest first.
@@ -52,8 +57,6 @@ struct Queue {
     written: VecDeque<Written>,
     /// Replies read so far: the number of the oldest unanswered request.
     answered: u64,
-    /// Replies already read for the oldest request, a batch still waiting for the rest.
-    front_got: u32,
     /// When each batch was written, with the count of requests written before it: the oldest request's
     /// write time is found here once the requests before it are answered.
     batches: VecDeque<(u64, Instant)>,
@@ -75,21 +78,16 @@ impl Queue {
     /// when no request was waiting: the server is out of step).
     fn answer(&mut self, reply: Bytes) -> Result<Option<(Written, Bytes)>, ()> {
         let front = self.written.front_mut().ok_or(())?;
-        self.front_got += 1;
-        if self.front_got < front.replies {
-            if let Some(tx) = &mut front.reply {
-                tx.send_next(Ok(reply));
-            }
+        if let Some(tx) = front.reply.as_mut().filter(|tx| tx.owed() > 1) {
+            tx.send_next(Ok(reply));
             return Ok(None);
         }
-        self.front_got = 0;
         Ok(self.pop().map(|w| (w, reply)))
     }
 
     /// Replies still to come.
     fn unanswered(&self) -> i64 {
-        let replies: i64 = self.written.iter().map(|w| w.replies as i64).sum();
-        replies - self.front_got as i64
+        self.written.iter().map(|w| i64::from(w.owed())).sum()
     }
 
     fn pop(&mut self) -> Option<Written> {
@@ -170,7 +168,7 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(msg) => {
-                        stats::shift(&link.stats.in_queue, -(msg.replies as i64));
+                        stats::shift(&link.stats.in_queue, -i64::from(msg.reply.owed()));
                         stats::shift(&link.stats.in_queue_bytes, -(msg.frame.len() as i64));
                         msg.reply.send(Err(BackendError::Connect(addr.clone())));
                     }
@@ -273,18 +271,17 @@ async fn serve(
                         queue.push(Written {
                             reply: None,
                             bytes: ASKING.len() as u32,
-                            replies: 1,
                         });
                         count += 1;
                     }
                     out.extend_from_slice(&msg.frame);
-                    queued += msg.replies as i64;
+                    let requests = i64::from(msg.reply.owed());
+                    queued += requests;
                     queued_bytes += msg.frame.len() as i64;
-                    count += msg.replies as i64;
+                    count += requests;
                     queue.push(Written {
                         reply: Some(msg.reply),
                         bytes: msg.frame.len() as u32,
-                        replies: msg.replies,
                     });
                 }
             }
@@ -398,12 +395,8 @@ mod tests {
     use super::*;
     use crate::backend::Inbox;
 
-    fn written(reply: Option<ReplyTo>, replies: u32) -> Written {
-        Written {
-            reply,
-            bytes: 10,
-            replies,
-        }
+    fn written(reply: Option<ReplyTo>) -> Written {
+        Written { reply, bytes: 10 }
     }
 
     #[tokio::test]
@@ -411,9 +404,9 @@ mod tests {
         let inbox = Inbox::new();
         let mut queue = Queue::default();
         queue.push_batch(Instant::now());
-        queue.push(written(None, 1)); // an ASKING
-        queue.push(written(Some(inbox.reply_to_each(10, 3)), 3));
-        queue.push(written(Some(inbox.reply_to(20)), 1));
+        queue.push(written(None)); // an ASKING
+        queue.push(written(Some(inbox.reply_to_each(10, 3))));
+        queue.push(written(Some(inbox.reply_to(20))));
         assert_eq!(queue.unanswered(), 5);
         let reply = |s: &'static str| Bytes::from_static(s.as_bytes());
 
@@ -440,7 +433,8 @@ mod tests {
             .answer(reply(":3\r\n"))
             .expect("waiting")
             .expect("3 of 3");
-        assert_eq!((batch.replies, &last[..]), (3, &b":3\r\n"[..]));
+        // Returned with its last reply, the only one it still owes.
+        assert_eq!((batch.owed(), &last[..]), (1, &b":3\r\n"[..]));
         assert_eq!(queue.unanswered(), 1);
         batch.reply.expect("a client").send(Ok(last));
         let mut got = Vec::new();
@@ -453,7 +447,7 @@ mod tests {
             .answer(reply("$-1\r\n"))
             .expect("waiting")
             .expect("answered");
-        assert_eq!(single.replies, 1);
+        assert_eq!(single.owed(), 1);
         assert_eq!(queue.unanswered(), 0);
         assert!(
             queue.answer(reply("+OK\r\n")).is_err(),

@@ -46,12 +46,11 @@ impl Inbox {
     fn deliver(&self, seq: u64, count: u32, result: BackendResult) {
         let waker = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            for n in 1..count {
-                state.replies.push((seq + u64::from(n - 1), result.clone()));
+            let last = seq + u64::from(count.max(1) - 1);
+            for n in seq..last {
+                state.replies.push((n, result.clone()));
             }
-            state
-                .replies
-                .push((seq + u64::from(count.max(1) - 1), result));
+            state.replies.push((last, result));
             state.waker.take()
         };
         if let Some(waker) = waker {

@@ -30,11 +30,10 @@ pub type BackendResult = Result<Bytes, BackendError>;
 
 /// A request on its way to a backend, with where to deliver the reply.
 pub struct Message {
-    /// Complete RESP requests, forwarded as they are: one, or `replies` of them back to back.
+    /// Complete RESP requests, forwarded as they are: one, or a batch of them back to back, as many
+    /// as `reply` owes replies. Each reply is delivered, cut out of the stream, under its own
+    /// number as soon as it is read.
     pub frame: Bytes,
-    /// How many requests `frame` holds: one message to the connection for the batch, and each
-    /// reply delivered, cut out of the stream, under its own number as soon as it is read.
-    pub replies: u32,
     /// Send `ASKING` first, back to back on the same connection (ASK redirects).
     pub asking: bool,
     pub reply: ReplyTo,
@@ -220,27 +219,27 @@ impl Node {
     /// Queues a request on connection `pick % connections`. A client always picks the same connection, so
     /// its requests to this node stay in order.
     pub fn send(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
-        self.queue(pick, frame, 1, asking, reply);
+        self.queue(pick, frame, asking, reply);
     }
 
     /// Queues requests written back to back in `frame`, as many as `reply` owes replies (see
     /// [`Inbox::reply_to_each`]), like [`Node::send`]; each reply is delivered as it arrives.
     pub fn send_batch(&self, pick: usize, frame: Bytes, reply: ReplyTo) {
-        self.queue(pick, frame, reply.owed(), false, reply);
+        self.queue(pick, frame, false, reply);
     }
 
-    fn queue(&self, pick: usize, frame: Bytes, replies: u32, asking: bool, reply: ReplyTo) {
+    fn queue(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
         let conn = &self.conns[pick % self.conns.len()];
-        stats::shift(&self.stats.in_queue, replies as i64);
+        let replies = i64::from(reply.owed());
+        stats::shift(&self.stats.in_queue, replies);
         stats::shift(&self.stats.in_queue_bytes, frame.len() as i64);
         if let Err(mpsc::error::SendError(msg)) = conn.send(Message {
             frame,
-            replies,
             asking,
             reply,
         }) {
             // The connection task is gone (runtime shutting down): fail the request rather than hang it.
-            stats::shift(&self.stats.in_queue, -(replies as i64));
+            stats::shift(&self.stats.in_queue, -replies);
             stats::shift(&self.stats.in_queue_bytes, -(msg.frame.len() as i64));
             msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
         }
