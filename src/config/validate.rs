@@ -180,22 +180,11 @@ impl Config {
                         .into(),
                 ));
             }
-            if pool.redis_auth.as_deref() == Some("") {
-                return Err(err(name, "redis_auth", "must not be empty".into()));
-            }
-            match (&pool.redis_username, &pool.redis_auth) {
-                (Some(user), _) if user.is_empty() => {
-                    return Err(err(name, "redis_username", "must not be empty".into()));
-                }
-                (Some(_), None) => {
-                    return Err(err(
-                        name,
-                        "redis_username",
-                        "needs redis_auth, the user's password".into(),
-                    ));
-                }
-                _ => {}
-            }
+            check_login(
+                ("redis_username", pool.redis_username.as_deref()),
+                ("redis_auth", pool.redis_auth.as_deref()),
+            )
+            .map_err(|(field, what)| err(name, &field, what))?;
             if pool.auto_eject_hosts && pool.server_failure_limit == 0 {
                 return Err(err(
                     name,
@@ -298,21 +287,10 @@ impl PoolConfig {
                 "must be a non-empty name without spaces".into(),
             ));
         }
-        if sentinel.password.as_deref() == Some("") {
-            return Err(("sentinel.password".into(), "must not be empty".into()));
-        }
-        match (&sentinel.username, &sentinel.password) {
-            (Some(user), _) if user.is_empty() => {
-                return Err(("sentinel.username".into(), "must not be empty".into()));
-            }
-            (Some(_), None) => {
-                return Err((
-                    "sentinel.username".into(),
-                    "needs sentinel.password, the user's password".into(),
-                ));
-            }
-            _ => {}
-        }
+        check_login(
+            ("sentinel.username", sentinel.username.as_deref()),
+            ("sentinel.password", sentinel.password.as_deref()),
+        )?;
         match (&sentinel.kubernetes, sentinel.servers.is_empty()) {
             (None, true) => Err((
                 "sentinel.servers".into(),
@@ -381,5 +359,24 @@ impl KubernetesConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A login's optional ACL user and password, each given as (field, value): neither may be empty,
+/// and a user needs its password. Err names the field at fault and why.
+fn check_login(
+    (user_field, user): (&str, Option<&str>),
+    (password_field, password): (&str, Option<&str>),
+) -> Result<(), (String, String)> {
+    if password == Some("") {
+        return Err((password_field.into(), "must not be empty".into()));
+    }
+    match (user, password) {
+        (Some(""), _) => Err((user_field.into(), "must not be empty".into())),
+        (Some(_), None) => Err((
+            user_field.into(),
+            format!("needs {password_field}, the user's password"),
+        )),
+        _ => Ok(()),
     }
 }

@@ -211,8 +211,8 @@ impl Ctx {
 
     /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
     /// to be answered once every part is, or to fail at `deadline`. Consecutive parts for one node go
-    /// as one batch: one message to its connection, and each reply delivered as it is read. Parts on the
-    /// client's own connection follow no redirects.
+    /// as one batch: one message to its connection, and each reply delivered as it is read. Parts on
+    /// the client's own connection follow no redirects.
     pub(super) fn send_parts(
         &mut self,
         parts: Vec<PartToSend>,

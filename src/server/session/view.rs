@@ -139,7 +139,6 @@ impl<'a> View<'a> {
         }
     }
 
-    /// Asks for a new cluster topology (a slot had no owner).
     /// [`View::target`], asking for a fresh topology (or a look for the master) when the place has
     /// none: the request fails now, the next one finds a node.
     pub(super) fn target_or_refresh(&self, place: Place, pick: usize) -> Option<&Arc<Node>> {
@@ -150,6 +149,7 @@ impl<'a> View<'a> {
         node
     }
 
+    /// Asks for a new cluster topology (a slot had no owner), or a look for the master.
     pub(super) fn request_refresh(&self) {
         match self {
             View::Cluster(cluster, _) => cluster.request_refresh(),
