@@ -39,6 +39,7 @@
 //! - [`metrics`]: the Prometheus registry, per-pool metric handles, per-session tallies, and the
 //!   collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`) on its own thread.
+//! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
 //! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come
@@ -59,3 +60,4 @@ pub mod route;
 pub mod server;
 pub mod shards;
 pub mod stats;
+pub mod throttle;

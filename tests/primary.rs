@@ -339,6 +339,46 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
         "{refused:?}"
     );
     assert_eq!(reader.cmd(&["EXISTS", "x"]), Reply::Int(0));
+    // Scripts too: a replica runs only their read-only forms, and what every node runs stays put.
+    let write_script = "return redis.call('SET', 'x', '1')";
+    for refused in [
+        vec!["EVAL", write_script, "0"],
+        vec!["EVALSHA", "0123456789012345678901234567890123456789", "0"],
+        vec!["FCALL", "f", "0"],
+        vec!["SCRIPT", "LOAD", write_script],
+        vec!["SCRIPT", "FLUSH"],
+        vec![
+            "FUNCTION",
+            "LOAD",
+            "#!lua name=lib\nredis.register_function('f', function() return 1 end)",
+        ],
+        vec!["FUNCTION", "FLUSH"],
+    ] {
+        let reply = reader.cmd(&refused);
+        assert!(
+            reply.error().is_some_and(|e| e.starts_with("READONLY")),
+            "{refused:?} on the replica port: {reply:?}"
+        );
+    }
+    assert_eq!(
+        reader.cmd(&["EVAL_RO", "return redis.call('EXISTS', 'x')", "0"]),
+        Reply::Int(0)
+    );
+    assert_eq!(
+        reader.cmd(&["EXISTS", "x"]),
+        Reply::Int(0),
+        "a script wrote through the replica port"
+    );
+    // A script's READONLY is the script's own: not taken for a demoted master's, so not run again.
+    let script =
+        "redis.call('INCR', 'ran') return redis.error_reply('READONLY made up by a script')";
+    let reply = client.cmd(&["EVAL", script, "0"]);
+    assert_eq!(reply.error(), Some("READONLY made up by a script"));
+    assert_eq!(
+        client.cmd(&["GET", "ran"]),
+        Reply::bulk("1"),
+        "the script ran again"
+    );
     wait_for(Duration::from_secs(5), "k0 to reach the replicas", || {
         reader.cmd(&["GET", "k0"]) == Reply::bulk("v")
     });

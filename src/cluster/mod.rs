@@ -50,6 +50,10 @@ pub struct Cluster {
     refresh_failed: AtomicU64,
     /// The last refresh failed: log the next failure at debug, and say so when one works again.
     refresh_failing: AtomicBool,
+    /// Refreshes begun, and (published) refreshes finished: a redirect to a node the topology does
+    /// not know waits for one that began after it.
+    refreshes_begun: AtomicU64,
+    refreshes_done: watch::Sender<u64>,
 }
 
 impl Cluster {
@@ -85,6 +89,8 @@ impl Cluster {
             refresh_ok: AtomicU64::new(0),
             refresh_failed: AtomicU64::new(0),
             refresh_failing: AtomicBool::new(false),
+            refreshes_begun: AtomicU64::new(0),
+            refreshes_done: watch::Sender::new(0),
         });
         tokio::spawn(refresher(Arc::downgrade(&cluster)));
         cluster
@@ -157,14 +163,36 @@ impl Cluster {
             .clone()
     }
 
-    /// The node at `addr`, connecting to it if slotline has not yet (a redirect to a new node).
-    pub fn node(&self, addr: &str) -> Arc<Node> {
+    /// The node at `addr`, connecting to it if slotline has not yet.
+    fn node(&self, addr: &str) -> Arc<Node> {
         self.nodes.get(addr)
+    }
+
+    /// The node a redirect names, if the cluster itself named it (a master or a replica of the current
+    /// topology). A reply can be made up by a script, so an address it alone names is never connected
+    /// to, nor sent a request or a password.
+    pub fn redirect_node(&self, addr: &str) -> Option<Arc<Node>> {
+        self.topology().knows(addr).then(|| self.node(addr))
+    }
+
+    /// Asks for a refresh and waits (up to `wait`) until one that began after this call has finished.
+    pub async fn refreshed(&self, wait: Duration) {
+        let want = self.refreshes_begun.load(Ordering::Acquire) + 1;
+        let mut done = self.refreshes_done.subscribe();
+        self.request_refresh();
+        let _ = timeout(wait, done.wait_for(|&n| n >= want)).await;
     }
 
     /// Fetches the slot map from the first node that answers (known masters first, then the seeds) and
     /// installs it. Returns whether a topology was installed.
     pub async fn refresh_now(&self) -> bool {
+        self.refreshes_begun.fetch_add(1, Ordering::AcqRel);
+        let installed = self.fetch_and_install().await;
+        self.refreshes_done.send_modify(|n| *n += 1);
+        installed
+    }
+
+    async fn fetch_and_install(&self) -> bool {
         let seeds = self.seeds();
         let mut candidates: Vec<Arc<str>> = self
             .topology()
@@ -234,8 +262,12 @@ impl Cluster {
         // Nodes no longer in the topology are dropped here; their connections close once sessions
         // holding the old topology are done with them.
         let masters = self.nodes.keep_only(map.masters.iter().map(String::as_str));
-        let new = Topology::new(map.slots, masters);
+        let new = Topology::new(map.slots, masters, &map.nodes);
         let old = self.topology.load();
+        // Every address redirects may lead to from now on is in the log once.
+        for addr in new.known().iter().filter(|a| !old.knows(a)) {
+            tracing::info!(node = %addr, "cluster node learnt from CLUSTER SLOTS");
+        }
         if !old.same_routes(&new) {
             tracing::info!(
                 masters = new.nodes().len(),

@@ -10,6 +10,8 @@ pub struct SlotMap {
     /// Master address of each slot, as an index into `masters`.
     pub slots: Vec<Option<u16>>,
     pub masters: Vec<String>,
+    /// Every node the reply names, masters and replicas: the only addresses a redirect may lead to.
+    pub nodes: Vec<String>,
 }
 
 impl SlotMap {
@@ -32,6 +34,7 @@ pub fn parse(reply: &[u8], queried_host: &str) -> Result<SlotMap, String> {
     let mut map = SlotMap {
         slots: vec![None; SLOTS],
         masters: Vec::new(),
+        nodes: Vec::new(),
     };
     for range in ranges {
         let OwnedFrame::Array(parts) = range else {
@@ -57,6 +60,17 @@ pub fn parse(reply: &[u8], queried_host: &str) -> Result<SlotMap, String> {
         };
         for slot in start..=end {
             map.slots[slot as usize] = Some(index as u16);
+        }
+        // The master, then its replicas (one with an unusable endpoint is left out, not the map).
+        for node in &parts[2..] {
+            let OwnedFrame::Array(node) = node else {
+                continue;
+            };
+            if let Ok(addr) = endpoint(node, queried_host) {
+                if !map.nodes.contains(&addr) {
+                    map.nodes.push(addr);
+                }
+            }
         }
     }
     Ok(map)
@@ -86,6 +100,12 @@ fn endpoint(node: &[OwnedFrame], queried_host: &str) -> Result<String, String> {
             _ => queried_host.to_string(),
         };
     }
+    if !crate::config::is_network_host(&host) {
+        // Never a unix socket path or anything else a connection would read otherwise.
+        return Err(format!(
+            "node endpoint {host:?} is not a host name or an IP address"
+        ));
+    }
     Ok(crate::config::join_host_port(&host, port as u16))
 }
 
@@ -100,6 +120,10 @@ mod tests {
             *4\r\n:8192\r\n:16383\r\n*3\r\n$1\r\n?\r\n:7001\r\n$2\r\nid\r\n*3\r\n$9\r\n127.0.0.1\r\n:7004\r\n$2\r\nid\r\n";
         let map = parse(reply, "10.0.0.9").unwrap();
         assert_eq!(map.masters, ["node1.redis.svc:7000", "10.0.0.9:7001"]);
+        assert_eq!(
+            map.nodes,
+            ["node1.redis.svc:7000", "10.0.0.9:7001", "127.0.0.1:7004"]
+        );
         assert_eq!(map.slots[0], Some(0));
         assert_eq!(map.slots[8191], Some(0));
         assert_eq!(map.slots[16383], Some(1));
@@ -112,5 +136,16 @@ mod tests {
         assert!(parse(b"*1\r\n*3\r\n:0\r\n:99999\r\n*2\r\n$1\r\na\r\n:1\r\n", "h").is_err());
         assert!(parse(b":1\r\n", "h").is_err());
         assert_eq!(parse(b"*0\r\n", "h").unwrap().covered(), 0);
+        // A node announced as a path would be a unix socket connection.
+        assert!(parse(
+            b"*1\r\n*3\r\n:0\r\n:1\r\n*2\r\n$12\r\n/tmp/r.sock \r\n:1\r\n",
+            "h"
+        )
+        .is_err());
+        assert!(parse(
+            b"*1\r\n*3\r\n:0\r\n:1\r\n*2\r\n$9\r\n/tmp/r.so\r\n:1\r\n",
+            "h"
+        )
+        .is_err());
     }
 }

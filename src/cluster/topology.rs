@@ -12,6 +12,8 @@ const UNASSIGNED: u16 = u16::MAX;
 pub struct Topology {
     slots: Box<[u16]>,
     nodes: Vec<Arc<Node>>,
+    /// Every node the cluster named, masters and replicas, sorted: where a redirect may lead.
+    known: Box<[Arc<str>]>,
 }
 
 impl Topology {
@@ -19,11 +21,20 @@ impl Topology {
         Topology {
             slots: vec![UNASSIGNED; SLOTS].into_boxed_slice(),
             nodes: Vec::new(),
+            known: Box::default(),
         }
     }
 
-    /// `slots[i]` is an index into `nodes` or `None`.
-    pub fn new(slots: Vec<Option<u16>>, nodes: Vec<Arc<Node>>) -> Topology {
+    /// `slots[i]` is an index into `nodes` or `None`; `known` lists every node's address (the
+    /// masters are added if missing).
+    pub fn new(slots: Vec<Option<u16>>, nodes: Vec<Arc<Node>>, known: &[String]) -> Topology {
+        let mut known: Vec<Arc<str>> = known
+            .iter()
+            .map(|a| Arc::from(a.as_str()))
+            .chain(nodes.iter().map(|n| n.addr().clone()))
+            .collect();
+        known.sort();
+        known.dedup();
         let slots = slots
             .into_iter()
             .map(|s| {
@@ -31,7 +42,21 @@ impl Topology {
                     .unwrap_or(UNASSIGNED)
             })
             .collect();
-        Topology { slots, nodes }
+        Topology {
+            slots,
+            nodes,
+            known: known.into(),
+        }
+    }
+
+    /// Whether the cluster named a node at `addr` (a master or a replica).
+    pub fn knows(&self, addr: &str) -> bool {
+        self.known.binary_search_by(|a| (**a).cmp(addr)).is_ok()
+    }
+
+    /// Every node the cluster named, sorted.
+    pub fn known(&self) -> &[Arc<str>] {
+        &self.known
     }
 
     /// The master serving `slot`, if any.

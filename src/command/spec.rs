@@ -182,6 +182,26 @@ impl Spec {
         self.flags & flag != 0
     }
 
+    /// Whether it runs a script or a function, whose replies (errors included) the script writes.
+    pub fn runs_script(&self) -> bool {
+        matches!(
+            self.name,
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+        )
+    }
+
+    /// Whether a replica may run it for a client: no write, and no script but the read-only forms
+    /// (`EVAL` may write whatever its script likes; `SCRIPT LOAD`/`FLUSH` and `FUNCTION LOAD` change
+    /// what every node runs). What the replica listener lets through.
+    pub fn replica_may_run(&self) -> bool {
+        if self.has(flags::WRITE) {
+            return false;
+        }
+        self.family != Family::Scripting
+            || self.has(flags::READONLY)
+            || self.name == "script|exists"
+    }
+
     /// The name as clients write it: `GET`, or `CLIENT SETNAME` for a subcommand.
     pub fn display_name(&self) -> String {
         self.name.replace('|', " ").to_uppercase()

@@ -518,6 +518,20 @@ pub fn is_unix_path(listen: &str) -> bool {
     listen.starts_with('/') || listen.starts_with("./") || listen.starts_with("unix:")
 }
 
+/// Whether `host` can only be reached over the network: an IP address or a DNS name, never a path
+/// (which would open a unix socket) or anything else a node's reply might put there.
+pub fn is_network_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['-', '.'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
 /// `host:port`, with an IPv6 host in brackets: the inverse of [`split_host_port`].
 pub fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') {

@@ -20,7 +20,7 @@ use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
-use crate::command::{self, LookupError, Request, Route};
+use crate::command::{self, LookupError, Request, Route, Spec};
 use crate::metrics::{ErrorKind, SessionTally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
@@ -79,6 +79,9 @@ struct Waiting {
     /// Sent on a connection of the client's own (a blocking command): a redirect is given to the
     /// client rather than followed on a shared connection.
     own_connection: bool,
+    /// A script or function: its error replies are its own (a script can return `-MOVED` or
+    /// `-READONLY` as easily as Redis can), so none is followed or retried.
+    scripted: bool,
 }
 
 /// How long a blocking command may wait: its own timeout argument decides, this only bounds forever.
@@ -355,8 +358,8 @@ impl Ctx {
             return self
                 .error("ERR COPY ... DB is not supported by slotline: a pool serves one database");
         }
-        if self.pool.read_only && spec.has(command::flags::WRITE) {
-            // The replica listener, like a replica: reads only.
+        if self.pool.read_only && !spec.replica_may_run() {
+            // The replica listener, like a replica: reads only, scripts included.
             return self.error("READONLY You can't write against a read only replica.");
         }
         if self.tx.queuing() && spec.route != Route::Transaction && spec.name != "quit" {
@@ -377,7 +380,7 @@ impl Ctx {
                 Some(split) if argc > 2 => self.split(req, spec, split, frame, view, now),
                 _ => match view.place_of_request(req, spec) {
                     Ok(place) => {
-                        self.forward(view, view.for_reads(place, spec), frame.clone(), now)
+                        self.forward(view, view.for_reads(place, spec), spec, frame.clone(), now)
                     }
                     Err(()) => self.error(&view.cross_error(spec.display_name())),
                 },
@@ -393,13 +396,13 @@ impl Ctx {
                 Ok(place) => self.forward_blocking(view, place, frame.clone()),
                 Err(()) => self.error(&view.cross_error(spec.display_name())),
             },
-            Route::AnyNode => self.forward(view, Place::Any, frame.clone(), now),
+            Route::AnyNode => self.forward(view, Place::Any, spec, frame.clone(), now),
             Route::EveryNode => self.every_node(req, spec, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
-                Outcome::Forward => self.forward(view, Place::Any, frame.clone(), now),
+                Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(
@@ -435,6 +438,7 @@ impl Ctx {
             deadline: Instant::now() + BLOCKING_WAIT,
             redirects: 0,
             own_connection: true,
+            scripted: false,
         }));
     }
 
@@ -467,7 +471,7 @@ impl Ctx {
     }
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
-    fn forward(&mut self, view: &View<'_>, place: Place, frame: Bytes, now: Instant) {
+    fn forward(&mut self, view: &View<'_>, place: Place, spec: &Spec, frame: Bytes, now: Instant) {
         let pick = self.client.id as usize;
         let Some(node) = view.target_or_refresh(place, pick) else {
             return self.error(view.no_node(place));
@@ -486,6 +490,7 @@ impl Ctx {
             deadline: now + Duration::from_millis(self.pool.config.timeout),
             redirects: 0,
             own_connection: false,
+            scripted: spec.runs_script(),
         }));
     }
 

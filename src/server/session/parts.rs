@@ -74,7 +74,7 @@ impl Ctx {
             .collect();
         if let Some(&(first, _)) = placed.first() {
             if placed.iter().all(|&(place, _)| place == first) {
-                return self.forward(view, view.for_reads(first, spec), frame.clone(), now);
+                return self.forward(view, view.for_reads(first, spec), spec, frame.clone(), now);
             }
         }
         // Stable: each part keeps its keys in the client's order.
@@ -237,6 +237,7 @@ impl Ctx {
                 deadline,
                 redirects: 0,
                 own_connection,
+                scripted: false,
             };
             sent.push(Part { keys, w });
             nodes.push(node);

@@ -315,7 +315,7 @@ impl Ctx {
                     View::Cluster(..) | View::Primary(..) => Place::Any,
                     View::Shards(_) => view.place_of(req.arg(1)),
                 };
-                return self.forward(view, place, frame.clone(), now);
+                return self.forward(view, place, spec, frame.clone(), now);
             }
             "subscribe" => (Kind::Channel, true),
             "psubscribe" => (Kind::Pattern, true),

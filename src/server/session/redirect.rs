@@ -8,10 +8,11 @@ use tokio::time::Instant;
 
 use super::super::{Pool, Router};
 use super::Waiting;
-use crate::backend::ReplyTo;
+use crate::backend::{Node, ReplyTo};
 use crate::cluster::{classify, Cluster, Redirect, Topology};
 use crate::metrics::RedirectKind;
 use crate::route::Slot;
+use crate::throttle::Throttle;
 
 /// What came of a backend reply that may be a cluster redirect.
 pub(super) enum Redirected {
@@ -35,6 +36,14 @@ pub(super) fn follow_reply(
     resend: impl FnOnce() -> ReplyTo,
 ) -> Redirected {
     if reply.first() != Some(&b'-') || w.own_connection {
+        return Redirected::No;
+    }
+    if w.scripted {
+        // A script's error is its own, whatever it says: following it would send the script to a
+        // host of its choosing, or run it twice. A real MOVED still means the map is old.
+        if let (Router::Cluster(cluster), true) = (&pool.router, reply.starts_with(b"-MOVED ")) {
+            cluster.request_refresh();
+        }
         return Redirected::No;
     }
     let cluster = match &pool.router {
@@ -63,28 +72,18 @@ pub(super) fn follow_reply(
         return Redirected::No;
     };
     let kind = RedirectKind::from(&redirect);
-    let max = pool.config.max_redirects;
-    match follow(cluster, max, pick, proto, w, redirect, resend()) {
-        true => Redirected::Followed(kind),
-        false => Redirected::Refused,
-    }
-}
-
-/// Resends a redirected request; false when it may not be (too many redirects, or out of time), in which
-/// case the client gets the cluster's reply as is.
-fn follow(
-    cluster: &Arc<Cluster>,
-    max_redirects: u32,
-    pick: usize,
-    proto: u8,
-    w: &mut Waiting,
-    redirect: Redirect<'_>,
-    reply: ReplyTo,
-) -> bool {
-    if w.redirects >= max_redirects || Instant::now() >= w.deadline {
-        return false;
+    if w.redirects >= pool.config.max_redirects || Instant::now() >= w.deadline {
+        // The client gets the cluster's reply as is.
+        return Redirected::Refused;
     }
     w.redirects += 1;
+    let to = Resend {
+        cluster: cluster.clone(),
+        pick,
+        proto,
+        frame: w.frame.clone(),
+        reply: resend(),
+    };
     match redirect {
         Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
             let asking = matches!(redirect, Redirect::Ask { .. });
@@ -92,26 +91,85 @@ fn follow(
                 cluster.request_refresh();
             }
             let addr = complete_endpoint(addr, &cluster.topology(), slot);
-            let node = cluster.node(&addr);
-            node.for_protocol(proto)
-                .send(pick, w.frame.clone(), asking, reply);
+            if !to.send_to(addr, asking, reply, w.deadline) {
+                // Its answer, should it be another redirect, is not followed.
+                w.redirects = pool.config.max_redirects;
+            }
         }
-        Redirect::Retry => {
-            // TRYAGAIN / CLUSTERDOWN: wait a little (doubling), then ask the slot's owner again.
-            let delay = Duration::from_millis(10 << w.redirects.min(5));
-            let (cluster, frame, slot) = (cluster.clone(), w.frame.clone(), w.slot);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                match cluster.topology().node_for_request(slot, pick) {
-                    Some(node) => node.for_protocol(proto).send(pick, frame, false, reply),
-                    None => reply.send(Ok(Bytes::from_static(
-                        b"-CLUSTERDOWN Hash slot not served\r\n",
-                    ))),
-                }
-            });
-        }
+        Redirect::Retry => to.send_to_owner_later(w.slot, w.redirects),
     }
-    true
+    Redirected::Followed(kind)
+}
+
+/// A request on its way to where a redirect says it belongs.
+struct Resend {
+    cluster: Arc<Cluster>,
+    pick: usize,
+    proto: u8,
+    frame: Bytes,
+    reply: ReplyTo,
+}
+
+impl Resend {
+    fn deliver(self, node: &Arc<Node>, asking: bool) {
+        node.for_protocol(self.proto)
+            .send(self.pick, self.frame, asking, self.reply);
+    }
+
+    /// Sends the request to `addr` if the topology lists a node there, and returns true. Otherwise
+    /// (a node new to slotline, or an address made up by whatever wrote the reply) nothing goes there
+    /// until a refreshed topology learnt from the cluster vouches for it; if none does before
+    /// `deadline`, the client gets `redirect`, the reply as it came. Returns false then.
+    fn send_to(self, addr: String, asking: bool, redirect: &[u8], deadline: Instant) -> bool {
+        if let Some(node) = self.cluster.redirect_node(&addr) {
+            self.deliver(&node, asking);
+            return true;
+        }
+        let redirect = Bytes::copy_from_slice(redirect);
+        let wait = deadline.saturating_duration_since(Instant::now());
+        tokio::spawn(async move {
+            self.cluster.refreshed(wait).await;
+            match self.cluster.redirect_node(&addr) {
+                Some(node) => self.deliver(&node, asking),
+                None => {
+                    warn_unknown_node(&addr);
+                    self.reply.send(Ok(redirect));
+                }
+            }
+        });
+        false
+    }
+
+    /// TRYAGAIN / CLUSTERDOWN: waits a little (doubling with each try), then asks the slot's owner
+    /// again.
+    fn send_to_owner_later(self, slot: Option<Slot>, tries: u32) {
+        let delay = Duration::from_millis(10 << tries.min(5));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let owner = self
+                .cluster
+                .topology()
+                .node_for_request(slot, self.pick)
+                .cloned();
+            match owner {
+                Some(node) => self.deliver(&node, false),
+                None => self.reply.send(Ok(Bytes::from_static(
+                    b"-CLUSTERDOWN Hash slot not served\r\n",
+                ))),
+            }
+        });
+    }
+}
+
+/// Logs a redirect to an address the cluster does not list: at most one warning every 10 s, since a
+/// client's script can make as many as it likes.
+fn warn_unknown_node(addr: &str) {
+    static WARNED: Throttle = Throttle::new(Duration::from_secs(10));
+    if WARNED.ready() {
+        tracing::warn!(node = %addr, "redirect to a node the cluster does not list: answered to the client as it came, not followed");
+    } else {
+        tracing::debug!(node = %addr, "redirect to a node the cluster does not list");
+    }
 }
 
 /// A redirect endpoint may leave the host out (`:6380` or `?:6380`): it is the host of the node that
