@@ -141,6 +141,32 @@ fn cluster_transactions_run_on_the_master_of_their_keys() {
     assert_ne!(key_slot(b"tx"), key_slot(elsewhere.as_bytes()));
     let (a, b) = ("{tx}a", "{tx}b");
     transactions_behave_like_redis(port, [a, b], &elsewhere);
+    a_transaction_of_any_length_is_answered_in_place(port, "{tx}long");
+}
+
+/// 100,000 queued commands: more than the 65,536 parts a split request may have, which is where the
+/// numbering of replies once wrapped. Every reply of EXEC is in place, and the replies around it too.
+fn a_transaction_of_any_length_is_answered_in_place(port: u16, key: &str) {
+    const QUEUED: usize = 100_000;
+    let mut client = Client::connect(port);
+    let mut cmds = vec![
+        vec!["DEL".to_string(), key.to_string()],
+        vec!["MULTI".into()],
+    ];
+    cmds.extend((0..QUEUED).map(|_| vec!["INCR".to_string(), key.to_string()]));
+    cmds.push(vec!["EXEC".into()]);
+    cmds.push(vec!["GET".into(), key.to_string()]);
+    let replies = client.pipeline(&cmds);
+    assert_eq!(replies.len(), QUEUED + 4);
+    assert!(replies[0].as_int().is_some(), "{:?}", replies[0]);
+    assert_eq!(replies[1], Reply::ok());
+    assert!(replies[2..QUEUED + 2].iter().all(|r| *r == queued()));
+    let exec = replies[QUEUED + 2].as_array().expect("EXEC's array");
+    assert_eq!(exec.len(), QUEUED);
+    for (i, reply) in exec.iter().enumerate() {
+        assert_eq!(*reply, Reply::Int(i as i64 + 1), "reply {i} of EXEC");
+    }
+    assert_eq!(replies[QUEUED + 3], Reply::bulk(QUEUED.to_string()));
 }
 
 #[test]

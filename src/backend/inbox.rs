@@ -39,7 +39,17 @@ impl Inbox {
             inbox: Some(self.clone()),
             seq,
             owed: count.max(1),
+            last_only: false,
         }
+    }
+
+    /// A handle for `count` requests sent as one batch whose answer is the last reply alone (MULTI,
+    /// the queued commands and EXEC): the others are counted off the stream and dropped, so a batch
+    /// of any length takes one number, `seq`.
+    pub fn reply_to_last(self: &Arc<Self>, seq: u64, count: u32) -> ReplyTo {
+        let mut reply = self.reply_to_each(seq, count);
+        reply.last_only = true;
+        reply
     }
 
     /// Delivers `result` under the numbers `seq..seq + count`.
@@ -105,6 +115,8 @@ pub struct ReplyTo {
     seq: u64,
     /// Replies still to deliver: more than one for a batch.
     owed: u32,
+    /// Only the last reply is delivered, under `seq` (see [`Inbox::reply_to_last`]).
+    last_only: bool,
 }
 
 impl ReplyTo {
@@ -117,7 +129,8 @@ impl ReplyTo {
     /// (or a batch's last), or a failure shared by the rest of a batch.
     pub fn send(mut self, result: BackendResult) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.deliver(self.seq, self.owed, result);
+            let count = if self.last_only { 1 } else { self.owed };
+            inbox.deliver(self.seq, count, result);
         }
     }
 
@@ -126,18 +139,22 @@ impl ReplyTo {
         if self.owed <= 1 {
             return;
         }
+        self.owed -= 1;
+        if self.last_only {
+            return;
+        }
         if let Some(inbox) = &self.inbox {
             inbox.deliver(self.seq, 1, result);
         }
         self.seq += 1;
-        self.owed -= 1;
     }
 }
 
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.deliver(self.seq, self.owed, Err(BackendError::Abandoned));
+            let count = if self.last_only { 1 } else { self.owed };
+            inbox.deliver(self.seq, count, Err(BackendError::Abandoned));
         }
     }
 }
@@ -146,6 +163,26 @@ impl Drop for ReplyTo {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_last_only_batch_delivers_its_last_reply_under_its_one_number() {
+        let inbox = Inbox::new();
+        let mut tx = inbox.reply_to_last(7, 100_002);
+        for _ in 0..100_001 {
+            assert!(tx.owed() > 1);
+            tx.send_next(Ok(Bytes::from_static(b"+QUEUED\r\n")));
+        }
+        assert_eq!(tx.owed(), 1);
+        tx.send(Ok(Bytes::from_static(b"*0\r\n")));
+        let mut got = Vec::new();
+        inbox.take(&mut got);
+        assert_eq!(got, vec![(7, Ok(Bytes::from_static(b"*0\r\n")))]);
+        // Cut short, it still answers once.
+        drop(inbox.reply_to_last(8, 3));
+        inbox.take(&mut got);
+        assert_eq!(got[1], (8, Err(BackendError::Abandoned)));
+        assert_eq!(got.len(), 2);
+    }
 
     #[tokio::test]
     async fn delivers_by_number_and_never_loses_a_dropped_promise() {

@@ -40,9 +40,31 @@ pub(super) struct SplitRequest {
     pub(super) parts: Vec<Part>,
 }
 
-/// A part on its way out: its node (None: the slot has no owner), where its key numbers are in
-/// [`SplitRequest::keys`], its frame, and its slot (for TRYAGAIN retries).
-pub(super) type PartToSend = (Option<Arc<Node>>, Range<u32>, Bytes, Option<Slot>);
+/// A part on its way out.
+pub(super) struct PartToSend {
+    /// None: the slot has no owner (the part is answered CLUSTERDOWN).
+    pub(super) node: Option<Arc<Node>>,
+    /// Where its key numbers are in [`SplitRequest::keys`].
+    pub(super) keys: Range<u32>,
+    pub(super) frame: Bytes,
+    /// For TRYAGAIN retries.
+    pub(super) slot: Option<Slot>,
+    /// Requests in `frame`, of which the last one's reply is the part's (a whole transaction: MULTI,
+    /// its commands and EXEC); 1 for a plain part.
+    pub(super) requests: u32,
+}
+
+impl PartToSend {
+    pub(super) fn new(node: Option<Arc<Node>>, frame: Bytes) -> PartToSend {
+        PartToSend {
+            node,
+            keys: 0..0,
+            frame,
+            slot: None,
+            requests: 1,
+        }
+    }
+}
 
 pub(super) struct Part {
     /// Where the request's key numbers this part carries are in [`SplitRequest::keys`].
@@ -117,10 +139,14 @@ impl Ctx {
         let parts = groups
             .into_iter()
             .zip(ends)
-            .map(|((node, place, range), end)| {
+            .map(|((node, place, keys), end)| {
                 let frame = buf.slice(from..end);
                 from = end;
-                (node, range, frame, place.slot())
+                PartToSend {
+                    keys,
+                    slot: place.slot(),
+                    ..PartToSend::new(node, frame)
+                }
             })
             .collect();
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
@@ -200,9 +226,9 @@ impl Ctx {
         let pick = self.client.id as usize;
         let parts = groups
             .into_iter()
-            .map(|(place, frame)| {
-                let node = view.target_or_refresh(place, pick).cloned();
-                (node, 0..0, frame, place.slot())
+            .map(|(place, frame)| PartToSend {
+                slot: place.slot(),
+                ..PartToSend::new(view.target_or_refresh(place, pick).cloned(), frame)
             })
             .collect();
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
@@ -224,9 +250,22 @@ impl Ctx {
     ) {
         let seq = self.front_seq + self.pending.len() as u64;
         let pick = self.client.id as usize;
+        if parts.len() > MAX_PARTS {
+            // The numbering could not tell their replies apart.
+            return self.error("ERR slotline: the request has too many parts");
+        }
         let mut sent = Vec::with_capacity(parts.len());
         let mut nodes = Vec::with_capacity(parts.len());
-        for (node, keys, frame, slot) in parts {
+        let mut requests = Vec::with_capacity(parts.len());
+        for part in parts {
+            let PartToSend {
+                node,
+                keys,
+                frame,
+                slot,
+                requests: count,
+            } = part;
+            requests.push(count);
             let result = node
                 .is_none()
                 .then(|| Ok(Bytes::from_static(b"-CLUSTERDOWN Hash slot not served\r\n")));
@@ -248,17 +287,27 @@ impl Ctx {
                 first += 1;
                 continue;
             };
-            let run = nodes[first..]
-                .iter()
-                .take_while(|n| n.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)))
-                .count();
-            // One number per part: the replies of a batch are delivered each under its own.
-            let reply = self.inbox.reply_to_each(part_seq(seq, first), run as u32);
             // Own connections already speak the client's protocol.
             let node = match own_connection {
                 true => node,
                 false => node.for_protocol(self.proto),
             };
+            if requests[first] > 1 {
+                // A whole transaction: only its last reply (EXEC's) is the part's.
+                let reply = self
+                    .inbox
+                    .reply_to_last(part_seq(seq, first), requests[first]);
+                node.send_batch(pick, sent[first].w.frame.clone(), reply);
+                first += 1;
+                continue;
+            }
+            let run = nodes[first..]
+                .iter()
+                .zip(&requests[first..])
+                .take_while(|(n, &r)| r == 1 && n.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)))
+                .count();
+            // One number per part: the replies of a batch are delivered each under its own.
+            let reply = self.inbox.reply_to_each(part_seq(seq, first), run as u32);
             if run == 1 {
                 node.send(pick, sent[first].w.frame.clone(), false, reply);
             } else {
@@ -308,8 +357,8 @@ impl Ctx {
                 return self.error("ERR slotline: found no key of its own on a master for WAIT");
             };
             let own = self.own_node(&node);
-            parts.push((Some(own.clone()), 0..0, mark, None));
-            parts.push((Some(own), 0..0, frame.clone(), None));
+            parts.push(PartToSend::new(Some(own.clone()), mark));
+            parts.push(PartToSend::new(Some(own), frame.clone()));
         }
         if parts.is_empty() {
             return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");

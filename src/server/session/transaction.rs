@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use super::parts::PartToSend;
 use super::{Ctx, Place, View};
 use crate::backend::Node;
 use crate::command::{Request, Route, Spec};
@@ -82,7 +83,7 @@ impl Ctx {
                     return;
                 };
                 self.tx.watching = true;
-                self.on_own(node, vec![frame.clone()], now);
+                self.on_own(node, frame.clone(), 1, now);
             }
             "unwatch" => match (self.tx.watching, self.tx.node.clone()) {
                 (true, Some(node)) => {
@@ -90,7 +91,7 @@ impl Ctx {
                     if !self.tx.queuing {
                         (self.tx.place, self.tx.node) = (None, None);
                     }
-                    self.on_own(node, vec![frame.clone()], now);
+                    self.on_own(node, frame.clone(), 1, now);
                 }
                 _ => self.reply(|r| r.ok()),
             },
@@ -184,11 +185,17 @@ impl Ctx {
                 }
             },
         };
-        let mut frames = Vec::with_capacity(queued.len() + 2);
-        frames.push(Bytes::from_static(MULTI));
-        frames.extend(queued);
-        frames.push(Bytes::from_static(EXEC));
-        self.on_own(node, frames, now);
+        // One frame, whatever the length: MULTI, the commands and EXEC leave together, and the
+        // client's answer is EXEC's reply.
+        let size = MULTI.len() + EXEC.len() + queued.iter().map(Bytes::len).sum::<usize>();
+        let mut frame = BytesMut::with_capacity(size);
+        frame.extend_from_slice(MULTI);
+        for command in &queued {
+            frame.extend_from_slice(command);
+        }
+        frame.extend_from_slice(EXEC);
+        let requests = u32::try_from(queued.len() + 2).unwrap_or(u32::MAX);
+        self.on_own(node, frame.freeze(), requests, now);
     }
 
     /// Forgets the transaction, and the WATCH on the backend if there was one.
@@ -206,14 +213,14 @@ impl Ctx {
         }
     }
 
-    /// Sends `frames` back to back on this client's own connection to `node`; the client gets the
-    /// last one's reply.
-    fn on_own(&mut self, node: Arc<Node>, frames: Vec<Bytes>, now: Instant) {
+    /// Sends `frame`, holding `requests` requests, on this client's own connection to `node`; the
+    /// client gets the last one's reply.
+    fn on_own(&mut self, node: Arc<Node>, frame: Bytes, requests: u32, now: Instant) {
         let own = self.own_node(&node);
-        let parts = frames
-            .into_iter()
-            .map(|frame| (Some(own.clone()), 0..0, frame, None))
-            .collect();
+        let parts = vec![PartToSend {
+            requests,
+            ..PartToSend::new(Some(own), frame)
+        }];
         let deadline = now + std::time::Duration::from_millis(self.pool.config.timeout);
         self.send_parts(parts, Merge::Last, 0, Vec::new(), true, deadline);
     }
