@@ -10,7 +10,10 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use support::{free_port, key_slot, ClusterOpts, RedisCluster, Reply, Slotline};
+use support::{
+    free_port, http_get, key_slot, metric, wait_for, Client, ClusterOpts, RedisCluster, Reply,
+    Slotline,
+};
 
 fn shared() -> &'static RedisCluster {
     static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
@@ -57,7 +60,7 @@ fn assert_error(reply: &Reply, expected: &str) {
 fn a_script_cannot_send_slotline_to_a_host_of_its_choosing() {
     let (proxy, port) = Slotline::cluster(shared());
     let trap = Trap::new();
-    let mut client = support::Client::connect(port);
+    let mut client = Client::connect(port);
     for kind in ["MOVED", "ASK"] {
         let error = format!("{kind} 0 {}", trap.addr());
         let script = format!("return redis.error_reply('{error}')");
@@ -86,7 +89,7 @@ fn a_script_cannot_send_slotline_to_a_host_of_its_choosing() {
 fn a_script_that_returns_a_redirect_or_retry_error_runs_once() {
     let cluster = shared();
     let (_proxy, port) = Slotline::cluster(cluster);
-    let mut client = support::Client::connect(port);
+    let mut client = Client::connect(port);
     let key = "{script-once}counter";
     let owner = cluster.node_for_slot(key_slot(key.as_bytes()));
     let other = cluster
@@ -111,4 +114,109 @@ fn a_script_that_returns_a_redirect_or_retry_error_runs_once() {
             "the script that answered {error} ran more than once"
         );
     }
+}
+
+/// Requests before a pipelined `HELLO 3` or `RESET` finish on the old protocol's backend connection
+/// before any after it is sent on the new one's: with the node holding writes (CLIENT PAUSE WRITE), a
+/// GET that overtook the SET before the switch would read the old value.
+#[test]
+fn requests_do_not_overtake_each_other_across_a_protocol_switch() {
+    let cluster = shared();
+    let (_proxy, port) = Slotline::cluster(cluster);
+    let key = "{order}k";
+    let node = cluster.node_for_slot(key_slot(key.as_bytes()));
+    let mut client = Client::connect(port);
+    assert_eq!(client.cmd(&["SET", key, "old"]), Reply::ok());
+    for (value, switch) in [("new", vec!["HELLO", "3"]), ("newer", vec!["RESET"])] {
+        let paused = cluster.cli(node, &["CLIENT", "PAUSE", "300", "WRITE"]);
+        assert_eq!(paused.trim(), "OK");
+        let replies = client.pipeline(&[vec!["SET", key, value], switch.clone(), vec!["GET", key]]);
+        assert_eq!(replies[0], Reply::ok());
+        assert_eq!(
+            replies[2],
+            Reply::bulk(value),
+            "GET after {switch:?} overtook the SET"
+        );
+    }
+}
+
+/// WATCH lives on a backend connection of the client's own, which a switch of protocol replaces: EXEC
+/// must then fail as it does when a watched key changed, never run unwatched.
+#[test]
+fn a_protocol_switch_between_watch_and_exec_never_runs_exec_unwatched() {
+    let (_proxy, port) = Slotline::cluster(shared());
+    let key = "{watch-switch}k";
+    let mut client = Client::connect(port);
+    let mut other = Client::connect(port);
+    assert_eq!(client.cmd(&["SET", key, "mine"]), Reply::ok());
+    assert_eq!(client.cmd(&["WATCH", key]), Reply::ok());
+    assert_eq!(other.cmd(&["SET", key, "theirs"]), Reply::ok());
+    assert!(client.cmd(&["HELLO", "3"]).as_array().is_some());
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(
+        client.cmd(&["SET", key, "after"]),
+        Reply::Status("QUEUED".into())
+    );
+    assert_eq!(
+        client.cmd(&["EXEC"]),
+        Reply::Bulk(None),
+        "EXEC ran unwatched"
+    );
+    assert_eq!(client.cmd(&["GET", key]), Reply::bulk("theirs"));
+    // UNWATCH, or a transaction after EXEC, starts afresh.
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(
+        client.cmd(&["SET", key, "later"]),
+        Reply::Status("QUEUED".into())
+    );
+    assert_eq!(client.cmd(&["EXEC"]), Reply::Array(Some(vec![Reply::ok()])));
+}
+
+/// A request routed by an old topology that comes back MOVED is resent; a later request of the same
+/// client, routed by the new topology, must not run before it (SET k 1; SET k 2 must leave 2).
+#[test]
+fn a_redirected_request_is_not_overtaken_by_a_later_one_routed_by_the_new_topology() {
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        ..ClusterOpts::default()
+    });
+    let key = "{overtake}k";
+    let slot = key_slot(key.as_bytes());
+    let from = cluster.node_for_slot(slot);
+    let to = cluster
+        .masters()
+        .iter()
+        .map(|m| m.port)
+        .find(|&p| p != from)
+        .expect("another master");
+    let (port, admin) = (free_port(), free_port());
+    let mut yaml = Slotline::cluster_yaml(port, &[from]);
+    yaml = yaml.replace("timeout: 1000", "timeout: 10000\n    refresh_interval: 100");
+    yaml.push_str(&format!("admin:\n  listen: 127.0.0.1:{admin}\n"));
+    let _proxy = Slotline::start(&yaml);
+    let refreshes = || {
+        let text = http_get(admin, "/metrics").body;
+        metric(
+            &text,
+            "slotline_topology_refreshes_total{pool=\"main\",result=\"ok\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let mut client = Client::connect(port);
+    assert!(client.cmd(&["DEL", key]).as_int().is_some());
+
+    // The node holds writes: SET k 1 waits there, routed by the topology that names `from`.
+    let paused = cluster.cli(from, &["CLIENT", "PAUSE", "3000", "WRITE"]);
+    assert_eq!(paused.trim(), "OK");
+    client.send(&["SET", key, "1"]);
+    // The (empty) slot moves meanwhile, and slotline learns it.
+    cluster.migrate_slot(slot, from, to);
+    let before = refreshes();
+    wait_for(Duration::from_secs(5), "two topology refreshes", || {
+        refreshes() >= before + 2.0
+    });
+    client.send(&["SET", key, "2"]);
+    assert_eq!(client.read_reply(), Reply::ok());
+    assert_eq!(client.read_reply(), Reply::ok());
+    assert_eq!(cluster.client(to).cmd(&["GET", key]), Reply::bulk("2"));
 }

@@ -262,8 +262,9 @@ impl Cluster {
         // Nodes no longer in the topology are dropped here; their connections close once sessions
         // holding the old topology are done with them.
         let masters = self.nodes.keep_only(map.masters.iter().map(String::as_str));
-        let new = Topology::new(map.slots, masters, &map.nodes);
+        let mut new = Topology::new(map.slots, masters, &map.nodes);
         let old = self.topology.load();
+        new.inherit_generation(&old);
         // Every address redirects may lead to from now on is in the log once.
         for addr in new.known().iter().filter(|a| !old.knows(a)) {
             tracing::info!(node = %addr, "cluster node learnt from CLUSTER SLOTS");

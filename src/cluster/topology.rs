@@ -14,6 +14,8 @@ pub struct Topology {
     nodes: Vec<Arc<Node>>,
     /// Every node the cluster named, masters and replicas, sorted: where a redirect may lead.
     known: Box<[Arc<str>]>,
+    /// Changes when the routes do (see [`crate::route::next_generation`]).
+    generation: u64,
 }
 
 impl Topology {
@@ -22,6 +24,7 @@ impl Topology {
             slots: vec![UNASSIGNED; SLOTS].into_boxed_slice(),
             nodes: Vec::new(),
             known: Box::default(),
+            generation: 0,
         }
     }
 
@@ -46,6 +49,20 @@ impl Topology {
             slots,
             nodes,
             known: known.into(),
+            generation: crate::route::next_generation(),
+        }
+    }
+
+    /// Identifies the routes: equal for two topologies that route alike (see [`Self::same_routes`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Takes `old`'s generation when it routes alike, so that a refresh that changed nothing holds
+    /// no request back.
+    pub fn inherit_generation(&mut self, old: &Topology) {
+        if self.same_routes(old) {
+            self.generation = old.generation;
         }
     }
 

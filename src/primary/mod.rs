@@ -34,6 +34,8 @@ pub struct Roles {
     pub master: Option<Arc<Node>>,
     /// Replicas whose link to their master is up.
     pub replicas: Vec<Arc<Node>>,
+    /// New with every snapshot (see [`crate::route::next_generation`]).
+    pub generation: u64,
 }
 
 /// How a master switch was noticed.
@@ -245,7 +247,11 @@ impl Primary {
             if replicas.len() != current.replicas.len() {
                 tracing::info!(pool = %self.pool, replicas = replicas.len(), "healthy replicas changed");
             }
-            self.roles.store(Arc::new(Roles { master, replicas }));
+            self.roles.store(Arc::new(Roles {
+                master,
+                replicas,
+                generation: crate::route::next_generation(),
+            }));
         }
     }
 

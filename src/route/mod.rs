@@ -12,3 +12,11 @@ pub use distribution::{
 pub use hash::{hash_tag, Hash, UnknownHash};
 pub use server_line::{ServerLine, ServerLineError};
 pub use slot::{key_slot, Slot, SLOTS};
+
+/// A number no earlier routing snapshot (cluster topology, sharded table, primary roles) has: a
+/// session that sent requests under one snapshot lets later ones wait for them before it routes by
+/// another, so that none overtakes an earlier one being redirected.
+pub fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

@@ -118,6 +118,8 @@ pub(crate) struct Ctx {
     pubsub: Option<Box<pubsub::PubSub>>,
     /// Metrics counted here and added to the pool's once per batch.
     tally: SessionTally,
+    /// The routing snapshot the last request was routed by (its generation).
+    routed_by: u64,
 }
 
 pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
@@ -150,6 +152,7 @@ where
         proto: 2,
         pubsub: None,
         tally,
+        routed_by: 0,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -295,13 +298,20 @@ impl Ctx {
                     let raw = inbuf.split_to(len);
                     // An inline command travels on as the RESP array it was read as.
                     let frame = parser.take_inline().unwrap_or_else(|| raw.freeze());
-                    if !parser.args().is_empty() {
-                        let req = Request {
-                            frame: &frame,
-                            args: parser.args(),
-                        };
-                        self.dispatch(req, &frame, &view, now);
+                    if parser.args().is_empty() {
+                        continue;
                     }
+                    if !self.pending.is_empty() && self.routed_by != view.generation() {
+                        // Requests routed by an older snapshot may yet be redirected or resent to
+                        // where this one would go at once: it waits for them, or it could overtake.
+                        self.hold(&frame);
+                        continue;
+                    }
+                    let req = Request {
+                        frame: &frame,
+                        args: parser.args(),
+                    };
+                    self.dispatch(req, &frame, &view, now);
                 }
                 Ok(None) => {
                     self.flush_stats();
@@ -322,6 +332,7 @@ impl Ctx {
 
     fn dispatch(&mut self, req: Request<'_>, frame: &Bytes, view: &View<'_>, now: Instant) {
         self.commands += 1;
+        self.routed_by = view.generation();
         let argc = req.argc();
         let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
             Ok(spec) => {
@@ -400,6 +411,11 @@ impl Ctx {
             Route::EveryNode => self.every_node(req, spec, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),
+            Route::Local if !self.pending.is_empty() && matches!(spec.name, "hello" | "reset") => {
+                // It changes the protocol, and so the connections later requests take: those before
+                // it finish on the old ones first.
+                self.hold(frame)
+            }
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
@@ -452,6 +468,8 @@ impl Ctx {
     pub(crate) fn set_protocol(&mut self, proto: u8) {
         if proto != self.proto {
             self.proto = proto;
+            // The WATCH lived on one of them: the transaction can no longer be checked.
+            self.tx.lose_watch();
             self.own.clear();
         }
     }

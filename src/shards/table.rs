@@ -102,6 +102,7 @@ impl Members {
             ring,
             nodes: self.nodes.clone(),
             unavailable: unavailable.clone(),
+            generation: crate::route::next_generation(),
         }
     }
 }
@@ -116,6 +117,8 @@ pub struct Table {
     nodes: Vec<Arc<Node>>,
     /// Why no server can take a request, when the pool has none.
     unavailable: Arc<str>,
+    /// New with every table (see [`crate::route::next_generation`]).
+    generation: u64,
 }
 
 impl Table {
@@ -130,6 +133,11 @@ impl Table {
         self.ring
             .as_ref()
             .map_or(0, |ring| ring.server_for_key(self.hash, self.hash_tag, key))
+    }
+
+    /// Identifies this placement among all routing snapshots.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn node(&self, index: usize) -> Option<&Arc<Node>> {

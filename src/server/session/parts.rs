@@ -287,12 +287,17 @@ impl Ctx {
                 first += 1;
                 continue;
             };
+            let run = nodes[first..]
+                .iter()
+                .zip(&requests[first..])
+                .take_while(|(n, &r)| r == 1 && n.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)))
+                .count();
             // Own connections already speak the client's protocol.
             let node = match own_connection {
                 true => node,
                 false => node.for_protocol(self.proto),
             };
-            if requests[first] > 1 {
+            if run == 0 {
                 // A whole transaction: only its last reply (EXEC's) is the part's.
                 let reply = self
                     .inbox
@@ -301,11 +306,6 @@ impl Ctx {
                 first += 1;
                 continue;
             }
-            let run = nodes[first..]
-                .iter()
-                .zip(&requests[first..])
-                .take_while(|(n, &r)| r == 1 && n.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)))
-                .count();
             // One number per part: the replies of a batch are delivered each under its own.
             let reply = self.inbox.reply_to_each(part_seq(seq, first), run as u32);
             if run == 1 {

@@ -34,12 +34,22 @@ pub(super) struct Transaction {
     watching: bool,
     /// A command was refused while queuing: EXEC will fail with EXECABORT.
     aborted: bool,
+    /// The connection that held the WATCH is gone (the client switched protocol): EXEC fails as if
+    /// a watched key had changed, rather than run unwatched.
+    watch_lost: bool,
 }
 
 impl Transaction {
     /// Between MULTI and EXEC/DISCARD.
     pub(super) fn queuing(&self) -> bool {
         self.queuing
+    }
+
+    /// The backend connection the WATCH was sent on is being dropped.
+    pub(super) fn lose_watch(&mut self) {
+        if self.watching {
+            self.watch_lost = true;
+        }
     }
 
     /// A command was refused while queuing.
@@ -85,16 +95,19 @@ impl Ctx {
                 self.tx.watching = true;
                 self.on_own(node, frame.clone(), 1, now);
             }
-            "unwatch" => match (self.tx.watching, self.tx.node.clone()) {
-                (true, Some(node)) => {
-                    self.tx.watching = false;
-                    if !self.tx.queuing {
-                        (self.tx.place, self.tx.node) = (None, None);
+            "unwatch" => {
+                self.tx.watch_lost = false;
+                match (self.tx.watching, self.tx.node.clone()) {
+                    (true, Some(node)) => {
+                        self.tx.watching = false;
+                        if !self.tx.queuing {
+                            (self.tx.place, self.tx.node) = (None, None);
+                        }
+                        self.on_own(node, frame.clone(), 1, now);
                     }
-                    self.on_own(node, frame.clone(), 1, now);
+                    _ => self.reply(|r| r.ok()),
                 }
-                _ => self.reply(|r| r.ok()),
-            },
+            }
             _ => self.error("ERR unknown transaction command"),
         }
     }
@@ -169,6 +182,14 @@ impl Ctx {
         if self.tx.aborted {
             self.end_transaction();
             return self.error("EXECABORT Transaction discarded because of previous errors.");
+        }
+        if self.tx.watch_lost {
+            self.tx = Default::default();
+            let null = match self.protocol() {
+                3 => "_\r\n",
+                _ => "*-1\r\n",
+            };
+            return self.reply(|r| r.0.extend_from_slice(null.as_bytes()));
         }
         let queued = std::mem::take(&mut self.tx.queued);
         let node = self.tx.node.clone();

@@ -56,6 +56,16 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Identifies the routing snapshot: requests routed under different ones may go to different
+    /// places for the same key.
+    pub(super) fn generation(&self) -> u64 {
+        match self {
+            View::Cluster(_, topology) => topology.generation(),
+            View::Shards(table) => table.generation(),
+            View::Primary(_, roles, _) => roles.generation,
+        }
+    }
+
     /// Where a request that may be read from a replica goes: a primary pool that reads from replicas
     /// sends read-only commands there; everything else stays where its keys are.
     pub(super) fn for_reads(&self, place: Place, spec: &Spec) -> Place {
