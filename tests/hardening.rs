@@ -4,15 +4,15 @@
 
 mod support;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpListener;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
 use support::{
-    free_port, http_get, key_slot, metric, wait_for, Client, ClusterOpts, RedisCluster, Reply,
-    Slotline,
+    free_port, http_get, key_slot, metric, wait_for, Client, ClusterOpts, RedisCluster,
+    RedisServers, Reply, Slotline,
 };
 
 fn shared() -> &'static RedisCluster {
@@ -219,4 +219,96 @@ fn a_redirected_request_is_not_overtaken_by_a_later_one_routed_by_the_new_topolo
     assert_eq!(client.read_reply(), Reply::ok());
     assert_eq!(client.read_reply(), Reply::ok());
     assert_eq!(cluster.client(to).cmd(&["GET", key]), Reply::bulk("2"));
+}
+
+/// A server that accepts and then drops every connection (maxclients reached) is tried again after a
+/// growing backoff, not in a tight loop, and the log says so once.
+#[test]
+fn a_backend_that_accepts_and_fails_at_once_is_retried_with_backoff() {
+    let servers = RedisServers::start_with(1, &["--maxclients", "1"]);
+    // The one client the server takes.
+    let mut hog = servers.client(0);
+    let rejected = |hog: &mut Client| -> i64 {
+        let info = hog.cmd(&["INFO", "stats"]);
+        let text = String::from_utf8_lossy(info.as_bytes().expect("INFO")).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("rejected_connections:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rejected_connections")
+    };
+    let before = rejected(&mut hog);
+    let port = free_port();
+    let proxy = Slotline::start(&servers.ketama_yaml(port, ""));
+    let mut client = proxy.client();
+    // Requests fail at once, with an error that says why.
+    let reply = client.cmd(&["GET", "k"]);
+    assert!(reply.is_error(), "{reply:?}");
+    thread::sleep(Duration::from_secs(3));
+    let attempts = rejected(&mut hog) - before;
+    // 50 ms doubling to 2 s: about 7 tries in 3 s. A tight loop makes thousands.
+    assert!(
+        (1..=15).contains(&attempts),
+        "{attempts} connection attempts in 3 s"
+    );
+    let warnings = proxy.log().matches("backend unreachable").count();
+    assert_eq!(warnings, 1, "one warning for one cause:\n{}", proxy.log());
+}
+
+/// A backend that answers with nested lengths whose sum overflows 64 bits, or a length no reply may
+/// have, costs the requests on that connection an error; slotline neither wraps nor panics nor waits
+/// for the bytes announced, and the next request finds a fresh connection. (No real Redis sends
+/// these: the backend here is a stand-in for a hostile one, answering each request with the next
+/// reply of its script.)
+#[test]
+fn hostile_backend_replies_fail_their_connection_not_the_proxy() {
+    let listener = TcpListener::bind(("127.0.0.1", free_port())).expect("bind the backend");
+    let backend_port = listener.local_addr().expect("addr").port();
+    let script: Vec<Vec<u8>> = vec![
+        b"%999999999999999999\r\n".repeat(12),
+        b"$99999999999\r\n".to_vec(),
+        b"*3\r\n:1\r\n:2\r\n:3\r\n".to_vec(),
+    ];
+    thread::spawn(move || {
+        let mut replies = script.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let Some(reply) = replies.next() else { return };
+                if stream.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let port = free_port();
+    let yaml = format!(
+        "pools:\n  p:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    servers: [\"127.0.0.1:{backend_port}:1 hostile\"]\n"
+    );
+    let mut proxy = Slotline::start(&yaml);
+    let mut client = Client::connect(port);
+    // While the connection waits out its backoff, requests fail at once, saying so.
+    let mut get = || loop {
+        let reply = client.cmd(&["GET", "k"]);
+        if !reply.error().is_some_and(|e| e.contains("cannot connect")) {
+            return reply;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    for _ in 0..2 {
+        let reply = get();
+        assert!(
+            reply.error().is_some_and(|e| e.contains("malformed reply")),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(
+        get(),
+        Reply::Array(Some(vec![Reply::Int(1), Reply::Int(2), Reply::Int(3)]))
+    );
+    assert!(proxy.is_running());
 }

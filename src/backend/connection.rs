@@ -16,6 +16,9 @@ use crate::stats::{self, ServerStats};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A connection that lasted this long was healthy: the backoff starts over, and a failure after it
+/// is replaced at once.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// Requests taken from the queue per write.
 const BATCH: usize = 512;
 const READ_CHUNK: usize = 64 * 1024;
@@ -113,56 +116,71 @@ impl Queue {
 type Inflight = Mutex<Queue>;
 
 /// Runs until every sender of `rx` is gone.
+///
+/// A node that cannot be reached, or that accepts and then fails at once (maxclients reached, a
+/// protocol error, a closed door), is tried again after a backoff that doubles up to
+/// [`MAX_BACKOFF`], and says so once per cause, not once per attempt. A connection that served for
+/// [`HEALTHY_AFTER`] and then failed is replaced at once.
 pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
     let (addr, settings) = (&link.addr, &link.settings);
     let mut backoff = MIN_BACKOFF;
-    // Log state changes, not every retry: a node that stays down logs once.
-    let mut was_down = false;
+    // Why the node is down, as last logged: a node that stays down the same way logs once.
+    let mut down: Option<String> = None;
     loop {
         let connected = match timeout(settings.connect_timeout, connect(addr, settings)).await {
             Ok(result) => result,
             Err(_) => Err("connect timed out".to_string()),
         };
-        let stream = match connected {
-            Ok(stream) => Some(stream),
-            Err(error) if !was_down => {
-                tracing::warn!(backend = %addr, %error, "backend unreachable");
-                was_down = true;
-                None
-            }
+        let failure = match connected {
             Err(error) => {
-                tracing::debug!(backend = %addr, %error, "backend still unreachable");
-                None
+                stats::add(&link.stats.server_err, 1);
+                link.failed();
+                notify(settings);
+                format!("unreachable: {error}")
+            }
+            Ok(stream) => {
+                stats::shift(&link.stats.server_connections, 1);
+                let serving = serve(stream, &link, &mut rx);
+                tokio::pin!(serving);
+                let healthy = tokio::time::sleep(HEALTHY_AFTER);
+                tokio::pin!(healthy);
+                let mut served = false;
+                let result = loop {
+                    tokio::select! {
+                        result = &mut serving => break result,
+                        _ = &mut healthy, if !served => {
+                            served = true;
+                            backoff = MIN_BACKOFF;
+                            if down.take().is_some() {
+                                tracing::info!(backend = %addr, "backend reachable again");
+                            }
+                        }
+                    }
+                };
+                stats::shift(&link.stats.server_connections, -1);
+                let Err(e) = result else { return };
+                let counter = match e {
+                    BackendError::Closed(_) => &link.stats.server_eof,
+                    _ => &link.stats.server_err,
+                };
+                stats::add(counter, 1);
+                link.failed();
+                notify(settings);
+                if served {
+                    tracing::warn!(backend = %addr, error = %e, "backend connection failed");
+                    continue;
+                }
+                format!("connection failed at once: {e}")
             }
         };
-        if let Some(stream) = stream {
-            if was_down {
-                tracing::info!(backend = %addr, "backend reachable again");
-            }
-            backoff = MIN_BACKOFF;
-            stats::shift(&link.stats.server_connections, 1);
-            let result = serve(stream, &link, &mut rx).await;
-            stats::shift(&link.stats.server_connections, -1);
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(backend = %addr, error = %e, "backend connection failed");
-                    let counter = match e {
-                        BackendError::Closed(_) => &link.stats.server_eof,
-                        _ => &link.stats.server_err,
-                    };
-                    stats::add(counter, 1);
-                    link.failed();
-                    was_down = true;
-                    notify(settings);
-                }
-            }
-            continue;
+        if down.as_deref() != Some(&failure) {
+            tracing::warn!(backend = %addr, error = %failure, retry_ms = backoff.as_millis() as u64, "backend unreachable");
+            down = Some(failure);
+        } else {
+            tracing::debug!(backend = %addr, error = %failure, retry_ms = backoff.as_millis() as u64, "backend still unreachable");
         }
-        stats::add(&link.stats.server_err, 1);
-        link.failed();
-        notify(settings);
-        // While the node is unreachable, fail requests at once instead of letting them wait for a timeout.
+        // While the node is unavailable, fail requests at once instead of letting them wait for a
+        // timeout.
         let retry_at = Instant::now() + backoff;
         loop {
             tokio::select! {
@@ -301,7 +319,7 @@ async fn serve(
 
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut scanner = ReplyScanner::default();
+        let mut scanner = ReplyScanner::new(link.settings.max_reply);
         loop {
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);

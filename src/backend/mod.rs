@@ -69,6 +69,8 @@ pub struct Settings {
     pub eject: Option<(u32, Arc<Notify>)>,
     /// How long a connection whose node was dropped waits for replies already on their way.
     pub drain: Duration,
+    /// Longest reply taken from the node, in bytes: a longer one closes the connection.
+    pub max_reply: usize,
 }
 
 /// Commands that prepare a fresh connection before it carries requests.
@@ -88,6 +90,24 @@ impl Settings {
             timeout: None,
             eject: None,
             drain: Duration::from_secs(10),
+            max_reply: crate::protocol::DEFAULT_MAX_REPLY,
+        }
+    }
+
+    /// A pool's connections: `server_connections` per node, its connect timeout and reply bound,
+    /// logged in with its user and password and switched to database `db`.
+    pub fn for_pool(config: &crate::config::PoolConfig, db: u32) -> Settings {
+        Settings {
+            max_reply: config.max_reply_bytes,
+            ..Settings::new(
+                config.server_connections,
+                Duration::from_millis(config.connect_timeout),
+            )
+            .with_login(
+                config.redis_username.as_deref(),
+                config.redis_auth.as_deref(),
+                db,
+            )
         }
     }
 

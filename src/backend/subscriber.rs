@@ -147,7 +147,7 @@ async fn run(
     };
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut scanner = ReplyScanner::default();
+    let mut scanner = ReplyScanner::new(settings.max_reply);
     let lost = loop {
         tokio::select! {
             frame = rx.recv() => match frame {

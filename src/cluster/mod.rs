@@ -65,15 +65,7 @@ impl Cluster {
             topology: ArcSwap::from_pointee(Topology::empty()),
             nodes: backend::Nodes::new(backend::Settings {
                 on_failure: Some(refresh.clone()),
-                ..backend::Settings::new(
-                    config.server_connections,
-                    Duration::from_millis(config.connect_timeout),
-                )
-                .with_login(
-                    config.redis_username.as_deref(),
-                    config.redis_auth.as_deref(),
-                    0,
-                )
+                ..backend::Settings::for_pool(config, 0)
             }),
             seeds: Mutex::new(
                 config

@@ -133,6 +133,19 @@ pub struct PoolConfig {
     /// replies drain, which bounds the memory one client can hold.
     #[serde(default = "defaults::max_pending")]
     pub max_pending: usize,
+    /// Bytes of requests one client may have in slotline at once (waiting for backends, kept for
+    /// redirects, queued in MULTI); past it slotline stops reading from that client (and refuses a
+    /// MULTI queue that would pass it). One partial request of up to `max_request_bytes` comes on top.
+    #[serde(default = "defaults::max_client_request_bytes")]
+    pub max_client_request_bytes: usize,
+    /// Bytes of replies one client may leave unread in slotline; past it the client is disconnected,
+    /// as Redis disconnects a client past its `client-output-buffer-limit`.
+    #[serde(default = "defaults::max_client_reply_bytes")]
+    pub max_client_reply_bytes: usize,
+    /// Longest reply slotline takes from a backend, in bytes; a longer one (or a length or element
+    /// count that announces one) closes that backend connection with an error to the requests on it.
+    #[serde(default = "defaults::max_reply_bytes")]
+    pub max_reply_bytes: usize,
     /// MOVED/ASK/TRYAGAIN redirects followed for one request before it fails.
     #[serde(default = "defaults::max_redirects")]
     pub max_redirects: u32,
@@ -246,6 +259,16 @@ mod defaults {
     }
     pub fn max_pending() -> usize {
         1024
+    }
+    pub fn max_client_request_bytes() -> usize {
+        128 * 1024 * 1024
+    }
+    pub fn max_client_reply_bytes() -> usize {
+        512 * 1024 * 1024
+    }
+    /// Redis's own `proto-max-bulk-len` default: the largest value a node stores unless told otherwise.
+    pub fn max_reply_bytes() -> usize {
+        512 * 1024 * 1024
     }
     pub fn max_redirects() -> u32 {
         5
@@ -433,6 +456,9 @@ impl PoolConfig {
             server_connections: defaults::server_connections(),
             client_connections: 0,
             max_request_bytes: defaults::max_request_bytes(),
+            max_client_request_bytes: defaults::max_client_request_bytes(),
+            max_client_reply_bytes: defaults::max_client_reply_bytes(),
+            max_reply_bytes: defaults::max_reply_bytes(),
             max_pending: defaults::max_pending(),
             max_redirects: defaults::max_redirects(),
             refresh_interval: defaults::refresh_interval(),

@@ -237,6 +237,25 @@ impl Config {
             if pool.max_pending == 0 {
                 return Err(err(name, "max_pending", "must be at least 1".into()));
             }
+            for (field, bytes) in [
+                ("max_client_request_bytes", pool.max_client_request_bytes),
+                ("max_client_reply_bytes", pool.max_client_reply_bytes),
+                ("max_reply_bytes", pool.max_reply_bytes),
+            ] {
+                if bytes < 1024 {
+                    return Err(err(name, field, "must be at least 1024".into()));
+                }
+            }
+            if pool.max_client_reply_bytes < pool.max_reply_bytes {
+                return Err(err(
+                    name,
+                    "max_client_reply_bytes",
+                    format!(
+                        "must be at least max_reply_bytes ({}): a client must be able to receive the longest reply",
+                        pool.max_reply_bytes
+                    ),
+                ));
+            }
             if pool.refresh_interval == 0 {
                 return Err(err(
                     name,

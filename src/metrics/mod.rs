@@ -13,7 +13,7 @@ mod scrape;
 mod tally;
 
 pub use scrape::PoolsCollector;
-pub use tally::SessionTally;
+pub use tally::{SessionTally, Tally};
 
 use std::sync::Arc;
 
@@ -282,10 +282,10 @@ impl Metrics {
     }
 
     /// Resolves every per-pool label handle once; every series of the pool exists from now on, at 0.
-    pub fn pool(&self, pool: &str) -> PoolMetrics {
+    pub fn pool(&self, pool: &str) -> std::sync::Arc<PoolMetrics> {
         let one = |vec: &IntCounterVec| vec.with_label_values(&[pool]);
         let two = |vec: &IntCounterVec, label: &str| vec.with_label_values(&[pool, label]);
-        PoolMetrics {
+        std::sync::Arc::new(PoolMetrics {
             requests: one(&self.requests),
             commands: Family::ALL.map(|f| two(&self.commands, f.label())),
             errors: ErrorKind::ALL.map(|k| two(&self.errors, k.label())),
@@ -296,7 +296,7 @@ impl Metrics {
             redirects: RedirectKind::ALL.map(|k| two(&self.redirects, k.label())),
             discovery_updates: one(&self.discovery_updates),
             master_switches: one(&self.master_switches),
-        }
+        })
     }
 
     /// Counts a configuration reload.

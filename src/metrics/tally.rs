@@ -1,14 +1,77 @@
-//! What one client session counts between two flushes: plain integers and thread-local histograms, so
-//! that recording a request touches no shared cache line; the session adds them to the pool's metrics
-//! once per batch of requests, where it already flushes its other counters.
+//! What sessions count between two flushes: plain integers and local histograms, so that recording
+//! a request touches no shared cache line. A worker thread keeps one tally per pool, lent to a session
+//! for one step at a time ([`Tally`]) and added to the pool's metrics at the end of the step, where the
+//! session already flushes its other counters: an idle client carries none.
 
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus::local::LocalHistogram;
 
 use super::{ErrorKind, Family, PoolMetrics, RedirectKind};
 
-/// A session's unflushed counts. (Requests themselves the session already counts per batch.)
+thread_local! {
+    /// The worker's tallies, one per pool, while no session has one lent.
+    static TALLIES: RefCell<Vec<(Weak<PoolMetrics>, Box<SessionTally>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// A session's access to its worker's tally for its pool: borrowed on first use within a step and
+/// given back, flushed, by [`Tally::flush`] (or on drop).
+pub struct Tally {
+    pool: Arc<PoolMetrics>,
+    lent: Option<Box<SessionTally>>,
+}
+
+impl Tally {
+    pub fn new(pool: &Arc<PoolMetrics>) -> Tally {
+        Tally {
+            pool: pool.clone(),
+            lent: None,
+        }
+    }
+
+    /// The tally to count into now.
+    #[inline]
+    pub fn get(&mut self) -> &mut SessionTally {
+        let pool = &self.pool;
+        self.lent.get_or_insert_with(|| {
+            TALLIES
+                .with(|t| {
+                    let mut tallies = t.borrow_mut();
+                    let at = tallies
+                        .iter()
+                        .position(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(pool)))?;
+                    Some(tallies.swap_remove(at).1)
+                })
+                .unwrap_or_else(|| Box::new(SessionTally::new(pool)))
+        })
+    }
+
+    /// Adds what was counted to the pool's metrics and gives the tally back to the worker.
+    pub fn flush(&mut self) {
+        let Some(mut tally) = self.lent.take() else {
+            return;
+        };
+        tally.flush(&self.pool);
+        let pool = Arc::downgrade(&self.pool);
+        TALLIES.with(|t| {
+            let mut tallies = t.borrow_mut();
+            // Pools a reload removed leave their tallies behind once.
+            tallies.retain(|(p, _)| p.strong_count() > 0);
+            tallies.push((pool, tally));
+        });
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Unflushed counts. (Requests themselves the session already counts per batch.)
 pub struct SessionTally {
     commands: [u64; Family::ALL.len()],
     errors: [u64; ErrorKind::ALL.len()],

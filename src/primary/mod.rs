@@ -103,15 +103,7 @@ impl Primary {
         let look = Arc::new(Notify::new());
         let settings = backend::Settings {
             on_failure: Some(look.clone()),
-            ..backend::Settings::new(
-                config.server_connections,
-                Duration::from_millis(config.connect_timeout),
-            )
-            .with_login(
-                config.redis_username.as_deref(),
-                config.redis_auth.as_deref(),
-                config.redis_db,
-            )
+            ..backend::Settings::for_pool(config, config.redis_db)
         };
         let primary = Arc::new(Primary {
             pool: pool.to_string(),

@@ -15,7 +15,7 @@ mod scan;
 
 pub use reply::Reply;
 pub use request::{parse_int, Limits, RequestParser};
-pub use scan::ReplyScanner;
+pub use scan::{ReplyScanner, DEFAULT_MAX_REPLY};
 
 /// A stream the proxy cannot resynchronise on: the connection has to close after the client is told why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -26,6 +26,10 @@ const MAX_HEADER: usize = 32;
 /// Longest argument Redis takes (`proto-max-bulk-len`'s default): a longer one, forwarded, would make
 /// the backend drop a connection other clients share, whatever `max_request_bytes` allows.
 const MAX_BULK: i64 = 512 << 20;
+/// Until a client has authenticated, Redis takes at most 10 arguments of 16 KiB each (CVE-2021-32675):
+/// a few bytes of header must not make anyone reserve, or wait for, megabytes.
+const UNAUTHENTICATED_ARGS: i64 = 10;
+const UNAUTHENTICATED_BULK: i64 = 16 * 1024;
 
 /// Cuts one request at a time from the front of a client's buffer.
 ///
@@ -46,6 +50,8 @@ pub struct RequestParser {
     /// Buffer length needed before parsing can progress (a hint for reserving capacity).
     need: usize,
     limits: Limits,
+    /// The client has not authenticated yet: Redis's tighter limits apply.
+    unauthenticated: bool,
 }
 
 impl RequestParser {
@@ -54,6 +60,12 @@ impl RequestParser {
             limits,
             ..Default::default()
         }
+    }
+
+    /// Applies Redis's limits for clients that have not authenticated (10 arguments of 16 KiB at
+    /// most), or lifts them.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
     }
 
     /// Argument ranges of the last complete request.
@@ -97,6 +109,9 @@ impl RequestParser {
             if count <= 0 {
                 return Ok(Some(header_len));
             }
+            if self.unauthenticated && count > UNAUTHENTICATED_ARGS {
+                return Err(ProtocolError("unauthenticated multibulk length"));
+            }
             // Every argument takes at least 6 bytes ("$0\r\n\r\n").
             if count as usize > self.limits.max_request_bytes / 6 {
                 return Err(ProtocolError("invalid multibulk length"));
@@ -119,6 +134,10 @@ impl RequestParser {
             else {
                 return Ok(None);
             };
+            if self.unauthenticated && (0..=MAX_BULK).contains(&len) && len > UNAUTHENTICATED_BULK {
+                self.reset();
+                return Err(ProtocolError("unauthenticated bulk length"));
+            }
             if !(0..=MAX_BULK).contains(&len) || (len as u64) > self.limits.max_request_bytes as u64
             {
                 self.reset();
@@ -366,6 +385,29 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.iter().map(Vec::as_slice).collect::<Vec<_>>(), *w);
         }
+    }
+
+    #[test]
+    fn before_auth_redis_limits_apply_at_the_header() {
+        let mut parser = RequestParser::new(Limits::default());
+        parser.set_unauthenticated(true);
+        assert_eq!(
+            parser.parse(b"*100\r\n"),
+            Err(ProtocolError("unauthenticated multibulk length"))
+        );
+        assert_eq!(
+            parser.parse(b"*1\r\n$100000000\r\n"),
+            Err(ProtocolError("unauthenticated bulk length"))
+        );
+        let auth = b"*2\r\n$4\r\nAUTH\r\n$16384\r\n";
+        assert_eq!(parser.parse(auth), Ok(None), "16 KiB is allowed");
+        assert_eq!(parser.needed(), auth.len() + 16384 + 2);
+        let mut parser = RequestParser::new(Limits::default());
+        parser.set_unauthenticated(true);
+        assert_eq!(parser.parse(b"*10\r\n"), Ok(None));
+        parser.set_unauthenticated(false);
+        let mut parser = RequestParser::new(Limits::default());
+        assert_eq!(parser.parse(b"*100\r\n$1000000\r\n"), Ok(None));
     }
 
     #[test]

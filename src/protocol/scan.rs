@@ -7,15 +7,37 @@ use super::ProtocolError;
 ///
 /// Aggregates are walked with a single counter of elements still to come (RESP is written in pre-order),
 /// so nesting depth costs nothing. The scanner keeps its place, so a large reply arriving in many reads is
-/// walked once.
-#[derive(Debug, Default)]
+/// walked once. A reply is bounded in bytes (see [`ReplyScanner::new`]): a declared length or element
+/// count that could only pass the bound is refused at its header, before any of it is buffered, and
+/// no count can overflow.
+#[derive(Debug)]
 pub struct ReplyScanner {
     pos: usize,
     /// Elements still to read in the current reply; 0 when between replies.
     remaining: u64,
+    /// Longest reply, in bytes.
+    max: usize,
+}
+
+/// Redis's own `proto-max-bulk-len` default: the largest string a node holds unless told otherwise.
+pub const DEFAULT_MAX_REPLY: usize = 512 << 20;
+
+impl Default for ReplyScanner {
+    fn default() -> Self {
+        ReplyScanner::new(DEFAULT_MAX_REPLY)
+    }
 }
 
 impl ReplyScanner {
+    /// A scanner that refuses replies longer than `max` bytes.
+    pub fn new(max: usize) -> ReplyScanner {
+        ReplyScanner {
+            pos: 0,
+            remaining: 0,
+            max,
+        }
+    }
+
     /// Returns the length of the complete reply at the start of `buf`, or `None` if more bytes are needed.
     /// `buf` must start where the previous complete reply ended, and must only grow between calls that
     /// returned `None`.
@@ -25,25 +47,38 @@ impl ReplyScanner {
             self.remaining = 1;
         }
         while self.remaining > 0 {
-            let Some((len, children)) = element(&buf[self.pos..])? else {
+            let Some((len, children)) =
+                element(&buf[self.pos..], self.max - self.pos.min(self.max))?
+            else {
                 return Ok(None);
             };
             self.pos += len;
+            // Every element takes at least 3 bytes ("_\r\n"), so a count the bound cannot hold is
+            // refused here; and with it, no sum of counts can overflow.
             self.remaining = self.remaining - 1 + children;
+            if self.remaining > (self.max.saturating_sub(self.pos) / 3) as u64 {
+                return Err(TOO_LONG);
+            }
         }
         Ok(Some(self.pos))
     }
 }
 
-/// One element's own bytes (header, plus payload for strings) and how many elements follow as its children.
-fn element(buf: &[u8]) -> Result<Option<(usize, u64)>, ProtocolError> {
+const TOO_LONG: ProtocolError = ProtocolError("reply longer than the bound (max_reply_bytes)");
+
+/// One element's own bytes (header, plus payload for strings) and how many elements follow as its
+/// children; `room` is how many bytes the reply may still take.
+fn element(buf: &[u8], room: usize) -> Result<Option<(usize, u64)>, ProtocolError> {
     let Some(&marker) = buf.first() else {
         return Ok(None);
     };
     match marker {
         // Simple lines: status, error, integer, and RESP3 null, boolean, double, big number.
         b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
-            let Some(lf) = memchr_lf(buf) else {
+            let Some(lf) = memchr_lf(&buf[..buf.len().min(room.saturating_add(1))]) else {
+                if buf.len() > room {
+                    return Err(TOO_LONG);
+                }
                 return Ok(None);
             };
             if lf == 0 || buf[lf - 1] != b'\r' {
@@ -63,6 +98,10 @@ fn element(buf: &[u8]) -> Result<Option<(usize, u64)>, ProtocolError> {
                     Err(ProtocolError("invalid bulk length"))
                 };
             }
+            // Refused before a byte of it is buffered.
+            if len as u64 > room.saturating_sub(header + 2) as u64 {
+                return Err(TOO_LONG);
+            }
             let end = header + len as usize;
             if buf.len() < end + 2 {
                 return Ok(None);
@@ -80,6 +119,7 @@ fn element(buf: &[u8]) -> Result<Option<(usize, u64)>, ProtocolError> {
             if count < -1 {
                 return Err(ProtocolError("invalid multibulk length"));
             }
+            // parse_header reads at most 18 digits: the doubling below cannot overflow.
             let count = count.max(0) as u64;
             let children = match marker {
                 b'%' => count * 2,
@@ -116,6 +156,25 @@ mod tests {
             rest = &rest[want..];
         }
         assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn lengths_past_the_bound_are_refused_at_their_header() {
+        let mut scanner = ReplyScanner::new(1024);
+        assert_eq!(scanner.scan(b"$2000\r\n"), Err(TOO_LONG));
+        let mut scanner = ReplyScanner::new(1024);
+        assert_eq!(scanner.scan(b"*1000\r\n"), Err(TOO_LONG));
+        let mut scanner = ReplyScanner::new(1024);
+        assert_eq!(scanner.scan(&[b'+'; 2000]), Err(TOO_LONG));
+        // Nested counts that would overflow 64 bits.
+        let mut scanner = ReplyScanner::default();
+        let nested = b"%999999999999999999\r\n".repeat(12);
+        assert!(scanner.scan(&nested).is_err());
+        let mut scanner = ReplyScanner::new(usize::MAX);
+        assert!(scanner.scan(&nested).is_err());
+        // What fits is measured as before.
+        let mut scanner = ReplyScanner::new(16);
+        assert_eq!(scanner.scan(b"*2\r\n$1\r\na\r\n:1\r\n"), Ok(Some(15)));
     }
 
     #[test]

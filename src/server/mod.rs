@@ -30,6 +30,11 @@ use pools::Pools;
 use reload::Reload;
 use session::ClientState;
 
+/// Bytes all clients that have not authenticated may make slotline hold together (partial requests
+/// of up to 10 arguments of 16 KiB each, Redis's own limit before AUTH): a client that would pass it is
+/// closed. No number of clients without the password can push the process past this.
+pub const UNAUTHENTICATED_BYTES: usize = 16 << 20;
+
 /// How long start-up waits for each cluster pool's first topology before listening anyway.
 const FIRST_TOPOLOGY_WAIT: Duration = Duration::from_secs(5);
 
@@ -43,6 +48,8 @@ pub struct Shared {
     pub rejected_connections: AtomicU64,
     next_client_id: AtomicU64,
     pub lifecycle: Arc<Lifecycle>,
+    /// Bytes held for clients that have not authenticated, all pools together.
+    pub(crate) unauthenticated: Arc<session::Budget>,
     /// Every pool, once all have started (weak: each pool holds this).
     pools: std::sync::Mutex<Vec<Weak<Pool>>>,
 }
@@ -58,6 +65,7 @@ impl Shared {
             rejected_connections: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
             lifecycle: Arc::new(Lifecycle::default()),
+            unauthenticated: Arc::new(session::Budget::new(UNAUTHENTICATED_BYTES)),
             pools: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -124,7 +132,7 @@ pub struct Pool {
     pub router: Router,
     pub shared: Arc<Shared>,
     pub stats: Arc<PoolStats>,
-    pub metrics: PoolMetrics,
+    pub metrics: Arc<PoolMetrics>,
     clients: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
@@ -431,31 +439,52 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
             });
             continue;
         }
+        let seat = Seat::take(&pool);
+        let rd = life.track(seat.id, rd);
+        let client = ClientState {
+            id: seat.id,
+            addr,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+        };
+        // The session future alone: wrapped in another async block it would be stored twice.
+        tokio::spawn(session::serve(rd, wr, pool.clone(), client, seat));
+    }
+}
+
+/// A client's place in its pool: counted from accept until the session ends, however it ends. The
+/// release runs on drop, so a session that panicked still frees its connection slot and leaves the
+/// lifecycle, and the shutdown drain never waits for it.
+pub(crate) struct Seat {
+    pool: Arc<Pool>,
+    id: u64,
+}
+
+impl Seat {
+    fn take(pool: &Arc<Pool>) -> Seat {
         let shared = &pool.shared;
         shared.total_connections.fetch_add(1, Ordering::Relaxed);
         shared.connected_clients.fetch_add(1, Ordering::Relaxed);
         pool.clients.fetch_add(1, Ordering::Relaxed);
         pool.accepted.fetch_add(1, Ordering::Relaxed);
         stats::shift(&pool.stats.client_connections, 1);
-        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let rd = life.track(id, rd);
-        let client = ClientState {
-            id,
-            addr,
-            name: None,
-            lib_name: None,
-            lib_ver: None,
-        };
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            session::serve(rd, wr, pool.clone(), client).await;
-            pool.clients.fetch_sub(1, Ordering::Relaxed);
-            stats::shift(&pool.stats.client_connections, -1);
-            pool.shared
-                .connected_clients
-                .fetch_sub(1, Ordering::Relaxed);
-            life.untrack(id);
-        });
+        Seat {
+            pool: pool.clone(),
+            id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let pool = &self.pool;
+        pool.clients.fetch_sub(1, Ordering::Relaxed);
+        stats::shift(&pool.stats.client_connections, -1);
+        pool.shared
+            .connected_clients
+            .fetch_sub(1, Ordering::Relaxed);
+        pool.shared.lifecycle.untrack(self.id);
     }
 }
 

@@ -301,7 +301,7 @@ fn new_pool(
     config: PoolConfig,
     listener: &Listener,
     shared: &Arc<Shared>,
-    metrics: PoolMetrics,
+    metrics: Arc<PoolMetrics>,
     behind: Behind,
 ) -> Arc<Pool> {
     let local_port = match listener {
@@ -363,4 +363,47 @@ async fn first_set(source: Discovery) -> Discovery {
     let mut endpoints = source.endpoints.clone();
     let _ = tokio::time::timeout(FIRST_TOPOLOGY_WAIT, endpoints.wait_for(Option::is_some)).await;
     source
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Seat;
+
+    /// A session that panics (should one ever) still gives its connection slot back and leaves the
+    /// lifecycle, so `client_connections` keeps admitting clients and a drain does not wait for it.
+    #[tokio::test]
+    async fn a_panicking_session_gives_its_seat_back() {
+        let config = crate::config::Config::from_yaml(
+            "pools:\n  p:\n    listen: 127.0.0.1:6379\n    mode: ketama\n    servers: [\"127.0.0.1:1:1 a\"]\n",
+        )
+        .expect("config");
+        let shared = Shared::new(None);
+        let metrics = Metrics::new().expect("metrics");
+        let listener = Listener::bind("127.0.0.1:0").await.expect("bind");
+        let pool = start_pool("p", &config.pools["p"], &listener, &shared, &metrics)
+            .await
+            .expect("pool");
+        let seat = Seat::take(&pool);
+        let _read = shared.lifecycle.track(seat.id, tokio::io::empty());
+        assert_eq!(
+            (pool.counters().clients, shared.lifecycle.sessions()),
+            (1, 1)
+        );
+        let session = tokio::spawn(async move {
+            let _seat = seat;
+            panic!("a bug in a session");
+        });
+        assert!(session.await.is_err_and(|e| e.is_panic()));
+        assert_eq!(
+            (pool.counters().clients, shared.lifecycle.sessions()),
+            (0, 0)
+        );
+        assert_eq!(
+            shared
+                .connected_clients
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
 }

@@ -4,12 +4,14 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+mod buffers;
 mod parts;
 mod pubsub;
 mod redirect;
@@ -21,16 +23,23 @@ use super::local::{self, Outcome};
 use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
 use crate::command::{self, LookupError, Request, Route, Spec};
-use crate::metrics::{ErrorKind, SessionTally};
+use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
 use crate::stats;
+use buffers::Input;
 use parts::{SplitRequest, MAX_PARTS, PART, PART_BITS};
 use redirect::{follow_reply, Redirected};
 use transaction::Transaction;
 use view::{Place, View};
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Unwritten output past which a client is not read: it has to take its replies before it may send
+/// more (what it already asked for is still answered, up to `max_client_reply_bytes`).
+const OUTPUT_PAUSE: usize = 256 * 1024;
+/// The same for a client that has not authenticated, whose replies are only errors.
+const OUTPUT_PAUSE_UNAUTHENTICATED: usize = 16 * 1024;
+
+pub(crate) use buffers::Budget;
 
 /// What a client is, as far as commands like CLIENT and HELLO are concerned.
 pub(crate) struct ClientState {
@@ -56,6 +65,26 @@ enum Pending {
 }
 
 impl Pending {
+    /// Bytes of request frames it keeps (for redirects, or to send later).
+    fn request_bytes(&self) -> usize {
+        match self {
+            Pending::Wait(w) => w.frame.len(),
+            Pending::Split(s) => s.parts.iter().map(|p| p.w.frame.len()).sum(),
+            Pending::Held(frame) => frame.len(),
+            Pending::Ready(_) | Pending::PubSub(_) => 0,
+        }
+    }
+
+    /// Bytes of replies it holds for the client.
+    fn reply_bytes(&self) -> usize {
+        match self {
+            Pending::Ready(reply) => reply.len(),
+            Pending::Wait(w) => w.reply_bytes(),
+            Pending::Split(s) => s.parts.iter().map(|p| p.w.reply_bytes()).sum(),
+            Pending::Held(_) | Pending::PubSub(_) => 0,
+        }
+    }
+
     /// Whether later requests must wait for this one: it runs on the client's own connection, where
     /// they would overtake it (or it them) on the shared one.
     fn serial(&self) -> bool {
@@ -84,6 +113,15 @@ struct Waiting {
     scripted: bool,
 }
 
+impl Waiting {
+    fn reply_bytes(&self) -> usize {
+        match &self.result {
+            Some(Ok(reply)) => reply.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// How long a blocking command may wait: its own timeout argument decides, this only bounds forever.
 pub(super) const BLOCKING_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -99,7 +137,16 @@ pub(crate) struct Ctx {
     inbox: Arc<Inbox>,
     /// Replies taken from the inbox, not yet placed.
     arrived: Vec<(u64, BackendResult)>,
+    /// Replies ready for the client and not yet written: the worker's scratch buffer during a step
+    /// (see [`Ctx::begin_output`]), otherwise what the socket did not take (empty while idle).
     out: BytesMut,
+    out_scratch: bool,
+    /// Bytes at the front of `out` already counted as sent (counted once, before the first write).
+    out_counted: usize,
+    /// Bytes of request frames the pending requests keep, and of replies they hold for the client
+    /// (both bounded: see `max_client_request_bytes` and `max_client_reply_bytes`).
+    request_bytes: usize,
+    replies_held: usize,
     closing: bool,
     commands: u64,
     /// False until the client gives the pool's `redis_auth` password (always true without one).
@@ -117,23 +164,34 @@ pub(crate) struct Ctx {
     /// Subscriptions and the backend connections of its own that carry them, once it subscribes.
     pubsub: Option<Box<pubsub::PubSub>>,
     /// Metrics counted here and added to the pool's once per batch.
-    tally: SessionTally,
+    tally: Tally,
     /// The routing snapshot the last request was routed by (its generation).
     routed_by: u64,
 }
 
-pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, pool: Arc<Pool>, client: ClientState)
-where
+/// Serves one client until it leaves; `seat` is its place in the pool, given back when this ends.
+pub(crate) async fn serve<R, W>(
+    mut rd: R,
+    mut wr: W,
+    pool: Arc<Pool>,
+    client: ClientState,
+    seat: super::Seat,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let max_pending = pool.config.max_pending;
+    let config = &pool.config;
+    let (max_pending, max_requests, max_replies) = (
+        config.max_pending,
+        config.max_client_request_bytes,
+        config.max_client_reply_bytes,
+    );
     let mut parser = RequestParser::new(crate::protocol::Limits {
-        max_request_bytes: pool.config.max_request_bytes,
+        max_request_bytes: config.max_request_bytes,
     });
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
-    let authenticated = pool.config.redis_auth.is_none();
-    let tally = SessionTally::new(&pool.metrics);
+    let authenticated = config.redis_auth.is_none();
+    let mut input = Input::new((!authenticated).then(|| pool.shared.unauthenticated.clone()));
+    let tally = Tally::new(&pool.metrics);
     let mut ctx = Ctx {
         pool,
         client,
@@ -141,7 +199,11 @@ where
         front_seq: 0,
         inbox: Inbox::new(),
         arrived: Vec::new(),
-        out: BytesMut::with_capacity(READ_CHUNK),
+        out: BytesMut::new(),
+        out_scratch: false,
+        out_counted: 0,
+        request_bytes: 0,
+        replies_held: 0,
         closing: false,
         commands: 0,
         authenticated,
@@ -161,54 +223,81 @@ where
     let timer = tokio::time::sleep_until(epoch);
     tokio::pin!(timer);
     let mut timer_at = None;
+    let mut woke = Woke::Nothing;
     loop {
+        // One step, with no await that can suspend: events taken, requests parsed and dispatched,
+        // ready replies composed in the worker's scratch buffer and written.
+        ctx.begin_output();
+        match std::mem::replace(&mut woke, Woke::Nothing) {
+            // The timer is rounded up, so the oldest request's deadline has passed.
+            Woke::Timer => ctx.on_head(HeadEvent::Timeout),
+            Woke::Placement => ctx.follow_placement(),
+            Woke::Nothing => {}
+        }
         // Never wait with a complete request buffered and room to take it: when the pipeline was full,
         // settling replies makes room, so parse again until the input runs out or the oldest request
         // really has to wait for its backend (then its reply wakes us).
-        while ctx.parse_input(&mut parser, &mut inbuf, max_pending) {
+        while ctx.parse_input(&mut parser, &mut input.buf, max_pending) {
             let before = ctx.pending.len();
             ctx.drain_ready();
             if ctx.pending.len() == before {
                 break;
             }
         }
+        if ctx.authenticated {
+            input.authenticated();
+        }
+        if input.settle().is_err() {
+            ctx.reply(|r| {
+                r.error("ERR slotline: too many bytes held for clients that have not authenticated")
+            });
+            ctx.client_err = true;
+            ctx.closing = true;
+        }
         ctx.drain_ready();
         if !ctx.out.is_empty() {
-            // Flushed before the write, once per write: a client that has its reply finds the request
-            // in the metrics, and they never wait for more input.
-            ctx.tally.sent(ctx.out.len());
-            ctx.tally.flush(&ctx.pool.metrics);
-            // A subscriber that stops reading must not make slotline buffer its messages without end.
-            let written = tokio::select! {
-                written = wr.write_all(&ctx.out) => written.is_ok(),
-                _ = pubsub::overflow(ctx.feed()) => {
-                    ctx.drop_slow_subscriber();
-                    false
-                }
-            };
-            if !written {
-                ctx.client_err = true;
+            // Flushed before the write: a client that has its reply finds the request in the
+            // metrics, and they never wait for more input.
+            ctx.tally.get().sent(ctx.out.len() - ctx.out_counted);
+            ctx.out_counted = ctx.out.len();
+            ctx.flush_stats();
+            // Ready at once: written, or the socket is full (the waker is registered).
+            let written = std::future::poll_fn(|cx| {
+                Poll::Ready(match buffers::poll_write_out(cx, &mut wr, &mut ctx.out) {
+                    Poll::Ready(written) => written,
+                    Poll::Pending => Ok(0),
+                })
+            })
+            .await;
+            if !ctx.wrote(written) {
                 break;
             }
-            ctx.out.clear();
-            ctx.wrote();
-            if ctx.out.capacity() > 4 * READ_CHUNK {
-                // A large reply went out; do not keep its buffer for the life of the connection.
-                ctx.out = BytesMut::with_capacity(READ_CHUNK);
-            }
         }
+        ctx.end_output();
+        // What the step counted reaches the pool's metrics, and the worker gets its tally back.
+        ctx.tally.flush();
         if ctx.closing && (ctx.pending.is_empty() || ctx.blocked()) {
             // A client that has sent everything and waits on a blocking command cannot be told apart
             // from one that left: drop it, so the server unblocks it and hands the data to someone else.
+            // What it has not read yet gets as long as a request would.
+            if !ctx.out.is_empty() {
+                let wait = Duration::from_millis(ctx.pool.config.timeout);
+                let _ = tokio::time::timeout(wait, wr.write_all(&ctx.out)).await;
+            }
             break;
         }
-        let can_read = !ctx.closing && ctx.pending.len() < max_pending;
-        if can_read {
-            let need = parser.needed().saturating_sub(inbuf.len()).max(READ_CHUNK);
-            if inbuf.capacity() - inbuf.len() < need / 2 {
-                inbuf.reserve(need);
-            }
+        if ctx.replies_held + ctx.out.len() > max_replies {
+            ctx.too_much_output(max_replies);
+            break;
         }
+        let pause = match ctx.authenticated {
+            true => OUTPUT_PAUSE,
+            false => OUTPUT_PAUSE_UNAUTHENTICATED,
+        };
+        let can_read = !ctx.closing
+            && ctx.pending.len() < max_pending
+            && ctx.request_bytes < max_requests
+            && ctx.out.len() < pause;
         let deadline = ctx.head_deadline();
         if let Some(deadline) = deadline {
             let at = round_up(epoch, deadline, tick);
@@ -217,20 +306,26 @@ where
                 timer_at = Some(at);
             }
         }
+        let need = parser.needed();
         tokio::select! {
             biased;
             // Replies land in `arrived` and are placed and written at the top of the loop.
             _ = std::future::poll_fn(|cx| ctx.inbox.poll_take(cx, &mut ctx.arrived)), if deadline.is_some() => {}
             _ = &mut timer, if deadline.is_some() => {
                 timer_at = None;
-                // The timer is rounded up, so the oldest request's deadline has passed.
-                ctx.on_head(HeadEvent::Timeout);
+                woke = Woke::Timer;
             }
-            read = rd.read_buf(&mut inbuf), if can_read => match read {
+            // The socket took what it would not before.
+            written = std::future::poll_fn(|cx| buffers::poll_write_out(cx, &mut wr, &mut ctx.out)), if !ctx.out.is_empty() => {
+                if !ctx.wrote(written) {
+                    break;
+                }
+            }
+            read = std::future::poll_fn(|cx| input.poll_read(cx, &mut rd, need)), if can_read => match read {
                 // The client has sent all it will (it may still read, as `nc` does): answer what it
                 // sent, then close. If it is gone altogether, the next write fails and ends this.
                 Ok(0) => ctx.closing = true,
-                Ok(n) => ctx.tally.received(n),
+                Ok(n) => ctx.tally.get().received(n),
                 Err(_) => {
                     ctx.client_err = true;
                     break;
@@ -245,7 +340,7 @@ where
                     ctx.client_err = true;
                     break;
                 }
-                pubsub::Woken::Placement => ctx.follow_placement(),
+                pubsub::Woken::Placement => woke = Woke::Placement,
             },
         }
     }
@@ -256,6 +351,16 @@ where
     };
     stats::add(ended, 1);
     let _ = wr.shutdown().await;
+    drop(seat);
+}
+
+/// What woke the session that its next step must act on (replies and input are found by looking).
+enum Woke {
+    Nothing,
+    /// The oldest request's deadline passed.
+    Timer,
+    /// A sharded pool's placement changed under the client's subscriptions.
+    Placement,
 }
 
 enum HeadEvent {
@@ -293,6 +398,7 @@ impl Ctx {
         let view = View::of(&pool);
         let now = Instant::now();
         while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
+            parser.set_unauthenticated(!self.authenticated);
             match parser.parse(inbuf) {
                 Ok(Some(len)) => {
                     let raw = inbuf.split_to(len);
@@ -319,7 +425,7 @@ impl Ctx {
                 }
                 Err(e) => {
                     // The stream cannot be resynchronised: say why, then close.
-                    self.tally.error(ErrorKind::Protocol);
+                    self.tally.get().error(ErrorKind::Protocol);
                     self.reply(|r| r.error(&format!("ERR {e}")));
                     self.client_err = true;
                     self.closing = true;
@@ -336,7 +442,7 @@ impl Ctx {
         let argc = req.argc();
         let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
             Ok(spec) => {
-                self.tally.command(spec.family);
+                self.tally.get().command(spec.family);
                 spec
             }
             Err(LookupError::UnknownCommand) => return self.unknown_command(req),
@@ -501,7 +607,7 @@ impl Ctx {
             Place::Slot(slot) => Some(slot),
             _ => None,
         };
-        self.pending.push_back(Pending::Wait(Waiting {
+        self.push(Pending::Wait(Waiting {
             result: None,
             frame,
             slot,
@@ -531,6 +637,8 @@ impl Ctx {
 
     fn push(&mut self, pending: Pending) {
         self.serial += usize::from(pending.serial());
+        self.request_bytes += pending.request_bytes();
+        self.replies_held += pending.reply_bytes();
         self.pending.push_back(pending);
     }
 
@@ -538,8 +646,71 @@ impl Ctx {
         if let Some(pending) = self.pending.pop_front() {
             debug_assert!(self.serial >= usize::from(pending.serial()));
             self.serial = self.serial.saturating_sub(usize::from(pending.serial()));
+            self.request_bytes = self.request_bytes.saturating_sub(pending.request_bytes());
+            self.replies_held = self.replies_held.saturating_sub(pending.reply_bytes());
         }
         self.front_seq += 1;
+        if self.pending.is_empty() && self.pending.capacity() > 64 {
+            // A burst is over: an idle client keeps no queue the size of its deepest pipeline.
+            self.pending = VecDeque::new();
+        }
+    }
+
+    /// Takes the worker's scratch buffer to compose this step's output in, unless output from an
+    /// earlier step is still waiting for the socket.
+    fn begin_output(&mut self) {
+        if self.out.is_empty() {
+            self.out = buffers::take_scratch();
+            self.out_scratch = true;
+        }
+    }
+
+    /// Gives the scratch buffer back; what the socket did not take moves into a buffer of the
+    /// client's own.
+    fn end_output(&mut self) {
+        if !std::mem::take(&mut self.out_scratch) {
+            if self.out.is_empty() && self.out.capacity() > 0 {
+                self.out = BytesMut::new();
+            }
+            return;
+        }
+        let scratch = std::mem::take(&mut self.out);
+        if !scratch.is_empty() {
+            self.out = BytesMut::from(&scratch[..]);
+        }
+        buffers::give_scratch(scratch);
+        if self.arrived.capacity() > 64 {
+            self.arrived = Vec::new();
+        }
+    }
+
+    /// Takes stock of a write; false when the client is gone.
+    fn wrote(&mut self, written: std::io::Result<usize>) -> bool {
+        match written {
+            Ok(n) => {
+                self.out_counted = self.out_counted.saturating_sub(n);
+                if self.out.is_empty() {
+                    self.pubsub_written();
+                }
+                true
+            }
+            Err(_) => {
+                self.client_err = true;
+                false
+            }
+        }
+    }
+
+    /// The client asked for more than it reads: its replies passed `max_client_reply_bytes`.
+    fn too_much_output(&mut self, limit: usize) {
+        static WARNED: crate::throttle::Throttle =
+            crate::throttle::Throttle::new(Duration::from_secs(10));
+        if WARNED.ready() {
+            tracing::warn!(client.addr = %self.client.addr, pool = %self.pool.name, limit,
+                "closing a client that does not read its replies (max_client_reply_bytes reached)");
+        }
+        self.tally.get().error(ErrorKind::Proxy);
+        self.client_err = true;
     }
 
     /// Holds a request for the client's own connection until everything before it is answered.
@@ -585,9 +756,11 @@ impl Ctx {
                     if !w.own_connection {
                         let sent = w.deadline.checked_sub(timeout).unwrap_or(now);
                         self.tally
+                            .get()
                             .backend_answered(now.saturating_duration_since(sent));
                     }
                     w.result = Some(result);
+                    self.replies_held += w.reply_bytes();
                 }
                 (Some(Pending::Split(s)), Some(part)) => {
                     let Some(w) = s.parts.get_mut(part).map(|p| &mut p.w) else {
@@ -595,8 +768,10 @@ impl Ctx {
                     };
                     let sent = w.deadline.checked_sub(timeout).unwrap_or(now);
                     self.tally
+                        .get()
                         .backend_answered(now.saturating_duration_since(sent));
                     w.result = Some(result);
+                    self.replies_held += w.reply_bytes();
                 }
                 _ => {}
             }
@@ -615,10 +790,16 @@ impl Ctx {
                     self.pop_front();
                     continue;
                 }
-                Some(Pending::Wait(w)) => match w.result.take() {
-                    Some(result) => result,
-                    None => return,
-                },
+                Some(Pending::Wait(w)) => {
+                    let held = w.reply_bytes();
+                    match w.result.take() {
+                        Some(result) => {
+                            self.replies_held = self.replies_held.saturating_sub(held);
+                            result
+                        }
+                        None => return,
+                    }
+                }
                 Some(Pending::Split(_)) => {
                     if self.settle_split() {
                         continue;
@@ -645,7 +826,7 @@ impl Ctx {
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
         if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
-            self.tally.error(ErrorKind::Timeout);
+            self.tally.get().error(ErrorKind::Timeout);
             stats::add(&self.pool.stats.forward_error, 1);
             self.pop_front();
             return self.timed_out();
@@ -667,15 +848,15 @@ impl Ctx {
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
-                self.tally.answered_since(started);
-                self.tally.error(ErrorKind::from(&e));
+                self.tally.get().answered_since(started);
+                self.tally.get().error(ErrorKind::from(&e));
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.error_now(&format!("ERR slotline: {e}"));
             }
             HeadEvent::Timeout => {
-                self.tally.answered_since(started);
-                self.tally.error(ErrorKind::Timeout);
+                self.tally.get().answered_since(started);
+                self.tally.get().error(ErrorKind::Timeout);
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.timed_out();
@@ -684,14 +865,14 @@ impl Ctx {
         let pick = self.client.id as usize;
         let resend = || self.inbox.reply_to(self.front_seq);
         let failure = match follow_reply(&self.pool, pick, self.proto, w, &reply, resend) {
-            Redirected::Followed(kind) => return self.tally.redirect(kind),
+            Redirected::Followed(kind) => return self.tally.get().redirect(kind),
             Redirected::Refused => ErrorKind::RedirectLimit,
             Redirected::No => ErrorKind::BackendError,
         };
         if reply.first() == Some(&b'-') {
-            self.tally.error(failure);
+            self.tally.get().error(failure);
         }
-        self.tally.answered_since(started);
+        self.tally.get().answered_since(started);
         self.out.extend_from_slice(&reply);
         self.pop_front();
     }
@@ -707,7 +888,7 @@ impl Ctx {
     /// Writes an error reply in order: straight to the output when nothing is waiting before it.
     /// Errors slotline decides itself (unknown command, CROSSSLOT, no topology ...).
     pub(crate) fn error(&mut self, msg: &str) {
-        self.tally.error(ErrorKind::Proxy);
+        self.tally.get().error(ErrorKind::Proxy);
         // An error while queuing a transaction dooms it, as with Redis.
         self.tx.abort();
         self.reply(|r| r.error(msg));
@@ -725,7 +906,7 @@ impl Ctx {
         } else {
             let mut buf = BytesMut::new();
             write(&mut Reply(&mut buf));
-            self.pending.push_back(Pending::Ready(buf.freeze()));
+            self.push(Pending::Ready(buf.freeze()));
         }
     }
 
@@ -748,7 +929,7 @@ impl Ctx {
                 .total_commands
                 .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
         }
-        self.tally.flush(&self.pool.metrics);
+        self.tally.flush();
     }
 }
 

@@ -58,15 +58,7 @@ impl Shards {
             .distribution()
             .ok_or_else(|| "mode: a cluster pool has no sharding".to_string())?;
         let notify = Arc::new(Notify::new());
-        let mut settings = backend::Settings::new(
-            config.server_connections,
-            Duration::from_millis(config.connect_timeout),
-        )
-        .with_login(
-            config.redis_username.as_deref(),
-            config.redis_auth.as_deref(),
-            config.redis_db,
-        );
+        let mut settings = backend::Settings::for_pool(config, config.redis_db);
         settings.timeout = Some(Duration::from_millis(config.timeout));
         // A failed connection may mean a host name now resolves elsewhere: look again.
         settings.on_failure = Some(discovery.recheck());

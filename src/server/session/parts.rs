@@ -399,7 +399,8 @@ impl Ctx {
             if let Redirected::Followed(kind) =
                 follow_reply(&self.pool, pick, self.proto, &mut part.w, &reply, resend)
             {
-                self.tally.redirect(kind);
+                self.tally.get().redirect(kind);
+                self.replies_held = self.replies_held.saturating_sub(reply.len());
                 waiting = true;
                 continue;
             }
@@ -414,7 +415,7 @@ impl Ctx {
         });
         match failed {
             Some(msg) => {
-                self.tally.error(ErrorKind::Connection);
+                self.tally.get().error(ErrorKind::Connection);
                 stats::add(&self.pool.stats.forward_error, 1);
                 Reply(&mut self.out).error(&msg);
             }
@@ -437,7 +438,7 @@ impl Ctx {
         let started = s
             .deadline
             .checked_sub(Duration::from_millis(self.pool.config.timeout));
-        self.tally.answered_since(started);
+        self.tally.get().answered_since(started);
         self.pop_front();
         true
     }

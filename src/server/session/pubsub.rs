@@ -714,13 +714,8 @@ impl Ctx {
         self.closing = true;
     }
 
-    /// The client's subscriptions, if it has any connection for them.
-    pub(super) fn feed(&self) -> Option<Arc<Feed>> {
-        self.pubsub.as_ref().map(|ps| ps.feed.clone())
-    }
-
     /// The output was written: the messages in it no longer count against the client's limit.
-    pub(super) fn wrote(&mut self) {
+    pub(super) fn pubsub_written(&mut self) {
         if let Some(ps) = self.pubsub.as_mut() {
             ps.feed.written(std::mem::take(&mut ps.moved));
         }
@@ -770,14 +765,6 @@ pub(super) async fn next_events(pubsub: &mut Option<Box<PubSub>>) -> Woken {
         ps.placement = None;
     }
     Woken::Placement
-}
-
-/// Ready when the client behind `feed` fell too far behind; never without one.
-pub(super) async fn overflow(feed: Option<Arc<Feed>>) {
-    match feed {
-        Some(feed) => feed.wait_overflow().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Messages of every kind (`message`, `pmessage`, `smessage`), in RESP2 or RESP3, told apart from

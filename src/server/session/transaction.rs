@@ -28,6 +28,8 @@ pub(super) struct Transaction {
     /// Between MULTI and EXEC/DISCARD.
     queuing: bool,
     queued: Vec<Bytes>,
+    /// Bytes of `queued`, bounded by `max_client_request_bytes`.
+    queued_bytes: usize,
     /// Where the transaction and its WATCH are bound, once a key names it, and that place's backend.
     place: Option<Place>,
     node: Option<Arc<Node>>,
@@ -126,7 +128,13 @@ impl Ctx {
             );
             return self.error(&msg);
         }
+        if self.tx.queued_bytes + frame.len() > self.pool.config.max_client_request_bytes {
+            return self.error(
+                "ERR slotline: the transaction is larger than max_client_request_bytes allows",
+            );
+        }
         if self.bind(req, spec, view).is_some() {
+            self.tx.queued_bytes += frame.len();
             self.tx.queued.push(frame.clone());
             self.reply(|r| r.status("QUEUED"));
         }

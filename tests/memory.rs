@@ -1,0 +1,206 @@
+//! What a connection costs and what a client can make slotline hold, read from slotline's own RSS
+//! (`/proc/PID/status`): an idle client keeps no buffer, memory goes back when clients leave, and
+//! every byte bound holds (requests, replies, clients that have not authenticated).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use support::{free_port, wait_for, Client, RedisServers, Reply, Slotline};
+
+/// slotline's resident memory, in KiB.
+fn rss_kib(proxy: &Slotline) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid()))
+        .expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn start(servers: &RedisServers, extra: &str) -> Slotline {
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), extra));
+    // The first client warms what every later one shares (the worker's buffers, the backend
+    // connection).
+    let mut warm = proxy.client();
+    if extra.contains("redis_auth") {
+        assert!(warm.cmd(&["AUTH", "secret"]).is_ok());
+    }
+    assert_eq!(warm.cmd(&["PING"]), Reply::Status("PONG".into()));
+    assert_eq!(warm.cmd(&["SET", "warm", "1"]), Reply::ok());
+    proxy
+}
+
+/// 2,000 clients that each said PING once and wait: README's budget is 3 KiB each (read buffers
+/// used to cost 32 KiB). When they leave, the memory goes back to the system.
+#[test]
+fn an_idle_client_keeps_no_buffer_and_the_memory_goes_back_when_clients_leave() {
+    const CLIENTS: usize = 2000;
+    let servers = RedisServers::start(1);
+    let proxy = start(&servers, "");
+    let before = rss_kib(&proxy);
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect"))
+        .collect();
+    for c in &mut clients {
+        c.write_all(b"*1\r\n$4\r\nPING\r\n").expect("PING");
+    }
+    for c in &mut clients {
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong).expect("PONG");
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
+    let idle = rss_kib(&proxy);
+    let per_client = (idle.saturating_sub(before)) * 1024 / CLIENTS as u64;
+    eprintln!("RSS {before} KiB, with {CLIENTS} idle clients {idle} KiB: {per_client} bytes each");
+    assert!(
+        per_client <= 3 * 1024,
+        "an idle client costs {per_client} bytes of RSS"
+    );
+    drop(clients);
+    wait_for(
+        Duration::from_secs(20),
+        "the memory of the clients that left to go back",
+        || rss_kib(&proxy) <= before + 2048,
+    );
+}
+
+/// A client that asks for replies and does not read them is disconnected at
+/// `max_client_reply_bytes`, not buffered without end; others are served, and the memory goes back.
+#[test]
+fn a_client_that_does_not_read_its_replies_is_cut_off_at_the_bound() {
+    let servers = RedisServers::start(1);
+    let proxy = start(
+        &servers,
+        "    max_reply_bytes: 1048576\n    max_client_reply_bytes: 4194304\n",
+    );
+    let value = "v".repeat(512 * 1024);
+    let mut other = proxy.client();
+    assert_eq!(other.cmd(&["SET", "big", &value]), Reply::ok());
+    let before = rss_kib(&proxy);
+    // 128 replies of 512 KiB: 64 MiB, far past the 4 MiB bound and what socket buffers hold.
+    let mut slow = TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect");
+    let get = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(128);
+    slow.write_all(&get).expect("send the GETs");
+    wait_for(
+        Duration::from_secs(10),
+        "slotline to drop the slow reader",
+        || proxy.log().contains("does not read its replies"),
+    );
+    assert_eq!(other.cmd(&["GET", "warm"]), Reply::bulk("1"));
+    // What it had queued is gone once the socket is drained: read until the close.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut sink = Vec::new();
+    let got = slow.read_to_end(&mut sink).map(|_| sink.len()).unwrap_or(0);
+    assert!(
+        got < 128 * 512 * 1024,
+        "the slow reader got every reply ({got} bytes)"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the slow reader's replies to leave slotline's memory",
+        || rss_kib(&proxy) <= before + 4096,
+    );
+}
+
+/// With the backend holding writes, a client that keeps sending is read only up to
+/// `max_client_request_bytes`: the rest waits in the kernel, not in slotline. Every request is answered
+/// once the backend moves again.
+#[test]
+fn requests_past_the_byte_bound_wait_outside_slotline() {
+    let servers = RedisServers::start(1);
+    let proxy = start(
+        &servers,
+        "    max_client_request_bytes: 1048576\n    timeout: 10000\n",
+    );
+    let before = rss_kib(&proxy);
+    let paused = servers.client(0).cmd(&["CLIENT", "PAUSE", "3000", "WRITE"]);
+    assert_eq!(paused, Reply::ok());
+    // 256 SETs of 128 KiB: 32 MiB on their way.
+    let value = "x".repeat(128 * 1024);
+    let mut client = proxy.client();
+    let cmds: Vec<Vec<String>> = (0..256)
+        .map(|i| vec!["SET".into(), format!("k{i}"), value.clone()])
+        .collect();
+    let port = proxy.port();
+    let writer = thread::spawn(move || {
+        let mut c = Client::connect(port);
+        c.pipeline(&cmds)
+    });
+    thread::sleep(Duration::from_millis(1500));
+    let held = rss_kib(&proxy).saturating_sub(before);
+    assert!(
+        held < 12 * 1024,
+        "slotline holds {held} KiB of a 32 MiB pipeline against a 1 MiB bound"
+    );
+    let replies = writer.join().expect("writer");
+    assert!(
+        replies.iter().all(|r| *r == Reply::ok()),
+        "{:?}",
+        &replies[..3]
+    );
+    assert_eq!(client.cmd(&["EXISTS", "k255"]), Reply::Int(1));
+}
+
+/// Before AUTH, Redis's own limits: 10 arguments of 16 KiB at most, refused at the header, so eight
+/// clients declaring 64 MiB each make slotline hold nothing; and hundreds of clients each holding a
+/// partial request within those limits cannot together pass the process-wide bound for
+/// unauthenticated bytes. The client with the password is served throughout.
+#[test]
+fn clients_that_have_not_authenticated_cannot_make_slotline_hold_memory() {
+    // The shards ask for the password too; the harness's readiness PING is answered NOAUTH.
+    let servers = RedisServers::start(1);
+    servers
+        .client(0)
+        .cmd(&["CONFIG", "SET", "requirepass", "secret"]);
+    let proxy = start(&servers, "    redis_auth: secret\n");
+    let mut user = proxy.client();
+    assert!(user.cmd(&["AUTH", "secret"]).is_ok());
+    let before = rss_kib(&proxy);
+
+    let mut declared: Vec<Client> = (0..8).map(|_| proxy.client()).collect();
+    for c in &mut declared {
+        c.send_raw(b"*1\r\n$67108864\r\n");
+        c.send_raw(&[b'x'; 4096]);
+    }
+    for c in &mut declared {
+        assert_eq!(
+            c.read_reply(),
+            Reply::Error("ERR Protocol error: unauthenticated bulk length".into())
+        );
+        assert!(c.is_closed());
+    }
+    let mut many: Vec<Client> = (0..400).map(|_| proxy.client()).collect();
+    // Nine of the ten arguments, 16 KiB each: 144 KiB held per client, 56 MiB if all were taken.
+    let partial = {
+        let mut p = b"*10\r\n".to_vec();
+        for _ in 0..9 {
+            p.extend_from_slice(b"$16384\r\n");
+            p.extend_from_slice(&[b'y'; 16384]);
+            p.extend_from_slice(b"\r\n");
+        }
+        p
+    };
+    let mut refused = 0;
+    for c in &mut many {
+        c.send_raw(&partial);
+    }
+    assert_eq!(user.cmd(&["GET", "warm"]), Reply::bulk("1"));
+    for c in &mut many {
+        c.set_read_timeout(Duration::from_millis(50));
+        if let Ok(Reply::Error(e)) = c.try_read_reply() {
+            assert!(e.contains("have not authenticated"), "{e}");
+            refused += 1;
+        }
+    }
+    let held = rss_kib(&proxy).saturating_sub(before);
+    eprintln!("{refused} of 400 refused; slotline holds {held} KiB more");
+    assert!(refused > 0, "the budget refused no one");
+    assert!(held < 48 * 1024, "unauthenticated clients hold {held} KiB");
+    assert_eq!(user.cmd(&["GET", "warm"]), Reply::bulk("1"));
+}
