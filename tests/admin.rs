@@ -537,3 +537,38 @@ fn redirects_are_counted_by_kind() {
         Some(0.0)
     );
 }
+
+/// Connections that never send a request, or send it a byte at a time, cannot crowd a kubelet probe
+/// out: with 64 of them open (the admin listener's limit) and a slow one trickling, /readyz and the
+/// twemproxy stats port still answer, and the idle ones are closed soon.
+#[test]
+fn idle_and_slow_connections_cannot_starve_the_probes() {
+    let stats = free_port();
+    let yaml = format!(
+        "{}admin:\n  listen: 127.0.0.1:{}\nstats_listen: 127.0.0.1:{stats}\n",
+        Slotline::cluster_yaml(free_port(), &seeds(shared())),
+        free_port()
+    );
+    let proxy = Slotline::start(&yaml);
+    let admin = proxy.admin_port();
+    let mut idle: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(("127.0.0.1", admin)).expect("connect"))
+        .collect();
+    let mut slow = TcpStream::connect(("127.0.0.1", admin)).expect("connect");
+    slow.write_all(b"GET /rea").expect("a first byte");
+    for _ in 0..5 {
+        let ready = http_get(admin, "/readyz");
+        assert_eq!(ready.status, 200, "{ready:?}");
+    }
+    let json = support::twemproxy_stats(stats);
+    assert!(json.get("main").is_some(), "{json}");
+    // Idle connections are closed: a read ends instead of blocking.
+    use std::io::Read;
+    let first = &mut idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    assert!(matches!(first.read(&mut buf), Ok(0) | Err(_)));
+    let _ = slow.write_all(b"dyz HTTP/1.1\r\n\r\n");
+}

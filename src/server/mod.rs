@@ -269,7 +269,7 @@ pub async fn run(
         tracing::info!(listen = %admin.listen, "admin listening (/metrics /healthz /readyz)");
     }
     let stats_listener = match &config.stats_listen {
-        Some(listen) => Some(TcpListener::bind(listen).await.map_err(|e| {
+        Some(listen) => Some(std::net::TcpListener::bind(listen).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("stats_listen: cannot listen on {listen}: {e}"),
@@ -281,10 +281,16 @@ pub async fn run(
     // At start, any pool that cannot listen is fatal.
     pools.apply(&config, &shared, &metrics).await?;
     shared.set_pools(&pools.watch().borrow());
-    let stats_task = stats_listener.map(|listener| {
-        tracing::info!(listen = ?listener.local_addr().ok(), "serving twemproxy-compatible stats");
-        tokio::spawn(stats_port::serve(listener, shared.clone(), pools.watch()))
-    });
+    let stats_task = match stats_listener {
+        Some(listener) => {
+            tracing::info!(listen = ?listener.local_addr().ok(), "serving twemproxy-compatible stats");
+            let (shared, pools) = (shared.clone(), pools.watch());
+            Some(crate::admin::spawn_on_control(listener, move |listener| {
+                stats_port::serve(listener, shared, pools)
+            })?)
+        }
+        None => None,
+    };
     let life = shared.lifecycle.clone();
     life.enter(Phase::Serving);
     let mut reload = config_file.map(|file| Reload::new(file.into()));

@@ -1,5 +1,6 @@
 //! The twemproxy-compatible stats port: every connection gets one JSON object, then the connection
-//! closes (what nutcracker's `-s` port does).
+//! closes (what nutcracker's `-s` port does). It runs on the control thread, apart from the data
+//! path, and a reader that does not take the object within the admin write timeout is dropped.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,8 +29,11 @@ pub(super) async fn serve(
         let current = pools.borrow().clone();
         let text = render(&source, &shared, &current);
         tokio::spawn(async move {
-            let _ = stream.write_all(text.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            let write = async {
+                let _ = stream.write_all(text.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            };
+            let _ = tokio::time::timeout(crate::admin::WRITE_TIMEOUT, write).await;
         });
     }
 }
