@@ -10,7 +10,9 @@ use std::process::Command;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PodSpec, Probe, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -68,6 +70,7 @@ struct Rendered {
     jobs: Vec<Job>,
     services: Vec<Service>,
     config_maps: Vec<ConfigMap>,
+    secrets: Vec<Secret>,
     service_accounts: Vec<ServiceAccount>,
     roles: Vec<Role>,
     role_bindings: Vec<RoleBinding>,
@@ -108,6 +111,19 @@ fn render(dir: &str) -> Rendered {
             ("batch/v1", "Job") => r.jobs.push(typed(&doc, &what)),
             ("v1", "Service") => r.services.push(typed(&doc, &what)),
             ("v1", "ConfigMap") => r.config_maps.push(typed(&doc, &what)),
+            ("v1", "Secret") => {
+                // Debian's kustomize wraps base64 at 70 columns; the API server's decoder skips the
+                // line breaks, k8s-openapi's does not.
+                let mut doc = doc.clone();
+                if let Some(data) = doc.get_mut("data").and_then(Value::as_mapping_mut) {
+                    for (_, v) in data.iter_mut() {
+                        if let Some(text) = v.as_str() {
+                            *v = Value::String(text.split_whitespace().collect());
+                        }
+                    }
+                }
+                r.secrets.push(typed(&doc, &what))
+            }
             ("v1", "ServiceAccount") => r.service_accounts.push(typed(&doc, &what)),
             ("rbac.authorization.k8s.io/v1", "Role") => r.roles.push(typed(&doc, &what)),
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
@@ -272,6 +288,94 @@ fn mounted_config(r: &Rendered) -> String {
         .clone()
 }
 
+/// The ACL file (`aclfile` in the Redis config) the Redis pods mount from a Secret, if any.
+fn redis_acl(r: &Rendered) -> Option<String> {
+    let path = r
+        .config_maps
+        .iter()
+        .filter_map(|m| m.data.as_ref())
+        .flat_map(|d| d.values())
+        .flat_map(|text| text.lines())
+        .find_map(|l| l.strip_prefix("aclfile "))?
+        .trim()
+        .to_string();
+    let set = r.stateful_sets.first()?;
+    let pod = set.spec.template.spec.as_ref()?;
+    let mount = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))?;
+    let key = &path[mount.mount_path.len() + 1..];
+    let name = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)?
+        .secret
+        .as_ref()?
+        .secret_name
+        .clone()?;
+    let secret = r
+        .secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))?;
+    let bytes = secret.data.as_ref()?.get(key)?;
+    Some(String::from_utf8_lossy(&bytes.0).into_owned())
+}
+
+/// The file at `path` in the slotline container, from the Secret mounted over it.
+fn mounted_secret(r: &Rendered, path: &str) -> Vec<u8> {
+    let (_, pod, c) = slotline(r);
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))
+        .unwrap_or_else(|| panic!("deploy/{}: {path} is on no volume", r.name));
+    let key = &path[mount.mount_path.len() + 1..];
+    let name = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone())
+        .unwrap_or_else(|| panic!("deploy/{}: {path} is not on a Secret volume", r.name));
+    let secret = r
+        .secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("deploy/{}: no Secret {name}", r.name));
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .unwrap_or_else(|| panic!("deploy/{}: Secret {name} has no key {key}", r.name))
+}
+
+/// The config as slotline reads it in the pod: a `redis_auth_file` is read from its Secret (copied
+/// to a temporary file here), so the file exists where the config says.
+fn config_in_pod(r: &Rendered) -> String {
+    let mut text = mounted_config(r);
+    let files: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("redis_auth_file:"))
+        .map(|p| p.trim().to_string())
+        .collect();
+    for (i, path) in files.iter().enumerate() {
+        let local = std::env::temp_dir().join(format!(
+            "slotline-deploy-{}-{}-{i}",
+            std::process::id(),
+            r.name.replace('/', "-")
+        ));
+        std::fs::write(&local, mounted_secret(r, path)).expect("write the secret");
+        text = text.replace(path.as_str(), &local.display().to_string());
+    }
+    text
+}
+
 fn port_of(listen: &str) -> i32 {
     listen
         .rsplit(':')
@@ -304,11 +408,31 @@ fn probes_ports_and_config_agree() {
     for dir in kustomizations() {
         let r = render(&dir);
         let (_, _, c) = slotline(&r);
-        let text = mounted_config(&r);
+        let text = config_in_pod(&r);
 
         // slotline's own validation, exactly as `slotline check` does it.
-        if let Err(e) = slotline::config::Config::from_yaml(&text) {
-            panic!("deploy/{dir}: the ConfigMap's config is invalid: {e}");
+        let parsed = match slotline::config::Config::from_yaml(&text) {
+            Ok(config) => config,
+            Err(e) => panic!("deploy/{dir}: the ConfigMap's config is invalid: {e}"),
+        };
+        // A backend user is restricted on the nodes (config/redis-users.acl): Redis itself refuses
+        // the dangerous commands, scripts included, and its password is the one slotline uses.
+        for pool in parsed.pools.values() {
+            if let Some(user) = &pool.redis_username {
+                let acl = redis_acl(&r).unwrap_or_else(|| {
+                    panic!("deploy/{dir}: redis_username {user}, but no Redis ACL file")
+                });
+                let line = acl
+                    .lines()
+                    .find(|l| l.starts_with(&format!("user {user} ")))
+                    .unwrap_or_else(|| panic!("deploy/{dir}: no user {user} in the ACL:\n{acl}"));
+                assert!(line.contains("-@dangerous"), "deploy/{dir}: {line}");
+                let password = pool.redis_auth.as_deref().expect("a password");
+                assert!(
+                    line.split_whitespace().any(|w| w == format!(">{password}")),
+                    "deploy/{dir}: {user}'s password differs from slotline's"
+                );
+            }
         }
         let config: Value = serde_yaml::from_str(&text).expect("config YAML");
         let admin_port = port_of(config["admin"]["listen"].as_str().unwrap_or_else(|| {

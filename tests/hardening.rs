@@ -312,3 +312,56 @@ fn hostile_backend_replies_fail_their_connection_not_the_proxy() {
     );
     assert!(proxy.is_running());
 }
+
+/// slotline's command policy is no security boundary for scripts: the nodes' ACL is. With the
+/// restricted user config/redis-users.acl describes, a script that calls FLUSHALL is refused by
+/// Redis itself, while everything slotline needs (CLUSTER SLOTS, EVAL, WAIT, KEYS) still works.
+#[test]
+fn a_restricted_acl_user_stops_what_scripts_could_do_past_the_command_policy() {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/redis-users.acl"
+    ))
+    .expect("config/redis-users.acl");
+    let user_line = rules
+        .lines()
+        .find(|l| l.starts_with("user slotline "))
+        .expect("the slotline user line");
+    // The same rules on every node, with the default user still on for the test harness.
+    let mut extra_args = vec!["--user".to_string()];
+    extra_args.extend(user_line.split_whitespace().skip(1).map(|w| {
+        if w.starts_with('>') {
+            ">s3cret".to_string()
+        } else {
+            w.to_string()
+        }
+    }));
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        extra_args,
+        ..ClusterOpts::default()
+    });
+    let port = free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let yaml = Slotline::cluster_yaml(port, &seeds)
+        + "    redis_username: slotline\n    redis_auth: s3cret\n";
+    let _proxy = Slotline::start(&yaml);
+    let mut client = Client::connect(port);
+    assert!(client.cmd(&["AUTH", "s3cret"]).is_ok());
+    assert_eq!(client.cmd(&["SET", "{acl}k", "v"]), Reply::ok());
+    let reply = client.cmd(&["EVAL", "return redis.call('FLUSHALL')", "1", "{acl}k"]);
+    assert!(
+        reply
+            .error()
+            .is_some_and(|e| e.contains("can't run this command")),
+        "{reply:?}"
+    );
+    let reply = client.cmd(&["EVAL", "return redis.call('SWAPDB', '0', '1')", "0"]);
+    assert!(reply.is_error(), "{reply:?}");
+    assert_eq!(client.cmd(&["GET", "{acl}k"]), Reply::bulk("v"));
+    assert_eq!(
+        client.cmd(&["KEYS", "{acl}*"]),
+        Reply::Array(Some(vec![Reply::bulk("{acl}k")]))
+    );
+    assert_eq!(client.cmd(&["WAIT", "0", "100"]), Reply::Int(0));
+}

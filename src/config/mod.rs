@@ -163,6 +163,10 @@ pub struct PoolConfig {
     /// backend connections with it.
     #[serde(default)]
     pub redis_auth: Option<String>,
+    /// A file holding `redis_auth` (a mounted Kubernetes Secret, say), read at start and at every
+    /// reload; one trailing newline is ignored. Not with `redis_auth`.
+    #[serde(default)]
+    pub redis_auth_file: Option<PathBuf>,
     /// With `redis_auth`: the ACL user (Redis 6 and later) slotline logs in to its backends as, and
     /// the user name clients may give with AUTH (the password alone logs them in too). Without it,
     /// the `default` user.
@@ -423,12 +427,40 @@ impl Config {
                 return twemproxy::parse(text);
             }
         }
-        let config: Config = serde_yaml::from_value(value).map_err(|e| ConfigError {
+        let mut config: Config = serde_yaml::from_value(value).map_err(|e| ConfigError {
             file: None,
             message: e.to_string(),
         })?;
+        config.read_secrets()?;
         config.validate()?;
         Ok(config)
+    }
+}
+
+impl Config {
+    /// Takes every pool's `redis_auth_file` into its `redis_auth`.
+    fn read_secrets(&mut self) -> Result<(), ConfigError> {
+        for (name, pool) in &mut self.pools {
+            let Some(path) = &pool.redis_auth_file else {
+                continue;
+            };
+            let fail = |message: String| ConfigError {
+                file: None,
+                message: format!("pools.{name}.redis_auth_file: {message}"),
+            };
+            if pool.redis_auth.is_some() {
+                return Err(fail("give redis_auth or redis_auth_file, not both".into()));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let secret = text.strip_suffix('\n').unwrap_or(&text);
+            let secret = secret.strip_suffix('\r').unwrap_or(secret);
+            if secret.is_empty() {
+                return Err(fail(format!("{} is empty", path.display())));
+            }
+            pool.redis_auth = Some(secret.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -465,6 +497,7 @@ impl PoolConfig {
             connect_timeout: defaults::connect_timeout(),
             allow_flush: false,
             redis_auth: None,
+            redis_auth_file: None,
             redis_username: None,
             redis_db: 0,
             auto_eject_hosts: false,
@@ -598,6 +631,24 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "pools:\n  main:\n    listen: 127.0.0.1:6380\n    mode: cluster\n    servers: [127.0.0.1:7000]\n";
+
+    #[test]
+    fn the_password_may_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("slotline-secret-{}", std::process::id()));
+        std::fs::write(&path, "from a secret\n").unwrap();
+        let yaml = format!("{MINIMAL}    redis_auth_file: {}\n", path.display());
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(
+            config.pools["main"].redis_auth.as_deref(),
+            Some("from a secret")
+        );
+        let both = format!("{yaml}    redis_auth: inline\n");
+        let err = Config::from_yaml(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = Config::from_yaml(&yaml).unwrap_err().to_string();
+        assert!(err.contains("redis_auth_file: cannot read"), "{err}");
+    }
 
     #[test]
     fn defaults_apply() {
