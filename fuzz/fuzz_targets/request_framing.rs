@@ -1,6 +1,8 @@
 //! Client request framing: never panics, agrees with itself however the bytes are split across reads,
 //! and agrees with the redis-protocol crate's decoder on every RESP array it accepts; each argument's
-//! bytes as they came (copied into split requests) are its canonical encoding.
+//! bytes as they came (copied into split requests) are its canonical encoding. Before AUTH (the low
+//! bit of the second byte), no accepted request passes Redis's limits (10 arguments of 16 KiB), and
+//! the parser never asks to wait for more than such a request can hold.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,12 +12,14 @@ use slotline::protocol::{Limits, RequestParser};
 
 /// Each request's length, the bytes its arguments are in (an inline command's RESP encoding),
 /// arguments and argument ranges.
-type Parsed = Vec<(usize, Vec<u8>, Vec<Vec<u8>>, Vec<(u32, u32)>)>;
+/// And whether it came as a RESP array (else an inline line).
+type Parsed = Vec<(usize, Vec<u8>, Vec<Vec<u8>>, Vec<(u32, u32)>, bool)>;
 
 /// Parses everything in `data`, feeding it `step` bytes at a time. Returns the complete requests and
 /// whether the stream ended in a protocol error.
-fn parse(data: &[u8], step: usize) -> (Parsed, bool) {
+fn parse(data: &[u8], step: usize, unauthenticated: bool) -> (Parsed, bool) {
     let mut parser = RequestParser::new(Limits { max_request_bytes: 1 << 20 });
+    parser.set_unauthenticated(unauthenticated);
     let mut out = Vec::new();
     let mut start = 0;
     let mut avail = 0;
@@ -35,10 +39,18 @@ fn parse(data: &[u8], step: usize) -> (Parsed, bool) {
                             frame[s as usize..e as usize].to_vec()
                         })
                         .collect();
-                    out.push((len, frame.to_vec(), args, parser.args().to_vec()));
+                    let array = buf.first() == Some(&b'*');
+                    out.push((len, frame.to_vec(), args, parser.args().to_vec(), array));
                     start += len;
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if unauthenticated {
+                        // Nothing is waited for (and no buffer grown) past what 10 arguments of
+                        // 16 KiB, with their headers, can take.
+                        assert!(parser.needed() <= UNAUTHENTICATED_MAX, "{}", parser.needed());
+                    }
+                    break;
+                }
                 Err(_) => return (out, true),
             }
         }
@@ -48,16 +60,24 @@ fn parse(data: &[u8], step: usize) -> (Parsed, bool) {
     }
 }
 
+/// The largest request an unauthenticated client can send: `*10`, then ten `$16384` arguments.
+const UNAUTHENTICATED_MAX: usize = 5 + 10 * (8 + 16384 + 2);
+
 fuzz_target!(|data: &[u8]| {
-    let (whole, whole_err) = parse(data, data.len().max(1));
+    let unauthenticated = data.get(1).is_some_and(|b| b & 1 == 1);
+    let (whole, whole_err) = parse(data, data.len().max(1), unauthenticated);
     let step = 1 + data.first().copied().unwrap_or(0) as usize % 7;
-    let (pieces, pieces_err) = parse(data, step);
+    let (pieces, pieces_err) = parse(data, step, unauthenticated);
     assert_eq!(whole, pieces, "split reads changed the result");
     assert_eq!(whole_err, pieces_err);
 
-    for (_, frame, args, ranges) in &whole {
+    for (_, frame, args, ranges, array) in &whole {
         if args.is_empty() {
             continue;
+        }
+        // (An inline line, at most 64 KiB, is not limited further: nor is it in Redis.)
+        if unauthenticated && *array {
+            assert!(args.len() <= 10 && args.iter().all(|a| a.len() <= 16384));
         }
         // An accepted array, or the array an inline command was encoded as, must be exactly what
         // the reference decoder reads.

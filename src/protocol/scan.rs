@@ -47,11 +47,13 @@ impl ReplyScanner {
             self.remaining = 1;
         }
         while self.remaining > 0 {
-            let Some((len, children)) =
-                element(&buf[self.pos..], self.max - self.pos.min(self.max))?
-            else {
+            let room = self.max - self.pos.min(self.max);
+            let Some((len, children)) = element(&buf[self.pos..], room)? else {
                 return Ok(None);
             };
+            if len > room {
+                return Err(TOO_LONG);
+            }
             self.pos += len;
             // Every element takes at least 3 bytes ("_\r\n"), so a count the bound cannot hold is
             // refused here; and with it, no sum of counts can overflow.
@@ -175,6 +177,15 @@ mod tests {
         // What fits is measured as before.
         let mut scanner = ReplyScanner::new(16);
         assert_eq!(scanner.scan(b"*2\r\n$1\r\na\r\n:1\r\n"), Ok(Some(15)));
+        // Headers and lines count too: nothing measured passes the bound by a byte.
+        for (reply, fits) in [(&b"+1234\r\n"[..], 7), (b"$0\r\n\r\n", 6), (b"$-1\r\n", 5)] {
+            assert_eq!(ReplyScanner::new(fits).scan(reply), Ok(Some(fits)));
+            assert_eq!(
+                ReplyScanner::new(fits - 1).scan(reply),
+                Err(TOO_LONG),
+                "{reply:?}"
+            );
+        }
     }
 
     #[test]
