@@ -30,15 +30,19 @@
 //! - [`stats`]: the counters the data path keeps (twemproxy's fields, as relaxed atomics) and their
 //!   twemproxy-compatible JSON rendering.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together): the
-//!   session loop, its routing view, split and fan-out requests and their merges, redirects (and a
-//!   demoted master's READONLY), transactions, blocking commands and WAIT on connections of the
-//!   client's own, pub/sub (subscriptions on subscriber connections of the client's own, confirmations
-//!   with the client's counts, subscriber mode), locally answered commands, INFO, and the twemproxy
-//!   stats port; the running pools (a primary pool's replica listener too) and config reload (SIGHUP,
-//!   file change); the lifecycle: readiness and the SIGTERM drain.
-//! - [`metrics`]: the Prometheus registry, per-pool metric handles, per-session tallies, and the
-//!   collector that reads the data path's atomics at scrape time.
-//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`) on its own thread.
+//!   session loop and its buffers (the worker's read arena and scratch output; a client keeps bytes
+//!   only for a partial request or unwritten replies, all bounded), its routing view, split and
+//!   fan-out requests and their merges, redirects (only to nodes the topology lists; never a
+//!   script's) and a demoted master's READONLY, transactions, blocking commands and WAIT on
+//!   connections of the client's own, pub/sub (subscriptions on subscriber connections of the
+//!   client's own, confirmations with the client's counts, subscriber mode), locally answered
+//!   commands, INFO, and the twemproxy stats port; the running pools (a primary pool's replica
+//!   listener too) and config reload (SIGHUP, file change); the lifecycle: a client's seat, readiness
+//!   and the SIGTERM drain.
+//! - [`metrics`]: the Prometheus registry, per-pool metric handles, the worker's tallies (lent to a
+//!   session for one step), and the collector that reads the data path's atomics at scrape time.
+//! - [`admin`]: the control thread, and the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`)
+//!   on it, safe from idle and slow connections.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot

@@ -821,6 +821,24 @@ fn dockerfile_is_multi_stage_small_and_non_root() {
         .any(|l| l.starts_with("ENTRYPOINT") && l.contains("slotline")));
 }
 
+/// The base runs the image deploy/image.sh builds: `slotline:VERSION` (pushed as
+/// REGISTRY/slotline:VERSION), the same user as the Dockerfile's, at this crate's version.
+#[test]
+fn the_base_runs_the_image_the_script_builds() {
+    let script = std::fs::read_to_string(deploy_dir().join("image.sh")).expect("deploy/image.sh");
+    assert!(
+        script.contains("oci-archive:$out:slotline:$version"),
+        "the image's name and tag"
+    );
+    assert!(script.contains("--user 65532:65532"));
+    let r = render("base");
+    let (_, _, c) = slotline(&r);
+    let image = c.image.clone().expect("an image");
+    let (name, tag) = image.rsplit_once(':').expect("a tagged image");
+    assert!(name == "slotline" || name.ends_with("/slotline"), "{image}");
+    assert_eq!(tag, env!("CARGO_PKG_VERSION"), "the base's image tag");
+}
+
 #[test]
 fn grafana_dashboard_uses_exported_metric_names() {
     // The metrics contract (src/metrics): every name a dashboard may use.
