@@ -204,3 +204,47 @@ fn clients_that_have_not_authenticated_cannot_make_slotline_hold_memory() {
     assert!(held < 48 * 1024, "unauthenticated clients hold {held} KiB");
     assert_eq!(user.cmd(&["GET", "warm"]), Reply::bulk("1"));
 }
+
+/// A rolling restart of the applications: 10,000 clients connecting at once are all served, none
+/// refused (no `client_connections` here), and the memory goes back once they leave.
+#[test]
+fn a_storm_of_ten_thousand_connections_is_served() {
+    const CLIENTS: usize = 10_000;
+    let servers = RedisServers::start(1);
+    let proxy = start(&servers, "");
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let c = TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect in the storm");
+        clients.push(c);
+    }
+    for c in &mut clients {
+        c.write_all(b"*1\r\n$4\r\nPING\r\n").expect("PING");
+    }
+    for c in &mut clients {
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong).expect("PONG in the storm");
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
+    let info = proxy.client().cmd(&["INFO", "clients"]);
+    let text = String::from_utf8_lossy(info.as_bytes().expect("INFO")).into_owned();
+    // And the one asking.
+    assert!(
+        text.contains(&format!("connected_clients:{}", CLIENTS + 1)),
+        "{text}"
+    );
+}
+
+/// `ulimit -n` below what `client_connections` admits is said at start-up.
+#[test]
+fn a_file_limit_below_client_connections_is_reported_at_start() {
+    let servers = RedisServers::start(1);
+    let proxy =
+        Slotline::start(&servers.ketama_yaml(free_port(), "    client_connections: 5000000\n"));
+    wait_for(Duration::from_secs(5), "the start-up warning", || {
+        proxy
+            .log()
+            .contains("more clients than the process may open files")
+    });
+}

@@ -187,12 +187,15 @@ pub struct PoolConfig {
     #[serde(default = "defaults::server_failure_limit")]
     pub server_failure_limit: u32,
     /// twemproxy keys accepted so that a pool reads the same in both formats. `distribution`, when
-    /// given, must agree with `mode`; `redis` must be true; `backlog`, `preconnect`, `tcpkeepalive` and
+    /// given, must agree with `mode`; `redis` must be true; `preconnect`, `tcpkeepalive` and
     /// `reuseport` change nothing (slotline always connects at start and uses the system's defaults).
     #[serde(default)]
     pub distribution: Option<String>,
     #[serde(default)]
     pub redis: Option<bool>,
+    /// The listener's queue of connections not yet accepted (the kernel caps it at
+    /// net.core.somaxconn); default 4096, so a storm of reconnecting clients waits in the queue
+    /// rather than being refused.
     #[serde(default)]
     pub backlog: Option<u32>,
     #[serde(default)]

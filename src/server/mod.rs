@@ -220,8 +220,14 @@ pub enum Listener {
     Unix(UnixListener, std::path::PathBuf),
 }
 
+/// The listen backlog when the config names none.
+const DEFAULT_BACKLOG: u32 = 4096;
+
 impl Listener {
-    pub async fn bind(listen: &str) -> std::io::Result<Listener> {
+    /// Binds `listen` (host:port, or a unix socket path) with a queue of `backlog` connections not
+    /// yet accepted.
+    pub async fn bind(listen: &str, backlog: Option<u32>) -> std::io::Result<Listener> {
+        let backlog = backlog.unwrap_or(DEFAULT_BACKLOG);
         if is_unix_path(listen) {
             let path = std::path::PathBuf::from(listen.strip_prefix("unix:").unwrap_or(listen));
             // A socket file left by a previous run would make bind fail.
@@ -230,7 +236,24 @@ impl Listener {
             }
             Ok(Listener::Unix(UnixListener::bind(&path)?, path))
         } else {
-            Ok(Listener::Tcp(TcpListener::bind(listen).await?))
+            let mut last = None;
+            for addr in tokio::net::lookup_host(listen).await? {
+                let socket = match addr {
+                    std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.set_reuseaddr(true)?;
+                match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+                    Ok(listener) => return Ok(Listener::Tcp(listener)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!("{listen} resolves to no address"),
+                )
+            }))
         }
     }
 }
@@ -249,6 +272,7 @@ pub async fn run(
         pools = config.pools.len(),
         "starting"
     );
+    check_file_limit(&config);
     let shared = Shared::new(config_file.clone());
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
     metrics.register(Box::new(
@@ -375,6 +399,48 @@ pub async fn run(
     }
     tracing::info!(clients_cut = life.sessions(), "stopped");
     Ok(())
+}
+
+/// File descriptors slotline needs besides its clients: listeners, backend connections, the admin
+/// and stats ports, the API server.
+const RESERVED_FILES: u64 = 256;
+
+/// Says at start-up when `ulimit -n` cannot hold the clients the config admits: past it, accepts
+/// fail (and are retried) while the pool looks full to nobody.
+fn check_file_limit(config: &Config) {
+    let Some(limit) = open_files_limit() else {
+        return;
+    };
+    let admitted: u64 = config
+        .pools
+        .values()
+        .map(|p| p.client_connections as u64)
+        .sum();
+    let unlimited = config.pools.values().any(|p| p.client_connections == 0);
+    if admitted + RESERVED_FILES > limit {
+        tracing::warn!(
+            open_files_limit = limit,
+            client_connections = admitted,
+            "the pools admit more clients than the process may open files (ulimit -n): raise the limit or lower client_connections"
+        );
+    } else if unlimited {
+        tracing::info!(
+            open_files_limit = limit,
+            clients = limit.saturating_sub(RESERVED_FILES),
+            "a pool without client_connections takes clients up to the open files limit (ulimit -n)"
+        );
+    }
+}
+
+/// The soft limit on open files, from /proc/self/limits (None where there is none to read).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What the admin listener reports.

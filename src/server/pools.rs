@@ -83,12 +83,14 @@ impl Pools {
                 .get(name)
                 .is_some_and(|r| r.config.listen == pool_config.listen);
             if !reusable {
-                let listener = Listener::bind(&pool_config.listen).await.map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
-                    )
-                })?;
+                let listener = Listener::bind(&pool_config.listen, pool_config.backlog)
+                    .await
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
+                        )
+                    })?;
                 fresh.insert(name.clone(), Arc::new(listener));
             }
         }
@@ -134,12 +136,16 @@ impl Pools {
                         .filter(|(r, _)| r.config.replica_listen.as_ref() == Some(listen));
                     let listener = match same {
                         Some((_, rep)) => rep.listener.clone(),
-                        None => Arc::new(Listener::bind(listen).await.map_err(|e| {
-                            io::Error::new(
-                                e.kind(),
-                                format!("pool {name}: cannot listen on {listen}: {e}"),
-                            )
-                        })?),
+                        None => {
+                            Arc::new(Listener::bind(listen, pool_config.backlog).await.map_err(
+                                |e| {
+                                    io::Error::new(
+                                        e.kind(),
+                                        format!("pool {name}: cannot listen on {listen}: {e}"),
+                                    )
+                                },
+                            )?)
+                        }
                     };
                     let replica_pool = replica_pool(&pool, listen, &listener, metrics);
                     let accept = tokio::spawn(accept_loop(listener.clone(), replica_pool.clone()));
@@ -380,7 +386,7 @@ mod tests {
         .expect("config");
         let shared = Shared::new(None);
         let metrics = Metrics::new().expect("metrics");
-        let listener = Listener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = Listener::bind("127.0.0.1:0", None).await.expect("bind");
         let pool = start_pool("p", &config.pools["p"], &listener, &shared, &metrics)
             .await
             .expect("pool");
