@@ -314,14 +314,23 @@ async fn serve(
                 .await
                 .map_err(|_| BackendError::Closed(addr.clone()))?;
             out.clear();
+            if out.capacity() > 4 * READ_CHUNK {
+                // A burst of large requests went out: the connection does not keep its buffer.
+                out = BytesMut::with_capacity(READ_CHUNK);
+            }
         }
     };
 
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut scanner = ReplyScanner::new(link.settings.max_reply);
+        // The replies of one read, delivered together once the queue is unlocked.
+        let mut answered = Vec::new();
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+                // A large reply went through: the connection does not keep its buffer.
+                buf = BytesMut::with_capacity(READ_CHUNK);
+            } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
             match rd.read_buf(&mut buf).await {
@@ -329,28 +338,32 @@ async fn serve(
                 Ok(_) => {}
             }
             let (mut replies, mut reply_bytes, mut request_bytes) = (0i64, 0i64, 0i64);
-            while let Some(len) = scanner
-                .scan(&buf)
-                .map_err(|_| BackendError::Protocol(addr.clone()))?
-            {
+            let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            let scanned = loop {
+                let len = match scanner.scan(&buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break Ok(()),
+                    Err(_) => break Err(BackendError::Protocol(addr.clone())),
+                };
                 replies += 1;
                 reply_bytes += len as i64;
                 let reply = buf.split_to(len).freeze();
-                let answered = inflight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .answer(reply)
+                let (written, reply) = match queue.answer(reply) {
+                    Ok(Some(answered)) => answered,
+                    Ok(None) => continue,
                     // A reply nobody asked for: the stream is out of step and cannot be trusted.
-                    .map_err(|()| BackendError::Protocol(addr.clone()))?;
-                let Some((written, reply)) = answered else {
-                    continue;
+                    Err(()) => break Err(BackendError::Protocol(addr.clone())),
                 };
                 request_bytes += written.bytes as i64;
                 // The client may have given up (timeout, disconnect): the reply is dropped.
                 if let Some(tx) = written.reply {
-                    tx.send(Ok(reply));
+                    answered.push((tx, Ok(reply)));
                 }
-            }
+            };
+            drop(queue);
+            // Replies read before a failure still reach their clients.
+            ReplyTo::send_all(&mut answered);
+            scanned?;
             if replies > 0 {
                 stats::add(&stats.responses, replies as u64);
                 stats::add(&stats.response_bytes, reply_bytes as u64);

@@ -134,6 +134,45 @@ impl ReplyTo {
         }
     }
 
+    /// [`send`](Self::send)s each result to its promise, locking and waking each inbox once for a
+    /// run of promises to it (a pipelining client's replies come back side by side).
+    pub fn send_all(sent: &mut Vec<(ReplyTo, BackendResult)>) {
+        let mut rest = sent.drain(..).peekable();
+        while let Some((mut first, result)) = rest.next() {
+            let Some(inbox) = first.inbox.take() else {
+                continue;
+            };
+            let waker = {
+                let mut state = inbox.state.lock().unwrap_or_else(PoisonError::into_inner);
+                first.deliver_into(&mut state, result);
+                while let Some((next, _)) = rest.peek() {
+                    if !next.inbox.as_ref().is_some_and(|i| Arc::ptr_eq(i, &inbox)) {
+                        break;
+                    }
+                    let Some((mut next, result)) = rest.next() else {
+                        break;
+                    };
+                    next.inbox = None;
+                    next.deliver_into(&mut state, result);
+                }
+                state.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Puts what [`send`](Self::send) delivers into an inbox's state, locked by the caller.
+    fn deliver_into(&self, state: &mut State, result: BackendResult) {
+        let count = if self.last_only { 1 } else { self.owed.max(1) };
+        let last = self.seq + u64::from(count - 1);
+        for n in self.seq..last {
+            state.replies.push((n, result.clone()));
+        }
+        state.replies.push((last, result));
+    }
+
     /// Delivers a batch's next reply (not its last: that goes with [`send`](Self::send)).
     pub fn send_next(&mut self, result: BackendResult) {
         if self.owed <= 1 {
@@ -163,6 +202,32 @@ impl Drop for ReplyTo {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn replies_sent_together_reach_each_inbox_in_order() {
+        let (a, b) = (Inbox::new(), Inbox::new());
+        let reply = |s: &'static str| Ok(Bytes::from_static(s.as_bytes()));
+        let mut sent = vec![
+            (a.reply_to(1), reply(":1\r\n")),
+            (a.reply_to(2), reply(":2\r\n")),
+            (b.reply_to(7), reply(":7\r\n")),
+            (a.reply_to_last(3, 4), reply("*0\r\n")),
+        ];
+        ReplyTo::send_all(&mut sent);
+        assert!(sent.is_empty());
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        a.take(&mut got_a);
+        b.take(&mut got_b);
+        assert_eq!(
+            got_a,
+            vec![
+                (1, reply(":1\r\n")),
+                (2, reply(":2\r\n")),
+                (3, reply("*0\r\n"))
+            ]
+        );
+        assert_eq!(got_b, vec![(7, reply(":7\r\n"))]);
+    }
 
     #[test]
     fn a_last_only_batch_delivers_its_last_reply_under_its_one_number() {

@@ -136,11 +136,16 @@ impl SessionTally {
         self.dirty = true;
     }
 
-    /// [`answered`](Self::answered) for a request read at `started` (None: unknown, not observed).
+    /// [`answered`](Self::answered) at `now` for a request read at `started` (None: unknown, not
+    /// observed). The session reads the clock once per step, not once per reply.
     #[inline]
-    pub fn answered_since(&mut self, started: Option<tokio::time::Instant>) {
+    pub fn answered_since(
+        &mut self,
+        started: Option<tokio::time::Instant>,
+        now: tokio::time::Instant,
+    ) {
         if let Some(started) = started {
-            self.answered(started.elapsed());
+            self.answered(now.saturating_duration_since(started));
         }
     }
 

@@ -294,24 +294,44 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
 }
 
 /// Parses `<marker><integer>\r\n` starting after the marker at `buf[0]`; returns the value and the
-/// header's length including the CRLF.
+/// header's length including the CRLF. One pass over the digits, read as [`parse_int`] reads them.
 pub(super) fn parse_header(buf: &[u8], skip: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
-    let window = &buf[skip..buf.len().min(MAX_HEADER)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+    const INVALID: ProtocolError = ProtocolError("invalid length");
+    let end = buf.len().min(MAX_HEADER);
+    let mut i = skip;
+    let negative = buf.get(i) == Some(&b'-');
+    i += usize::from(negative);
+    let digits = i;
+    let mut value: i64 = 0;
+    while i < end {
+        match buf[i] {
+            b @ b'0'..=b'9' => {
+                if i - digits == 18 {
+                    return Err(INVALID);
+                }
+                value = value * 10 + i64::from(b - b'0');
+                i += 1;
+            }
+            b'\r' => break,
+            _ => return Err(INVALID),
+        }
+    }
+    if i >= end {
         if buf.len() >= MAX_HEADER {
             return Err(ProtocolError("invalid length header"));
         }
         return Ok(None);
-    };
-    let lf = skip + cr + 1;
-    let Some(&after) = buf.get(lf) else {
-        return Ok(None);
-    };
-    if after != b'\n' {
-        return Err(ProtocolError("length header not terminated by CRLF"));
     }
-    let value = parse_int(&window[..cr]).ok_or(ProtocolError("invalid length"))?;
-    Ok(Some((value, lf + 1)))
+    // `0`, or digits without a leading zero (a `-` before any but zero).
+    let count = i - digits;
+    if count == 0 || (buf[digits] == b'0' && (count > 1 || negative)) {
+        return Err(INVALID);
+    }
+    match buf.get(i + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((if negative { -value } else { value }, i + 2))),
+        Some(_) => Err(ProtocolError("length header not terminated by CRLF")),
+    }
 }
 
 /// A decimal integer as Redis writes and reads it (`string2ll`): `0`, or an optional '-' then 1 to 18

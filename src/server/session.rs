@@ -167,6 +167,11 @@ pub(crate) struct Ctx {
     tally: Tally,
     /// The routing snapshot the last request was routed by (its generation).
     routed_by: u64,
+    /// The clock, read once at the start of each step.
+    now: Instant,
+    /// The last command looked up: a pipeline mostly repeats one, and comparing its name is cheaper
+    /// than a lookup.
+    last_command: Option<&'static Spec>,
 }
 
 /// Serves one client until it leaves; `seat` is its place in the pool, given back when this ends.
@@ -215,6 +220,8 @@ pub(crate) async fn serve<R, W>(
         pubsub: None,
         tally,
         routed_by: 0,
+        now: Instant::now(),
+        last_command: None,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -227,6 +234,7 @@ pub(crate) async fn serve<R, W>(
     loop {
         // One step, with no await that can suspend: events taken, requests parsed and dispatched,
         // ready replies composed in the worker's scratch buffer and written.
+        ctx.now = Instant::now();
         ctx.begin_output();
         match std::mem::replace(&mut woke, Woke::Nothing) {
             // The timer is rounded up, so the oldest request's deadline has passed.
@@ -396,7 +404,7 @@ impl Ctx {
         // One snapshot of the routing state per batch of requests.
         let pool = self.pool.clone();
         let view = View::of(&pool);
-        let now = Instant::now();
+        let now = self.now;
         while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
             parser.set_unauthenticated(!self.authenticated);
             match parser.parse(inbuf) {
@@ -440,8 +448,21 @@ impl Ctx {
         self.commands += 1;
         self.routed_by = view.generation();
         let argc = req.argc();
-        let spec = match command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))) {
+        let cached = self
+            .last_command
+            .filter(|spec| req.arg(0).eq_ignore_ascii_case(spec.name.as_bytes()));
+        let looked_up = match cached {
+            Some(spec) => Ok(spec),
+            None => command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))),
+        };
+        let spec = match looked_up {
             Ok(spec) => {
+                // Only a command without subcommands is the same spec whatever its arguments.
+                if !matches!(spec.route, Route::Container | Route::Local)
+                    && !spec.name.contains('|')
+                {
+                    self.last_command = Some(spec);
+                }
                 self.tally.get().command(spec.family);
                 spec
             }
@@ -739,7 +760,7 @@ impl Ctx {
     /// Gives each reply taken from the inbox to its request. Replies for requests that already gave up
     /// (timed out) find no place and are dropped.
     fn place_arrived(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let timeout = Duration::from_millis(self.pool.config.timeout);
         for (seq, result) in self.arrived.drain(..) {
             let (seq, part) = match seq & PART {
@@ -848,14 +869,14 @@ impl Ctx {
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
-                self.tally.get().answered_since(started);
+                self.tally.get().answered_since(started, self.now);
                 self.tally.get().error(ErrorKind::from(&e));
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.error_now(&format!("ERR slotline: {e}"));
             }
             HeadEvent::Timeout => {
-                self.tally.get().answered_since(started);
+                self.tally.get().answered_since(started, self.now);
                 self.tally.get().error(ErrorKind::Timeout);
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
@@ -872,7 +893,7 @@ impl Ctx {
         if reply.first() == Some(&b'-') {
             self.tally.get().error(failure);
         }
-        self.tally.get().answered_since(started);
+        self.tally.get().answered_since(started, self.now);
         self.out.extend_from_slice(&reply);
         self.pop_front();
     }

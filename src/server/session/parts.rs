@@ -438,7 +438,7 @@ impl Ctx {
         let started = s
             .deadline
             .checked_sub(Duration::from_millis(self.pool.config.timeout));
-        self.tally.get().answered_since(started);
+        self.tally.get().answered_since(started, self.now);
         self.pop_front();
         true
     }
