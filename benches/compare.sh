@@ -10,11 +10,13 @@
 #
 # Workloads: SET and GET at -P 1 and -P 16, and a 10-key MGET whose keys spread over every
 # master/shard (for the cluster, also a 10-key MGET whose keys share one slot, the no-split baseline).
-# Prints ops/s, ratios, and each proxy's CPU seconds per 100k requests.
+# Prints ops/s, ratios, each proxy's CPU seconds per 100k requests, and latency (p50, p99, p99.9 with
+# 50 and with 1,000 clients at -P 1).
 #
 #   benches/compare.sh            # -c 50, -n 300000
 #   N=1000000 CLIENTS=50 benches/compare.sh
 #   REPEAT=5 benches/compare.sh   # runs per cell (median shown; default 3)
+#   LATENCY_CLIENTS="50 1000" LATENCY_N=100000 benches/compare.sh   # the latency table's cells
 #   WORKERS=2 benches/compare.sh  # slotline threads (default 1: on a 2-core box the benchmark client and
 #                                 # the Redis processes need the other core)
 #
@@ -243,6 +245,52 @@ awk -v hz="$tick_hz" -v N="$N" '
         printf "%-8s %-10s %-3s %-10s %9.0f %7.2f %5.2f(%4.2f) %7.2f %6.2f %13.0f\n", $1, $2, $3, $4, $5, client,
             user + sys, sys, redis, busy, ($4 == "direct" ? $5 : ceiling)
     }' "$work/medians"
+# Latency as clients see it: p50, p99 and p99.9 beside ops/s, GET and SET at -P 1, with 50 and with
+# 1,000 connected clients; the median of REPEAT interleaved runs of each cell. Direct: the cluster
+# with --cluster, and the first shard alone (what one Redis answers without a proxy).
+latency() { # port clients test [--cluster]: "ops p50 p99 p99.9" (ms)
+    redis-benchmark -p "$1" -c "$2" -n "$LATENCY_N" -r 100000 -t "$3" ${4:-} 2>/dev/null | tr '\r' '\n' | awk '
+        /requests per second/ && /throughput summary/ { ops = $3 }
+        /^ *[0-9.]+% <= / {
+            pct = $1; sub(/%/, "", pct); ms = $3
+            if (p50 == "" && pct + 0 >= 50) p50 = ms
+            if (p99 == "" && pct + 0 >= 99) p99 = ms
+            if (p999 == "" && pct + 0 >= 99.9) p999 = ms
+        }
+        END { printf "%s %s %s %s\n", ops + 0, p50 + 0, p99 + 0, p999 + 0 }'
+}
+LATENCY_CLIENTS=${LATENCY_CLIENTS:-"50 1000"}
+LATENCY_N=${LATENCY_N:-100000}
+lat="$work/latency"
+: >"$lat"
+for r in $(seq "$REPEAT"); do
+    for c in $LATENCY_CLIENTS; do
+        for t in get set; do
+            echo "cluster $t $c direct $(latency "${cluster_ports[0]}" "$c" "$t" --cluster)" >>"$lat"
+            echo "cluster $t $c slotline $(latency "$slotline_port" "$c" "$t")" >>"$lat"
+            echo "shards $t $c redis $(latency "${shard_ports[0]}" "$c" "$t")" >>"$lat"
+            echo "shards $t $c nutcracker $(latency "$nutcracker_port" "$c" "$t")" >>"$lat"
+            echo "shards $t $c slotline $(latency "$slotline_shards_port" "$c" "$t")" >>"$lat"
+        done
+    done
+done
+echo
+echo "Latency at -P 1 (ms; medians of $REPEAT interleaved runs of $LATENCY_N requests):"
+printf '%-8s %-4s %-6s %-11s %9s %7s %7s %7s\n' "" test client side ops/s p50 p99 p99.9
+awk '
+    function median(a, n,   i, j, x) {
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j > 0 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { k = $1 " " $2 " " $3 " " $4; if (!(k in n)) order[++cells] = k; i = ++n[k]; for (f = 5; f <= 8; f++) v[k, f, i] = $f }
+    END {
+        for (c = 1; c <= cells; c++) {
+            k = order[c]; split(k, p, " ")
+            for (f = 5; f <= 8; f++) { for (i = 1; i <= n[k]; i++) a[i] = v[k, f, i]; m[f] = median(a, n[k]) }
+            printf "%-8s %-4s %-6s %-11s %9.0f %7.3f %7.3f %7.3f\n", p[1], p[2], p[3], p[4], m[5], m[6], m[7], m[8]
+        }
+    }' "$lat"
+
 echo
 echo "(cluster ratio: slotline / direct to the cluster; shards ratio: slotline / nutcracker on the same three"
 echo " shards; cpu/100k: the proxy's CPU seconds per 100k requests (direct: none); $(nproc) cores;"
