@@ -41,8 +41,16 @@ fn kustomizations() -> Vec<String> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.file_name().is_some_and(|n| n == "kustomization.yaml") {
-                let rel = dir.strip_prefix(deploy_dir()).expect("under deploy/");
-                found.push(rel.display().to_string());
+                // A part of a larger kustomization (a directory below one) is checked as part of it.
+                let part = dir
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|a| *a != deploy_dir())
+                    .any(|a| a.join("kustomization.yaml").exists());
+                if !part {
+                    let rel = dir.strip_prefix(deploy_dir()).expect("under deploy/");
+                    found.push(rel.display().to_string());
+                }
             }
         }
     }
@@ -52,6 +60,7 @@ fn kustomizations() -> Vec<String> {
         "examples/redis-cluster",
         "examples/twemproxy-shards",
         "examples/redis-ha",
+        "examples/other-namespace",
     ] {
         assert!(
             found.iter().any(|f| f == expected),
@@ -572,6 +581,63 @@ fn rbac_grants_nothing_beyond_discovery_reads() {
                     "deploy/{dir}: bound in the proxy's namespace"
                 );
             }
+        }
+    }
+}
+
+/// Every namespace a rendered config follows a Service in (its pools' and their sentinels'
+/// `kubernetes:`, the proxy's own namespace when none is named) holds a Role that lets slotline's
+/// ServiceAccount list and watch what it reads there, and a RoleBinding that binds it.
+#[test]
+fn every_watched_namespace_has_the_rules() {
+    for dir in kustomizations() {
+        let r = render(&dir);
+        let (deployment, pod, _) = slotline(&r);
+        let own_ns = deployment.metadata.namespace.clone().unwrap_or_default();
+        let sa = pod
+            .service_account_name
+            .clone()
+            .expect("serviceAccountName");
+        let config = slotline::config::Config::from_yaml(&config_in_pod(&r)).expect("config");
+        let watched = config.pools.values().flat_map(|p| {
+            p.kubernetes
+                .iter()
+                .chain(p.sentinel.iter().flat_map(|s| s.kubernetes.iter()))
+        });
+        for k8s in watched {
+            let ns = k8s.namespace.clone().unwrap_or_else(|| own_ns.clone());
+            let (group, resource) = match k8s.api {
+                Some(slotline::config::EndpointsApi::Endpoints) => ("", "endpoints"),
+                _ => ("discovery.k8s.io", "endpointslices"),
+            };
+            let grants = |role: &Role| {
+                role.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && ["list", "watch"].iter().all(|verb| {
+                        role.rules.iter().flatten().any(|rule| {
+                            rule.verbs.iter().any(|v| v == verb)
+                                && rule.resources.iter().flatten().any(|r| r == resource)
+                                && rule.api_groups.iter().flatten().any(|g| g == group)
+                        })
+                    })
+            };
+            let bound = r.role_bindings.iter().any(|b| {
+                b.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && r.roles.iter().any(|role| {
+                        role.metadata.name.as_deref() == Some(b.role_ref.name.as_str())
+                            && grants(role)
+                    })
+                    && b.subjects.iter().flatten().any(|s| {
+                        s.kind == "ServiceAccount"
+                            && s.name == sa
+                            && s.namespace.as_deref() == Some(own_ns.as_str())
+                    })
+            });
+            assert!(
+                bound,
+                "deploy/{dir}: slotline follows service {} in namespace {ns}, but no Role there lets \
+                 ServiceAccount {own_ns}/{sa} list and watch {resource}",
+                k8s.service
+            );
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::{
     cluster_port, free_port, wait_for, wait_ok, Client, KubeApi, Nutcracker, PodEndpoint, RedisPod,
-    Reply, Slice, Slotline, TempDir,
+    Reply, Slice, Slotline, TempDir, IDENTITY,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -472,18 +472,29 @@ fn rbac_forbidden_is_reported_and_retried() {
     setup.api.set_forbidden(true);
     let proxy = setup.slotline(&ketama_yaml(free_port(), ""));
     let mut client = proxy.client();
-    wait_ok(WAIT, "INFO to say what RBAC is missing", || {
+    // What the API refused, as it said it: the verb, the resource, the namespace and who.
+    let refused = format!(
+        "User \"{IDENTITY}\" cannot list resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"{NS}\""
+    );
+    wait_ok(WAIT, "INFO to say what RBAC refused", || {
         let info = info_slotline(&mut client);
         let said = info.contains("discovery_state:failing")
             && info.contains("forbidden")
-            && info.contains("get, list and watch on endpointslices.discovery.k8s.io");
+            && info.contains(&refused);
         if said {
             Ok(())
         } else {
             Err(info)
         }
     });
-    assert!(client.cmd(&["GET", "k"]).is_error());
+    // The client hears the same truth, not "no ready endpoints": the service has one.
+    let reply = client.cmd(&["GET", "k"]);
+    let error = reply.error().unwrap_or_default().to_string();
+    assert!(
+        error.contains("forbidden") && error.contains(&refused),
+        "{error}"
+    );
+    assert!(!error.contains("no ready endpoints"), "{error}");
     // The role is granted: slotline picks the endpoints up by itself.
     setup.api.set_forbidden(false);
     serving(&mut client);
@@ -641,4 +652,124 @@ fn a_cluster_pool_is_seeded_by_the_service_and_bootstraps_again_after_a_full_res
         keys.len() as i64 + 1,
         "the keys are on the new cluster"
     );
+}
+
+/// A Role that grants only core Endpoints is enough with the default `api`: which API to follow comes
+/// from API discovery, not from the EndpointSlice list's error, which a real API server answers 403
+/// (not 404) when the role does not cover it.
+#[test]
+fn a_role_for_endpoints_alone_is_enough_when_discovery_chooses_them() {
+    let setup = Setup::new(1);
+    setup.api.set_slices_served(false);
+    setup
+        .api
+        .grant_only(&[("endpoints", "list"), ("endpoints", "watch")]);
+    let proxy = setup.slotline(&ketama_yaml(free_port(), ""));
+    let mut client = proxy.client();
+    serving(&mut client);
+    assert_eq!(setup.api.lists(true), 0, "{:?}", setup.api.requests());
+    // Every request says who it is, for the API server's audit log.
+    let agents = setup.api.user_agents();
+    assert!(
+        !agents.is_empty() && agents.iter().all(|a| a.starts_with("slotline/")),
+        "{agents:?}"
+    );
+}
+
+/// A Role that lacks `watch`: the list succeeds, the watch is refused. At start-up slotline asks the
+/// API server what it may do and names the missing rule; the failing state and the log say what was
+/// refused (the verb and resource the API server named), each in one line without a debug dump.
+#[test]
+fn a_missing_verb_is_named_at_start_up_and_in_the_reason() {
+    let setup = Setup::new(1);
+    setup.api.grant_only(&[("endpointslices", "list")]);
+    let proxy = setup.slotline(&ketama_yaml(free_port(), ""));
+    let mut client = proxy.client();
+    wait_for(
+        WAIT,
+        "the start-up line naming the missing permission",
+        || {
+            proxy.log().contains(&format!(
+                "missing permission: watch endpointslices in namespace {NS}"
+            ))
+        },
+    );
+    assert!(
+        !proxy.log().contains("missing permission: list"),
+        "{}",
+        proxy.log()
+    );
+    wait_ok(WAIT, "INFO to name the refused watch", || {
+        let info = info_slotline(&mut client);
+        match info.contains("cannot watch resource \"endpointslices\"") {
+            true => Ok(()),
+            false => Err(info),
+        }
+    });
+    let log = proxy.log();
+    for line in log.lines() {
+        assert!(
+            line.len() < 600,
+            "a log line of {} bytes: {line}",
+            line.len()
+        );
+        assert!(
+            !line.contains("Status {") && !line.contains("ErrorResponse"),
+            "{line}"
+        );
+    }
+}
+
+/// For a few seconds after a restart a real API server answers 403 while its authorizer warms up:
+/// slotline says so (not "forbidden"), retries at its shortest backoff, and is in sync soon after.
+#[test]
+fn a_warming_api_server_is_not_taken_for_a_missing_permission() {
+    let mut setup = Setup::new(1);
+    let (proxy, mut client, _keys) = setup.ketama_with_keys(10);
+    setup.api.stop();
+    wait_ok(WAIT, "slotline to see the API server down", || {
+        let info = info_slotline(&mut client);
+        match info.contains("discovery_state:failing") {
+            true => Ok(()),
+            false => Err(info),
+        }
+    });
+    setup.api.restart_warming(Duration::from_secs(3));
+    wait_ok(WAIT, "the warming-up state", || {
+        let info = info_slotline(&mut client);
+        match info.contains("warming up") {
+            true => Ok(()),
+            false => Err(info),
+        }
+    });
+    wait_ok(WAIT, "the source in sync again", || {
+        let info = info_slotline(&mut client);
+        match info.contains("discovery_state:synced") {
+            true => Ok(()),
+            false => Err(info),
+        }
+    });
+    // The 403s were warming, never taken for a refused permission.
+    let log = plain(&proxy.log());
+    assert!(log.contains("reason=\"API server warming up"), "{log}");
+    assert!(!log.contains("reason=\"forbidden"), "{log}");
+    assert_eq!(client.cmd(&["GET", "0:user"]), Reply::bulk("0:user"));
+}
+
+/// The log without its terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -323,8 +323,8 @@ pub struct KubernetesConfig {
     /// The Service port, by name or number; may be left out when the Service has one port.
     #[serde(default)]
     pub port: Option<PortRef>,
-    /// Which API to read; default `endpointslices`, falling back to `endpoints` when the API server
-    /// does not serve discovery.k8s.io/v1.
+    /// Which API to read; default: chosen from API discovery (`endpointslices` when the API server
+    /// serves discovery.k8s.io/v1, else `endpoints`).
     #[serde(default)]
     pub api: Option<EndpointsApi>,
     /// Pod name -> the name the server has on the ketama ring (default: the pod's hostname or name).

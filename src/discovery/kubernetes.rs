@@ -2,9 +2,16 @@
 //! when the API server does not serve EndpointSlices or the config asks for them, followed with kube-rs's
 //! watcher (list, then watch from the list's resourceVersion, relist on 410 Expired).
 //!
-//! Credentials come from KUBECONFIG (or ~/.kube/config), else the pod's service account. While the API
-//! cannot be reached or refuses (RBAC), the pool keeps its last known backends and this task retries
-//! with backoff; the state is in [`Status`] and each change of it is logged once.
+//! Which API to follow is decided from API discovery (`/apis/discovery.k8s.io/v1`, readable by every
+//! signed-in user), and the permissions it needs are asked for once at start (SelfSubjectAccessReview),
+//! so that a missing Role rule is named before anything fails. Credentials come from KUBECONFIG (or
+//! ~/.kube/config), else the pod's service account; requests say `User-Agent: slotline/VERSION`.
+//!
+//! While the API cannot be reached or refuses, the pool keeps its last known backends and this task
+//! retries with backoff; the state is in [`Status`], each change of it is logged once, and every reason
+//! is built from the API's own Status (verb, resource, namespace, identity refused). A 403 or 5xx within
+//! [`WARMING`] of the API server coming back is its authorizer warming up: retried at the shortest
+//! backoff and reported as such; a permission problem only if it persists.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -28,16 +35,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A watch open this long after a failure, with no new one, shows the API server answering again.
+const ANSWERING_AFTER: Duration = Duration::from_secs(1);
+/// How long after the API server came back a 403 or 5xx is taken for it warming up.
+pub(super) const WARMING: Duration = Duration::from_secs(10);
 /// At most this many backends are named in the log line of a change.
 const LOGGED_ENDPOINTS: usize = 16;
 
-/// Why following one API stopped.
-enum Stop {
-    /// The pool is gone.
-    Closed,
-    /// The API server answered 404 to the list: it does not serve this API.
-    NotServed,
-}
+/// Following one API stopped: the pool is gone.
+struct Closed;
 
 pub(super) async fn run(
     config: KubernetesConfig,
@@ -65,47 +71,188 @@ pub(super) async fn run(
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let mut api = config.api.unwrap_or(EndpointsApi::Endpointslices);
+    let mut health = ApiHealth::default();
+    let Some(api) = choose_api(&client, &config, &status, &tx, &mut health).await else {
+        return;
+    };
+    check_access(&client, &namespace, api, &status.snapshot().pool).await;
+    let follow = Follow {
+        config: &config,
+        namespace: &namespace,
+        tx: &tx,
+        status: &status,
+        health,
+    };
+    let _closed: Closed = match api {
+        EndpointsApi::Endpointslices => {
+            let selector = format!("kubernetes.io/service-name={}", config.service);
+            follow
+                .run(
+                    Api::<EndpointSlice>::namespaced(client.clone(), &namespace),
+                    watcher::Config::default().labels(&selector),
+                    |objects| from_slices(objects, &config),
+                )
+                .await
+        }
+        EndpointsApi::Endpoints => {
+            let selector = format!("metadata.name={}", config.service);
+            follow
+                .run(
+                    Api::<Endpoints>::namespaced(client.clone(), &namespace),
+                    watcher::Config::default().fields(&selector),
+                    |objects| from_endpoints(objects, &config),
+                )
+                .await
+        }
+    };
+}
+
+/// The API to follow: the config's, else EndpointSlices if API discovery lists them in
+/// discovery.k8s.io/v1, else core/v1 Endpoints. None when the pool is gone first.
+async fn choose_api(
+    client: &Client,
+    config: &KubernetesConfig,
+    status: &Status,
+    tx: &watch::Sender<EndpointSet>,
+    health: &mut ApiHealth,
+) -> Option<EndpointsApi> {
+    if let Some(api) = config.api {
+        return Some(api);
+    }
+    let mut backoff = MIN_BACKOFF;
     loop {
-        let follow = Follow {
-            config: &config,
-            namespace: &namespace,
-            tx: &tx,
-            status: &status,
-            // Only the default may fall back, and only once: an explicit `api: endpointslices` means
-            // exactly that, and Endpoints have nothing to fall back to (a 404 there is retried).
-            fall_back: config.api.is_none() && api == EndpointsApi::Endpointslices,
+        let found = match client.list_api_group_resources("discovery.k8s.io/v1").await {
+            Ok(list) => Ok(list.resources.iter().any(|r| r.name == "endpointslices")),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e),
         };
-        let stop = match api {
-            EndpointsApi::Endpointslices => {
-                let selector = format!("kubernetes.io/service-name={}", config.service);
-                follow
-                    .run(
-                        Api::<EndpointSlice>::namespaced(client.clone(), &namespace),
-                        watcher::Config::default().labels(&selector),
-                        |objects| from_slices(objects, &config),
-                    )
-                    .await
+        match found {
+            Ok(true) => return Some(EndpointsApi::Endpointslices),
+            Ok(false) => {
+                tracing::info!(pool = %status.snapshot().pool, service = %config.service,
+                    "the API server does not serve discovery.k8s.io/v1 EndpointSlices; following core/v1 Endpoints");
+                return Some(EndpointsApi::Endpoints);
             }
-            EndpointsApi::Endpoints => {
-                let selector = format!("metadata.name={}", config.service);
-                follow
-                    .run(
-                        Api::<Endpoints>::namespaced(client.clone(), &namespace),
-                        watcher::Config::default().fields(&selector),
-                        |objects| from_endpoints(objects, &config),
-                    )
-                    .await
-            }
-        };
-        match stop {
-            Stop::Closed => return,
-            Stop::NotServed => {
-                tracing::info!(pool = %status.snapshot().pool, service = %config.service, %namespace,
-                    "the API server does not serve discovery.k8s.io/v1 EndpointSlices; following core/v1 Endpoints instead");
-                api = EndpointsApi::Endpoints;
+            Err(e) => {
+                let (reason, message) = health.describe(&e, "API discovery");
+                status.failed(&reason, &message);
+                tracing::debug!(error = ?e, "API discovery failed");
+                let wait = health.backoff(&mut backoff);
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = tx.closed() => return None,
+                }
             }
         }
+    }
+}
+
+/// The Role rule the chosen API needs, as (API group, resource).
+fn resource_of(api: EndpointsApi) -> (&'static str, &'static str) {
+    match api {
+        EndpointsApi::Endpointslices => ("discovery.k8s.io", "endpointslices"),
+        EndpointsApi::Endpoints => ("", "endpoints"),
+    }
+}
+
+/// Asks the API server whether slotline may list and watch what it is about to follow
+/// (SelfSubjectAccessReview), and logs one line per missing permission, naming the Role rule that
+/// would grant it. An API server that cannot answer is no verdict.
+async fn check_access(client: &Client, namespace: &str, api: EndpointsApi, pool: &str) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let (group, resource) = resource_of(api);
+    let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
+    for verb in ["list", "watch"] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some(verb.to_string()),
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match reviews
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+        {
+            Ok(answer) if answer.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => tracing::warn!(%pool, %namespace,
+                "missing permission: {verb} {resource} in namespace {namespace}; grant it with a Role in {namespace} \
+                 (rule: apiGroups [\"{group}\"], resources [\"{resource}\"], verbs [\"list\", \"watch\"]) bound to slotline's service account"),
+            Err(e) => {
+                tracing::debug!(%pool, error = %e, "cannot ask the API server what slotline may do")
+            }
+        }
+    }
+}
+
+/// What the API server has been doing lately: when it came back after being unreachable, a 403 or 5xx
+/// is its authorizer warming up, not a missing permission.
+#[derive(Default)]
+struct ApiHealth {
+    /// When the API server answered first after being unreachable.
+    back_at: Option<tokio::time::Instant>,
+    was_unreachable: bool,
+}
+
+impl ApiHealth {
+    /// The reason for a failure (what the state and the log say, compared to tell news from a retry),
+    /// and the API's own message. Built from the API's Status: the verb, resource, namespace and
+    /// identity it refused are in its message.
+    fn describe(&mut self, e: &kube::Error, what: &str) -> (String, String) {
+        let now = tokio::time::Instant::now();
+        match e {
+            kube::Error::Api(s) => {
+                if self.was_unreachable {
+                    self.was_unreachable = false;
+                    self.back_at = Some(now);
+                }
+                let warming = self
+                    .back_at
+                    .is_some_and(|back| now.saturating_duration_since(back) < WARMING);
+                let message = if s.message.is_empty() {
+                    s.reason.clone()
+                } else {
+                    s.message.clone()
+                };
+                let reason = match s.code {
+                    403 | 500..=599 if warming => format!(
+                        "API server warming up (it answered {} right after coming back)",
+                        s.code
+                    ),
+                    401 => format!("unauthorized: {message}"),
+                    403 => format!("forbidden: {message}"),
+                    404 => format!("not found: {message}"),
+                    code => format!("API error {code}: {message}"),
+                };
+                (reason, message)
+            }
+            other => {
+                self.was_unreachable = true;
+                let message = other.to_string();
+                let message = message.lines().next().unwrap_or_default().to_string();
+                (format!("API server unreachable ({what})"), message)
+            }
+        }
+    }
+
+    /// How long to wait before the next try: the shortest backoff while the API server warms up,
+    /// else `backoff`, which doubles.
+    fn backoff(&self, backoff: &mut Duration) -> Duration {
+        let warming = self.back_at.is_some_and(|back| back.elapsed() < WARMING);
+        if warming {
+            return MIN_BACKOFF;
+        }
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        wait
     }
 }
 
@@ -114,17 +261,17 @@ struct Follow<'a> {
     namespace: &'a str,
     tx: &'a watch::Sender<EndpointSet>,
     status: &'a Status,
-    fall_back: bool,
+    health: ApiHealth,
 }
 
 impl Follow<'_> {
     /// Follows the objects `api` and `selector` name, handing each changed endpoint set to the pool.
     async fn run<K>(
-        &self,
+        mut self,
         api: Api<K>,
         selector: watcher::Config,
         convert: impl Fn(&mut dyn Iterator<Item = &K>) -> Vec<Endpoint>,
-    ) -> Stop
+    ) -> Closed
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     {
@@ -133,13 +280,27 @@ impl Follow<'_> {
         let mut objects: BTreeMap<String, K> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, K>> = None;
         let mut backoff = MIN_BACKOFF;
+        // After a failure, a watch that stays open this long without one is the API answering again
+        // (a watch with nothing to report sends nothing).
+        let mut answering_by: Option<tokio::time::Instant> = None;
         loop {
+            let quiet = async {
+                match answering_by {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let item = tokio::select! {
                 item = stream.next() => item,
-                _ = self.tx.closed() => return Stop::Closed,
+                _ = quiet => {
+                    answering_by = None;
+                    self.status.ok();
+                    continue;
+                }
+                _ = self.tx.closed() => return Closed,
             };
             let Some(item) = item else {
-                return Stop::Closed; // the watcher never ends on its own
+                return Closed; // the watcher never ends on its own
             };
             let changed = match item {
                 Ok(event) => {
@@ -147,6 +308,7 @@ impl Follow<'_> {
                     // shows it answering.
                     if !matches!(event, Event::Init) {
                         backoff = MIN_BACKOFF;
+                        answering_by = None;
                         self.status.ok();
                     }
                     match event {
@@ -172,54 +334,40 @@ impl Follow<'_> {
                     }
                 }
                 Err(e) => {
-                    let code = status_code(&e);
-                    match code {
-                        // History compacted: the watcher lists again at once, as it should.
-                        Some(410) => {
+                    if let watcher::Error::WatchError(s) = &e {
+                        // History compacted (410 Expired): the watcher lists again at once, as it
+                        // should.
+                        if s.code == 410 {
                             tracing::debug!(pool = %self.status.snapshot().pool, "watch expired (410); listing again");
                             continue;
                         }
-                        // A list or watch answered 404: the API is not served (an old or trimmed
-                        // API server, or EndpointSlices switched off after start).
-                        Some(404)
-                            if self.fall_back
-                                && matches!(
-                                    e,
-                                    watcher::Error::InitialListFailed(_)
-                                        | watcher::Error::WatchStartFailed(_)
-                                ) =>
-                        {
-                            return Stop::NotServed;
+                    }
+                    let (reason, message) = match &e {
+                        watcher::Error::InitialListFailed(e)
+                        | watcher::Error::WatchStartFailed(e)
+                        | watcher::Error::WatchFailed(e) => {
+                            self.health.describe(e, "list and watch")
                         }
-                        _ => {}
-                    }
-                    self.status.failed(&self.reason(code), &e.to_string());
+                        watcher::Error::WatchError(s) => (
+                            format!("watch error {}: {}", s.code, s.message),
+                            s.message.clone(),
+                        ),
+                        other => (format!("watch failed: {other}"), other.to_string()),
+                    };
+                    tracing::debug!(pool = %self.status.snapshot().pool, error = ?e, "discovery request failed");
+                    self.status.failed(&reason, &message);
+                    let wait = self.health.backoff(&mut backoff);
                     tokio::select! {
-                        _ = sleep(backoff) => {}
-                        _ = self.tx.closed() => return Stop::Closed,
+                        _ = sleep(wait) => {}
+                        _ = self.tx.closed() => return Closed,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    answering_by = Some(tokio::time::Instant::now() + ANSWERING_AFTER);
                     false
                 }
             };
             if changed && self.publish(convert(&mut objects.values())) {
-                return Stop::Closed;
+                return Closed;
             }
-        }
-    }
-
-    /// The short class of a failure, as logged when it starts.
-    fn reason(&self, code: Option<u16>) -> String {
-        match code {
-            None => "API server unreachable".into(),
-            Some(403) => format!(
-                "forbidden: the service account needs get, list and watch on endpointslices.discovery.k8s.io \
-                 (or endpoints, for the fallback) in namespace {}",
-                self.namespace
-            ),
-            Some(401) => "unauthorized: the API server refused the credentials".into(),
-            Some(404) => "not found (404): the API server does not serve this API".into(),
-            Some(code) => format!("API error {code}"),
         }
     }
 
@@ -259,6 +407,11 @@ async fn client() -> Result<Client, String> {
     let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
+    // So that the API server's audit log can tell slotline from anything else.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("slotline/", env!("CARGO_PKG_VERSION"))),
+    ));
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
@@ -271,15 +424,4 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     watcher::watcher(api, config)
-}
-
-/// The HTTP status the API server gave, if it answered at all.
-fn status_code(e: &watcher::Error) -> Option<u16> {
-    match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
-        watcher::Error::WatchError(s) => Some(s.code),
-        _ => None,
-    }
 }

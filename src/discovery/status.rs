@@ -109,12 +109,14 @@ impl Status {
         s.errors += 1;
         s.last_error = Some(detail.to_string());
         let news = !matches!(&s.state, SourceState::Failing { reason: r } if r == reason);
+        // One line: the reason already carries the API's message; other errors add theirs.
+        let error = (!reason.contains(detail)).then_some(detail);
         if news {
             if s.has_endpoints {
-                tracing::warn!(pool = %s.pool, source = %s.source, reason, error = %detail, endpoints = s.endpoints,
+                tracing::warn!(pool = %s.pool, source = %s.source, reason, error, endpoints = s.endpoints,
                     "discovery source failing; keeping the last known backends and retrying with backoff");
             } else {
-                tracing::warn!(pool = %s.pool, source = %s.source, reason, error = %detail,
+                tracing::warn!(pool = %s.pool, source = %s.source, reason, error,
                     "discovery source failing and no backends known yet; retrying with backoff");
             }
             s.state = SourceState::Failing {

@@ -91,11 +91,17 @@ impl Shared {
         }
         for pool in self.pools() {
             if let Some(status) = pool.discovery() {
-                if !status.has_endpoints() {
-                    return Err(format!(
-                        "pool {}: discovery has found no backend yet",
-                        pool.name
-                    ));
+                let s = status.snapshot();
+                if !s.has_endpoints {
+                    return Err(match s.state {
+                        crate::discovery::SourceState::Failing { reason } => {
+                            format!(
+                                "pool {}: {} could not be read: {reason}",
+                                pool.name, s.source
+                            )
+                        }
+                        _ => format!("pool {}: discovery has found no backend yet", pool.name),
+                    });
                 }
             }
             if !pool.accepting.load(Ordering::Relaxed) {

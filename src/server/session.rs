@@ -566,7 +566,7 @@ impl Ctx {
     fn forward_blocking(&mut self, view: &View<'_>, place: Place, frame: Bytes) {
         let pick = self.client.id as usize;
         let Some(shared) = view.target_or_refresh(place, pick) else {
-            return self.error(view.no_node(place));
+            return self.no_backend(view, place);
         };
         let node = self.own_node(shared);
         let seq = self.front_seq + self.pending.len() as u64;
@@ -619,7 +619,7 @@ impl Ctx {
     fn forward(&mut self, view: &View<'_>, place: Place, spec: &Spec, frame: Bytes, now: Instant) {
         let pick = self.client.id as usize;
         let Some(node) = view.target_or_refresh(place, pick) else {
-            return self.error(view.no_node(place));
+            return self.no_backend(view, place);
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.for_protocol(self.proto)
@@ -637,6 +637,26 @@ impl Ctx {
             own_connection: false,
             scripted: spec.runs_script(),
         }));
+    }
+
+    /// The error for a request no backend can take: why the pool has none, discovery's reason first
+    /// when it never found any (an RBAC refusal is not "no ready endpoints").
+    fn no_backend(&mut self, view: &View<'_>, place: Place) {
+        let why = self.pool.discovery().map(|d| d.snapshot());
+        let msg = match why {
+            Some(s) if !s.has_endpoints => match s.state {
+                crate::discovery::SourceState::Failing { reason } => format!(
+                    "ERR slotline: pool has no backend: {} could not be read: {reason}",
+                    s.source
+                ),
+                _ => format!(
+                    "ERR slotline: pool has no backend: {} has not been read yet",
+                    s.source
+                ),
+            },
+            _ => view.no_node(place).to_string(),
+        };
+        self.error(&msg);
     }
 
     /// Whether the oldest request is a blocking command still waiting.

@@ -145,8 +145,15 @@ struct State {
     slices_served: bool,
     endpoints_served: bool,
     forbidden: bool,
+    /// What RBAC grants the service account: (resource, verb) pairs; `None`, everything.
+    grants: Option<Vec<(&'static str, &'static str)>>,
+    /// Until then every request is refused with 403, as a real API server does for a few seconds
+    /// after a restart, while its authorizer's caches fill.
+    warming_until: Option<Instant>,
     watch_limit: Option<Duration>,
     requests: Vec<String>,
+    /// The `User-Agent` of every request.
+    user_agents: Vec<String>,
 }
 
 struct Inner {
@@ -348,6 +355,30 @@ impl KubeApi {
     /// Whether every request is refused with 403 Forbidden (the service account lacks RBAC).
     pub fn set_forbidden(&self, forbidden: bool) {
         self.inner.lock().forbidden = forbidden;
+    }
+
+    /// RBAC grants only these (resource, verb) pairs, resources as `endpointslices` or `endpoints`,
+    /// verbs `get`, `list`, `watch`; anything else is refused with the 403 Status a real API server
+    /// writes. API discovery and SelfSubjectAccessReview stay open, as for every signed-in user.
+    pub fn grant_only(&self, grants: &[(&'static str, &'static str)]) {
+        self.inner.lock().grants = Some(grants.to_vec());
+    }
+
+    /// Grants everything again.
+    pub fn grant_all(&self) {
+        self.inner.lock().grants = None;
+    }
+
+    /// "API server back, authorizer still warming up": serves again, but refuses every request with
+    /// 403 for `warming`.
+    pub fn restart_warming(&mut self, warming: Duration) {
+        self.inner.lock().warming_until = Some(Instant::now() + warming);
+        self.restart();
+    }
+
+    /// The `User-Agent` header of every request so far.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.inner.lock().user_agents.clone()
     }
 
     /// Closes watches after at most `limit`, whatever timeoutSeconds they asked for.
@@ -554,6 +585,38 @@ fn status_json(code: u16, reason: &str, message: &str) -> String {
     )
 }
 
+/// The service account the fake server says it refused.
+pub const IDENTITY: &str = "system:serviceaccount:slotline:slotline";
+
+/// The 403 a real API server answers when RBAC denies `verb` on `resource` in `ns`.
+fn forbidden_json(resource: Resource, verb: &str, ns: &str) -> String {
+    let (name, group) = match resource {
+        Resource::Slices => ("endpointslices", "discovery.k8s.io"),
+        Resource::Endpoints => ("endpoints", ""),
+    };
+    let full = if group.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}.{group}")
+    };
+    format!(
+        "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\
+         \"message\":{},\"reason\":\"Forbidden\",\"details\":{{\"group\":{},\"kind\":{}}},\"code\":403}}",
+        q(&format!(
+            "{full} is forbidden: User \"{IDENTITY}\" cannot {verb} resource \"{name}\" in API group \"{group}\" in the namespace \"{ns}\""
+        )),
+        q(group),
+        q(name)
+    )
+}
+
+fn resource_name(resource: Resource) -> &'static str {
+    match resource {
+        Resource::Slices => "endpointslices",
+        Resource::Endpoints => "endpoints",
+    }
+}
+
 /// A parsed request target.
 struct Target {
     resource: Resource,
@@ -649,18 +712,82 @@ fn handle(inner: &Inner, mut conn: TcpStream, generation: u64) {
             return;
         }
     }
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |i| i + 4);
+    let mut body = head.split_off(end);
     let head = String::from_utf8_lossy(&head).into_owned();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while body.len() < length {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
     let line = head.lines().next().unwrap_or("");
     let mut words = line.split(' ');
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (forbidden, slices_served, endpoints_served) = {
+    let (forbidden, slices_served, endpoints_served, grants, warming) = {
         let mut state = inner.lock();
         if state.generation != generation {
             return;
         }
         state.requests.push(format!("{method} {target}"));
-        (state.forbidden, state.slices_served, state.endpoints_served)
+        state
+            .user_agents
+            .push(header("user-agent").unwrap_or_default());
+        let warming = state.warming_until.is_some_and(|t| Instant::now() < t);
+        (
+            state.forbidden,
+            state.slices_served,
+            state.endpoints_served,
+            state.grants.clone(),
+            warming,
+        )
     };
+    if warming {
+        let body = status_json(
+            403,
+            "Forbidden",
+            &format!("forbidden: User \"{IDENTITY}\" cannot get path \"{target}\""),
+        );
+        return respond(&mut conn, 403, "Forbidden", &body);
+    }
+    // API discovery, readable by every signed-in user.
+    let path = target.split('?').next().unwrap_or(target);
+    if method == "GET" && (path == "/apis/discovery.k8s.io/v1" || path == "/api/v1") {
+        let slices = path.starts_with("/apis");
+        if (slices && !slices_served) || (!slices && !endpoints_served) {
+            let body = status_json(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+            return respond(&mut conn, 404, "Not Found", &body);
+        }
+        let (group_version, name, kind) = match slices {
+            true => ("discovery.k8s.io/v1", "endpointslices", "EndpointSlice"),
+            false => ("v1", "endpoints", "Endpoints"),
+        };
+        let body = format!(
+            "{{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"{group_version}\",\
+             \"resources\":[{{\"name\":\"{name}\",\"singularName\":\"\",\"namespaced\":true,\"kind\":\"{kind}\",\
+             \"verbs\":[\"create\",\"delete\",\"get\",\"list\",\"patch\",\"update\",\"watch\"]}}]}}"
+        );
+        return respond(&mut conn, 200, "OK", &body);
+    }
+    if method == "POST" && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        return access_review(&mut conn, &body, forbidden, grants.as_deref());
+    }
     let Some(target) = parse_target(target).filter(|_| method == "GET") else {
         let body = status_json(
             404,
@@ -669,20 +796,19 @@ fn handle(inner: &Inner, mut conn: TcpStream, generation: u64) {
         );
         return respond(&mut conn, 404, "Not Found", &body);
     };
-    if forbidden {
-        let what = match target.resource {
-            Resource::Slices => "endpointslices.discovery.k8s.io",
-            Resource::Endpoints => "endpoints",
-        };
-        let body = status_json(
-            403,
-            "Forbidden",
-            &format!(
-                "{what} is forbidden: User \"system:serviceaccount:{}:slotline\" cannot list resource in the namespace",
-                target.ns
-            ),
-        );
-        return respond(&mut conn, 403, "Forbidden", &body);
+    let verb = if target.query.get("watch").map(String::as_str) == Some("true") {
+        "watch"
+    } else {
+        "list"
+    };
+    let granted = grants
+        .as_ref()
+        .is_none_or(|g| g.contains(&(resource_name(target.resource), verb)));
+    if forbidden || !granted {
+        {
+            let body = forbidden_json(target.resource, verb, &target.ns);
+            return respond(&mut conn, 403, "Forbidden", &body);
+        }
     }
     let served = match target.resource {
         Resource::Slices => slices_served,
@@ -701,6 +827,28 @@ fn handle(inner: &Inner, mut conn: TcpStream, generation: u64) {
     } else {
         list(inner, &mut conn, &target);
     }
+}
+
+/// A SelfSubjectAccessReview: allowed when the grants hold the verb on the resource.
+fn access_review(
+    conn: &mut TcpStream,
+    body: &[u8],
+    forbidden: bool,
+    grants: Option<&[(&'static str, &'static str)]>,
+) {
+    let review: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let attrs = &review["spec"]["resourceAttributes"];
+    let (verb, resource) = (
+        attrs["verb"].as_str().unwrap_or(""),
+        attrs["resource"].as_str().unwrap_or(""),
+    );
+    let allowed =
+        !forbidden && grants.is_none_or(|g| g.iter().any(|&(r, v)| r == resource && v == verb));
+    let answer = format!(
+        "{{\"kind\":\"SelfSubjectAccessReview\",\"apiVersion\":\"authorization.k8s.io/v1\",\
+         \"metadata\":{{}},\"spec\":{{\"resourceAttributes\":{attrs}}},\"status\":{{\"allowed\":{allowed}}}}}"
+    );
+    respond(conn, 201, "Created", &answer);
 }
 
 fn matches(what: &What, target: &Target, service: &Option<String>) -> bool {

@@ -32,7 +32,7 @@ pub use cluster::{
 #[allow(unused_imports)]
 pub use http::{http_get, http_raw, metric, HttpReply, METRIC_NAMES, PRIMARY_METRIC_NAMES};
 #[allow(unused_imports)]
-pub use kube_api::{KubeApi, PodEndpoint, Slice};
+pub use kube_api::{KubeApi, PodEndpoint, Slice, IDENTITY};
 #[allow(unused_imports)]
 pub use pods::RedisPod;
 #[allow(unused_imports)]
