@@ -227,9 +227,9 @@ impl ApiHealth {
                         "API server warming up (it answered {} right after coming back)",
                         s.code
                     ),
-                    401 => format!("unauthorized: {message}"),
-                    403 => format!("forbidden: {message}"),
-                    404 => format!("not found: {message}"),
+                    401 => format!("unauthorized (401): {message}"),
+                    403 => format!("forbidden (403): {message}"),
+                    404 => format!("not found (404): {message}"),
                     code => format!("API error {code}: {message}"),
                 };
                 (reason, message)
