@@ -19,8 +19,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A connection that lasted this long was healthy: the backoff starts over, and a failure after it
 /// is replaced at once.
 const HEALTHY_AFTER: Duration = Duration::from_secs(1);
-/// Requests taken from the queue per write.
+/// Requests taken from the queue per write, and their bytes (past which one more request ends the
+/// batch).
 const BATCH: usize = 512;
+const BATCH_BYTES: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
@@ -249,7 +251,7 @@ async fn serve(
         let mut batch = Vec::with_capacity(BATCH);
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            if rx.recv_many(&mut batch, BATCH).await == 0 {
+            if rx.recv_many(&mut batch, 1).await == 0 {
                 // Nobody can send any more (the node left the topology): let the replies already on
                 // their way arrive before closing.
                 let deadline = Instant::now() + link.settings.drain;
@@ -264,17 +266,28 @@ async fn serve(
                 }
                 return Ok(());
             }
-            if batch.len() < BATCH {
+            // Up to BATCH requests or BATCH_BYTES per write: what the connection takes off its queue
+            // is what it copies and writes now. The rest stays queued, where it counts against
+            // `max_server_queue_bytes` and holds its senders back.
+            let mut bytes = batch.iter().map(|m| m.frame.len()).sum::<usize>();
+            let mut take = |batch: &mut Vec<Message>, bytes: &mut usize| {
+                while batch.len() < BATCH && *bytes < BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(msg) => {
+                            *bytes += msg.frame.len();
+                            batch.push(msg);
+                        }
+                        Err(_) => return false,
+                    }
+                }
+                true
+            };
+            if !take(&mut batch, &mut bytes) {
                 // Let every other task that is ready run first: sessions woken by the same poll of the
                 // I/O driver add their requests, and they all leave in this one write. This is what
                 // turns many clients' single requests into one pipeline for Redis.
                 tokio::task::yield_now().await;
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(msg) => batch.push(msg),
-                        Err(_) => break,
-                    }
-                }
+                take(&mut batch, &mut bytes);
             }
             // Requests taken from the queue (and their bytes), and requests written: the queued ones
             // plus any ASKING.

@@ -71,6 +71,9 @@ pub struct Settings {
     pub drain: Duration,
     /// Longest reply taken from the node, in bytes: a longer one closes the connection.
     pub max_reply: usize,
+    /// Bytes of requests that may wait for the node's connections to take them; past it sessions stop
+    /// reading their clients (see [`Node::congested`]).
+    pub max_queue: usize,
 }
 
 /// Commands that prepare a fresh connection before it carries requests.
@@ -91,6 +94,7 @@ impl Settings {
             eject: None,
             drain: Duration::from_secs(10),
             max_reply: crate::protocol::DEFAULT_MAX_REPLY,
+            max_queue: usize::MAX,
         }
     }
 
@@ -99,6 +103,7 @@ impl Settings {
     pub fn for_pool(config: &crate::config::PoolConfig, db: u32) -> Settings {
         Settings {
             max_reply: config.max_reply_bytes,
+            max_queue: config.max_server_queue_bytes,
             ..Settings::new(
                 config.server_connections,
                 Duration::from_millis(config.connect_timeout),
@@ -229,6 +234,27 @@ impl Node {
 
     pub fn stats(&self) -> &ServerStats {
         &self.stats
+    }
+
+    /// Whether more requests wait for this server's connections than `max_queue` allows: the
+    /// server (or the network to it) is slower than the clients, and they should wait rather than
+    /// have slotline hold their requests.
+    pub fn congested(&self) -> bool {
+        self.queued_bytes() > self.settings.max_queue
+    }
+
+    /// Whether a congested server's queue has drained to half the bound: its clients may go on.
+    pub fn drained(&self) -> bool {
+        self.queued_bytes() <= self.settings.max_queue / 2
+    }
+
+    fn queued_bytes(&self) -> usize {
+        usize::try_from(
+            self.stats
+                .in_queue_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .unwrap_or(0)
     }
 
     /// Failures in a row, when the pool ejects failing servers.

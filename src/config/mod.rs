@@ -142,6 +142,10 @@ pub struct PoolConfig {
     /// as Redis disconnects a client past its `client-output-buffer-limit`.
     #[serde(default = "defaults::max_client_reply_bytes")]
     pub max_client_reply_bytes: usize,
+    /// Bytes of requests that may wait for one backend server's connections (a server slower than its
+    /// clients); past it, sessions sending there stop reading their clients until half has drained.
+    #[serde(default = "defaults::max_server_queue_bytes")]
+    pub max_server_queue_bytes: usize,
     /// Longest reply slotline takes from a backend, in bytes; a longer one (or a length or element
     /// count that announces one) closes that backend connection with an error to the requests on it.
     #[serde(default = "defaults::max_reply_bytes")]
@@ -272,6 +276,9 @@ mod defaults {
     }
     pub fn max_client_reply_bytes() -> usize {
         512 * 1024 * 1024
+    }
+    pub fn max_server_queue_bytes() -> usize {
+        64 * 1024 * 1024
     }
     /// Redis's own `proto-max-bulk-len` default: the largest value a node stores unless told otherwise.
     pub fn max_reply_bytes() -> usize {
@@ -494,6 +501,7 @@ impl PoolConfig {
             max_client_request_bytes: defaults::max_client_request_bytes(),
             max_client_reply_bytes: defaults::max_client_reply_bytes(),
             max_reply_bytes: defaults::max_reply_bytes(),
+            max_server_queue_bytes: defaults::max_server_queue_bytes(),
             max_pending: defaults::max_pending(),
             max_redirects: defaults::max_redirects(),
             refresh_interval: defaults::refresh_interval(),

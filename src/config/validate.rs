@@ -241,6 +241,7 @@ impl Config {
                 ("max_client_request_bytes", pool.max_client_request_bytes),
                 ("max_client_reply_bytes", pool.max_client_reply_bytes),
                 ("max_reply_bytes", pool.max_reply_bytes),
+                ("max_server_queue_bytes", pool.max_server_queue_bytes),
             ] {
                 if bytes < 1024 {
                     return Err(err(name, field, "must be at least 1024".into()));

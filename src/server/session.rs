@@ -33,6 +33,9 @@ use redirect::{follow_reply, Redirected};
 use transaction::Transaction;
 use view::{Place, View};
 
+/// How often a client held back by a congested backend looks whether its queue has drained.
+const CONGESTION_CHECK: Duration = Duration::from_millis(10);
+
 /// Unwritten output past which a client is not read: it has to take its replies before it may send
 /// more (what it already asked for is still answered, up to `max_client_reply_bytes`).
 const OUTPUT_PAUSE: usize = 256 * 1024;
@@ -172,6 +175,9 @@ pub(crate) struct Ctx {
     /// The last command looked up: a pipeline mostly repeats one, and comparing its name is cheaper
     /// than a lookup.
     last_command: Option<&'static Spec>,
+    /// A backend this client sent to has more requests waiting than `max_server_queue_bytes`: the
+    /// client is not read until half of them have gone out.
+    congested: Option<Arc<Node>>,
 }
 
 /// Serves one client until it leaves; `seat` is its place in the pool, given back when this ends.
@@ -222,6 +228,7 @@ pub(crate) async fn serve<R, W>(
         routed_by: 0,
         now: Instant::now(),
         last_command: None,
+        congested: None,
     };
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
@@ -236,9 +243,16 @@ pub(crate) async fn serve<R, W>(
         // ready replies composed in the worker's scratch buffer and written.
         ctx.now = Instant::now();
         ctx.begin_output();
+        if ctx.congested.as_ref().is_some_and(|node| node.drained()) {
+            ctx.congested = None;
+        }
         match std::mem::replace(&mut woke, Woke::Nothing) {
-            // The timer is rounded up, so the oldest request's deadline has passed.
-            Woke::Timer => ctx.on_head(HeadEvent::Timeout),
+            // The timer is rounded up, so a deadline that has come is the oldest request's, passed.
+            // (It also wakes a client that waits for a congested backend.)
+            Woke::Timer if ctx.head_deadline().is_some_and(|d| d <= ctx.now) => {
+                ctx.on_head(HeadEvent::Timeout)
+            }
+            Woke::Timer => {}
             Woke::Placement => ctx.follow_placement(),
             Woke::Nothing => {}
         }
@@ -305,8 +319,15 @@ pub(crate) async fn serve<R, W>(
         let can_read = !ctx.closing
             && ctx.pending.len() < max_pending
             && ctx.request_bytes < max_requests
-            && ctx.out.len() < pause;
-        let deadline = ctx.head_deadline();
+            && ctx.out.len() < pause
+            && ctx.congested.is_none();
+        let mut deadline = ctx.head_deadline();
+        if ctx.congested.is_some() {
+            // Nothing else may wake this client when its own requests are all answered: look again
+            // soon whether the backend's queue has drained.
+            let soon = ctx.now + CONGESTION_CHECK;
+            deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+        }
         if let Some(deadline) = deadline {
             let at = round_up(epoch, deadline, tick);
             if timer_at != Some(at) {
@@ -405,7 +426,11 @@ impl Ctx {
         let pool = self.pool.clone();
         let view = View::of(&pool);
         let now = self.now;
-        while !self.closing && self.pending.len() < max_pending && self.serial == 0 {
+        while !self.closing
+            && self.pending.len() < max_pending
+            && self.serial == 0
+            && self.congested.is_none()
+        {
             parser.set_unauthenticated(!self.authenticated);
             match parser.parse(inbuf) {
                 Ok(Some(len)) => {
@@ -624,6 +649,9 @@ impl Ctx {
         let seq = self.front_seq + self.pending.len() as u64;
         node.for_protocol(self.proto)
             .send(pick, frame.clone(), false, self.inbox.reply_to(seq));
+        if node.congested() {
+            self.congested = Some(node.clone());
+        }
         let slot = match place {
             Place::Slot(slot) => Some(slot),
             _ => None,

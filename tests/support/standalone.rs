@@ -124,6 +124,17 @@ impl RedisServers {
         self.wait_answers_ping(index);
     }
 
+    /// Sends `signal` ("STOP", "CONT") to server `index`: a stopped server takes no more bytes from
+    /// its sockets, as a stalled or unreachable one.
+    pub fn signal(&self, index: usize, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.servers[index].child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} redis-server {index}");
+    }
+
     pub fn port(&self, index: usize) -> u16 {
         self.servers[index].port
     }

@@ -308,6 +308,9 @@ impl Ctx {
             }
             // One number per part: the replies of a batch are delivered each under its own.
             let reply = self.inbox.reply_to_each(part_seq(seq, first), run as u32);
+            if node.congested() {
+                self.congested = Some(node.clone());
+            }
             if run == 1 {
                 node.send(pick, sent[first].w.frame.clone(), false, reply);
             } else {
