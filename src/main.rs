@@ -166,6 +166,8 @@ async fn forward_signals(stops: UnboundedSender<Stop>) {
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// Free memory inside the heap worth handing back.
 const TRIM_ABOVE: usize = 4 << 20;
+/// Blocks this large get pages of their own, which go back to the system the moment they are freed.
+const MMAP_ABOVE: libc::c_int = 256 << 10;
 
 /// glibc's malloc keeps what a thread freed in that thread's arena, so after 10,000 clients have
 /// come and gone the process would stay at its peak. A thread of its own, apart from the data
@@ -173,7 +175,18 @@ const TRIM_ABOVE: usize = 4 << 20;
 /// looks every few seconds and trims when the heap holds more than [`TRIM_ABOVE`] free. (mimalloc,
 /// measured here, costs the same instructions per request but kept its pages resident, and its
 /// start-up commit raised the idle RSS.)
+///
+/// The thresholds are fixed first. Left dynamic, glibc raises its mmap threshold to the size of the
+/// largest block freed (up to 32 MiB) and its trim threshold to twice that: after one burst of large
+/// replies, the next bursts are carved from a worker's arena, whose top `malloc_trim` never
+/// returns (it trims only the main arena's top), and tens of MiB stayed resident for good.
 fn trim_memory() {
+    // SAFETY: mallopt only sets two of glibc's process-wide tunables; it takes no pointer of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_ABOVE);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_ABOVE as libc::c_int);
+    }
     let trimmer = std::thread::Builder::new().name("slotline-trim".into());
     let _ = trimmer.spawn(|| loop {
         std::thread::sleep(TRIM_EVERY);
