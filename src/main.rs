@@ -42,7 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration and exit: 0 when valid, 1 with the reason otherwise.
+    /// Validate the configuration and, for pools that follow a Kubernetes Service, ask the API
+    /// server what slotline may see there; exit 0 when all is well, 1 with the reasons otherwise.
     Check,
 }
 
@@ -77,7 +78,11 @@ fn main() -> ExitCode {
             path.display(),
             config.pools.len()
         );
-        return ExitCode::SUCCESS;
+        // nutcracker's -t tests the file only; `check` also asks the API server of Kubernetes pools.
+        if cli.test_conf {
+            return ExitCode::SUCCESS;
+        }
+        return check_sources(&config);
     }
     init_tracing(cli.log_format, &config.log_level);
     let workers = match config.workers {
@@ -118,6 +123,55 @@ fn main() -> ExitCode {
             eprintln!("slotline: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// How long `slotline check` waits for an API server before calling it unreachable.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `slotline check` beyond the file: each Kubernetes pool's Service as the API server shows it to
+/// slotline (the chosen API, missing permissions, ready endpoints), in the words the running proxy
+/// would log. Exit 1 when a pool could not reach its backends.
+fn check_sources(config: &slotline::config::Config) -> ExitCode {
+    if config.pools.values().all(|p| p.kubernetes.is_none()) {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slotline: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut failed = false;
+    for (name, pool) in &config.pools {
+        let found = runtime.block_on(async {
+            tokio::time::timeout(CHECK_TIMEOUT, slotline::discovery::check(pool)).await
+        });
+        let found = match found {
+            Ok(found) => found,
+            Err(_) => Some(Err(vec![format!(
+                "API server unreachable (no answer within {} s)",
+                CHECK_TIMEOUT.as_secs()
+            )])),
+        };
+        match found {
+            None => {}
+            Some(Ok(summary)) => println!("pool {name}: {summary}"),
+            Some(Err(problems)) => {
+                failed = true;
+                for problem in problems {
+                    println!("pool {name}: {problem}");
+                }
+            }
+        }
+    }
+    match failed {
+        true => ExitCode::from(1),
+        false => ExitCode::SUCCESS,
     }
 }
 

@@ -773,3 +773,51 @@ fn plain(log: &str) -> String {
     }
     out
 }
+
+/// `slotline check` asks the API server what the running proxy would ask, and says the same things:
+/// the missing Role rule, the ready endpoints once granted, and an API server that cannot be reached.
+#[test]
+fn slotline_check_reports_what_the_api_server_shows_slotline() {
+    let mut setup = Setup::new(2);
+    let config = setup
+        ._dir
+        .write("slotline.yml", &ketama_yaml(free_port(), ""));
+    let kubeconfig = setup.api.write_kubeconfig(&setup._dir);
+    let check = || {
+        let out = Slotline::command()
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .expect("run slotline check");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), stdout)
+    };
+
+    setup.api.grant_only(&[("endpointslices", "list")]);
+    let (ok, out) = check();
+    assert!(!ok, "check passed with watch refused: {out}");
+    assert!(
+        out.contains(&format!(
+            "pool cache: missing permission: watch endpointslices in namespace {NS}"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("missing permission: list"), "{out}");
+
+    setup.api.grant_all();
+    let (ok, out) = check();
+    assert!(ok, "check failed with every permission granted: {out}");
+    assert!(
+        out.contains(&format!(
+            "kubernetes service redis in namespace {NS}: 2 ready endpoint(s)"
+        )),
+        "{out}"
+    );
+
+    setup.api.stop();
+    let (ok, out) = check();
+    assert!(!ok, "check passed with the API server down: {out}");
+    assert!(out.contains("API server unreachable"), "{out}");
+}

@@ -75,7 +75,10 @@ pub(super) async fn run(
     let Some(api) = choose_api(&client, &config, &status, &tx, &mut health).await else {
         return;
     };
-    check_access(&client, &namespace, api, &status.snapshot().pool).await;
+    let pool = status.snapshot().pool;
+    for missing in missing_access(&client, &namespace, api).await {
+        tracing::warn!(%pool, %namespace, "{missing}");
+    }
     let follow = Follow {
         config: &config,
         namespace: &namespace,
@@ -156,14 +159,15 @@ fn resource_of(api: EndpointsApi) -> (&'static str, &'static str) {
 }
 
 /// Asks the API server whether slotline may list and watch what it is about to follow
-/// (SelfSubjectAccessReview), and logs one line per missing permission, naming the Role rule that
-/// would grant it. An API server that cannot answer is no verdict.
-async fn check_access(client: &Client, namespace: &str, api: EndpointsApi, pool: &str) {
+/// (SelfSubjectAccessReview): one line per missing permission, naming the Role rule that would grant
+/// it. An API server that cannot answer is no verdict.
+async fn missing_access(client: &Client, namespace: &str, api: EndpointsApi) -> Vec<String> {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
     };
     let (group, resource) = resource_of(api);
     let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
+    let mut missing = Vec::new();
     for verb in ["list", "watch"] {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
@@ -183,13 +187,75 @@ async fn check_access(client: &Client, namespace: &str, api: EndpointsApi, pool:
             .await
         {
             Ok(answer) if answer.status.as_ref().is_some_and(|s| s.allowed) => {}
-            Ok(_) => tracing::warn!(%pool, %namespace,
+            Ok(_) => missing.push(format!(
                 "missing permission: {verb} {resource} in namespace {namespace}; grant it with a Role in {namespace} \
-                 (rule: apiGroups [\"{group}\"], resources [\"{resource}\"], verbs [\"list\", \"watch\"]) bound to slotline's service account"),
-            Err(e) => {
-                tracing::debug!(%pool, error = %e, "cannot ask the API server what slotline may do")
-            }
+                 (rule: apiGroups [\"{group}\"], resources [\"{resource}\"], verbs [\"list\", \"watch\"]) bound to slotline's service account"
+            )),
+            Err(e) => tracing::debug!(error = %e, "cannot ask the API server what slotline may do"),
         }
+    }
+    missing
+}
+
+/// What `slotline check` finds of a Kubernetes source, in the words the running proxy would use: a
+/// line saying what would be followed and how many endpoints are ready, or the problems that keep
+/// the pool from its backends. Without a client configuration there is nothing to ask: a note.
+pub(super) async fn check(config: &KubernetesConfig) -> Result<String, Vec<String>> {
+    let client = match client().await {
+        Ok(client) => client,
+        Err(_) => {
+            return Ok(
+                "not asked: no Kubernetes client configuration here (KUBECONFIG or in-cluster)"
+                    .into(),
+            )
+        }
+    };
+    let namespace = config
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let mut health = ApiHealth::default();
+    let api = match config.api {
+        Some(api) => api,
+        None => match client.list_api_group_resources("discovery.k8s.io/v1").await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
+                EndpointsApi::Endpointslices
+            }
+            Ok(_) => EndpointsApi::Endpoints,
+            Err(kube::Error::Api(s)) if s.code == 404 => EndpointsApi::Endpoints,
+            Err(e) => return Err(vec![health.describe(&e, "API discovery").0]),
+        },
+    };
+    let missing = missing_access(&client, &namespace, api).await;
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    let (_, resource) = resource_of(api);
+    let listed = match api {
+        EndpointsApi::Endpointslices => {
+            let selector = format!("kubernetes.io/service-name={}", config.service);
+            Api::<EndpointSlice>::namespaced(client, &namespace)
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .map(|list| from_slices(&list.items, config).len())
+        }
+        EndpointsApi::Endpoints => {
+            let selector = format!("metadata.name={}", config.service);
+            Api::<Endpoints>::namespaced(client, &namespace)
+                .list(&kube::api::ListParams::default().fields(&selector))
+                .await
+                .map(|list| from_endpoints(&list.items, config).len())
+        }
+    };
+    let service = &config.service;
+    match listed {
+        Err(e) => Err(vec![health.describe(&e, "list").0]),
+        Ok(0) => Err(vec![format!(
+            "kubernetes service {service} in namespace {namespace} lists no ready endpoints ({resource})"
+        )]),
+        Ok(ready) => Ok(format!(
+            "kubernetes service {service} in namespace {namespace}: {ready} ready endpoint(s), followed through {resource}"
+        )),
     }
 }
 

@@ -113,6 +113,14 @@ impl Discovery {
     }
 }
 
+/// What `slotline check` finds of a pool's source beyond its config: for a Kubernetes Service, what the
+/// API server lets slotline see (`Ok` with a summary, or the problems, in the running proxy's words);
+/// `None` for a static list, which the config check covers.
+pub async fn check(config: &PoolConfig) -> Option<Result<String, Vec<String>>> {
+    let k8s = config.kubernetes.as_ref()?;
+    Some(kubernetes::check(k8s).await)
+}
+
 /// One entry of `servers:` as the resolver sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct StaticServer {
