@@ -8,8 +8,8 @@
 //! - [`config`]: the YAML configuration, its defaults and validation.
 //! - [`protocol`]: RESP on the wire: cutting requests and replies out of byte streams without copying,
 //!   and the replies slotline writes itself.
-//! - [`command`]: the command table (arity, flags, key specs, routing class, generated from Redis) and key
-//!   extraction.
+//! - [`command`]: Redis's command table (arity, flags, key specs, generated from its `COMMAND`), the
+//!   one policy that decides how slotline handles each command (`command::policy`), and key extraction.
 //! - [`route`]: where a key goes: cluster hash slots, and twemproxy's hashes and distributions (ketama,
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes (TCP or unix socket),

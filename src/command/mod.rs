@@ -1,7 +1,9 @@
-//! Commands: the table of what Redis commands exist and how slotline routes them, the view of one parsed
-//! request, and key extraction.
+//! Commands: the table of what Redis commands exist (generated from Redis's `COMMAND` by
+//! `generate.py`), how slotline handles each (`policy`, the one place that decides), the view of one
+//! parsed request, and key extraction.
 
 mod keys;
+pub mod policy;
 mod spec;
 mod table;
 
@@ -9,14 +11,16 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use keys::for_each_key;
-pub use spec::{flags, Begin, Family, Find, KeySpec, Route, Spec};
+pub use policy::{Merge, PoolOption, Route, Split};
+pub use spec::{flags, Begin, Facts, Family, Find, KeySpec, Spec};
 
 /// Version of the Redis server the command table was generated from.
 pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;
 
 /// Every command and subcommand slotline knows, sorted by name.
 pub fn all() -> &'static [Spec] {
-    table::COMMANDS
+    static ALL: OnceLock<Box<[Spec]>> = OnceLock::new();
+    ALL.get_or_init(|| table::COMMANDS.iter().map(Spec::new).collect())
 }
 
 /// Top-level commands only (no `container|sub` entries): what `COMMAND COUNT` counts.

@@ -1,4 +1,7 @@
-//! What slotline knows about each Redis command: arity, flags, where its keys are, and how it is routed.
+//! What slotline knows about each Redis command: arity, flags, where its keys are (Redis's own facts,
+//! generated into `table.rs`), and how it is routed (decided by `policy`).
+
+use super::policy::Route;
 
 /// Command flags, as Redis reports them in `COMMAND INFO`.
 pub mod flags {
@@ -90,34 +93,6 @@ impl Family {
     }
 }
 
-/// How slotline handles a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// Sent to the node that owns its keys' slot.
-    Keyed,
-    /// Keyed, and may block (BLPOP ...): sent on a backend connection of the client's own, so that it
-    /// never holds up other clients' requests on a shared one.
-    Blocking,
-    /// Keyed, but blocking when given a `BLOCK` option (XREAD, XREADGROUP).
-    BlockingOption,
-    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the session runs the transaction on a connection of the
-    /// client's own.
-    Transaction,
-    /// Keyless, and any node gives the same answer.
-    AnyNode,
-    /// Keyless, and about the whole data set: sent to every master (or server) and the replies merged.
-    EveryNode,
-    /// Answered by slotline itself.
-    Local,
-    /// SUBSCRIBE and its kin, and PUBLISH: the session places them (subscriptions live on backend
-    /// connections of the client's own; PUBLISH goes where the channel's subscribers are).
-    PubSub,
-    /// Has subcommands; the subcommand decides.
-    Container,
-    /// Refused with an error naming the command and this reason.
-    Unsupported(&'static str),
-}
-
 /// Redis 7 key specification: where the search for keys starts, and how keys are found from there.
 #[derive(Debug, Clone, Copy)]
 pub struct KeySpec {
@@ -156,6 +131,20 @@ pub enum Find {
     Unknown,
 }
 
+/// What Redis's `COMMAND` says of one command or subcommand: a line of the generated table.
+#[derive(Debug)]
+pub struct Facts {
+    pub name: &'static str,
+    pub arity: i16,
+    pub flags: u16,
+    pub family: Family,
+    pub keys: &'static [KeySpec],
+    /// It has subcommands.
+    pub container: bool,
+    /// Redis's request policy tip says it needs every node (`all_shards`, `all_nodes`, `special`).
+    pub every_node_tip: bool,
+}
+
 /// One command or subcommand (named `container|sub`, lower case).
 #[derive(Debug)]
 pub struct Spec {
@@ -169,6 +158,18 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The command `facts` describes, routed as [`policy`](super::policy) decides.
+    pub(super) fn new(facts: &Facts) -> Spec {
+        Spec {
+            name: facts.name,
+            arity: facts.arity,
+            flags: facts.flags,
+            family: facts.family,
+            route: super::policy::route(facts),
+            keys: facts.keys,
+        }
+    }
+
     pub fn arity_ok(&self, argc: usize) -> bool {
         let arity = self.arity as isize;
         if arity >= 0 {

@@ -12,60 +12,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::command::Request;
+use crate::command::{Merge, Request, Split};
 use crate::protocol::{parse_int, Reply, ReplyScanner};
-
-/// How the replies of the parts become the client's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Merge {
-    /// MGET: each part answers an array of values; the client gets one array in key order.
-    Values,
-    /// MSET: every part answers +OK.
-    AllOk,
-    /// DEL, UNLINK, EXISTS, TOUCH, DBSIZE: each part answers a count; the client gets the sum.
-    Sum,
-    /// KEYS: the arrays, one after the other.
-    Concat,
-    /// PUBSUB NUMPAT in a sharded pool: slotline subscribes a pattern on every server, so each
-    /// server counts the same patterns.
-    Max,
-    /// PUBSUB CHANNELS, SHARDCHANNELS: the arrays' elements, each once.
-    Union,
-    /// PUBSUB NUMSUB, SHARDNUMSUB: every node answers `[channel, count, ...]` for the same channels;
-    /// the client gets each channel once with the counts summed.
-    SumPairs,
-    /// SCRIPT LOAD, FUNCTION LOAD: every node must give the same answer (a SHA, a library name).
-    Same,
-    /// SCRIPT EXISTS: per script, 1 only when every node has it.
-    AllHave,
-    /// RANDOMKEY: the first key any node names.
-    AnyValue,
-    /// SCAN on master number `node` of `nodes`: the reply's cursor is rewritten to carry the node.
-    Scan { node: usize, nodes: usize },
-    /// A transaction (MULTI, the commands, EXEC) or a WATCH: the last reply is the client's.
-    Last,
-    /// WAIT: per master, the reply of the script that marks the offset, then WAIT's count; the
-    /// client gets the least count.
-    Wait,
-}
-
-/// The merge for a command sent to every master, by its table name.
-pub(crate) fn every_node_policy(name: &str) -> Option<Merge> {
-    Some(match name {
-        "keys" => Merge::Concat,
-        "dbsize" | "pubsub|numpat" => Merge::Sum,
-        "pubsub|channels" | "pubsub|shardchannels" => Merge::Union,
-        "pubsub|numsub" | "pubsub|shardnumsub" => Merge::SumPairs,
-        "randomkey" => Merge::AnyValue,
-        "flushall" | "flushdb" | "script|flush" | "function|flush" | "function|delete" => {
-            Merge::AllOk
-        }
-        "script|load" | "function|load" => Merge::Same,
-        "script|exists" => Merge::AllHave,
-        "wait" => Merge::Wait,
-        _ => return None,
-    })
-}
 
 /// SCAN cursors carry the master's number above this many bits of the master's own cursor (Redis
 /// cursors index a hash table, far below 2^48 entries).
@@ -86,25 +34,6 @@ pub(crate) fn with_arg(req: &Request<'_>, index: usize, value: &[u8]) -> Bytes {
         out.bulk(if i == index { value } else { req.arg(i) });
     }
     buf.freeze()
-}
-
-/// How a splittable command is laid out and merged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Split {
-    pub merge: Merge,
-    /// Arguments per key: 2 for MSET (key and value), 1 otherwise.
-    pub step: usize,
-}
-
-/// The split policy for a command, by its table name; None when it cannot be split.
-pub(crate) fn policy(name: &str) -> Option<Split> {
-    let (merge, step) = match name {
-        "mget" => (Merge::Values, 1),
-        "mset" => (Merge::AllOk, 2),
-        "del" | "unlink" | "exists" | "touch" => (Merge::Sum, 1),
-        _ => return None,
-    };
-    Some(Split { merge, step })
 }
 
 /// Number of keys in a request laid out as `NAME key [value] key [value] ...`; None when the arguments
@@ -157,7 +86,8 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
                 unexpected(out);
             }
         }
-        Merge::Sum | Merge::Max => {
+        // Resolved to Sum or Max by the pool's kind before the parts are sent.
+        Merge::Sum | Merge::Max | Merge::Patterns => {
             let Some(counts) = parts
                 .iter()
                 .map(|(_, r)| integer(r))
@@ -389,6 +319,13 @@ mod tests {
     use super::*;
     use crate::protocol::{Limits, RequestParser};
 
+    fn split(name: &str) -> Split {
+        match crate::command::lookup(name.as_bytes(), None).map(|s| s.route) {
+            Ok(crate::command::Route::Split(split)) => split,
+            other => panic!("{name} is {other:?}"),
+        }
+    }
+
     fn parsed(frame: &[u8], check: impl FnOnce(Request<'_>)) {
         let mut parser = RequestParser::new(Limits {
             max_request_bytes: 1 << 20,
@@ -402,7 +339,7 @@ mod tests {
 
     #[test]
     fn parts_carry_their_keys_and_values() {
-        let mset = policy("mset").unwrap();
+        let mset = split("mset");
         parsed(b"*7\r\n$4\r\nMSET\r\n$1\r\na\r\n$2\r\nva\r\n$1\r\nb\r\n$2\r\nvb\r\n$1\r\nc\r\n$0\r\n\r\n", |req| {
             assert_eq!(key_count(&req, mset), Some(3));
             assert_eq!(key(&req, mset, 2), b"c");
@@ -419,7 +356,7 @@ mod tests {
                 assert_eq!(key_count(&req, mset), None, "a key without a value");
             },
         );
-        let mget = policy("mget").unwrap();
+        let mget = split("mget");
         parsed(b"*3\r\n$4\r\nmget\r\n$1\r\na\r\n$1\r\nb\r\n", |req| {
             assert_eq!(key_count(&req, mget), Some(2));
             // Appended after what the buffer holds: the parts of one request share a buffer.
@@ -433,7 +370,10 @@ mod tests {
             encode_into(&req, mget, &[1, 0], &mut buf);
             assert_eq!(&buf[..], b"*3\r\n$4\r\nmget\r\n$2\r\nbb\r\n$1\r\na\r\n");
         });
-        assert_eq!(policy("get"), None);
+        assert_eq!(
+            crate::command::lookup(b"get", None).map(|s| s.route),
+            Ok(crate::command::Route::Keyed)
+        );
     }
 
     fn merged(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])]) -> Vec<u8> {

@@ -18,11 +18,10 @@ mod redirect;
 mod transaction;
 mod view;
 
-use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
-use crate::command::{self, LookupError, Request, Route, Spec};
+use crate::command::{self, policy, LookupError, Request, Route, Spec};
 use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
@@ -507,25 +506,20 @@ impl Ctx {
                 spec.name
             ));
         }
-        if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+        if !self.authenticated && !policy::before_auth(spec) {
             return self.error("NOAUTH Authentication required.");
         }
         if self.subscriber_mode(req, spec) {
             return;
         }
-        if argc > 4
-            && spec.name == "copy"
-            && (3..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"DB"))
-        {
-            // Into another database: a pool serves one (with redis_db, not even the one numbered).
-            return self
-                .error("ERR COPY ... DB is not supported by slotline: a pool serves one database");
+        if let Some(refusal) = policy::refusal(req, spec) {
+            return self.error(refusal);
         }
         if self.pool.read_only && !spec.replica_may_run() {
             // The replica listener, like a replica: reads only, scripts included.
             return self.error("READONLY You can't write against a read only replica.");
         }
-        if self.tx.queuing() && spec.route != Route::Transaction && spec.name != "quit" {
+        if self.tx.queuing() && spec.route != Route::Transaction && !policy::ends_connection(spec) {
             return self.queue(req, spec, frame, view);
         }
         let route = match spec.route {
@@ -537,37 +531,32 @@ impl Ctx {
             Route::BlockingOption => Route::Keyed,
             other => other,
         };
+        if !self.pending.is_empty()
+            && (route == Route::Blocking || policy::after_earlier_replies(spec))
+        {
+            return self.hold(frame);
+        }
         match route {
-            Route::Keyed => match fanout::policy(spec.name) {
-                // Placed once, key by key: forwarded whole when the keys live together.
-                Some(split) if argc > 2 => self.split(req, spec, split, frame, view, now),
-                _ => match view.place_of_request(req, spec) {
-                    Ok(place) => {
-                        self.forward(view, view.for_reads(place, spec), spec, frame.clone(), now)
-                    }
-                    Err(()) => self.error(&view.cross_error(spec.display_name())),
-                },
+            // Placed once, key by key: forwarded whole when the keys live together.
+            Route::Split(split) if argc > 2 => self.split(req, spec, split, frame, view, now),
+            Route::Keyed | Route::Split(_) => match view.place_of_request(req, spec) {
+                Ok(place) => {
+                    self.forward(view, view.for_reads(place, spec), spec, frame.clone(), now)
+                }
+                Err(()) => self.error(&view.cross_error(spec.display_name())),
             },
-            Route::Blocking if !self.pending.is_empty() => self.hold(frame),
-            Route::Transaction
-                if !self.pending.is_empty()
-                    && matches!(spec.name, "exec" | "watch" | "unwatch") =>
-            {
-                self.hold(frame)
-            }
             Route::Blocking => match view.place_of_request(req, spec) {
                 Ok(place) => self.forward_blocking(view, place, frame.clone()),
                 Err(()) => self.error(&view.cross_error(spec.display_name())),
             },
             Route::AnyNode => self.forward(view, Place::Any, spec, frame.clone(), now),
-            Route::EveryNode => self.every_node(req, spec, frame, view, now),
+            Route::EveryNode { merge, needs } => {
+                self.every_node(spec, merge, needs, frame, view, now)
+            }
+            Route::Scan => self.scan(req, view, now),
+            Route::Wait => self.wait(req, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),
-            Route::Local if !self.pending.is_empty() && matches!(spec.name, "hello" | "reset") => {
-                // It changes the protocol, and so the connections later requests take: those before
-                // it finish on the old ones first.
-                self.hold(frame)
-            }
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),

@@ -9,11 +9,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
-use super::super::fanout::{self, Merge, Split};
+use super::super::fanout;
 use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
 use super::{printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
+use crate::command::{Merge, PoolOption, Split};
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
 use crate::protocol::{parse_int, Reply};
@@ -156,28 +157,14 @@ impl Ctx {
     /// Sends a command about the whole data set to every master (every server in service) as it is.
     pub(super) fn every_node(
         &mut self,
-        req: Request<'_>,
         spec: &Spec,
+        merge: Merge,
+        needs: Option<PoolOption>,
         frame: &Bytes,
         view: &View<'_>,
         now: Instant,
     ) {
-        match spec.name {
-            "scan" => return self.scan(req, view, now),
-            "wait" => return self.wait(req, frame, view, now),
-            _ => {}
-        }
-        let merge = match (spec.name, view) {
-            ("pubsub|numpat", View::Shards(_)) => Some(Merge::Max),
-            _ => fanout::every_node_policy(spec.name),
-        };
-        let Some(merge) = merge else {
-            return self.error(&format!(
-                "ERR {} is not supported by slotline",
-                spec.display_name()
-            ));
-        };
-        if matches!(spec.name, "flushall" | "flushdb") && !self.pool.config.allow_flush {
+        if needs == Some(PoolOption::AllowFlush) && !self.pool.config.allow_flush {
             let msg = format!(
                 "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
                 spec.display_name(),
@@ -186,6 +173,7 @@ impl Ctx {
             );
             return self.error(&msg);
         }
+        let merge = merge.for_pool(matches!(view, View::Shards(_)));
         let groups = (0..view.node_count())
             .map(|i| (Place::Node(i), frame.clone()))
             .collect();
@@ -341,7 +329,7 @@ impl Ctx {
     /// connection's offset with any command; later versions only with commands that replicate, hence
     /// a write). WAIT then waits for the replicas to reach that offset. The client gets the least
     /// count: each of its earlier writes reached at least that many replicas.
-    fn wait(&mut self, req: Request<'_>, frame: &Bytes, view: &View<'_>, now: Instant) {
+    pub(super) fn wait(&mut self, req: Request<'_>, frame: &Bytes, view: &View<'_>, now: Instant) {
         let timeout = match parse_int(req.arg(2)) {
             Some(t) if t >= 0 => t as u64,
             Some(_) => return self.error("ERR timeout is negative"),

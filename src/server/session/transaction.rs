@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use super::parts::PartToSend;
 use super::{Ctx, Place, View};
 use crate::backend::Node;
-use crate::command::{Request, Route, Spec};
-use crate::server::fanout::Merge;
+use crate::command::{policy, Merge};
+use crate::command::{Request, Spec};
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
@@ -116,12 +116,7 @@ impl Ctx {
 
     /// A command between MULTI and EXEC: checked, bound to the transaction's backend, and queued.
     pub(super) fn queue(&mut self, req: Request<'_>, spec: &Spec, frame: &Bytes, view: &View<'_>) {
-        let queueable = match spec.route {
-            Route::Keyed | Route::AnyNode | Route::Blocking | Route::BlockingOption => true,
-            Route::Local => matches!(spec.name, "ping" | "echo"),
-            _ => false,
-        };
-        if !queueable {
+        if !policy::queueable(spec) {
             let msg = format!(
                 "ERR {} cannot be part of a transaction through slotline",
                 spec.display_name()
