@@ -22,13 +22,29 @@ fn blocked_in(port: u16, command: &str) -> usize {
         .count()
 }
 
+/// `blocked_clients` of INFO through slotline: what clients (and Redis's own test suite) wait on.
+fn blocked_clients(proxy_port: u16) -> u64 {
+    let reply = Client::connect(proxy_port).cmd(&["INFO", "clients"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("INFO")).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no blocked_clients in {text}"))
+}
+
 fn blocking_commands_stall_no_one(proxy_port: u16, backend_port: u16) {
+    assert_eq!(blocked_clients(proxy_port), 0);
     let mut blocked = Client::connect(proxy_port);
     blocked.send(&["BLPOP", LIST, "0"]);
     wait_for(
         Duration::from_secs(5),
         "BLPOP to block on the server",
         || blocked_in(backend_port, "blpop") == 1,
+    );
+    assert_eq!(
+        blocked_clients(proxy_port),
+        1,
+        "INFO clients while BLPOP waits"
     );
 
     // Another client's requests to the same master go through while BLPOP waits.
@@ -47,6 +63,7 @@ fn blocking_commands_stall_no_one(proxy_port: u16, backend_port: u16) {
     );
     // The same client goes on with ordinary commands, and blocks again.
     assert_eq!(blocked.cmd(&["GET", OTHER]), Reply::bulk("499"));
+    assert_eq!(blocked_clients(proxy_port), 0, "INFO clients once answered");
 
     // Pipelined with the push before it, the blocking command sees the push (it is not sent ahead of
     // it on its own connection), and the read after it sees what it popped.
@@ -91,12 +108,16 @@ fn blocking_commands_stall_no_one(proxy_port: u16, backend_port: u16) {
     wait_for(Duration::from_secs(5), "the second BLPOP to block", || {
         blocked_in(backend_port, "blpop") == 1
     });
+    assert_eq!(blocked_clients(proxy_port), 1);
     drop(leaving);
     wait_for(
         Duration::from_secs(5),
         "the server to forget the client",
         || blocked_in(backend_port, "blpop") == 0,
     );
+    wait_for(Duration::from_secs(5), "slotline to count it gone", || {
+        blocked_clients(proxy_port) == 0
+    });
     assert_eq!(other.cmd(&["RPUSH", LIST, "kept"]), Reply::Int(1));
     assert_eq!(
         other.cmd(&["LRANGE", LIST, "0", "-1"]),

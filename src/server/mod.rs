@@ -43,6 +43,9 @@ pub struct Shared {
     pub started: Instant,
     pub config_file: Option<String>,
     pub connected_clients: AtomicU64,
+    /// Clients whose oldest request is a blocking command waiting for its backend (see
+    /// [`BlockedMark`]).
+    pub blocked_clients: AtomicU64,
     pub total_connections: AtomicU64,
     pub total_commands: AtomicU64,
     pub rejected_connections: AtomicU64,
@@ -60,6 +63,7 @@ impl Shared {
             started: Instant::now(),
             config_file,
             connected_clients: AtomicU64::new(0),
+            blocked_clients: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
             total_commands: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
@@ -528,6 +532,24 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
         };
         // The session future alone: wrapped in another async block it would be stored twice.
         tokio::spawn(session::serve(rd, wr, pool.clone(), client, seat));
+    }
+}
+
+/// A client counted in INFO's `blocked_clients` (Redis's count, which clients and Redis's own test
+/// suite wait on): taken while its oldest request is a blocking command waiting for its backend,
+/// given back on drop, when that is answered or the session ends however it ends.
+pub(crate) struct BlockedMark(Arc<Shared>);
+
+impl BlockedMark {
+    pub(crate) fn take(shared: &Arc<Shared>) -> BlockedMark {
+        shared.blocked_clients.fetch_add(1, Ordering::Relaxed);
+        BlockedMark(shared.clone())
+    }
+}
+
+impl Drop for BlockedMark {
+    fn drop(&mut self) {
+        self.0.blocked_clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -177,6 +177,8 @@ pub(crate) struct Ctx {
     /// A backend this client sent to has more requests waiting than `max_server_queue_bytes`: the
     /// client is not read until half of them have gone out.
     congested: Option<Arc<Node>>,
+    /// Counted in INFO's `blocked_clients` while a blocking command waits (see [`Ctx::mark_blocked`]).
+    blocked_mark: Option<super::BlockedMark>,
 }
 
 /// Serves one client until it leaves; `seat` is its place in the pool, given back when this ends.
@@ -212,6 +214,7 @@ pub(crate) async fn serve<R, W>(
         out: BytesMut::new(),
         out_scratch: false,
         out_counted: 0,
+        blocked_mark: None,
         request_bytes: 0,
         replies_held: 0,
         closing: false,
@@ -295,6 +298,7 @@ pub(crate) async fn serve<R, W>(
             }
         }
         ctx.end_output();
+        ctx.mark_blocked();
         // What the step counted reaches the pool's metrics, and the worker gets its tally back.
         ctx.tally.flush();
         if ctx.closing && (ctx.pending.is_empty() || ctx.blocked()) {
@@ -679,6 +683,18 @@ impl Ctx {
     /// Whether the oldest request is a blocking command still waiting.
     fn blocked(&self) -> bool {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
+    }
+
+    /// Counts the client in INFO's `blocked_clients` while it is [blocked](Self::blocked), once per
+    /// step: a blocking request is always the oldest (it waits for those before it).
+    fn mark_blocked(&mut self) {
+        match (self.blocked(), self.blocked_mark.is_some()) {
+            (true, false) => {
+                self.blocked_mark = Some(super::BlockedMark::take(&self.pool.shared));
+            }
+            (false, true) => self.blocked_mark = None,
+            _ => {}
+        }
     }
 
     /// When the oldest request gives up, if it is still waiting for a backend.
