@@ -8,6 +8,8 @@ pub const SLOTS: usize = 16384;
 pub struct Slot(u16);
 
 impl Slot {
+    pub const FIRST: Slot = Slot(0);
+
     /// `None` when `n` is not a valid slot number.
     pub fn new(n: u64) -> Option<Slot> {
         (n < SLOTS as u64).then_some(Slot(n as u16))

@@ -2,8 +2,11 @@
 //!
 //! Subscriptions live on backend connections of the client's own ([`Subscriber`]), one per backend
 //! the client needs, opened on first use and closed when it leaves subscriber mode or disconnects:
-//! - cluster: classic channels and patterns all on one node, because the cluster bus broadcasts every
-//!   PUBLISH to every node; shard channels on the master owning their slot, where SPUBLISH goes.
+//! - cluster: classic channels and patterns of every client on one node, the master of the first slot,
+//!   where PUBLISH goes too. The cluster bus broadcasts every PUBLISH to every node, so any node would
+//!   deliver the messages; meeting on one makes PUBLISH count every subscriber connected through
+//!   slotline (channels and matching patterns), as one Redis would. Shard channels live on the master
+//!   owning their slot, where SPUBLISH goes.
 //! - sharded pools: the servers know nothing of each other, so a channel lives on the server its name
 //!   hashes to as a key (PUBLISH is routed the same way), and a pattern on every server, whose
 //!   streams are merged.
@@ -39,6 +42,9 @@ use crate::route::{key_slot, Slot};
 /// What a subscriber may have waiting in slotline before it is dropped: Redis's default hard
 /// `client-output-buffer-limit pubsub`.
 const OUTPUT_LIMIT: usize = 32 << 20;
+
+/// Where a cluster's classic subscriptions and PUBLISH meet (see the module's doc).
+const CLUSTER_HOME: Place = Place::Slot(Slot::FIRST);
 
 /// Frames from subscriber connections taken per pass of the session loop.
 const EVENTS_PER_PASS: usize = 1024;
@@ -237,8 +243,9 @@ impl PubSub {
         }
         let places: Vec<Place> = match (kind, view) {
             (Kind::Shard, _) => shard_place.into_iter().collect(),
-            // One connection: to any node of a cluster (its bus broadcasts), to a primary's master.
-            (_, View::Cluster(..) | View::Primary(..)) => vec![Place::Any],
+            // One connection: to the cluster's pub/sub home, to a primary's master.
+            (_, View::Cluster(..)) => vec![CLUSTER_HOME],
+            (_, View::Primary(..)) => vec![Place::Any],
             (Kind::Channel, View::Shards(_)) => vec![view.place_of(name)],
             (Kind::Pattern, View::Shards(_)) => (0..view.node_count()).map(Place::Node).collect(),
         };
@@ -309,10 +316,12 @@ impl Ctx {
     ) {
         let (kind, subscribe) = match spec.name {
             "publish" => {
-                // A cluster broadcasts PUBLISH to every node; independent servers only reach the
+                // A cluster broadcasts PUBLISH to every node, and the home holds slotline's
+                // subscribers, so its count is theirs; independent servers only reach the
                 // subscribers of the server the channel hashes to.
                 let place = match view {
-                    View::Cluster(..) | View::Primary(..) => Place::Any,
+                    View::Cluster(..) => CLUSTER_HOME,
+                    View::Primary(..) => Place::Any,
                     View::Shards(_) => view.place_of(req.arg(1)),
                 };
                 return self.forward(view, place, spec, frame.clone(), now);
