@@ -559,6 +559,11 @@ fn wrong_arity_is_an_error() {
         client.cmd(&["GET"]),
         Reply::Error("ERR wrong number of arguments for 'get' command".into())
     );
+    // Answered by slotline itself, with Redis's own words.
+    assert_eq!(
+        client.cmd(&["PING", "a", "b"]),
+        Reply::Error("ERR wrong number of arguments for 'ping' command".into())
+    );
     assert_open(&mut client, "a wrong arity");
 }
 

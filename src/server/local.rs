@@ -21,7 +21,8 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
     match name {
         "ping" => match req.argc() {
             1 => ctx.reply(|r| r.status("PONG")),
-            _ => ctx.reply(|r| r.bulk(req.arg(1))),
+            2 => ctx.reply(|r| r.bulk(req.arg(1))),
+            _ => ctx.error("ERR wrong number of arguments for 'ping' command"),
         },
         "echo" => ctx.reply(|r| r.bulk(req.arg(1))),
         "quit" => {
