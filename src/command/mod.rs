@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use keys::for_each_key;
-pub use policy::{Merge, PoolOption, Route, Split};
+pub use policy::{Admin, Merge, PoolOption, Route, Split};
 pub use spec::{flags, Begin, Facts, Family, Find, KeySpec, Spec};
 
 /// Version of the Redis server the command table was generated from.

@@ -32,6 +32,8 @@ pub enum Route {
         merge: Merge,
         needs: Option<PoolOption>,
     },
+    /// An administrative command, sent to the nodes only with `allow_admin`.
+    Admin(Admin),
     /// SCAN: every master in turn, the master's number in the cursor's top bits.
     Scan,
     /// WAIT: every master, each asked to count the replicas that reached its own offset.
@@ -104,11 +106,39 @@ pub struct Split {
     pub step: usize,
 }
 
+/// Where an administrative command goes, with `allow_admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// It changes one node's own state (its config, its users, its functions): sent to every master
+    /// and replica (every server of a sharded pool) and merged (+OK only when every one said so);
+    /// an error from any answers the whole command.
+    EveryMember(Merge),
+    /// It reads what the nodes hold alike when configured alike (CONFIG GET, FUNCTION LIST, ACL
+    /// LIST ...): answered by one master, as it is. Nodes that differ are not merged: ask them.
+    OneNode,
+}
+
 /// A pool option a command needs before slotline sends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolOption {
     /// `allow_flush`: FLUSHALL and FLUSHDB empty every master of the pool.
     AllowFlush,
+}
+
+/// Administrative commands slotline sends with `allow_admin`. Never, even then: SHUTDOWN, DEBUG,
+/// CLUSTER's writes, REPLICAOF, MIGRATE, MODULE, SAVE, BGSAVE, FAILOVER ... which change what the
+/// cluster is rather than how each node behaves.
+fn admin(name: &str) -> Option<Admin> {
+    match name {
+        "config|set" | "config|resetstat" | "function|restore" | "acl|setuser" => {
+            Some(Admin::EveryMember(Merge::AllOk))
+        }
+        // How many users it deleted: the same number from every node that has the same users.
+        "acl|deluser" => Some(Admin::EveryMember(Merge::Same)),
+        "config|get" | "function|list" | "function|dump" | "function|stats" | "acl|list"
+        | "acl|getuser" | "acl|users" | "acl|whoami" | "acl|cat" => Some(Admin::OneNode),
+        _ => None,
+    }
 }
 
 /// Commands slotline answers itself (src/server/local.rs).
@@ -233,6 +263,9 @@ pub(super) fn route(facts: &Facts) -> Route {
     if let Some(route) = every_node(name) {
         return route;
     }
+    if let Some(admin) = admin(name) {
+        return Route::Admin(admin);
+    }
     if facts.container {
         return Route::Container;
     }
@@ -342,8 +375,17 @@ mod tests {
             route_of("cluster", Some("addslots")),
             Route::Unsupported(_)
         ));
-        assert!(matches!(
+        assert_eq!(
             route_of("config", Some("set")),
+            Route::Admin(Admin::EveryMember(Merge::AllOk))
+        );
+        assert_eq!(
+            route_of("config", Some("get")),
+            Route::Admin(Admin::OneNode)
+        );
+        assert!(matches!(route_of("shutdown", None), Route::Unsupported(_)));
+        assert!(matches!(
+            route_of("config", Some("rewrite")),
             Route::Unsupported(_)
         ));
         assert_eq!(Merge::Patterns.for_pool(true), Merge::Max);

@@ -163,6 +163,11 @@ pub struct PoolConfig {
     /// proxy in front of shared data should not wipe every shard by accident.
     #[serde(default)]
     pub allow_flush: bool,
+    /// Whether administrative commands are sent to the nodes: CONFIG SET/RESETSTAT, FUNCTION RESTORE
+    /// and ACL SETUSER/DELUSER to every master and replica, CONFIG GET, FUNCTION LIST/DUMP/STATS and
+    /// ACL's reads to one master. Off by default: they change (or show the secrets of) every node.
+    #[serde(default)]
+    pub allow_admin: bool,
     /// Password clients must give with AUTH before anything else; slotline also authenticates its
     /// backend connections with it.
     #[serde(default)]
@@ -507,6 +512,7 @@ impl PoolConfig {
             refresh_interval: defaults::refresh_interval(),
             connect_timeout: defaults::connect_timeout(),
             allow_flush: false,
+            allow_admin: false,
             redis_auth: None,
             redis_auth_file: None,
             redis_username: None,

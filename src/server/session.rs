@@ -557,6 +557,7 @@ impl Ctx {
             Route::EveryNode { merge, needs } => {
                 self.every_node(spec, merge, needs, frame, view, now)
             }
+            Route::Admin(admin) => self.admin(spec, admin, frame, view, now),
             Route::Scan => self.scan(req, view, now),
             Route::Wait => self.wait(req, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),

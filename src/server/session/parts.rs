@@ -14,7 +14,7 @@ use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
 use super::{printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
-use crate::command::{Merge, PoolOption, Split};
+use crate::command::{Admin, Merge, PoolOption, Split};
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
 use crate::protocol::{parse_int, Reply};
@@ -178,6 +178,41 @@ impl Ctx {
             .map(|i| (Place::Node(i), frame.clone()))
             .collect();
         self.fan_out(groups, merge, view, now);
+    }
+
+    /// An administrative command: refused unless the pool sets `allow_admin`; then to one master, or
+    /// to every master and replica with +OK only when each said so (else the first error).
+    pub(super) fn admin(
+        &mut self,
+        spec: &Spec,
+        admin: Admin,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+    ) {
+        if !self.pool.config.allow_admin {
+            let msg = format!(
+                "ERR {} is not supported by slotline: administrative commands go to the Redis nodes directly (set allow_admin: true in pool '{}' to send it to them)",
+                spec.display_name(),
+                self.pool.name
+            );
+            return self.error(&msg);
+        }
+        match admin {
+            Admin::OneNode => self.forward(view, Place::Any, spec, frame.clone(), now),
+            Admin::EveryMember(merge) => {
+                let parts: Vec<PartToSend> = view
+                    .members()
+                    .into_iter()
+                    .map(|node| PartToSend::new(Some(node), frame.clone()))
+                    .collect();
+                if parts.is_empty() {
+                    return self.no_backend(view, Place::Any);
+                }
+                let deadline = now + Duration::from_millis(self.pool.config.timeout);
+                self.send_parts(parts, merge, 0, Vec::new(), false, deadline);
+            }
+        }
     }
 
     /// SCAN, one master at a time: the cursor's top bits say which.

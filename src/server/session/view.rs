@@ -133,6 +133,25 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Every node of the pool, masters and replicas (a sharded pool's servers in service): where a
+    /// command that changes each node's own state goes.
+    pub(super) fn members(&self) -> Vec<Arc<Node>> {
+        match self {
+            View::Cluster(cluster, topology) => topology
+                .known()
+                .iter()
+                .filter_map(|addr| cluster.redirect_node(addr))
+                .collect(),
+            View::Shards(table) => table.in_service().cloned().collect(),
+            View::Primary(_, roles, _) => roles
+                .master
+                .iter()
+                .chain(&roles.replicas)
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The error for a request no node can take (see [`target`](Self::target)): a sharded pool says
     /// why it has no server (a Kubernetes Service without ready endpoints).
     pub(super) fn no_node(&self, place: Place) -> &str {
