@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Redis's own Tcl test suite through slotline, beside the same suite against one redis-server that
+# holds all 16384 slots (the baseline): how far slotline is a drop-in Redis endpoint.
+#
+#   benches/redis-suite.sh SUITE_DIR OUT            # every unit, slotline and the baseline
+#   UNITS="unit/type/list unit/pubsub" benches/redis-suite.sh SUITE_DIR OUT   # some units
+#   ONLY=slotline benches/redis-suite.sh ...        # skip the baseline (or ONLY=direct)
+#
+# SUITE_DIR holds the suite's runner: run-suite.sh, compare.py and suite/ (Redis 7.0.15's tests; see
+# its README). slotline runs in cluster mode in front of a 3-master cluster with allow_flush and
+# allow_admin, the suite in --cluster-mode, its fixture commands sent to the nodes (SETUP_VIA).
+# Results: OUT/slotline, OUT/direct, and compare.py's list of tests that pass directly and fail
+# through slotline. Needs redis-server, redis-cli, tclsh, python3; builds slotline --release.
+set -euo pipefail
+
+SUITE=${1:?usage: redis-suite.sh SUITE_DIR OUT}
+OUT=${2:?usage: redis-suite.sh SUITE_DIR OUT}
+BASE=${BASE:-9510}
+ONLY=${ONLY:-}
+SUITE=$(cd "$SUITE" && pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+
+work=$(mktemp -d /tmp/slotline-suite.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_redis() { # port
+    mkdir -p "$work/$1"
+    redis-server --port "$1" --bind 127.0.0.1 --dir "$work/$1" --save "" --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf --enable-debug-command yes \
+        --enable-module-command yes --loglevel warning >"$work/$1.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.05; done
+    echo "redis-suite.sh: redis-server on $1 did not start" >&2
+    exit 1
+}
+
+if [ "$ONLY" != direct ]; then
+    masters=($((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
+    for port in "${masters[@]}"; do start_redis "$port"; done
+    echo yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${masters[@]}") \
+        --cluster-replicas 0 >/dev/null
+    proxy=$((BASE + 80))
+    cat >"$work/slotline.yml" <<EOF
+pools:
+  suite:
+    listen: 127.0.0.1:$proxy
+    mode: cluster
+    allow_flush: true
+    allow_admin: true
+    servers:
+$(printf '      - 127.0.0.1:%s\n' "${masters[@]}")
+EOF
+    target/release/slotline --config "$work/slotline.yml" >"$work/slotline.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do redis-cli -p "$proxy" set ready 1 >/dev/null 2>&1 && break; sleep 0.1; done
+    SETUP_VIA=$(printf '127.0.0.1:%s,' "${masters[@]}" | sed 's/,$//') \
+        "$SUITE/run-suite.sh" "$SUITE/suite" 127.0.0.1 "$proxy" slotline "$OUT" --cluster-mode
+    cp "$work/slotline.log" "$OUT/slotline/slotline.log"
+fi
+
+if [ "$ONLY" != slotline ]; then
+    direct=$((BASE + 100))
+    start_redis "$direct"
+    redis-cli -p "$direct" cluster addslotsrange 0 16383 >/dev/null
+    for _ in $(seq 100); do
+        redis-cli -p "$direct" cluster info | grep -q 'cluster_state:ok' && break
+        sleep 0.1
+    done
+    "$SUITE/run-suite.sh" "$SUITE/suite" 127.0.0.1 "$direct" direct "$OUT" --cluster-mode
+fi
+
+if [ -z "$ONLY" ]; then
+    python3 "$SUITE/compare.py" "$OUT/direct" "$OUT/slotline" --details | tee "$OUT/compare.txt"
+fi
