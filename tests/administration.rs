@@ -1,11 +1,13 @@
-//! Administrative commands through slotline: refused by default, and with `allow_admin` sent where
-//! they belong — changes of a node's own state (CONFIG SET, ACL SETUSER ...) to every master and
-//! replica, reads (CONFIG GET, ACL GETUSER ...) to one master. What changes the cluster itself is
-//! refused even then.
+//! Commands about the nodes themselves through slotline. Administrative ones are refused by default,
+//! and with `allow_admin` sent where they belong: changes of a node's own state (CONFIG SET, ACL
+//! SETUSER ...) to every master and replica, reads (CONFIG GET, ACL GETUSER ...) to one master; what
+//! changes the cluster itself is refused even then. SCRIPT KILL reaches the script wherever it runs.
 
 mod support;
 
-use support::{free_port, wait_ok, Client, RedisCluster, Reply, Slotline};
+use std::time::Duration;
+
+use support::{free_port, wait_ok, Client, ClusterOpts, RedisCluster, Reply, Slotline};
 
 fn config_get(port: u16, name: &str) -> Reply {
     Client::connect(port).cmd(&["CONFIG", "GET", name])
@@ -109,4 +111,44 @@ fn admin_commands_reach_every_node_only_when_the_pool_allows_them() {
         assert!(reply.error().is_some(), "{cmd:?}: {reply:?}");
     }
     assert_eq!(client.cmd(&["PING"]), Reply::Status("PONG".into()));
+}
+
+/// A script that never ends holds its node and the shared connection it came on: SCRIPT KILL from
+/// another client reaches it (on connections of that client's own, since Redis reads nothing more
+/// from the script's connection), its client gets Redis's error, and the node serves again.
+#[test]
+fn script_kill_reaches_a_busy_script_on_a_shared_connection() {
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        ..Default::default()
+    });
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    for &port in &seeds {
+        // Redis takes SCRIPT KILL once a script has run this long.
+        let set = Client::connect(port).cmd(&["CONFIG", "SET", "lua-time-limit", "10"]);
+        assert_eq!(set, Reply::ok());
+    }
+    let yaml =
+        Slotline::cluster_yaml(free_port(), &seeds).replace("timeout: 1000", "timeout: 3000");
+    let proxy = Slotline::start(&yaml);
+    let mut other = proxy.client();
+    assert_eq!(
+        other.cmd(&["SCRIPT", "KILL"]).error().map(|e| e
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .to_string()),
+        Some("NOTBUSY".to_string())
+    );
+    let mut busy = proxy.client();
+    busy.send(&["EVAL", "while true do end", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(other.cmd(&["SCRIPT", "KILL"]), Reply::ok());
+    let reply = busy.read_reply();
+    assert!(
+        reply.error().is_some_and(|e| e.contains("killed")),
+        "{reply:?}"
+    );
+    assert_eq!(busy.cmd(&["SET", "after", "1"]), Reply::ok());
+    assert_eq!(other.cmd(&["GET", "after"]), Reply::bulk("1"));
 }

@@ -38,6 +38,10 @@ pub enum Route {
     Scan,
     /// WAIT: every master, each asked to count the replicas that reached its own offset.
     Wait,
+    /// SCRIPT KILL, FUNCTION KILL: every master, each on a connection of the client's own (the
+    /// shared one may be the very connection whose script runs, and Redis reads nothing more from
+    /// it until the script ends); +OK when one killed a script.
+    KillScript,
     /// Answered by slotline itself.
     Local,
     /// SUBSCRIBE and its kin, and PUBLISH: the session places them (subscriptions live on backend
@@ -79,6 +83,9 @@ pub enum Merge {
     AnyValue,
     /// SCAN on master number `node` of `nodes`: the reply's cursor is rewritten to carry the node.
     Scan { node: usize, nodes: usize },
+    /// SCRIPT KILL on every master: +OK when one killed a script, else the most telling error
+    /// (`UNKILLABLE` before `NOTBUSY`).
+    AnyOk,
     /// A transaction (MULTI, the commands, EXEC) or a WATCH: the last reply is the client's.
     Last,
     /// WAIT: per master, the reply of the script that marks the offset, then WAIT's count; the
@@ -204,6 +211,7 @@ fn every_node(name: &str) -> Option<Route> {
     let merge = match name {
         "scan" => return Some(Route::Scan),
         "wait" => return Some(Route::Wait),
+        "script|kill" | "function|kill" => return Some(Route::KillScript),
         "flushall" | "flushdb" => {
             return Some(Route::EveryNode {
                 merge: Merge::AllOk,
@@ -363,6 +371,7 @@ mod tests {
             }
         );
         assert_eq!(route_of("scan", None), Route::Scan);
+        assert_eq!(route_of("script", Some("kill")), Route::KillScript);
         assert_eq!(route_of("blpop", None), Route::Blocking);
         assert_eq!(route_of("xread", None), Route::BlockingOption);
         assert_eq!(route_of("client", Some("setname")), Route::Local);

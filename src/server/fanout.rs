@@ -68,10 +68,13 @@ pub(crate) fn encode_into(req: &Request<'_>, split: Split, keys: &[u32], buf: &m
 /// is the number of keys of the whole request. An error reply from any part answers the whole command:
 /// the one whose part holds the earliest key, so the client sees what Redis would have said first.
 pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: &mut BytesMut) {
-    // EXEC's reply already says what became of each queued command (EXECABORT included).
+    // EXEC's reply already says what became of each queued command (EXECABORT included), and
+    // SCRIPT KILL's errors are what the nodes running no script answer.
     let first_error = parts
         .iter()
-        .filter(|(_, reply)| merge != Merge::Last && reply.first() == Some(&b'-'))
+        .filter(|(_, reply)| {
+            !matches!(merge, Merge::Last | Merge::AnyOk) && reply.first() == Some(&b'-')
+        })
         .min_by_key(|(keys, _)| keys.first().copied());
     if let Some((_, reply)) = first_error {
         out.extend_from_slice(reply);
@@ -79,6 +82,17 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
     }
     match merge {
         Merge::Values => merge_values(nkeys, parts, out),
+        Merge::AnyOk => {
+            let best = parts.iter().map(|(_, r)| *r).min_by_key(|r| match r {
+                r if *r == b"+OK\r\n" => 0,
+                r if r.starts_with(b"-NOTBUSY") => 2,
+                _ => 1,
+            });
+            match best {
+                Some(reply) => out.extend_from_slice(reply),
+                None => unexpected(out),
+            }
+        }
         Merge::AllOk => {
             if parts.iter().all(|(_, reply)| *reply == b"+OK\r\n") {
                 Reply(out).ok();
@@ -373,6 +387,29 @@ mod tests {
         assert_eq!(
             crate::command::lookup(b"get", None).map(|s| s.route),
             Ok(crate::command::Route::Keyed)
+        );
+    }
+
+    #[test]
+    fn a_script_killed_anywhere_is_killed() {
+        let none: &[u32] = &[];
+        let notbusy: &[u8] = b"-NOTBUSY No scripts in execution right now.\r\n";
+        let unkillable: &[u8] = b"-UNKILLABLE Sorry the script already executed write commands\r\n";
+        assert_eq!(
+            merged(
+                Merge::AnyOk,
+                0,
+                &[(none, notbusy), (none, b"+OK\r\n"), (none, notbusy)]
+            ),
+            b"+OK\r\n"
+        );
+        assert_eq!(
+            merged(Merge::AnyOk, 0, &[(none, notbusy), (none, unkillable)]),
+            unkillable
+        );
+        assert_eq!(
+            merged(Merge::AnyOk, 0, &[(none, notbusy), (none, notbusy)]),
+            notbusy
         );
     }
 

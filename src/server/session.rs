@@ -559,6 +559,7 @@ impl Ctx {
             }
             Route::Admin(admin) => self.admin(spec, admin, frame, view, now),
             Route::Scan => self.scan(req, view, now),
+            Route::KillScript => self.kill_script(frame, view, now),
             Route::Wait => self.wait(req, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),

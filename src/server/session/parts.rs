@@ -215,6 +215,25 @@ impl Ctx {
         }
     }
 
+    /// SCRIPT KILL and FUNCTION KILL: to every master on connections of this client's own, since
+    /// the shared connection may be the one whose script runs (see [`Route::KillScript`]).
+    ///
+    /// [`Route::KillScript`]: crate::command::Route::KillScript
+    pub(super) fn kill_script(&mut self, frame: &Bytes, view: &View<'_>, now: Instant) {
+        let masters: Vec<Arc<Node>> = (0..view.node_count())
+            .filter_map(|i| view.target(Place::Node(i), 0).cloned())
+            .collect();
+        if masters.is_empty() {
+            return self.no_backend(view, Place::Any);
+        }
+        let parts = masters
+            .iter()
+            .map(|node| PartToSend::new(Some(self.own_node(node)), frame.clone()))
+            .collect();
+        let deadline = now + Duration::from_millis(self.pool.config.timeout);
+        self.send_parts(parts, Merge::AnyOk, 0, Vec::new(), true, deadline);
+    }
+
     /// SCAN, one master at a time: the cursor's top bits say which.
     pub(super) fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
         let cursor = std::str::from_utf8(req.arg(1))
