@@ -43,6 +43,8 @@
 //!   session for one step), and the collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the control thread, and the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`)
 //!   on it, safe from idle and slow connections.
+//! - [`clients`]: the clients connected through slotline, as CLIENT LIST, CLIENT INFO and CLIENT KILL
+//!   see them (each session keeps its record current).
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
@@ -53,6 +55,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod clients;
 pub mod cluster;
 pub mod command;
 pub mod config;

@@ -23,6 +23,15 @@ pub fn all() -> &'static [Spec] {
     ALL.get_or_init(|| table::COMMANDS.iter().map(Spec::new).collect())
 }
 
+/// The position of `spec` in [`all`], for a compact reference to it; None for a spec that is not
+/// one of the table's.
+pub fn index_of(spec: &Spec) -> Option<u32> {
+    let all = all();
+    let offset = (spec as *const Spec as usize).checked_sub(all.as_ptr() as usize)?;
+    let index = offset / std::mem::size_of::<Spec>();
+    (index < all.len() && std::ptr::eq(&all[index], spec)).then_some(index as u32)
+}
+
 /// Top-level commands only (no `container|sub` entries): what `COMMAND COUNT` counts.
 pub fn top_level() -> impl Iterator<Item = &'static Spec> {
     all().iter().filter(|s| !s.name.contains('|'))

@@ -178,6 +178,8 @@ const LOCAL: &[&str] = &[
     "client|no-evict",
     "client|no-touch",
     "client|reply",
+    "client|list",
+    "client|kill",
 ];
 
 /// Keyless commands whose answer does not depend on which node gives it.

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -55,9 +55,10 @@ pub struct Lifecycle {
     ended: Notify,
 }
 
-/// Where a session's read half leaves its waker while it waits for input.
+/// Where a session's read half leaves its waker while it waits for input, and a flag that ends the
+/// session's input (CLIENT KILL).
 #[derive(Default)]
-pub struct WakeSlot(Mutex<Option<Waker>>);
+pub struct WakeSlot(Mutex<Option<Waker>>, AtomicBool);
 
 impl WakeSlot {
     fn register(&self, waker: &Waker) {
@@ -124,6 +125,25 @@ impl Lifecycle {
         }
     }
 
+    /// Ends the input of session `id` (CLIENT KILL): it answers what it has read and closes, as when
+    /// its client leaves. False when there is no such session.
+    pub fn kill(&self, id: u64) -> bool {
+        let slot = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        match slot {
+            Some(slot) => {
+                slot.1.store(true, Ordering::Release);
+                slot.wake();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets a session that has ended.
     pub fn untrack(&self, id: u64) {
         self.sessions
@@ -173,7 +193,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for DrainRead<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.life.phase() == Phase::Closing {
+        if this.life.phase() == Phase::Closing || this.slot.1.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -189,7 +209,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for DrainRead<R> {
         // again, so that a change made in between is not missed.
         this.slot.register(cx.waker());
         let phase = this.life.phase();
-        if phase == Phase::Closing {
+        if phase == Phase::Closing || this.slot.1.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
         if phase == Phase::Draining {

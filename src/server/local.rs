@@ -1,8 +1,11 @@
 //! Commands slotline answers itself: connection handshakes, introspection, and INFO.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use super::session::{printable, Ctx};
+use crate::clients;
 use crate::command::{self, flags, Request, Spec};
 use crate::protocol::{parse_int, Reply};
 
@@ -51,7 +54,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
             ctx.end_transaction();
             ctx.end_pubsub();
             ctx.set_protocol(2);
-            ctx.client.name = None;
+            ctx.client.record.set_name(None);
             ctx.authenticated = ctx.pool.config.redis_auth.is_none();
             ctx.reply(|r| r.status("RESET"));
         }
@@ -156,7 +159,7 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
         return ctx.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     if name.is_some() {
-        ctx.client.name = name;
+        ctx.client.record.set_name(name);
     }
     ctx.set_protocol(proto);
     let id = ctx.client.id as i64;
@@ -197,10 +200,11 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
-            ctx.client.name = (!req.arg(2).is_empty()).then(|| Bytes::copy_from_slice(req.arg(2)));
+            let name = (!req.arg(2).is_empty()).then(|| Bytes::copy_from_slice(req.arg(2)));
+            ctx.client.record.set_name(name);
             ctx.reply(|r| r.ok());
         }
-        (b"getname", 2) => match ctx.client.name.clone() {
+        (b"getname", 2) => match ctx.client.record.name() {
             Some(name) => ctx.reply(|r| r.bulk(&name)),
             None => ctx.reply(|r| r.null()),
         },
@@ -212,8 +216,8 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             let value = Bytes::copy_from_slice(req.arg(3));
             let attr = req.arg(2).to_ascii_lowercase();
             match attr.as_slice() {
-                b"lib-name" => ctx.client.lib_name = Some(value),
-                b"lib-ver" => ctx.client.lib_ver = Some(value),
+                b"lib-name" => ctx.client.record.set_lib(false, value),
+                b"lib-ver" => ctx.client.record.set_lib(true, value),
                 _ => {
                     let msg = format!("ERR Unrecognized option '{}'", printable(req.arg(2)));
                     return ctx.error(&msg);
@@ -222,19 +226,23 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             ctx.reply(|r| r.ok());
         }
         (b"info", 2) => {
-            let line = client_info_line(ctx);
+            let line = ctx.client.record.line(Instant::now());
             ctx.reply(|r| r.bulk(line.as_bytes()));
         }
+        (b"list", _) => client_list(ctx, req),
+        (b"kill", 3..) => client_kill(ctx, req),
         (b"no-evict" | b"no-touch", 3) => ctx.reply(|r| r.ok()),
         (b"reply", 3) if req.arg(2).eq_ignore_ascii_case(b"on") => ctx.reply(|r| r.ok()),
         (b"help", 2) => ctx.reply(|r| {
-            let lines: [&str; 6] = [
-                "CLIENT <subcommand> (answered by slotline). Subcommands are:",
+            let lines: [&str; 8] = [
+                "CLIENT <subcommand> (answered by slotline for its own clients). Subcommands are:",
                 "ID",
                 "GETNAME",
                 "SETNAME <name>",
                 "SETINFO <LIB-NAME|LIB-VER> <value>",
                 "INFO",
+                "LIST [TYPE NORMAL|PUBSUB|MASTER|REPLICA] [ID <id> ...]",
+                "KILL <ip:port> | KILL <ID|ADDR|LADDR|TYPE|USER|SKIPME|MAXAGE> <value> ...",
             ];
             r.array(lines.len());
             for l in lines {
@@ -258,16 +266,76 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
     }
 }
 
-fn client_info_line(ctx: &Ctx) -> String {
-    let s = |b: &Option<Bytes>| b.as_ref().map(|b| printable(b)).unwrap_or_default();
-    format!(
-        "id={} addr={} name={} db=0 lib-name={} lib-ver={} resp=2\n",
-        ctx.client.id,
-        ctx.client.addr,
-        s(&ctx.client.name),
-        s(&ctx.client.lib_name),
-        s(&ctx.client.lib_ver)
-    )
+/// CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]: slotline's own clients, every pool's.
+fn client_list(ctx: &mut Ctx, req: Request<'_>) {
+    let mut filter = clients::Filter::default();
+    let mut i = 2;
+    while i < req.argc() {
+        let opt = req.arg(i).to_ascii_lowercase();
+        match (opt.as_slice(), req.argc() - i) {
+            (b"type", 2..) => match clients::Kind::parse(req.arg(i + 1)) {
+                Some(kind) => filter.kind = Some(kind),
+                None => {
+                    let msg = format!("ERR Unknown client type '{}'", printable(req.arg(i + 1)));
+                    return ctx.error(&msg);
+                }
+            },
+            (b"id", 2..) => {
+                for j in i + 1..req.argc() {
+                    match parse_int(req.arg(j)) {
+                        Some(id) if id > 0 => filter.ids.push(id as u64),
+                        _ => return ctx.error("ERR Invalid client ID"),
+                    }
+                }
+                i = req.argc();
+                continue;
+            }
+            _ => return ctx.error("ERR syntax error"),
+        }
+        i += 2;
+    }
+    let now = Instant::now();
+    let mut list = String::new();
+    for record in ctx.pool.shared.clients.all() {
+        if filter.matches(&record, 0, now) {
+            list.push_str(&record.line(now));
+        }
+    }
+    ctx.reply(|r| r.bulk(list.as_bytes()));
+}
+
+/// CLIENT KILL addr:port (old syntax: +OK or an error), or CLIENT KILL <filter> <value> ... (the
+/// number killed).
+fn client_kill(ctx: &mut Ctx, req: Request<'_>) {
+    let now = Instant::now();
+    let (filter, old_syntax) = match req.argc() {
+        3 => {
+            let filter = clients::Filter {
+                addr: Some(String::from_utf8_lossy(req.arg(2)).into_owned()),
+                ..clients::Filter::default()
+            };
+            (filter, true)
+        }
+        _ => {
+            let args: Vec<&[u8]> = (2..req.argc()).map(|i| req.arg(i)).collect();
+            match clients::Filter::parse_kill(&args) {
+                Ok(filter) => (filter, false),
+                Err(msg) => return ctx.error(msg),
+            }
+        }
+    };
+    let me = ctx.client.id;
+    let mut killed = 0;
+    for record in ctx.pool.shared.clients.all() {
+        if filter.matches(&record, me, now) && ctx.pool.shared.lifecycle.kill(record.id) {
+            killed += 1;
+        }
+    }
+    match (old_syntax, killed) {
+        (true, 0) => ctx.error("ERR No such client"),
+        (true, _) => ctx.reply(|r| r.ok()),
+        (false, n) => ctx.reply(|r| r.int(n)),
+    }
 }
 
 fn command_cmd(ctx: &mut Ctx, req: Request<'_>) -> Outcome {

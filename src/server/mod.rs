@@ -11,6 +11,7 @@ mod stats_port;
 
 pub use lifecycle::{Lifecycle, Phase, Stop};
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ pub struct Shared {
     pub rejected_connections: AtomicU64,
     next_client_id: AtomicU64,
     pub lifecycle: Arc<Lifecycle>,
+    /// The clients connected, as CLIENT LIST shows them.
+    pub clients: crate::clients::Registry,
     /// Bytes held for clients that have not authenticated, all pools together.
     pub(crate) unauthenticated: Arc<session::Budget>,
     /// Every pool, once all have started (weak: each pool holds this).
@@ -69,6 +72,7 @@ impl Shared {
             rejected_connections: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
             lifecycle: Arc::new(Lifecycle::default()),
+            clients: crate::clients::Registry::default(),
             unauthenticated: Arc::new(session::Budget::new(UNAUTHENTICATED_BYTES)),
             pools: std::sync::Mutex::new(Vec::new()),
         })
@@ -474,23 +478,21 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
         let accepted = match &*listener {
             Listener::Tcp(l) => l.accept().await.map(|(s, addr)| {
                 let _ = s.set_nodelay(true);
+                let laddr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let fd = s.as_raw_fd();
                 let (rd, wr) = s.into_split();
-                (
-                    Box::new(rd) as BoxRead,
-                    Box::new(wr) as BoxWrite,
-                    addr.to_string(),
-                )
+                let rd = Box::new(rd) as BoxRead;
+                (rd, Box::new(wr) as BoxWrite, addr.to_string(), laddr, fd)
             }),
             Listener::Unix(l, path) => l.accept().await.map(|(s, _)| {
+                let fd = s.as_raw_fd();
                 let (rd, wr) = s.into_split();
-                (
-                    Box::new(rd) as BoxRead,
-                    Box::new(wr) as BoxWrite,
-                    path.display().to_string(),
-                )
+                let path = path.display().to_string();
+                let rd = Box::new(rd) as BoxRead;
+                (rd, Box::new(wr) as BoxWrite, path.clone(), path, fd)
             }),
         };
-        let (rd, mut wr, addr) = match accepted {
+        let (rd, mut wr, addr, laddr, fd) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning, and say so in
@@ -523,12 +525,11 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
         }
         let seat = Seat::take(&pool);
         let rd = life.track(seat.id, rd);
+        let record = crate::clients::Record::new(seat.id, addr.clone(), laddr, fd);
         let client = ClientState {
             id: seat.id,
             addr,
-            name: None,
-            lib_name: None,
-            lib_ver: None,
+            record: pool.shared.clients.add(record),
         };
         // The session future alone: wrapped in another async block it would be stored twice.
         tokio::spawn(session::serve(rd, wr, pool.clone(), client, seat));
@@ -585,6 +586,7 @@ impl Drop for Seat {
             .connected_clients
             .fetch_sub(1, Ordering::Relaxed);
         pool.shared.lifecycle.untrack(self.id);
+        pool.shared.clients.remove(self.id);
     }
 }
 

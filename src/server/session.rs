@@ -47,9 +47,8 @@ pub(crate) use buffers::Budget;
 pub(crate) struct ClientState {
     pub id: u64,
     pub addr: String,
-    pub name: Option<Bytes>,
-    pub lib_name: Option<Bytes>,
-    pub lib_ver: Option<Bytes>,
+    /// What CLIENT LIST shows of this client (its name and library included).
+    pub record: Arc<crate::clients::Record>,
 }
 
 /// A request whose reply the client has not been given yet.
@@ -299,6 +298,7 @@ pub(crate) async fn serve<R, W>(
         }
         ctx.end_output();
         ctx.mark_blocked();
+        ctx.publish_client_state();
         // What the step counted reaches the pool's metrics, and the worker gets its tally back.
         ctx.tally.flush();
         if ctx.closing && (ctx.pending.is_empty() || ctx.blocked()) {
@@ -492,6 +492,7 @@ impl Ctx {
                     self.last_command = Some(spec);
                 }
                 self.tally.get().command(spec.family);
+                self.client.record.ran(spec, self.now.into_std());
                 spec
             }
             Err(LookupError::UnknownCommand) => return self.unknown_command(req),
@@ -685,6 +686,17 @@ impl Ctx {
     /// Whether the oldest request is a blocking command still waiting.
     fn blocked(&self) -> bool {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
+    }
+
+    /// Keeps what CLIENT LIST shows of this client current.
+    fn publish_client_state(&self) {
+        let subscriptions = self.pubsub.as_ref().map_or([0; 3], |p| p.counts());
+        self.client.record.publish(crate::clients::State {
+            resp: self.proto,
+            subscriptions,
+            multi: self.tx.queuing().then(|| self.tx.queued_count()),
+            blocked: self.blocked(),
+        });
     }
 
     /// Counts the client in INFO's `blocked_clients` while it is [blocked](Self::blocked), once per

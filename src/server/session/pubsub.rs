@@ -189,6 +189,13 @@ impl PubSub {
         }
     }
 
+    /// Channels, patterns and shard channels subscribed, as CLIENT LIST's sub, psub and ssub.
+    pub(super) fn counts(&self) -> [u32; 3] {
+        self.confirmed
+            .each_ref()
+            .map(|set| set.len().min(u32::MAX as usize) as u32)
+    }
+
     /// Subscriptions of every kind: more than 0 is subscriber mode.
     fn total(&self) -> usize {
         self.confirmed.iter().map(HashSet::len).sum()

@@ -47,6 +47,11 @@ impl Transaction {
         self.queuing
     }
 
+    /// Commands queued since MULTI.
+    pub(super) fn queued_count(&self) -> u32 {
+        self.queued.len().min(u32::MAX as usize) as u32
+    }
+
     /// The backend connection the WATCH was sent on is being dropped.
     pub(super) fn lose_watch(&mut self) {
         if self.watching {

@@ -1,0 +1,122 @@
+//! CLIENT LIST, CLIENT INFO and CLIENT KILL through slotline: answered for slotline's own clients in
+//! Redis's formats (the nodes only see slotline's shared connections), and a killed client is gone.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{free_port, Client, RedisServers, Reply, Slotline};
+
+/// The value of `field` in a CLIENT LIST line.
+fn field<'a>(line: &'a str, field: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|kv| kv.trim_end().strip_prefix(&format!("{field}=")))
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+}
+
+fn text(reply: Reply) -> String {
+    String::from_utf8_lossy(reply.as_bytes().unwrap_or_else(|| panic!("{reply:?}"))).into_owned()
+}
+
+fn list(client: &mut Client, args: &[&str]) -> Vec<String> {
+    let mut cmd = vec!["CLIENT", "LIST"];
+    cmd.extend_from_slice(args);
+    text(client.cmd(&cmd)).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn client_list_info_and_kill_answer_for_slotlines_own_clients() {
+    let servers = RedisServers::start(1);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), ""));
+    let port = proxy.port().to_string();
+
+    let mut alpha = proxy.client();
+    assert_eq!(alpha.cmd(&["CLIENT", "SETNAME", "alpha"]), Reply::ok());
+    assert_eq!(alpha.cmd(&["SET", "k", "v"]), Reply::ok());
+    let alpha_id = alpha.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
+    let info = text(alpha.cmd(&["CLIENT", "INFO"]));
+    assert_eq!(field(&info, "id"), alpha_id.to_string());
+    assert_eq!(field(&info, "name"), "alpha");
+    assert_eq!(field(&info, "cmd"), "client|info");
+    assert_eq!(field(&info, "laddr"), format!("127.0.0.1:{port}"));
+    assert_eq!(field(&info, "flags"), "N");
+    assert!(info.ends_with('\n'), "{info:?}");
+    let alpha_addr = field(&info, "addr").to_string();
+    assert_eq!(
+        alpha_addr,
+        alpha.stream().local_addr().expect("addr").to_string()
+    );
+
+    let mut observer = proxy.client();
+    let mut subscriber = proxy.client();
+    assert!(subscriber.cmd(&["SUBSCRIBE", "news"]).as_array().is_some());
+    let mut queuing = proxy.client();
+    assert_eq!(queuing.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(queuing.cmd(&["INCR", "n"]), Reply::Status("QUEUED".into()));
+
+    let lines = list(&mut observer, &[]);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let ids: Vec<u64> = lines
+        .iter()
+        .map(|l| field(l, "id").parse().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    let alpha_line = lines
+        .iter()
+        .find(|l| field(l, "name") == "alpha")
+        .expect("alpha listed");
+    assert_eq!(field(alpha_line, "cmd"), "client|info");
+    assert_eq!(field(alpha_line, "addr"), alpha_addr);
+    let sub_line = &list(&mut observer, &["TYPE", "pubsub"]);
+    assert_eq!(sub_line.len(), 1, "{sub_line:#?}");
+    assert_eq!(
+        (field(&sub_line[0], "flags"), field(&sub_line[0], "sub")),
+        ("P", "1")
+    );
+    let normal = list(&mut observer, &["TYPE", "normal"]);
+    let multi = normal
+        .iter()
+        .find(|l| field(l, "multi") != "-1")
+        .expect("the MULTI client");
+    assert_eq!((field(multi, "flags"), field(multi, "multi")), ("x", "1"));
+    assert_eq!(list(&mut observer, &["ID", &alpha_id.to_string()]).len(), 1);
+    assert_eq!(
+        observer.cmd(&["CLIENT", "LIST", "TYPE", "nope"]),
+        Reply::Error("ERR Unknown client type 'nope'".into())
+    );
+
+    // Killed: its connection closes; the others stay.
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "ID", &alpha_id.to_string()]),
+        Reply::Int(1)
+    );
+    assert!(
+        alpha.wait_closed(Duration::from_secs(5)),
+        "alpha still connected"
+    );
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "127.0.0.1:1"]),
+        Reply::Error("ERR No such client".into())
+    );
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "ID", "0"]),
+        Reply::Error("ERR client-id should be greater than 0".into())
+    );
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "FOO", "bar"]),
+        Reply::Error("ERR syntax error".into())
+    );
+    // SKIPME yes by default: the asking client survives a kill that names everyone.
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]),
+        Reply::Int(1)
+    );
+    assert!(subscriber.wait_closed(Duration::from_secs(5)));
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "TYPE", "normal"]),
+        Reply::Int(1)
+    );
+    assert!(queuing.wait_closed(Duration::from_secs(5)));
+    assert_eq!(observer.cmd(&["GET", "k"]), Reply::bulk("v"));
+    assert_eq!(list(&mut observer, &[]).len(), 1);
+}
