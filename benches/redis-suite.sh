@@ -27,7 +27,8 @@ cargo build --release --quiet
 work=$(mktemp -d /tmp/slotline-suite.XXXXXX)
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # -9: a node busy in a script that never ends ignores SIGTERM.
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }
