@@ -314,7 +314,9 @@ pub fn before_auth(spec: &Spec) -> bool {
 /// UNWATCH run on the transaction's connection; HELLO and RESET change the protocol, and so the
 /// connections later requests take.
 pub fn after_earlier_replies(spec: &Spec) -> bool {
-    matches!(spec.name, "exec" | "watch" | "unwatch" | "hello" | "reset")
+    // The route first: asked of every pipelined request, and most are keyed.
+    matches!(spec.route, Route::Transaction | Route::Local)
+        && matches!(spec.name, "exec" | "watch" | "unwatch" | "hello" | "reset")
 }
 
 /// Whether it may be queued between MULTI and EXEC: a command for one node (the transaction's), or
@@ -340,7 +342,7 @@ pub fn ends_connection(spec: &Spec) -> bool {
 pub fn refusal(req: Request<'_>, spec: &Spec) -> Option<&'static str> {
     let argc = req.argc();
     // COPY into another database: a pool serves one (with redis_db, not even the one numbered).
-    (spec.name == "copy" && argc > 4 && (3..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"DB")))
+    (argc > 4 && spec.name == "copy" && (3..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"DB")))
         .then_some("ERR COPY ... DB is not supported by slotline: a pool serves one database")
 }
 

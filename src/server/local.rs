@@ -226,6 +226,8 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             ctx.reply(|r| r.ok());
         }
         (b"info", 2) => {
+            // This very command is the client's last, as Redis shows it.
+            ctx.publish_client_state();
             let line = ctx.client.record.line(Instant::now());
             ctx.reply(|r| r.bulk(line.as_bytes()));
         }
@@ -294,6 +296,7 @@ fn client_list(ctx: &mut Ctx, req: Request<'_>) {
         }
         i += 2;
     }
+    ctx.publish_client_state();
     let now = Instant::now();
     let mut list = String::new();
     for record in ctx.pool.shared.clients.all() {

@@ -176,7 +176,10 @@ pub(crate) struct Ctx {
     /// A backend this client sent to has more requests waiting than `max_server_queue_bytes`: the
     /// client is not read until half of them have gone out.
     congested: Option<Arc<Node>>,
-    /// Counted in INFO's `blocked_clients` while a blocking command waits (see [`Ctx::mark_blocked`]).
+    /// The last command of this step, for CLIENT LIST (published once per step).
+    ran: Option<&'static Spec>,
+    /// Counted in INFO's `blocked_clients` while a blocking command waits (see
+    /// [`Ctx::publish_client_state`]).
     blocked_mark: Option<super::BlockedMark>,
 }
 
@@ -214,6 +217,7 @@ pub(crate) async fn serve<R, W>(
         out_scratch: false,
         out_counted: 0,
         blocked_mark: None,
+        ran: None,
         request_bytes: 0,
         replies_held: 0,
         closing: false,
@@ -297,7 +301,6 @@ pub(crate) async fn serve<R, W>(
             }
         }
         ctx.end_output();
-        ctx.mark_blocked();
         ctx.publish_client_state();
         // What the step counted reaches the pool's metrics, and the worker gets its tally back.
         ctx.tally.flush();
@@ -492,7 +495,8 @@ impl Ctx {
                     self.last_command = Some(spec);
                 }
                 self.tally.get().command(spec.family);
-                self.client.record.ran(spec, self.now.into_std());
+
+                self.ran = Some(spec);
                 spec
             }
             Err(LookupError::UnknownCommand) => return self.unknown_command(req),
@@ -688,27 +692,42 @@ impl Ctx {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
     }
 
-    /// Keeps what CLIENT LIST shows of this client current.
-    fn publish_client_state(&self) {
+    /// Keeps what CLIENT LIST shows of this client current, and counts it in INFO's
+    /// `blocked_clients` while it is [blocked](Self::blocked): once per step, and the state only when
+    /// a command that can change it ran (a keyed command changes nothing listed but the time and the
+    /// command). A blocking request is always the oldest: it waits for those before it.
+    pub(crate) fn publish_client_state(&mut self) {
+        let blocked = self.blocked();
+        let blocked_changed = blocked != self.blocked_mark.is_some();
+        if blocked_changed {
+            self.blocked_mark = blocked.then(|| super::BlockedMark::take(&self.pool.shared));
+        }
+        // A subscriber's counts change when the backends confirm, in a step of their own.
+        let changing = blocked_changed || self.pubsub.is_some();
+        let Some(spec) = self.ran.take() else {
+            if changing {
+                self.publish_state(blocked);
+            }
+            return;
+        };
+        self.client.record.ran(spec, self.now.into_std());
+        let may_change = !matches!(
+            spec.route,
+            Route::Keyed | Route::Split(_) | Route::AnyNode | Route::BlockingOption
+        );
+        if changing || may_change || self.tx.queuing() {
+            self.publish_state(blocked);
+        }
+    }
+
+    fn publish_state(&self, blocked: bool) {
         let subscriptions = self.pubsub.as_ref().map_or([0; 3], |p| p.counts());
         self.client.record.publish(crate::clients::State {
             resp: self.proto,
             subscriptions,
             multi: self.tx.queuing().then(|| self.tx.queued_count()),
-            blocked: self.blocked(),
+            blocked,
         });
-    }
-
-    /// Counts the client in INFO's `blocked_clients` while it is [blocked](Self::blocked), once per
-    /// step: a blocking request is always the oldest (it waits for those before it).
-    fn mark_blocked(&mut self) {
-        match (self.blocked(), self.blocked_mark.is_some()) {
-            (true, false) => {
-                self.blocked_mark = Some(super::BlockedMark::take(&self.pool.shared));
-            }
-            (false, true) => self.blocked_mark = None,
-            _ => {}
-        }
     }
 
     /// When the oldest request gives up, if it is still waiting for a backend.
