@@ -45,6 +45,7 @@
 //!   on it, safe from idle and slow connections.
 //! - [`clients`]: the clients connected through slotline, as CLIENT LIST, CLIENT INFO and CLIENT KILL
 //!   see them (each session keeps its record current).
+//! - [`monitor`]: MONITOR's stream of every command, to any number of monitors, bounded per monitor.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
@@ -61,6 +62,7 @@ pub mod command;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
+pub mod monitor;
 pub mod primary;
 pub mod protocol;
 pub mod route;

@@ -120,3 +120,69 @@ fn client_list_info_and_kill_answer_for_slotlines_own_clients() {
     assert_eq!(observer.cmd(&["GET", "k"]), Reply::bulk("v"));
     assert_eq!(list(&mut observer, &[]).len(), 1);
 }
+
+/// MONITOR through slotline streams every client's commands, in Redis's format, to redis-cli; a
+/// monitor that does not read is dropped, and the clients it watched never wait for it.
+#[test]
+fn monitor_streams_every_clients_commands_and_drops_a_monitor_that_does_not_read() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let servers = RedisServers::start(1);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), ""));
+    let mut cli = Command::new("redis-cli")
+        .args(["-p", &proxy.port().to_string(), "MONITOR"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run redis-cli MONITOR");
+    let mut lines = BufReader::new(cli.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("OK"));
+
+    let mut writer = proxy.client();
+    let writer_addr = writer.stream().local_addr().expect("addr").to_string();
+    assert_eq!(
+        writer.cmd(&["SET", "greeting", "hello \"world\"\n"]),
+        Reply::ok()
+    );
+    let mut reader = proxy.client();
+    assert_eq!(
+        reader.cmd(&["GET", "greeting"]),
+        Reply::bulk("hello \"world\"\n")
+    );
+    assert!(writer.cmd(&["AUTH", "secret"]).is_error());
+    assert_eq!(writer.cmd(&["GET", "after"]), Reply::nil());
+
+    let set = lines.next().and_then(Result::ok).expect("the SET line");
+    let (stamp, rest) = set.split_once(' ').expect("a timestamp first");
+    assert!(stamp.parse::<f64>().is_ok(), "{set}");
+    assert_eq!(
+        rest,
+        format!(r#"[0 {writer_addr}] "SET" "greeting" "hello \"world\"\n""#)
+    );
+    let get = lines.next().and_then(Result::ok).expect("the GET line");
+    assert!(get.ends_with(r#"] "GET" "greeting""#), "{get}");
+    // AUTH carries a password: not shown, as in Redis.
+    let after = lines
+        .next()
+        .and_then(Result::ok)
+        .expect("the line after AUTH");
+    assert!(after.ends_with(r#"] "GET" "after""#), "{after}");
+
+    // A monitor that reads nothing: the writer's 40,000 commands (20 MiB of lines) all go through, and it is dropped.
+    let mut stalled = proxy.client();
+    stalled.send(&["MONITOR"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let cmds: Vec<Vec<String>> = (0..40_000)
+        .map(|i| vec!["SET".into(), format!("k{i}"), "x".repeat(512)])
+        .collect();
+    for chunk in cmds.chunks(1000) {
+        assert!(writer.pipeline(chunk).iter().all(Reply::is_ok));
+    }
+    support::wait_for(
+        Duration::from_secs(10),
+        "the stalled monitor to be dropped",
+        || proxy.log().contains("closing a MONITOR client"),
+    );
+    let _ = cli.kill();
+    let _ = cli.wait();
+}

@@ -180,6 +180,7 @@ const LOCAL: &[&str] = &[
     "client|reply",
     "client|list",
     "client|kill",
+    "monitor",
 ];
 
 /// Keyless commands whose answer does not depend on which node gives it.
@@ -317,6 +318,11 @@ pub fn after_earlier_replies(spec: &Spec) -> bool {
     // The route first: asked of every pipelined request, and most are keyed.
     matches!(spec.route, Route::Transaction | Route::Local)
         && matches!(spec.name, "exec" | "watch" | "unwatch" | "hello" | "reset")
+}
+
+/// Whether MONITOR shows it: not administrative commands, nor those carrying a password, as Redis.
+pub fn monitored(spec: &Spec) -> bool {
+    !spec.has(flags::ADMIN) && !matches!(spec.name, "auth" | "hello" | "migrate")
 }
 
 /// Whether it may be queued between MULTI and EXEC: a command for one node (the transaction's), or

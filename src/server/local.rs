@@ -61,6 +61,10 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "auth" => auth(ctx, req),
         "hello" => hello(ctx, req),
         "client" => client(ctx, req),
+        "monitor" => {
+            ctx.start_monitor();
+            ctx.reply(|r| r.ok());
+        }
         "command" => return command_cmd(ctx, req),
         "info" => {
             let text = super::info::render(&ctx.pool, &ctx.client, req);

@@ -54,6 +54,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     /// The clients connected, as CLIENT LIST shows them.
     pub clients: crate::clients::Registry,
+    /// MONITOR's clients.
+    pub monitors: Arc<crate::monitor::Monitors>,
     /// Bytes held for clients that have not authenticated, all pools together.
     pub(crate) unauthenticated: Arc<session::Budget>,
     /// Every pool, once all have started (weak: each pool holds this).
@@ -73,6 +75,7 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             lifecycle: Arc::new(Lifecycle::default()),
             clients: crate::clients::Registry::default(),
+            monitors: Arc::default(),
             unauthenticated: Arc::new(session::Budget::new(UNAUTHENTICATED_BYTES)),
             pools: std::sync::Mutex::new(Vec::new()),
         })

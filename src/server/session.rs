@@ -176,6 +176,8 @@ pub(crate) struct Ctx {
     /// A backend this client sent to has more requests waiting than `max_server_queue_bytes`: the
     /// client is not read until half of them have gone out.
     congested: Option<Arc<Node>>,
+    /// Set by MONITOR: the stream of every command, and the lines taken from it not yet written.
+    monitor: Option<Box<(crate::monitor::Monitor, Vec<Bytes>)>>,
     /// The last command of this step, for CLIENT LIST (published once per step).
     ran: Option<&'static Spec>,
     /// Counted in INFO's `blocked_clients` while a blocking command waits (see
@@ -218,6 +220,7 @@ pub(crate) async fn serve<R, W>(
         out_counted: 0,
         blocked_mark: None,
         ran: None,
+        monitor: None,
         request_bytes: 0,
         replies_held: 0,
         closing: false,
@@ -282,6 +285,10 @@ pub(crate) async fn serve<R, W>(
             ctx.closing = true;
         }
         ctx.drain_ready();
+        if !ctx.write_monitor_lines() {
+            ctx.drop_slow_monitor();
+            break;
+        }
         if !ctx.out.is_empty() {
             // Flushed before the write: a client that has its reply finds the request in the
             // metrics, and they never wait for more input.
@@ -366,6 +373,13 @@ pub(crate) async fn serve<R, W>(
                     break;
                 }
             },
+            // MONITOR's lines, written at the top of the loop.
+            next = next_monitor_lines(&mut ctx.monitor) => {
+                if !next {
+                    ctx.drop_slow_monitor();
+                    break;
+                }
+            }
             // Messages and confirmations from the client's subscriber connections (also taken on
             // every pass, so a busy client socket cannot starve them, nor they it).
             woken = pubsub::next_events(&mut ctx.pubsub) => match woken {
@@ -388,6 +402,32 @@ pub(crate) async fn serve<R, W>(
     let _ = wr.shutdown().await;
     drop(seat);
 }
+
+/// Waits for MONITOR's next lines (forever for a client that is not monitoring) and takes what else
+/// is waiting; false when the monitor fell too far behind.
+async fn next_monitor_lines(
+    monitor: &mut Option<Box<(crate::monitor::Monitor, Vec<Bytes>)>>,
+) -> bool {
+    use crate::monitor::Next;
+    let Some(state) = monitor.as_deref_mut() else {
+        return std::future::pending().await;
+    };
+    let (stream, lines) = state;
+    let mut next = Some(stream.next().await);
+    while let Some(found) = next {
+        match found {
+            Next::Line(line) => lines.push(line),
+            Next::TooSlow => return false,
+        }
+        next = (lines.len() < MONITOR_LINES_PER_PASS)
+            .then(|| stream.try_next())
+            .flatten();
+    }
+    true
+}
+
+/// MONITOR lines taken per pass of the session loop.
+const MONITOR_LINES_PER_PASS: usize = 1024;
 
 /// What woke the session that its next step must act on (replies and input are found by looking).
 enum Woke {
@@ -517,6 +557,10 @@ impl Ctx {
         }
         if !self.authenticated && !policy::before_auth(spec) {
             return self.error("NOAUTH Authentication required.");
+        }
+        let monitors = &self.pool.shared.monitors;
+        if monitors.active() && policy::monitored(spec) {
+            monitors.publish(&self.client.addr, (0..argc).map(|i| req.arg(i)));
         }
         if self.subscriber_mode(req, spec) {
             return;
@@ -690,6 +734,35 @@ impl Ctx {
     /// Whether the oldest request is a blocking command still waiting.
     fn blocked(&self) -> bool {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
+    }
+
+    /// MONITOR: from now on every command through slotline is streamed to this client.
+    pub(crate) fn start_monitor(&mut self) {
+        let stream = self.pool.shared.monitors.watch();
+        self.monitor = Some(Box::new((stream, Vec::new())));
+    }
+
+    /// Appends the MONITOR lines taken since the last step; false when the client leaves more than
+    /// [`crate::monitor::OUTPUT_LIMIT`] of them unread.
+    fn write_monitor_lines(&mut self) -> bool {
+        if let Some(state) = self.monitor.as_deref_mut() {
+            for line in state.1.drain(..) {
+                self.out.extend_from_slice(&line);
+            }
+            return self.out.len() <= crate::monitor::OUTPUT_LIMIT;
+        }
+        true
+    }
+
+    /// A monitor that fell too far behind is closed, as Redis closes a client past its output limit.
+    fn drop_slow_monitor(&mut self) {
+        static WARNED: crate::throttle::Throttle =
+            crate::throttle::Throttle::new(Duration::from_secs(10));
+        if WARNED.ready() {
+            tracing::warn!(client.addr = %self.client.addr, backlog = crate::monitor::BACKLOG,
+                "closing a MONITOR client that does not keep up with the commands");
+        }
+        self.client_err = true;
     }
 
     /// Keeps what CLIENT LIST shows of this client current, and counts it in INFO's
