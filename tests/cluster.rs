@@ -625,7 +625,7 @@ fn only_database_zero_can_be_selected() {
 
 #[test]
 fn connection_commands_are_answered_by_the_proxy() {
-    let (_proxy, port) = Slotline::cluster(shared());
+    let (proxy, port) = Slotline::cluster(shared());
     let mut client = Client::connect(port);
     assert_eq!(client.cmd(&["PING"]), Reply::Status("PONG".into()));
     assert_eq!(
@@ -682,6 +682,27 @@ fn connection_commands_are_answered_by_the_proxy() {
     for needle in ["# Server", "redis_mode:standalone", "slotline"] {
         assert!(text.contains(needle), "INFO lacks {needle:?}:\n{text}");
     }
+    // Several sections at once, with what Redis's own tools read: slotline's memory and CPU.
+    let info = client.cmd(&["INFO", "memory", "cpu"]);
+    let text = info.as_str().unwrap_or_else(|| panic!("INFO: {info:?}"));
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO lacks {name}:\n{text}"))
+    };
+    assert!(field("used_memory_rss") > 1e6, "{text}");
+    // The process's own CPU time, as the kernel counts it (ticks of 1/100 s).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proxy.pid())).expect("stat");
+    let ticks: Vec<f64> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|t| t.parse::<f64>().expect("ticks") / 100.0)
+        .collect();
+    assert!(field("used_cpu_user") <= ticks[0], "{text}");
+    assert!(field("used_cpu_sys") <= ticks[1], "{text}");
+    assert!(text.starts_with("# Memory") && !text.contains("# Server"), "{text}");
 
     assert_eq!(client.cmd(&["QUIT"]), Reply::ok());
     assert!(client.is_closed(), "the connection is closed after QUIT");

@@ -51,6 +51,21 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
             shared.blocked_clients.load(Ordering::Relaxed),
         );
     }
+    if show("memory") {
+        // slotline's own memory, not the nodes': the process's resident set (the allocator's own
+        // count is not read without unsafe code).
+        let rss = proc_status_kib("VmRSS").unwrap_or(0) * 1024;
+        let peak = proc_status_kib("VmHWM").unwrap_or(0) * 1024;
+        let _ = write!(
+            out,
+            "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\n\
+             used_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\n\
+             maxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_allocator:libc\r\n\r\n",
+            human(rss),
+            human(rss),
+            human(peak),
+        );
+    }
     if show("stats") {
         let _ = write!(
             out,
@@ -65,6 +80,14 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                 .iter()
                 .flat_map(|p| p.metrics.errors.iter().map(|e| e.get()))
                 .sum::<u64>(),
+        );
+    }
+    if show("cpu") {
+        let (user, sys) = cpu_seconds().unwrap_or((0.0, 0.0));
+        let _ = write!(
+            out,
+            "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n\
+             used_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n\r\n"
         );
     }
     if show("slotline") {
@@ -108,6 +131,42 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
         pools_and_backends(&mut out, &pools, shared);
     }
     out
+}
+
+/// A `kB` line of /proc/self/status, in KiB (Linux; None elsewhere).
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The process's user and system CPU time in seconds, from /proc/self/stat (in USER_HZ ticks, which
+/// Linux fixes at 100 for user space).
+fn cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: the fields that follow it start after its `)`.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ').skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let sys: u64 = fields.next()?.parse().ok()?;
+    Some((user as f64 / 100.0, sys as f64 / 100.0))
+}
+
+/// Bytes as Redis writes them for humans: `1.50M`.
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=1023 => format!("{bytes}B"),
+        1024..=1048575 => format!("{:.2}K", b / 1024.0),
+        1048576..=1073741823 => format!("{:.2}M", b / 1048576.0),
+        _ => format!("{:.2}G", b / 1073741824.0),
+    }
 }
 
 /// Every pool of the process, one line each, then one line per backend, so that one `INFO slotline`
