@@ -46,6 +46,7 @@
 //! - [`clients`]: the clients connected through slotline, as CLIENT LIST, CLIENT INFO and CLIENT KILL
 //!   see them (each session keeps its record current).
 //! - [`monitor`]: MONITOR's stream of every command, to any number of monitors, bounded per monitor.
+//! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
@@ -68,5 +69,6 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod shards;
+pub mod slowlog;
 pub mod stats;
 pub mod throttle;

@@ -702,7 +702,10 @@ fn connection_commands_are_answered_by_the_proxy() {
         .collect();
     assert!(field("used_cpu_user") <= ticks[0], "{text}");
     assert!(field("used_cpu_sys") <= ticks[1], "{text}");
-    assert!(text.starts_with("# Memory") && !text.contains("# Server"), "{text}");
+    assert!(
+        text.starts_with("# Memory") && !text.contains("# Server"),
+        "{text}"
+    );
 
     assert_eq!(client.cmd(&["QUIT"]), Reply::ok());
     assert!(client.is_closed(), "the connection is closed after QUIT");

@@ -186,3 +186,55 @@ fn monitor_streams_every_clients_commands_and_drops_a_monitor_that_does_not_read
     let _ = cli.kill();
     let _ = cli.wait();
 }
+
+/// SLOWLOG keeps slotline's own slow requests, timed as the client saw them: a node that stalls
+/// makes the request slow, whatever the node's own slowlog says.
+#[test]
+fn slowlog_keeps_requests_slow_end_to_end() {
+    let servers = RedisServers::start(1);
+    let yaml = format!(
+        "slowlog_log_slower_than: 100000\nslowlog_max_len: 3\n{}",
+        servers.ketama_yaml(free_port(), "")
+    );
+    let proxy = Slotline::start(&yaml);
+    let mut client = proxy.client();
+    assert_eq!(client.cmd(&["CLIENT", "SETNAME", "slowpoke"]), Reply::ok());
+    assert_eq!(client.cmd(&["SET", "k", "v"]), Reply::ok());
+    assert_eq!(
+        client.cmd(&["SLOWLOG", "LEN"]),
+        Reply::Int(0),
+        "a fast SET is not slow"
+    );
+
+    // The node stops answering for 300 ms: the GET through slotline takes that long.
+    let paused = servers.client(0).cmd(&["CLIENT", "PAUSE", "300"]);
+    assert_eq!(paused, Reply::ok());
+    assert_eq!(client.cmd(&["GET", "k"]), Reply::bulk("v"));
+    assert_eq!(client.cmd(&["SLOWLOG", "LEN"]), Reply::Int(1));
+    let entries = client.cmd(&["SLOWLOG", "GET"]);
+    let entry = entries
+        .as_array()
+        .and_then(|e| e.first())
+        .and_then(Reply::as_array);
+    let entry = entry.unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(entry.len(), 6, "{entry:?}");
+    assert!(
+        entry[2].as_int().is_some_and(|us| us >= 250_000),
+        "{entry:?}"
+    );
+    assert_eq!(
+        entry[3],
+        Reply::Array(Some(vec![Reply::bulk("GET"), Reply::bulk("k")]))
+    );
+    let addr = client.stream().local_addr().expect("addr").to_string();
+    assert_eq!(
+        (&entry[4], &entry[5]),
+        (&Reply::bulk(addr), &Reply::bulk("slowpoke"))
+    );
+    assert_eq!(client.cmd(&["SLOWLOG", "RESET"]), Reply::ok());
+    assert_eq!(client.cmd(&["SLOWLOG", "LEN"]), Reply::Int(0));
+    assert_eq!(
+        client.cmd(&["SLOWLOG", "GET", "-2"]),
+        Reply::Error("ERR count should be greater than or equal to -1".into())
+    );
+}

@@ -181,6 +181,11 @@ const LOCAL: &[&str] = &[
     "client|list",
     "client|kill",
     "monitor",
+    "slowlog",
+    "slowlog|get",
+    "slowlog|len",
+    "slowlog|reset",
+    "slowlog|help",
 ];
 
 /// Keyless commands whose answer does not depend on which node gives it.

@@ -36,6 +36,13 @@ pub struct Config {
     /// Log filter (a tracing filter such as `info` or `warn,slotline=debug`); RUST_LOG wins when set.
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// SLOWLOG: requests slower than this many microseconds, end to end, are logged (negative: none;
+    /// 0: all), as Redis's `slowlog-log-slower-than`.
+    #[serde(default = "defaults::slowlog_log_slower_than")]
+    pub slowlog_log_slower_than: i64,
+    /// SLOWLOG keeps this many entries, as Redis's `slowlog-max-len`.
+    #[serde(default = "defaults::slowlog_max_len")]
+    pub slowlog_max_len: usize,
 }
 
 /// The admin HTTP listener.
@@ -303,6 +310,12 @@ mod defaults {
     }
     pub fn log_level() -> String {
         "info".into()
+    }
+    pub fn slowlog_log_slower_than() -> i64 {
+        10_000
+    }
+    pub fn slowlog_max_len() -> usize {
+        128
     }
     pub fn resolve_interval() -> u64 {
         30_000

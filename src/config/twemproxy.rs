@@ -44,6 +44,8 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         admin: None,
         shutdown_grace: super::defaults::shutdown_grace(),
         log_level: super::defaults::log_level(),
+        slowlog_log_slower_than: super::defaults::slowlog_log_slower_than(),
+        slowlog_max_len: super::defaults::slowlog_max_len(),
         stats_listen: None,
     };
     for (name, pool) in pools {

@@ -61,6 +61,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "auth" => auth(ctx, req),
         "hello" => hello(ctx, req),
         "client" => client(ctx, req),
+        "slowlog" => slowlog(ctx, req),
         "monitor" => {
             ctx.start_monitor();
             ctx.reply(|r| r.ok());
@@ -239,8 +240,9 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
         (b"kill", 3..) => client_kill(ctx, req),
         (b"no-evict" | b"no-touch", 3) => ctx.reply(|r| r.ok()),
         (b"reply", 3) if req.arg(2).eq_ignore_ascii_case(b"on") => ctx.reply(|r| r.ok()),
-        (b"help", 2) => ctx.reply(|r| {
-            let lines: [&str; 8] = [
+        (b"help", 2) => help_reply(
+            ctx,
+            &[
                 "CLIENT <subcommand> (answered by slotline for its own clients). Subcommands are:",
                 "ID",
                 "GETNAME",
@@ -249,12 +251,8 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
                 "INFO",
                 "LIST [TYPE NORMAL|PUBSUB|MASTER|REPLICA] [ID <id> ...]",
                 "KILL <ip:port> | KILL <ID|ADDR|LADDR|TYPE|USER|SKIPME|MAXAGE> <value> ...",
-            ];
-            r.array(lines.len());
-            for l in lines {
-                r.status(l);
-            }
-        }),
+            ],
+        ),
         (b"setname" | b"getname" | b"id" | b"setinfo" | b"info" | b"help", _) => {
             let msg = format!(
                 "ERR wrong number of arguments for 'client|{}' command",
@@ -266,6 +264,77 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             let msg = format!(
                 "ERR CLIENT {} is not supported by slotline: it describes one server connection, not the proxy",
                 printable(req.arg(1)).to_uppercase()
+            );
+            ctx.error(&msg)
+        }
+    }
+}
+
+/// A HELP reply: one status line each.
+fn help_reply(ctx: &mut Ctx, lines: &[&str]) {
+    ctx.reply(|r| {
+        r.array(lines.len());
+        for l in lines {
+            r.status(l);
+        }
+    });
+}
+
+/// SLOWLOG GET [count] | LEN | RESET | HELP: slotline's own log (see `slowlog`).
+fn slowlog(ctx: &mut Ctx, req: Request<'_>) {
+    let log = &ctx.pool.shared.slowlog;
+    match (req.arg(1).to_ascii_lowercase().as_slice(), req.argc()) {
+        (b"get", 2 | 3) => {
+            let count = match req.argc() {
+                2 => Some(10),
+                _ => match parse_int(req.arg(2)) {
+                    Some(-1) => None,
+                    Some(n) if n >= 0 => Some(n as usize),
+                    _ => {
+                        return ctx.error(
+                            "ERR count should be greater than or equal to -1",
+                        )
+                    }
+                },
+            };
+            let entries = log.get(count);
+            ctx.reply(|r| {
+                r.array(entries.len());
+                for e in &entries {
+                    r.array(6);
+                    r.int(e.id as i64);
+                    r.int(e.at as i64);
+                    r.int(e.micros as i64);
+                    r.array(e.args.len());
+                    for a in &e.args {
+                        r.bulk(a);
+                    }
+                    r.bulk(e.client_addr.as_bytes());
+                    r.bulk(&e.client_name);
+                }
+            });
+        }
+        (b"len", 2) => {
+            let len = log.len() as i64;
+            ctx.reply(|r| r.int(len));
+        }
+        (b"reset", 2) => {
+            log.reset();
+            ctx.reply(|r| r.ok());
+        }
+        (b"help", 2) => help_reply(
+            ctx,
+            &[
+                "SLOWLOG <subcommand> (slotline's own log: requests timed end to end). Subcommands are:",
+                "GET [<count>]",
+                "LEN",
+                "RESET",
+            ],
+        ),
+        _ => {
+            let msg = format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try SLOWLOG HELP.",
+                printable(req.arg(1))
             );
             ctx.error(&msg)
         }

@@ -54,6 +54,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     /// The clients connected, as CLIENT LIST shows them.
     pub clients: crate::clients::Registry,
+    /// SLOWLOG's entries.
+    pub slowlog: crate::slowlog::SlowLog,
     /// MONITOR's clients.
     pub monitors: Arc<crate::monitor::Monitors>,
     /// Bytes held for clients that have not authenticated, all pools together.
@@ -63,7 +65,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config_file: Option<String>) -> Arc<Shared> {
+    /// `slowlog`: `slowlog_log_slower_than` and `slowlog_max_len`.
+    pub fn new(config_file: Option<String>, slowlog: (i64, usize)) -> Arc<Shared> {
         Arc::new(Shared {
             started: Instant::now(),
             config_file,
@@ -76,6 +79,7 @@ impl Shared {
             lifecycle: Arc::new(Lifecycle::default()),
             clients: crate::clients::Registry::default(),
             monitors: Arc::default(),
+            slowlog: crate::slowlog::SlowLog::new(slowlog.0, slowlog.1),
             unauthenticated: Arc::new(session::Budget::new(UNAUTHENTICATED_BYTES)),
             pools: std::sync::Mutex::new(Vec::new()),
         })
@@ -290,7 +294,10 @@ pub async fn run(
         "starting"
     );
     check_file_limit(&config);
-    let shared = Shared::new(config_file.clone());
+    let shared = Shared::new(
+        config_file.clone(),
+        (config.slowlog_log_slower_than, config.slowlog_max_len),
+    );
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
     metrics.register(Box::new(
         PoolsCollector::new(shared.clone()).map_err(std::io::Error::other)?,

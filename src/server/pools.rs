@@ -384,7 +384,7 @@ mod tests {
             "pools:\n  p:\n    listen: 127.0.0.1:6379\n    mode: ketama\n    servers: [\"127.0.0.1:1:1 a\"]\n",
         )
         .expect("config");
-        let shared = Shared::new(None);
+        let shared = Shared::new(None, (10_000, 128));
         let metrics = Metrics::new().expect("metrics");
         let listener = Listener::bind("127.0.0.1:0", None).await.expect("bind");
         let pool = start_pool("p", &config.pools["p"], &listener, &shared, &metrics)

@@ -1025,6 +1025,12 @@ impl Ctx {
                 .deadline
                 .checked_sub(Duration::from_millis(self.pool.config.timeout)),
         };
+        // Decided before the reply is known, as one comparison; the request's arguments are read
+        // again only for a slow one.
+        let slow = started
+            .map(|s| self.now.saturating_duration_since(s))
+            .filter(|&took| self.pool.shared.slowlog.is_slow(took))
+            .map(|took| (took, w.frame.clone()));
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
@@ -1053,8 +1059,28 @@ impl Ctx {
             self.tally.get().error(failure);
         }
         self.tally.get().answered_since(started, self.now);
+        if let Some((took, frame)) = slow {
+            self.log_slow(&frame, took);
+        }
         self.out.extend_from_slice(&reply);
         self.pop_front();
+    }
+
+    /// Adds a slow request to SLOWLOG.
+    fn log_slow(&self, frame: &Bytes, took: Duration) {
+        let mut parser = RequestParser::new(crate::protocol::Limits {
+            max_request_bytes: frame.len().max(1024),
+        });
+        if let Ok(Some(_)) = parser.parse(frame) {
+            let args = parser.args();
+            let arg = |&(s, e): &(u32, u32)| frame.get(s as usize..e as usize).unwrap_or_default();
+            self.pool.shared.slowlog.log(
+                args.iter().map(arg),
+                took,
+                &self.client.addr,
+                self.client.record.name(),
+            );
+        }
     }
 
     fn timed_out(&mut self) {
