@@ -119,6 +119,19 @@ fn client_list_info_and_kill_answer_for_slotlines_own_clients() {
     assert!(queuing.wait_closed(Duration::from_secs(5)));
     assert_eq!(observer.cmd(&["GET", "k"]), Reply::bulk("v"));
     assert_eq!(list(&mut observer, &[]).len(), 1);
+    // Tracking is not offered through slotline, and says so as Redis does for a client without it.
+    assert_eq!(observer.cmd(&["CLIENT", "GETREDIR"]), Reply::Int(-1));
+    assert_eq!(
+        observer.cmd(&["CLIENT", "TRACKINGINFO"]),
+        Reply::Array(Some(vec![
+            Reply::bulk("flags"),
+            Reply::Array(Some(vec![Reply::bulk("off")])),
+            Reply::bulk("redirect"),
+            Reply::Int(-1),
+            Reply::bulk("prefixes"),
+            Reply::Array(Some(vec![])),
+        ]))
+    );
 }
 
 /// MONITOR through slotline streams every client's commands, in Redis's format, to redis-cli; a

@@ -180,6 +180,8 @@ const LOCAL: &[&str] = &[
     "client|reply",
     "client|list",
     "client|kill",
+    "client|getredir",
+    "client|trackinginfo",
     "monitor",
     "slowlog",
     "slowlog|get",

@@ -237,6 +237,24 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             ctx.reply(|r| r.bulk(line.as_bytes()));
         }
         (b"list", _) => client_list(ctx, req),
+        // Tracking (client-side caching) is not offered through slotline: every client's is off.
+        (b"getredir", 2) => ctx.reply(|r| r.int(-1)),
+        (b"trackinginfo", 2) => {
+            let resp3 = ctx.protocol() == 3;
+            ctx.reply(|r| {
+                match resp3 {
+                    true => r.map(3),
+                    false => r.array(6),
+                }
+                r.bulk(b"flags");
+                r.array(1);
+                r.bulk(b"off");
+                r.bulk(b"redirect");
+                r.int(-1);
+                r.bulk(b"prefixes");
+                r.array(0);
+            });
+        }
         (b"kill", 3..) => client_kill(ctx, req),
         (b"no-evict" | b"no-touch", 3) => ctx.reply(|r| r.ok()),
         (b"reply", 3) if req.arg(2).eq_ignore_ascii_case(b"on") => ctx.reply(|r| r.ok()),
