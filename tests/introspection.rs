@@ -250,4 +250,24 @@ fn slowlog_keeps_requests_slow_end_to_end() {
         client.cmd(&["SLOWLOG", "GET", "-2"]),
         Reply::Error("ERR count should be greater than or equal to -1".into())
     );
+    // LATENCY is about slotline too, which records no latency events: it says where to look.
+    assert_eq!(
+        client.cmd(&["LATENCY", "LATEST"]),
+        Reply::Array(Some(vec![]))
+    );
+    assert_eq!(client.cmd(&["LATENCY", "RESET"]), Reply::Int(0));
+    let doctor = client.cmd(&["LATENCY", "DOCTOR"]);
+    assert!(
+        doctor
+            .as_bytes()
+            .is_some_and(|d| String::from_utf8_lossy(d).contains("SLOWLOG")),
+        "{doctor:?}"
+    );
+    let graph = client.cmd(&["LATENCY", "GRAPH", "command"]);
+    assert!(
+        graph
+            .error()
+            .is_some_and(|e| e.contains("LATENCY GRAPH is not supported")),
+        "{graph:?}"
+    );
 }

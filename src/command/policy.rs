@@ -188,6 +188,14 @@ const LOCAL: &[&str] = &[
     "slowlog|len",
     "slowlog|reset",
     "slowlog|help",
+    "latency",
+    "latency|latest",
+    "latency|history",
+    "latency|reset",
+    "latency|doctor",
+    "latency|graph",
+    "latency|histogram",
+    "latency|help",
 ];
 
 /// Keyless commands whose answer does not depend on which node gives it.

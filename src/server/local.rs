@@ -62,6 +62,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "hello" => hello(ctx, req),
         "client" => client(ctx, req),
         "slowlog" => slowlog(ctx, req),
+        "latency" => latency(ctx, req),
         "monitor" => {
             ctx.start_monitor();
             ctx.reply(|r| r.ok());
@@ -281,6 +282,40 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
         _ => {
             let msg = format!(
                 "ERR CLIENT {} is not supported by slotline: it describes one server connection, not the proxy",
+                printable(req.arg(1)).to_uppercase()
+            );
+            ctx.error(&msg)
+        }
+    }
+}
+
+/// LATENCY about slotline itself. It keeps no latency events (as Redis with its default
+/// `latency-monitor-threshold 0`): LATEST and HISTORY are empty, RESET resets none, DOCTOR says
+/// where slotline's latency is measured instead; GRAPH and HISTOGRAM are refused with the reason.
+fn latency(ctx: &mut Ctx, req: Request<'_>) {
+    match req.arg(1).to_ascii_lowercase().as_slice() {
+        b"latest" | b"history" => ctx.reply(|r| r.array(0)),
+        b"reset" => ctx.reply(|r| r.int(0)),
+        b"doctor" => ctx.reply(|r| {
+            r.bulk(
+                b"slotline records no latency events. Requests slower than slowlog_log_slower_than \
+                  are in SLOWLOG (timed end to end), and every request's latency is in /metrics \
+                  (slotline_request_duration_seconds). Ask the nodes for their own LATENCY.",
+            )
+        }),
+        b"help" => help_reply(
+            ctx,
+            &[
+                "LATENCY <subcommand> (about slotline itself, which records no latency events). Subcommands are:",
+                "LATEST",
+                "HISTORY <event>",
+                "RESET [<event> ...]",
+                "DOCTOR",
+            ],
+        ),
+        _ => {
+            let msg = format!(
+                "ERR LATENCY {} is not supported by slotline: it records no latency events (see SLOWLOG and /metrics)",
                 printable(req.arg(1)).to_uppercase()
             );
             ctx.error(&msg)
