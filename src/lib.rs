@@ -46,6 +46,7 @@
 //! - [`clients`]: the clients connected through slotline, as CLIENT LIST, CLIENT INFO and CLIENT KILL
 //!   see them (each session keeps its record current).
 //! - [`monitor`]: MONITOR's stream of every command, to any number of monitors, bounded per monitor.
+//! - [`pause`]: CLIENT PAUSE: which commands a pause holds, and until when.
 //! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //!
@@ -64,6 +65,7 @@ pub mod config;
 pub mod discovery;
 pub mod metrics;
 pub mod monitor;
+pub mod pause;
 pub mod primary;
 pub mod protocol;
 pub mod route;

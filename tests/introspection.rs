@@ -271,3 +271,62 @@ fn slowlog_keeps_requests_slow_end_to_end() {
         "{graph:?}"
     );
 }
+
+/// CLIENT PAUSE holds slotline's own clients, so a pause works across every node: WRITE holds writes
+/// (and what follows them) while reads go on; UNPAUSE lets them through; ALL holds everything until
+/// the pause ends.
+#[test]
+fn client_pause_holds_writes_across_the_pool_until_unpaused() {
+    let servers = RedisServers::start(2);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), ""));
+    let mut admin = proxy.client();
+    let mut writer = proxy.client();
+    let mut reader = proxy.client();
+    assert_eq!(writer.cmd(&["SET", "k", "old"]), Reply::ok());
+    let on_nodes = |servers: &RedisServers| -> Vec<Reply> {
+        (0..2)
+            .map(|i| servers.client(i).cmd(&["GET", "k"]))
+            .collect()
+    };
+
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]),
+        Reply::ok()
+    );
+    writer.send(&["SET", "k", "new"]);
+    writer.send(&["GET", "k"]);
+    // Reads from others go on; the write waits in slotline, not on a node.
+    assert_eq!(reader.cmd(&["GET", "k"]), Reply::bulk("old"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !on_nodes(&servers).contains(&Reply::bulk("new")),
+        "a paused write reached a node"
+    );
+    assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]), Reply::ok());
+    assert_eq!(writer.read_reply(), Reply::ok());
+    assert_eq!(
+        writer.read_reply(),
+        Reply::bulk("new"),
+        "what followed the write waited with it"
+    );
+
+    // ALL holds reads too, until the pause ends by itself.
+    assert_eq!(admin.cmd(&["CLIENT", "PAUSE", "2000", "ALL"]), Reply::ok());
+    reader.set_read_timeout(Duration::from_millis(300));
+    reader.send(&["GET", "k"]);
+    assert!(
+        reader.try_read_reply().is_err(),
+        "a read went through an ALL pause"
+    );
+    reader.set_read_timeout(Duration::from_secs(10));
+    assert_eq!(reader.read_reply(), Reply::bulk("new"));
+
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "-1"]),
+        Reply::Error("ERR timeout is negative".into())
+    );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "10", "SOMETIMES"]),
+        Reply::Error("ERR syntax error".into())
+    );
+}

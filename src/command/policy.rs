@@ -182,6 +182,8 @@ const LOCAL: &[&str] = &[
     "client|kill",
     "client|getredir",
     "client|trackinginfo",
+    "client|pause",
+    "client|unpause",
     "monitor",
     "slowlog",
     "slowlog|get",

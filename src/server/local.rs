@@ -238,6 +238,27 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             ctx.reply(|r| r.bulk(line.as_bytes()));
         }
         (b"list", _) => client_list(ctx, req),
+        (b"pause", 3 | 4) => {
+            let mode = match req.argc() {
+                3 => crate::pause::Mode::All,
+                _ if req.arg(3).eq_ignore_ascii_case(b"write") => crate::pause::Mode::Write,
+                _ if req.arg(3).eq_ignore_ascii_case(b"all") => crate::pause::Mode::All,
+                _ => return ctx.error("ERR syntax error"),
+            };
+            match parse_int(req.arg(2)) {
+                Some(ms) if ms >= 0 => {
+                    let timeout = std::time::Duration::from_millis(ms as u64);
+                    ctx.pool.shared.pause.pause(timeout, mode);
+                    ctx.reply(|r| r.ok());
+                }
+                Some(_) => ctx.error("ERR timeout is negative"),
+                None => ctx.error("ERR timeout is not an integer or out of range"),
+            }
+        }
+        (b"unpause", 2) => {
+            ctx.pool.shared.pause.unpause();
+            ctx.reply(|r| r.ok());
+        }
         // Tracking (client-side caching) is not offered through slotline: every client's is off.
         (b"getredir", 2) => ctx.reply(|r| r.int(-1)),
         (b"trackinginfo", 2) => {
@@ -269,6 +290,8 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
                 "SETINFO <LIB-NAME|LIB-VER> <value>",
                 "INFO",
                 "LIST [TYPE NORMAL|PUBSUB|MASTER|REPLICA] [ID <id> ...]",
+                "PAUSE <timeout> [WRITE|ALL]",
+                "UNPAUSE",
                 "KILL <ip:port> | KILL <ID|ADDR|LADDR|TYPE|USER|SKIPME|MAXAGE> <value> ...",
             ],
         ),

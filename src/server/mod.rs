@@ -54,6 +54,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     /// The clients connected, as CLIENT LIST shows them.
     pub clients: crate::clients::Registry,
+    /// CLIENT PAUSE.
+    pub pause: crate::pause::Pause,
     /// SLOWLOG's entries.
     pub slowlog: crate::slowlog::SlowLog,
     /// MONITOR's clients.
@@ -80,6 +82,7 @@ impl Shared {
             clients: crate::clients::Registry::default(),
             monitors: Arc::default(),
             slowlog: crate::slowlog::SlowLog::new(slowlog.0, slowlog.1),
+            pause: crate::pause::Pause::default(),
             unauthenticated: Arc::new(session::Budget::new(UNAUTHENTICATED_BYTES)),
             pools: std::sync::Mutex::new(Vec::new()),
         })

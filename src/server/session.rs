@@ -178,6 +178,12 @@ pub(crate) struct Ctx {
     congested: Option<Arc<Node>>,
     /// Set by MONITOR: the stream of every command, and the lines taken from it not yet written.
     monitor: Option<Box<(crate::monitor::Monitor, Vec<Bytes>)>>,
+    /// CLIENT PAUSE holds this client's oldest request: the pause as it was when it did, and its
+    /// changes (UNPAUSE, a new PAUSE) to look again.
+    paused: Option<(
+        crate::pause::State,
+        tokio::sync::watch::Receiver<crate::pause::State>,
+    )>,
     /// The last command of this step, for CLIENT LIST (published once per step).
     ran: Option<&'static Spec>,
     /// Counted in INFO's `blocked_clients` while a blocking command waits (see
@@ -221,6 +227,7 @@ pub(crate) async fn serve<R, W>(
         blocked_mark: None,
         ran: None,
         monitor: None,
+        paused: None,
         request_bytes: 0,
         replies_held: 0,
         closing: false,
@@ -335,6 +342,9 @@ pub(crate) async fn serve<R, W>(
             && ctx.out.len() < pause
             && ctx.congested.is_none();
         let mut deadline = ctx.head_deadline();
+        if let Some((Some((until, _)), _)) = &ctx.paused {
+            deadline = Some(deadline.map_or(*until, |d| d.min(*until)));
+        }
         if ctx.congested.is_some() {
             // Nothing else may wake this client when its own requests are all answered: look again
             // soon whether the backend's queue has drained.
@@ -373,6 +383,13 @@ pub(crate) async fn serve<R, W>(
                     break;
                 }
             },
+            // The pause that holds this client's oldest request changed (UNPAUSE, a new PAUSE).
+            _ = async {
+                match ctx.paused.as_mut() {
+                    Some((_, changes)) => { let _ = changes.changed().await; }
+                    None => std::future::pending().await,
+                }
+            }, if ctx.paused.is_some() => {}
             // MONITOR's lines, written at the top of the loop.
             next = next_monitor_lines(&mut ctx.monitor) => {
                 if !next {
@@ -496,7 +513,7 @@ impl Ctx {
                         frame: &frame,
                         args: parser.args(),
                     };
-                    self.dispatch(req, &frame, &view, now);
+                    self.dispatch(req, &frame, &view, now, true);
                 }
                 Ok(None) => {
                     self.flush_stats();
@@ -515,8 +532,17 @@ impl Ctx {
         !self.closing && !inbuf.is_empty()
     }
 
-    fn dispatch(&mut self, req: Request<'_>, frame: &Bytes, view: &View<'_>, now: Instant) {
-        self.commands += 1;
+    /// Routes one request; `arrived` is false for a held request dispatched again, which was counted
+    /// (and shown to MONITOR) when it first arrived.
+    fn dispatch(
+        &mut self,
+        req: Request<'_>,
+        frame: &Bytes,
+        view: &View<'_>,
+        now: Instant,
+        arrived: bool,
+    ) {
+        self.commands += u64::from(arrived);
         self.routed_by = view.generation();
         let argc = req.argc();
         let cached = self
@@ -559,7 +585,7 @@ impl Ctx {
             return self.error("NOAUTH Authentication required.");
         }
         let monitors = &self.pool.shared.monitors;
-        if monitors.active() && policy::monitored(spec) {
+        if arrived && monitors.active() && policy::monitored(spec) {
             monitors.publish(&self.client.addr, (0..argc).map(|i| req.arg(i)));
         }
         if self.subscriber_mode(req, spec) {
@@ -567,6 +593,14 @@ impl Ctx {
         }
         if let Some(refusal) = policy::refusal(req, spec) {
             return self.error(refusal);
+        }
+        if !self.tx.queuing() && self.pool.shared.pause.holds(spec, now).is_some() {
+            // Held with everything after it, and looked at again when the pause ends or changes
+            // (see `drain_ready`).
+            let changes = self.pool.shared.pause.watch();
+            let state = *changes.borrow();
+            self.paused = Some((state, changes));
+            return self.hold(frame);
         }
         if self.pool.read_only && !spec.replica_may_run() {
             // The replica listener, like a replica: reads only, scripts included.
@@ -910,9 +944,7 @@ impl Ctx {
                 frame: &frame,
                 args: parser.args(),
             };
-            // It was counted when it first arrived.
-            self.commands = self.commands.saturating_sub(1);
-            self.dispatch(req, &frame, &view, Instant::now());
+            self.dispatch(req, &frame, &view, Instant::now(), false);
         }
     }
 
@@ -993,6 +1025,15 @@ impl Ctx {
                     return;
                 }
                 Some(Pending::Held(frame)) => {
+                    if let Some((held_by, changes)) = &self.paused {
+                        // The same pause, not over: the held request waits. Anything else, and
+                        // dispatching it again decides.
+                        let current = *changes.borrow();
+                        if current == *held_by && held_by.is_some_and(|(end, _)| end > self.now) {
+                            return;
+                        }
+                        self.paused = None;
+                    }
                     let frame = frame.clone();
                     self.pop_front();
                     self.release(frame);
