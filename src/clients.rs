@@ -46,6 +46,18 @@ impl Registry {
 /// No command yet.
 const NO_COMMAND: u32 = u32::MAX;
 
+/// Milliseconds since the process started, advanced by [`tick`]: what a command's time is recorded
+/// with, so the data path reads no clock for CLIENT LIST (whose `idle` is in seconds anyway).
+static CLOCK_MS: AtomicU64 = AtomicU64::new(0);
+
+/// How often the clock is advanced.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Advances the coarse clock to `since_start`; called every [`TICK`] by the server.
+pub fn tick(since_start: std::time::Duration) {
+    CLOCK_MS.store(since_start.as_millis() as u64, Ordering::Relaxed);
+}
+
 /// What `CLIENT LIST` shows of one client.
 pub struct Record {
     pub id: u64,
@@ -54,7 +66,7 @@ pub struct Record {
     pub laddr: String,
     pub fd: i32,
     created: Instant,
-    /// Milliseconds from `created` to the client's last command.
+    /// The coarse clock at the client's last command (at its connection before one).
     active_ms: AtomicU64,
     /// The last command, as its index in [`command::all`].
     last_command: AtomicU32,
@@ -86,7 +98,7 @@ impl Record {
             laddr,
             fd,
             created: Instant::now(),
-            active_ms: AtomicU64::new(0),
+            active_ms: AtomicU64::new(CLOCK_MS.load(Ordering::Relaxed)),
             last_command: AtomicU32::new(NO_COMMAND),
             name: Mutex::new(None),
             lib: Mutex::new((None, None)),
@@ -97,10 +109,10 @@ impl Record {
         }
     }
 
-    /// The client ran `spec` at `now`.
-    pub fn ran(&self, spec: &Spec, now: Instant) {
-        let ms = now.saturating_duration_since(self.created).as_millis() as u64;
-        self.active_ms.store(ms, Ordering::Relaxed);
+    /// The client ran `spec` just now.
+    pub fn ran(&self, spec: &Spec) {
+        let now = CLOCK_MS.load(Ordering::Relaxed);
+        self.active_ms.store(now, Ordering::Relaxed);
         let index = command::index_of(spec).unwrap_or(NO_COMMAND);
         self.last_command.store(index, Ordering::Relaxed);
     }
@@ -151,8 +163,9 @@ impl Record {
     /// Its `CLIENT LIST` line, newline included, in Redis 7.2's field order.
     pub fn line(&self, now: Instant) -> String {
         let since = now.saturating_duration_since(self.created);
-        let idle_ms =
-            (since.as_millis() as u64).saturating_sub(self.active_ms.load(Ordering::Relaxed));
+        let idle_ms = CLOCK_MS
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.active_ms.load(Ordering::Relaxed));
         let [sub, psub, ssub] = self
             .subscriptions
             .each_ref()

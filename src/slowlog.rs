@@ -49,6 +49,7 @@ impl SlowLog {
     }
 
     /// Whether a request that took `took` belongs in the log.
+    #[inline]
     pub fn is_slow(&self, took: Duration) -> bool {
         self.slower_than_us != u64::MAX && took.as_micros() as u64 >= self.slower_than_us
     }

@@ -331,6 +331,7 @@ pub fn before_auth(spec: &Spec) -> bool {
 /// Whether it must wait until everything the client sent before it is answered: EXEC, WATCH and
 /// UNWATCH run on the transaction's connection; HELLO and RESET change the protocol, and so the
 /// connections later requests take.
+#[inline]
 pub fn after_earlier_replies(spec: &Spec) -> bool {
     // The route first: asked of every pipelined request, and most are keyed.
     matches!(spec.route, Route::Transaction | Route::Local)

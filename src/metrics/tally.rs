@@ -136,6 +136,14 @@ impl SessionTally {
         self.dirty = true;
     }
 
+    /// A request answered after `took` (None: not timed, a blocking command).
+    #[inline]
+    pub fn answered_in(&mut self, took: Option<Duration>) {
+        if let Some(took) = took {
+            self.answered(took);
+        }
+    }
+
     /// [`answered`](Self::answered) at `now` for a request read at `started` (None: unknown, not
     /// observed). The session reads the clock once per step, not once per reply.
     #[inline]

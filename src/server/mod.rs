@@ -301,6 +301,15 @@ pub async fn run(
         config_file.clone(),
         (config.slowlog_log_slower_than, config.slowlog_max_len),
     );
+    // CLIENT LIST's clock (see `clients::tick`).
+    tokio::spawn(async {
+        let start = tokio::time::Instant::now();
+        let mut every = tokio::time::interval(crate::clients::TICK);
+        loop {
+            every.tick().await;
+            crate::clients::tick(start.elapsed());
+        }
+    });
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
     metrics.register(Box::new(
         PoolsCollector::new(shared.clone()).map_err(std::io::Error::other)?,

@@ -391,7 +391,7 @@ pub(crate) async fn serve<R, W>(
                 }
             }, if ctx.paused.is_some() => {}
             // MONITOR's lines, written at the top of the loop.
-            next = next_monitor_lines(&mut ctx.monitor) => {
+            next = next_monitor_lines(&mut ctx.monitor), if ctx.monitor.is_some() => {
                 if !next {
                     ctx.drop_slow_monitor();
                     break;
@@ -619,7 +619,7 @@ impl Ctx {
             other => other,
         };
         if !self.pending.is_empty()
-            && (route == Route::Blocking || policy::after_earlier_replies(spec))
+            && (matches!(route, Route::Blocking) || policy::after_earlier_replies(spec))
         {
             return self.hold(frame);
         }
@@ -817,7 +817,7 @@ impl Ctx {
             }
             return;
         };
-        self.client.record.ran(spec, self.now.into_std());
+        self.client.record.ran(spec);
         let may_change = !matches!(
             spec.route,
             Route::Keyed | Route::Split(_) | Route::AnyNode | Route::BlockingOption
@@ -1066,23 +1066,23 @@ impl Ctx {
                 .deadline
                 .checked_sub(Duration::from_millis(self.pool.config.timeout)),
         };
-        // Decided before the reply is known, as one comparison; the request's arguments are read
-        // again only for a slow one.
-        let slow = started
-            .map(|s| self.now.saturating_duration_since(s))
+        // How long the client has waited: for the latency histogram, and for SLOWLOG, which reads
+        // the request's arguments again only for a slow one.
+        let took = started.map(|s| self.now.saturating_duration_since(s));
+        let slow = took
             .filter(|&took| self.pool.shared.slowlog.is_slow(took))
             .map(|took| (took, w.frame.clone()));
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
-                self.tally.get().answered_since(started, self.now);
+                self.tally.get().answered_in(took);
                 self.tally.get().error(ErrorKind::from(&e));
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
                 return self.error_now(&format!("ERR slotline: {e}"));
             }
             HeadEvent::Timeout => {
-                self.tally.get().answered_since(started, self.now);
+                self.tally.get().answered_in(took);
                 self.tally.get().error(ErrorKind::Timeout);
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.pop_front();
@@ -1099,7 +1099,7 @@ impl Ctx {
         if reply.first() == Some(&b'-') {
             self.tally.get().error(failure);
         }
-        self.tally.get().answered_since(started, self.now);
+        self.tally.get().answered_in(took);
         if let Some((took, frame)) = slow {
             self.log_slow(&frame, took);
         }
