@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::command::{flags, Spec};
+use crate::command::{policy, Spec};
 
 /// What a pause holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,23 +65,13 @@ impl Pause {
             return None;
         }
         let (until, mode) = (*self.state.borrow())?;
-        (until > now && (mode == Mode::All || may_write(spec))).then_some(until)
+        (until > now && (mode == Mode::All || policy::may_write(spec))).then_some(until)
     }
 
     /// Changes of the pause, to wake a session whose command is held.
     pub fn watch(&self) -> watch::Receiver<State> {
         self.state.subscribe()
     }
-}
-
-/// Whether a WRITE pause holds it: writes, and what may write or propagate (scripts that are not
-/// read-only, EXEC, PUBLISH, PFCOUNT, WAIT), as Redis's `may-replicate`.
-fn may_write(spec: &Spec) -> bool {
-    spec.has(flags::WRITE)
-        || matches!(
-            spec.name,
-            "eval" | "evalsha" | "fcall" | "exec" | "publish" | "spublish" | "pfcount" | "wait"
-        )
 }
 
 #[cfg(test)]

@@ -338,6 +338,17 @@ pub fn after_earlier_replies(spec: &Spec) -> bool {
         && matches!(spec.name, "exec" | "watch" | "unwatch" | "hello" | "reset")
 }
 
+/// Whether it may write or propagate, as Redis's `may-replicate`: writes, scripts that are not the
+/// read-only forms, EXEC, PUBLISH, PFCOUNT, WAIT. What a CLIENT PAUSE WRITE holds.
+pub fn may_write(spec: &Spec) -> bool {
+    spec.has(flags::WRITE)
+        || (spec.runs_script() && !spec.has(flags::READONLY))
+        || matches!(
+            spec.name,
+            "exec" | "publish" | "spublish" | "pfcount" | "wait"
+        )
+}
+
 /// Whether MONITOR shows it: not administrative commands, nor those carrying a password, as Redis.
 pub fn monitored(spec: &Spec) -> bool {
     !spec.has(flags::ADMIN) && !matches!(spec.name, "auth" | "hello" | "migrate")

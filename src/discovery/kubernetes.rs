@@ -88,7 +88,7 @@ pub(super) async fn run(
     };
     let _closed: Closed = match api {
         EndpointsApi::Endpointslices => {
-            let selector = format!("kubernetes.io/service-name={}", config.service);
+            let selector = slice_selector(&config.service);
             follow
                 .run(
                     Api::<EndpointSlice>::namespaced(client.clone(), &namespace),
@@ -98,7 +98,7 @@ pub(super) async fn run(
                 .await
         }
         EndpointsApi::Endpoints => {
-            let selector = format!("metadata.name={}", config.service);
+            let selector = endpoints_selector(&config.service);
             follow
                 .run(
                     Api::<Endpoints>::namespaced(client.clone(), &namespace),
@@ -124,14 +124,9 @@ async fn choose_api(
     }
     let mut backoff = MIN_BACKOFF;
     loop {
-        let found = match client.list_api_group_resources("discovery.k8s.io/v1").await {
-            Ok(list) => Ok(list.resources.iter().any(|r| r.name == "endpointslices")),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-            Err(e) => Err(e),
-        };
-        match found {
-            Ok(true) => return Some(EndpointsApi::Endpointslices),
-            Ok(false) => {
+        match discover_api(client).await {
+            Ok(EndpointsApi::Endpointslices) => return Some(EndpointsApi::Endpointslices),
+            Ok(EndpointsApi::Endpoints) => {
                 tracing::info!(pool = %status.snapshot().pool, service = %config.service,
                     "the API server does not serve discovery.k8s.io/v1 EndpointSlices; following core/v1 Endpoints");
                 return Some(EndpointsApi::Endpoints);
@@ -148,6 +143,29 @@ async fn choose_api(
             }
         }
     }
+}
+
+/// Asks API discovery whether the API server serves discovery.k8s.io/v1 EndpointSlices: them if it
+/// does, else core/v1 Endpoints.
+async fn discover_api(client: &Client) -> Result<EndpointsApi, kube::Error> {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
+            Ok(EndpointsApi::Endpointslices)
+        }
+        Ok(_) => Ok(EndpointsApi::Endpoints),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(EndpointsApi::Endpoints),
+        Err(e) => Err(e),
+    }
+}
+
+/// What names the Service's objects: a label selector on EndpointSlices, a field selector on its
+/// Endpoints (which carry the Service's name).
+fn slice_selector(service: &str) -> String {
+    format!("kubernetes.io/service-name={service}")
+}
+
+fn endpoints_selector(service: &str) -> String {
+    format!("metadata.name={service}")
 }
 
 /// The Role rule the chosen API needs, as (API group, resource).
@@ -217,12 +235,8 @@ pub(super) async fn check(config: &KubernetesConfig) -> Result<String, Vec<Strin
     let mut health = ApiHealth::default();
     let api = match config.api {
         Some(api) => api,
-        None => match client.list_api_group_resources("discovery.k8s.io/v1").await {
-            Ok(list) if list.resources.iter().any(|r| r.name == "endpointslices") => {
-                EndpointsApi::Endpointslices
-            }
-            Ok(_) => EndpointsApi::Endpoints,
-            Err(kube::Error::Api(s)) if s.code == 404 => EndpointsApi::Endpoints,
+        None => match discover_api(&client).await {
+            Ok(api) => api,
             Err(e) => return Err(vec![health.describe(&e, "API discovery").0]),
         },
     };
@@ -233,14 +247,14 @@ pub(super) async fn check(config: &KubernetesConfig) -> Result<String, Vec<Strin
     let (_, resource) = resource_of(api);
     let listed = match api {
         EndpointsApi::Endpointslices => {
-            let selector = format!("kubernetes.io/service-name={}", config.service);
+            let selector = slice_selector(&config.service);
             Api::<EndpointSlice>::namespaced(client, &namespace)
                 .list(&kube::api::ListParams::default().labels(&selector))
                 .await
                 .map(|list| from_slices(&list.items, config).len())
         }
         EndpointsApi::Endpoints => {
-            let selector = format!("metadata.name={}", config.service);
+            let selector = endpoints_selector(&config.service);
             Api::<Endpoints>::namespaced(client, &namespace)
                 .list(&kube::api::ListParams::default().fields(&selector))
                 .await

@@ -152,9 +152,7 @@ impl SessionTally {
         started: Option<tokio::time::Instant>,
         now: tokio::time::Instant,
     ) {
-        if let Some(started) = started {
-            self.answered(now.saturating_duration_since(started));
-        }
+        self.answered_in(started.map(|started| now.saturating_duration_since(started)));
     }
 
     /// A backend's reply arrived, `took` after the request was queued for it.

@@ -446,6 +446,14 @@ async fn next_monitor_lines(
 /// MONITOR lines taken per pass of the session loop.
 const MONITOR_LINES_PER_PASS: usize = 1024;
 
+/// A frame kept from a request parsed again, to read its arguments (it was whole when it arrived).
+fn parsed_again(frame: &[u8]) -> Option<RequestParser> {
+    let mut parser = RequestParser::new(crate::protocol::Limits {
+        max_request_bytes: frame.len().max(1024),
+    });
+    matches!(parser.parse(frame), Ok(Some(_))).then_some(parser)
+}
+
 /// What woke the session that its next step must act on (replies and input are found by looking).
 enum Woke {
     Nothing,
@@ -934,10 +942,7 @@ impl Ctx {
 
     /// Dispatches a held request, now that nothing is before it.
     fn release(&mut self, frame: Bytes) {
-        let mut parser = RequestParser::new(crate::protocol::Limits {
-            max_request_bytes: frame.len().max(1024),
-        });
-        if let Ok(Some(_)) = parser.parse(&frame) {
+        if let Some(parser) = parsed_again(&frame) {
             let pool = self.pool.clone();
             let view = View::of(&pool);
             let req = Request {
@@ -1109,10 +1114,7 @@ impl Ctx {
 
     /// Adds a slow request to SLOWLOG.
     fn log_slow(&self, frame: &Bytes, took: Duration) {
-        let mut parser = RequestParser::new(crate::protocol::Limits {
-            max_request_bytes: frame.len().max(1024),
-        });
-        if let Ok(Some(_)) = parser.parse(frame) {
+        if let Some(parser) = parsed_again(frame) {
             let args = parser.args();
             let arg = |&(s, e): &(u32, u32)| frame.get(s as usize..e as usize).unwrap_or_default();
             self.pool.shared.slowlog.log(

@@ -220,9 +220,7 @@ impl Ctx {
     ///
     /// [`Route::KillScript`]: crate::command::Route::KillScript
     pub(super) fn kill_script(&mut self, frame: &Bytes, view: &View<'_>, now: Instant) {
-        let masters: Vec<Arc<Node>> = (0..view.node_count())
-            .filter_map(|i| view.target(Place::Node(i), 0).cloned())
-            .collect();
+        let masters: Vec<Arc<Node>> = view.masters().cloned().collect();
         if masters.is_empty() {
             return self.no_backend(view, Place::Any);
         }

@@ -650,10 +650,7 @@ impl Ctx {
                 ids.iter().any(|id| held_on(id) != now)
             })
             .map(|(name, _)| name.clone());
-        let in_service: Vec<_> = (0..view.node_count())
-            .filter_map(|i| view.target(Place::Node(i), 0))
-            .map(|node| node.addr())
-            .collect();
+        let in_service: Vec<_> = view.masters().map(|node| node.addr()).collect();
         let short_pattern = ps.wanted[Kind::Pattern as usize]
             .iter()
             .find(|(_, ids)| {

@@ -133,6 +133,11 @@ impl<'a> View<'a> {
         }
     }
 
+    /// The masters (a sharded pool's servers in service), in [`Place::Node`] order.
+    pub(super) fn masters(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
+        (0..self.node_count()).filter_map(|i| self.target(Place::Node(i), 0))
+    }
+
     /// Every node of the pool, masters and replicas (a sharded pool's servers in service): where a
     /// command that changes each node's own state goes.
     pub(super) fn members(&self) -> Vec<Arc<Node>> {
