@@ -23,7 +23,8 @@
 //!   follows them, keyed by stable name), twemproxy's placement behind an ArcSwap, and auto-ejection.
 //! - [`primary`]: primary pools (a master with replicas): who is master, decided by Sentinel (a
 //!   majority, and `+switch-master` announcements) or by `ROLE` probes, as a snapshot behind an
-//!   ArcSwap; healthy replicas for reads; READONLY retries after a switch.
+//!   ArcSwap; healthy replicas for reads; READONLY retries after a switch; writes held through a
+//!   Sentinel promotion so none the old master acknowledged is lost (`handover`).
 //! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
 //!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
 //!   endpoint sets handed to the pool, and the source's state for readiness and metrics.

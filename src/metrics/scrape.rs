@@ -109,7 +109,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "slotline_master_last_switch_timestamp_seconds",
-        "When a primary pool's master last changed (seconds since the Unix epoch), labelled with how the change was noticed: sentinel (a majority of the sentinels), sentinel_event (+switch-master), role_probe.",
+        "When a primary pool's master last changed (seconds since the Unix epoch), labelled with how the change was noticed: sentinel (a majority of the sentinels), sentinel_event (+switch-master), sentinel_failover (the replica a sentinel chose answered as master while writes were held), role_probe.",
         MetricType::GAUGE,
         &["pool", "via"],
     ),
@@ -117,6 +117,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         "slotline_replicas_healthy",
         "Replicas of a primary pool whose link to the master is up (where reads go with read_from: replica).",
         MetricType::GAUGE,
+        &["pool"],
+    ),
+    (
+        "slotline_failover_holds_total",
+        "Times a primary pool held its clients' writes while a sentinel promoted a replica, so that none the old master acknowledged was lost.",
+        MetricType::COUNTER,
         &["pool"],
     ),
 ];
@@ -141,6 +147,7 @@ mod family {
     pub const MASTER: usize = 15;
     pub const LAST_SWITCH: usize = 16;
     pub const REPLICAS: usize = 17;
+    pub const FAILOVER_HOLDS: usize = 18;
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -261,6 +268,7 @@ impl Collector for PoolsCollector {
                         f[LAST_SWITCH].add(&[("pool", name), ("via", switch.via.label())], at);
                     }
                     f[REPLICAS].add(&[("pool", name)], roles.replicas.len() as u64);
+                    f[FAILOVER_HOLDS].add(&[("pool", name)], primary.holds().0);
                     let nodes = roles.master.iter().chain(&roles.replicas);
                     nodes.map(|n| (n.clone(), false)).collect()
                 }

@@ -2,16 +2,17 @@
 //! replicas are healthy.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 
-use super::replies::{self, Role};
+use super::replies::{self, Event, Role};
 use super::sentinel::Sentinels;
-use super::{Primary, Via};
+use super::{handover, Primary, Via};
 use crate::config::PoolConfig;
 use crate::discovery::{Discovery, EndpointSet};
 
@@ -54,7 +55,7 @@ impl Sources {
 
     /// One look: asks the sentinels (if any), probes `ROLE` on every member and every replica they
     /// name, and installs what it found.
-    async fn look(&mut self, primary: &Primary, events: &mpsc::UnboundedSender<String>) {
+    async fn look(&mut self, primary: &Primary, events: &mpsc::UnboundedSender<Event>) {
         let mut candidates = addrs(self.members.as_ref());
         let mut verdict = None;
         let mut named = None;
@@ -72,7 +73,12 @@ impl Sources {
             candidates.extend(answer.replicas.iter().map(|a| Arc::from(a.as_str())));
             candidates.extend(named.clone());
         }
-        let current = primary.roles().master.as_ref().map(|n| n.addr().clone());
+        let roles = primary.roles();
+        let (current, based_on) = (
+            roles.master.as_ref().map(|n| n.addr().clone()),
+            roles.generation,
+        );
+        drop(roles);
         candidates.extend(current.clone());
         candidates.sort();
         candidates.dedup();
@@ -100,7 +106,17 @@ impl Sources {
                 // some sentinels still name the old master for a moment, and must not switch back to
                 // it while the announced one serves.
                 let current_serves = current.as_ref().is_some_and(|c| *c != named && claims(c));
-                if claims(&named) && !current_serves {
+                // Nor to the master a handover left: the sentinels name it until `+switch-master`,
+                // and it is still master until they demote it, so ROLE cannot tell.
+                let mut left = primary.left.lock().unwrap_or_else(PoisonError::into_inner);
+                let was_left = left.as_ref() == Some(&named);
+                if !was_left {
+                    *left = None;
+                }
+                drop(left);
+                if was_left {
+                    // Expected for a second or so: not worth a warning.
+                } else if claims(&named) && !current_serves {
                     master = Some((named, Via::Sentinel));
                 } else if current.as_ref() != Some(&named) {
                     verdict = Some(format!(
@@ -135,6 +151,7 @@ impl Sources {
             .map(|(addr, _)| addr.clone())
             .collect();
         primary.install(
+            Some(based_on),
             master.as_ref().map(|(a, via)| (a.as_ref(), *via)),
             &replicas,
         );
@@ -173,9 +190,12 @@ async fn changed(rx: Option<&mut watch::Receiver<EndpointSet>>) {
 }
 
 /// Looks every `probe_interval`, and at once when asked to (a failure, a READONLY reply, a change of
-/// members or sentinels); a `+switch-master` announcement switches before looking again.
+/// members or sentinels); a `+switch-master` announcement switches before looking again, and a
+/// replica announced for promotion starts a [`handover`].
 pub(super) async fn run(primary: Weak<Primary>, mut sources: Sources) {
-    let (events_tx, mut events) = mpsc::unbounded_channel::<String>();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    // The handover in progress: the replica being promoted, and the task holding the writes.
+    let mut handover: Option<(Arc<str>, JoinHandle<()>)> = None;
     loop {
         let Some(p) = primary.upgrade() else { return };
         let begun = p.looks_begun.fetch_add(1, Ordering::Relaxed) + 1;
@@ -193,12 +213,36 @@ pub(super) async fn run(primary: Weak<Primary>, mut sources: Sources) {
             _ = look.notified() => {}
             _ = changed(members) => {}
             _ = changed(sentinels) => {}
-            Some(new_master) = events.recv() => {
+            Some(event) = events.recv() => {
                 let Some(p) = primary.upgrade() else { return };
-                // The replicas stay as they were until the look that follows at once.
-                let replicas: Vec<Arc<str>> =
-                    p.roles().replicas.iter().map(|n| n.addr().clone()).collect();
-                p.install(Some((&new_master, Via::SentinelEvent)), &replicas);
+                handover.take_if(|(_, task)| task.is_finished());
+                match event {
+                    Event::Switched(new_master) => {
+                        // The replicas stay as they were until the look that follows at once.
+                        let replicas: Vec<Arc<str>> =
+                            p.roles().replicas.iter().map(|n| n.addr().clone()).collect();
+                        p.install(None, Some((&new_master, Via::SentinelEvent)), &replicas);
+                    }
+                    // Announced twice (selected, then being sent REPLICAOF NO ONE): one handover.
+                    Event::Promoting(replica) if handover.as_ref().is_some_and(|(r, _)| **r == *replica) => {}
+                    Event::Promoting(replica) => {
+                        let current = p.roles().master.as_ref().map(|n| n.addr().clone());
+                        if current.as_deref() != Some(replica.as_str()) {
+                            if let Some((_, task)) = handover.take() {
+                                task.abort();
+                            }
+                            let replica = Arc::<str>::from(replica);
+                            let bound = p.hold_bound;
+                            let task = tokio::spawn(handover::run(p.clone(), replica.clone(), bound));
+                            handover = Some((replica, task));
+                        }
+                    }
+                    Event::Aborted => {
+                        if let Some((_, task)) = handover.take() {
+                            task.abort();
+                        }
+                    }
+                }
                 continue;
             }
         }

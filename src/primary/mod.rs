@@ -7,11 +7,16 @@
 //! when exactly one claims the role. Each decision is a new [`Roles`] snapshot behind an `ArcSwap`:
 //! sessions load it once per batch of requests and never wait on it.
 //!
+//! A planned Sentinel failover is followed from its first announcement: writes are held while the
+//! chosen replica catches up and is promoted, then go to it (see `handover`), so no write the old
+//! master acknowledged is lost.
+//!
 //! When the master changes, slotline drops its connections to the demoted one (they close once the
 //! replies already on their way are in), so no later request can reach it; a request it refused with
 //! READONLY is sent once more, to the master the next look finds.
 
 mod detect;
+mod handover;
 mod replies;
 mod sentinel;
 
@@ -27,6 +32,9 @@ use tokio::time::Instant;
 use crate::backend::{self, Node, ReplyTo};
 use crate::config::{PoolConfig, ReadFrom};
 use crate::discovery::{Discovery, EndpointSet};
+use crate::pause::Pause;
+
+pub use handover::{Ended, Hold};
 
 /// Who serves what, now.
 #[derive(Default)]
@@ -47,16 +55,25 @@ pub enum Via {
     SentinelEvent,
     /// Exactly one member answered `ROLE` with master.
     RoleProbe,
+    /// The replica a sentinel announced it would promote answered `ROLE` as master (see
+    /// [`handover`]).
+    SentinelFailover,
 }
 
 impl Via {
-    pub const ALL: [Via; 3] = [Via::Sentinel, Via::SentinelEvent, Via::RoleProbe];
+    pub const ALL: [Via; 4] = [
+        Via::Sentinel,
+        Via::SentinelEvent,
+        Via::RoleProbe,
+        Via::SentinelFailover,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Via::Sentinel => "sentinel",
             Via::SentinelEvent => "sentinel_event",
             Via::RoleProbe => "role_probe",
+            Via::SentinelFailover => "sentinel_failover",
         }
     }
 }
@@ -83,7 +100,19 @@ pub struct Primary {
     looks_begun: AtomicU64,
     looks_done: watch::Sender<u64>,
     next_read: AtomicUsize,
-    switches: [AtomicU64; 3],
+    /// Holds the clients' writes while a sentinel promotes a replica (see [`handover`]).
+    hold: Pause,
+    /// Holds so far, and how the last one went.
+    holds: AtomicU64,
+    last_hold: Mutex<Option<handover::Hold>>,
+    /// How long a hold may last: the pool's `timeout`.
+    hold_bound: Duration,
+    /// The master a handover left, until the sentinels stop naming it: they go on naming it until
+    /// `+switch-master`, and a look must not switch back to it (see `detect`).
+    left: Mutex<Option<Arc<str>>>,
+    /// Serializes [`install`](Self::install).
+    installing: Mutex<()>,
+    switches: [AtomicU64; 4],
     /// The pool's `slotline_master_switches_total`.
     switch_counter: OnceLock<prometheus::IntCounter>,
     last_switch: Mutex<Option<Switch>>,
@@ -113,6 +142,12 @@ impl Primary {
             looks_begun: AtomicU64::new(0),
             looks_done: watch::channel(0).0,
             next_read: AtomicUsize::new(0),
+            hold: Pause::default(),
+            holds: AtomicU64::new(0),
+            last_hold: Mutex::new(None),
+            hold_bound: Duration::from_millis(config.timeout),
+            left: Mutex::new(None),
+            installing: Mutex::new(()),
             switches: Default::default(),
             switch_counter: OnceLock::new(),
             last_switch: Mutex::new(None),
@@ -196,8 +231,23 @@ impl Primary {
         self.sentinel
     }
 
+    /// The pause that holds the clients' writes during a failover: sessions look at it as at CLIENT
+    /// PAUSE's.
+    pub fn hold(&self) -> &Pause {
+        &self.hold
+    }
+
+    /// Failover holds so far, and the last one.
+    pub fn holds(&self) -> (u64, Option<Hold>) {
+        let last = *self
+            .last_hold
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (self.holds.load(Ordering::Relaxed), last)
+    }
+
     /// Master switches so far, by how they were noticed.
-    pub fn switch_counts(&self) -> [(Via, u64); 3] {
+    pub fn switch_counts(&self) -> [(Via, u64); 4] {
         Via::ALL.map(|via| (via, self.switches[via as usize].load(Ordering::Relaxed)))
     }
 
@@ -213,9 +263,19 @@ impl Primary {
         self.nodes.get(addr)
     }
 
-    /// Installs the roles a look found; `master` None keeps the current one.
-    fn install(&self, master: Option<(&str, Via)>, replicas: &[Arc<str>]) {
+    /// Installs the roles a look found; `master` None keeps the current one. `based_on` is the
+    /// generation of the roles the look started from: when another installer (a handover, an
+    /// announcement) changed them meanwhile, the look's findings are stale and dropped.
+    fn install(&self, based_on: Option<u64>, master: Option<(&str, Via)>, replicas: &[Arc<str>]) {
+        // Installers run on different tasks: one at a time, so none undoes another's switch.
+        let _one = self
+            .installing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let current = self.roles.load();
+        if based_on.is_some_and(|g| g != current.generation) {
+            return;
+        }
         let current_master = current.master.as_ref().map(|n| n.addr().clone());
         let master = match master {
             Some((addr, via)) if current_master.as_deref() != Some(addr) => {

@@ -1,5 +1,5 @@
 //! Reading the replies that say who is master: `ROLE`, and the sentinels' `GET-MASTER-ADDR-BY-NAME`,
-//! `REPLICAS` and `+switch-master` messages.
+//! `REPLICAS` and failover announcements.
 
 use redis_protocol::resp2::types::OwnedFrame;
 
@@ -47,6 +47,24 @@ pub fn role(reply: &[u8]) -> Result<Role, String> {
         }),
         Some(_) => Ok(Role::Other),
         None => Err("ROLE reply without a role".into()),
+    }
+}
+
+/// The replication offset in a `ROLE` reply: a master's own, or how far a replica has processed its
+/// master's stream.
+pub fn role_offset(reply: &[u8]) -> Result<(Role, i64), String> {
+    let role = role(reply)?;
+    let OwnedFrame::Array(parts) = decode(reply)? else {
+        return Err("ROLE reply is not an array".into());
+    };
+    let at = match role {
+        Role::Master => 1,
+        Role::Replica { .. } => 4,
+        Role::Other => return Err("not a Redis server".into()),
+    };
+    match parts.get(at) {
+        Some(OwnedFrame::Integer(offset)) => Ok((role, *offset)),
+        _ => Err("ROLE reply without an offset".into()),
     }
 }
 
@@ -98,24 +116,54 @@ pub fn replicas(reply: &[u8]) -> Result<Vec<String>, String> {
     Ok(addrs)
 }
 
-/// The new master announced by a `+switch-master` message (`name old-ip old-port new-ip new-port`)
-/// for `master_name`; None for other frames and other masters.
-pub fn switch_master(frame: &OwnedFrame, master_name: &str) -> Option<String> {
+/// What a sentinel announces about one master's failover (see [`sentinel_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `+selected-slave` / `+failover-state-send-slaveof-noone`: this replica is about to be promoted.
+    Promoting(String),
+    /// `-failover-abort-*`: the failover ended with the old master still master.
+    Aborted,
+    /// `+switch-master`: the new master's address.
+    Switched(String),
+}
+
+/// The channels a sentinel announces [`Event`]s on.
+pub const EVENT_CHANNELS: [&[u8]; 3] = [
+    b"+switch-master",
+    b"+selected-slave",
+    b"+failover-state-send-slaveof-noone",
+];
+/// The pattern of the abort channels (`-failover-abort-not-elected`, `-no-good-slave`, ...).
+pub const ABORT_PATTERN: &[u8] = b"-failover-abort-*";
+
+/// The failover event a sentinel's `message` or `pmessage` frame announces for `master_name`; None
+/// for other frames and other masters. Payloads: `+switch-master` is `name old-ip old-port new-ip
+/// new-port`; a replica's events `slave ip:port ip port @ name master-ip master-port`; a master's
+/// `master name ip port`.
+pub fn sentinel_event(frame: &OwnedFrame, master_name: &str) -> Option<Event> {
     let OwnedFrame::Array(parts) = frame else {
         return None;
     };
-    let kind = parts.first().and_then(text)?;
-    let channel = parts.get(1).and_then(text)?;
-    if kind != "message" || channel != "+switch-master" {
-        return None;
-    }
-    let payload = parts.get(2).and_then(text)?;
+    let (channel, payload) = match parts.first().and_then(text)?.as_str() {
+        "message" => (parts.get(1).and_then(text)?, parts.get(2).and_then(text)?),
+        "pmessage" => (parts.get(2).and_then(text)?, parts.get(3).and_then(text)?),
+        _ => return None,
+    };
     let words: Vec<&str> = payload.split(' ').collect();
-    match words.as_slice() {
-        [name, _, _, ip, port] if *name == master_name => port
-            .parse::<u16>()
-            .ok()
-            .map(|port| join_host_port(ip, port)),
+    let addr = |ip: &str, port: &str| port.parse::<u16>().ok().map(|p| join_host_port(ip, p));
+    match (channel.as_str(), words.as_slice()) {
+        ("+switch-master", [name, _, _, ip, port]) if *name == master_name => {
+            addr(ip, port).map(Event::Switched)
+        }
+        (
+            "+selected-slave" | "+failover-state-send-slaveof-noone",
+            ["slave", _, ip, port, "@", name, ..],
+        ) if *name == master_name => addr(ip, port).map(Event::Promoting),
+        (abort, ["master", name, ..])
+            if abort.starts_with("-failover-abort-") && *name == master_name =>
+        {
+            Some(Event::Aborted)
+        }
         _ => None,
     }
 }
@@ -184,25 +232,61 @@ mod tests {
     }
 
     #[test]
-    fn switch_master_messages() {
+    fn failover_events() {
         let msg = |kind: &str, channel: &str, payload: &str| {
-            OwnedFrame::Array(vec![
-                OwnedFrame::BulkString(kind.into()),
-                OwnedFrame::BulkString(channel.into()),
-                OwnedFrame::BulkString(payload.into()),
-            ])
+            let mut parts = vec![OwnedFrame::BulkString(kind.into())];
+            if kind == "pmessage" {
+                parts.push(OwnedFrame::BulkString("-failover-abort-*".into()));
+            }
+            parts.push(OwnedFrame::BulkString(channel.into()));
+            parts.push(OwnedFrame::BulkString(payload.into()));
+            OwnedFrame::Array(parts)
         };
         let m = msg(
             "message",
             "+switch-master",
             "mymaster 10.0.0.1 6379 10.0.0.2 6379",
         );
-        assert_eq!(switch_master(&m, "mymaster"), Some("10.0.0.2:6379".into()));
-        assert_eq!(switch_master(&m, "other"), None);
+        assert_eq!(
+            sentinel_event(&m, "mymaster"),
+            Some(Event::Switched("10.0.0.2:6379".into()))
+        );
+        assert_eq!(sentinel_event(&m, "other"), None);
         let sub = msg("subscribe", "+switch-master", "1");
-        assert_eq!(switch_master(&sub, "mymaster"), None);
+        assert_eq!(sentinel_event(&sub, "mymaster"), None);
         let short = msg("message", "+switch-master", "mymaster 10.0.0.2");
-        assert_eq!(switch_master(&short, "mymaster"), None);
+        assert_eq!(sentinel_event(&short, "mymaster"), None);
+        let replica = "slave 10.0.0.3:6380 10.0.0.3 6380 @ mymaster 10.0.0.1 6379";
+        for channel in ["+selected-slave", "+failover-state-send-slaveof-noone"] {
+            assert_eq!(
+                sentinel_event(&msg("message", channel, replica), "mymaster"),
+                Some(Event::Promoting("10.0.0.3:6380".into()))
+            );
+            assert_eq!(
+                sentinel_event(&msg("message", channel, replica), "other"),
+                None
+            );
+        }
+        let abort = msg(
+            "pmessage",
+            "-failover-abort-not-elected",
+            "master mymaster 10.0.0.1 6379",
+        );
+        assert_eq!(sentinel_event(&abort, "mymaster"), Some(Event::Aborted));
+        assert_eq!(sentinel_event(&abort, "other"), None);
+    }
+
+    #[test]
+    fn role_offsets() {
+        let master = b"*3\r\n$6\r\nmaster\r\n:3129659\r\n*0\r\n";
+        assert_eq!(role_offset(master), Ok((Role::Master, 3129659)));
+        let replica =
+            b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9000\r\n$9\r\nconnected\r\n:3167038\r\n";
+        assert_eq!(
+            role_offset(replica),
+            Ok((Role::Replica { linked: true }, 3167038))
+        );
+        assert!(role_offset(b"*1\r\n$6\r\nmaster\r\n").is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Asking the sentinels who is master, and listening to their `+switch-master` announcements.
+//! Asking the sentinels who is master, and listening to their failover announcements.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::replies;
+use super::replies::{self, Event};
 use crate::backend::{self, Node};
 use crate::config::SentinelConfig;
 use crate::protocol::Reply;
@@ -71,13 +71,13 @@ impl Sentinels {
         }
     }
 
-    /// Keeps one `+switch-master` subscription per sentinel in `addrs` (and none to others): new
-    /// masters announced for this pool are sent to `events`; `look` is woken whenever a subscription
+    /// Keeps one subscription to the failover announcements per sentinel in `addrs` (and none to
+    /// others): those about this pool's master are sent to `events`; `look` is woken whenever a subscription
     /// (re)starts, since announcements made while it was down are lost.
     pub(super) fn follow(
         &mut self,
         addrs: &[Arc<str>],
-        events: &mpsc::UnboundedSender<String>,
+        events: &mpsc::UnboundedSender<Event>,
         look: &Arc<Notify>,
     ) {
         self.subscribers.retain(|addr, task| {
@@ -157,13 +157,13 @@ async fn request(node: &Node, frame: Bytes, wait: Duration) -> Option<Bytes> {
     }
 }
 
-/// Follows one sentinel's `+switch-master` channel for as long as the task lives, reconnecting with
+/// Follows one sentinel's failover channels for as long as the task lives, reconnecting with
 /// backoff.
 async fn subscribe(
     addr: Arc<str>,
     master_name: String,
     auth: Option<Bytes>,
-    events: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedSender<Event>,
     look: Arc<Notify>,
 ) {
     let mut backoff = RECONNECT_MIN;
@@ -184,7 +184,7 @@ async fn listen(
     addr: &str,
     master_name: &str,
     auth: Option<&[u8]>,
-    events: &mpsc::UnboundedSender<String>,
+    events: &mpsc::UnboundedSender<Event>,
     look: &Notify,
 ) -> Result<(), String> {
     let mut stream = timeout(Duration::from_secs(2), TcpStream::connect(addr))
@@ -195,7 +195,10 @@ async fn listen(
     if let Some(auth) = auth {
         out.extend_from_slice(auth);
     }
-    Reply(&mut out).command(&[b"SUBSCRIBE", b"+switch-master"]);
+    let mut subscribe = vec![&b"SUBSCRIBE"[..]];
+    subscribe.extend(replies::EVENT_CHANNELS);
+    Reply(&mut out).command(&subscribe);
+    Reply(&mut out).command(&[b"PSUBSCRIBE", replies::ABORT_PATTERN]);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(4096);
     let mut subscribed = false;
@@ -213,9 +216,9 @@ async fn listen(
                 subscribed = true;
                 look.notify_one();
             }
-            if let Some(new_master) = replies::switch_master(&frame, master_name) {
-                tracing::debug!(sentinel = %addr, master = %new_master, "+switch-master");
-                if events.send(new_master).is_err() {
+            if let Some(event) = replies::sentinel_event(&frame, master_name) {
+                tracing::debug!(sentinel = %addr, ?event, "failover event");
+                if events.send(event).is_err() {
                     return Ok(());
                 }
             }

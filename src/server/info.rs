@@ -219,7 +219,8 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
 }
 
 /// A primary pool's master, replicas and last switch: `master_detection` says what decides the master
-/// (`sentinel` or `role_probe`), `last_switch_via` how the last switch was noticed.
+/// (`sentinel` or `role_probe`), `last_switch_via` how the last switch was noticed, `failover_holds`
+/// how often writes were held for a promotion.
 fn primary_section(out: &mut String, primary: &crate::primary::Primary) {
     let roles = primary.roles();
     let master = roles.master.as_ref().map_or("", |n| &**n.addr());
@@ -246,6 +247,18 @@ fn primary_section(out: &mut String, primary: &crate::primary::Primary) {
             switch.from,
             switch.to,
             switch.via.label()
+        );
+    }
+    // Failover holds (see crate::primary): how long writes waited, and whether the promoted replica
+    // had every write the old master acknowledged (`caught_up`).
+    let (holds, last) = primary.holds();
+    let _ = write!(out, "failover_holds:{holds}\r\n");
+    if let Some(hold) = last {
+        let _ = write!(
+            out,
+            "last_failover_hold_ms:{}\r\nlast_failover_hold:{}\r\n",
+            hold.held.as_millis(),
+            hold.ended.label()
         );
     }
 }

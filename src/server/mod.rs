@@ -216,6 +216,25 @@ impl Router {
 }
 
 impl Pool {
+    /// The pause that holds `spec` now, if one does: CLIENT PAUSE's, or the failover hold of a
+    /// primary pool (see [`crate::primary`]).
+    pub(crate) fn pause_holding(
+        &self,
+        spec: &crate::command::Spec,
+        now: tokio::time::Instant,
+    ) -> Option<&crate::pause::Pause> {
+        let process = &self.shared.pause;
+        if process.holds(spec, now).is_some() {
+            return Some(process);
+        }
+        match &self.router {
+            Router::Primary(primary) if primary.hold().holds(spec, now).is_some() => {
+                Some(primary.hold())
+            }
+            _ => None,
+        }
+    }
+
     /// The TCP port the pool listens on (None for unix sockets).
     pub fn port(&self) -> Option<u16> {
         self.local_port

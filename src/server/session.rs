@@ -602,10 +602,14 @@ impl Ctx {
         if let Some(refusal) = policy::refusal(req, spec) {
             return self.error(refusal);
         }
-        if !self.tx.queuing() && self.pool.shared.pause.holds(spec, now).is_some() {
+        if let Some(pause) = self
+            .pool
+            .pause_holding(spec, now)
+            .filter(|_| !self.tx.queuing())
+        {
             // Held with everything after it, and looked at again when the pause ends or changes
             // (see `drain_ready`).
-            let changes = self.pool.shared.pause.watch();
+            let changes = pause.watch();
             let state = *changes.borrow();
             self.paused = Some((state, changes));
             return self.hold(frame);

@@ -60,6 +60,7 @@ pub const PRIMARY_METRIC_NAMES: &[&str] = &[
     "slotline_master",
     "slotline_master_last_switch_timestamp_seconds",
     "slotline_replicas_healthy",
+    "slotline_failover_holds_total",
 ];
 
 /// Every metric name slotline exports: a contract with dashboards and alerts.
@@ -93,6 +94,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "slotline_master",
     "slotline_master_last_switch_timestamp_seconds",
     "slotline_replicas_healthy",
+    "slotline_failover_holds_total",
     "slotline_up",
     "slotline_build_info",
     "slotline_start_time_seconds",
