@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Planned Sentinel failovers under writers at full speed: how many writes slotline acknowledged, how
-# many of them the serving master lacks afterwards (must be 0), how many were refused, and how long
-# writes were held for each promotion.
+# Planned failovers under writers at full speed (SENTINEL FAILOVER, Redis FAILOVER with ROLE probes,
+# CLUSTER FAILOVER): how many writes slotline acknowledged, how many of them the serving master lacks
+# afterwards (must be 0), how many were refused, how long writes were held for each promotion; and a
+# live reshard of 4000 slots under 32 pipelining clients: wrong replies (must be 0), throughput
+# before and during.
 #
-#   benches/failover.sh            # 20 failovers (FAILOVERS=N for another count)
+#   benches/failover.sh            # 20 failovers of each kind (FAILOVERS=N), RESHARD_SLOTS=4000
 #
-# It is tests/failover.rs with more rounds, in a release build: real redis-servers (a master and a
-# replica) and three real redis-sentinels on loopback ports. Needs redis-server and redis-sentinel.
+# It is tests/failover.rs with more rounds, in a release build: real redis-servers, a Redis Cluster
+# and three real redis-sentinels on loopback ports. Needs redis-server, redis-sentinel, redis-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp /tmp/slotline-failover.XXXXXX)
 status=0
-FAILOVERS=${FAILOVERS:-20} cargo test --release --quiet --test failover -- --nocapture --test-threads 1 \
+FAILOVERS=${FAILOVERS:-20} RESHARD_SLOTS=${RESHARD_SLOTS:-4000} cargo test --release --quiet --test failover -- --nocapture --test-threads 1 \
     >"$log" 2>&1 || status=$?
-grep -E -A1 '^(round|[0-9]+ x )|panicked|^test result' "$log" | grep -v '^--$' || true
+grep -E -A1 '^(round|[0-9]+ x |SENTINEL|resharding)|panicked|^test result' "$log" | grep -v '^--$' || true
 echo "full output: $log"
 exit $status

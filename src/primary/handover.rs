@@ -123,22 +123,30 @@ pub(super) async fn run(primary: Arc<Primary>, replica: Arc<str>, bound: Duratio
     let old = primary.roles().master.clone();
     let new = primary.node(&replica);
     let deadline = started + bound;
-    // The old master's offset when last read as master: the least the replica must have.
+    // The least the replica must have: the old master's offset read last before a look that still
+    // found the replica a replica. An offset read after the promotion would count what the old
+    // master took on since (the sentinels' hello messages are PUBLISHes), which no write of ours is.
     let mut needed: Option<i64> = None;
     release.ended = loop {
         if Instant::now() >= deadline {
             break Ended::TimedOut;
         }
-        if let Some(old) = &old {
-            if let Some((Role::Master, offset)) = role(old).await {
-                needed = Some(offset);
+        let before = match &old {
+            Some(old) => match role(old).await {
+                Some((Role::Master, offset)) => Some(offset),
+                _ => None,
+            },
+            None => None,
+        };
+        match role(&new).await {
+            Some((Role::Master, offset)) => {
+                break match needed {
+                    Some(needed) if offset < needed => Ended::Behind(needed - offset),
+                    _ => Ended::CaughtUp,
+                };
             }
-        }
-        if let Some((Role::Master, offset)) = role(&new).await {
-            break match needed {
-                Some(needed) if offset < needed => Ended::Behind(needed - offset),
-                _ => Ended::CaughtUp,
-            };
+            Some(_) => needed = before.or(needed),
+            None => {}
         }
         sleep(POLL).await;
     };
