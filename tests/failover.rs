@@ -87,15 +87,6 @@ impl Writers {
     }
 }
 
-/// The `INFO slotline` field `name`.
-fn info_field(slotline: &Slotline, name: &str) -> Option<String> {
-    let reply = slotline.client().cmd(&["INFO", "slotline"]);
-    let text = String::from_utf8_lossy(reply.as_bytes().unwrap_or_default()).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .map(|v| v.trim().to_string())
-}
-
 /// Asks sentinel 0 for a failover of `master` to `replica` once the replica has caught up, retrying
 /// while the sentinel has no replica it considers good yet (right after a failover the demoted
 /// master needs a moment to be seen as a replica). Sentinel promotes the replica it chose about
@@ -142,7 +133,7 @@ fn planned_sentinel_failovers_lose_no_acknowledged_write() {
     wait_for(
         Duration::from_secs(20),
         "slotline to find the master",
-        || info_field(&slotline, "master").as_deref() == Some(addr(0).as_str()),
+        || slotline.info_field("master").as_deref() == Some(addr(0).as_str()),
     );
 
     let mut master = 0;
@@ -171,7 +162,7 @@ fn planned_sentinel_failovers_lose_no_acknowledged_write() {
         wait_for(
             Duration::from_secs(30),
             &format!("round {round}: slotline to switch to {}", addr(other)),
-            || info_field(&slotline, "master").as_deref() == Some(addr(other).as_str()),
+            || slotline.info_field("master").as_deref() == Some(addr(other).as_str()),
         );
         wait_for(
             Duration::from_secs(30),
@@ -183,17 +174,19 @@ fn planned_sentinel_failovers_lose_no_acknowledged_write() {
         wait_for(
             Duration::from_secs(5),
             &format!("round {round}: a failover hold counted (writes held for the promotion)"),
-            || info_field(&slotline, "failover_holds") == Some(round.to_string()),
+            || slotline.info_field("failover_holds") == Some(round.to_string()),
         );
         assert_eq!(
-            info_field(&slotline, "last_failover_hold").as_deref(),
+            slotline.info_field("last_failover_hold").as_deref(),
             Some("caught_up"),
             "round {round}"
         );
         eprintln!(
             "round {round}: master is now {}; writes held {} ms",
             addr(master),
-            info_field(&slotline, "last_failover_hold_ms").unwrap_or_default()
+            slotline
+                .info_field("last_failover_hold_ms")
+                .unwrap_or_default()
         );
         thread::sleep(Duration::from_millis(300));
         let seen = writers.stop();
@@ -287,18 +280,13 @@ fn check(seen: &[Seen], reader: &mut Client, what: &str) {
     );
 }
 
-#[test]
-fn planned_cluster_failovers_lose_no_acknowledged_write() {
-    let cluster = RedisCluster::start(ClusterOpts::default());
-    // During CLUSTER FAILOVER the master holds its clients' writes until the replica has taken over
-    // (up to a second on this busy machine; 5 s when Redis gives the failover up, 10 s at most),
-    // and a write waits that long: a pool `timeout` shorter than the pause turns it into errors
-    // (not executed: the old master then answers MOVED, or goes on as master).
+/// slotline in front of `cluster` (pool `main`, its `timeout` in ms), once it serves; with its port.
+fn in_front_of(cluster: &RedisCluster, timeout_ms: u64) -> (Slotline, u16) {
     let port = free_port();
     let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
-    let slotline = Slotline::start(
-        &Slotline::cluster_yaml(port, &seeds).replace("timeout: 1000", "timeout: 10000"),
-    );
+    let yaml = Slotline::cluster_yaml(port, &seeds)
+        .replace("timeout: 1000", &format!("timeout: {timeout_ms}"));
+    let slotline = Slotline::start(&yaml);
     wait_ok(
         Duration::from_secs(20),
         "slotline to serve",
@@ -307,6 +295,17 @@ fn planned_cluster_failovers_lose_no_acknowledged_write() {
             other => Err(format!("{other:?}")),
         },
     );
+    (slotline, port)
+}
+
+#[test]
+fn planned_cluster_failovers_lose_no_acknowledged_write() {
+    let cluster = RedisCluster::start(ClusterOpts::default());
+    // During CLUSTER FAILOVER the master holds its clients' writes until the replica has taken over
+    // (up to a second on this busy machine; 5 s when Redis gives the failover up, 10 s at most),
+    // and a write waits that long: a pool `timeout` shorter than the pause turns it into errors
+    // (not executed: the old master then answers MOVED, or goes on as master).
+    let (slotline, port) = in_front_of(&cluster, 10_000);
     let writers = Writers::start(port);
     for round in 1..=failovers() {
         thread::sleep(Duration::from_millis(300));
@@ -390,7 +389,7 @@ fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
     wait_for(
         Duration::from_secs(20),
         "slotline to find the master",
-        || info_field(&slotline, "master").as_deref() == Some(addr(0).as_str()),
+        || slotline.info_field("master").as_deref() == Some(addr(0).as_str()),
     );
     let writers = Writers::start(port);
     let mut master = 0;
@@ -408,7 +407,7 @@ fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
         wait_for(
             Duration::from_secs(30),
             &format!("round {round}: slotline to switch to {}", addr(other)),
-            || info_field(&slotline, "master").as_deref() == Some(addr(other).as_str()),
+            || slotline.info_field("master").as_deref() == Some(addr(other).as_str()),
         );
         master = other;
         eprintln!("round {round}: master is now {}", addr(master));
@@ -438,17 +437,7 @@ fn live_resharding_under_pipelined_load_is_invisible_to_clients() {
         replicas_per_master: 0,
         ..ClusterOpts::default()
     });
-    let port = free_port();
-    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
-    let slotline = Slotline::start(&Slotline::cluster_yaml(port, &seeds));
-    wait_ok(
-        Duration::from_secs(20),
-        "slotline to serve",
-        || match slotline.client().cmd(&["SET", "ready", "1"]) {
-            r if r.is_ok() => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
+    let (_slotline, port) = in_front_of(&cluster, 1000);
 
     // Each client owns its keys, so it knows what every GET must answer: the value its SET just
     // before wrote. Pipelines of SET k v / GET k pairs, keys spread over every slot.

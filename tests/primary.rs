@@ -68,20 +68,11 @@ fn sentinel_watched() -> (ReplicaGroup, Sentinels, Slotline, u16) {
     (group, sentinels, slotline, admin)
 }
 
-/// The `INFO slotline` field `name` of slotline's first pool.
-fn info_field(slotline: &Slotline, name: &str) -> Option<String> {
-    let reply = slotline.client().cmd(&["INFO", "slotline"]);
-    let text = String::from_utf8_lossy(reply.as_bytes().expect("INFO slotline")).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .map(|v| v.trim().to_string())
-}
-
 fn wait_master(slotline: &Slotline, addr: &str) {
     wait_for(
         Duration::from_secs(20),
         &format!("slotline to name {addr} master"),
-        || info_field(slotline, "master").as_deref() == Some(addr),
+        || slotline.info_field("master").as_deref() == Some(addr),
     );
 }
 
@@ -90,7 +81,7 @@ fn wait_replicas(slotline: &Slotline, n: usize) {
     wait_for(
         Duration::from_secs(10),
         &format!("{n} healthy replicas"),
-        || info_field(slotline, "replicas") == Some(n.to_string()),
+        || slotline.info_field("replicas") == Some(n.to_string()),
     );
 }
 
@@ -197,7 +188,7 @@ fn failover_under_load(
         Duration::from_secs(30),
         "slotline to switch masters",
         || {
-            new_master = info_field(slotline, "master").unwrap_or_default();
+            new_master = slotline.info_field("master").unwrap_or_default();
             !new_master.is_empty() && new_master != old_master
         },
     );
@@ -226,10 +217,11 @@ fn failover_under_load(
         (Some((first, _)), Some((last, _))) => last.duration_since(*first),
         _ => Duration::ZERO,
     };
-    let switch_ms: u128 = info_field(slotline, "last_switch_time_ms")
+    let switch_ms: u128 = slotline
+        .info_field("last_switch_time_ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{what}: slotline reports no switch"));
-    let via = info_field(slotline, "last_switch_via").unwrap_or_default();
+    let via = slotline.info_field("last_switch_via").unwrap_or_default();
     eprintln!(
         "{what}: {} of {writes} write+read pairs failed, over {} ms; writes resumed {} ms after the trigger; switch noticed via {via}",
         errors.len(),
@@ -401,7 +393,7 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
         Some(0.0)
     );
     assert_eq!(
-        info_field(&slotline, "master_detection").as_deref(),
+        slotline.info_field("master_detection").as_deref(),
         Some("role_probe")
     );
 }
@@ -430,7 +422,7 @@ fn role_probes_follow_a_replicaof_switch_under_load() {
     );
     assert_eq!(new, group.addr(1));
     assert_eq!(
-        info_field(&slotline, "last_switch_via").as_deref(),
+        slotline.info_field("last_switch_via").as_deref(),
         Some("role_probe")
     );
     let text = http_get(admin, "/metrics").body;
@@ -479,7 +471,7 @@ fn reads_without_a_healthy_replica_fail_or_go_to_the_master_as_read_from_says() 
     wait_for(
         Duration::from_secs(10),
         "the replicas to be found gone",
-        || info_field(&slotline, "replicas").as_deref() == Some("0"),
+        || slotline.info_field("replicas").as_deref() == Some("0"),
     );
     // read_from: replica: an error that says why; writes still go to the master.
     let read = client.cmd(&["GET", "k"]);
@@ -561,7 +553,7 @@ fn role_probes_follow_a_killed_master_once_a_replica_is_promoted() {
     );
     assert_eq!(new, format!("127.0.0.1:{p1}"));
     assert_eq!(
-        info_field(&slotline, "last_switch_via").as_deref(),
+        slotline.info_field("last_switch_via").as_deref(),
         Some("role_probe")
     );
 }
@@ -615,7 +607,7 @@ fn sentinels_that_require_an_acl_user_are_asked_as_that_user() {
 fn sentinel_failover_under_load() {
     let (group, sentinels, slotline, admin) = sentinel_watched();
     assert_eq!(
-        info_field(&slotline, "master_detection").as_deref(),
+        slotline.info_field("master_detection").as_deref(),
         Some("sentinel")
     );
     let old = group.addr(0);
@@ -629,7 +621,7 @@ fn sentinel_failover_under_load() {
     // The master slotline chose is the one the sentinels promoted.
     let promoted = sentinels.master_port(0).map(|p| format!("127.0.0.1:{p}"));
     assert_eq!(promoted.as_deref(), Some(new.as_str()));
-    let via = info_field(&slotline, "last_switch_via").unwrap_or_default();
+    let via = slotline.info_field("last_switch_via").unwrap_or_default();
     assert!(via.starts_with("sentinel"), "switch noticed via {via}");
     let text = http_get(admin, "/metrics").body;
     assert_eq!(
@@ -679,7 +671,7 @@ fn members_found_through_a_kubernetes_service_are_probed_and_followed() {
     wait_for(
         Duration::from_secs(10),
         "the departed replica to be dropped",
-        || info_field(&slotline, "replica_addresses").as_deref() == Some(group.addr(1).as_str()),
+        || slotline.info_field("replica_addresses").as_deref() == Some(group.addr(1).as_str()),
     );
     let old = group.addr(0);
     let bound = Duration::from_millis(4 * PROBE_MS + 1000);

@@ -5,20 +5,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
 
 use super::replies::{self, Event, Role};
 use super::sentinel::Sentinels;
-use super::{handover, Primary, Via};
+use super::{ask, handover, Primary, Via, ROLE};
 use crate::config::PoolConfig;
 use crate::discovery::{Discovery, EndpointSet};
 
 /// Shortest time between two looks: a burst of failures costs one look.
 const MIN_LOOK_GAP: Duration = Duration::from_millis(50);
-const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
 
 /// Where the detector learns the members and the sentinels.
 pub(super) struct Sources {
@@ -86,10 +84,9 @@ impl Sources {
             let node = primary.node(addr);
             let wait = self.wait;
             async move {
-                match timeout(wait, node.request(Bytes::from_static(ROLE))).await {
-                    Ok(Ok(reply)) => replies::role(&reply).ok(),
-                    _ => None,
-                }
+                ask(&node, ROLE, wait)
+                    .await
+                    .and_then(|reply| replies::role(&reply).ok())
             }
         });
         let roles = futures::future::join_all(probes).await;

@@ -20,11 +20,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
 
 use super::replies::{self, Role};
-use super::{Primary, Via};
+use super::{ask, Primary, Via, ROLE};
 use crate::backend::Node;
 use crate::pause::Mode;
 
@@ -35,7 +34,6 @@ const GRACE: Duration = Duration::from_millis(2);
 const POLL: Duration = Duration::from_millis(5);
 /// How long one `ROLE` may take.
 const ROLE_WAIT: Duration = Duration::from_millis(200);
-const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
 
 /// How a hold ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +164,6 @@ pub(super) async fn run(primary: Arc<Primary>, replica: Arc<str>, bound: Duratio
 
 /// What `ROLE` says `node` is, and its replication offset; None when it does not answer in time.
 async fn role(node: &Node) -> Option<(Role, i64)> {
-    match timeout(ROLE_WAIT, node.request(Bytes::from_static(ROLE))).await {
-        Ok(Ok(reply)) => replies::role_offset(&reply).ok(),
-        _ => None,
-    }
+    let reply = ask(node, ROLE, ROLE_WAIT).await?;
+    replies::role_offset(&reply).ok()
 }

@@ -36,6 +36,18 @@ use crate::pause::Pause;
 
 pub use handover::{Ended, Hold};
 
+/// `ROLE`, as the detector's probes and a handover ask it.
+const ROLE: Bytes = Bytes::from_static(b"*1\r\n$4\r\nROLE\r\n");
+
+/// One request to `node` outside any client session (a sentinel's question, a `ROLE` probe), within
+/// `wait`; None when it failed or took too long.
+async fn ask(node: &Node, frame: Bytes, wait: Duration) -> Option<Bytes> {
+    match tokio::time::timeout(wait, node.request(frame)).await {
+        Ok(Ok(reply)) => Some(reply),
+        _ => None,
+    }
+}
+
 /// Who serves what, now.
 #[derive(Default)]
 pub struct Roles {

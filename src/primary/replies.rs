@@ -37,26 +37,13 @@ fn text(frame: &OwnedFrame) -> Option<String> {
 
 /// Parses a `ROLE` reply: `[master, offset, replicas]` or `[slave, ip, port, state, offset]`.
 pub fn role(reply: &[u8]) -> Result<Role, String> {
-    let OwnedFrame::Array(parts) = decode(reply)? else {
-        return Err("ROLE reply is not an array".into());
-    };
-    match parts.first().and_then(text).as_deref() {
-        Some("master") => Ok(Role::Master),
-        Some("slave") | Some("replica") => Ok(Role::Replica {
-            linked: parts.get(3).and_then(text).as_deref() == Some("connected"),
-        }),
-        Some(_) => Ok(Role::Other),
-        None => Err("ROLE reply without a role".into()),
-    }
+    role_parts(reply).map(|(role, _)| role)
 }
 
-/// The replication offset in a `ROLE` reply: a master's own, or how far a replica has processed its
-/// master's stream.
+/// The replication offset in a `ROLE` reply too: a master's own, or how far a replica has
+/// processed its master's stream.
 pub fn role_offset(reply: &[u8]) -> Result<(Role, i64), String> {
-    let role = role(reply)?;
-    let OwnedFrame::Array(parts) = decode(reply)? else {
-        return Err("ROLE reply is not an array".into());
-    };
+    let (role, parts) = role_parts(reply)?;
     let at = match role {
         Role::Master => 1,
         Role::Replica { .. } => 4,
@@ -66,6 +53,22 @@ pub fn role_offset(reply: &[u8]) -> Result<(Role, i64), String> {
         Some(OwnedFrame::Integer(offset)) => Ok((role, *offset)),
         _ => Err("ROLE reply without an offset".into()),
     }
+}
+
+/// The role a `ROLE` reply names, and the reply's parts.
+fn role_parts(reply: &[u8]) -> Result<(Role, Vec<OwnedFrame>), String> {
+    let OwnedFrame::Array(parts) = decode(reply)? else {
+        return Err("ROLE reply is not an array".into());
+    };
+    let role = match parts.first().and_then(text).as_deref() {
+        Some("master") => Role::Master,
+        Some("slave") | Some("replica") => Role::Replica {
+            linked: parts.get(3).and_then(text).as_deref() == Some("connected"),
+        },
+        Some(_) => Role::Other,
+        None => return Err("ROLE reply without a role".into()),
+    };
+    Ok((role, parts))
 }
 
 /// Parses `SENTINEL GET-MASTER-ADDR-BY-NAME`: the master's `host:port`, or None when the sentinel does

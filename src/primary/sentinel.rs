@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use super::ask;
 use super::replies::{self, Event};
 use crate::backend::{self, Node};
 use crate::config::SentinelConfig;
@@ -113,8 +114,8 @@ impl Sentinels {
             let (get_master, get_replicas) = (self.get_master.clone(), self.get_replicas.clone());
             async move {
                 let (master, replicas) = tokio::join!(
-                    request(&node, get_master, wait),
-                    request(&node, get_replicas, wait)
+                    ask(&node, get_master, wait),
+                    ask(&node, get_replicas, wait)
                 );
                 let master = master.and_then(|r| {
                     replies::master_addr(&r)
@@ -146,14 +147,6 @@ impl Drop for Sentinels {
         for task in self.subscribers.values() {
             task.abort();
         }
-    }
-}
-
-/// One request within `wait`; None when it failed or took too long.
-async fn request(node: &Node, frame: Bytes, wait: Duration) -> Option<Bytes> {
-    match timeout(wait, node.request(frame)).await {
-        Ok(Ok(reply)) => Some(reply),
-        _ => None,
     }
 }
 

@@ -134,6 +134,15 @@ impl Slotline {
         Client::connect(self.port())
     }
 
+    /// The `INFO slotline` field `name` (of the first pool that has it).
+    pub fn info_field(&self, name: &str) -> Option<String> {
+        let reply = self.client().cmd(&["INFO", "slotline"]);
+        let text = String::from_utf8_lossy(reply.as_bytes().expect("INFO slotline")).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_string())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
