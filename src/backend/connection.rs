@@ -182,7 +182,8 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
             tracing::debug!(backend = %addr, error = %failure, retry_ms = backoff.as_millis() as u64, "backend still unreachable");
         }
         // While the node is unavailable, fail requests at once instead of letting them wait for a
-        // timeout.
+        // timeout, and have the topology looked at again for each: the next look may find the
+        // node's replacement (a promoted replica) long before the next connection attempt.
         let retry_at = Instant::now() + backoff;
         loop {
             tokio::select! {
@@ -191,6 +192,7 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
                         stats::shift(&link.stats.in_queue, -i64::from(msg.reply.owed()));
                         stats::shift(&link.stats.in_queue_bytes, -(msg.frame.len() as i64));
                         msg.reply.send(Err(BackendError::Connect(addr.clone())));
+                        notify(settings);
                     }
                     None => return,
                 },
@@ -496,6 +498,33 @@ mod tests {
         assert!(
             queue.answer(reply("+OK\r\n")).is_err(),
             "a reply nobody waits for"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_failed_while_its_node_is_down_has_the_topology_looked_at_again() {
+        // A port nobody listens on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr: Arc<str> = Arc::from(closed.local_addr().expect("addr").to_string());
+        drop(closed);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let settings = crate::backend::Settings {
+            on_failure: Some(notify.clone()),
+            ..crate::backend::Settings::new(1, Duration::from_secs(1))
+        };
+        let node = crate::backend::Node::spawn(addr.clone(), &settings);
+        // The first connection attempt failed: the node waits out its backoff now.
+        notify.notified().await;
+        let reply = node
+            .request(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"))
+            .await;
+        assert_eq!(reply, Err(BackendError::Connect(addr)), "failed at once");
+        // Asked for at once, not at the next connection attempt: the look may find who took over.
+        assert!(
+            tokio::time::timeout(Duration::ZERO, notify.notified())
+                .await
+                .is_ok(),
+            "no look asked for the failed request"
         );
     }
 

@@ -91,7 +91,6 @@ struct Node {
     port: u16,
     dir: PathBuf,
     hostname: Option<String>,
-    pid: u32,
     /// `None` once killed.
     child: Mutex<Option<Child>>,
 }
@@ -148,24 +147,41 @@ impl RedisCluster {
         let port = cluster_port();
         let dir = self.dir.path().join(format!("node{index}"));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let log = File::create(dir.join("redis.log")).expect("create redis.log");
-        let hostname = self.opts.hostnames.then(|| test_hostname(index));
+        let node = Node {
+            index,
+            port,
+            dir,
+            hostname: self.opts.hostnames.then(|| test_hostname(index)),
+            child: Mutex::new(None),
+        };
+        self.spawn(&node);
+        self.nodes.push(node);
+    }
+
+    /// Starts `node`'s redis-server (again: its nodes.conf makes a restarted node rejoin the cluster
+    /// as it left it, or as the replica of whoever took its slots meanwhile).
+    fn spawn(&self, node: &Node) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("redis.log"))
+            .expect("open redis.log");
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
-            &port.to_string(),
+            &node.port.to_string(),
             "--bind",
             "127.0.0.1",
             "--cluster-enabled",
             "yes",
         ])
         .arg("--cluster-config-file")
-        .arg(dir.join("nodes.conf"))
+        .arg(node.dir.join("nodes.conf"))
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
-        .arg(&dir)
+        .arg(&node.dir)
         .args(["--cluster-node-timeout", "2000"]);
-        if let Some(name) = &hostname {
+        if let Some(name) = &node.hostname {
             cmd.args([
                 "--cluster-announce-hostname",
                 name,
@@ -174,23 +190,18 @@ impl RedisCluster {
             ]);
         }
         cmd.args(&self.opts.extra_args)
-            .current_dir(&dir)
+            .current_dir(&node.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot run redis-server ({e}); is the redis-server package installed?")
         });
-        let pid = child.id();
-        lock(&self.reaper).as_mut().expect("reaper").watch(pid);
-        self.nodes.push(Node {
-            index,
-            port,
-            dir,
-            hostname,
-            pid,
-            child: Mutex::new(Some(child)),
-        });
+        lock(&self.reaper)
+            .as_mut()
+            .expect("reaper")
+            .watch(child.id());
+        *lock(&node.child) = Some(child);
     }
 
     fn wait_answers_ping(&self, node: &Node) {
@@ -329,7 +340,7 @@ impl RedisCluster {
                 index: n.index,
                 port: n.port,
                 addr: format!("127.0.0.1:{}", n.port),
-                pid: n.pid,
+                pid: lock(&n.child).as_ref().map_or(0, Child::id),
                 hostname: n.hostname.clone(),
                 alive: lock(&n.child).is_some(),
             })
@@ -399,6 +410,29 @@ impl RedisCluster {
             .kill()
             .unwrap_or_else(|e| panic!("kill redis-server {} on port {port}: {e}", child.id()));
         let _ = child.wait();
+    }
+
+    /// Starts a killed node again on its port, with its data directory (no data: persistence is
+    /// off) and nodes.conf, and waits until it answers PING. It rejoins the cluster on its own.
+    pub fn restart(&self, port: u16) {
+        let node = self.node(port);
+        assert!(lock(&node.child).is_none(), "node {port} is running");
+        self.spawn(node);
+        self.wait_answers_ping(node);
+    }
+
+    /// Sends `signal` (`STOP`, `CONT` ...) to a live node.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let pid = lock(&self.node(port).child)
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("node {port} is not running"));
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} redis-server on {port}");
     }
 
     /// CLUSTER SLOTS as one live node sees it.
