@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Planned failovers under writers at full speed (SENTINEL FAILOVER, Redis FAILOVER with ROLE probes,
-# CLUSTER FAILOVER): how many writes slotline acknowledged, how many of them the serving master lacks
-# afterwards (must be 0), how many were refused, how long writes were held for each promotion; and a
-# live reshard of 4000 slots under 32 pipelining clients: wrong replies (must be 0), throughput
-# before and during; and 10 crashes (SIGKILL) of cluster masters under writers on every master: how
-# long after the replica's promotion the dead master's slots work again, errors elsewhere (must be
-# 0), writes Redis itself lost in the crash.
+# Planned failovers under writers at full speed (SENTINEL FAILOVER, Redis FAILOVER with ROLE
+# probes, REPLICAOF by hand with the master demoted first, CLUSTER FAILOVER): how many writes
+# slotline acknowledged, how many of them the serving master lacks afterwards (must be 0), how many
+# were refused, how long writes were held for each promotion. A live reshard of 4000 slots under 32
+# pipelining clients: wrong replies (must be 0), throughput before and during. 10 crashes (SIGKILL)
+# of cluster masters under writers on every master: how long after the replica's promotion the dead
+# master's slots work again, errors elsewhere (must be 0), writes Redis itself lost in the crash.
 #
 #   benches/failover.sh            # 20 failovers of each kind (FAILOVERS=N), RESHARD_SLOTS=4000,
 #                                  # CRASHES=10

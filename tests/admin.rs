@@ -504,10 +504,7 @@ fn redirects_are_counted_by_kind() {
     assert_eq!(client.cmd(&["SET", ask_key, "a"]), Reply::ok());
     assert_eq!(client.cmd(&["SET", moved_key, "m"]), Reply::ok());
     let from = cluster.node_for_slot(slot);
-    let to = seeds(&cluster)
-        .into_iter()
-        .find(|&p| p != from)
-        .expect("another master");
+    let to = cluster.another_master(from);
 
     // Mid-migration with the key already moved: the old owner answers ASK.
     cluster.setslot_importing(slot, to, from);

@@ -247,12 +247,7 @@ fn slot_migration_under_traffic_is_invisible_to_clients() {
     let keys: Vec<String> = (0..30).map(|i| format!("{{migrating}}:{i}")).collect();
     let slot = key_slot(b"{migrating}");
     let from = cluster.node_for_slot(slot);
-    let to = cluster
-        .masters()
-        .iter()
-        .map(|m| m.port)
-        .find(|&p| p != from)
-        .expect("another master");
+    let to = cluster.another_master(from);
 
     // A key of another slot on the same master: an MGET of both sends their parts there as one
     // batch, and only the moving slot's part is redirected.
@@ -782,11 +777,7 @@ fn host_name_endpoints_are_resolved_and_followed() {
     let key = "host:moved";
     let slot = key_slot(key.as_bytes());
     let from = cluster.node_for_slot(slot);
-    let to = masters
-        .iter()
-        .map(|m| m.port)
-        .find(|&p| p != from)
-        .expect("another master");
+    let to = cluster.another_master(from);
     assert_eq!(client.cmd(&["SET", key, "before"]), Reply::ok());
     assert_eq!(client.cmd(&["GET", key]), Reply::bulk("before"));
     cluster.migrate_slot(slot, from, to);
@@ -959,4 +950,68 @@ fn a_client_that_stops_sending_still_gets_every_reply() {
         client.is_closed(),
         "slotline closes once everything is answered"
     );
+}
+
+#[test]
+fn a_script_or_a_blocking_command_whose_slot_moved_or_migrates_goes_where_the_slot_is() {
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        ..ClusterOpts::default()
+    });
+    // A topology refreshed only when something says it is old: the moves below are slotline's news.
+    let port = support::free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let _proxy = Slotline::start(&format!(
+        "{}    refresh_interval: 600000\n",
+        Slotline::cluster_yaml(port, &seeds)
+    ));
+    let mut client = Client::connect(port);
+    let slot = key_slot(b"{moving}");
+    let from = cluster.node_for_slot(slot);
+    let to = cluster.another_master(from);
+    assert_eq!(client.cmd(&["SET", "{moving}:n", "1"]), Reply::ok());
+
+    // The slot moves: the old owner answers the script MOVED without running it. The cluster
+    // confirms the move, so slotline runs the script where the slot is now, once.
+    cluster.migrate_slot(slot, from, to);
+    let script = "return redis.call('INCR', KEYS[1])";
+    assert_eq!(
+        client.cmd(&["EVAL", script, "1", "{moving}:n"]),
+        Reply::Int(2),
+        "EVAL after its slot moved"
+    );
+    assert_eq!(
+        cluster.client(to).cmd(&["GET", "{moving}:n"]),
+        Reply::bulk("2")
+    );
+
+    // And back: a blocking command goes to the old owner on the client's own connection, which
+    // answers MOVED; it is sent again to the new owner, where the list is.
+    cluster.migrate_slot(slot, to, from);
+    assert_eq!(
+        cluster.client(from).cmd(&["RPUSH", "{moving}:l", "v"]),
+        Reply::Int(1)
+    );
+    assert_eq!(
+        client.cmd(&["BLPOP", "{moving}:l", "5"]),
+        Reply::Array(Some(vec![Reply::bulk("{moving}:l"), Reply::bulk("v")])),
+        "BLPOP after its slot moved"
+    );
+    // The connection is still in order.
+    assert_eq!(client.cmd(&["GET", "{moving}:n"]), Reply::bulk("2"));
+
+    // Mid-migration, the key already moved: the old owner answers the script ASK without running
+    // it, and lists the migration itself, so the script runs once on the importing node.
+    let importing = cluster.another_master(from);
+    cluster.setslot_importing(slot, importing, from);
+    cluster.setslot_migrating(slot, from, importing);
+    cluster.migrate_keys(slot, from, importing);
+    assert_eq!(
+        client.cmd(&["EVAL", script, "1", "{moving}:n"]),
+        Reply::Int(3),
+        "EVAL while its slot migrates"
+    );
+    cluster.setslot_node(slot, importing);
+    cluster.wait_slot_owner(slot, importing, Duration::from_secs(10));
+    assert_eq!(client.cmd(&["GET", "{moving}:n"]), Reply::bulk("3"));
 }

@@ -92,12 +92,7 @@ fn a_script_that_returns_a_redirect_or_retry_error_runs_once() {
     let mut client = Client::connect(port);
     let key = "{script-once}counter";
     let owner = cluster.node_for_slot(key_slot(key.as_bytes()));
-    let other = cluster
-        .masters()
-        .iter()
-        .map(|m| m.port)
-        .find(|&p| p != owner)
-        .expect("another master");
+    let other = cluster.another_master(owner);
     let slot = key_slot(key.as_bytes());
     let errors = [
         format!("MOVED {slot} 127.0.0.1:{other}"),
@@ -183,12 +178,7 @@ fn a_redirected_request_is_not_overtaken_by_a_later_one_routed_by_the_new_topolo
     let key = "{overtake}k";
     let slot = key_slot(key.as_bytes());
     let from = cluster.node_for_slot(slot);
-    let to = cluster
-        .masters()
-        .iter()
-        .map(|m| m.port)
-        .find(|&p| p != from)
-        .expect("another master");
+    let to = cluster.another_master(from);
     let (port, admin) = (free_port(), free_port());
     let mut yaml = Slotline::cluster_yaml(port, &[from]);
     yaml = yaml.replace("timeout: 1000", "timeout: 10000\n    refresh_interval: 100");

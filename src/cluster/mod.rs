@@ -7,7 +7,7 @@ mod redirect;
 mod slots;
 mod topology;
 
-pub use redirect::{classify, Redirect};
+pub use redirect::{classify, migrating_to, Redirect};
 pub use topology::Topology;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

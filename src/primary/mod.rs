@@ -39,6 +39,9 @@ pub use handover::{Ended, Hold};
 /// `ROLE`, as the detector's probes and a handover ask it.
 const ROLE: Bytes = Bytes::from_static(b"*1\r\n$4\r\nROLE\r\n");
 
+/// Between looks for the master a READONLY-refused request waits for.
+const RESEND_LOOK_GAP: Duration = Duration::from_millis(50);
+
 /// One request to `node` outside any client session (a sentinel's question, a `ROLE` probe), within
 /// `wait`; None when it failed or took too long.
 async fn ask(node: &Node, frame: Bytes, wait: Duration) -> Option<Bytes> {
@@ -211,8 +214,10 @@ impl Primary {
     }
 
     /// Sends once more a request the master refused with READONLY (it was demoted, so the request did
-    /// not run): to the master the next look finds, before `deadline`. The client gets `refused` when
-    /// no look finishes in time or no master is known.
+    /// not run): to the master a look finds, once that node answers `ROLE` as master, before
+    /// `deadline`. An operator may demote the master before promoting a replica: until then the
+    /// looks find no new master, and the request waits for the next. The client gets `refused` when
+    /// no master answers in time.
     pub fn resend_to_new_master(
         self: &Arc<Self>,
         frame: Bytes,
@@ -224,11 +229,20 @@ impl Primary {
     ) {
         let primary = self.clone();
         tokio::spawn(async move {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            primary.look_now(wait).await;
-            match primary.roles().master.clone() {
-                Some(master) => master.for_protocol(proto).send(pick, frame, false, reply),
-                None => reply.send(Ok(refused)),
+            loop {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                primary.look_now(wait).await;
+                let master = primary.roles().master.clone();
+                if let Some(master) = master {
+                    let role = ask(&master, ROLE, wait).await;
+                    if let Some(Ok(replies::Role::Master)) = role.as_deref().map(replies::role) {
+                        return master.for_protocol(proto).send(pick, frame, false, reply);
+                    }
+                }
+                if Instant::now() + RESEND_LOOK_GAP >= deadline {
+                    return reply.send(Ok(refused));
+                }
+                tokio::time::sleep(RESEND_LOOK_GAP).await;
             }
         });
     }

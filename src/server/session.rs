@@ -28,7 +28,7 @@ use crate::route::Slot;
 use crate::stats;
 use buffers::Input;
 use parts::{SplitRequest, MAX_PARTS, PART, PART_BITS};
-use redirect::{follow_reply, Redirected};
+use redirect::{follow_reply, own_redirect, Redirected};
 use transaction::Transaction;
 use view::{Place, View};
 
@@ -106,12 +106,13 @@ struct Waiting {
     slot: Option<Slot>,
     deadline: Instant,
     redirects: u32,
-    /// Sent on a connection of the client's own (a blocking command): a redirect is given to the
-    /// client rather than followed on a shared connection.
+    /// Sent on a connection of the client's own (a blocking command): a redirect is followed on
+    /// another connection of the client's own, never on a shared one.
     own_connection: bool,
-    /// A script or function: its error replies are its own (a script can return `-MOVED` or
-    /// `-READONLY` as easily as Redis can), so none is followed or retried.
-    scripted: bool,
+    /// A script or function, with the node it was sent to: its error replies are its own (a script
+    /// can return `-MOVED` or `-READONLY` as easily as Redis can), so only a MOVED that the cluster
+    /// itself confirms is followed (see `redirect::follow_reply`).
+    scripted: Option<Arc<str>>,
 }
 
 impl Waiting {
@@ -696,8 +697,21 @@ impl Ctx {
             deadline: Instant::now() + BLOCKING_WAIT,
             redirects: 0,
             own_connection: true,
-            scripted: false,
+            scripted: None,
         }));
+    }
+
+    /// A blocking command's MOVED or ASK (it did not run): sent again on the client's own connection
+    /// to the node the cluster says. `None`: the reply stands.
+    fn follow_on_own(&mut self, reply: &[u8]) -> Option<crate::metrics::RedirectKind> {
+        let Some(Pending::Wait(w)) = self.pending.front_mut() else {
+            return None;
+        };
+        let (node, asking, kind) = own_redirect(&self.pool, w, reply)?;
+        let frame = w.frame.clone();
+        let own = self.own_node(&node);
+        own.send(0, frame, asking, self.inbox.reply_to(self.front_seq));
+        Some(kind)
     }
 
     /// The RESP version the client speaks.
@@ -753,7 +767,7 @@ impl Ctx {
             deadline: now + Duration::from_millis(self.pool.config.timeout),
             redirects: 0,
             own_connection: false,
-            scripted: spec.runs_script(),
+            scripted: spec.runs_script().then(|| node.addr().clone()),
         }));
     }
 
@@ -1097,6 +1111,14 @@ impl Ctx {
                 self.pop_front();
                 return self.timed_out();
             }
+        };
+        if w.own_connection {
+            if let Some(kind) = self.follow_on_own(&reply) {
+                return self.tally.get().redirect(kind);
+            }
+        }
+        let Some(Pending::Wait(w)) = self.pending.front_mut() else {
+            return;
         };
         let pick = self.client.id as usize;
         let resend = || self.inbox.reply_to(self.front_seq);

@@ -46,6 +46,7 @@ pub struct NodeInfo {
     pub port: u16,
     /// `127.0.0.1:port`.
     pub addr: String,
+    /// Of the running process; 0 while it is killed.
     pub pid: u32,
     pub hostname: Option<String>,
     /// False once `kill` has been called for it.
@@ -336,13 +337,16 @@ impl RedisCluster {
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.nodes
             .iter()
-            .map(|n| NodeInfo {
-                index: n.index,
-                port: n.port,
-                addr: format!("127.0.0.1:{}", n.port),
-                pid: lock(&n.child).as_ref().map_or(0, Child::id),
-                hostname: n.hostname.clone(),
-                alive: lock(&n.child).is_some(),
+            .map(|n| {
+                let pid = lock(&n.child).as_ref().map(Child::id);
+                NodeInfo {
+                    index: n.index,
+                    port: n.port,
+                    addr: format!("127.0.0.1:{}", n.port),
+                    pid: pid.unwrap_or(0),
+                    hostname: n.hostname.clone(),
+                    alive: pid.is_some(),
+                }
             })
             .collect()
     }
@@ -443,6 +447,15 @@ impl RedisCluster {
     pub fn slots_seen_by(&self, port: u16) -> Vec<SlotRange> {
         let reply = Client::connect(port).cmd(&["CLUSTER", "SLOTS"]);
         parse_slots(&reply).unwrap_or_else(|e| panic!("CLUSTER SLOTS from {port}: {e}"))
+    }
+
+    /// A master other than `port`.
+    pub fn another_master(&self, port: u16) -> u16 {
+        self.masters()
+            .iter()
+            .map(|m| m.port)
+            .find(|&p| p != port)
+            .expect("another master")
     }
 
     /// Port of the master serving `slot`, from CLUSTER SLOTS of a live node.

@@ -316,7 +316,7 @@ impl Ctx {
                 deadline,
                 redirects: 0,
                 own_connection,
-                scripted: false,
+                scripted: None,
             };
             sent.push(Part { keys, w });
             nodes.push(node);

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::super::{Pool, Router};
 use super::Waiting;
 use crate::backend::{Node, ReplyTo};
-use crate::cluster::{classify, Cluster, Redirect, Topology};
+use crate::cluster::{classify, migrating_to, Cluster, Redirect, Topology};
 use crate::metrics::RedirectKind;
 use crate::route::Slot;
 use crate::throttle::Throttle;
@@ -38,13 +38,8 @@ pub(super) fn follow_reply(
     if reply.first() != Some(&b'-') || w.own_connection {
         return Redirected::No;
     }
-    if w.scripted {
-        // A script's error is its own, whatever it says: following it would send the script to a
-        // host of its choosing, or run it twice. A real MOVED still means the map is old.
-        if let (Router::Cluster(cluster), true) = (&pool.router, reply.starts_with(b"-MOVED ")) {
-            cluster.request_refresh();
-        }
-        return Redirected::No;
+    if let Some(sent_to) = &w.scripted {
+        return follow_script_redirect(pool, pick, proto, w, sent_to.clone(), reply, resend);
     }
     let cluster = match &pool.router {
         Router::Cluster(cluster) => cluster,
@@ -72,17 +67,9 @@ pub(super) fn follow_reply(
         return Redirected::No;
     };
     let kind = RedirectKind::from(&redirect);
-    if w.redirects >= pool.config.max_redirects || Instant::now() >= w.deadline {
+    let Some(to) = Resend::take(pool, cluster, pick, proto, w, resend) else {
         // The client gets the cluster's reply as is.
         return Redirected::Refused;
-    }
-    w.redirects += 1;
-    let to = Resend {
-        cluster: cluster.clone(),
-        pick,
-        proto,
-        frame: w.frame.clone(),
-        reply: resend(),
     };
     match redirect {
         Redirect::Moved { slot, addr } | Redirect::Ask { slot, addr } => {
@@ -101,6 +88,101 @@ pub(super) fn follow_reply(
     Redirected::Followed(kind)
 }
 
+/// A script's error is its own, whatever it says: following it blindly would send the script to a
+/// host of its choosing, or run it twice. A redirect is followed only once the cluster itself
+/// confirms it, which means the node the script was sent to refused it unrun (Redis checks a
+/// script's keys before running it): a MOVED when a topology refreshed from the cluster says the
+/// slot now belongs to the node it names and not to that node; an ASK when that node's own
+/// `CLUSTER NODES` lists the slot as migrating to the node the ASK names.
+fn follow_script_redirect(
+    pool: &Pool,
+    pick: usize,
+    proto: u8,
+    w: &mut Waiting,
+    sent_to: Arc<str>,
+    reply: &[u8],
+    resend: impl FnOnce() -> ReplyTo,
+) -> Redirected {
+    let Router::Cluster(cluster) = &pool.router else {
+        return Redirected::No;
+    };
+    let (slot, addr, asking) = match classify(reply) {
+        Some(Redirect::Moved { slot, addr }) => (slot, addr, false),
+        Some(Redirect::Ask { slot, addr }) => (slot, addr, true),
+        _ => return Redirected::No,
+    };
+    let kind = match asking {
+        true => RedirectKind::Ask,
+        false => RedirectKind::Moved,
+    };
+    let Some(to) = Resend::take(pool, cluster, pick, proto, w, resend) else {
+        return Redirected::Refused;
+    };
+    let addr = complete_endpoint(addr, &cluster.topology(), slot);
+    // If confirmed, the script goes there: a redirect in its answer is that node's.
+    w.scripted = Some(Arc::from(addr.as_str()));
+    let redirect = Bytes::copy_from_slice(reply);
+    let wait = w.deadline.saturating_duration_since(Instant::now());
+    tokio::spawn(async move {
+        let confirmed = match asking {
+            false => {
+                to.cluster.refreshed(wait).await;
+                let owner = to.cluster.topology().node_for(slot).cloned();
+                owner.filter(|node| **node.addr() == *addr && *node.addr() != sent_to)
+            }
+            true => match to.cluster.redirect_node(&sent_to) {
+                Some(source) => {
+                    let nodes = Bytes::from_static(CLUSTER_NODES);
+                    let listed = tokio::time::timeout(wait, source.request(nodes)).await;
+                    match listed {
+                        Ok(Ok(nodes)) if migrating_to(&nodes, slot, &addr) => {
+                            to.cluster.redirect_node(&addr)
+                        }
+                        _ => None,
+                    }
+                }
+                None => None,
+            },
+        };
+        match confirmed {
+            Some(node) => to.deliver(&node, asking),
+            None => to.reply.send(Ok(redirect)),
+        }
+    });
+    Redirected::Followed(kind)
+}
+
+const CLUSTER_NODES: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
+
+/// Where a blocking command sent on the client's own connection goes when its node answered MOVED
+/// or ASK (it did not run): a node the cluster lists, and whether ASKING goes first. `None`: the
+/// reply stands (not a redirect, too many, or a node the topology does not hold).
+pub(super) fn own_redirect(
+    pool: &Pool,
+    w: &mut Waiting,
+    reply: &[u8],
+) -> Option<(Arc<Node>, bool, RedirectKind)> {
+    let Router::Cluster(cluster) = &pool.router else {
+        return None;
+    };
+    let redirect = classify(reply)?;
+    let kind = RedirectKind::from(&redirect);
+    let (slot, addr, asking) = match redirect {
+        Redirect::Moved { slot, addr } => (slot, addr, false),
+        Redirect::Ask { slot, addr } => (slot, addr, true),
+        Redirect::Retry => return None,
+    };
+    if w.redirects >= pool.config.max_redirects {
+        return None;
+    }
+    if !asking {
+        cluster.request_refresh();
+    }
+    let node = cluster.redirect_node(&complete_endpoint(addr, &cluster.topology(), slot))?;
+    w.redirects += 1;
+    Some((node, asking, kind))
+}
+
 /// A request on its way to where a redirect says it belongs.
 struct Resend {
     cluster: Arc<Cluster>,
@@ -111,6 +193,29 @@ struct Resend {
 }
 
 impl Resend {
+    /// The request of `w` on its way again, counted as one more redirect; `None` when it may not
+    /// be redirected again (too many, or out of time).
+    fn take(
+        pool: &Pool,
+        cluster: &Arc<Cluster>,
+        pick: usize,
+        proto: u8,
+        w: &mut Waiting,
+        resend: impl FnOnce() -> ReplyTo,
+    ) -> Option<Resend> {
+        if w.redirects >= pool.config.max_redirects || Instant::now() >= w.deadline {
+            return None;
+        }
+        w.redirects += 1;
+        Some(Resend {
+            cluster: cluster.clone(),
+            pick,
+            proto,
+            frame: w.frame.clone(),
+            reply: resend(),
+        })
+    }
+
     fn deliver(self, node: &Arc<Node>, asking: bool) {
         node.for_protocol(self.proto)
             .send(self.pick, self.frame, asking, self.reply);
