@@ -378,11 +378,10 @@ fn planned_cluster_failovers_lose_no_acknowledged_write() {
     check(&seen, &mut slotline.client(), &what);
 }
 
-#[test]
-fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
-    // Redis's own coordinated switch (FAILOVER, Redis 6.2+): the master pauses writes until the
-    // replica has caught up, then turns replica itself and answers READONLY, which slotline sends
-    // once more to the master its next look finds. No Sentinel: slotline finds the master by ROLE.
+/// A ROLE-probed primary pool (no Sentinel) over two servers, under writers at full speed, while
+/// `switch(group, master, replica)` makes the replica master, `failovers()` times back and forth;
+/// then every acknowledged write must be on the last master, and none refused.
+fn role_probed_switches(what: &str, switch: impl Fn(&ReplicaGroup, usize, usize)) {
     let group = ReplicaGroup::start(2);
     let (port, admin) = (free_port(), free_port());
     let slotline = Slotline::start(&format!(
@@ -403,13 +402,7 @@ fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
         thread::sleep(Duration::from_millis(300));
         let other = 1 - master;
         group.wait_linked(other);
-        let reply = group.client(master).cmd(&[
-            "FAILOVER",
-            "TO",
-            "127.0.0.1",
-            &group.port(other).to_string(),
-        ]);
-        assert!(reply.is_ok(), "round {round}: FAILOVER: {reply:?}");
+        switch(&group, master, other);
         wait_for(
             Duration::from_secs(30),
             &format!("round {round}: slotline to switch to {}", addr(other)),
@@ -421,54 +414,36 @@ fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
     thread::sleep(Duration::from_millis(300));
     let seen = writers.stop();
     let mut reader = Client::try_connect_to(&addr(master)).expect("connect to the master");
-    let what = format!("{} x FAILOVER (ROLE probes)", failovers());
-    check(&seen, &mut reader, &what);
+    check(&seen, &mut reader, &format!("{} x {what}", failovers()));
+}
+
+#[test]
+fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
+    // Redis's own coordinated switch (FAILOVER, Redis 6.2+): the master pauses writes until the
+    // replica has caught up, then turns replica itself and answers READONLY, which slotline sends
+    // once more to the master a look finds. No Sentinel: slotline finds the master by ROLE.
+    role_probed_switches("FAILOVER (ROLE probes)", |group, master, replica| {
+        let to = group.port(replica).to_string();
+        let reply = group
+            .client(master)
+            .cmd(&["FAILOVER", "TO", "127.0.0.1", &to]);
+        assert!(reply.is_ok(), "FAILOVER: {reply:?}");
+    });
 }
 
 #[test]
 fn a_replicaof_switch_that_demotes_the_master_first_loses_no_acknowledged_write() {
     // The order an operator can make safe without Redis's FAILOVER: the master turns replica first
     // (its writes are refused with READONLY from then on, and slotline sends each once more to the
-    // master its next look finds), then the replica is promoted. No Sentinel: ROLE probes.
-    let group = ReplicaGroup::start(2);
-    let (port, admin) = (free_port(), free_port());
-    let slotline = Slotline::start(&format!(
-        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    probe_interval: 200\n    \
-         timeout: 1500\n    servers:\n      - {}\n      - {}\nadmin:\n  listen: 127.0.0.1:{admin}\n",
-        group.addr(0),
-        group.addr(1),
-    ));
-    let addr = |i: usize| group.addr(i);
-    wait_for(
-        Duration::from_secs(20),
-        "slotline to find the master",
-        || slotline.info_field("master").as_deref() == Some(addr(0).as_str()),
+    // node that answers as master next), then the replica is promoted.
+    role_probed_switches(
+        "REPLICAOF, master demoted first (ROLE probes)",
+        |group, master, replica| {
+            caught_up(&mut group.client(master), &mut group.client(replica));
+            group.replicate(master, Some(replica));
+            group.replicate(replica, None);
+        },
     );
-    let writers = Writers::start(port);
-    let mut master = 0;
-    for round in 1..=failovers() {
-        thread::sleep(Duration::from_millis(300));
-        let other = 1 - master;
-        group.wait_linked(other);
-        caught_up(&mut group.client(master), &mut group.client(other));
-        group.replicate(master, Some(other));
-        group.replicate(other, None);
-        wait_for(
-            Duration::from_secs(30),
-            &format!("round {round}: slotline to switch to {}", addr(other)),
-            || slotline.info_field("master").as_deref() == Some(addr(other).as_str()),
-        );
-        master = other;
-        eprintln!("round {round}: master is now {}", addr(master));
-    }
-    thread::sleep(Duration::from_millis(300));
-    let seen = writers.stop();
-    let mut reader = Client::try_connect_to(&addr(master)).expect("connect to the master");
-    let what = format!(
-        "{} x REPLICAOF, master demoted first (ROLE probes)",
-        failovers()
-    );
-    check(&seen, &mut reader, &what);
 }
 
 /// Slots `redis-cli --cluster reshard` moves in the resharding test (`RESHARD_SLOTS`, default 1000;
