@@ -77,6 +77,14 @@ pub(super) fn follow_reply(
             if !asking {
                 cluster.request_refresh();
             }
+            if !asking && w.redirects > 1 {
+                // Moved again: the nodes do not agree yet on who owns the slot (a takeover
+                // reaches each of them a moment apart). Bouncing between them at once would use
+                // up the redirects in a millisecond; the refreshed map's owner, a little later,
+                // is where the request goes.
+                to.send_to_owner_later(Some(slot), w.redirects);
+                return Redirected::Followed(kind);
+            }
             let addr = complete_endpoint(addr, &cluster.topology(), slot);
             if !to.send_to(addr, asking, reply, w.deadline) {
                 // Its answer, should it be another redirect, is not followed.
@@ -122,13 +130,33 @@ fn follow_script_redirect(
     // If confirmed, the script goes there: a redirect in its answer is that node's.
     w.scripted = Some(Arc::from(addr.as_str()));
     let redirect = Bytes::copy_from_slice(reply);
-    let wait = w.deadline.saturating_duration_since(Instant::now());
+    let deadline = w.deadline;
+    let wait = deadline.saturating_duration_since(Instant::now());
     tokio::spawn(async move {
         let confirmed = match asking {
             false => {
-                to.cluster.refreshed(wait).await;
-                let owner = to.cluster.topology().node_for(slot).cloned();
-                owner.filter(|node| **node.addr() == *addr && *node.addr() != sent_to)
+                let mut rechecks = SCRIPT_RECHECKS;
+                loop {
+                    to.cluster.refreshed(wait).await;
+                    let owner = to.cluster.topology().node_for(slot).cloned();
+                    match owner {
+                        // The node asked may not have heard of the move yet (a promotion takes a
+                        // moment to reach every node): ask again a few times, while time is left
+                        // (a script's made-up MOVED gets its answer that much later).
+                        Some(node)
+                            if *node.addr() == sent_to
+                                && rechecks > 0
+                                && Instant::now() + SCRIPT_RECHECK < deadline =>
+                        {
+                            rechecks -= 1;
+                            tokio::time::sleep(SCRIPT_RECHECK).await;
+                        }
+                        owner => {
+                            break owner
+                                .filter(|node| **node.addr() == *addr && *node.addr() != sent_to)
+                        }
+                    }
+                }
             }
             true => match to.cluster.redirect_node(&sent_to) {
                 Some(source) => {
@@ -151,6 +179,10 @@ fn follow_script_redirect(
     });
     Redirected::Followed(kind)
 }
+
+/// Between refreshes that may confirm a script's MOVED, and how many.
+const SCRIPT_RECHECK: Duration = Duration::from_millis(50);
+const SCRIPT_RECHECKS: u32 = 4;
 
 const CLUSTER_NODES: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
 
