@@ -609,8 +609,21 @@ impl RedisCluster {
             .map(|m| m.port)
             .filter(|&p| p != owner)
             .collect();
+        // Masters as they are now: a node the owner still lists as master may have just handed its
+        // slots to its replica (CLUSTER FAILOVER), and a replica refuses SETSLOT.
         let live = self.live_ports();
-        for port in std::iter::once(owner).chain(others.into_iter().filter(|p| live.contains(p))) {
+        let is_master = |port: &u16| {
+            let role = Client::connect(*port).cmd(&["ROLE"]);
+            role.as_array()
+                .and_then(|a| a.first())
+                .and_then(Reply::as_str)
+                == Some("master")
+        };
+        let others = others
+            .into_iter()
+            .filter(|p| live.contains(p))
+            .filter(is_master);
+        for port in std::iter::once(owner).chain(others) {
             expect_ok(
                 port,
                 &["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &owner_id],
