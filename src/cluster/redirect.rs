@@ -13,6 +13,17 @@ pub enum Redirect<'a> {
     Retry,
 }
 
+impl<'a> Redirect<'a> {
+    /// A MOVED's or ASK's slot, the endpoint it names, and whether it is an ASK; `None` for a retry.
+    pub fn target(&self) -> Option<(Slot, &'a str, bool)> {
+        match *self {
+            Redirect::Moved { slot, addr } => Some((slot, addr, false)),
+            Redirect::Ask { slot, addr } => Some((slot, addr, true)),
+            Redirect::Retry => None,
+        }
+    }
+}
+
 /// `-MOVED 3999 127.0.0.1:6381`, `-ASK 3999 host:port`, `-TRYAGAIN ...`, `-CLUSTERDOWN ...`.
 /// An endpoint with an empty or `?` host means the same host as the node that replied; the caller fills
 /// it in.

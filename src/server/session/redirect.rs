@@ -114,22 +114,20 @@ fn follow_script_redirect(
     let Router::Cluster(cluster) = &pool.router else {
         return Redirected::No;
     };
-    let (slot, addr, asking) = match classify(reply) {
-        Some(Redirect::Moved { slot, addr }) => (slot, addr, false),
-        Some(Redirect::Ask { slot, addr }) => (slot, addr, true),
-        _ => return Redirected::No,
+    let Some(redirect) = classify(reply) else {
+        return Redirected::No;
     };
-    let kind = match asking {
-        true => RedirectKind::Ask,
-        false => RedirectKind::Moved,
+    let Some((slot, addr, asking)) = redirect.target() else {
+        return Redirected::No;
     };
+    let kind = RedirectKind::from(&redirect);
     let Some(to) = Resend::take(pool, cluster, pick, proto, w, resend) else {
         return Redirected::Refused;
     };
     let addr = complete_endpoint(addr, &cluster.topology(), slot);
     // If confirmed, the script goes there: a redirect in its answer is that node's.
     w.scripted = Some(Arc::from(addr.as_str()));
-    let redirect = Bytes::copy_from_slice(reply);
+    let as_came = Bytes::copy_from_slice(reply);
     let deadline = w.deadline;
     let wait = deadline.saturating_duration_since(Instant::now());
     tokio::spawn(async move {
@@ -174,7 +172,7 @@ fn follow_script_redirect(
         };
         match confirmed {
             Some(node) => to.deliver(&node, asking),
-            None => to.reply.send(Ok(redirect)),
+            None => to.reply.send(Ok(as_came)),
         }
     });
     Redirected::Followed(kind)
@@ -199,11 +197,7 @@ pub(super) fn own_redirect(
     };
     let redirect = classify(reply)?;
     let kind = RedirectKind::from(&redirect);
-    let (slot, addr, asking) = match redirect {
-        Redirect::Moved { slot, addr } => (slot, addr, false),
-        Redirect::Ask { slot, addr } => (slot, addr, true),
-        Redirect::Retry => return None,
-    };
+    let (slot, addr, asking) = redirect.target()?;
     if w.redirects >= pool.config.max_redirects {
         return None;
     }
