@@ -952,20 +952,27 @@ fn a_client_that_stops_sending_still_gets_every_reply() {
     );
 }
 
-#[test]
-fn a_script_or_a_blocking_command_whose_slot_moved_or_migrates_goes_where_the_slot_is() {
+/// Three masters without replicas behind slotline, and a client of it. The topology is refreshed
+/// only when something says it is old: the moves a test makes are slotline's news.
+fn masters_behind_a_lazy_proxy(extra_args: Vec<String>) -> (RedisCluster, Slotline, Client) {
     let cluster = RedisCluster::start(ClusterOpts {
         replicas_per_master: 0,
+        extra_args,
         ..ClusterOpts::default()
     });
-    // A topology refreshed only when something says it is old: the moves below are slotline's news.
     let port = support::free_port();
     let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
-    let _proxy = Slotline::start(&format!(
+    let proxy = Slotline::start(&format!(
         "{}    refresh_interval: 600000\n",
         Slotline::cluster_yaml(port, &seeds)
     ));
-    let mut client = Client::connect(port);
+    let client = Client::connect(port);
+    (cluster, proxy, client)
+}
+
+#[test]
+fn a_script_or_a_blocking_command_whose_slot_moved_or_migrates_goes_where_the_slot_is() {
+    let (cluster, _proxy, mut client) = masters_behind_a_lazy_proxy(vec![]);
     let slot = key_slot(b"{moving}");
     let from = cluster.node_for_slot(slot);
     let to = cluster.another_master(from);
@@ -1014,4 +1021,63 @@ fn a_script_or_a_blocking_command_whose_slot_moved_or_migrates_goes_where_the_sl
     cluster.setslot_node(slot, importing);
     cluster.wait_slot_owner(slot, importing, Duration::from_secs(10));
     assert_eq!(client.cmd(&["GET", "{moving}:n"]), Reply::bulk("3"));
+}
+
+/// The migration may finish between the source's ASK and slotline's look at the source (seen in
+/// the soak): the source no longer lists it, but the cluster says the slot is the ASK target's now,
+/// which a MOVED would have said. The script, refused unrun, runs there once.
+#[test]
+fn a_script_asked_elsewhere_by_a_migration_that_ends_at_once_runs_where_the_slot_went() {
+    let (cluster, _proxy, mut client) =
+        masters_behind_a_lazy_proxy(vec!["--enable-debug-command".into(), "yes".into()]);
+    let slot = key_slot(b"{asked}");
+    let from = cluster.node_for_slot(slot);
+    let to = cluster.another_master(from);
+    assert_eq!(client.cmd(&["SET", "{asked}:n", "1"]), Reply::ok());
+
+    // The key has moved.
+    cluster.setslot_importing(slot, to, from);
+    cluster.setslot_migrating(slot, from, to);
+    cluster.migrate_keys(slot, from, to);
+    // The source sleeps while the script, then the migration's last step (on every node, the
+    // source last), reach it: it reads them in that order when it wakes (epoll hands out sockets
+    // in the order their data came), so it answers the script ASK and has forgotten the migration
+    // before slotline can look.
+    let owner = cluster.node_id(to);
+    let others = cluster
+        .live_ports()
+        .into_iter()
+        .filter(|&p| p != from && p != to);
+    let mut last_step = cluster.client(from);
+    let mut sleeper = cluster.client(from);
+    sleeper.send(&["DEBUG", "SLEEP", "0.5"]);
+    thread::sleep(Duration::from_millis(100));
+    let script = thread::spawn(move || {
+        client.cmd(&[
+            "EVAL",
+            "return redis.call('INCR', KEYS[1])",
+            "1",
+            "{asked}:n",
+        ])
+    });
+    thread::sleep(Duration::from_millis(100));
+    for node in std::iter::once(to).chain(others) {
+        let reply =
+            cluster
+                .client(node)
+                .cmd(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &owner]);
+        assert!(reply.is_ok(), "SETSLOT NODE at {node}: {reply:?}");
+    }
+    last_step.send(&["CLUSTER", "SETSLOT", &slot.to_string(), "NODE", &owner]);
+    assert_eq!(sleeper.read_reply(), Reply::ok());
+    assert_eq!(last_step.read_reply(), Reply::ok());
+    assert_eq!(
+        script.join().expect("the script's client"),
+        Reply::Int(2),
+        "EVAL asked elsewhere by a migration that ended since"
+    );
+    assert_eq!(
+        cluster.client(to).cmd(&["GET", "{asked}:n"]),
+        Reply::bulk("2")
+    );
 }

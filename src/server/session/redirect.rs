@@ -131,51 +131,74 @@ fn follow_script_redirect(
     let deadline = w.deadline;
     let wait = deadline.saturating_duration_since(Instant::now());
     tokio::spawn(async move {
-        let confirmed = match asking {
-            false => {
-                let mut rechecks = SCRIPT_RECHECKS;
-                loop {
-                    to.cluster.refreshed(wait).await;
-                    let owner = to.cluster.topology().node_for(slot).cloned();
-                    match owner {
-                        // The node asked may not have heard of the move yet (a promotion takes a
-                        // moment to reach every node): ask again a few times, while time is left
-                        // (a script's made-up MOVED gets its answer that much later).
-                        Some(node)
-                            if *node.addr() == sent_to
-                                && rechecks > 0
-                                && Instant::now() + SCRIPT_RECHECK < deadline =>
-                        {
-                            rechecks -= 1;
-                            tokio::time::sleep(SCRIPT_RECHECK).await;
-                        }
-                        owner => {
-                            break owner
-                                .filter(|node| **node.addr() == *addr && *node.addr() != sent_to)
-                        }
-                    }
-                }
-            }
-            true => match to.cluster.redirect_node(&sent_to) {
-                Some(source) => {
-                    let nodes = Bytes::from_static(CLUSTER_NODES);
-                    let listed = tokio::time::timeout(wait, source.request(nodes)).await;
-                    match listed {
-                        Ok(Ok(nodes)) if migrating_to(&nodes, slot, &addr) => {
-                            to.cluster.redirect_node(&addr)
-                        }
-                        _ => None,
-                    }
-                }
-                None => None,
-            },
+        // An ASK the source no longer confirms may be a migration that finished since: then the
+        // slot is the ASK target's, which a MOVED would have said.
+        let migrating = match asking {
+            true => ask_confirmed(&to.cluster, &sent_to, slot, &addr, wait).await,
+            false => None,
+        };
+        let confirmed = match migrating {
+            Some(node) => Some((node, true)),
+            None => moved_confirmed(&to.cluster, &sent_to, slot, &addr, deadline)
+                .await
+                .map(|node| (node, false)),
         };
         match confirmed {
-            Some(node) => to.deliver(&node, asking),
+            Some((node, asking)) => to.deliver(&node, asking),
             None => to.reply.send(Ok(as_came)),
         }
     });
     Redirected::Followed(kind)
+}
+
+/// The node `addr` names when a topology refreshed from the cluster says `slot` now belongs to it
+/// and not to `sent_to`.
+async fn moved_confirmed(
+    cluster: &Cluster,
+    sent_to: &str,
+    slot: Slot,
+    addr: &str,
+    deadline: Instant,
+) -> Option<Arc<Node>> {
+    let mut rechecks = SCRIPT_RECHECKS;
+    loop {
+        cluster
+            .refreshed(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        let owner = cluster.topology().node_for(slot).cloned();
+        match owner {
+            // The node asked may not have heard of the move yet (a promotion takes a moment to
+            // reach every node): ask again a few times, while time is left (a script's made-up
+            // MOVED gets its answer that much later).
+            Some(node)
+                if **node.addr() == *sent_to
+                    && rechecks > 0
+                    && Instant::now() + SCRIPT_RECHECK < deadline =>
+            {
+                rechecks -= 1;
+                tokio::time::sleep(SCRIPT_RECHECK).await;
+            }
+            owner => {
+                return owner.filter(|node| **node.addr() == *addr && **node.addr() != *sent_to)
+            }
+        }
+    }
+}
+
+/// The node `addr` names when `sent_to`'s own `CLUSTER NODES` lists `slot` as migrating to it.
+async fn ask_confirmed(
+    cluster: &Cluster,
+    sent_to: &str,
+    slot: Slot,
+    addr: &str,
+    wait: Duration,
+) -> Option<Arc<Node>> {
+    let source = cluster.redirect_node(sent_to)?;
+    let nodes = Bytes::from_static(CLUSTER_NODES);
+    match tokio::time::timeout(wait, source.request(nodes)).await {
+        Ok(Ok(nodes)) if migrating_to(&nodes, slot, addr) => cluster.redirect_node(addr),
+        _ => None,
+    }
 }
 
 /// Between refreshes that may confirm a script's MOVED, and how many.
