@@ -160,6 +160,15 @@ fn planned_sentinel_failovers_lose_no_acknowledged_write() {
                     .contains("master_link_status:up")
             },
         );
+        // ... and every sentinel saw it report itself a replica (`Sentinels::agree_on`).
+        wait_for(
+            Duration::from_secs(60),
+            &format!(
+                "round {round}: every sentinel to see {} as a replica",
+                addr(other)
+            ),
+            || sentinels.agree_on(group.port(master), group.port(other)),
+        );
         sentinel_failover(
             &sentinels,
             &mut group.client(master),

@@ -813,7 +813,9 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
         }
         4 => {
             // The sentinels and the servers agree on the master, and its replica is linked (the
-            // demoted master of the last failover is reconfigured some seconds after it).
+            // demoted master of the last failover is reconfigured some seconds after it) and seen
+            // as a replica by every sentinel (`Sentinels::agree_on`: else Sentinel itself may undo
+            // the promotion and drop what the new master acknowledged).
             let (_, r) = wait_ok(
                 Duration::from_secs(60),
                 "the sentinels and the servers to agree on the master",
@@ -826,6 +828,7 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
                     let replication = rig.group.info(r, "replication");
                     match role(&mut rig.group.client(m)) == "master"
                         && replication.contains("master_link_status:up")
+                        && rig.sentinels.agree_on(rig.group.port(m), rig.group.port(r))
                     {
                         true => Ok((m, r)),
                         false => {

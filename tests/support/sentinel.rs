@@ -233,6 +233,42 @@ impl Sentinels {
             .and_then(|p| p.parse().ok())
     }
 
+    /// Whether every sentinel names `master` and has seen `replica` report itself a replica (the
+    /// role it reported last, `role-reported` in SENTINEL REPLICAS).
+    ///
+    /// Sentinel only refreshes a replica's INFO every 10 s. A sentinel that last saw `replica` as a
+    /// master (two failovers back) and has not yet heard of a new failover takes the promoted
+    /// replica for a stray master and turns it back into a replica at once (`+convert-to-slave`):
+    /// the writes the new master acknowledged until then are thrown away by Sentinel itself. Tests
+    /// that fail over again and again wait for this before the next failover, as failovers minutes
+    /// apart always find it.
+    pub fn agree_on(&self, master: u16, replica: u16) -> bool {
+        (0..self.ports.len()).all(|i| {
+            if self.master_port(i) != Some(master) {
+                return false;
+            }
+            let reply = self
+                .client(i)
+                .cmd(&["SENTINEL", "REPLICAS", Sentinels::MASTER_NAME]);
+            reply.as_array().unwrap_or_default().iter().any(|fields| {
+                let fields: Vec<&str> = fields
+                    .as_array()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(Reply::as_str)
+                    .collect();
+                let field = |name: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|kv| kv[0] == name)
+                        .and_then(|kv| kv.get(1).copied())
+                };
+                field("port") == Some(&replica.to_string())
+                    && field("role-reported") == Some("slave")
+            })
+        })
+    }
+
     /// Sentinel `index`'s log, for failure messages.
     pub fn log(&self, index: usize) -> String {
         let path: PathBuf = self
