@@ -1081,3 +1081,63 @@ fn a_script_asked_elsewhere_by_a_migration_that_ends_at_once_runs_where_the_slot
         Reply::bulk("2")
     );
 }
+
+/// A node in the middle of a failover can list a master's slots as no one's (it heard the master
+/// was demoted, not yet who took over): seen in the soak as -MOVED replies reaching clients, since
+/// a topology fetched from that node dropped the new master and refused redirects to it. Here one
+/// node forgets another's slots (CLUSTER DELSLOTS) while that other sleeps and cannot correct it:
+/// slotline, refreshing every 100 ms from node after node, keeps the fuller map, and a request for
+/// the sleeping node's slots waits for it rather than failing.
+#[test]
+fn a_node_that_lists_fewer_slots_than_the_others_does_not_shrink_the_topology() {
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        extra_args: vec!["--enable-debug-command".into(), "yes".into()],
+        ..ClusterOpts::default()
+    });
+    let port = support::free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let proxy = Slotline::start(&format!(
+        "{}    refresh_interval: 100\n",
+        Slotline::cluster_yaml(port, &seeds).replace("timeout: 1000", "timeout: 5000")
+    ));
+    let mut client = Client::connect(port);
+    assert_eq!(client.cmd(&["SET", "{sleeper}", "here"]), Reply::ok());
+    let sleeper = cluster.node_for_slot(key_slot(b"{sleeper}"));
+    let forgetful = cluster.another_master(sleeper);
+    let mut slots: Vec<String> = cluster
+        .masters()
+        .iter()
+        .filter(|m| m.port == sleeper)
+        .flat_map(|m| m.slots.clone())
+        .flat_map(|(start, end)| (start..=end).map(|s| s.to_string()))
+        .collect();
+    slots.insert(0, "DELSLOTS".into());
+    slots.insert(0, "CLUSTER".into());
+
+    let mut sleeping = cluster.client(sleeper);
+    sleeping.send(&["DEBUG", "SLEEP", "2"]);
+    thread::sleep(Duration::from_millis(50));
+    let reply = cluster.client(forgetful).cmd(&slots);
+    assert!(reply.is_ok(), "DELSLOTS: {reply:?}");
+    assert!(
+        cluster.slots_seen_by(forgetful).len() < seeds.len(),
+        "{forgetful} lists the sleeper's slots as no one's"
+    );
+    // Refreshes every 100 ms ask the nodes in turn: the forgetful one among them.
+    let mut covered = Vec::new();
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(100));
+        covered.extend(proxy.info_field("slots_covered"));
+    }
+    assert!(
+        covered.iter().all(|c| c == "16384"),
+        "slots covered while one node listed fewer: {covered:?}"
+    );
+    assert_eq!(
+        client.cmd(&["GET", "{sleeper}"]),
+        Reply::bulk("here"),
+        "a request for the sleeping node's slots"
+    );
+    assert_eq!(sleeping.read_reply(), Reply::ok());
+}

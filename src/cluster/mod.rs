@@ -208,6 +208,12 @@ impl Cluster {
                 candidates.push(seed.clone());
             }
         }
+        // A node in the middle of a failover may list a master's slots as no one's (it has heard
+        // that the master was demoted, not yet who took over). Such a map is installed only if no
+        // other node gives a fuller one; installing it would fail those slots, drop the
+        // connections to their nodes and refuse redirects there until the next refresh.
+        let covered_now = self.topology().covered();
+        let mut fallback: Option<(Arc<str>, slots::SlotMap)> = None;
         for addr in candidates {
             let node = self.node(&addr);
             let reply = match timeout(
@@ -220,17 +226,21 @@ impl Cluster {
                 _ => continue,
             };
             match slots::parse(&reply, host_of(&addr)) {
-                Ok(map) if map.covered() > 0 => {
-                    self.install(map);
-                    self.refresh_ok.fetch_add(1, Ordering::Relaxed);
-                    if self.refresh_failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!(node = %addr, "cluster topology refreshed again");
+                Ok(map) if map.covered() < covered_now && map.covered() > 0 => {
+                    if fallback
+                        .as_ref()
+                        .is_none_or(|(_, f)| f.covered() < map.covered())
+                    {
+                        fallback = Some((addr, map));
                     }
-                    return true;
                 }
+                Ok(map) if map.covered() > 0 => return self.installed(&addr, map),
                 Ok(_) => tracing::warn!(node = %addr, "CLUSTER SLOTS lists no slots"),
                 Err(e) => tracing::warn!(node = %addr, error = %e, "unusable CLUSTER SLOTS reply"),
             }
+        }
+        if let Some((addr, map)) = fallback {
+            return self.installed(&addr, map);
         }
         // A cluster that stays unreachable logs once, not on every retry.
         if self.refresh_failing.swap(true, Ordering::Relaxed) {
@@ -248,6 +258,16 @@ impl Cluster {
             self.refresh_ok.load(Ordering::Relaxed),
             self.refresh_failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Installs `map`, fetched from `addr`, as a successful refresh.
+    fn installed(&self, addr: &str, map: slots::SlotMap) -> bool {
+        self.install(map);
+        self.refresh_ok.fetch_add(1, Ordering::Relaxed);
+        if self.refresh_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(node = %addr, "cluster topology refreshed again");
+        }
+        true
     }
 
     fn install(&self, map: slots::SlotMap) {
