@@ -204,6 +204,8 @@ async fn ask_confirmed(
 /// Between refreshes that may confirm a script's MOVED, and how many.
 const SCRIPT_RECHECK: Duration = Duration::from_millis(50);
 const SCRIPT_RECHECKS: u32 = 4;
+/// Further refreshes that may name a node a MOVED or ASK leads to, after the first.
+const UNKNOWN_RECHECKS: u32 = 4;
 
 const CLUSTER_NODES: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
 
@@ -280,16 +282,21 @@ impl Resend {
             return true;
         }
         let redirect = Bytes::copy_from_slice(redirect);
-        let wait = deadline.saturating_duration_since(Instant::now());
         tokio::spawn(async move {
-            self.cluster.refreshed(wait).await;
-            match self.cluster.redirect_node(&addr) {
-                Some(node) => self.deliver(&node, asking),
-                None => {
-                    warn_unknown_node(&addr);
-                    self.reply.send(Ok(redirect));
+            // Each refresh asks the next node, and right after a failover some have not heard of
+            // the new master yet: a few tries, while time is left.
+            for _ in 0..=UNKNOWN_RECHECKS {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                self.cluster.refreshed(wait).await;
+                if let Some(node) = self.cluster.redirect_node(&addr) {
+                    return self.deliver(&node, asking);
                 }
             }
+            warn_unknown_node(&addr);
+            self.reply.send(Ok(redirect));
         });
         false
     }
