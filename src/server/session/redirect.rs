@@ -348,3 +348,116 @@ pub(super) fn complete_endpoint(addr: &str, topology: &Topology, slot: Slot) -> 
         _ => addr.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::backend::Inbox;
+    use crate::config::{Mode, PoolConfig};
+
+    /// A node that answers `CLUSTER SLOTS` with `slots(n)` for its n-th such request, and anything
+    /// else with `+<name>`. Just enough RESP for slotline's backend connections.
+    async fn fake_node(
+        name: &'static str,
+        slots: impl Fn(usize) -> String + Send + Sync + 'static,
+    ) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let slots = Arc::new(slots);
+        let asked = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (slots, asked) = (slots.clone(), asked.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some((args, used)) = parse(&buf) {
+                            buf.drain(..used);
+                            let reply = match args.first().map(|a| a.to_ascii_uppercase()) {
+                                Some(c) if c == b"CLUSTER" => {
+                                    slots(asked.fetch_add(1, Ordering::SeqCst))
+                                }
+                                _ => format!("+{name}\r\n"),
+                            };
+                            if stream.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One RESP array of bulk strings at the start of `buf`, and its length.
+    fn parse(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
+        fn line(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            let n = std::str::from_utf8(&buf[at + 1..end]).ok()?.parse().ok()?;
+            Some((n, end + 2))
+        }
+        let (count, mut at) = line(buf, 0)?;
+        let mut args = Vec::new();
+        for _ in 0..count {
+            let (len, start) = line(buf, at)?;
+            args.push(buf.get(start..start + len)?.to_vec());
+            at = start + len + 2;
+        }
+        (buf.len() >= at).then_some((args, at))
+    }
+
+    /// Every slot served by the node at `addr`.
+    fn all_slots_at(addr: &str) -> String {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        format!(
+            "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n${}\r\n{host}\r\n:{port}\r\n",
+            host.len()
+        )
+    }
+
+    /// Right after a failover some nodes' CLUSTER SLOTS do not list the new master yet: a MOVED to
+    /// it is followed once a later refresh does, not answered to the client after the first.
+    #[tokio::test]
+    async fn a_redirect_to_a_node_a_later_refresh_learns_of_is_followed() {
+        let new_master = fake_node("NEW", |_| "-ERR no\r\n".into()).await;
+        let listed = new_master.clone();
+        // The seed lists only itself for its first two answers (the first refresh, and the one the
+        // MOVED asks for), then the new master.
+        let seed_addr = Arc::new(std::sync::OnceLock::<String>::new());
+        let seed_name = seed_addr.clone();
+        let seed = fake_node("SEED", move |n| match n {
+            0 | 1 => all_slots_at(seed_name.get().expect("seed address")),
+            _ => all_slots_at(&listed),
+        })
+        .await;
+        seed_addr.set(seed.clone()).expect("once");
+        let config = PoolConfig::new("127.0.0.1:0".into(), Mode::Cluster, vec![seed.clone()]);
+        let cluster = Cluster::start(&config);
+        assert!(cluster.refresh_now().await, "a first topology");
+        assert!(cluster.redirect_node(&new_master).is_none());
+
+        let inbox = Inbox::new();
+        let resend = Resend {
+            cluster: cluster.clone(),
+            pick: 0,
+            proto: 2,
+            frame: Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+            reply: inbox.reply_to(0),
+        };
+        let moved = format!("-MOVED 0 {new_master}\r\n");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        assert!(!resend.send_to(new_master.clone(), false, moved.as_bytes(), deadline));
+        let reply = tokio::time::timeout(Duration::from_secs(5), inbox.recv(0))
+            .await
+            .expect("a reply in time");
+        assert_eq!(reply, Ok(Bytes::from_static(b"+NEW\r\n")));
+    }
+}
