@@ -330,23 +330,7 @@ fn planned_cluster_failovers_lose_no_acknowledged_write() {
             Duration::from_secs(30),
             &format!("round {round}: a master with a linked replica"),
             || {
-                // ROLE on the masters themselves: one node's CLUSTER NODES may lag a takeover.
-                let mut masters: Vec<(u16, Vec<u16>)> = cluster
-                    .live_ports()
-                    .into_iter()
-                    .filter_map(|port| {
-                        let role = cluster.client(port).cmd(&["ROLE"]);
-                        let parts = role.as_array()?;
-                        (parts.first()?.as_str()? == "master").then(|| {
-                            let replicas = parts.get(2).and_then(Reply::as_array).unwrap_or(&[]);
-                            let ports = replicas
-                                .iter()
-                                .filter_map(|r| r.as_array()?.get(1)?.as_str()?.parse().ok());
-                            (port, ports.collect())
-                        })
-                    })
-                    .collect();
-                masters.sort();
+                let masters = cluster.masters_by_role();
                 let count = masters.len();
                 let (old, replicas) = masters
                     .into_iter()
@@ -368,13 +352,7 @@ fn planned_cluster_failovers_lose_no_acknowledged_write() {
                 let reply = cluster.client(replica).cmd(&["CLUSTER", "FAILOVER"]);
                 assert!(reply.is_ok(), "round {round}: CLUSTER FAILOVER: {reply:?}");
                 let took_over = support::wait_until(Duration::from_secs(8), || {
-                    cluster
-                        .client(replica)
-                        .cmd(&["ROLE"])
-                        .as_array()
-                        .and_then(|a| a.first())
-                        .and_then(Reply::as_str)
-                        == Some("master")
+                    cluster.client(replica).role() == "master"
                 });
                 took_over.then_some(()).ok_or("not yet".to_string())
             },

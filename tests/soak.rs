@@ -732,22 +732,11 @@ impl Rig {
 
     /// The cluster's masters, each with a linked replica (as ROLE on the masters says).
     fn masters_with_replicas(&self) -> Vec<(u16, u16)> {
-        let mut out: Vec<(u16, u16)> = self
-            .cluster
-            .live_ports()
+        self.cluster
+            .masters_by_role()
             .into_iter()
-            .filter_map(|port| {
-                let role = self.cluster.client(port).cmd(&["ROLE"]);
-                let parts = role.as_array()?;
-                if parts.first()?.as_str()? != "master" {
-                    return None;
-                }
-                let replica = parts.get(2)?.as_array()?.first()?.as_array()?.get(1)?;
-                Some((port, replica.as_str()?.parse().ok()?))
-            })
-            .collect();
-        out.sort();
-        out
+            .filter_map(|(master, replicas)| Some((master, *replicas.first()?)))
+            .collect()
     }
 }
 
@@ -784,7 +773,7 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
                     let reply = rig.cluster.client(replica).cmd(&["CLUSTER", "FAILOVER"]);
                     assert!(reply.is_ok(), "CLUSTER FAILOVER: {reply:?}");
                     let took = support::wait_until(Duration::from_secs(8), || {
-                        role(&mut rig.cluster.client(replica)) == "master"
+                        rig.cluster.client(replica).role() == "master"
                     });
                     took.then_some(())
                         .ok_or(format!("{replica} did not take over from {old}"))
@@ -823,7 +812,7 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
                         .ok_or(format!("the sentinels name {named}"))?;
                     let r = 1 - m;
                     let replication = rig.group.info(r, "replication");
-                    match role(&mut rig.group.client(m)) == "master"
+                    match rig.group.client(m).role() == "master"
                         && replication.contains("master_link_status:up")
                         && rig.sentinels.agree_on(rig.group.port(m), rig.group.port(r))
                     {
@@ -897,7 +886,7 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
             wait_for(
                 Duration::from_secs(30),
                 "the replica to be promoted",
-                || role(&mut rig.cluster.client(replica)) == "master",
+                || rig.cluster.client(replica).role() == "master",
             );
             rig.cluster.wait_healthy(Duration::from_secs(60));
             rig.cluster.restart(victim);
@@ -912,16 +901,6 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
             );
         }
     }
-}
-
-fn role(client: &mut Client) -> String {
-    let reply = client.cmd(&["ROLE"]);
-    reply
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(Reply::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 #[test]

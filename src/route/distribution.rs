@@ -101,12 +101,10 @@ pub struct Distribution {
 
 #[derive(Debug, Clone)]
 enum Select {
+    /// The continuum of every live server's points (see [`Ring`]).
     Ketama(Ring),
     /// Live servers in twemproxy order, and where each one's run of `weight` buckets ends.
-    Modula {
-        servers: Vec<usize>,
-        ends: Vec<u32>,
-    },
+    Modula { servers: Vec<usize>, ends: Vec<u32> },
     /// Live servers in twemproxy order.
     Random(Vec<usize>),
 }

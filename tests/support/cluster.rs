@@ -449,6 +449,29 @@ impl RedisCluster {
         parse_slots(&reply).unwrap_or_else(|e| panic!("CLUSTER SLOTS from {port}: {e}"))
     }
 
+    /// The live nodes that answer `ROLE` as master, by port, each with the ports of the replicas
+    /// linked to it, sorted. Asked of the masters themselves: one node's CLUSTER NODES may lag a
+    /// takeover.
+    pub fn masters_by_role(&self) -> Vec<(u16, Vec<u16>)> {
+        let mut masters: Vec<(u16, Vec<u16>)> = self
+            .live_ports()
+            .into_iter()
+            .filter_map(|port| {
+                let role = self.client(port).cmd(&["ROLE"]);
+                let parts = role.as_array()?;
+                (parts.first()?.as_str()? == "master").then(|| {
+                    let replicas = parts.get(2).and_then(Reply::as_array).unwrap_or(&[]);
+                    let ports = replicas
+                        .iter()
+                        .filter_map(|r| r.as_array()?.get(1)?.as_str()?.parse().ok());
+                    (port, ports.collect())
+                })
+            })
+            .collect();
+        masters.sort();
+        masters
+    }
+
     /// A master other than `port`.
     pub fn another_master(&self, port: u16) -> u16 {
         self.masters()
@@ -612,17 +635,10 @@ impl RedisCluster {
         // Masters as they are now: a node the owner still lists as master may have just handed its
         // slots to its replica (CLUSTER FAILOVER), and a replica refuses SETSLOT.
         let live = self.live_ports();
-        let is_master = |port: &u16| {
-            let role = Client::connect(*port).cmd(&["ROLE"]);
-            role.as_array()
-                .and_then(|a| a.first())
-                .and_then(Reply::as_str)
-                == Some("master")
-        };
         let others = others
             .into_iter()
             .filter(|p| live.contains(p))
-            .filter(is_master);
+            .filter(|&p| Client::connect(p).role() == "master");
         for port in std::iter::once(owner).chain(others) {
             expect_ok(
                 port,

@@ -229,6 +229,17 @@ impl Client {
         self.read_reply()
     }
 
+    /// What `ROLE` says the server is ("master", "slave", "sentinel"); empty when it does not say.
+    pub fn role(&mut self) -> String {
+        let reply = self.cmd(&["ROLE"]);
+        reply
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Reply::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Sends one command without reading its reply.
     pub fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) {
         self.send_raw(&encode(args));

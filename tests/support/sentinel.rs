@@ -76,13 +76,9 @@ impl ReplicaGroup {
 
     /// What `ROLE` says server `index` is: "master" or "slave".
     pub fn role(&self, index: usize) -> String {
-        let reply = self.client(index).cmd(&["ROLE"]);
-        reply
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(Reply::as_str)
-            .unwrap_or_else(|| panic!("ROLE on server {index}: {reply:?}"))
-            .to_string()
+        let role = self.client(index).role();
+        assert!(!role.is_empty(), "ROLE on server {index} names no role");
+        role
     }
 
     /// SIGKILLs server `index`.
@@ -182,14 +178,8 @@ impl Sentinels {
                     sentinels.log_in(&mut client);
                     let reply = client.cmd(&["SENTINEL", "MASTER", Sentinels::MASTER_NAME]);
                     let fields = reply.as_array().ok_or(format!("{reply:?}"))?;
-                    let field = |name: &str| {
-                        fields
-                            .chunks(2)
-                            .find(|kv| kv[0].as_str() == Some(name))
-                            .and_then(|kv| kv[1].as_str().map(str::to_string))
-                    };
-                    let peers = field("num-other-sentinels").unwrap_or_default();
-                    let slaves = field("num-slaves").unwrap_or_default();
+                    let peers = field(fields, "num-other-sentinels").unwrap_or_default();
+                    let slaves = field(fields, "num-slaves").unwrap_or_default();
                     if peers == (count - 1).to_string() && slaves == replicas.to_string() {
                         Ok(())
                     } else {
@@ -251,20 +241,9 @@ impl Sentinels {
                 .client(i)
                 .cmd(&["SENTINEL", "REPLICAS", Sentinels::MASTER_NAME]);
             reply.as_array().unwrap_or_default().iter().any(|fields| {
-                let fields: Vec<&str> = fields
-                    .as_array()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(Reply::as_str)
-                    .collect();
-                let field = |name: &str| {
-                    fields
-                        .chunks(2)
-                        .find(|kv| kv[0] == name)
-                        .and_then(|kv| kv.get(1).copied())
-                };
-                field("port") == Some(&replica.to_string())
-                    && field("role-reported") == Some("slave")
+                let fields = fields.as_array().unwrap_or_default();
+                field(fields, "port") == Some(&replica.to_string())
+                    && field(fields, "role-reported") == Some("slave")
             })
         })
     }
@@ -297,4 +276,12 @@ impl Drop for Sentinels {
             );
         }
     }
+}
+
+/// A field of a sentinel's flat `name value name value ...` reply (SENTINEL MASTER, REPLICAS).
+fn field<'a>(fields: &'a [Reply], name: &str) -> Option<&'a str> {
+    fields
+        .chunks(2)
+        .find(|kv| kv[0].as_str() == Some(name))
+        .and_then(|kv| kv.get(1)?.as_str())
 }

@@ -358,7 +358,9 @@ mod tests {
 
     use super::*;
     use crate::backend::Inbox;
+    use crate::command::Request;
     use crate::config::{Mode, PoolConfig};
+    use crate::protocol::RequestParser;
 
     /// A node that answers `CLUSTER SLOTS` with `slots(n)` for its n-th such request, and anything
     /// else with `+<name>`. Just enough RESP for slotline's backend connections.
@@ -376,15 +378,19 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut parser = RequestParser::default();
                     while let Ok(n @ 1..) = stream.read(&mut chunk).await {
                         buf.extend_from_slice(&chunk[..n]);
-                        while let Some((args, used)) = parse(&buf) {
+                        while let Ok(Some(used)) = parser.parse(&buf) {
+                            let request = Request {
+                                frame: parser.frame(&buf),
+                                args: parser.args(),
+                            };
+                            let cluster = request.arg(0).eq_ignore_ascii_case(b"CLUSTER");
                             buf.drain(..used);
-                            let reply = match args.first().map(|a| a.to_ascii_uppercase()) {
-                                Some(c) if c == b"CLUSTER" => {
-                                    slots(asked.fetch_add(1, Ordering::SeqCst))
-                                }
-                                _ => format!("+{name}\r\n"),
+                            let reply = match cluster {
+                                true => slots(asked.fetch_add(1, Ordering::SeqCst)),
+                                false => format!("+{name}\r\n"),
                             };
                             if stream.write_all(reply.as_bytes()).await.is_err() {
                                 return;
@@ -395,23 +401,6 @@ mod tests {
             }
         });
         addr
-    }
-
-    /// One RESP array of bulk strings at the start of `buf`, and its length.
-    fn parse(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
-        fn line(buf: &[u8], at: usize) -> Option<(usize, usize)> {
-            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
-            let n = std::str::from_utf8(&buf[at + 1..end]).ok()?.parse().ok()?;
-            Some((n, end + 2))
-        }
-        let (count, mut at) = line(buf, 0)?;
-        let mut args = Vec::new();
-        for _ in 0..count {
-            let (len, start) = line(buf, at)?;
-            args.push(buf.get(start..start + len)?.to_vec());
-            at = start + len + 2;
-        }
-        (buf.len() >= at).then_some((args, at))
     }
 
     /// Every slot served by the node at `addr`.
