@@ -322,7 +322,7 @@ fn json_logs_one_line_per_event_and_none_per_request() {
 
 #[test]
 fn answers_while_the_data_path_is_saturated() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     // One data-path worker, kept busy by pipelining clients: the admin thread is not behind them.
     let yaml = format!(
@@ -333,22 +333,33 @@ fn answers_while_the_data_path_is_saturated() {
     let proxy = Slotline::start(&yaml);
     let (port, admin) = (proxy.port(), proxy.admin_port());
     let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..8)
         .map(|i| {
-            let stop = stop.clone();
+            let (stop, running) = (stop.clone(), running.clone());
             std::thread::spawn(move || {
                 let mut client = support::Client::connect(port);
                 let key = format!("busy:{i}");
                 let batch: Vec<[&str; 2]> = vec![["INCR", key.as_str()]; 1000];
                 let mut batches = 0u64;
-                while !stop.load(Ordering::SeqCst) {
+                loop {
                     assert_eq!(client.pipeline(&batch).len(), 1000);
                     batches += 1;
+                    if batches == 1 {
+                        running.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        return batches;
+                    }
                 }
-                batches
             })
         })
         .collect();
+    // Probe only once every loader has a batch through, so the worker is busy while the admin answers.
+    wait_ok(Duration::from_secs(30), "every loader running", || {
+        let n = running.load(Ordering::SeqCst);
+        (n == 8).then_some(()).ok_or(format!("{n} of 8"))
+    });
     for _ in 0..20 {
         assert_eq!(http_get(admin, "/healthz").status, 200);
         assert_eq!(http_get(admin, "/readyz").status, 200);
