@@ -160,8 +160,9 @@ impl Record {
         now.saturating_duration_since(self.created).as_secs()
     }
 
-    /// Its `CLIENT LIST` line, newline included, in Redis 7.2's field order.
-    pub fn line(&self, now: Instant) -> String {
+    /// Its `CLIENT LIST` line, newline included, in Redis 7.2's field order. `qbuf` is what its
+    /// query buffer holds: the asking client's own command while it runs, as Redis shows it.
+    pub fn line(&self, now: Instant, qbuf: usize) -> String {
         let since = now.saturating_duration_since(self.created);
         let idle_ms = CLOCK_MS
             .load(Ordering::Relaxed)
@@ -198,12 +199,12 @@ impl Record {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut line = String::with_capacity(320);
-        // Buffers are the session's and are not tracked per client: shown as Redis shows an idle
-        // client's.
+        // Other buffers are the session's and are not tracked per client: shown as Redis shows an
+        // idle client's.
         let _ = writeln!(
             line,
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub={sub} psub={psub} \
-             ssub={ssub} multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
+             ssub={ssub} multi={multi} qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
              omem=0 tot-mem=0 events=r cmd={cmd} user=default redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
@@ -321,7 +322,7 @@ mod tests {
             multi: None,
             blocked: false,
         });
-        let line = record.line(Instant::now());
+        let line = record.line(Instant::now(), 0);
         assert!(line.starts_with("id=7 addr=127.0.0.1:5000 laddr=127.0.0.1:6380 fd=12 name=worker age=0 idle=0 flags=P db=0 sub=2 psub=0"), "{line}");
         assert!(
             line.ends_with("cmd=NULL user=default redir=-1 resp=3 lib-name= lib-ver=\n"),

@@ -113,9 +113,10 @@ fn admin_commands_reach_every_node_only_when_the_pool_allows_them() {
     assert_eq!(client.cmd(&["PING"]), Reply::Status("PONG".into()));
 }
 
-/// A script that never ends holds its node and the shared connection it came on: SCRIPT KILL from
-/// another client reaches it (on connections of that client's own, since Redis reads nothing more
-/// from the script's connection), its client gets Redis's error, and the node serves again.
+/// A script that never ends holds its node and the shared connection it came on: another client's
+/// PING answers `-BUSY` as one Redis would, SCRIPT KILL from another client reaches it (on
+/// connections of that client's own, since Redis reads nothing more from the script's connection),
+/// its client gets Redis's error, and the node serves again.
 #[test]
 fn script_kill_reaches_a_busy_script_on_a_shared_connection() {
     let cluster = RedisCluster::start(ClusterOpts {
@@ -128,8 +129,10 @@ fn script_kill_reaches_a_busy_script_on_a_shared_connection() {
         let set = Client::connect(port).cmd(&["CONFIG", "SET", "lua-time-limit", "10"]);
         assert_eq!(set, Reply::ok());
     }
-    let yaml =
-        Slotline::cluster_yaml(free_port(), &seeds).replace("timeout: 1000", "timeout: 3000");
+    let yaml = format!(
+        "{}    allow_admin: true\n",
+        Slotline::cluster_yaml(free_port(), &seeds).replace("timeout: 1000", "timeout: 3000")
+    );
     let proxy = Slotline::start(&yaml);
     let mut other = proxy.client();
     assert_eq!(
@@ -140,15 +143,61 @@ fn script_kill_reaches_a_busy_script_on_a_shared_connection() {
             .to_string()),
         Some("NOTBUSY".to_string())
     );
+    let library =
+        "#!lua name=busy\nredis.register_function('spin', function() while true do end end)";
     let mut busy = proxy.client();
-    busy.send(&["EVAL", "while true do end", "0"]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(other.cmd(&["SCRIPT", "KILL"]), Reply::ok());
-    let reply = busy.read_reply();
-    assert!(
-        reply.error().is_some_and(|e| e.contains("killed")),
-        "{reply:?}"
-    );
+    // A script, and a function loaded in the same pipeline, each with a PING behind it: Redis
+    // answers that PING after the script.
+    for (mut pipeline, kill) in [
+        (
+            support::encode(&["EVAL", "while true do end", "0"]),
+            "SCRIPT",
+        ),
+        (
+            support::encode(&["FUNCTION", "LOAD", "REPLACE", library]),
+            "FUNCTION",
+        ),
+    ] {
+        if kill == "FUNCTION" {
+            pipeline.extend(support::encode(&["FCALL", "spin", "0"]));
+        }
+        pipeline.extend(support::encode(&["PING"]));
+        busy.send_raw(&pipeline);
+        std::thread::sleep(Duration::from_millis(300));
+        // Another client's PING tells the node is busy, as one Redis busy in a script would.
+        for ping in [&["PING"][..], &["PING", "hello"]] {
+            let reply = other.cmd(ping);
+            assert!(
+                reply.error().is_some_and(|e| e.starts_with("BUSY")),
+                "{kill}: {ping:?} while a script runs: {reply:?}"
+            );
+        }
+        if kill == "FUNCTION" {
+            // FUNCTION STATS names the running function, from the master that runs it.
+            let stats = other.cmd(&["FUNCTION", "STATS"]);
+            let running = stats
+                .as_array()
+                .and_then(|s| s.get(1))
+                .and_then(Reply::as_array);
+            assert!(
+                running.is_some_and(|r| r.contains(&Reply::bulk("spin"))),
+                "{stats:?}"
+            );
+        }
+        assert_eq!(other.cmd(&[kill, "KILL"]), Reply::ok());
+        if kill == "FUNCTION" {
+            // Redis sends what it answered before the script once the script ends.
+            assert_eq!(busy.read_reply(), Reply::bulk("busy"));
+        }
+        let reply = busy.read_reply();
+        assert!(
+            reply.error().is_some_and(|e| e.contains("killed")),
+            "{reply:?}"
+        );
+        assert_eq!(busy.read_reply(), Reply::Status("PONG".into()));
+        assert_eq!(other.cmd(&["PING"]), Reply::Status("PONG".into()));
+        assert_eq!(other.cmd(&["PING", "hello"]), Reply::bulk("hello"));
+    }
     assert_eq!(busy.cmd(&["SET", "after", "1"]), Reply::ok());
     assert_eq!(other.cmd(&["GET", "after"]), Reply::bulk("1"));
 }

@@ -40,6 +40,8 @@ fn client_list_info_and_kill_answer_for_slotlines_own_clients() {
     assert_eq!(field(&info, "cmd"), "client|info");
     assert_eq!(field(&info, "laddr"), format!("127.0.0.1:{port}"));
     assert_eq!(field(&info, "flags"), "N");
+    // Its query buffer holds the running command, as Redis shows it: *2 $6 client $4 info.
+    assert_eq!(field(&info, "qbuf"), "26");
     assert!(info.ends_with('\n'), "{info:?}");
     let alpha_addr = field(&info, "addr").to_string();
     assert_eq!(
@@ -67,6 +69,16 @@ fn client_list_info_and_kill_answer_for_slotlines_own_clients() {
         .expect("alpha listed");
     assert_eq!(field(alpha_line, "cmd"), "client|info");
     assert_eq!(field(alpha_line, "addr"), alpha_addr);
+    assert_eq!(
+        field(alpha_line, "qbuf"),
+        "0",
+        "an idle client's buffer is empty"
+    );
+    let observer_line = lines
+        .iter()
+        .find(|l| field(l, "cmd") == "client|list")
+        .expect("the asking client listed");
+    assert_eq!(field(observer_line, "qbuf"), "26");
     let sub_line = &list(&mut observer, &["TYPE", "pubsub"]);
     assert_eq!(sub_line.len(), 1, "{sub_line:#?}");
     assert_eq!(
@@ -105,6 +117,10 @@ fn client_list_info_and_kill_answer_for_slotlines_own_clients() {
     assert_eq!(
         observer.cmd(&["CLIENT", "KILL", "FOO", "bar"]),
         Reply::Error("ERR syntax error".into())
+    );
+    assert_eq!(
+        observer.cmd(&["CLIENT", "KILL", "USER", "nobody"]),
+        Reply::Error("ERR No such user 'nobody'".into())
     );
     // SKIPME yes by default: the asking client survives a kill that names everyone.
     assert_eq!(

@@ -38,10 +38,11 @@ pub enum Route {
     Scan,
     /// WAIT: every master, each asked to count the replicas that reached its own offset.
     Wait,
-    /// SCRIPT KILL, FUNCTION KILL: every master, each on a connection of the client's own (the
-    /// shared one may be the very connection whose script runs, and Redis reads nothing more from
-    /// it until the script ends); +OK when one killed a script.
-    KillScript,
+    /// About the script running now, wherever it runs (SCRIPT KILL, FUNCTION KILL, FUNCTION
+    /// STATS): every master, each on a connection of the client's own (the shared one may be the
+    /// very connection whose script runs, and Redis reads nothing more from it until the script
+    /// ends), the replies merged.
+    RunningScript(Merge),
     /// Answered by slotline itself.
     Local,
     /// SUBSCRIBE and its kin, and PUBLISH: the session places them (subscriptions live on backend
@@ -86,6 +87,9 @@ pub enum Merge {
     /// SCRIPT KILL on every master: +OK when one killed a script, else the most telling error
     /// (`UNKILLABLE` before `NOTBUSY`).
     AnyOk,
+    /// FUNCTION STATS on every master: the reply of the master that runs a script, else the first
+    /// (the engines are alike on every node).
+    Running,
     /// A transaction (MULTI, the commands, EXEC) or a WATCH: the last reply is the client's.
     Last,
     /// WAIT: per master, the reply of the script that marks the offset, then WAIT's count; the
@@ -142,8 +146,8 @@ fn admin(name: &str) -> Option<Admin> {
         }
         // How many users it deleted: the same number from every node that has the same users.
         "acl|deluser" => Some(Admin::EveryMember(Merge::Same)),
-        "config|get" | "function|list" | "function|dump" | "function|stats" | "acl|list"
-        | "acl|getuser" | "acl|users" | "acl|whoami" | "acl|cat" => Some(Admin::OneNode),
+        "config|get" | "function|list" | "function|dump" | "acl|list" | "acl|getuser"
+        | "acl|users" | "acl|whoami" | "acl|cat" => Some(Admin::OneNode),
         _ => None,
     }
 }
@@ -231,7 +235,8 @@ fn every_node(name: &str) -> Option<Route> {
     let merge = match name {
         "scan" => return Some(Route::Scan),
         "wait" => return Some(Route::Wait),
-        "script|kill" | "function|kill" => return Some(Route::KillScript),
+        "script|kill" | "function|kill" => return Some(Route::RunningScript(Merge::AnyOk)),
+        "function|stats" => return Some(Route::RunningScript(Merge::Running)),
         "flushall" | "flushdb" => {
             return Some(Route::EveryNode {
                 merge: Merge::AllOk,
@@ -410,7 +415,14 @@ mod tests {
             }
         );
         assert_eq!(route_of("scan", None), Route::Scan);
-        assert_eq!(route_of("script", Some("kill")), Route::KillScript);
+        assert_eq!(
+            route_of("script", Some("kill")),
+            Route::RunningScript(Merge::AnyOk)
+        );
+        assert_eq!(
+            route_of("function", Some("stats")),
+            Route::RunningScript(Merge::Running)
+        );
         assert_eq!(route_of("blpop", None), Route::Blocking);
         assert_eq!(route_of("xread", None), Route::BlockingOption);
         assert_eq!(route_of("client", Some("setname")), Route::Local);

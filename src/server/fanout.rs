@@ -93,6 +93,13 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
                 None => unexpected(out),
             }
         }
+        Merge::Running => {
+            let running = parts.iter().map(|(_, r)| *r).find(|r| runs_script(r));
+            match running.or_else(|| parts.first().map(|(_, r)| *r)) {
+                Some(reply) => out.extend_from_slice(reply),
+                None => unexpected(out),
+            }
+        }
         Merge::AllOk => {
             if parts.iter().all(|(_, reply)| *reply == b"+OK\r\n") {
                 Reply(out).ok();
@@ -324,6 +331,17 @@ fn line(reply: &[u8], marker: u8) -> Option<(i64, &[u8])> {
     Some((parse_int(&body[..end])?, &body[end + 2..]))
 }
 
+/// Whether a FUNCTION STATS reply names a running script: its `running_script` is not null
+/// (`$-1` in RESP2, `_` in RESP3).
+fn runs_script(reply: &[u8]) -> bool {
+    const FIELD: &[u8] = b"running_script\r\n";
+    reply
+        .windows(FIELD.len())
+        .position(|w| w == FIELD)
+        .map(|at| &reply[at + FIELD.len()..])
+        .is_some_and(|value| !value.starts_with(b"$-1\r\n") && !value.starts_with(b"_\r\n"))
+}
+
 fn unexpected(out: &mut BytesMut) {
     Reply(out).error("ERR slotline: a backend answered part of a split command unexpectedly");
 }
@@ -410,6 +428,30 @@ mod tests {
         assert_eq!(
             merged(Merge::AnyOk, 0, &[(none, notbusy), (none, notbusy)]),
             notbusy
+        );
+    }
+
+    #[test]
+    fn function_stats_come_from_the_master_that_runs_a_script() {
+        let none: &[u32] = &[];
+        let idle: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n$-1\r\n$7\r\nengines\r\n*0\r\n";
+        let idle3: &[u8] = b"%2\r\n$14\r\nrunning_script\r\n_\r\n$7\r\nengines\r\n%0\r\n";
+        let busy: &[u8] = b"*4\r\n$14\r\nrunning_script\r\n*6\r\n$4\r\nname\r\n$4\r\ntest\r\n$7\r\ncommand\r\n*1\r\n$5\r\nfcall\r\n$11\r\nduration_ms\r\n:5\r\n$7\r\nengines\r\n*0\r\n";
+        assert_eq!(
+            merged(
+                Merge::Running,
+                0,
+                &[(none, idle), (none, busy), (none, idle)]
+            ),
+            busy
+        );
+        assert_eq!(
+            merged(Merge::Running, 0, &[(none, idle3), (none, idle3)]),
+            idle3
+        );
+        assert_eq!(
+            merged(Merge::Running, 0, &[(none, idle), (none, idle)]),
+            idle
         );
     }
 

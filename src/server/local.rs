@@ -15,6 +15,8 @@ pub(crate) enum Outcome {
     Answered,
     /// Best answered by a node after all (static data only the server has, like COMMAND DOCS).
     Forward,
+    /// Answered by every master: PING while a script runs, so that a busy node answers `-BUSY`.
+    EveryMaster,
     /// Reply queued; close the connection once everything before it is written.
     Quit,
 }
@@ -23,6 +25,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
     let name = spec.name.split('|').next().unwrap_or(spec.name);
     match name {
         "ping" => match req.argc() {
+            1 | 2 if ctx.others_run_scripts() => return Outcome::EveryMaster,
             1 => ctx.reply(|r| r.status("PONG")),
             2 => ctx.reply(|r| r.bulk(req.arg(1))),
             _ => ctx.error("ERR wrong number of arguments for 'ping' command"),
@@ -234,7 +237,7 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
         (b"info", 2) => {
             // This very command is the client's last, as Redis shows it.
             ctx.publish_client_state();
-            let line = ctx.client.record.line(Instant::now());
+            let line = ctx.client.record.line(Instant::now(), req.frame.len());
             ctx.reply(|r| r.bulk(line.as_bytes()));
         }
         (b"list", _) => client_list(ctx, req),
@@ -448,9 +451,11 @@ fn client_list(ctx: &mut Ctx, req: Request<'_>) {
     ctx.publish_client_state();
     let now = Instant::now();
     let mut list = String::new();
+    let me = ctx.client.id;
     for record in ctx.pool.shared.clients.all() {
         if filter.matches(&record, 0, now) {
-            list.push_str(&record.line(now));
+            let qbuf = if record.id == me { req.frame.len() } else { 0 };
+            list.push_str(&record.line(now, qbuf));
         }
     }
     ctx.reply(|r| r.bulk(list.as_bytes()));
@@ -471,6 +476,12 @@ fn client_kill(ctx: &mut Ctx, req: Request<'_>) {
         _ => {
             let args: Vec<&[u8]> = (2..req.argc()).map(|i| req.arg(i)).collect();
             match clients::Filter::parse_kill(&args) {
+                // Every client of slotline is logged in as `default`, the one user it knows.
+                Ok(clients::Filter {
+                    user: Some(user), ..
+                }) if user != "default" => {
+                    return ctx.error(&format!("ERR No such user '{user}'"));
+                }
                 Ok(filter) => (filter, false),
                 Err(msg) => return ctx.error(msg),
             }

@@ -44,8 +44,8 @@ pub struct Shared {
     pub started: Instant,
     pub config_file: Option<String>,
     pub connected_clients: AtomicU64,
-    /// Clients whose oldest request is a blocking command waiting for its backend (see
-    /// [`BlockedMark`]).
+    /// Clients whose oldest request is a blocking command waiting for its backend (Redis's count,
+    /// which clients and Redis's own test suite wait on; see [`Mark`]).
     pub blocked_clients: AtomicU64,
     pub total_connections: AtomicU64,
     pub total_commands: AtomicU64,
@@ -167,6 +167,9 @@ pub struct Pool {
     discovery: Option<Discovery>,
     /// A primary pool's replica listener: read-only commands only, served by replicas.
     pub read_only: bool,
+    /// Clients whose oldest request is a script or function still running (see
+    /// [`Pool::others_run_scripts`]).
+    scripts_running: AtomicU64,
 }
 
 /// What is behind a pool.
@@ -216,6 +219,18 @@ impl Router {
 }
 
 impl Pool {
+    /// Whether a client other than one with `own` scripts running has a script or function running
+    /// on a node of this pool. PING then asks every master, as one Redis busy in a script answers
+    /// PING with `-BUSY` (Redis's own test suite, and health checks, tell a busy server so).
+    pub(crate) fn others_run_scripts(&self, own: bool) -> bool {
+        self.scripts_running.load(Ordering::Relaxed) > u64::from(own)
+    }
+
+    /// The count [`Pool::others_run_scripts`] reads, for a session's [`Mark`].
+    pub(crate) fn scripts_running(&self) -> &AtomicU64 {
+        &self.scripts_running
+    }
+
     /// The pause that holds `spec` now, if one does: CLIENT PAUSE's, or the failover hold of a
     /// primary pool (see [`crate::primary`]).
     pub(crate) fn pause_holding(
@@ -577,21 +592,27 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
     }
 }
 
-/// A client counted in INFO's `blocked_clients` (Redis's count, which clients and Redis's own test
-/// suite wait on): taken while its oldest request is a blocking command waiting for its backend,
-/// given back on drop, when that is answered or the session ends however it ends.
-pub(crate) struct BlockedMark(Arc<Shared>);
+/// A session's part in a count that others read (INFO's `blocked_clients`, a pool's
+/// [running scripts](Pool::scripts_running)): taken while the state lasts, given back on drop, when
+/// the state ends or the session ends however it ends.
+pub(crate) struct Mark<O: 'static> {
+    owner: Arc<O>,
+    count: fn(&O) -> &AtomicU64,
+}
 
-impl BlockedMark {
-    pub(crate) fn take(shared: &Arc<Shared>) -> BlockedMark {
-        shared.blocked_clients.fetch_add(1, Ordering::Relaxed);
-        BlockedMark(shared.clone())
+impl<O> Mark<O> {
+    pub(crate) fn take(owner: &Arc<O>, count: fn(&O) -> &AtomicU64) -> Mark<O> {
+        count(owner).fetch_add(1, Ordering::Relaxed);
+        Mark {
+            owner: owner.clone(),
+            count,
+        }
     }
 }
 
-impl Drop for BlockedMark {
+impl<O> Drop for Mark<O> {
     fn drop(&mut self) {
-        self.0.blocked_clients.fetch_sub(1, Ordering::Relaxed);
+        (self.count)(&self.owner).fetch_sub(1, Ordering::Relaxed);
     }
 }
 

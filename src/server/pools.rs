@@ -328,6 +328,7 @@ fn new_pool(
         local_port,
         discovery: behind.discovery,
         read_only: behind.read_only,
+        scripts_running: AtomicU64::new(0),
     })
 }
 

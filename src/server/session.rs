@@ -21,7 +21,7 @@ mod view;
 use super::local::{self, Outcome};
 use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
-use crate::command::{self, policy, LookupError, Request, Route, Spec};
+use crate::command::{self, policy, LookupError, Merge, Request, Route, Spec};
 use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
@@ -84,6 +84,11 @@ impl Pending {
             Pending::Split(s) => s.parts.iter().map(|p| p.w.reply_bytes()).sum(),
             Pending::Held(_) | Pending::PubSub(_) => 0,
         }
+    }
+
+    /// A script or function (counted while it waits: see [`Ctx::running_script`]).
+    fn script(&self) -> bool {
+        matches!(self, Pending::Wait(w) if w.scripted.is_some())
     }
 
     /// Whether later requests must wait for this one: it runs on the client's own connection, where
@@ -161,6 +166,8 @@ pub(crate) struct Ctx {
     tx: Transaction,
     /// Pending requests for which later ones must wait (see [`Pending::serial`]).
     serial: usize,
+    /// Pending scripts and functions (see [`Pending::script`]).
+    scripts: usize,
     /// The RESP version the client chose with HELLO (2 until it says otherwise).
     proto: u8,
     /// Subscriptions and the backend connections of its own that carry them, once it subscribes.
@@ -187,9 +194,16 @@ pub(crate) struct Ctx {
     )>,
     /// The last command of this step, for CLIENT LIST (published once per step).
     ran: Option<&'static Spec>,
-    /// Counted in INFO's `blocked_clients` while a blocking command waits (see
-    /// [`Ctx::publish_client_state`]).
-    blocked_mark: Option<super::BlockedMark>,
+    /// Counted in INFO's `blocked_clients` while a blocking command waits, and in the pool's
+    /// running scripts while a script does (see [`Ctx::publish_client_state`]).
+    marks: Marks,
+}
+
+/// The counts a session is part of for as long as a state of its lasts.
+#[derive(Default)]
+struct Marks {
+    blocked: Option<super::Mark<super::Shared>>,
+    script: Option<super::Mark<Pool>>,
 }
 
 /// Serves one client until it leaves; `seat` is its place in the pool, given back when this ends.
@@ -225,7 +239,7 @@ pub(crate) async fn serve<R, W>(
         out: BytesMut::new(),
         out_scratch: false,
         out_counted: 0,
-        blocked_mark: None,
+        marks: Marks::default(),
         ran: None,
         monitor: None,
         paused: None,
@@ -238,6 +252,7 @@ pub(crate) async fn serve<R, W>(
         own: Vec::new(),
         tx: Transaction::default(),
         serial: 0,
+        scripts: 0,
         proto: 2,
         pubsub: None,
         tally,
@@ -655,13 +670,14 @@ impl Ctx {
             }
             Route::Admin(admin) => self.admin(spec, admin, frame, view, now),
             Route::Scan => self.scan(req, view, now),
-            Route::KillScript => self.kill_script(frame, view, now),
+            Route::RunningScript(merge) => self.every_master_apart(frame, merge, view, now),
             Route::Wait => self.wait(req, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
                 Outcome::Answered => {}
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
+                Outcome::EveryMaster => self.every_master_apart(frame, Merge::Same, view, now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(
@@ -796,6 +812,18 @@ impl Ctx {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
     }
 
+    /// Whether a script or function of this client's is unanswered. Not only the oldest request:
+    /// Redis holds back the replies of whatever came before a busy script on its connection, so the
+    /// request before it may wait as long as the script runs.
+    fn running_script(&self) -> bool {
+        self.scripts > 0
+    }
+
+    /// Whether another client of the pool has a script running (see [`Pool::others_run_scripts`]).
+    pub(crate) fn others_run_scripts(&self) -> bool {
+        self.pool.others_run_scripts(self.marks.script.is_some())
+    }
+
     /// MONITOR: from now on every command through slotline is streamed to this client.
     pub(crate) fn start_monitor(&mut self) {
         let stream = self.pool.shared.monitors.watch();
@@ -831,9 +859,15 @@ impl Ctx {
     /// command). A blocking request is always the oldest: it waits for those before it.
     pub(crate) fn publish_client_state(&mut self) {
         let blocked = self.blocked();
-        let blocked_changed = blocked != self.blocked_mark.is_some();
+        let blocked_changed = blocked != self.marks.blocked.is_some();
         if blocked_changed {
-            self.blocked_mark = blocked.then(|| super::BlockedMark::take(&self.pool.shared));
+            self.marks.blocked =
+                blocked.then(|| super::Mark::take(&self.pool.shared, |s| &s.blocked_clients));
+        }
+        let script = self.running_script();
+        if script != self.marks.script.is_some() {
+            self.marks.script =
+                script.then(|| super::Mark::take(&self.pool, Pool::scripts_running));
         }
         // A subscriber's counts change when the backends confirm, in a step of their own.
         let changing = blocked_changed || self.pubsub.is_some();
@@ -877,6 +911,7 @@ impl Ctx {
 
     fn push(&mut self, pending: Pending) {
         self.serial += usize::from(pending.serial());
+        self.scripts += usize::from(pending.script());
         self.request_bytes += pending.request_bytes();
         self.replies_held += pending.reply_bytes();
         self.pending.push_back(pending);
@@ -886,6 +921,7 @@ impl Ctx {
         if let Some(pending) = self.pending.pop_front() {
             debug_assert!(self.serial >= usize::from(pending.serial()));
             self.serial = self.serial.saturating_sub(usize::from(pending.serial()));
+            self.scripts = self.scripts.saturating_sub(usize::from(pending.script()));
             self.request_bytes = self.request_bytes.saturating_sub(pending.request_bytes());
             self.replies_held = self.replies_held.saturating_sub(pending.reply_bytes());
         }

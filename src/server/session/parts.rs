@@ -215,11 +215,18 @@ impl Ctx {
         }
     }
 
-    /// SCRIPT KILL and FUNCTION KILL: to every master on connections of this client's own, since
-    /// the shared connection may be the one whose script runs (see [`Route::KillScript`]).
+    /// To every master on connections of this client's own, since the shared connection may be
+    /// the one whose script runs: SCRIPT KILL, FUNCTION KILL and STATS (see
+    /// [`Route::RunningScript`]), and PING while a script runs.
     ///
-    /// [`Route::KillScript`]: crate::command::Route::KillScript
-    pub(super) fn kill_script(&mut self, frame: &Bytes, view: &View<'_>, now: Instant) {
+    /// [`Route::RunningScript`]: crate::command::Route::RunningScript
+    pub(super) fn every_master_apart(
+        &mut self,
+        frame: &Bytes,
+        merge: Merge,
+        view: &View<'_>,
+        now: Instant,
+    ) {
         let masters: Vec<Arc<Node>> = view.masters().cloned().collect();
         if masters.is_empty() {
             return self.no_backend(view, Place::Any);
@@ -229,7 +236,7 @@ impl Ctx {
             .map(|node| PartToSend::new(Some(self.own_node(node)), frame.clone()))
             .collect();
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
-        self.send_parts(parts, Merge::AnyOk, 0, Vec::new(), true, deadline);
+        self.send_parts(parts, merge, 0, Vec::new(), true, deadline);
     }
 
     /// SCAN, one master at a time: the cursor's top bits say which.
