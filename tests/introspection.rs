@@ -346,3 +346,57 @@ fn client_pause_holds_writes_across_the_pool_until_unpaused() {
         Reply::Error("ERR syntax error".into())
     );
 }
+
+/// CLIENT REPLY OFF and SKIP drop exactly the replies Redis would drop, whether slotline answers
+/// them itself, a backend does, or they are errors, and in one pipeline where later replies are
+/// queued behind earlier ones.
+#[test]
+fn client_reply_off_and_skip_drop_exactly_their_replies() {
+    let servers = RedisServers::start(2);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), ""));
+    let mut client = proxy.client();
+    let pipeline: [&[&str]; 15] = [
+        &["SET", "a", "1"],
+        &["CLIENT", "REPLY", "OFF"],
+        &["SET", "b", "2"],
+        &["GET", "a"],
+        &["MGET", "a", "b", "c", "d"],
+        &["PING", "quiet"],
+        &["NOSUCHCOMMAND"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["CLIENT", "REPLY", "ON"],
+        &["GET", "b"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["GET", "a"],
+        &["GET", "a"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["CLIENT", "REPLY", "ON"],
+    ];
+    let mut bytes = Vec::new();
+    for cmd in pipeline {
+        bytes.extend(support::encode(cmd));
+    }
+    client.send_raw(&bytes);
+    for expected in [
+        Reply::ok(),
+        Reply::ok(),
+        Reply::bulk("2"),
+        Reply::bulk("1"),
+        Reply::ok(),
+    ] {
+        assert_eq!(client.read_reply(), expected);
+    }
+    // Nothing else was sent: the next reply is this PING's.
+    assert_eq!(client.cmd(&["PING"]), Reply::Status("PONG".into()));
+    assert_eq!(
+        client.cmd(&["CLIENT", "REPLY", "MAYBE"]),
+        Reply::Error("ERR syntax error".into())
+    );
+    // The silenced commands ran.
+    assert_eq!(client.cmd(&["GET", "b"]), Reply::bulk("2"));
+    // RESET turns replies back on.
+    client.send(&["CLIENT", "REPLY", "OFF"]);
+    client.send(&["RESET"]);
+    assert_eq!(client.read_reply(), Reply::Status("RESET".into()));
+    assert_eq!(client.cmd(&["PING"]), Reply::Status("PONG".into()));
+}

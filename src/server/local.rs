@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::session::{printable, Ctx};
+use super::session::{printable, Ctx, ReplyMode};
 use crate::clients;
 use crate::command::{self, flags, Request, Spec};
 use crate::protocol::{parse_int, Reply};
@@ -56,6 +56,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "reset" => {
             ctx.end_transaction();
             ctx.end_pubsub();
+            ctx.reset_reply_mode();
             ctx.set_protocol(2);
             ctx.client.record.set_name(None);
             ctx.authenticated = ctx.pool.config.redis_auth.is_none();
@@ -282,7 +283,10 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
         }
         (b"kill", 3..) => client_kill(ctx, req),
         (b"no-evict" | b"no-touch", 3) => ctx.reply(|r| r.ok()),
-        (b"reply", 3) if req.arg(2).eq_ignore_ascii_case(b"on") => ctx.reply(|r| r.ok()),
+        (b"reply", 3) => match ReplyMode::parse(req.arg(2)) {
+            Some(mode) => ctx.set_reply_mode(mode),
+            None => ctx.error("ERR syntax error"),
+        },
         (b"help", 2) => help_reply(
             ctx,
             &[

@@ -15,6 +15,7 @@ mod buffers;
 mod parts;
 mod pubsub;
 mod redirect;
+mod reply_mode;
 mod transaction;
 mod view;
 
@@ -42,6 +43,7 @@ const OUTPUT_PAUSE: usize = 256 * 1024;
 const OUTPUT_PAUSE_UNAUTHENTICATED: usize = 16 * 1024;
 
 pub(crate) use buffers::Budget;
+pub(crate) use reply_mode::Mode as ReplyMode;
 
 /// What a client is, as far as commands like CLIENT and HELLO are concerned.
 pub(crate) struct ClientState {
@@ -168,6 +170,8 @@ pub(crate) struct Ctx {
     serial: usize,
     /// Pending scripts and functions (see [`Pending::script`]).
     scripts: usize,
+    /// Set once the client uses CLIENT REPLY: which replies it does not want.
+    reply_mode: Option<Box<reply_mode::ReplyMode>>,
     /// The RESP version the client chose with HELLO (2 until it says otherwise).
     proto: u8,
     /// Subscriptions and the backend connections of its own that carry them, once it subscribes.
@@ -253,6 +257,7 @@ pub(crate) async fn serve<R, W>(
         tx: Transaction::default(),
         serial: 0,
         scripts: 0,
+        reply_mode: None,
         proto: 2,
         pubsub: None,
         tally,
@@ -537,7 +542,9 @@ impl Ctx {
                         frame: &frame,
                         args: parser.args(),
                     };
+                    let (queued, written) = (self.pending.len(), self.out.len());
                     self.dispatch(req, &frame, &view, now, true);
+                    self.after_dispatch(queued, written, None);
                 }
                 Ok(None) => {
                     self.flush_stats();
@@ -917,7 +924,10 @@ impl Ctx {
         self.pending.push_back(pending);
     }
 
-    fn pop_front(&mut self) {
+    /// The oldest request is settled, its reply (if any) written. Returns whether that reply was
+    /// dropped for CLIENT REPLY, if the client uses it.
+    fn pop_front(&mut self) -> Option<bool> {
+        let silenced = self.reply_settled();
         if let Some(pending) = self.pending.pop_front() {
             debug_assert!(self.serial >= usize::from(pending.serial()));
             self.serial = self.serial.saturating_sub(usize::from(pending.serial()));
@@ -930,6 +940,7 @@ impl Ctx {
             // A burst is over: an idle client keeps no queue the size of its deepest pipeline.
             self.pending = VecDeque::new();
         }
+        silenced
     }
 
     /// Takes the worker's scratch buffer to compose this step's output in, unless output from an
@@ -939,6 +950,7 @@ impl Ctx {
             self.out = buffers::take_scratch();
             self.out_scratch = true;
         }
+        self.reply_boundary();
     }
 
     /// Gives the scratch buffer back; what the socket did not take moves into a buffer of the
@@ -994,8 +1006,9 @@ impl Ctx {
         self.push(Pending::Held(frame.clone()));
     }
 
-    /// Dispatches a held request, now that nothing is before it.
-    fn release(&mut self, frame: Bytes) {
+    /// Dispatches a held request, now that nothing is before it; `decided` is whether its reply is
+    /// dropped, if that was decided when it was held (see [`reply_mode`]).
+    fn release(&mut self, frame: Bytes, decided: Option<bool>) {
         if let Some(parser) = parsed_again(&frame) {
             let pool = self.pool.clone();
             let view = View::of(&pool);
@@ -1003,7 +1016,9 @@ impl Ctx {
                 frame: &frame,
                 args: parser.args(),
             };
+            let (queued, written) = (self.pending.len(), self.out.len());
             self.dispatch(req, &frame, &view, Instant::now(), false);
+            self.after_dispatch(queued, written, decided);
         }
     }
 
@@ -1053,6 +1068,7 @@ impl Ctx {
     fn drain_ready(&mut self) {
         self.place_arrived();
         self.take_pubsub();
+        self.reply_boundary();
         loop {
             let result = match self.pending.front_mut() {
                 None => return,
@@ -1094,8 +1110,8 @@ impl Ctx {
                         self.paused = None;
                     }
                     let frame = frame.clone();
-                    self.pop_front();
-                    self.release(frame);
+                    let decided = self.pop_front();
+                    self.release(frame, decided);
                     continue;
                 }
             };
@@ -1108,8 +1124,9 @@ impl Ctx {
         if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
             self.tally.get().error(ErrorKind::Timeout);
             stats::add(&self.pool.stats.forward_error, 1);
+            self.timed_out();
             self.pop_front();
-            return self.timed_out();
+            return;
         }
         if let (HeadEvent::Timeout, Some(Pending::PubSub(_))) = (&event, self.pending.front()) {
             return self.pubsub_timed_out();
@@ -1137,15 +1154,17 @@ impl Ctx {
                 self.tally.get().answered_in(took);
                 self.tally.get().error(ErrorKind::from(&e));
                 stats::add(&self.pool.stats.forward_error, 1);
+                self.error_now(&format!("ERR slotline: {e}"));
                 self.pop_front();
-                return self.error_now(&format!("ERR slotline: {e}"));
+                return;
             }
             HeadEvent::Timeout => {
                 self.tally.get().answered_in(took);
                 self.tally.get().error(ErrorKind::Timeout);
                 stats::add(&self.pool.stats.forward_error, 1);
+                self.timed_out();
                 self.pop_front();
-                return self.timed_out();
+                return;
             }
         };
         if w.own_connection {
@@ -1205,7 +1224,7 @@ impl Ctx {
         self.reply(|r| r.error(msg));
     }
 
-    /// An error for the request at the front, which was just removed.
+    /// An error for the request at the front, written before it leaves the queue.
     fn error_now(&mut self, msg: &str) {
         Reply(&mut self.out).error(msg);
     }

@@ -677,8 +677,8 @@ impl Ctx {
             Some(Pending::PubSub(_)) => return false,
             _ => return true,
         };
-        self.pop_front();
         let Some(ps) = self.pubsub.as_mut() else {
+            self.pop_front();
             return true;
         };
         let kind = r.kind;
@@ -715,14 +715,16 @@ impl Ctx {
             // Out of subscriber mode: nothing is left open.
             self.pubsub = None;
         }
+        // Written: it may leave the queue (see `reply_mode`).
+        self.pop_front();
         true
     }
 
     /// The request at the front waited too long for its confirmations: a late one could no longer
     /// be told apart from the next request's, so the client is closed after the error.
     pub(super) fn pubsub_timed_out(&mut self) {
-        self.pop_front();
         self.timed_out();
+        self.pop_front();
         self.pubsub = None;
         self.closing = true;
     }
