@@ -59,6 +59,16 @@ fn transactions_behave_like_redis(port: u16, same: [&str; 2], elsewhere: &str) {
     assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
     assert!(client.cmd(&["GET"]).is_error(), "wrong arity");
     assert_eq!(client.cmd(&["EXEC"]), execabort());
+    // What Redis never queues is refused in Redis's words, and dooms the transaction.
+    for never in ["SAVE", "SHUTDOWN"] {
+        assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+        assert_eq!(client.cmd(&["SET", a, "never"]), queued());
+        assert_eq!(
+            client.cmd(&[never]),
+            Reply::Error("ERR Command not allowed inside a transaction".into())
+        );
+        assert_eq!(client.cmd(&["EXEC"]), execabort());
+    }
 
     // DISCARD drops what was queued.
     assert_eq!(client.cmd(&["MULTI"]), Reply::ok());

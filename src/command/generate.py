@@ -47,7 +47,7 @@ def pairs(flat):
 
 
 FLAG_NAMES = ["write", "readonly", "denyoom", "admin", "pubsub", "noscript", "blocking", "loading",
-              "stale", "fast", "movablekeys", "no_mandatory_keys"]
+              "stale", "fast", "movablekeys", "no_mandatory_keys", "no_multi"]
 
 
 def rust_flags(flags):

@@ -17,9 +17,10 @@ pub mod flags {
     pub const FAST: u16 = 1 << 9;
     pub const MOVABLEKEYS: u16 = 1 << 10;
     pub const NO_MANDATORY_KEYS: u16 = 1 << 11;
+    pub const NO_MULTI: u16 = 1 << 12;
 
     /// Flag names in the order `COMMAND INFO` lists them.
-    pub const NAMES: [(u16, &str); 12] = [
+    pub const NAMES: [(u16, &str); 13] = [
         (WRITE, "write"),
         (READONLY, "readonly"),
         (DENYOOM, "denyoom"),
@@ -32,6 +33,7 @@ pub mod flags {
         (FAST, "fast"),
         (MOVABLEKEYS, "movablekeys"),
         (NO_MANDATORY_KEYS, "no_mandatory_keys"),
+        (NO_MULTI, "no_multi"),
     ];
 }
 

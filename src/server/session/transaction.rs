@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::parts::PartToSend;
 use super::{Ctx, Place, View};
 use crate::backend::Node;
-use crate::command::{policy, Merge};
+use crate::command::{flags, policy, Merge};
 use crate::command::{Request, Spec};
 
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
@@ -121,6 +121,10 @@ impl Ctx {
 
     /// A command between MULTI and EXEC: checked, bound to the transaction's backend, and queued.
     pub(super) fn queue(&mut self, req: Request<'_>, spec: &Spec, frame: &Bytes, view: &View<'_>) {
+        if spec.has(flags::NO_MULTI) {
+            // Redis's own refusal (SAVE, SHUTDOWN ...), which dooms the transaction as in Redis.
+            return self.error("ERR Command not allowed inside a transaction");
+        }
         if !policy::queueable(spec) {
             let msg = format!(
                 "ERR {} cannot be part of a transaction through slotline",
