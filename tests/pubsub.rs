@@ -659,3 +659,83 @@ fn pubsub_errors() {
     gone.shutdown();
     assert_eq!(c.cmd(&["PING"]), Reply::Status("PONG".into()));
 }
+
+/// Keyspace notifications are each cluster node's own: a pattern that may hear them is placed on
+/// every master, so the client gets every node's notifications once, while a PUBLISH (which the
+/// cluster bus copies to every node) still arrives once. Confirmations are pushes, which Redis
+/// sends even with CLIENT REPLY OFF.
+#[test]
+fn cluster_keyspace_notifications_come_from_every_master_once() {
+    let (_one, proxy, masters) = cluster_proxy();
+    let set_events = |value: &str| {
+        for &port in &masters {
+            let set =
+                Client::connect(port).cmd(&["CONFIG", "SET", "notify-keyspace-events", value]);
+            assert_eq!(set, Reply::ok());
+        }
+    };
+    set_events("KEA");
+    let cluster = shared_cluster();
+    // A key on each master.
+    let keys: Vec<String> = masters
+        .iter()
+        .map(|&port| {
+            (0..)
+                .map(|i| format!("ks:{i}"))
+                .find(|k| cluster.node_for_slot(support::key_slot(k.as_bytes())) == port)
+                .expect("a key on every master")
+        })
+        .collect();
+    let mut watcher = proxy.client();
+    watcher.send(&["CLIENT", "REPLY", "OFF"]);
+    assert_eq!(
+        watcher.cmd(&["PSUBSCRIBE", "__keyevent@*__:set", "*"]),
+        confirmed("psubscribe", "__keyevent@*__:set", 1)
+    );
+    assert_eq!(watcher.read_reply(), confirmed("psubscribe", "*", 2));
+    // A pattern that cannot hear keyspace notifications stays on one master.
+    assert_eq!(
+        watcher.cmd(&["PSUBSCRIBE", "news.*"]),
+        confirmed("psubscribe", "news.*", 3)
+    );
+    let mut writer = proxy.client();
+    assert_eq!(writer.cmd(&["PUBSUB", "NUMPAT"]), Reply::Int(3));
+    for key in &keys {
+        assert_eq!(writer.cmd(&["SET", key, "v"]), Reply::ok());
+    }
+    assert_eq!(writer.cmd(&["PUBLISH", "news.eu", "hello"]), Reply::Int(2));
+    let mut heard = Vec::new();
+    for _ in 0..keys.len() * 3 + 2 {
+        heard.push(watcher.read_reply());
+    }
+    for key in &keys {
+        let space = format!("__keyspace@0__:{key}");
+        assert!(
+            heard.contains(&pmessage("*", &space, "set")),
+            "{key}: {heard:?}"
+        );
+        assert!(
+            heard.contains(&pmessage("__keyevent@*__:set", "__keyevent@0__:set", key)),
+            "{key}: {heard:?}"
+        );
+        assert!(
+            heard.contains(&pmessage("*", "__keyevent@0__:set", key)),
+            "{key}: {heard:?}"
+        );
+    }
+    assert!(
+        heard.contains(&pmessage("*", "news.eu", "hello")),
+        "{heard:?}"
+    );
+    assert!(
+        heard.contains(&pmessage("news.*", "news.eu", "hello")),
+        "{heard:?}"
+    );
+    // Nothing twice: the next message is the next PUBLISH.
+    assert_eq!(writer.cmd(&["PUBLISH", "other", "x"]), Reply::Int(1));
+    assert_eq!(watcher.read_reply(), pmessage("*", "other", "x"));
+    set_events("");
+    for key in &keys {
+        writer.cmd(&["DEL", key]);
+    }
+}

@@ -65,12 +65,10 @@ pub enum Merge {
     Sum,
     /// KEYS: the arrays, one after the other.
     Concat,
-    /// PUBSUB NUMPAT in a sharded pool: slotline subscribes a pattern on every server, so each
-    /// server counts the same patterns.
+    /// PUBSUB NUMPAT: slotline's patterns are all on one node (a cluster's pub/sub home, where
+    /// those that may hear keyspace notifications are joined by every other master) or on every
+    /// server of a sharded pool, so the node that counts most counts them all.
     Max,
-    /// PUBSUB NUMPAT: [`Merge::Sum`] over a cluster's masters, [`Merge::Max`] over a sharded pool's
-    /// servers.
-    Patterns,
     /// PUBSUB CHANNELS, SHARDCHANNELS: the arrays' elements, each once.
     Union,
     /// PUBSUB NUMSUB, SHARDNUMSUB: every node answers `[channel, count, ...]` for the same channels;
@@ -95,18 +93,6 @@ pub enum Merge {
     /// WAIT: per master, the reply of the script that marks the offset, then WAIT's count; the
     /// client gets the least count.
     Wait,
-}
-
-impl Merge {
-    /// The merge for a pool: what differs between a cluster's masters and a sharded pool's servers
-    /// decided.
-    pub fn for_pool(self, sharded: bool) -> Merge {
-        match self {
-            Merge::Patterns if sharded => Merge::Max,
-            Merge::Patterns => Merge::Sum,
-            other => other,
-        }
-    }
 }
 
 /// How a splittable command is laid out and merged.
@@ -245,7 +231,7 @@ fn every_node(name: &str) -> Option<Route> {
         }
         "keys" => Merge::Concat,
         "dbsize" => Merge::Sum,
-        "pubsub|numpat" => Merge::Patterns,
+        "pubsub|numpat" => Merge::Max,
         "pubsub|channels" | "pubsub|shardchannels" => Merge::Union,
         "pubsub|numsub" | "pubsub|shardnumsub" => Merge::SumPairs,
         "randomkey" => Merge::AnyValue,
@@ -448,7 +434,5 @@ mod tests {
             route_of("config", Some("rewrite")),
             Route::Unsupported(_)
         ));
-        assert_eq!(Merge::Patterns.for_pool(true), Merge::Max);
-        assert_eq!(Merge::Patterns.for_pool(false), Merge::Sum);
     }
 }

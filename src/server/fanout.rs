@@ -108,7 +108,7 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
             }
         }
         // Resolved to Sum or Max by the pool's kind before the parts are sent.
-        Merge::Sum | Merge::Max | Merge::Patterns => {
+        Merge::Sum | Merge::Max => {
             let Some(counts) = parts
                 .iter()
                 .map(|(_, r)| integer(r))

@@ -173,7 +173,6 @@ impl Ctx {
             );
             return self.error(&msg);
         }
-        let merge = merge.for_pool(matches!(view, View::Shards(_)));
         let groups = (0..view.node_count())
             .map(|i| (Place::Node(i), frame.clone()))
             .collect();

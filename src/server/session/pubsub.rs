@@ -87,6 +87,9 @@ pub(super) struct PubSub {
     confirmed: [HashSet<Bytes>; 3],
     /// The cluster node holding classic channels and patterns.
     classic: Option<u32>,
+    /// A cluster pool's: messages on other connections than `classic` are delivered only when
+    /// they are keyspace notifications (see [`may_hear_keyspace`]).
+    cluster: bool,
     /// Message bytes moved into the session's output since its last write.
     moved: usize,
     /// A sharded pool's placement changes, which the subscriptions must still match.
@@ -173,6 +176,7 @@ impl PubSub {
             wanted: Default::default(),
             confirmed: Default::default(),
             classic: None,
+            cluster: matches!(router, Router::Cluster(_)),
             moved: 0,
             placement,
         }
@@ -245,11 +249,16 @@ impl PubSub {
         pick: usize,
     ) -> Option<Vec<u32>> {
         let classic = kind != Kind::Shard && !matches!(view, View::Shards(_));
-        if let (true, Some(id)) = (classic, self.classic) {
+        let everywhere = classic && self.cluster && may_hear_keyspace(kind, name);
+        if let (true, false, Some(id)) = (classic, everywhere, self.classic) {
             return Some(vec![id]);
         }
         let places: Vec<Place> = match (kind, view) {
             (Kind::Shard, _) => shard_place.into_iter().collect(),
+            // Keyspace notifications are each node's own: also on every other master.
+            (_, View::Cluster(..)) if everywhere => std::iter::once(CLUSTER_HOME)
+                .chain((0..view.node_count()).map(Place::Node))
+                .collect(),
             // One connection: to the cluster's pub/sub home, to a primary's master.
             (_, View::Cluster(..)) => vec![CLUSTER_HOME],
             (_, View::Primary(..)) => vec![Place::Any],
@@ -259,7 +268,10 @@ impl PubSub {
         let mut ids = Vec::with_capacity(places.len());
         for place in places {
             let node = view.target_or_refresh(place, pick)?;
-            ids.push(self.conn_for(node, settings));
+            let id = self.conn_for(node, settings);
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
         }
         if classic {
             self.classic = ids.first().copied();
@@ -492,6 +504,12 @@ impl Ctx {
             return;
         };
         if is_message(&frame) {
+            if ps.cluster && ps.classic.is_some_and(|home| home != id) && !keyspace_message(&frame)
+            {
+                // The cluster bus's copy of a PUBLISH the home node delivers too.
+                ps.feed.written(frame.len());
+                return;
+            }
             match self.pending.front_mut() {
                 Some(Pending::PubSub(r)) if r.confirmed_on.contains(&id) => {
                     r.after.extend_from_slice(&frame)
@@ -792,6 +810,50 @@ fn is_message(frame: &[u8]) -> bool {
         && (rest.starts_with(b"3\r\n$7\r\nmessage\r\n")
             || rest.starts_with(b"4\r\n$8\r\npmessage\r\n")
             || rest.starts_with(b"3\r\n$8\r\nsmessage\r\n"))
+}
+
+/// Whether a subscription may receive keyspace notifications (`__keyspace@<db>__:<key>`,
+/// `__keyevent@<db>__:<event>`), which a cluster node publishes only to its own subscribers: a
+/// channel so named, or a pattern whose literal beginning does not rule them out.
+fn may_hear_keyspace(kind: Kind, name: &[u8]) -> bool {
+    let literal = match kind {
+        Kind::Shard => return false,
+        Kind::Channel => return is_keyspace_channel(name),
+        Kind::Pattern => {
+            let end = name
+                .iter()
+                .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+                .unwrap_or(name.len());
+            &name[..end]
+        }
+    };
+    KEYSPACE_PREFIXES
+        .iter()
+        .any(|prefix| prefix.starts_with(literal) || literal.starts_with(prefix))
+}
+
+const KEYSPACE_PREFIXES: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
+
+fn is_keyspace_channel(channel: &[u8]) -> bool {
+    KEYSPACE_PREFIXES.iter().any(|p| channel.starts_with(p))
+}
+
+/// Whether a `message` or `pmessage` frame carries a keyspace notification (`smessage`s are
+/// delivered as they are).
+fn keyspace_message(frame: &[u8]) -> bool {
+    let Some(rest) = frame.get(1..) else {
+        return false;
+    };
+    let channel = if let Some(rest) = rest.strip_prefix(b"3\r\n$7\r\nmessage\r\n") {
+        bulk(rest).map(|(channel, _)| channel)
+    } else if let Some(rest) = rest.strip_prefix(b"4\r\n$8\r\npmessage\r\n") {
+        bulk(rest)
+            .and_then(|(_, rest)| bulk(rest))
+            .map(|(channel, _)| channel)
+    } else {
+        return rest.starts_with(b"3\r\n$8\r\nsmessage\r\n");
+    };
+    channel.is_some_and(is_keyspace_channel)
 }
 
 /// The kind and channel of a three-element confirmation (`[sunsubscribe, channel, count]`).

@@ -3,6 +3,8 @@
 //! written whole when its request is settled (just before the request leaves the queue), so a
 //! silenced reply is exactly the bytes written since the previous request was settled.
 //!
+//! (Un)subscribe confirmations and messages are pushes, which Redis sends even with replies off.
+//!
 //! Only a client that has used CLIENT REPLY carries this state; for every other client the data
 //! path pays one `Option` check per request.
 
@@ -65,13 +67,14 @@ impl ReplyMode {
         silent
     }
 
-    /// The request numbered `seq` was settled, its reply written to `out`: cut it if silenced.
+    /// The request numbered `seq` was settled, its reply written to `out`: cut it if silenced
+    /// (unless `push`: (un)subscribe confirmations, which Redis sends even with replies off).
     /// Returns what was decided for it, if it was queued while this mode existed.
-    fn settled(&mut self, seq: u64, out: &mut BytesMut) -> Option<bool> {
+    fn settled(&mut self, seq: u64, out: &mut BytesMut, push: bool) -> Option<bool> {
         let decided = match self.queued.front() {
             Some(&(first, silent)) if first == seq => {
                 self.queued.pop_front();
-                if silent {
+                if silent && !push {
                     out.truncate(self.front_start.min(out.len()));
                 }
                 Some(silent)
@@ -122,7 +125,8 @@ impl Ctx {
     /// The oldest request leaves the queue, its reply written: see [`ReplyMode::settled`].
     pub(super) fn reply_settled(&mut self) -> Option<bool> {
         let mode = self.reply_mode.as_deref_mut()?;
-        mode.settled(self.front_seq, &mut self.out)
+        let push = matches!(self.pending.front(), Some(super::Pending::PubSub(_)));
+        mode.settled(self.front_seq, &mut self.out, push)
     }
 
     /// Output written from here on is not the oldest request's (the start of a step, messages to
@@ -166,10 +170,16 @@ mod tests {
         mode.front_start = out.len();
         mode.queued.extend([(7, true), (8, false)]);
         out.extend_from_slice(b"+seven\r\n");
-        assert_eq!(mode.settled(7, &mut out), Some(true));
+        assert_eq!(mode.settled(7, &mut out, false), Some(true));
         out.extend_from_slice(b"+eight\r\n");
-        assert_eq!(mode.settled(8, &mut out), Some(false));
-        assert_eq!(mode.settled(9, &mut out), None);
-        assert_eq!(&out[..], b"+earlier\r\n+eight\r\n");
+        assert_eq!(mode.settled(8, &mut out, false), Some(false));
+        assert_eq!(mode.settled(9, &mut out, false), None);
+        mode.queued.push_back((10, true));
+        out.extend_from_slice(b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(mode.settled(10, &mut out, true), Some(true));
+        assert_eq!(
+            &out[..],
+            b"+earlier\r\n+eight\r\n>3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"
+        );
     }
 }
