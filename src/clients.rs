@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -31,6 +31,10 @@ impl Registry {
 
     pub fn remove(&self, id: u64) {
         self.lock().remove(&id);
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Record>> {
+        self.lock().get(&id).cloned()
     }
 
     /// The clients now connected, oldest first.
@@ -79,6 +83,10 @@ pub struct Record {
     multi: AtomicI32,
     /// Blocked in a command that waits (`b` in the flags).
     blocked: AtomicU8,
+    /// Frames other sessions left for this client (tracking invalidations), taken by its own
+    /// session (see [`crate::tracking`]).
+    pushes: Mutex<Vec<Bytes>>,
+    has_pushes: AtomicBool,
 }
 
 /// A client's state as its session last published it.
@@ -106,6 +114,8 @@ impl Record {
             subscriptions: Default::default(),
             multi: AtomicI32::new(-1),
             blocked: AtomicU8::new(0),
+            pushes: Mutex::new(Vec::new()),
+            has_pushes: AtomicBool::new(false),
         }
     }
 
@@ -115,6 +125,31 @@ impl Record {
         self.active_ms.store(now, Ordering::Relaxed);
         let index = command::index_of(spec).unwrap_or(NO_COMMAND);
         self.last_command.store(index, Ordering::Relaxed);
+    }
+
+    /// The RESP version it speaks.
+    pub fn resp(&self) -> u8 {
+        self.resp.load(Ordering::Relaxed)
+    }
+
+    /// Leaves `frame` for the client's session to write (see [`Record::take_pushes`]).
+    pub fn push(&self, frame: Bytes) {
+        self.pushes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(frame);
+        self.has_pushes.store(true, Ordering::Release);
+    }
+
+    /// Whether frames wait for the session: one load, cheap enough for every step.
+    pub fn has_pushes(&self) -> bool {
+        self.has_pushes.load(Ordering::Acquire)
+    }
+
+    pub fn take_pushes(&self) -> Vec<Bytes> {
+        let mut pushes = self.pushes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.has_pushes.store(false, Ordering::Release);
+        std::mem::take(&mut *pushes)
     }
 
     pub fn publish(&self, state: State) {

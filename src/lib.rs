@@ -50,6 +50,8 @@
 //! - [`pause`]: CLIENT PAUSE: which commands a pause holds, and until when.
 //! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
+//! - [`tracking`]: CLIENT TRACKING through slotline: which clients read which keys (or watch which
+//!   prefixes), the feeds that follow every master's changes, and the invalidations sent to them.
 //!
 //! A request travels: session reads and cuts a frame -> command lookup and key slot -> topology snapshot
 //! names the node -> the node's connection writes it with other clients' requests -> the reply bytes come
@@ -75,3 +77,4 @@ pub mod shards;
 pub mod slowlog;
 pub mod stats;
 pub mod throttle;
+pub mod tracking;

@@ -119,20 +119,28 @@ impl Settings {
     /// The same settings for connections that speak RESP3 (`HELLO 3` after the login), for clients
     /// that asked for it: replies must reach them in the protocol they chose.
     pub fn resp3(&self) -> Settings {
+        Settings {
+            // Health is the RESP2 twin's to count; one set of failures per server.
+            eject: None,
+            ..self.then(&[b"HELLO", b"3"])
+        }
+    }
+
+    /// The same settings with `command` sent on each new connection after the rest of the
+    /// handshake (its reply must be a success too).
+    pub fn then(&self, command: &[&[u8]]) -> Settings {
         let mut frames = bytes::BytesMut::new();
         let mut replies = 0;
         if let Some(h) = &self.handshake {
             frames.extend_from_slice(&h.frames);
             replies = h.replies;
         }
-        crate::protocol::Reply(&mut frames).command(&[b"HELLO", b"3"]);
+        crate::protocol::Reply(&mut frames).command(command);
         Settings {
             handshake: Some(Handshake {
                 frames: frames.freeze(),
                 replies: replies + 1,
             }),
-            // Health is the RESP2 twin's to count; one set of failures per server.
-            eject: None,
             ..self.clone()
         }
     }

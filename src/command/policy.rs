@@ -172,6 +172,8 @@ const LOCAL: &[&str] = &[
     "client|kill",
     "client|getredir",
     "client|trackinginfo",
+    "client|tracking",
+    "client|caching",
     "client|pause",
     "client|unpause",
     "monitor",

@@ -54,6 +54,13 @@ impl Reply<'_> {
         self.0.put_slice(b"\r\n");
     }
 
+    /// A RESP3 set header: `len` elements follow.
+    pub fn set(&mut self, len: usize) {
+        self.0.put_u8(b'~');
+        self.decimal(len as i64);
+        self.0.put_slice(b"\r\n");
+    }
+
     /// A RESP3 push header (pub/sub messages and confirmations): `len` elements follow.
     pub fn push(&mut self, len: usize) {
         self.0.put_u8(b'>');

@@ -42,13 +42,14 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
     if show("clients") {
         let _ = write!(
             out,
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\ntracking_clients:{}\r\n\r\n",
             shared.connected_clients.load(Ordering::Relaxed),
             pools
                 .iter()
                 .map(|p| p.config.client_connections)
                 .sum::<usize>(),
             shared.blocked_clients.load(Ordering::Relaxed),
+            pools.iter().map(|p| p.tracking.clients()).sum::<usize>(),
         );
     }
     if show("memory") {

@@ -125,22 +125,32 @@ impl Lifecycle {
         }
     }
 
-    /// Ends the input of session `id` (CLIENT KILL): it answers what it has read and closes, as when
-    /// its client leaves. False when there is no such session.
-    pub fn kill(&self, id: u64) -> bool {
-        let slot = self
-            .sessions
+    fn slot(&self, id: u64) -> Option<Arc<WakeSlot>> {
+        self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
-            .cloned();
-        match slot {
+            .cloned()
+    }
+
+    /// Ends the input of session `id` (CLIENT KILL): it answers what it has read and closes, as when
+    /// its client leaves. False when there is no such session.
+    pub fn kill(&self, id: u64) -> bool {
+        match self.slot(id) {
             Some(slot) => {
                 slot.1.store(true, Ordering::Release);
                 slot.wake();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Wakes session `id` if it waits for input, so that it looks at what was left for it
+    /// (tracking invalidations).
+    pub fn nudge(&self, id: u64) {
+        if let Some(slot) = self.slot(id) {
+            slot.wake();
         }
     }
 

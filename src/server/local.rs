@@ -8,6 +8,7 @@ use super::session::{printable, Ctx, ReplyMode};
 use crate::clients;
 use crate::command::{self, flags, Request, Spec};
 use crate::protocol::{parse_int, Reply};
+use crate::tracking;
 
 /// What became of a locally handled command.
 pub(crate) enum Outcome {
@@ -57,6 +58,8 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
             ctx.end_transaction();
             ctx.end_pubsub();
             ctx.reset_reply_mode();
+            ctx.pool.tracking.disable(ctx.client.id);
+            ctx.tracking = None;
             ctx.set_protocol(2);
             ctx.client.record.set_name(None);
             ctx.authenticated = ctx.pool.config.redis_auth.is_none();
@@ -263,24 +266,13 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             ctx.pool.shared.pause.unpause();
             ctx.reply(|r| r.ok());
         }
-        // Tracking (client-side caching) is not offered through slotline: every client's is off.
-        (b"getredir", 2) => ctx.reply(|r| r.int(-1)),
-        (b"trackinginfo", 2) => {
-            let resp3 = ctx.protocol() == 3;
-            ctx.reply(|r| {
-                match resp3 {
-                    true => r.map(3),
-                    false => r.array(6),
-                }
-                r.bulk(b"flags");
-                r.array(1);
-                r.bulk(b"off");
-                r.bulk(b"redirect");
-                r.int(-1);
-                r.bulk(b"prefixes");
-                r.array(0);
-            });
+        (b"tracking", 3..) => client_tracking(ctx, req),
+        (b"caching", 3) => client_caching(ctx, req),
+        (b"getredir", 2) => {
+            let status = ctx.pool.tracking.status(ctx.client.id);
+            ctx.reply(|r| r.int(status.map_or(-1, |s| s.options.redirect as i64)))
         }
+        (b"trackinginfo", 2) => tracking_info(ctx),
         (b"kill", 3..) => client_kill(ctx, req),
         (b"no-evict" | b"no-touch", 3) => ctx.reply(|r| r.ok()),
         (b"reply", 3) => match ReplyMode::parse(req.arg(2)) {
@@ -306,6 +298,14 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             let msg = format!(
                 "ERR wrong number of arguments for 'client|{}' command",
                 printable(&sub)
+            );
+            ctx.error(&msg)
+        }
+        // A subcommand Redis does not know either: Redis's own error (clients probe with them).
+        _ if command::lookup(b"client", Some(&sub)).is_err() => {
+            let msg = format!(
+                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                printable(req.arg(1))
             );
             ctx.error(&msg)
         }
@@ -639,4 +639,201 @@ fn legacy_key_range(spec: &Spec) -> (i64, i64, i64) {
     } else {
         (first, last, 1)
     }
+}
+
+/// CLIENT TRACKING ON|OFF [REDIRECT id] [PREFIX p ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP], with
+/// Redis's checks and errors (see [`crate::tracking`]).
+fn client_tracking(ctx: &mut Ctx, req: Request<'_>) {
+    let mut options = tracking::Options::default();
+    let mut i = 3;
+    while i < req.argc() {
+        let more = i + 1 < req.argc();
+        match req.arg(i).to_ascii_lowercase().as_slice() {
+            b"redirect" if more => {
+                i += 1;
+                if options.redirect != 0 {
+                    return ctx.error("ERR A client can only redirect to a single other client");
+                }
+                let Some(id) = parse_int(req.arg(i)) else {
+                    return ctx.error("ERR value is not an integer or out of range");
+                };
+                if u64::try_from(id)
+                    .ok()
+                    .and_then(|id| ctx.pool.shared.clients.get(id))
+                    .is_none()
+                {
+                    return ctx.error("ERR The client ID you want redirect to does not exist");
+                }
+                options.redirect = id as u64;
+            }
+            b"bcast" => options.bcast = true,
+            b"optin" => options.optin = true,
+            b"optout" => options.optout = true,
+            b"noloop" => options.noloop = true,
+            b"prefix" if more => {
+                i += 1;
+                options.prefixes.push(Bytes::copy_from_slice(req.arg(i)));
+            }
+            _ => return ctx.error("ERR syntax error"),
+        }
+        i += 1;
+    }
+    let id = ctx.client.id;
+    match req.arg(2).to_ascii_lowercase().as_slice() {
+        b"on" => {
+            if !options.bcast && !options.prefixes.is_empty() {
+                return ctx.error("ERR PREFIX option requires BCAST mode to be enabled");
+            }
+            let current = ctx.pool.tracking.status(id).map(|s| s.options);
+            if current.as_ref().is_some_and(|c| c.bcast != options.bcast) {
+                return ctx.error("ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.");
+            }
+            if options.bcast && (options.optin || options.optout) {
+                return ctx.error("ERR OPTIN and OPTOUT are not compatible with BCAST");
+            }
+            if options.optin && options.optout {
+                return ctx.error("ERR You can't specify both OPTIN mode and OPTOUT mode");
+            }
+            if current
+                .as_ref()
+                .is_some_and(|c| (options.optin && c.optout) || (options.optout && c.optin))
+            {
+                return ctx.error("ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.");
+            }
+            if options.bcast {
+                let existing = current.map(|c| c.prefixes).unwrap_or_default();
+                if let Some(msg) = prefix_collision(&options.prefixes, &existing) {
+                    return ctx.error(&msg);
+                }
+            }
+            let pool = ctx.pool.clone();
+            let at_once = tracking::Tracking::enable(&pool, id, options, || ctx.answer_later());
+            if let Some(status) = pool.tracking.status(id) {
+                let caching = ctx.tracking.as_ref().is_some_and(|t| t.caching);
+                ctx.tracking = Some(Box::new(tracking::ClientSide {
+                    caching,
+                    ..tracking::ClientSide::new(&status.options)
+                }));
+            }
+            if at_once {
+                ctx.reply(|r| r.ok());
+            }
+        }
+        b"off" => {
+            ctx.pool.tracking.disable(id);
+            ctx.tracking = None;
+            ctx.reply(|r| r.ok());
+        }
+        _ => ctx.error("ERR syntax error"),
+    }
+}
+
+/// Redis's error when two prefixes of one client would invalidate the same key.
+fn prefix_collision(new: &[Bytes], existing: &[Bytes]) -> Option<String> {
+    let overlap = |a: &[u8], b: &[u8]| a.starts_with(b) || b.starts_with(a);
+    for (i, p) in new.iter().enumerate() {
+        if let Some(old) = existing.iter().find(|old| overlap(old, p)) {
+            return Some(format!(
+                "ERR Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
+                printable(p),
+                printable(old)
+            ));
+        }
+        if let Some(other) = new[i + 1..].iter().find(|other| overlap(other, p)) {
+            return Some(format!(
+                "ERR Prefix '{}' overlaps with another provided prefix '{}'. Prefixes for a single client must not overlap.",
+                printable(p),
+                printable(other)
+            ));
+        }
+    }
+    None
+}
+
+/// CLIENT CACHING YES|NO: whether the next command's keys are tracked (OPTIN, OPTOUT).
+fn client_caching(ctx: &mut Ctx, req: Request<'_>) {
+    let Some(side) = ctx.tracking.as_deref_mut() else {
+        return ctx.error("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled");
+    };
+    let err = match req.arg(2).to_ascii_lowercase().as_slice() {
+        b"yes" if side.optin => None,
+        b"yes" => {
+            Some("ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.")
+        }
+        b"no" if side.optout => None,
+        b"no" => {
+            Some("ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.")
+        }
+        _ => Some("ERR syntax error"),
+    };
+    match err {
+        Some(msg) => ctx.error(msg),
+        None => {
+            side.caching = true;
+            ctx.reply(|r| r.ok());
+        }
+    }
+}
+
+/// CLIENT TRACKINGINFO, in Redis's format.
+fn tracking_info(ctx: &mut Ctx) {
+    let status = ctx.pool.tracking.status(ctx.client.id);
+    let caching = ctx.tracking.as_ref().is_some_and(|t| t.caching);
+    let mut flags: Vec<&[u8]> = Vec::new();
+    let (redirect, prefixes) = match &status {
+        None => {
+            flags.push(b"off");
+            (-1, Vec::new())
+        }
+        Some(s) => {
+            let o = &s.options;
+            flags.push(b"on");
+            if o.bcast {
+                flags.push(b"bcast");
+            }
+            if o.optin {
+                flags.push(b"optin");
+                if caching {
+                    flags.push(b"caching-yes");
+                }
+            }
+            if o.optout {
+                flags.push(b"optout");
+                if caching {
+                    flags.push(b"caching-no");
+                }
+            }
+            if o.noloop {
+                flags.push(b"noloop");
+            }
+            if s.broken {
+                flags.push(b"broken_redirect");
+            }
+            let mut prefixes = o.prefixes.clone();
+            prefixes.sort();
+            (o.redirect as i64, prefixes)
+        }
+    };
+    let resp3 = ctx.protocol() == 3;
+    ctx.reply(|r| {
+        match resp3 {
+            true => r.map(3),
+            false => r.array(6),
+        }
+        r.bulk(b"flags");
+        match resp3 {
+            true => r.set(flags.len()),
+            false => r.array(flags.len()),
+        }
+        for flag in &flags {
+            r.bulk(flag);
+        }
+        r.bulk(b"redirect");
+        r.int(redirect);
+        r.bulk(b"prefixes");
+        r.array(prefixes.len());
+        for p in &prefixes {
+            r.bulk(p);
+        }
+    });
 }

@@ -170,6 +170,8 @@ pub struct Pool {
     /// Clients whose oldest request is a script or function still running (see
     /// [`Pool::others_run_scripts`]).
     scripts_running: AtomicU64,
+    /// CLIENT TRACKING's clients and what they read.
+    pub tracking: crate::tracking::Tracking,
 }
 
 /// What is behind a pool.
@@ -181,6 +183,16 @@ pub enum Router {
 }
 
 impl Router {
+    /// The nodes that take writes now: a cluster's masters, a sharded pool's servers, a primary
+    /// pool's master.
+    pub fn masters(&self) -> Vec<Arc<crate::backend::Node>> {
+        match self {
+            Router::Cluster(cluster) => cluster.topology().nodes().to_vec(),
+            Router::Shards(shards) => shards.members().nodes().to_vec(),
+            Router::Primary(primary) => primary.roles().master.iter().cloned().collect(),
+        }
+    }
+
     /// Every backend the pool routes to now.
     pub fn backends(&self) -> Vec<Arc<crate::backend::Node>> {
         match self {
@@ -649,6 +661,7 @@ impl Drop for Seat {
             .fetch_sub(1, Ordering::Relaxed);
         pool.shared.lifecycle.untrack(self.id);
         pool.shared.clients.remove(self.id);
+        pool.tracking.disable(self.id);
     }
 }
 

@@ -329,6 +329,7 @@ fn new_pool(
         discovery: behind.discovery,
         read_only: behind.read_only,
         scripts_running: AtomicU64::new(0),
+        tracking: Default::default(),
     })
 }
 

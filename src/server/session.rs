@@ -172,6 +172,12 @@ pub(crate) struct Ctx {
     scripts: usize,
     /// Set once the client uses CLIENT REPLY: which replies it does not want.
     reply_mode: Option<Box<reply_mode::ReplyMode>>,
+    /// Set while the client tracks keys (CLIENT TRACKING ON).
+    pub(crate) tracking: Option<Box<crate::tracking::ClientSide>>,
+    /// Invalidations that came while requests were under way: each is written once the replies of
+    /// the requests sent before it came are (numbered as `front_seq`), so it never overtakes the
+    /// reply of a read it invalidates.
+    deferred: VecDeque<(u64, Bytes)>,
     /// The RESP version the client chose with HELLO (2 until it says otherwise).
     proto: u8,
     /// Subscriptions and the backend connections of its own that carry them, once it subscribes.
@@ -258,6 +264,8 @@ pub(crate) async fn serve<R, W>(
         serial: 0,
         scripts: 0,
         reply_mode: None,
+        tracking: None,
+        deferred: VecDeque::new(),
         proto: 2,
         pubsub: None,
         tally,
@@ -313,6 +321,7 @@ pub(crate) async fn serve<R, W>(
             ctx.closing = true;
         }
         ctx.drain_ready();
+        ctx.take_pushes();
         if !ctx.write_monitor_lines() {
             ctx.drop_slow_monitor();
             break;
@@ -411,6 +420,11 @@ pub(crate) async fn serve<R, W>(
                     None => std::future::pending().await,
                 }
             }, if ctx.paused.is_some() => {}
+            // Invalidations another task left for this client (its session is nudged awake).
+            _ = std::future::poll_fn(|_| match ctx.client.record.has_pushes() {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }) => {}
             // MONITOR's lines, written at the top of the loop.
             next = next_monitor_lines(&mut ctx.monitor), if ctx.monitor.is_some() => {
                 if !next {
@@ -641,6 +655,9 @@ impl Ctx {
             // The replica listener, like a replica: reads only, scripts included.
             return self.error("READONLY You can't write against a read only replica.");
         }
+        if self.tracking.is_some() {
+            self.track(req, spec);
+        }
         if self.tx.queuing() && spec.route != Route::Transaction && !policy::ends_connection(spec) {
             return self.queue(req, spec, frame, view);
         }
@@ -819,6 +836,71 @@ impl Ctx {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
     }
 
+    /// Remembers what a tracking client reads (and, with NOLOOP, writes): see [`crate::tracking`].
+    fn track(&mut self, req: Request<'_>, spec: &Spec) {
+        let Some(side) = self.tracking.as_deref_mut() else {
+            return;
+        };
+        let (reads, writes) = side.on_command(spec);
+        if !reads && !writes {
+            return;
+        }
+        let mut keys = Vec::new();
+        req.for_each_key(spec, |key| keys.push(key));
+        let tracking = &self.pool.tracking;
+        if reads {
+            tracking.read(self.client.id, keys.iter().copied(), &self.pool.shared);
+        }
+        if writes {
+            tracking.wrote(self.client.id, keys.iter().copied());
+        }
+    }
+
+    /// Takes the invalidations left for this client: written now when nothing is under way, else
+    /// after the replies of what is (see `deferred`).
+    fn take_pushes(&mut self) {
+        if !self.client.record.has_pushes() {
+            return;
+        }
+        let after = self.front_seq + self.pending.len() as u64;
+        for frame in self.client.record.take_pushes() {
+            match self.pending.is_empty() {
+                true => self.out.extend_from_slice(&frame),
+                false => self.deferred.push_back((after, frame)),
+            }
+        }
+        self.reply_boundary();
+    }
+
+    /// Writes the deferred invalidations whose requests are all answered.
+    fn write_deferred(&mut self) {
+        while let Some((after, _)) = self.deferred.front() {
+            if *after > self.front_seq {
+                break;
+            }
+            if let Some((_, frame)) = self.deferred.pop_front() {
+                self.out.extend_from_slice(&frame);
+            }
+        }
+        self.reply_boundary();
+    }
+
+    /// A reply this client gets later from another task (CLIENT TRACKING ON, once slotline
+    /// follows every master): queued in order like a backend's, bounded by the pool's timeout.
+    pub(crate) fn answer_later(&mut self) -> crate::backend::ReplyTo {
+        let seq = self.front_seq + self.pending.len() as u64;
+        self.push(Pending::Wait(Waiting {
+            result: None,
+            frame: Bytes::new(),
+            slot: None,
+            deadline: self.now + Duration::from_millis(self.pool.config.timeout),
+            redirects: 0,
+            own_connection: false,
+            scripted: None,
+        }));
+        self.inbox.reply_to(seq)
+    }
+
     /// Whether a script or function of this client's is unanswered. Not only the oldest request:
     /// Redis holds back the replies of whatever came before a busy script on its connection, so the
     /// request before it may wait as long as the script runs.
@@ -936,6 +1018,9 @@ impl Ctx {
             self.replies_held = self.replies_held.saturating_sub(pending.reply_bytes());
         }
         self.front_seq += 1;
+        if !self.deferred.is_empty() {
+            self.write_deferred();
+        }
         if self.pending.is_empty() && self.pending.capacity() > 64 {
             // A burst is over: an idle client keeps no queue the size of its deepest pipeline.
             self.pending = VecDeque::new();

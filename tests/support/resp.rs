@@ -156,7 +156,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
         }
         // RESP3 nulls, pushes and maps (as a flat array of pairs), for clients that said HELLO 3.
         b'_' => Ok(Some((Reply::Bulk(None), after))),
-        b'*' | b'>' | b'%' => {
+        b'*' | b'>' | b'%' | b'~' => {
             let len = number()?;
             if len < 0 {
                 return Ok(Some((Reply::Array(None), after)));

@@ -1,0 +1,559 @@
+//! CLIENT TRACKING (client-side caching) through slotline.
+//!
+//! A client's reads travel on connections it shares with other clients, so the nodes cannot track
+//! them for it. slotline tracks for its clients instead, and learns of every change from the nodes
+//! themselves: while any client of a pool tracks, one connection per master follows the master in
+//! RESP3 with `CLIENT TRACKING ON BCAST` (every key it changes, by any client, script, expiry,
+//! eviction or flush). For each changed key slotline tells the clients that read it (default mode)
+//! or whose prefixes it matches (BCAST), in their protocol: a RESP3 push, or with `REDIRECT` to
+//! another client of slotline a push or (RESP2) a `__redis__:invalidate` message.
+//!
+//! Keys are remembered when a tracking client's read is sent, so an invalidation that comes while
+//! the read is under way is not missed; the session delivers it after the replies of the requests
+//! it had sent (see `Ctx::take_pushes`), so it never overtakes the reply it invalidates. A lost
+//! feed connection tells every tracking client to flush (a `null` invalidation): what changed
+//! meanwhile is unknown. `NOLOOP` counts the client's own writes and skips as many invalidations of
+//! each key.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use crate::backend::{Feed, ReplyTo, SubEvent, Subscriber};
+use crate::command::{flags, Spec};
+use crate::protocol::{parse_int, Reply};
+use crate::server::{Pool, Shared};
+
+/// Keys remembered for default-mode clients at most, as Redis's `tracking-table-max-keys`
+/// default: past it the oldest-found key is invalidated for its readers and forgotten.
+const MAX_KEYS: usize = 1_000_000;
+
+/// Own writes a NOLOOP client has not yet seen invalidated, at most: past it they are forgotten
+/// (the client then gets invalidations of its own writes, which is harmless).
+const MAX_OWN_WRITES: usize = 10_000;
+
+/// How long a `null` invalidation (a flush) waits for the other masters' nulls of the same
+/// FLUSHALL, so that a client is told once.
+const FLUSH_COALESCE: Duration = Duration::from_millis(5);
+
+/// How often the feeds are checked against the pool's masters, and stopped when no client tracks.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A client's CLIENT TRACKING options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The client id invalidations go to; 0: the client itself.
+    pub redirect: u64,
+    pub bcast: bool,
+    pub prefixes: Vec<Bytes>,
+    pub optin: bool,
+    pub optout: bool,
+    pub noloop: bool,
+}
+
+/// What CLIENT TRACKINGINFO and GETREDIR show of a tracking client.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub options: Options,
+    pub broken: bool,
+}
+
+struct Tracker {
+    status: Status,
+    own_writes: HashMap<Bytes, u32>,
+}
+
+#[derive(Default)]
+struct State {
+    trackers: HashMap<u64, Tracker>,
+    /// Default mode: the clients that read each key since it last changed.
+    readers: HashMap<Bytes, HashSet<u64>>,
+    /// The feeds run (see [`follow`]).
+    following: bool,
+    /// Every master's feed is connected: new tracking takes effect at once.
+    ready: bool,
+    /// CLIENT TRACKING ON replies held until the feeds are connected.
+    waiting: Vec<ReplyTo>,
+}
+
+/// A pool's tracking clients and what they read.
+#[derive(Default)]
+pub struct Tracking {
+    state: Mutex<State>,
+}
+
+/// An invalidation for one client: where it goes and what it says.
+struct Delivery {
+    to: u64,
+    /// The keys; None: everything (a flush).
+    keys: Option<Vec<Bytes>>,
+    /// The tracking client, told `tracking-redir-broken` when `to` is gone.
+    from: u64,
+}
+
+impl Tracking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// CLIENT TRACKING ON: starts (or extends) tracking for client `id`. `reply` is answered +OK
+    /// once every master's changes are followed; None when they already are (answer at once).
+    pub fn enable(
+        pool: &Arc<Pool>,
+        id: u64,
+        options: Options,
+        reply: impl FnOnce() -> ReplyTo,
+    ) -> bool {
+        let mut state = pool.tracking.lock();
+        let tracker = state.trackers.entry(id).or_insert_with(|| Tracker {
+            status: Status::default(),
+            own_writes: HashMap::new(),
+        });
+        let status = &mut tracker.status;
+        status.options.redirect = options.redirect;
+        status.options.bcast |= options.bcast;
+        status.options.optin |= options.optin;
+        status.options.optout |= options.optout;
+        status.options.noloop |= options.noloop;
+        status.options.prefixes.extend(options.prefixes);
+        if status.options.bcast && status.options.prefixes.is_empty() {
+            status.options.prefixes.push(Bytes::new());
+        }
+        status.broken = false;
+        if !state.following {
+            state.following = true;
+            state.ready = false;
+            tokio::spawn(follow(pool.clone()));
+        }
+        if state.ready {
+            return true;
+        }
+        state.waiting.push(reply());
+        false
+    }
+
+    /// CLIENT TRACKING OFF, RESET, or the client left.
+    pub fn disable(&self, id: u64) {
+        self.lock().trackers.remove(&id);
+    }
+
+    pub fn status(&self, id: u64) -> Option<Status> {
+        self.lock().trackers.get(&id).map(|t| t.status.clone())
+    }
+
+    /// Clients tracking now (INFO's `tracking_clients`).
+    pub fn clients(&self) -> usize {
+        self.lock().trackers.len()
+    }
+
+    /// Client `id` sent a read of `keys`: it is told when they change.
+    pub fn read<'a>(&self, id: u64, keys: impl Iterator<Item = &'a [u8]>, shared: &Shared) {
+        let mut evicted = Vec::new();
+        {
+            let mut state = self.lock();
+            for key in keys {
+                if !state.readers.contains_key(key) && state.readers.len() >= MAX_KEYS {
+                    if let Some(old) = state.readers.keys().next().cloned() {
+                        evicted.push(old);
+                    }
+                }
+                state
+                    .readers
+                    .entry(Bytes::copy_from_slice(key))
+                    .or_default()
+                    .insert(id);
+            }
+        }
+        // Redis invalidates keys it stops tracking, so that nobody keeps them cached unseen.
+        if !evicted.is_empty() {
+            self.invalidate(Some(&evicted), shared);
+        }
+    }
+
+    /// Client `id` (NOLOOP) sent a write of `keys`: the invalidations they cause are not its.
+    pub fn wrote<'a>(&self, id: u64, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut state = self.lock();
+        let Some(tracker) = state.trackers.get_mut(&id) else {
+            return;
+        };
+        if tracker.own_writes.len() > MAX_OWN_WRITES {
+            tracker.own_writes.clear();
+        }
+        for key in keys {
+            *tracker
+                .own_writes
+                .entry(Bytes::copy_from_slice(key))
+                .or_default() += 1;
+        }
+    }
+
+    /// Who is told what of a change of `keys` (None: every key, a flush).
+    fn deliveries(&self, keys: Option<&[Bytes]>) -> Vec<Delivery> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut out: Vec<Delivery> = Vec::new();
+        let Some(keys) = keys else {
+            state.readers.clear();
+            return state
+                .trackers
+                .iter()
+                .map(|(&id, t)| Delivery {
+                    to: target(id, &t.status),
+                    keys: None,
+                    from: id,
+                })
+                .collect();
+        };
+        for key in keys {
+            let readers = state.readers.remove(key).unwrap_or_default();
+            for (&id, tracker) in state.trackers.iter_mut() {
+                let options = &tracker.status.options;
+                let told = match options.bcast {
+                    true => options.prefixes.iter().any(|p| key.starts_with(p)),
+                    false => readers.contains(&id),
+                };
+                if !told {
+                    continue;
+                }
+                if options.noloop {
+                    if let Some(n) = tracker.own_writes.get_mut(key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            tracker.own_writes.remove(key);
+                        }
+                        continue;
+                    }
+                }
+                let to = target(id, &tracker.status);
+                match out.iter_mut().find(|d| d.from == id && options.bcast) {
+                    // BCAST: one message with every key of the change, as Redis sends per prefix.
+                    Some(d) => d.keys.get_or_insert_with(Vec::new).push(key.clone()),
+                    None => out.push(Delivery {
+                        to,
+                        keys: Some(vec![key.clone()]),
+                        from: id,
+                    }),
+                }
+            }
+        }
+        out
+    }
+
+    /// Tells the clients concerned that `keys` changed (None: everything, after a flush or a lost
+    /// feed).
+    fn invalidate(&self, keys: Option<&[Bytes]>, shared: &Shared) {
+        let deliveries = self.deliveries(keys);
+        let mut broken = Vec::new();
+        for d in deliveries {
+            let Some(dest) = shared.clients.get(d.to) else {
+                broken.push(d.from);
+                continue;
+            };
+            let proto = shared.clients.get(d.from).map_or(2, |r| r.resp());
+            let redirected = d.to != d.from;
+            let mut frame = BytesMut::new();
+            let mut r = Reply(&mut frame);
+            if dest.resp() >= 3 {
+                r.push(2);
+                r.bulk(b"invalidate");
+            } else if redirected && dest.is_subscriber() {
+                r.array(3);
+                r.bulk(b"message");
+                r.bulk(b"__redis__:invalidate");
+            } else {
+                // RESP2 without a redirect: Redis has no way to tell it either.
+                continue;
+            }
+            match &d.keys {
+                Some(keys) => {
+                    r.array(keys.len());
+                    for key in keys {
+                        r.bulk(key);
+                    }
+                }
+                // As Redis: the null of the tracking client's own protocol.
+                None if proto >= 3 => frame.extend_from_slice(b"_\r\n"),
+                None => frame.extend_from_slice(b"$-1\r\n"),
+            }
+            dest.push(frame.freeze());
+            shared.lifecycle.nudge(d.to);
+        }
+        if broken.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        for id in broken {
+            let Some(tracker) = state.trackers.get_mut(&id) else {
+                continue;
+            };
+            tracker.status.broken = true;
+            let redirect = tracker.status.options.redirect;
+            if let Some(record) = shared.clients.get(id).filter(|r| r.resp() >= 3) {
+                let mut frame = BytesMut::new();
+                let mut r = Reply(&mut frame);
+                r.push(2);
+                r.bulk(b"tracking-redir-broken");
+                r.int(redirect as i64);
+                record.push(frame.freeze());
+                shared.lifecycle.nudge(id);
+            }
+        }
+    }
+
+    /// The feeds are connected: held CLIENT TRACKING ON replies are answered. Returns false when
+    /// no client tracks any more (the feeds stop).
+    fn settle(&self, ready: bool) -> bool {
+        let mut state = self.lock();
+        if state.trackers.is_empty() && state.waiting.is_empty() {
+            state.following = false;
+            state.ready = false;
+            return false;
+        }
+        state.ready = ready;
+        if ready {
+            for reply in state.waiting.drain(..) {
+                reply.send(Ok(Bytes::from_static(b"+OK\r\n")));
+            }
+        }
+        true
+    }
+}
+
+/// What a tracking client's session decides per command without asking the pool.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSide {
+    pub bcast: bool,
+    pub optin: bool,
+    pub optout: bool,
+    pub noloop: bool,
+    /// CLIENT CACHING YES (OPTIN) or NO (OPTOUT) was the last command: it applies to the next.
+    pub caching: bool,
+}
+
+impl ClientSide {
+    pub fn new(options: &Options) -> ClientSide {
+        ClientSide {
+            bcast: options.bcast,
+            optin: options.optin,
+            optout: options.optout,
+            noloop: options.noloop,
+            caching: false,
+        }
+    }
+
+    /// For a command of this client's: whether its keys are remembered as read (default mode, as
+    /// OPTIN/OPTOUT and CLIENT CACHING say), and whether as its own writes (NOLOOP).
+    pub fn on_command(&mut self, spec: &Spec) -> (bool, bool) {
+        let reads = spec.has(flags::READONLY)
+            && !self.bcast
+            && (!self.optin || self.caching)
+            && !(self.optout && self.caching);
+        let writes = self.noloop && spec.has(flags::WRITE);
+        // As Redis: CLIENT CACHING applies to the one command after it.
+        if !spec.name.starts_with("client") {
+            self.caching = false;
+        }
+        (reads, writes)
+    }
+}
+
+/// Where client `id`'s invalidations go.
+fn target(id: u64, status: &Status) -> u64 {
+    match status.options.redirect {
+        0 => id,
+        other => other,
+    }
+}
+
+/// A feed connection to one master.
+struct Link {
+    link: Subscriber,
+    ready: bool,
+}
+
+/// Follows every master of `pool` while any of its clients tracks (see the module's doc).
+async fn follow(pool: Arc<Pool>) {
+    let settings =
+        pool.router
+            .own_settings()
+            .resp3()
+            .then(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let feed = Feed::new(usize::MAX);
+    let mut links: HashMap<Arc<str>, Link> = HashMap::new();
+    let mut next_id = 0u32;
+    let mut recheck = tokio::time::interval(RECHECK);
+    loop {
+        tokio::select! {
+            _ = recheck.tick() => {
+                let masters = pool.router.masters();
+                links.retain(|addr, _| masters.iter().any(|m| m.addr() == addr));
+                for master in masters {
+                    if links.contains_key(master.addr()) {
+                        continue;
+                    }
+                    let link = Subscriber::spawn(next_id, master.addr().clone(), &settings, events_tx.clone(), feed.clone());
+                    next_id += 1;
+                    // Answered once the handshake (and so the tracking) is in place.
+                    link.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+                    links.insert(master.addr().clone(), Link { link, ready: false });
+                }
+                let ready = !links.is_empty() && links.values().all(|l| l.ready);
+                if !pool.tracking.settle(ready) {
+                    return;
+                }
+            }
+            Some(event) = events.recv() => match event {
+                SubEvent::Frame(id, frame) => {
+                    feed.written(frame.len());
+                    if frame.starts_with(b"+PONG") {
+                        if let Some(l) = links.values_mut().find(|l| l.link.id() == id) {
+                            l.ready = true;
+                        }
+                        let ready = links.values().all(|l| l.ready);
+                        if !pool.tracking.settle(ready) {
+                            return;
+                        }
+                        continue;
+                    }
+                    match invalidated(&frame) {
+                        Some(Some(keys)) => pool.tracking.invalidate(Some(&keys), &pool.shared),
+                        Some(None) => {
+                            // Every master flushes for one FLUSHALL: tell each client once.
+                            tokio::time::sleep(FLUSH_COALESCE).await;
+                            let mut more = Vec::new();
+                            while let Ok(event) = events.try_recv() {
+                                match event {
+                                    SubEvent::Frame(_, f) if matches!(invalidated(&f), Some(None)) => {
+                                        feed.written(f.len());
+                                    }
+                                    other => more.push(other),
+                                }
+                            }
+                            pool.tracking.invalidate(None, &pool.shared);
+                            for event in more {
+                                if let SubEvent::Frame(_, f) = event {
+                                    feed.written(f.len());
+                                    if let Some(Some(keys)) = invalidated(&f) {
+                                        pool.tracking.invalidate(Some(&keys), &pool.shared);
+                                    }
+                                }
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                SubEvent::Lost(id, error) => {
+                    tracing::warn!(pool = %pool.name, %error, "a tracking feed was lost: tracking clients are told to flush");
+                    links.retain(|_, l| l.link.id() != id);
+                    pool.tracking.invalidate(None, &pool.shared);
+                    let _ = pool.tracking.settle(false);
+                }
+            },
+        }
+    }
+}
+
+/// The keys of an `invalidate` push (None inside: a flush); None for any other frame.
+fn invalidated(frame: &[u8]) -> Option<Option<Vec<Bytes>>> {
+    let rest = frame.strip_prefix(b">2\r\n$10\r\ninvalidate\r\n")?;
+    if rest.starts_with(b"_\r\n") || rest.starts_with(b"*-1\r\n") {
+        return Some(None);
+    }
+    let rest = rest.strip_prefix(b"*")?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let count = usize::try_from(parse_int(&rest[..end])?).ok()?;
+    let mut rest = &rest[end + 2..];
+    let mut keys = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let body = rest.strip_prefix(b"$")?;
+        let end = body.windows(2).position(|w| w == b"\r\n")?;
+        let len = usize::try_from(parse_int(&body[..end])?).ok()?;
+        let key = body.get(end + 2..end + 2 + len)?;
+        keys.push(Bytes::copy_from_slice(key));
+        rest = body.get(end + 4 + len..)?;
+    }
+    Some(Some(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidate_pushes_are_read_as_redis_sends_them() {
+        assert_eq!(
+            invalidated(b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n$2\r\nbc\r\n"),
+            Some(Some(vec![
+                Bytes::from_static(b"a"),
+                Bytes::from_static(b"bc")
+            ]))
+        );
+        assert_eq!(invalidated(b">2\r\n$10\r\ninvalidate\r\n_\r\n"), Some(None));
+        assert_eq!(invalidated(b"+PONG\r\n"), None);
+        assert_eq!(
+            invalidated(b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn readers_are_told_once_bcast_by_prefix_and_noloop_skips_own_writes() {
+        let tracking = Tracking::default();
+        {
+            let mut state = tracking.lock();
+            let mut add = |id, options| {
+                state.trackers.insert(
+                    id,
+                    Tracker {
+                        status: Status {
+                            options,
+                            broken: false,
+                        },
+                        own_writes: HashMap::new(),
+                    },
+                );
+            };
+            add(1, Options::default());
+            add(
+                2,
+                Options {
+                    bcast: true,
+                    prefixes: vec![Bytes::from_static(b"user:")],
+                    ..Options::default()
+                },
+            );
+            add(
+                3,
+                Options {
+                    noloop: true,
+                    redirect: 9,
+                    ..Options::default()
+                },
+            );
+        }
+        let shared = Shared::new(None, (0, 0));
+        tracking.read(1, [&b"user:1"[..], b"other"].into_iter(), &shared);
+        tracking.read(3, [&b"user:1"[..]].into_iter(), &shared);
+        tracking.wrote(3, [&b"user:1"[..]].into_iter());
+        let keys = [Bytes::from_static(b"user:1"), Bytes::from_static(b"user:2")];
+        let told: Vec<(u64, u64, usize)> = tracking
+            .deliveries(Some(&keys))
+            .iter()
+            .map(|d| (d.from, d.to, d.keys.as_ref().map_or(0, Vec::len)))
+            .collect();
+        assert!(told.contains(&(1, 1, 1)), "{told:?}");
+        assert!(told.contains(&(2, 2, 2)), "one BCAST message: {told:?}");
+        assert!(!told.iter().any(|t| t.0 == 3), "NOLOOP: {told:?}");
+        // Told once: the next change of user:1 reaches only BCAST.
+        let again: Vec<u64> = tracking
+            .deliveries(Some(&keys[..1]))
+            .iter()
+            .map(|d| d.from)
+            .collect();
+        assert_eq!(again, vec![2]);
+    }
+}

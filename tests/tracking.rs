@@ -1,0 +1,235 @@
+//! CLIENT TRACKING (client-side caching) through a cluster pool: invalidations reach the client
+//! that read a key (RESP3 pushes, or `__redis__:invalidate` messages on the client it redirects
+//! to), from whichever master owns the key, whoever changed it; BCAST with prefixes, NOLOOP,
+//! OPTIN, `tracking-redir-broken`, and redis-py's own client-side cache.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{free_port, run_python_client, Client, RedisCluster, Reply, Slotline};
+
+fn bulk(s: &str) -> Reply {
+    Reply::bulk(s)
+}
+
+/// An `invalidate` push (or RESP2 `__redis__:invalidate` message) for `keys`.
+fn invalidate(keys: &[&str]) -> Reply {
+    Reply::Array(Some(vec![
+        bulk("invalidate"),
+        Reply::Array(Some(keys.iter().map(|k| bulk(k)).collect())),
+    ]))
+}
+
+fn message(keys: &[&str]) -> Reply {
+    Reply::Array(Some(vec![
+        bulk("message"),
+        bulk("__redis__:invalidate"),
+        Reply::Array(Some(keys.iter().map(|k| bulk(k)).collect())),
+    ]))
+}
+
+/// Asserts nothing more arrives within a moment.
+fn quiet(client: &mut Client, what: &str) {
+    client.set_read_timeout(Duration::from_millis(300));
+    let got = client.try_read_reply();
+    assert!(got.is_err(), "{what}: nothing more expected, got {got:?}");
+    client.set_read_timeout(support::IO_TIMEOUT);
+}
+
+fn resp3(proxy: &Slotline) -> Client {
+    let mut client = proxy.client();
+    assert!(client.cmd(&["HELLO", "3"]).as_array().is_some());
+    client
+}
+
+/// One key on each master, so that every test reads and writes across all of them.
+fn keys_on_every_master(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
+    cluster
+        .masters()
+        .iter()
+        .map(|m| {
+            (0..)
+                .map(|i| format!("{prefix}{i}"))
+                .find(|k| cluster.node_for_slot(support::key_slot(k.as_bytes())) == m.port)
+                .expect("a key on every master")
+        })
+        .collect()
+}
+
+#[test]
+fn invalidations_reach_the_client_that_read_the_key() {
+    let cluster = RedisCluster::start(Default::default());
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let proxy = Slotline::start(&Slotline::cluster_yaml(free_port(), &seeds));
+    let keys = keys_on_every_master(&cluster, "t:");
+    let mut writer = proxy.client();
+
+    // RESP3, default mode: each read key is invalidated once, whoever changes it.
+    let mut reader = resp3(&proxy);
+    assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "ON"]), Reply::ok());
+    assert_eq!(reader.cmd(&["CLIENT", "GETREDIR"]), Reply::Int(0));
+    for key in &keys {
+        assert_eq!(reader.cmd(&["GET", key]), Reply::Bulk(None));
+    }
+    for key in &keys {
+        assert_eq!(writer.cmd(&["SET", key, "1"]), Reply::ok());
+        assert_eq!(reader.read_reply(), invalidate(&[key]), "{key}");
+    }
+    assert_eq!(writer.cmd(&["SET", &keys[0], "2"]), Reply::ok());
+    quiet(&mut reader, "a key not read again is not invalidated again");
+    // A change made directly on the node (not through slotline) is seen too.
+    assert_eq!(reader.cmd(&["GET", &keys[1]]), bulk("1"));
+    let owner = cluster.node_for_slot(support::key_slot(keys[1].as_bytes()));
+    assert_eq!(
+        Client::connect(owner).cmd(&["DEL", &keys[1]]),
+        Reply::Int(1)
+    );
+    assert_eq!(reader.read_reply(), invalidate(&[&keys[1]]));
+    // Its own write: the reply first, then the invalidation, as from one Redis.
+    assert_eq!(reader.cmd(&["GET", &keys[2]]), bulk("1"));
+    assert_eq!(reader.cmd(&["SET", &keys[2], "mine"]), Reply::ok());
+    assert_eq!(reader.read_reply(), invalidate(&[&keys[2]]));
+
+    // RESP2 with REDIRECT to a client subscribed to __redis__:invalidate.
+    let mut sink = proxy.client();
+    let sink_id = sink.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
+    assert!(sink
+        .cmd(&["SUBSCRIBE", "__redis__:invalidate"])
+        .as_array()
+        .is_some());
+    assert_eq!(writer.cmd(&["SET", &keys[1], "1"]), Reply::ok());
+    let mut redirected = proxy.client();
+    assert_eq!(
+        redirected.cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &sink_id.to_string()]),
+        Reply::ok()
+    );
+    assert_eq!(redirected.cmd(&["CLIENT", "GETREDIR"]), Reply::Int(sink_id));
+    assert_eq!(
+        redirected
+            .cmd(&["MGET", &keys[0], &keys[1]])
+            .as_array()
+            .map(<[Reply]>::len),
+        Some(2)
+    );
+    assert_eq!(writer.cmd(&["DEL", &keys[0], &keys[1]]), Reply::Int(2));
+    let mut got = vec![sink.read_reply(), sink.read_reply()];
+    got.sort_by_key(|r| format!("{r:?}"));
+    let mut want = vec![message(&[&keys[0]]), message(&[&keys[1]])];
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(got, want);
+
+    // BCAST with a prefix: every change of a matching key, read or not, in one message per change.
+    let mut watcher = resp3(&proxy);
+    assert_eq!(
+        watcher.cmd(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "t:", "NOLOOP"]),
+        Reply::ok()
+    );
+    assert_eq!(writer.cmd(&["SET", "other", "1"]), Reply::ok());
+    assert_eq!(writer.cmd(&["SET", &keys[1], "b"]), Reply::ok());
+    assert_eq!(watcher.read_reply(), invalidate(&[&keys[1]]));
+    // NOLOOP: its own writes tell it nothing; others' do.
+    assert_eq!(watcher.cmd(&["SET", &keys[0], "own"]), Reply::ok());
+    quiet(&mut watcher, "NOLOOP: its own write");
+    let info = watcher.cmd(&["CLIENT", "TRACKINGINFO"]);
+    assert_eq!(
+        info,
+        Reply::Array(Some(vec![
+            bulk("flags"),
+            Reply::Array(Some(vec![bulk("on"), bulk("bcast"), bulk("noloop")])),
+            bulk("redirect"),
+            Reply::Int(0),
+            bulk("prefixes"),
+            Reply::Array(Some(vec![bulk("t:")])),
+        ]))
+    );
+
+    // OPTIN: only a read right after CLIENT CACHING YES is tracked.
+    let mut optin = resp3(&proxy);
+    assert_eq!(
+        optin.cmd(&["CLIENT", "TRACKING", "ON", "OPTIN"]),
+        Reply::ok()
+    );
+    assert_eq!(optin.cmd(&["GET", &keys[0]]), bulk("own"));
+    assert_eq!(optin.cmd(&["CLIENT", "CACHING", "YES"]), Reply::ok());
+    assert_eq!(optin.cmd(&["GET", &keys[1]]), bulk("b"));
+    assert_eq!(writer.cmd(&["SET", &keys[0], "x"]), Reply::ok());
+    assert_eq!(writer.cmd(&["SET", &keys[1], "x"]), Reply::ok());
+    assert_eq!(optin.read_reply(), invalidate(&[&keys[1]]));
+    quiet(&mut optin, "OPTIN: a read without CACHING YES");
+
+    // The redirect target leaves: a RESP3 tracker is told its redirect is broken.
+    let mut orphan = resp3(&proxy);
+    let mut target = proxy.client();
+    let target_id = target.cmd(&["CLIENT", "ID"]).as_int().expect("id");
+    assert_eq!(
+        orphan.cmd(&[
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "REDIRECT",
+            &target_id.to_string()
+        ]),
+        Reply::ok()
+    );
+    assert_eq!(orphan.cmd(&["GET", &keys[2]]), bulk("mine"));
+    drop(target);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(writer.cmd(&["SET", &keys[2], "y"]), Reply::ok());
+    assert_eq!(
+        orphan.read_reply(),
+        Reply::Array(Some(vec![
+            bulk("tracking-redir-broken"),
+            Reply::Int(target_id)
+        ]))
+    );
+
+    // Redis's own errors.
+    for (args, error) in [
+        (
+            &["CLIENT", "TRACKING", "ON", "PREFIX", "a"][..],
+            "ERR PREFIX option requires BCAST mode to be enabled",
+        ),
+        (
+            &["CLIENT", "TRACKING", "ON", "REDIRECT", "999999"],
+            "ERR The client ID you want redirect to does not exist",
+        ),
+        (
+            &["CLIENT", "TRACKING", "ON", "OPTIN", "OPTOUT"],
+            "ERR You can't specify both OPTIN mode and OPTOUT mode",
+        ),
+        (
+            &["CLIENT", "TRACKING", "MAYBE"],
+            "ERR syntax error",
+        ),
+        (
+            &["CLIENT", "CACHING", "YES"],
+            "ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
+        ),
+    ] {
+        assert_eq!(writer.cmd(args), Reply::Error(error.into()), "{args:?}");
+    }
+    let mut prefixed = resp3(&proxy);
+    assert_eq!(
+        prefixed.cmd(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "p:"]),
+        Reply::ok()
+    );
+    assert_eq!(
+        prefixed.cmd(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "p:x"]),
+        Reply::Error(
+            "ERR Prefix 'p:x' overlaps with an existing prefix 'p:'. Prefixes for a single client must not overlap."
+                .into()
+        )
+    );
+    assert_eq!(writer.cmd(&["CLIENT", "GETREDIR"]), Reply::Int(-1));
+    let info = writer.cmd(&["INFO", "clients"]);
+    let text = String::from_utf8_lossy(info.as_bytes().expect("INFO")).into_owned();
+    assert!(text.contains("tracking_clients:6\r\n"), "{text}");
+    assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "OFF"]), Reply::ok());
+    assert_eq!(reader.cmd(&["GET", &keys[0]]), bulk("x"));
+    assert_eq!(writer.cmd(&["SET", &keys[0], "z"]), Reply::ok());
+    quiet(&mut reader, "tracking off");
+
+    // An application's client-side cache (redis-py, RESP2 with a redirect) stays correct.
+    run_python_client("redis_py_tracking.py", proxy.port(), "2");
+}
