@@ -318,6 +318,9 @@ fn client_pause_holds_writes_across_the_pool_until_unpaused() {
         !on_nodes(&servers).contains(&Reply::bulk("new")),
         "a paused write reached a node"
     );
+    // A client held by the pause counts as blocked, as in Redis.
+    let info = text(admin.cmd(&["INFO", "clients"]));
+    assert!(info.contains("blocked_clients:1\r\n"), "{info}");
     assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]), Reply::ok());
     assert_eq!(writer.read_reply(), Reply::ok());
     assert_eq!(

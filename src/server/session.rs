@@ -943,11 +943,12 @@ impl Ctx {
     }
 
     /// Keeps what CLIENT LIST shows of this client current, and counts it in INFO's
-    /// `blocked_clients` while it is [blocked](Self::blocked): once per step, and the state only when
+    /// `blocked_clients` while it is [blocked](Self::blocked) or held by a pause: once per step, and the state only when
     /// a command that can change it ran (a keyed command changes nothing listed but the time and the
     /// command). A blocking request is always the oldest: it waits for those before it.
     pub(crate) fn publish_client_state(&mut self) {
-        let blocked = self.blocked();
+        // Held by CLIENT PAUSE counts as blocked too, as in Redis (its suite waits on that).
+        let blocked = self.blocked() || self.paused.is_some();
         let blocked_changed = blocked != self.marks.blocked.is_some();
         if blocked_changed {
             self.marks.blocked =
