@@ -493,6 +493,25 @@ fn malformed_input_gets_a_protocol_error_and_the_connection_is_closed() {
         ("a bulk length over 4 GiB", b"*1\r\n$4294967296\r\n"),
         ("an integer where a bulk string belongs", b"*1\r\n:1\r\n"),
     ];
+    // Redis's own words where its suite checks them.
+    for (bytes, error) in [
+        (
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n"[..],
+            "ERR Protocol error: expected '$', got 'f'",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$blabla\r\n",
+            "ERR Protocol error: invalid bulk length",
+        ),
+        (
+            b"*20000000000\r\n",
+            "ERR Protocol error: invalid multibulk length",
+        ),
+    ] {
+        let mut client = Client::connect(port);
+        client.send_raw(bytes);
+        assert_eq!(client.read_reply(), Reply::Error(error.into()));
+    }
     for (what, bytes) in cases {
         let mut client = Client::connect(port);
         client.send_raw(bytes);

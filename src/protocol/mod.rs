@@ -18,6 +18,29 @@ pub use request::{parse_int, Limits, RequestParser};
 pub use scan::{ReplyScanner, DEFAULT_MAX_REPLY};
 
 /// A stream the proxy cannot resynchronise on: the connection has to close after the client is told why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Protocol error: {0}")]
-pub struct ProtocolError(pub &'static str);
+/// In Redis's words, with the byte found where another was expected (`expected '$', got 'f'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub &'static str, pub Option<u8>);
+
+impl ProtocolError {
+    pub const fn new(what: &'static str) -> ProtocolError {
+        ProtocolError(what, None)
+    }
+
+    /// `what`, and the byte found instead.
+    pub const fn got(what: &'static str, found: u8) -> ProtocolError {
+        ProtocolError(what, Some(found))
+    }
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Protocol error: {}", self.0)?;
+        match self.1 {
+            Some(found) => write!(f, ", got '{}'", char::from(found).escape_default()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}

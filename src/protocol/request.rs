@@ -103,18 +103,20 @@ impl RequestParser {
             if first != b'*' {
                 return self.parse_inline(buf);
             }
-            let Some((count, header_len)) = parse_header(buf, 1)? else {
+            let Some((count, header_len)) =
+                parse_header(buf, 1).map_err(|_| ProtocolError::new("invalid multibulk length"))?
+            else {
                 return Ok(None);
             };
             if count <= 0 {
                 return Ok(Some(header_len));
             }
             if self.unauthenticated && count > UNAUTHENTICATED_ARGS {
-                return Err(ProtocolError("unauthenticated multibulk length"));
+                return Err(ProtocolError::new("unauthenticated multibulk length"));
             }
             // Every argument takes at least 6 bytes ("$0\r\n\r\n").
             if count as usize > self.limits.max_request_bytes / 6 {
-                return Err(ProtocolError("invalid multibulk length"));
+                return Err(ProtocolError::new("invalid multibulk length"));
             }
             self.expected = count as usize;
             self.pos = header_len;
@@ -127,27 +129,29 @@ impl RequestParser {
             };
             if marker != b'$' {
                 self.reset();
-                return Err(ProtocolError("expected '$' for a bulk string"));
+                return Err(ProtocolError::got("expected '$'", marker));
             }
-            let Some((len, header_len)) =
-                parse_header(&buf[pos..], 1).inspect_err(|_| self.reset())?
+            let Some((len, header_len)) = parse_header(&buf[pos..], 1).map_err(|_| {
+                self.reset();
+                ProtocolError::new("invalid bulk length")
+            })?
             else {
                 return Ok(None);
             };
             if self.unauthenticated && (0..=MAX_BULK).contains(&len) && len > UNAUTHENTICATED_BULK {
                 self.reset();
-                return Err(ProtocolError("unauthenticated bulk length"));
+                return Err(ProtocolError::new("unauthenticated bulk length"));
             }
             if !(0..=MAX_BULK).contains(&len) || (len as u64) > self.limits.max_request_bytes as u64
             {
                 self.reset();
-                return Err(ProtocolError("invalid bulk length"));
+                return Err(ProtocolError::new("invalid bulk length"));
             }
             let start = pos + header_len;
             let end = start + len as usize;
             if end + 2 > self.limits.max_request_bytes {
                 self.reset();
-                return Err(ProtocolError("request exceeds the size limit"));
+                return Err(ProtocolError::new("request exceeds the size limit"));
             }
             if buf.len() < end + 2 {
                 self.need = end + 2;
@@ -155,7 +159,7 @@ impl RequestParser {
             }
             if &buf[end..end + 2] != b"\r\n" {
                 self.reset();
-                return Err(ProtocolError("bulk string not terminated by CRLF"));
+                return Err(ProtocolError::new("bulk string not terminated by CRLF"));
             }
             self.args.push((start as u32, end as u32));
             self.pos = end + 2;
@@ -180,7 +184,7 @@ impl RequestParser {
         let window = &buf[..buf.len().min(MAX_INLINE)];
         let Some(nl) = window.iter().position(|&b| b == b'\n') else {
             if buf.len() >= MAX_INLINE {
-                return Err(ProtocolError("too big inline request"));
+                return Err(ProtocolError::new("too big inline request"));
             }
             return Ok(None);
         };
@@ -211,9 +215,9 @@ impl RequestParser {
 /// only; a closing quote must end the word. A NUL byte is refused: Redis, reading the line as a C
 /// string, would never find its end.
 fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
-    const UNBALANCED: ProtocolError = ProtocolError("unbalanced quotes in request");
+    const UNBALANCED: ProtocolError = ProtocolError::new("unbalanced quotes in request");
     if line.contains(&0) {
-        return Err(ProtocolError("NUL byte in an inline request"));
+        return Err(ProtocolError::new("NUL byte in an inline request"));
     }
     let at = |i: usize| line.get(i).copied();
     // C's isspace: what may separate words and must follow a closing quote.
@@ -296,7 +300,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
 /// Parses `<marker><integer>\r\n` starting after the marker at `buf[0]`; returns the value and the
 /// header's length including the CRLF. One pass over the digits, read as [`parse_int`] reads them.
 pub(super) fn parse_header(buf: &[u8], skip: usize) -> Result<Option<(i64, usize)>, ProtocolError> {
-    const INVALID: ProtocolError = ProtocolError("invalid length");
+    const INVALID: ProtocolError = ProtocolError::new("invalid length");
     let end = buf.len().min(MAX_HEADER);
     let mut i = skip;
     let negative = buf.get(i) == Some(&b'-');
@@ -318,7 +322,7 @@ pub(super) fn parse_header(buf: &[u8], skip: usize) -> Result<Option<(i64, usize
     }
     if i >= end {
         if buf.len() >= MAX_HEADER {
-            return Err(ProtocolError("invalid length header"));
+            return Err(ProtocolError::new("invalid length header"));
         }
         return Ok(None);
     }
@@ -330,7 +334,7 @@ pub(super) fn parse_header(buf: &[u8], skip: usize) -> Result<Option<(i64, usize
     match buf.get(i + 1) {
         None => Ok(None),
         Some(b'\n') => Ok(Some((if negative { -value } else { value }, i + 2))),
-        Some(_) => Err(ProtocolError("length header not terminated by CRLF")),
+        Some(_) => Err(ProtocolError::new("length header not terminated by CRLF")),
     }
 }
 
@@ -413,11 +417,11 @@ mod tests {
         parser.set_unauthenticated(true);
         assert_eq!(
             parser.parse(b"*100\r\n"),
-            Err(ProtocolError("unauthenticated multibulk length"))
+            Err(ProtocolError::new("unauthenticated multibulk length"))
         );
         assert_eq!(
             parser.parse(b"*1\r\n$100000000\r\n"),
-            Err(ProtocolError("unauthenticated bulk length"))
+            Err(ProtocolError::new("unauthenticated bulk length"))
         );
         let auth = b"*2\r\n$4\r\nAUTH\r\n$16384\r\n";
         assert_eq!(parser.parse(auth), Ok(None), "16 KiB is allowed");

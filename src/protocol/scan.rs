@@ -66,7 +66,7 @@ impl ReplyScanner {
     }
 }
 
-const TOO_LONG: ProtocolError = ProtocolError("reply longer than the bound (max_reply_bytes)");
+const TOO_LONG: ProtocolError = ProtocolError::new("reply longer than the bound (max_reply_bytes)");
 
 /// One element's own bytes (header, plus payload for strings) and how many elements follow as its
 /// children; `room` is how many bytes the reply may still take.
@@ -84,7 +84,7 @@ fn element(buf: &[u8], room: usize) -> Result<Option<(usize, u64)>, ProtocolErro
                 return Ok(None);
             };
             if lf == 0 || buf[lf - 1] != b'\r' {
-                return Err(ProtocolError("line not terminated by CRLF"));
+                return Err(ProtocolError::new("line not terminated by CRLF"));
             }
             Ok(Some((lf + 1, 0)))
         }
@@ -97,7 +97,7 @@ fn element(buf: &[u8], room: usize) -> Result<Option<(usize, u64)>, ProtocolErro
                 return if len == -1 {
                     Ok(Some((header, 0)))
                 } else {
-                    Err(ProtocolError("invalid bulk length"))
+                    Err(ProtocolError::new("invalid bulk length"))
                 };
             }
             // Refused before a byte of it is buffered.
@@ -109,7 +109,7 @@ fn element(buf: &[u8], room: usize) -> Result<Option<(usize, u64)>, ProtocolErro
                 return Ok(None);
             }
             if &buf[end..end + 2] != b"\r\n" {
-                return Err(ProtocolError("bulk string not terminated by CRLF"));
+                return Err(ProtocolError::new("bulk string not terminated by CRLF"));
             }
             Ok(Some((end + 2, 0)))
         }
@@ -119,7 +119,7 @@ fn element(buf: &[u8], room: usize) -> Result<Option<(usize, u64)>, ProtocolErro
                 return Ok(None);
             };
             if count < -1 {
-                return Err(ProtocolError("invalid multibulk length"));
+                return Err(ProtocolError::new("invalid multibulk length"));
             }
             // parse_header reads at most 18 digits: the doubling below cannot overflow.
             let count = count.max(0) as u64;
@@ -131,7 +131,7 @@ fn element(buf: &[u8], room: usize) -> Result<Option<(usize, u64)>, ProtocolErro
             };
             Ok(Some((header, children)))
         }
-        _ => Err(ProtocolError("unknown reply type")),
+        _ => Err(ProtocolError::new("unknown reply type")),
     }
 }
 
