@@ -6,7 +6,7 @@
 //! The data path pays one comparison per reply; only a slow request takes the lock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +31,8 @@ pub struct Entry {
 pub struct SlowLog {
     /// Requests at least this slow are logged; `u64::MAX` when the log is off (a negative
     /// `slowlog_log_slower_than`).
-    slower_than_us: u64,
-    max_len: usize,
+    slower_than_us: AtomicU64,
+    max_len: AtomicUsize,
     next_id: AtomicU64,
     entries: Mutex<VecDeque<Entry>>,
 }
@@ -41,8 +41,8 @@ impl SlowLog {
     /// `slower_than_us` as Redis's `slowlog-log-slower-than` (negative: off; 0: every request).
     pub fn new(slower_than_us: i64, max_len: usize) -> SlowLog {
         SlowLog {
-            slower_than_us: u64::try_from(slower_than_us).unwrap_or(u64::MAX),
-            max_len,
+            slower_than_us: AtomicU64::new(u64::try_from(slower_than_us).unwrap_or(u64::MAX)),
+            max_len: AtomicUsize::new(max_len),
             next_id: AtomicU64::new(0),
             entries: Mutex::new(VecDeque::new()),
         }
@@ -51,7 +51,20 @@ impl SlowLog {
     /// Whether a request that took `took` belongs in the log.
     #[inline]
     pub fn is_slow(&self, took: Duration) -> bool {
-        self.slower_than_us != u64::MAX && took.as_micros() as u64 >= self.slower_than_us
+        let slower_than = self.slower_than_us.load(Ordering::Relaxed);
+        slower_than != u64::MAX && took.as_micros() as u64 >= slower_than
+    }
+
+    /// CONFIG SET slowlog-log-slower-than through slotline (see [`Self::new`]).
+    pub fn set_slower_than(&self, us: i64) {
+        let us = u64::try_from(us).unwrap_or(u64::MAX);
+        self.slower_than_us.store(us, Ordering::Relaxed);
+    }
+
+    /// CONFIG SET slowlog-max-len through slotline: older entries past it go.
+    pub fn set_max_len(&self, max_len: usize) {
+        self.max_len.store(max_len, Ordering::Relaxed);
+        self.lock().truncate(max_len);
     }
 
     /// Logs a request: `args` as the client sent them (cut as Redis cuts them).
@@ -62,7 +75,8 @@ impl SlowLog {
         client_addr: &str,
         client_name: Option<Bytes>,
     ) {
-        if self.max_len == 0 {
+        let max_len = self.max_len.load(Ordering::Relaxed);
+        if max_len == 0 {
             return;
         }
         let argc = args.len();
@@ -99,7 +113,7 @@ impl SlowLog {
         };
         let mut entries = self.lock();
         entries.push_front(entry);
-        entries.truncate(self.max_len);
+        entries.truncate(max_len);
     }
 
     /// The newest `count` entries (all with None), newest first.

@@ -262,6 +262,50 @@ fn slowlog_keeps_requests_slow_end_to_end() {
     );
     assert_eq!(client.cmd(&["SLOWLOG", "RESET"]), Reply::ok());
     assert_eq!(client.cmd(&["SLOWLOG", "LEN"]), Reply::Int(0));
+    // CONFIG SET of SLOWLOG's settings sets slotline's own (answered here without allow_admin).
+    assert_eq!(
+        client.cmd(&[
+            "CONFIG",
+            "SET",
+            "slowlog-log-slower-than",
+            "0",
+            "slowlog-max-len",
+            "2"
+        ]),
+        Reply::ok()
+    );
+    for i in 0..5 {
+        assert_eq!(client.cmd(&["SET", &format!("k{i}"), "v"]), Reply::ok());
+    }
+    assert_eq!(
+        client.cmd(&["SLOWLOG", "LEN"]),
+        Reply::Int(2),
+        "every request, 2 kept"
+    );
+    let entries = client.cmd(&["SLOWLOG", "GET"]);
+    let newest = entries
+        .as_array()
+        .and_then(|e| e.first())
+        .and_then(Reply::as_array);
+    assert_eq!(
+        newest.map(|e| e[3].clone()),
+        Some(Reply::Array(Some(vec![
+            Reply::bulk("SLOWLOG"),
+            Reply::bulk("LEN")
+        ])))
+    );
+    let refused = client.cmd(&["CONFIG", "SET", "slowlog-max-len", "5", "maxmemory", "1"]);
+    assert!(
+        refused.error().is_some_and(|e| e.contains("allow_admin")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        client.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "-1"]),
+        Reply::ok()
+    );
+    assert_eq!(client.cmd(&["SLOWLOG", "RESET"]), Reply::ok());
+    assert_eq!(client.cmd(&["GET", "k"]), Reply::bulk("v"));
+    assert_eq!(client.cmd(&["SLOWLOG", "LEN"]), Reply::Int(0), "off");
     assert_eq!(
         client.cmd(&["SLOWLOG", "GET", "-2"]),
         Reply::Error("ERR count should be greater than or equal to -1".into())

@@ -692,14 +692,22 @@ impl Ctx {
             Route::EveryNode { merge, needs } => {
                 self.every_node(spec, merge, needs, frame, view, now)
             }
-            Route::Admin(admin) => self.admin(spec, admin, frame, view, now),
+            Route::Admin(admin) => self.admin(req, spec, admin, frame, view, now),
             Route::Scan => self.scan(req, view, now),
             Route::RunningScript(merge) => self.every_master_apart(frame, merge, view, now),
             Route::Wait => self.wait(req, frame, view, now),
             Route::PubSub => self.pubsub(req, spec, frame, view, now),
             Route::Transaction => self.transaction(req, spec, frame, view, now),
             Route::Local => match local::handle(self, req, spec) {
-                Outcome::Answered => {}
+                Outcome::Answered => {
+                    // Answered at once: slow only for a log that keeps every request. AUTH and
+                    // HELLO carry passwords, which Redis keeps out of its log too.
+                    if self.pool.shared.slowlog.is_slow(Duration::ZERO)
+                        && !matches!(spec.name, "auth" | "hello")
+                    {
+                        self.log_slow(frame, Duration::ZERO);
+                    }
+                }
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
                 Outcome::EveryMaster => self.every_master_apart(frame, Merge::Same, view, now),
                 Outcome::Quit => self.closing = true,

@@ -181,14 +181,53 @@ impl Ctx {
 
     /// An administrative command: refused unless the pool sets `allow_admin`; then to one master, or
     /// to every master and replica with +OK only when each said so (else the first error).
+    /// CONFIG SET of the settings slotline has its own of, SLOWLOG's (SLOWLOG through slotline
+    /// shows slotline's log): applied here too when every value is valid, and the command goes on
+    /// to the nodes (or, without `allow_admin`, is refused unless it sets nothing else). Returns
+    /// whether every parameter set is one of them.
+    fn set_own_config(&mut self, req: Request<'_>) -> bool {
+        let argc = req.argc();
+        if argc < 4 || argc % 2 != 0 {
+            return false;
+        }
+        let mut own = Vec::new();
+        let mut only_own = true;
+        for i in (2..argc).step_by(2) {
+            let value = parse_int(req.arg(i + 1));
+            match (req.arg(i).to_ascii_lowercase().as_slice(), value) {
+                (b"slowlog-log-slower-than", Some(us)) if us >= -1 => own.push((true, us)),
+                (b"slowlog-max-len", Some(n)) if n >= 0 => own.push((false, n)),
+                (b"slowlog-log-slower-than" | b"slowlog-max-len", _) => return false,
+                _ => only_own = false,
+            }
+        }
+        if !only_own && !self.pool.config.allow_admin {
+            // Refused as a whole, as Redis refuses a CONFIG SET with one bad parameter.
+            return false;
+        }
+        let log = &self.pool.shared.slowlog;
+        for (slower_than, value) in own {
+            match slower_than {
+                true => log.set_slower_than(value),
+                false => log.set_max_len(usize::try_from(value).unwrap_or(usize::MAX)),
+            }
+        }
+        only_own
+    }
+
     pub(super) fn admin(
         &mut self,
+        req: Request<'_>,
         spec: &Spec,
         admin: Admin,
         frame: &Bytes,
         view: &View<'_>,
         now: Instant,
     ) {
+        if spec.name == "config|set" && self.set_own_config(req) && !self.pool.config.allow_admin {
+            // Only slotline's own settings: answered here.
+            return self.reply(|r| r.ok());
+        }
         if !self.pool.config.allow_admin {
             let msg = format!(
                 "ERR {} is not supported by slotline: administrative commands go to the Redis nodes directly (set allow_admin: true in pool '{}' to send it to them)",
