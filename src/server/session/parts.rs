@@ -187,7 +187,7 @@ impl Ctx {
     /// whether every parameter set is one of them.
     fn set_own_config(&mut self, req: Request<'_>) -> bool {
         let argc = req.argc();
-        if argc < 4 || argc % 2 != 0 {
+        if argc < 4 || !argc.is_multiple_of(2) {
             return false;
         }
         let mut own = Vec::new();
