@@ -530,15 +530,9 @@ fn command_cmd(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
                 }
             }
         }),
-        b"list" => ctx.reply(|r| {
-            let names: Vec<&str> = command::top_level().map(|s| s.name).collect();
-            r.array(names.len());
-            for n in names {
-                r.bulk(n.as_bytes());
-            }
-        }),
-        // Documentation is static server data; the nodes have it and slotline need not copy it.
-        b"docs" => return Outcome::Forward,
+        // Static server data (documentation, the command list and its filters, key flags): the
+        // nodes have it and slotline need not copy it.
+        b"docs" | b"list" | b"getkeysandflags" => return Outcome::Forward,
         b"getkeys" => {
             let inner = Request {
                 frame: req.frame,
@@ -549,8 +543,10 @@ fn command_cmd(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
                 Ok(spec) if spec.arity_ok(inner.argc()) => {
                     let mut keys = Vec::new();
                     inner.for_each_key(spec, |k| keys.push(k));
-                    if keys.is_empty() {
+                    if spec.keys.is_empty() {
                         ctx.error("ERR The command has no key arguments");
+                    } else if keys.is_empty() && !spec.has(flags::NO_MANDATORY_KEYS) {
+                        ctx.error("ERR Invalid arguments specified for command");
                     } else {
                         ctx.reply(|r| {
                             r.array(keys.len());
