@@ -16,7 +16,8 @@
 //!   reconnecting with backoff, taking requests alone or in batches (a split request's parts for one
 //!   node), the per-session inbox their replies are delivered to, and the
 //!   address -> node map pools keep; a client's own subscriber connections, which hand every frame to
-//!   the session and count what a slow subscriber has not taken.
+//!   the session and count what a slow subscriber has not taken; feeds that follow every master of
+//!   a pool (tracking, MONITOR's relay) and the gate clients wait at until they do.
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
 //!   seeds from discovery.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
@@ -46,7 +47,8 @@
 //!   on it, safe from idle and slow connections.
 //! - [`clients`]: the clients connected through slotline, as CLIENT LIST, CLIENT INFO and CLIENT KILL
 //!   see them (each session keeps its record current).
-//! - [`monitor`]: MONITOR's stream of every command, to any number of monitors, bounded per monitor.
+//! - [`monitor`]: MONITOR's stream of every command, to any number of monitors, bounded per monitor,
+//!   with the masters' script commands relayed while anyone monitors.
 //! - [`pause`]: CLIENT PAUSE: which commands a pause holds, and until when.
 //! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.

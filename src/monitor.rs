@@ -2,7 +2,9 @@
 //! in Redis's line format (`+1339518083.107412 [0 127.0.0.1:60866] "keys" "*"`).
 //!
 //! Sessions publish a line per command only while a monitor is connected (one relaxed load per
-//! command otherwise). Lines go through a bounded broadcast channel: a monitor that falls
+//! command otherwise). What scripts run on the nodes slotline cannot see, so while a monitor is
+//! connected each pool also runs MONITOR on every master and passes on the lines of commands
+//! scripts issued (`[0 lua]`), as Redis shows them ([`relay_scripts`]). Lines go through a bounded broadcast channel: a monitor that falls
 //! [`BACKLOG`] lines behind, or whose client leaves [`OUTPUT_LIMIT`] bytes of them unread, is
 //! dropped, never buffered without end and never slowing the clients it watches.
 
@@ -62,6 +64,11 @@ impl Monitors {
         let _ = self.lines.send(Bytes::from(line));
     }
 
+    /// Streams a line as a node gave it (a script's command, see [`start`]).
+    fn publish_line(&self, line: Bytes) {
+        let _ = self.lines.send(line);
+    }
+
     /// A new monitor, counted until it is dropped.
     pub fn watch(self: &Arc<Self>) -> Monitor {
         self.watching.fetch_add(1, Ordering::Relaxed);
@@ -114,6 +121,64 @@ impl Drop for Monitor {
     }
 }
 
+/// How often a relay looks whether any monitor is left, and at the pool's masters.
+const RELAY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts monitoring for a client of `pool`: the relay of its masters' script commands runs
+/// (started now if it did not). True when it is ready, so MONITOR is answered at once; else
+/// `later` is answered once it is.
+pub fn start(
+    pool: &Arc<crate::server::Pool>,
+    later: impl FnOnce() -> crate::backend::ReplyTo,
+) -> bool {
+    let relay = || {
+        tokio::spawn(relay_scripts(pool.clone()));
+    };
+    pool.monitor_relay.enter(relay, later)
+}
+
+/// While any client monitors, runs MONITOR on every master of `pool` and passes on the lines of
+/// the commands scripts issued there (`[<db> lua]`); the lines of slotline's own connections are
+/// left out (slotline shows its clients' commands itself).
+async fn relay_scripts(pool: Arc<crate::server::Pool>) {
+    let monitors = pool.shared.monitors.clone();
+    let mut feeds = crate::backend::MasterFeeds::new(
+        pool.router.own_settings(),
+        Bytes::from_static(b"*1\r\n$7\r\nMONITOR\r\n"),
+    );
+    let mut recheck = tokio::time::interval(RELAY_RECHECK);
+    loop {
+        tokio::select! {
+            _ = recheck.tick() => {
+                if !pool.monitor_relay.keep_running(monitors.active()) {
+                    return;
+                }
+                feeds.follow(&pool.router.masters());
+            }
+            Some(event) = feeds.events.recv() => match event {
+                crate::backend::SubEvent::Frame(id, line) => {
+                    feeds.taken(&line);
+                    if line.starts_with(b"+OK\r\n") {
+                        pool.monitor_relay.set_ready(feeds.set_up(id));
+                    } else if from_script(&line) {
+                        monitors.publish_line(line);
+                    }
+                }
+                crate::backend::SubEvent::Lost(id, _) => feeds.lost(id),
+            },
+        }
+    }
+}
+
+/// Whether a node's MONITOR line is a command a script issued: `+<time> [<db> lua] ...`.
+fn from_script(line: &[u8]) -> bool {
+    line.starts_with(b"+")
+        && line
+            .iter()
+            .position(|&b| b == b']')
+            .is_some_and(|end| line[..end].ends_with(b" lua"))
+}
+
 /// `arg` as Redis's MONITOR quotes it (sdscatrepr): in double quotes, with `\\`, `\"`, `\n`, `\r`,
 /// `\t`, `\a`, `\b` escaped and other unprintable bytes as `\xHH`.
 fn quote(out: &mut String, arg: &[u8]) {
@@ -138,6 +203,17 @@ fn quote(out: &mut String, arg: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_lines_of_script_commands_are_relayed() {
+        assert!(super::from_script(
+            b"+1700000000.123456 [0 lua] \"set\" \"foo\" \"bar\"\r\n"
+        ));
+        assert!(!super::from_script(
+            b"+1700000000.123456 [0 127.0.0.1:5000] \"eval\" \"x\"\r\n"
+        ));
+        assert!(!super::from_script(b"+OK\r\n"));
+    }
+
     use super::*;
 
     #[test]

@@ -20,9 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
-use crate::backend::{Feed, ReplyTo, SubEvent, Subscriber};
+use crate::backend::{Gate, MasterFeeds, ReplyTo, SubEvent};
 use crate::command::{flags, Spec};
 use crate::protocol::{parse_int, Reply};
 use crate::server::{Pool, Shared};
@@ -71,18 +70,15 @@ struct State {
     trackers: HashMap<u64, Tracker>,
     /// Default mode: the clients that read each key since it last changed.
     readers: HashMap<Bytes, HashSet<u64>>,
-    /// The feeds run (see [`follow`]).
-    following: bool,
-    /// Every master's feed is connected: new tracking takes effect at once.
-    ready: bool,
-    /// CLIENT TRACKING ON replies held until the feeds are connected.
-    waiting: Vec<ReplyTo>,
 }
 
 /// A pool's tracking clients and what they read.
 #[derive(Default)]
 pub struct Tracking {
     state: Mutex<State>,
+    /// Whether the feeds (see [`follow`]) run and every master's is connected: new tracking takes
+    /// effect at once; CLIENT TRACKING ON replies wait here until then.
+    gate: Gate,
 }
 
 /// An invalidation for one client: where it goes and what it says.
@@ -123,16 +119,11 @@ impl Tracking {
             status.options.prefixes.push(Bytes::new());
         }
         status.broken = false;
-        if !state.following {
-            state.following = true;
-            state.ready = false;
+        drop(state);
+        let start = || {
             tokio::spawn(follow(pool.clone()));
-        }
-        if state.ready {
-            return true;
-        }
-        state.waiting.push(reply());
-        false
+        };
+        pool.tracking.gate.enter(start, reply)
     }
 
     /// CLIENT TRACKING OFF, RESET, or the client left.
@@ -302,24 +293,6 @@ impl Tracking {
             }
         }
     }
-
-    /// The feeds are connected: held CLIENT TRACKING ON replies are answered. Returns false when
-    /// no client tracks any more (the feeds stop).
-    fn settle(&self, ready: bool) -> bool {
-        let mut state = self.lock();
-        if state.trackers.is_empty() && state.waiting.is_empty() {
-            state.following = false;
-            state.ready = false;
-            return false;
-        }
-        state.ready = ready;
-        if ready {
-            for reply in state.waiting.drain(..) {
-                reply.send(Ok(Bytes::from_static(b"+OK\r\n")));
-            }
-        }
-        true
-    }
 }
 
 /// What a tracking client's session decides per command without asking the pool.
@@ -368,12 +341,6 @@ fn target(id: u64, status: &Status) -> u64 {
     }
 }
 
-/// A feed connection to one master.
-struct Link {
-    link: Subscriber,
-    ready: bool,
-}
-
 /// Follows every master of `pool` while any of its clients tracks (see the module's doc).
 async fn follow(pool: Arc<Pool>) {
     let settings =
@@ -381,65 +348,50 @@ async fn follow(pool: Arc<Pool>) {
             .own_settings()
             .resp3()
             .then(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let feed = Feed::new(usize::MAX);
-    let mut links: HashMap<Arc<str>, Link> = HashMap::new();
-    let mut next_id = 0u32;
+    // Answered once the handshake, and so the tracking, is in place.
+    let mut feeds = MasterFeeds::new(settings, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+    let tracking = &pool.tracking;
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
         tokio::select! {
             _ = recheck.tick() => {
-                let masters = pool.router.masters();
-                links.retain(|addr, _| masters.iter().any(|m| m.addr() == addr));
-                for master in masters {
-                    if links.contains_key(master.addr()) {
-                        continue;
-                    }
-                    let link = Subscriber::spawn(next_id, master.addr().clone(), &settings, events_tx.clone(), feed.clone());
-                    next_id += 1;
-                    // Answered once the handshake (and so the tracking) is in place.
-                    link.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
-                    links.insert(master.addr().clone(), Link { link, ready: false });
-                }
-                let ready = !links.is_empty() && links.values().all(|l| l.ready);
-                if !pool.tracking.settle(ready) {
+                if !tracking.gate.keep_running(tracking.clients() > 0) {
                     return;
                 }
+                feeds.follow(&pool.router.masters());
+                tracking.gate.set_ready(feeds.ready());
             }
-            Some(event) = events.recv() => match event {
+            Some(event) = feeds.events.recv() => match event {
                 SubEvent::Frame(id, frame) => {
-                    feed.written(frame.len());
+                    feeds.taken(&frame);
                     if frame.starts_with(b"+PONG") {
-                        if let Some(l) = links.values_mut().find(|l| l.link.id() == id) {
-                            l.ready = true;
-                        }
-                        let ready = links.values().all(|l| l.ready);
-                        if !pool.tracking.settle(ready) {
-                            return;
-                        }
+                        tracking.gate.set_ready(feeds.set_up(id));
                         continue;
                     }
                     match invalidated(&frame) {
-                        Some(Some(keys)) => pool.tracking.invalidate(Some(&keys), &pool.shared),
+                        Some(Some(keys)) => tracking.invalidate(Some(&keys), &pool.shared),
                         Some(None) => {
                             // Every master flushes for one FLUSHALL: tell each client once.
                             tokio::time::sleep(FLUSH_COALESCE).await;
                             let mut more = Vec::new();
-                            while let Ok(event) = events.try_recv() {
-                                match event {
-                                    SubEvent::Frame(_, f) if matches!(invalidated(&f), Some(None)) => {
-                                        feed.written(f.len());
+                            while let Ok(event) = feeds.events.try_recv() {
+                                if let SubEvent::Frame(_, f) = &event {
+                                    feeds.taken(f);
+                                    if matches!(invalidated(f), Some(None)) {
+                                        continue;
                                     }
-                                    other => more.push(other),
                                 }
+                                more.push(event);
                             }
-                            pool.tracking.invalidate(None, &pool.shared);
+                            tracking.invalidate(None, &pool.shared);
                             for event in more {
-                                if let SubEvent::Frame(_, f) = event {
-                                    feed.written(f.len());
-                                    if let Some(Some(keys)) = invalidated(&f) {
-                                        pool.tracking.invalidate(Some(&keys), &pool.shared);
+                                match event {
+                                    SubEvent::Frame(_, f) => {
+                                        if let Some(Some(keys)) = invalidated(&f) {
+                                            tracking.invalidate(Some(&keys), &pool.shared);
+                                        }
                                     }
+                                    SubEvent::Lost(id, _) => feeds.lost(id),
                                 }
                             }
                         }
@@ -448,9 +400,9 @@ async fn follow(pool: Arc<Pool>) {
                 }
                 SubEvent::Lost(id, error) => {
                     tracing::warn!(pool = %pool.name, %error, "a tracking feed was lost: tracking clients are told to flush");
-                    links.retain(|_, l| l.link.id() != id);
-                    pool.tracking.invalidate(None, &pool.shared);
-                    let _ = pool.tracking.settle(false);
+                    feeds.lost(id);
+                    tracking.invalidate(None, &pool.shared);
+                    tracking.gate.set_ready(false);
                 }
             },
         }

@@ -196,6 +196,24 @@ fn monitor_streams_every_clients_commands_and_drops_a_monitor_that_does_not_read
         .and_then(Result::ok)
         .expect("the line after AUTH");
     assert!(after.ends_with(r#"] "GET" "after""#), "{after}");
+    // What a script runs on a node shows as Redis shows it, after the script's own line.
+    assert_eq!(
+        writer.cmd(&[
+            "EVAL",
+            "return redis.call('set', KEYS[1], ARGV[1])",
+            "1",
+            "scripted",
+            "v"
+        ]),
+        Reply::ok()
+    );
+    let eval = lines.next().and_then(Result::ok).expect("the EVAL line");
+    assert!(eval.contains(r#"] "EVAL" "#), "{eval}");
+    let inner = lines.next().and_then(Result::ok).expect("the script's SET");
+    assert!(
+        inner.ends_with(r#" [0 lua] "set" "scripted" "v""#),
+        "{inner}"
+    );
 
     // A monitor that reads nothing: the writer's 40,000 commands (20 MiB of lines) all go through, and it is dropped.
     let mut stalled = proxy.client();

@@ -6,12 +6,14 @@
 //! Subscriptions are the exception: they live on a [`Subscriber`] connection of one client's own.
 
 mod connection;
+mod feeds;
 mod health;
 mod inbox;
 mod nodes;
 mod stream;
 mod subscriber;
 
+pub use feeds::{Gate, MasterFeeds};
 pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
 pub use nodes::Nodes;

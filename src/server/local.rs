@@ -70,10 +70,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "client" => client(ctx, req),
         "slowlog" => slowlog(ctx, req),
         "latency" => latency(ctx, req),
-        "monitor" => {
-            ctx.start_monitor();
-            ctx.reply(|r| r.ok());
-        }
+        "monitor" => ctx.start_monitor(),
         "command" => return command_cmd(ctx, req),
         "info" => {
             let text = super::info::render(&ctx.pool, &ctx.client, req);

@@ -330,6 +330,7 @@ fn new_pool(
         read_only: behind.read_only,
         scripts_running: AtomicU64::new(0),
         tracking: Default::default(),
+        monitor_relay: Default::default(),
     })
 }
 

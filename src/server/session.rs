@@ -921,15 +921,25 @@ impl Ctx {
         self.pool.others_run_scripts(self.marks.script.is_some())
     }
 
-    /// MONITOR: from now on every command through slotline is streamed to this client.
+    /// MONITOR: from now on every command through slotline is streamed to this client (answered
+    /// +OK here).
     pub(crate) fn start_monitor(&mut self) {
         let stream = self.pool.shared.monitors.watch();
         self.monitor = Some(Box::new((stream, Vec::new())));
+        // +OK once the masters' script commands are relayed too.
+        let pool = self.pool.clone();
+        if crate::monitor::start(&pool, || self.answer_later()) {
+            self.reply(|r| r.ok());
+        }
     }
 
     /// Appends the MONITOR lines taken since the last step; false when the client leaves more than
     /// [`crate::monitor::OUTPUT_LIMIT`] of them unread.
     fn write_monitor_lines(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            // After the replies before them (MONITOR's own +OK first).
+            return true;
+        }
         if let Some(state) = self.monitor.as_deref_mut() {
             for line in state.1.drain(..) {
                 self.out.extend_from_slice(&line);

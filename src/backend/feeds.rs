@@ -1,0 +1,142 @@
+//! Connections that follow every master of a pool rather than carry requests: CLIENT TRACKING's
+//! invalidation feeds and MONITOR's relay of script commands. Each is one [`Subscriber`] per
+//! master, opened with a setup request, and kept in step with the pool's masters; a client whose
+//! command needs them waits at a [`Gate`] until every master's setup has been answered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Feed, Node, ReplyTo, Settings, SubEvent, Subscriber};
+
+/// One connection per master, each sent `setup` when opened.
+pub struct MasterFeeds {
+    settings: Settings,
+    setup: Bytes,
+    /// Each master's connection, and whether its setup was answered.
+    links: HashMap<Arc<str>, (Subscriber, bool)>,
+    next_id: u32,
+    events_tx: mpsc::UnboundedSender<SubEvent>,
+    /// What the connections read, frame by frame.
+    pub events: mpsc::UnboundedReceiver<SubEvent>,
+    feed: Arc<Feed>,
+}
+
+impl MasterFeeds {
+    pub fn new(settings: Settings, setup: Bytes) -> MasterFeeds {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        MasterFeeds {
+            settings,
+            setup,
+            links: HashMap::new(),
+            next_id: 0,
+            events_tx,
+            events,
+            // Frames are taken as they come: nothing waits for a slow client here.
+            feed: Feed::new(usize::MAX),
+        }
+    }
+
+    /// Opens connections to new masters and closes those to masters no longer in `masters`.
+    pub fn follow(&mut self, masters: &[Arc<Node>]) {
+        self.links
+            .retain(|addr, _| masters.iter().any(|m| m.addr() == addr));
+        for master in masters {
+            if self.links.contains_key(master.addr()) {
+                continue;
+            }
+            let link = Subscriber::spawn(
+                self.next_id,
+                master.addr().clone(),
+                &self.settings,
+                self.events_tx.clone(),
+                self.feed.clone(),
+            );
+            self.next_id += 1;
+            link.send(self.setup.clone());
+            self.links.insert(master.addr().clone(), (link, false));
+        }
+    }
+
+    /// A frame was taken from connection `id`.
+    pub fn taken(&self, frame: &[u8]) {
+        self.feed.written(frame.len());
+    }
+
+    /// Connection `id` answered its setup; true when every connection has.
+    pub fn set_up(&mut self, id: u32) -> bool {
+        if let Some(link) = self.links.values_mut().find(|(l, _)| l.id() == id) {
+            link.1 = true;
+        }
+        self.ready()
+    }
+
+    /// Every master is followed.
+    pub fn ready(&self) -> bool {
+        !self.links.is_empty() && self.links.values().all(|(_, on)| *on)
+    }
+
+    /// Connection `id` is gone; the next [`follow`](Self::follow) opens another.
+    pub fn lost(&mut self, id: u32) {
+        self.links.retain(|_, (l, _)| l.id() != id);
+    }
+}
+
+/// Where a client's command waits until its pool's feeds run: whether they run and are ready, and
+/// the replies held meanwhile (answered `+OK`).
+#[derive(Default)]
+pub struct Gate(Mutex<GateState>);
+
+#[derive(Default)]
+struct GateState {
+    running: bool,
+    ready: bool,
+    waiting: Vec<ReplyTo>,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A client needs the feeds: `start` runs them if they do not run. True when they are ready
+    /// (answer at once); else `later` is answered when they are.
+    pub fn enter(&self, start: impl FnOnce(), later: impl FnOnce() -> ReplyTo) -> bool {
+        let mut state = self.lock();
+        if !state.running {
+            state.running = true;
+            state.ready = false;
+            start();
+        }
+        if state.ready {
+            return true;
+        }
+        state.waiting.push(later());
+        false
+    }
+
+    /// Whether the feeds are ready now; held replies are answered when they become so.
+    pub fn set_ready(&self, ready: bool) {
+        let mut state = self.lock();
+        state.ready = ready;
+        if ready {
+            for reply in state.waiting.drain(..) {
+                reply.send(Ok(Bytes::from_static(b"+OK\r\n")));
+            }
+        }
+    }
+
+    /// Whether the feeds go on: no longer when `needed` says nobody needs them and no reply is
+    /// held (then the next [`enter`](Self::enter) starts them again).
+    pub fn keep_running(&self, needed: bool) -> bool {
+        let mut state = self.lock();
+        if needed || !state.waiting.is_empty() {
+            return true;
+        }
+        state.running = false;
+        state.ready = false;
+        false
+    }
+}
