@@ -465,3 +465,51 @@ fn client_reply_off_and_skip_drop_exactly_their_replies() {
     assert_eq!(client.read_reply(), Reply::Status("RESET".into()));
     assert_eq!(client.cmd(&["PING"]), Reply::Status("PONG".into()));
 }
+
+/// INFO shows what the nodes hold, summed over them (the keyspace, hits and misses), beside
+/// slotline's own sections, as one Redis would.
+#[test]
+fn info_sums_the_nodes_keyspace_and_counters() {
+    let servers = RedisServers::start(2);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), ""));
+    let mut client = proxy.client();
+    for i in 0..6 {
+        assert_eq!(client.cmd(&["SET", &format!("info:{i}"), "v"]), Reply::ok());
+    }
+    assert_eq!(client.cmd(&["EXPIRE", "info:0", "100"]), Reply::Int(1));
+    for key in ["info:1", "info:2", "info:3", "none:1", "none:2"] {
+        client.cmd(&["GET", key]);
+    }
+    // The keys live on both servers.
+    let on = |i: usize| servers.client(i).cmd(&["DBSIZE"]).as_int().unwrap_or(0);
+    assert!(on(0) > 0 && on(1) > 0, "{} + {}", on(0), on(1));
+    let info = text(client.cmd(&["INFO", "keyspace", "stats"]));
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .to_string()
+    };
+    assert!(
+        field("db0").starts_with("keys=6,expires=1,avg_ttl="),
+        "{info}"
+    );
+    assert_eq!(field("keyspace_hits"), "3");
+    assert_eq!(field("keyspace_misses"), "2");
+    assert!(
+        info.contains("total_commands_processed:"),
+        "slotline's own too: {info}"
+    );
+    // Sections that need no node are answered by slotline alone; all of them together work.
+    let all = text(client.cmd(&["INFO"]));
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Stats",
+        "# Keyspace",
+        "# Slotline",
+    ] {
+        assert!(all.contains(section), "{section} in {all}");
+    }
+    assert!(!text(client.cmd(&["INFO", "cpu"])).contains("# Keyspace"));
+}

@@ -85,6 +85,9 @@ pub enum Merge {
     /// SCRIPT KILL on every master: +OK when one killed a script, else the most telling error
     /// (`UNKILLABLE` before `NOTBUSY`).
     AnyOk,
+    /// INFO: slotline's own sections with what every master holds summed (see
+    /// `server::info::NodeFacts`), composed once all have answered.
+    NodeInfo,
     /// FUNCTION STATS on every master: the reply of the master that runs a script, else the first
     /// (the engines are alike on every node).
     Running,

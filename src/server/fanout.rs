@@ -93,6 +93,8 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
                 None => unexpected(out),
             }
         }
+        // Composed by the session, which has slotline's own sections.
+        Merge::NodeInfo => unexpected(out),
         Merge::Running => {
             let running = parts.iter().map(|(_, r)| *r).find(|r| runs_script(r));
             match running.or_else(|| parts.first().map(|(_, r)| *r)) {

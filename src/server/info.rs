@@ -7,16 +7,97 @@ use super::session::ClientState;
 use super::{Pool, Router};
 use crate::command::{self, Request};
 
-pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> String {
-    let wanted: Vec<String> = (1..req.argc())
+/// What the masters hold, summed, for the sections slotline cannot know alone (`keyspace`, and the
+/// keyspace counters of `stats`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct NodeFacts {
+    keys: u64,
+    expires: u64,
+    /// Weighted by each node's keys with a TTL, in ms.
+    avg_ttl: u64,
+    keyspace_hits: u64,
+    keyspace_misses: u64,
+    expired_keys: u64,
+    evicted_keys: u64,
+}
+
+/// What slotline asks every master for an INFO that shows their data.
+pub(crate) const NODE_SECTIONS: &[u8] = b"*3\r\n$4\r\nINFO\r\n$5\r\nstats\r\n$8\r\nkeyspace\r\n";
+
+impl NodeFacts {
+    /// Sums the masters' INFO replies (bulk strings; anything else is skipped).
+    pub(crate) fn sum<'a>(replies: impl Iterator<Item = &'a [u8]>) -> NodeFacts {
+        let mut facts = NodeFacts::default();
+        let mut ttl_weighted: u128 = 0;
+        for reply in replies {
+            let text = String::from_utf8_lossy(reply);
+            for line in text.lines() {
+                let Some((field, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let number = || value.trim().parse::<u64>().unwrap_or(0);
+                match field {
+                    "keyspace_hits" => facts.keyspace_hits += number(),
+                    "keyspace_misses" => facts.keyspace_misses += number(),
+                    "expired_keys" => facts.expired_keys += number(),
+                    "evicted_keys" => facts.evicted_keys += number(),
+                    "db0" => {
+                        let get = |name: &str| {
+                            value
+                                .split(',')
+                                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                                .and_then(|v| v.trim().parse::<u64>().ok())
+                                .unwrap_or(0)
+                        };
+                        let expires = get("expires");
+                        facts.keys += get("keys");
+                        facts.expires += expires;
+                        ttl_weighted += u128::from(get("avg_ttl")) * u128::from(expires);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if facts.expires > 0 {
+            facts.avg_ttl = (ttl_weighted / u128::from(facts.expires)) as u64;
+        }
+        facts
+    }
+}
+
+/// Whether INFO with these arguments shows data only the masters have.
+pub(crate) fn needs_nodes(req: Request<'_>) -> bool {
+    let wanted = sections(req);
+    wanted.is_empty()
+        || wanted.iter().any(|w| {
+            matches!(
+                w.as_str(),
+                "keyspace" | "stats" | "all" | "everything" | "default"
+            )
+        })
+}
+
+fn sections(req: Request<'_>) -> Vec<String> {
+    (1..req.argc())
         .map(|i| String::from_utf8_lossy(req.arg(i)).to_lowercase())
-        .collect();
+        .collect()
+}
+
+/// INFO's reply: slotline's own sections, with what the masters hold (`nodes`, when asked).
+pub(crate) fn render(
+    pool: &Pool,
+    _client: &ClientState,
+    req: Request<'_>,
+    nodes: Option<&NodeFacts>,
+) -> String {
+    let wanted = sections(req);
     let show = |section: &str| {
         wanted.is_empty()
             || wanted
                 .iter()
                 .any(|w| w == section || w == "all" || w == "everything" || w == "default")
     };
+    let nodes = nodes.cloned().unwrap_or_default();
     let shared = &pool.shared;
     let uptime = shared.started.elapsed().as_secs();
     let mut out = String::new();
@@ -71,7 +152,8 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
         let _ = write!(
             out,
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
-             total_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\ntotal_error_replies:{}\r\n\r\n",
+             total_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\ntotal_error_replies:{}\r\n\
+             expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\r\n",
             shared.total_connections.load(Ordering::Relaxed),
             shared.total_commands.load(Ordering::Relaxed),
             shared.rejected_connections.load(Ordering::Relaxed),
@@ -81,6 +163,10 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
                 .iter()
                 .flat_map(|p| p.metrics.errors.iter().map(|e| e.get()))
                 .sum::<u64>(),
+            nodes.expired_keys,
+            nodes.evicted_keys,
+            nodes.keyspace_hits,
+            nodes.keyspace_misses,
         );
     }
     if show("cpu") {
@@ -90,6 +176,18 @@ pub(crate) fn render(pool: &Pool, _client: &ClientState, req: Request<'_>) -> St
             "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n\
              used_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n\r\n"
         );
+    }
+    if show("keyspace") {
+        // Database 0 of every master, summed (Redis lists a database only when it has keys).
+        out.push_str("# Keyspace\r\n");
+        if nodes.keys > 0 {
+            let _ = write!(
+                out,
+                "db0:keys={},expires={},avg_ttl={}\r\n",
+                nodes.keys, nodes.expires, nodes.avg_ttl
+            );
+        }
+        out.push_str("\r\n");
     }
     if show("slotline") {
         let _ = write!(
@@ -284,6 +382,30 @@ fn discovery(out: &mut String, status: &crate::discovery::StatusSnapshot) {
             out,
             "discovery_failing:{}\r\n",
             reason.replace(['\r', '\n'], " ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_info_is_summed() {
+        let a = b"# Stats\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\nexpired_keys:2\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n";
+        let b = b"# Stats\r\nkeyspace_hits:4\r\nkeyspace_misses:0\r\n\r\n# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000\r\n";
+        let facts = NodeFacts::sum([&a[..], &b[..], b"-ERR no"].into_iter());
+        assert_eq!(
+            facts,
+            NodeFacts {
+                keys: 15,
+                expires: 4,
+                avg_ttl: 2000,
+                keyspace_hits: 7,
+                keyspace_misses: 1,
+                expired_keys: 2,
+                evicted_keys: 0,
+            }
         );
     }
 }

@@ -18,6 +18,8 @@ pub(crate) enum Outcome {
     Forward,
     /// Answered by every master: PING while a script runs, so that a busy node answers `-BUSY`.
     EveryMaster,
+    /// INFO with sections only the masters can fill (their keys and keyspace counters).
+    Info,
     /// Reply queued; close the connection once everything before it is written.
     Quit,
 }
@@ -72,8 +74,9 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
         "latency" => latency(ctx, req),
         "monitor" => ctx.start_monitor(),
         "command" => return command_cmd(ctx, req),
+        "info" if super::info::needs_nodes(req) => return Outcome::Info,
         "info" => {
-            let text = super::info::render(&ctx.pool, &ctx.client, req);
+            let text = super::info::render(&ctx.pool, &ctx.client, req, None);
             ctx.reply(|r| r.bulk(text.as_bytes()));
         }
         _ => {

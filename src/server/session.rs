@@ -710,6 +710,7 @@ impl Ctx {
                 }
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
                 Outcome::EveryMaster => self.every_master_apart(frame, Merge::Same, view, now),
+                Outcome::Info => self.info_from_nodes(frame, view, now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(

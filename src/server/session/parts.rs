@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
-use super::super::fanout;
+use super::super::{fanout, info};
 use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
-use super::{printable, Ctx, Pending, Waiting};
+use super::{parsed_again, printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
 use crate::command::{Admin, Merge, PoolOption, Split};
 use crate::command::{Request, Spec};
@@ -39,6 +39,8 @@ pub(super) struct SplitRequest {
     pub(super) keys: Vec<u32>,
     pub(super) deadline: Instant,
     pub(super) parts: Vec<Part>,
+    /// An INFO that shows the masters' data ([`Merge::NodeInfo`]): the client's request.
+    pub(super) info: Option<Bytes>,
 }
 
 /// A part on its way out.
@@ -277,6 +279,30 @@ impl Ctx {
         self.send_parts(parts, merge, 0, Vec::new(), true, deadline);
     }
 
+    /// INFO showing the masters' data: every master is asked for its keyspace and counters, and
+    /// the reply composed once all have answered (see [`Merge::NodeInfo`]).
+    pub(super) fn info_from_nodes(&mut self, frame: &Bytes, view: &View<'_>, now: Instant) {
+        let groups: Vec<(Place, Bytes)> = (0..view.node_count())
+            .map(|i| (Place::Node(i), Bytes::from_static(info::NODE_SECTIONS)))
+            .collect();
+        if groups.is_empty() {
+            // No master known yet: slotline's own sections.
+            if let Some(parser) = parsed_again(frame) {
+                let req = Request {
+                    frame,
+                    args: parser.args(),
+                };
+                let text = info::render(&self.pool, &self.client, req, None);
+                self.reply(|r| r.bulk(text.as_bytes()));
+            }
+            return;
+        }
+        self.fan_out(groups, Merge::NodeInfo, view, now);
+        if let Some(Pending::Split(s)) = self.pending.back_mut() {
+            s.info = Some(frame.clone());
+        }
+    }
+
     /// SCAN, one master at a time: the cursor's top bits say which.
     pub(super) fn scan(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
         let cursor = std::str::from_utf8(req.arg(1))
@@ -416,6 +442,7 @@ impl Ctx {
             keys,
             deadline,
             parts: sent,
+            info: None,
         })));
     }
 
@@ -506,6 +533,21 @@ impl Ctx {
                 self.tally.get().error(ErrorKind::Connection);
                 stats::add(&self.pool.stats.forward_error, 1);
                 Reply(&mut self.out).error(&msg);
+            }
+            None if s.merge == Merge::NodeInfo => {
+                let facts = info::NodeFacts::sum(s.parts.iter().map(|p| match &p.w.result {
+                    Some(Ok(reply)) => &reply[..],
+                    _ => &[],
+                }));
+                let text = s.info.as_ref().and_then(|frame| {
+                    let parser = parsed_again(frame)?;
+                    let req = Request {
+                        frame,
+                        args: parser.args(),
+                    };
+                    Some(info::render(&self.pool, &self.client, req, Some(&facts)))
+                });
+                Reply(&mut self.out).bulk(text.unwrap_or_default().as_bytes());
             }
             None => {
                 let replies: Vec<(&[u32], &[u8])> = s
