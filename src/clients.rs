@@ -87,6 +87,17 @@ pub struct Record {
     /// session (see [`crate::tracking`]).
     pushes: Mutex<Vec<Bytes>>,
     has_pushes: AtomicBool,
+    /// CLIENT UNBLOCK asked for its blocked command to end: 0 no, else an [`Unblock`].
+    unblock: AtomicU8,
+}
+
+/// How CLIENT UNBLOCK ends a blocked command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unblock {
+    /// As if its timeout had come (the default).
+    Timeout = 1,
+    /// With `-UNBLOCKED`.
+    Error = 2,
 }
 
 /// A client's state as its session last published it.
@@ -116,6 +127,7 @@ impl Record {
             blocked: AtomicU8::new(0),
             pushes: Mutex::new(Vec::new()),
             has_pushes: AtomicBool::new(false),
+            unblock: AtomicU8::new(0),
         }
     }
 
@@ -144,6 +156,26 @@ impl Record {
     /// Whether frames wait for the session: one load, cheap enough for every step.
     pub fn has_pushes(&self) -> bool {
         self.has_pushes.load(Ordering::Acquire)
+    }
+
+    /// CLIENT UNBLOCK: asks the client's session to end its blocked command; false when the
+    /// client is not blocked (Redis's 0).
+    pub fn unblock(&self, how: Unblock) -> bool {
+        if self.blocked.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.unblock.store(how as u8, Ordering::Relaxed);
+        self.has_pushes.store(true, Ordering::Release);
+        true
+    }
+
+    /// What CLIENT UNBLOCK asked, once.
+    pub fn take_unblock(&self) -> Option<Unblock> {
+        match self.unblock.swap(0, Ordering::Relaxed) {
+            1 => Some(Unblock::Timeout),
+            2 => Some(Unblock::Error),
+            _ => None,
+        }
     }
 
     pub fn take_pushes(&self) -> Vec<Bytes> {

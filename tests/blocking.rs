@@ -81,6 +81,34 @@ fn blocking_commands_stall_no_one(proxy_port: u16, backend_port: u16) {
         ]
     );
 
+    // CLIENT UNBLOCK from another client ends it as its timeout would, or with an error; the
+    // node no longer holds it, and the client goes on.
+    let id = blocked.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
+    for (how, reply) in [
+        ("TIMEOUT", Reply::Array(None)),
+        (
+            "ERROR",
+            Reply::Error("UNBLOCKED client unblocked via CLIENT UNBLOCK".into()),
+        ),
+    ] {
+        blocked.send(&["BLPOP", LIST, "0"]);
+        wait_for(Duration::from_secs(5), "BLPOP to block", || {
+            blocked_clients(proxy_port) == 1
+        });
+        let unblock = ["CLIENT", "UNBLOCK", &id.to_string(), how];
+        assert_eq!(other.cmd(&unblock), Reply::Int(1), "{how}");
+        assert_eq!(blocked.read_reply(), reply, "{how}");
+        wait_for(Duration::from_secs(5), "the node to let go", || {
+            blocked_in(backend_port, "blpop") == 0
+        });
+        assert_eq!(other.cmd(&unblock), Reply::Int(0), "not blocked any more");
+        assert_eq!(blocked.cmd(&["GET", OTHER]), Reply::bulk("499"));
+    }
+    assert_eq!(
+        other.cmd(&["CLIENT", "UNBLOCK", &id.to_string(), "SOON"]),
+        Reply::Error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into())
+    );
+
     // A blocking command with a timeout outlives the pool's timeout (300 ms) and returns nil.
     let started = Instant::now();
     assert_eq!(blocked.cmd(&["BLPOP", LIST, "1"]), Reply::Array(None));

@@ -177,6 +177,7 @@ const LOCAL: &[&str] = &[
     "client|trackinginfo",
     "client|tracking",
     "client|caching",
+    "client|unblock",
     "client|pause",
     "client|unpause",
     "monitor",

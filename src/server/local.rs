@@ -266,6 +266,28 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             ctx.pool.shared.pause.unpause();
             ctx.reply(|r| r.ok());
         }
+        (b"unblock", 3 | 4) => {
+            let how = match req.argc() {
+                3 => Some(clients::Unblock::Timeout),
+                _ if req.arg(3).eq_ignore_ascii_case(b"timeout") => Some(clients::Unblock::Timeout),
+                _ if req.arg(3).eq_ignore_ascii_case(b"error") => Some(clients::Unblock::Error),
+                _ => None,
+            };
+            let (Some(how), Some(id)) = (how, parse_int(req.arg(2))) else {
+                return match how {
+                    None => ctx.error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+                    Some(_) => ctx.error("ERR value is not an integer or out of range"),
+                };
+            };
+            let target = u64::try_from(id)
+                .ok()
+                .and_then(|id| ctx.pool.shared.clients.get(id));
+            let unblocked = target.is_some_and(|t| t.unblock(how));
+            if unblocked {
+                ctx.pool.shared.lifecycle.nudge(id as u64);
+            }
+            ctx.reply(|r| r.int(i64::from(unblocked)));
+        }
         (b"tracking", 3..) => client_tracking(ctx, req),
         (b"caching", 3) => client_caching(ctx, req),
         (b"getredir", 2) => {

@@ -871,6 +871,9 @@ impl Ctx {
         if !self.client.record.has_pushes() {
             return;
         }
+        if let Some(how) = self.client.record.take_unblock() {
+            self.unblock(how);
+        }
         let after = self.front_seq + self.pending.len() as u64;
         for frame in self.client.record.take_pushes() {
             match self.pending.is_empty() {
@@ -879,6 +882,27 @@ impl Ctx {
             }
         }
         self.reply_boundary();
+    }
+
+    /// CLIENT UNBLOCK from another client: the blocked command ends as its timeout or an error
+    /// would end it, and its connection of the client's own is closed, which unblocks it on the
+    /// node too.
+    fn unblock(&mut self, how: crate::clients::Unblock) {
+        if !self.blocked() {
+            return;
+        }
+        let reply: &'static [u8] = match (how, self.proto) {
+            (crate::clients::Unblock::Error, _) => {
+                b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
+            }
+            (_, 3) => b"_\r\n",
+            _ => b"*-1\r\n",
+        };
+        if let Some(Pending::Wait(w)) = self.pending.front_mut() {
+            w.result = Some(Ok(Bytes::from_static(reply)));
+        }
+        self.own.clear();
+        self.drain_ready();
     }
 
     /// Writes the deferred invalidations whose requests are all answered.
