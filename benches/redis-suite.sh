@@ -68,12 +68,15 @@ EOF
     # every later unit fails on that node's BUSY. Against one redis-server those tests pass (the
     # whole server is busy, so the test's other client sees BUSY too); behind slotline only one of
     # three masters is. So between units (the runner pings the endpoint with REDIS_CLI after each)
-    # a node left busy has its script killed, as an operator would; each kill goes to
-    # OUT/slotline/janitor.log.
+    # a node left busy has its script killed, as an operator would, and a CLIENT PAUSE left behind
+    # by a test that stalled is lifted (Redis's own runner starts a fresh server per unit); each
+    # kill goes to OUT/slotline/janitor.log.
     real_cli=$(command -v redis-cli)
     cat >"$work/redis-cli" <<EOF
 #!/usr/bin/env bash
 if [ "\$#" = 5 ] && [ "\$5" = ping ]; then
+    # A pause a stalled test left behind holds slotline's clients in every later unit.
+    "$real_cli" -p $proxy client unpause >/dev/null 2>&1
     for port in ${masters[*]}; do
         if "$real_cli" -p "\$port" ping 2>&1 | grep -q '^BUSY'; then
             echo "\$(date +%T) node \$port busy: \$("$real_cli" -p "\$port" script kill 2>&1) \$("$real_cli" -p "\$port" function kill 2>&1)" >>"$work/janitor.log"
