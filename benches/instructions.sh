@@ -5,6 +5,7 @@
 #   benches/instructions.sh            # GET through a ketama pool of one redis-server
 #   MODE=cluster benches/instructions.sh   # GET through a cluster pool (3 masters)
 #   N=20000 benches/instructions.sh    # requests per measured run
+#   KEEP=1 benches/instructions.sh     # keep the dumps (callgrind_annotate shows where it goes)
 #
 # slotline runs under valgrind --tool=callgrind with SLOWLOG off (valgrind's slowness would make
 # every request slow); after a warm-up the counters are zeroed, redis-benchmark sends N GETs at
@@ -21,7 +22,7 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    if [ -n "${KEEP:-}" ]; then echo "callgrind dumps kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 

@@ -5,6 +5,7 @@
 #   benches/redis-suite.sh SUITE_DIR OUT            # every unit, slotline and the baseline
 #   UNITS="unit/type/list unit/pubsub" benches/redis-suite.sh SUITE_DIR OUT   # some units
 #   ONLY=slotline benches/redis-suite.sh ...        # skip the baseline (or ONLY=direct)
+#   MODE=ketama ONLY=slotline benches/redis-suite.sh ...  # slotline over 3 standalone shards
 #
 # SUITE_DIR holds the suite's runner: run-suite.sh, compare.py and suite/ (Redis 7.0.15's tests; see
 # its README). slotline runs in cluster mode in front of a 3-master cluster with allow_flush and
@@ -17,6 +18,7 @@ SUITE=${1:?usage: redis-suite.sh SUITE_DIR OUT}
 OUT=${2:?usage: redis-suite.sh SUITE_DIR OUT}
 BASE=${BASE:-9510}
 ONLY=${ONLY:-}
+MODE=${MODE:-cluster}
 SUITE=$(cd "$SUITE" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -34,10 +36,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_redis() { # port
+start_redis() { # port [standalone]
     mkdir -p "$work/$1"
+    local cluster=(--cluster-enabled yes --cluster-config-file nodes.conf)
+    [ -n "${2:-}" ] && cluster=()
     redis-server --port "$1" --bind 127.0.0.1 --dir "$work/$1" --save "" --appendonly no \
-        --cluster-enabled yes --cluster-config-file nodes.conf --enable-debug-command yes \
+        "${cluster[@]}" --enable-debug-command yes \
         --enable-module-command yes --loglevel warning >"$work/$1.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.05; done
@@ -45,21 +49,30 @@ start_redis() { # port
     exit 1
 }
 
+label=slotline
+[ "$MODE" = ketama ] && label=slotline-ketama
 if [ "$ONLY" != direct ]; then
     masters=($((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
-    for port in "${masters[@]}"; do start_redis "$port"; done
-    echo yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${masters[@]}") \
-        --cluster-replicas 0 >/dev/null
     proxy=$((BASE + 80))
+    if [ "$MODE" = ketama ]; then
+        # Three independent shards, placed as twemproxy places keys.
+        for port in "${masters[@]}"; do start_redis "$port" standalone; done
+        servers=$(for port in "${masters[@]}"; do echo "      - 127.0.0.1:$port:1 s$port"; done)
+    else
+        for port in "${masters[@]}"; do start_redis "$port"; done
+        echo yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${masters[@]}") \
+            --cluster-replicas 0 >/dev/null
+        servers=$(printf '      - 127.0.0.1:%s\n' "${masters[@]}")
+    fi
     cat >"$work/slotline.yml" <<EOF
 pools:
   suite:
     listen: 127.0.0.1:$proxy
-    mode: cluster
+    mode: $MODE
     allow_flush: true
     allow_admin: true
     servers:
-$(printf '      - 127.0.0.1:%s\n' "${masters[@]}")
+$servers
 EOF
     target/release/slotline --config "$work/slotline.yml" >"$work/slotline.log" 2>&1 &
     pids+=($!)
@@ -90,9 +103,9 @@ EOF
     touch "$work/janitor.log"
     REDIS_CLI="$work/redis-cli" \
     SETUP_VIA=$(printf '127.0.0.1:%s,' "${masters[@]}" | sed 's/,$//') \
-        "$SUITE/run-suite.sh" "$SUITE/suite" 127.0.0.1 "$proxy" slotline "$OUT" --cluster-mode
-    cp "$work/slotline.log" "$OUT/slotline/slotline.log"
-    cp "$work/janitor.log" "$OUT/slotline/janitor.log"
+        "$SUITE/run-suite.sh" "$SUITE/suite" 127.0.0.1 "$proxy" "$label" "$OUT" --cluster-mode
+    cp "$work/slotline.log" "$OUT/$label/slotline.log"
+    cp "$work/janitor.log" "$OUT/$label/janitor.log"
 fi
 
 if [ "$ONLY" != slotline ]; then
@@ -107,5 +120,5 @@ if [ "$ONLY" != slotline ]; then
 fi
 
 if [ -z "$ONLY" ]; then
-    python3 "$SUITE/compare.py" "$OUT/direct" "$OUT/slotline" --details | tee "$OUT/compare.txt"
+    python3 "$SUITE/compare.py" "$OUT/direct" "$OUT/$label" --details | tee "$OUT/compare.txt"
 fi

@@ -60,6 +60,7 @@ impl Pause {
     }
 
     /// Until when `spec` is held at `now`; None when it may run.
+    #[inline]
     pub fn holds(&self, spec: &Spec, now: Instant) -> Option<Instant> {
         if !self.set.load(Ordering::Relaxed) {
             return None;

@@ -168,7 +168,8 @@ pub(crate) struct Ctx {
     tx: Transaction,
     /// Pending requests for which later ones must wait (see [`Pending::serial`]).
     serial: usize,
-    /// Pending scripts and functions (see [`Pending::script`]).
+    /// Pending scripts and functions (see [`Pending::script`]): counted in `forward`, where they
+    /// are queued, and uncounted in `pop_front`.
     scripts: usize,
     /// Set once the client uses CLIENT REPLY: which replies it does not want.
     reply_mode: Option<Box<reply_mode::ReplyMode>>,
@@ -558,7 +559,9 @@ impl Ctx {
                     };
                     let (queued, written) = (self.pending.len(), self.out.len());
                     self.dispatch(req, &frame, &view, now, true);
-                    self.after_dispatch(queued, written, None);
+                    if self.reply_mode.is_some() {
+                        self.after_dispatch(queued, written, None);
+                    }
                 }
                 Ok(None) => {
                     self.flush_stats();
@@ -809,6 +812,9 @@ impl Ctx {
             Place::Slot(slot) => Some(slot),
             _ => None,
         };
+        let scripted = spec.runs_script().then(|| node.addr().clone());
+        // Counted here, the one place scripts are queued, and uncounted when they leave.
+        self.scripts += usize::from(scripted.is_some());
         self.push(Pending::Wait(Waiting {
             result: None,
             frame,
@@ -816,7 +822,7 @@ impl Ctx {
             deadline: now + Duration::from_millis(self.pool.config.timeout),
             redirects: 0,
             own_connection: false,
-            scripted: spec.runs_script().then(|| node.addr().clone()),
+            scripted,
         }));
     }
 
@@ -1044,7 +1050,6 @@ impl Ctx {
 
     fn push(&mut self, pending: Pending) {
         self.serial += usize::from(pending.serial());
-        self.scripts += usize::from(pending.script());
         self.request_bytes += pending.request_bytes();
         self.replies_held += pending.reply_bytes();
         self.pending.push_back(pending);
@@ -1053,11 +1058,16 @@ impl Ctx {
     /// The oldest request is settled, its reply (if any) written. Returns whether that reply was
     /// dropped for CLIENT REPLY, if the client uses it.
     fn pop_front(&mut self) -> Option<bool> {
-        let silenced = self.reply_settled();
+        let silenced = match self.reply_mode.is_some() {
+            true => self.reply_settled(),
+            false => None,
+        };
         if let Some(pending) = self.pending.pop_front() {
             debug_assert!(self.serial >= usize::from(pending.serial()));
             self.serial = self.serial.saturating_sub(usize::from(pending.serial()));
-            self.scripts = self.scripts.saturating_sub(usize::from(pending.script()));
+            if self.scripts > 0 && pending.script() {
+                self.scripts -= 1;
+            }
             self.request_bytes = self.request_bytes.saturating_sub(pending.request_bytes());
             self.replies_held = self.replies_held.saturating_sub(pending.reply_bytes());
         }
@@ -1296,22 +1306,23 @@ impl Ctx {
                 return;
             }
         };
-        if w.own_connection {
-            if let Some(kind) = self.follow_on_own(&reply) {
-                return self.tally.get().redirect(kind);
-            }
-        }
-        let Some(Pending::Wait(w)) = self.pending.front_mut() else {
-            return;
-        };
-        let pick = self.client.id as usize;
-        let resend = || self.inbox.reply_to(self.front_seq);
-        let failure = match follow_reply(&self.pool, pick, self.proto, w, &reply, resend) {
-            Redirected::Followed(kind) => return self.tally.get().redirect(kind),
-            Redirected::Refused => ErrorKind::RedirectLimit,
-            Redirected::No => ErrorKind::BackendError,
-        };
+        // Only an error reply can be a redirect (or anything but the client's answer).
         if reply.first() == Some(&b'-') {
+            if w.own_connection {
+                if let Some(kind) = self.follow_on_own(&reply) {
+                    return self.tally.get().redirect(kind);
+                }
+            }
+            let Some(Pending::Wait(w)) = self.pending.front_mut() else {
+                return;
+            };
+            let pick = self.client.id as usize;
+            let resend = || self.inbox.reply_to(self.front_seq);
+            let failure = match follow_reply(&self.pool, pick, self.proto, w, &reply, resend) {
+                Redirected::Followed(kind) => return self.tally.get().redirect(kind),
+                Redirected::Refused => ErrorKind::RedirectLimit,
+                Redirected::No => ErrorKind::BackendError,
+            };
             self.tally.get().error(failure);
         }
         self.tally.get().answered_in(took);

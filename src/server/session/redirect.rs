@@ -27,6 +27,7 @@ pub(super) enum Redirected {
 
 /// Follows `reply` when it is a MOVED, ASK, TRYAGAIN or CLUSTERDOWN that `w` may follow; `resend`
 /// says where the resent request's reply goes.
+#[inline]
 pub(super) fn follow_reply(
     pool: &Pool,
     pick: usize,
@@ -35,9 +36,22 @@ pub(super) fn follow_reply(
     reply: &[u8],
     resend: impl FnOnce() -> ReplyTo,
 ) -> Redirected {
+    // Almost every reply: no error, nothing to follow, no call.
     if reply.first() != Some(&b'-') || w.own_connection {
         return Redirected::No;
     }
+    follow_error(pool, pick, proto, w, reply, resend)
+}
+
+/// An error reply: a redirect to follow, a READONLY from a demoted master, or the client's.
+fn follow_error(
+    pool: &Pool,
+    pick: usize,
+    proto: u8,
+    w: &mut Waiting,
+    reply: &[u8],
+    resend: impl FnOnce() -> ReplyTo,
+) -> Redirected {
     if let Some(sent_to) = &w.scripted {
         return follow_script_redirect(pool, pick, proto, w, sent_to.clone(), reply, resend);
     }
