@@ -88,6 +88,8 @@ struct Delivery {
     keys: Option<Vec<Bytes>>,
     /// The tracking client, told `tracking-redir-broken` when `to` is gone.
     from: u64,
+    /// BCAST: the prefix the keys matched (Redis sends one message per prefix).
+    prefix: Option<Bytes>,
 }
 
 impl Tracking {
@@ -195,6 +197,7 @@ impl Tracking {
                     to: target(id, &t.status),
                     keys: None,
                     from: id,
+                    prefix: None,
                 })
                 .collect();
         };
@@ -202,13 +205,14 @@ impl Tracking {
             let readers = state.readers.remove(key).unwrap_or_default();
             for (&id, tracker) in state.trackers.iter_mut() {
                 let options = &tracker.status.options;
-                let told = match options.bcast {
-                    true => options.prefixes.iter().any(|p| key.starts_with(p)),
-                    false => readers.contains(&id),
+                let prefix = match options.bcast {
+                    true => match options.prefixes.iter().find(|p| key.starts_with(p)) {
+                        Some(prefix) => Some(prefix.clone()),
+                        None => continue,
+                    },
+                    false if readers.contains(&id) => None,
+                    false => continue,
                 };
-                if !told {
-                    continue;
-                }
                 if options.noloop {
                     if let Some(n) = tracker.own_writes.get_mut(key) {
                         *n -= 1;
@@ -219,13 +223,16 @@ impl Tracking {
                     }
                 }
                 let to = target(id, &tracker.status);
-                match out.iter_mut().find(|d| d.from == id && options.bcast) {
-                    // BCAST: one message with every key of the change, as Redis sends per prefix.
+                let same =
+                    |d: &&mut Delivery| d.from == id && prefix.is_some() && d.prefix == prefix;
+                match out.iter_mut().find(same) {
+                    // BCAST: one message per prefix with its keys of the change, as Redis sends.
                     Some(d) => d.keys.get_or_insert_with(Vec::new).push(key.clone()),
                     None => out.push(Delivery {
                         to,
                         keys: Some(vec![key.clone()]),
                         from: id,
+                        prefix,
                     }),
                 }
             }

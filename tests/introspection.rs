@@ -402,6 +402,35 @@ fn client_pause_holds_writes_across_the_pool_until_unpaused() {
     reader.set_read_timeout(Duration::from_secs(10));
     assert_eq!(reader.read_reply(), Reply::bulk("new"));
 
+    // Transactions: EXEC waits only when a queued command may write; a script declaring
+    // no-writes is a read.
+    let mut tx = proxy.client();
+    assert_eq!(tx.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(tx.cmd(&["GET", "k"]), Reply::Status("QUEUED".into()));
+    let mut writing = proxy.client();
+    assert_eq!(writing.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(
+        writing.cmd(&["SET", "k", "tx"]),
+        Reply::Status("QUEUED".into())
+    );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]),
+        Reply::ok()
+    );
+    assert_eq!(
+        tx.cmd(&["EXEC"]),
+        Reply::Array(Some(vec![Reply::bulk("new")]))
+    );
+    let no_writes = "#!lua flags=no-writes\nreturn 'read'";
+    assert_eq!(reader.cmd(&["EVAL", no_writes, "0"]), Reply::bulk("read"));
+    writing.send(&["EXEC"]);
+    let info = || text(proxy.client().cmd(&["INFO", "clients"]));
+    support::wait_for(Duration::from_secs(5), "EXEC held", || {
+        info().contains("blocked_clients:1\r\n")
+    });
+    assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]), Reply::ok());
+    assert_eq!(writing.read_reply(), Reply::Array(Some(vec![Reply::ok()])));
+
     assert_eq!(
         admin.cmd(&["CLIENT", "PAUSE", "-1"]),
         Reply::Error("ERR timeout is negative".into())

@@ -128,6 +128,20 @@ fn invalidations_reach_the_client_that_read_the_key() {
     assert_eq!(writer.cmd(&["SET", "other", "1"]), Reply::ok());
     assert_eq!(writer.cmd(&["SET", &keys[1], "b"]), Reply::ok());
     assert_eq!(watcher.read_reply(), invalidate(&[&keys[1]]));
+    // Two prefixes: a change of keys under both is one message per prefix, as Redis sends.
+    let mut two = resp3(&proxy);
+    assert_eq!(
+        two.cmd(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "x:", "PREFIX", "y:"]),
+        Reply::ok()
+    );
+    assert_eq!(
+        writer.cmd(&["MSET", "x:{p}1", "1", "y:{p}1", "1", "z:{p}1", "1"]),
+        Reply::ok()
+    );
+    let mut got = vec![two.read_reply(), two.read_reply()];
+    got.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(got, vec![invalidate(&["x:{p}1"]), invalidate(&["y:{p}1"])]);
+    quiet(&mut two, "z: matches no prefix");
     // NOLOOP: its own writes tell it nothing; others' do.
     assert_eq!(watcher.cmd(&["SET", &keys[0], "own"]), Reply::ok());
     quiet(&mut watcher, "NOLOOP: its own write");
@@ -224,7 +238,7 @@ fn invalidations_reach_the_client_that_read_the_key() {
     assert_eq!(writer.cmd(&["CLIENT", "GETREDIR"]), Reply::Int(-1));
     let info = writer.cmd(&["INFO", "clients"]);
     let text = String::from_utf8_lossy(info.as_bytes().expect("INFO")).into_owned();
-    assert!(text.contains("tracking_clients:6\r\n"), "{text}");
+    assert!(text.contains("tracking_clients:7\r\n"), "{text}");
     assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "OFF"]), Reply::ok());
     assert_eq!(reader.cmd(&["GET", &keys[0]]), bulk("x"));
     assert_eq!(writer.cmd(&["SET", &keys[0], "z"]), Reply::ok());

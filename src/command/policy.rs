@@ -346,6 +346,22 @@ pub fn may_write(spec: &Spec) -> bool {
         )
 }
 
+/// EVAL of a script whose shebang declares `no-writes` (`#!lua flags=no-writes`): Redis runs it as
+/// a read, through a CLIENT PAUSE WRITE too. (EVALSHA's and FCALL's flags are the nodes' to know.)
+pub fn declares_no_writes(req: Request<'_>, spec: &Spec) -> bool {
+    if spec.name != "eval" {
+        return false;
+    }
+    let body = req.arg(1);
+    let Some(shebang) = body.strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = shebang.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.split(|b| b.is_ascii_whitespace())
+        .filter_map(|word| word.strip_prefix(b"flags="))
+        .any(|flags| flags.split(|&b| b == b',').any(|f| f == b"no-writes"))
+}
+
 /// Whether MONITOR shows it: not administrative commands, nor those carrying a password, as Redis.
 pub fn monitored(spec: &Spec) -> bool {
     !spec.has(flags::ADMIN) && !matches!(spec.name, "auth" | "hello" | "migrate")

@@ -645,7 +645,9 @@ impl Ctx {
         if let Some(pause) = self
             .pool
             .pause_holding(spec, now)
-            .filter(|_| !self.tx.queuing())
+            // Queued commands wait for EXEC, which waits if one of them may write.
+            .filter(|_| !self.tx.queuing() || (spec.name == "exec" && self.tx.writes()))
+            .filter(|_| !policy::declares_no_writes(req, spec))
         {
             // Held with everything after it, and looked at again when the pause ends or changes
             // (see `drain_ready`).

@@ -36,6 +36,8 @@ pub(super) struct Transaction {
     watching: bool,
     /// A command was refused while queuing: EXEC will fail with EXECABORT.
     aborted: bool,
+    /// A queued command may write: CLIENT PAUSE WRITE holds the EXEC, as Redis does.
+    writes: bool,
     /// The connection that held the WATCH is gone (the client switched protocol): EXEC fails as if
     /// a watched key had changed, rather than run unwatched.
     watch_lost: bool,
@@ -50,6 +52,11 @@ impl Transaction {
     /// Commands queued since MULTI.
     pub(super) fn queued_count(&self) -> u32 {
         self.queued.len().min(u32::MAX as usize) as u32
+    }
+
+    /// Whether CLIENT PAUSE WRITE holds this transaction's EXEC.
+    pub(super) fn writes(&self) -> bool {
+        self.writes
     }
 
     /// The backend connection the WATCH was sent on is being dropped.
@@ -83,6 +90,7 @@ impl Ctx {
             }
             "multi" => {
                 self.tx.queuing = true;
+                self.tx.writes = false;
                 self.reply(|r| r.ok());
             }
             "exec" if !self.tx.queuing => self.error("ERR EXEC without MULTI"),
@@ -138,6 +146,7 @@ impl Ctx {
             );
         }
         if self.bind(req, spec, view).is_some() {
+            self.tx.writes |= policy::may_write(spec) && !policy::declares_no_writes(req, spec);
             self.tx.queued_bytes += frame.len();
             self.tx.queued.push(frame.clone());
             self.reply(|r| r.status("QUEUED"));
