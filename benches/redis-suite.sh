@@ -55,14 +55,18 @@ if [ "$ONLY" != direct ]; then
     masters=($((BASE + 1)) $((BASE + 2)) $((BASE + 3)))
     proxy=$((BASE + 80))
     if [ "$MODE" = ketama ]; then
-        # Three independent shards, placed as twemproxy places keys.
+        # Three independent shards, placed as twemproxy places keys; the suite's {t} hash tags keep
+        # a test's keys on one shard, as `hash_tag: "{}"` does in a nutcracker.yml.
         for port in "${masters[@]}"; do start_redis "$port" standalone; done
-        servers=$(for port in "${masters[@]}"; do echo "      - 127.0.0.1:$port:1 s$port"; done)
+        servers="hash_tag: \"{}\"
+    servers:
+$(for port in "${masters[@]}"; do echo "      - 127.0.0.1:$port:1 s$port"; done)"
     else
         for port in "${masters[@]}"; do start_redis "$port"; done
         echo yes | redis-cli --cluster create $(printf '127.0.0.1:%s ' "${masters[@]}") \
             --cluster-replicas 0 >/dev/null
-        servers=$(printf '      - 127.0.0.1:%s\n' "${masters[@]}")
+        servers="servers:
+$(printf '      - 127.0.0.1:%s\n' "${masters[@]}")"
     fi
     cat >"$work/slotline.yml" <<EOF
 pools:
@@ -71,8 +75,7 @@ pools:
     mode: $MODE
     allow_flush: true
     allow_admin: true
-    servers:
-$servers
+    $servers
 EOF
     target/release/slotline --config "$work/slotline.yml" >"$work/slotline.log" 2>&1 &
     pids+=($!)

@@ -325,9 +325,12 @@ impl ClientSide {
     }
 
     /// For a command of this client's: whether its keys are remembered as read (default mode, as
-    /// OPTIN/OPTOUT and CLIENT CACHING say), and whether as its own writes (NOLOOP).
+    /// OPTIN/OPTOUT and CLIENT CACHING say), and whether as its own writes (NOLOOP). A script's
+    /// declared keys count as read: Redis tracks them when the script reads anything, which only
+    /// the node sees, so slotline tracks them always (an extra invalidation costs a re-read; a
+    /// missing one, a stale cache).
     pub fn on_command(&mut self, spec: &Spec) -> (bool, bool) {
-        let reads = spec.has(flags::READONLY)
+        let reads = (spec.has(flags::READONLY) || spec.runs_script())
             && !self.bcast
             && (!self.optin || self.caching)
             && !(self.optout && self.caching);
