@@ -69,6 +69,11 @@ impl Pause {
         (until > now && (mode == Mode::All || policy::may_write(spec))).then_some(until)
     }
 
+    /// Whether the pause now holds only what may write (`WRITE`, not `ALL`).
+    pub fn writes_only(&self) -> bool {
+        matches!(*self.state.borrow(), Some((_, Mode::Write)))
+    }
+
     /// Changes of the pause, to wake a session whose command is held.
     pub fn watch(&self) -> watch::Receiver<State> {
         self.state.subscribe()

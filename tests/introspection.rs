@@ -431,6 +431,33 @@ fn client_pause_holds_writes_across_the_pool_until_unpaused() {
     assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]), Reply::ok());
     assert_eq!(writing.read_reply(), Reply::Array(Some(vec![Reply::ok()])));
 
+    // EVALSHA and FCALL: only the node knows a script's flags. One that may not write runs during
+    // the pause; one that may is held, unrun, until it ends.
+    let reads = reader.cmd(&["SCRIPT", "LOAD", "#!lua flags=no-writes\nreturn 2"]);
+    let writes = reader.cmd(&[
+        "SCRIPT",
+        "LOAD",
+        "return redis.call('SET', KEYS[1], 'script')",
+    ]);
+    let (reads, writes) = (text(reads), text(writes));
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]),
+        Reply::ok()
+    );
+    assert_eq!(reader.cmd(&["EVALSHA", &reads, "0"]), Reply::Int(2));
+    writing.send(&["EVALSHA", &writes, "1", "k"]);
+    support::wait_for(Duration::from_secs(5), "EVALSHA held", || {
+        info().contains("blocked_clients:1\r\n")
+    });
+    assert_eq!(
+        reader.cmd(&["GET", "k"]),
+        Reply::bulk("tx"),
+        "not run during the pause"
+    );
+    assert_eq!(admin.cmd(&["CLIENT", "UNPAUSE"]), Reply::ok());
+    assert_eq!(writing.read_reply(), Reply::ok());
+    assert_eq!(reader.cmd(&["GET", "k"]), Reply::bulk("script"));
+
     assert_eq!(
         admin.cmd(&["CLIENT", "PAUSE", "-1"]),
         Reply::Error("ERR timeout is negative".into())

@@ -362,6 +362,17 @@ pub fn declares_no_writes(req: Request<'_>, spec: &Spec) -> bool {
         .any(|flags| flags.split(|&b| b == b',').any(|f| f == b"no-writes"))
 }
 
+/// EVALSHA's and FCALL's read-only twins (EVALSHA_RO, FCALL_RO), which run a script only when its
+/// flags say it does not write.
+pub fn read_only_twin(spec: &Spec) -> Option<&'static Spec> {
+    let twin: &[u8] = match spec.name {
+        "evalsha" => b"evalsha_ro",
+        "fcall" => b"fcall_ro",
+        _ => return None,
+    };
+    super::lookup(twin, None).ok()
+}
+
 /// Whether MONITOR shows it: not administrative commands, nor those carrying a password, as Redis.
 pub fn monitored(spec: &Spec) -> bool {
     !spec.has(flags::ADMIN) && !matches!(spec.name, "auth" | "hello" | "migrate")

@@ -240,11 +240,6 @@ impl Pool {
         self.scripts_running.load(Ordering::Relaxed) > u64::from(own)
     }
 
-    /// The count [`Pool::others_run_scripts`] reads, for a session's [`Mark`].
-    pub(crate) fn scripts_running(&self) -> &AtomicU64 {
-        &self.scripts_running
-    }
-
     /// The pause that holds `spec` now, if one does: CLIENT PAUSE's, or the failover hold of a
     /// primary pool (see [`crate::primary`]).
     pub(crate) fn pause_holding(
@@ -607,26 +602,39 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
 }
 
 /// A session's part in a count that others read (INFO's `blocked_clients`, a pool's
-/// [running scripts](Pool::scripts_running)): taken while the state lasts, given back on drop, when
+/// running scripts, see [`Pool::others_run_scripts`]): taken while the state lasts, given back on drop, when
 /// the state ends or the session ends however it ends.
-pub(crate) struct Mark<O: 'static> {
-    owner: Arc<O>,
-    count: fn(&O) -> &AtomicU64,
+pub(crate) struct Mark<O: Counted>(Arc<O>);
+
+/// Who keeps a count sessions [`Mark`] themselves in.
+pub(crate) trait Counted {
+    fn count(&self) -> &AtomicU64;
 }
 
-impl<O> Mark<O> {
-    pub(crate) fn take(owner: &Arc<O>, count: fn(&O) -> &AtomicU64) -> Mark<O> {
-        count(owner).fetch_add(1, Ordering::Relaxed);
-        Mark {
-            owner: owner.clone(),
-            count,
-        }
+/// INFO's `blocked_clients`.
+impl Counted for Shared {
+    fn count(&self) -> &AtomicU64 {
+        &self.blocked_clients
     }
 }
 
-impl<O> Drop for Mark<O> {
+/// The pool's clients with a script running.
+impl Counted for Pool {
+    fn count(&self) -> &AtomicU64 {
+        &self.scripts_running
+    }
+}
+
+impl<O: Counted> Mark<O> {
+    pub(crate) fn take(owner: &Arc<O>) -> Mark<O> {
+        owner.count().fetch_add(1, Ordering::Relaxed);
+        Mark(owner.clone())
+    }
+}
+
+impl<O: Counted> Drop for Mark<O> {
     fn drop(&mut self) {
-        (self.count)(&self.owner).fetch_sub(1, Ordering::Relaxed);
+        self.0.count().fetch_sub(1, Ordering::Relaxed);
     }
 }
 

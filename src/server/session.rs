@@ -19,6 +19,7 @@ mod reply_mode;
 mod transaction;
 mod view;
 
+use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
@@ -171,6 +172,11 @@ pub(crate) struct Ctx {
     /// Pending scripts and functions (see [`Pending::script`]): counted in `forward`, where they
     /// are queued, and uncounted in `pop_front`.
     scripts: usize,
+    /// Scripts sent as their read-only twins under CLIENT PAUSE WRITE: their request numbers and
+    /// frames as they came (see `probe_refused`).
+    // Boxed, as `deferred`: a session is 8 bytes of it, not 24, until it is used.
+    #[allow(clippy::box_collection)]
+    probes: Option<Box<Vec<(u64, Bytes)>>>,
     /// Set once the client uses CLIENT REPLY: which replies it does not want.
     reply_mode: Option<Box<reply_mode::ReplyMode>>,
     /// Set while the client tracks keys (CLIENT TRACKING ON).
@@ -178,7 +184,10 @@ pub(crate) struct Ctx {
     /// Invalidations that came while requests were under way: each is written once the replies of
     /// the requests sent before it came are (numbered as `front_seq`), so it never overtakes the
     /// reply of a read it invalidates.
-    deferred: VecDeque<(u64, Bytes)>,
+    // Boxed: a session is 8 bytes of it, not 32, until an invalidation has to wait (idle clients
+    // are budgeted at 3 KiB each).
+    #[allow(clippy::box_collection)]
+    deferred: Option<Box<VecDeque<(u64, Bytes)>>>,
     /// The RESP version the client chose with HELLO (2 until it says otherwise).
     proto: u8,
     /// Subscriptions and the backend connections of its own that carry them, once it subscribes.
@@ -199,10 +208,12 @@ pub(crate) struct Ctx {
     monitor: Option<Box<(crate::monitor::Monitor, Vec<Bytes>)>>,
     /// CLIENT PAUSE holds this client's oldest request: the pause as it was when it did, and its
     /// changes (UNPAUSE, a new PAUSE) to look again.
-    paused: Option<(
-        crate::pause::State,
-        tokio::sync::watch::Receiver<crate::pause::State>,
-    )>,
+    paused: Option<
+        Box<(
+            crate::pause::State,
+            tokio::sync::watch::Receiver<crate::pause::State>,
+        )>,
+    >,
     /// The last command of this step, for CLIENT LIST (published once per step).
     ran: Option<&'static Spec>,
     /// Counted in INFO's `blocked_clients` while a blocking command waits, and in the pool's
@@ -264,9 +275,10 @@ pub(crate) async fn serve<R, W>(
         tx: Transaction::default(),
         serial: 0,
         scripts: 0,
+        probes: None,
         reply_mode: None,
         tracking: None,
-        deferred: VecDeque::new(),
+        deferred: None,
         proto: 2,
         pubsub: None,
         tally,
@@ -373,7 +385,7 @@ pub(crate) async fn serve<R, W>(
             && ctx.out.len() < pause
             && ctx.congested.is_none();
         let mut deadline = ctx.head_deadline();
-        if let Some((Some((until, _)), _)) = &ctx.paused {
+        if let Some((Some((until, _)), _)) = ctx.paused.as_deref() {
             deadline = Some(deadline.map_or(*until, |d| d.min(*until)));
         }
         if ctx.congested.is_some() {
@@ -416,7 +428,7 @@ pub(crate) async fn serve<R, W>(
             },
             // The pause that holds this client's oldest request changed (UNPAUSE, a new PAUSE).
             _ = async {
-                match ctx.paused.as_mut() {
+                match ctx.paused.as_deref_mut() {
                     Some((_, changes)) => { let _ = changes.changed().await; }
                     None => std::future::pending().await,
                 }
@@ -642,18 +654,32 @@ impl Ctx {
         if let Some(refusal) = policy::refusal(req, spec) {
             return self.error(refusal);
         }
-        if let Some(pause) = self
-            .pool
+        let pool = self.pool.clone();
+        if let Some(pause) = pool
             .pause_holding(spec, now)
             // Queued commands wait for EXEC, which waits if one of them may write.
             .filter(|_| !self.tx.queuing() || (spec.name == "exec" && self.tx.writes()))
             .filter(|_| !policy::declares_no_writes(req, spec))
         {
+            if pause.writes_only() && !self.tx.queuing() {
+                if let Some(read_only) = policy::read_only_twin(spec) {
+                    // EVALSHA and FCALL: only the node knows whether the script may write. Its
+                    // read-only twin runs it if it may not, and refuses it unrun if it may: then
+                    // it is held (see `on_head`).
+                    let probe = fanout::with_arg(&req, 0, read_only.name.as_bytes());
+                    let seq = self.front_seq + self.pending.len() as u64;
+                    self.probes
+                        .get_or_insert_with(Box::default)
+                        .push((seq, frame.clone()));
+                    return match view.place_of_request(req, read_only) {
+                        Ok(place) => self.forward(view, place, read_only, probe, now),
+                        Err(()) => self.error(&view.cross_error(spec.display_name())),
+                    };
+                }
+            }
             // Held with everything after it, and looked at again when the pause ends or changes
             // (see `drain_ready`).
-            let changes = pause.watch();
-            let state = *changes.borrow();
-            self.paused = Some((state, changes));
+            self.pause_watch(pause);
             return self.hold(frame);
         }
         if self.pool.read_only && !spec.replica_may_run() {
@@ -848,6 +874,57 @@ impl Ctx {
         self.error(&msg);
     }
 
+    /// Notes the pause that holds this client's oldest request, to look again when it changes.
+    fn pause_watch(&mut self, pause: &crate::pause::Pause) {
+        let changes = pause.watch();
+        let state = *changes.borrow();
+        self.paused = Some(Box::new((state, changes)));
+    }
+
+    /// A script probed with its read-only twin under CLIENT PAUSE WRITE (see `dispatch`) answered
+    /// `reply`: if the node refused it as one that may write (unrun), it is held as it came, and
+    /// true.
+    fn probe_refused(&mut self, reply: &[u8]) -> bool {
+        let Some(probes) = self.probes.as_deref_mut() else {
+            return false;
+        };
+        let Some(i) = probes.iter().position(|(seq, _)| *seq == self.front_seq) else {
+            return false;
+        };
+        let (_, original) = probes.swap_remove(i);
+        if probes.is_empty() {
+            self.probes = None;
+        }
+        let refused = reply.starts_with(b"-ERR Can not execute a script with write flag")
+            || reply.starts_with(b"-ERR Write commands are not allowed from read-only scripts");
+        if refused {
+            self.replace_front(Pending::Held(original));
+            let pool = self.pool.clone();
+            if pool.shared.pause.writes_only() {
+                self.pause_watch(&pool.shared.pause);
+            }
+        }
+        refused
+    }
+
+    /// Puts `pending` in the oldest request's place, its bookkeeping with it.
+    fn replace_front(&mut self, pending: Pending) {
+        let Some(front) = self.pending.front_mut() else {
+            return;
+        };
+        let old = std::mem::replace(front, pending);
+        let new = &self.pending[0];
+        self.serial =
+            (self.serial + usize::from(new.serial())).saturating_sub(usize::from(old.serial()));
+        self.request_bytes =
+            (self.request_bytes + new.request_bytes()).saturating_sub(old.request_bytes());
+        self.replies_held =
+            (self.replies_held + new.reply_bytes()).saturating_sub(old.reply_bytes());
+        if self.scripts > 0 && old.script() {
+            self.scripts -= 1;
+        }
+    }
+
     /// Whether the oldest request is a blocking command still waiting.
     fn blocked(&self) -> bool {
         matches!(self.pending.front(), Some(Pending::Wait(w)) if w.own_connection && w.result.is_none())
@@ -886,7 +963,10 @@ impl Ctx {
         for frame in self.client.record.take_pushes() {
             match self.pending.is_empty() {
                 true => self.out.extend_from_slice(&frame),
-                false => self.deferred.push_back((after, frame)),
+                false => self
+                    .deferred
+                    .get_or_insert_with(Box::default)
+                    .push_back((after, frame)),
             }
         }
         self.reply_boundary();
@@ -915,12 +995,17 @@ impl Ctx {
 
     /// Writes the deferred invalidations whose requests are all answered.
     fn write_deferred(&mut self) {
-        while let Some((after, _)) = self.deferred.front() {
-            if *after > self.front_seq {
-                break;
+        if let Some(deferred) = self.deferred.as_deref_mut() {
+            while let Some((after, _)) = deferred.front() {
+                if *after > self.front_seq {
+                    break;
+                }
+                if let Some((_, frame)) = deferred.pop_front() {
+                    self.out.extend_from_slice(&frame);
+                }
             }
-            if let Some((_, frame)) = self.deferred.pop_front() {
-                self.out.extend_from_slice(&frame);
+            if deferred.is_empty() {
+                self.deferred = None;
             }
         }
         self.reply_boundary();
@@ -1002,13 +1087,11 @@ impl Ctx {
         let blocked = self.blocked() || self.paused.is_some();
         let blocked_changed = blocked != self.marks.blocked.is_some();
         if blocked_changed {
-            self.marks.blocked =
-                blocked.then(|| super::Mark::take(&self.pool.shared, |s| &s.blocked_clients));
+            self.marks.blocked = blocked.then(|| super::Mark::take(&self.pool.shared));
         }
         let script = self.running_script();
         if script != self.marks.script.is_some() {
-            self.marks.script =
-                script.then(|| super::Mark::take(&self.pool, Pool::scripts_running));
+            self.marks.script = script.then(|| super::Mark::take(&self.pool));
         }
         // A subscriber's counts change when the backends confirm, in a step of their own.
         let changing = blocked_changed || self.pubsub.is_some();
@@ -1074,7 +1157,7 @@ impl Ctx {
             self.replies_held = self.replies_held.saturating_sub(pending.reply_bytes());
         }
         self.front_seq += 1;
-        if !self.deferred.is_empty() {
+        if self.deferred.is_some() {
             self.write_deferred();
         }
         if self.pending.is_empty() && self.pending.capacity() > 64 {
@@ -1241,7 +1324,7 @@ impl Ctx {
                     return;
                 }
                 Some(Pending::Held(frame)) => {
-                    if let Some((held_by, changes)) = &self.paused {
+                    if let Some((held_by, changes)) = self.paused.as_deref() {
                         // The same pause, not over: the held request waits. Anything else, and
                         // dispatching it again decides.
                         let current = *changes.borrow();
@@ -1310,7 +1393,11 @@ impl Ctx {
         };
         // Only an error reply can be a redirect (or anything but the client's answer).
         if reply.first() == Some(&b'-') {
-            if w.own_connection {
+            let own_connection = w.own_connection;
+            if self.probes.is_some() && self.probe_refused(&reply) {
+                return;
+            }
+            if own_connection {
                 if let Some(kind) = self.follow_on_own(&reply) {
                     return self.tally.get().redirect(kind);
                 }
