@@ -26,8 +26,8 @@ use crate::command::{flags, Spec};
 use crate::protocol::{parse_int, Reply};
 use crate::server::{Pool, Shared};
 
-/// Keys remembered for default-mode clients at most, as Redis's `tracking-table-max-keys`
-/// default: past it the oldest-found key is invalidated for its readers and forgotten.
+/// Keys remembered for default-mode clients at most unless CONFIG SET tracking-table-max-keys
+/// says otherwise (Redis's default): past it a key is invalidated for its readers and forgotten.
 const MAX_KEYS: usize = 1_000_000;
 
 /// Own writes a NOLOOP client has not yet seen invalidated, at most: past it they are forgotten
@@ -73,8 +73,9 @@ struct State {
 }
 
 /// A pool's tracking clients and what they read.
-#[derive(Default)]
 pub struct Tracking {
+    /// `tracking-table-max-keys`, set through slotline (0: no bound, as in Redis).
+    max_keys: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     /// Whether the feeds (see [`follow`]) run and every master's is connected: new tracking takes
     /// effect at once; CLIENT TRACKING ON replies wait here until then.
@@ -92,7 +93,35 @@ struct Delivery {
     prefix: Option<Bytes>,
 }
 
+impl Default for Tracking {
+    fn default() -> Tracking {
+        Tracking {
+            max_keys: std::sync::atomic::AtomicUsize::new(MAX_KEYS),
+            state: Mutex::default(),
+            gate: Gate::default(),
+        }
+    }
+}
+
 impl Tracking {
+    /// CONFIG SET tracking-table-max-keys through slotline: keys past the new bound are
+    /// invalidated for their readers and forgotten now.
+    pub fn set_max_keys(&self, max: usize, shared: &Shared) {
+        self.max_keys
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+        let evicted: Vec<Bytes> = {
+            let state = self.lock();
+            let over = state.readers.len().saturating_sub(max);
+            match max {
+                0 => Vec::new(),
+                _ => state.readers.keys().take(over).cloned().collect(),
+            }
+        };
+        if !evicted.is_empty() {
+            self.invalidate(Some(&evicted), shared);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -148,7 +177,8 @@ impl Tracking {
         {
             let mut state = self.lock();
             for key in keys {
-                if !state.readers.contains_key(key) && state.readers.len() >= MAX_KEYS {
+                let max = self.max_keys.load(std::sync::atomic::Ordering::Relaxed);
+                if max > 0 && !state.readers.contains_key(key) && state.readers.len() >= max {
                     if let Some(old) = state.readers.keys().next().cloned() {
                         evicted.push(old);
                     }
@@ -204,6 +234,14 @@ impl Tracking {
         for key in keys {
             let readers = state.readers.remove(key).unwrap_or_default();
             for (&id, tracker) in state.trackers.iter_mut() {
+                // NOLOOP: the change is the client's own write, told or not.
+                if let Some(n) = tracker.own_writes.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        tracker.own_writes.remove(key);
+                    }
+                    continue;
+                }
                 let options = &tracker.status.options;
                 let prefix = match options.bcast {
                     true => match options.prefixes.iter().find(|p| key.starts_with(p)) {
@@ -213,15 +251,6 @@ impl Tracking {
                     false if readers.contains(&id) => None,
                     false => continue,
                 };
-                if options.noloop {
-                    if let Some(n) = tracker.own_writes.get_mut(key) {
-                        *n -= 1;
-                        if *n == 0 {
-                            tracker.own_writes.remove(key);
-                        }
-                        continue;
-                    }
-                }
                 let to = target(id, &tracker.status);
                 let same =
                     |d: &&mut Delivery| d.from == id && prefix.is_some() && d.prefix == prefix;

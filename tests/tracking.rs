@@ -255,6 +255,43 @@ fn invalidations_reach_the_client_that_read_the_key() {
     assert_eq!(writer.cmd(&["SET", &keys[0], "z"]), Reply::ok());
     quiet(&mut reader, "tracking off");
 
+    // CONFIG SET tracking-table-max-keys bounds what slotline remembers: past it a key is
+    // invalidated for its readers and forgotten, as Redis does.
+    let mut bounded = resp3(&proxy);
+    assert_eq!(
+        bounded.cmd(&["CLIENT", "TRACKING", "ON", "NOLOOP"]),
+        Reply::ok()
+    );
+    assert_eq!(
+        bounded.cmd(&["MSET", "{m}1", "1", "{m}2", "2"]),
+        Reply::ok()
+    );
+    assert_eq!(
+        bounded
+            .cmd(&["MGET", "{m}1", "{m}2"])
+            .as_array()
+            .map(<[Reply]>::len),
+        Some(2)
+    );
+    for key in &keys {
+        assert!(bounded.cmd(&["GET", key]).as_bytes().is_some());
+    }
+    assert_eq!(
+        writer.cmd(&["CONFIG", "SET", "tracking-table-max-keys", "1"]),
+        Reply::ok()
+    );
+    let evicted = bounded.read_reply();
+    assert!(
+        evicted
+            .as_array()
+            .is_some_and(|a| a.first() == Some(&bulk("invalidate"))),
+        "{evicted:?}"
+    );
+    assert_eq!(
+        writer.cmd(&["CONFIG", "SET", "tracking-table-max-keys", "0"]),
+        Reply::ok()
+    );
+
     // An application's client-side cache (redis-py, RESP2 with a redirect) stays correct.
     run_python_client("redis_py_tracking.py", proxy.port(), "2");
 }

@@ -197,9 +197,13 @@ impl Ctx {
         for i in (2..argc).step_by(2) {
             let value = parse_int(req.arg(i + 1));
             match (req.arg(i).to_ascii_lowercase().as_slice(), value) {
-                (b"slowlog-log-slower-than", Some(us)) if us >= -1 => own.push((true, us)),
-                (b"slowlog-max-len", Some(n)) if n >= 0 => own.push((false, n)),
-                (b"slowlog-log-slower-than" | b"slowlog-max-len", _) => return false,
+                (b"slowlog-log-slower-than", Some(us)) if us >= -1 => own.push((0, us)),
+                (b"slowlog-max-len", Some(n)) if n >= 0 => own.push((1, n)),
+                (b"tracking-table-max-keys", Some(n)) if n >= 0 => own.push((2, n)),
+                (
+                    b"slowlog-log-slower-than" | b"slowlog-max-len" | b"tracking-table-max-keys",
+                    _,
+                ) => return false,
                 _ => only_own = false,
             }
         }
@@ -208,10 +212,12 @@ impl Ctx {
             return false;
         }
         let log = &self.pool.shared.slowlog;
-        for (slower_than, value) in own {
-            match slower_than {
-                true => log.set_slower_than(value),
-                false => log.set_max_len(usize::try_from(value).unwrap_or(usize::MAX)),
+        for (which, value) in own {
+            let count = usize::try_from(value).unwrap_or(usize::MAX);
+            match which {
+                0 => log.set_slower_than(value),
+                1 => log.set_max_len(count),
+                _ => self.pool.tracking.set_max_keys(count, &self.pool.shared),
             }
         }
         only_own
