@@ -118,7 +118,7 @@ impl Tracking {
             }
         };
         if !evicted.is_empty() {
-            self.invalidate(Some(&evicted), shared);
+            self.evict(&evicted, shared);
         }
     }
 
@@ -192,7 +192,7 @@ impl Tracking {
         }
         // Redis invalidates keys it stops tracking, so that nobody keeps them cached unseen.
         if !evicted.is_empty() {
-            self.invalidate(Some(&evicted), shared);
+            self.evict(&evicted, shared);
         }
     }
 
@@ -213,8 +213,9 @@ impl Tracking {
         }
     }
 
-    /// Who is told what of a change of `keys` (None: every key, a flush).
-    fn deliveries(&self, keys: Option<&[Bytes]>) -> Vec<Delivery> {
+    /// Who is told what of a change of `keys` (None: every key, a flush), or of their eviction
+    /// from the table (`evicted`).
+    fn deliveries(&self, keys: Option<&[Bytes]>, evicted: bool) -> Vec<Delivery> {
         let mut state = self.lock();
         let state = &mut *state;
         let mut out: Vec<Delivery> = Vec::new();
@@ -234,6 +235,18 @@ impl Tracking {
         for key in keys {
             let readers = state.readers.remove(key).unwrap_or_default();
             for (&id, tracker) in state.trackers.iter_mut() {
+                if evicted {
+                    // Forgotten, not changed: only its readers are told, NOLOOP or not.
+                    if readers.contains(&id) {
+                        out.push(Delivery {
+                            to: target(id, &tracker.status),
+                            keys: Some(vec![key.clone()]),
+                            from: id,
+                            prefix: None,
+                        });
+                    }
+                    continue;
+                }
                 // NOLOOP: the change is the client's own write, told or not.
                 if let Some(n) = tracker.own_writes.get_mut(key) {
                     *n -= 1;
@@ -272,7 +285,15 @@ impl Tracking {
     /// Tells the clients concerned that `keys` changed (None: everything, after a flush or a lost
     /// feed).
     fn invalidate(&self, keys: Option<&[Bytes]>, shared: &Shared) {
-        let deliveries = self.deliveries(keys);
+        self.tell(self.deliveries(keys, false), shared);
+    }
+
+    /// Tells the readers of `keys` that they are no longer tracked (the table's bound).
+    fn evict(&self, keys: &[Bytes], shared: &Shared) {
+        self.tell(self.deliveries(Some(keys), true), shared);
+    }
+
+    fn tell(&self, deliveries: Vec<Delivery>, shared: &Shared) {
         let mut broken = Vec::new();
         for d in deliveries {
             let Some(dest) = shared.clients.get(d.to) else {
@@ -532,7 +553,7 @@ mod tests {
         tracking.wrote(3, [&b"user:1"[..]].into_iter());
         let keys = [Bytes::from_static(b"user:1"), Bytes::from_static(b"user:2")];
         let told: Vec<(u64, u64, usize)> = tracking
-            .deliveries(Some(&keys))
+            .deliveries(Some(&keys), false)
             .iter()
             .map(|d| (d.from, d.to, d.keys.as_ref().map_or(0, Vec::len)))
             .collect();
@@ -541,7 +562,7 @@ mod tests {
         assert!(!told.iter().any(|t| t.0 == 3), "NOLOOP: {told:?}");
         // Told once: the next change of user:1 reaches only BCAST.
         let again: Vec<u64> = tracking
-            .deliveries(Some(&keys[..1]))
+            .deliveries(Some(&keys[..1]), false)
             .iter()
             .map(|d| d.from)
             .collect();
