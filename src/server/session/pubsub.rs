@@ -435,16 +435,8 @@ impl Ctx {
             return false;
         }
         if self.proto == 3 {
-            // Confirmations and messages already on their way speak the protocol they were asked in.
-            if spec.name == "hello"
-                && req.argc() > 1
-                && parse_int(req.arg(1)) != Some(i64::from(self.proto))
-            {
-                self.error(
-                    "ERR slotline: a subscribed client cannot switch protocol; unsubscribe first",
-                );
-                return true;
-            }
+            // Anything goes, as in Redis; HELLO 2 too: messages then reach the client as RESP2
+            // arrays whatever their connection speaks (see `on_frame`).
             return false;
         }
         match spec.name {
@@ -510,6 +502,17 @@ impl Ctx {
                 ps.feed.written(frame.len());
                 return;
             }
+            // The client switched protocol (HELLO) since the connection subscribed: a message is
+            // the same aggregate in both, a push in RESP3 and an array in RESP2.
+            let marker = if self.proto >= 3 { b'>' } else { b'*' };
+            let frame = match frame.first() {
+                Some(&m) if m != marker => {
+                    let mut remarked = BytesMut::from(&frame[..]);
+                    remarked[0] = marker;
+                    remarked.freeze()
+                }
+                _ => frame,
+            };
             match self.pending.front_mut() {
                 Some(Pending::PubSub(r)) if r.confirmed_on.contains(&id) => {
                     r.after.extend_from_slice(&frame)
