@@ -50,6 +50,8 @@
 //! - [`monitor`]: MONITOR's stream of every command, to any number of monitors, bounded per monitor,
 //!   with the masters' script commands relayed while anyone monitors.
 //! - [`pause`]: CLIENT PAUSE: which commands a pause holds, and until when.
+//! - [`cmdstats`]: INFO commandstats and errorstats: calls, time, refusals and errors per command,
+//!   and error replies per error code, as clients saw them.
 //! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //! - [`tracking`]: CLIENT TRACKING through slotline: which clients read which keys (or watch which
@@ -65,6 +67,7 @@ pub mod admin;
 pub mod backend;
 pub mod clients;
 pub mod cluster;
+pub mod cmdstats;
 pub mod command;
 pub mod config;
 pub mod discovery;

@@ -569,3 +569,58 @@ fn info_sums_the_nodes_keyspace_and_counters() {
     }
     assert!(!text(client.cmd(&["INFO", "cpu"])).contains("# Keyspace"));
 }
+
+/// INFO commandstats and errorstats show what clients saw through slotline: calls per command,
+/// refusals, error replies (the nodes' and slotline's own) by error code; CONFIG RESETSTAT clears
+/// them. Not in the default sections, commandstats; errorstats is, as in Redis.
+#[test]
+fn info_commandstats_and_errorstats_count_what_clients_saw() {
+    let servers = RedisServers::start(2);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), ""));
+    let mut client = proxy.client();
+    assert_eq!(client.cmd(&["CONFIG", "RESETSTAT"]), Reply::ok());
+    for i in 0..3 {
+        assert_eq!(client.cmd(&["SET", &format!("cs:{i}"), "v"]), Reply::ok());
+    }
+    client.cmd(&["MGET", "cs:0", "cs:1", "cs:2"]);
+    assert!(client.cmd(&["INCR", "cs:0"]).is_error(), "not an integer");
+    let script = "return redis.error_reply('MY_CODE custom msg')";
+    assert!(client.cmd(&["EVAL", script, "0"]).is_error());
+    assert!(client.cmd(&["GET"]).is_error(), "wrong arity");
+    assert!(
+        client.cmd(&["SELECT", "1"]).is_error(),
+        "refused by slotline"
+    );
+
+    let stats = text(client.cmd(&["INFO", "commandstats"]));
+    let line = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+            .to_string()
+    };
+    assert!(line("set").starts_with("calls=3,usec="), "{stats}");
+    assert!(line("mget").starts_with("calls=1,"), "{stats}");
+    assert!(
+        line("incr").ends_with(",rejected_calls=0,failed_calls=1"),
+        "{stats}"
+    );
+    assert!(
+        line("select").starts_with("calls=0,") && line("select").contains("rejected_calls=1"),
+        "{stats}"
+    );
+    let errors = text(client.cmd(&["INFO", "errorstats"]));
+    for want in ["errorstat_ERR:count=3\r\n", "errorstat_MY_CODE:count=1\r\n"] {
+        assert!(errors.contains(want), "{want} in {errors}");
+    }
+    let default = text(client.cmd(&["INFO"]));
+    assert!(default.contains("# Errorstats") && !default.contains("# Commandstats"));
+    assert!(text(client.cmd(&["INFO", "everything"])).contains("cmdstat_set:"));
+
+    assert_eq!(client.cmd(&["CONFIG", "RESETSTAT"]), Reply::ok());
+    let errors = text(client.cmd(&["INFO", "errorstats"]));
+    assert!(!errors.contains("errorstat_"), "{errors}");
+    let stats = text(client.cmd(&["INFO", "commandstats"]));
+    assert!(!stats.contains("cmdstat_set"), "{stats}");
+}

@@ -200,3 +200,67 @@ fn ketama_transactions_run_on_the_server_of_their_keys() {
         .expect("a key on another server");
     transactions_behave_like_redis(port, ["{t}a", "{t}b"], &elsewhere);
 }
+
+/// Commands slotline answers itself are queued as Redis queues them, run when EXEC is sent and
+/// answered in their places in EXEC's reply: a CLIENT PAUSE in a transaction starts where the
+/// transaction ends (its own writes go through, the next client's wait).
+#[test]
+fn local_commands_in_a_transaction_answer_in_place_at_exec() {
+    let cluster = RedisCluster::start(Default::default());
+    let (_proxy, port) = Slotline::cluster(&cluster);
+    let mut client = Client::connect(port);
+    let mut other = Client::connect(port);
+    assert!(client.cmd(&["DEL", "{tx}a"]).as_int().is_some());
+    let id = client.cmd(&["CLIENT", "ID"]).as_int().expect("an id");
+
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(client.cmd(&["CLIENT", "SETNAME", "txn"]), queued());
+    assert_eq!(client.cmd(&["SET", "{tx}a", "1"]), queued());
+    assert_eq!(client.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]), queued());
+    assert_eq!(client.cmd(&["SLOWLOG", "RESET"]), queued());
+    assert_eq!(client.cmd(&["INCR", "{tx}a"]), queued());
+    assert_eq!(client.cmd(&["CLIENT", "GETNAME"]), queued());
+    let listed = format!("{:?}", other.cmd(&["CLIENT", "LIST"]));
+    let line = listed
+        .split('\n')
+        .find(|l| l.contains(&format!("id={id} ")))
+        .unwrap_or_default();
+    assert!(
+        line.contains(" multi=6 "),
+        "queued commands counted: {listed}"
+    );
+    assert_eq!(
+        client.cmd(&["EXEC"]),
+        Reply::Array(Some(vec![
+            Reply::ok(),
+            Reply::ok(),
+            Reply::ok(),
+            Reply::ok(),
+            Reply::Int(2),
+            Reply::bulk("txn"),
+        ]))
+    );
+    // The pause began with EXEC: another client's write now waits, reads do not.
+    other.send(&["SET", "{tx}a", "other"]);
+    assert_eq!(client.cmd(&["GET", "{tx}a"]), Reply::bulk("2"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(client.cmd(&["GET", "{tx}a"]), Reply::bulk("2"));
+    assert_eq!(client.cmd(&["CLIENT", "UNPAUSE"]), Reply::ok());
+    assert_eq!(other.read_reply(), Reply::ok());
+
+    // Only local commands: no node is asked.
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(client.cmd(&["SLOWLOG", "LEN"]), queued());
+    let exec = client.cmd(&["EXEC"]);
+    assert!(
+        matches!(&exec, Reply::Array(Some(v)) if v.len() == 1 && v[0].as_int().is_some()),
+        "{exec:?}"
+    );
+
+    // With WATCH, a local command would run even when the transaction does not: refused, and the
+    // transaction aborted as Redis aborts on any error while queuing.
+    assert_eq!(client.cmd(&["WATCH", "{tx}a"]), Reply::ok());
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert!(client.cmd(&["CLIENT", "PAUSE", "10"]).is_error());
+    assert_eq!(client.cmd(&["EXEC"]), execabort());
+}

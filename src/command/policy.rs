@@ -93,6 +93,9 @@ pub enum Merge {
     Running,
     /// A transaction (MULTI, the commands, EXEC) or a WATCH: the last reply is the client's.
     Last,
+    /// A transaction with commands slotline answered itself: EXEC's reply with their replies put
+    /// in their places.
+    Exec,
     /// WAIT: per master, the reply of the script that marks the offset, then WAIT's count; the
     /// client gets the least count.
     Wait,
@@ -390,6 +393,25 @@ pub fn queueable(spec: &Spec) -> bool {
         Route::Local => matches!(spec.name, "ping" | "echo"),
         _ => false,
     }
+}
+
+/// Local commands that Redis queues between MULTI and EXEC and slotline answers itself at EXEC, its
+/// reply taking its place in the node's EXEC reply: a pause that starts where the transaction ends,
+/// a slow log reset in the middle of one.
+pub fn queued_locally(spec: &Spec) -> bool {
+    spec.route == Route::Local
+        && matches!(
+            spec.name,
+            "slowlog|get"
+                | "slowlog|len"
+                | "slowlog|reset"
+                | "client|pause"
+                | "client|unpause"
+                | "client|getname"
+                | "client|setname"
+                | "client|id"
+                | "client|info"
+        )
 }
 
 /// Whether it closes the client's connection (and so is never queued in a transaction).

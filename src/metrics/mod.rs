@@ -154,6 +154,8 @@ pub struct PoolMetrics {
     pub redirects: [IntCounter; RedirectKind::ALL.len()],
     pub discovery_updates: IntCounter,
     pub master_switches: IntCounter,
+    /// INFO commandstats: per command, as this pool's clients saw them.
+    pub commandstats: crate::cmdstats::CommandStats,
 }
 
 impl PoolMetrics {
@@ -296,6 +298,7 @@ impl Metrics {
             redirects: RedirectKind::ALL.map(|k| two(&self.redirects, k.label())),
             discovery_updates: one(&self.discovery_updates),
             master_switches: one(&self.master_switches),
+            commandstats: Default::default(),
         })
     }
 

@@ -80,6 +80,8 @@ pub struct SessionTally {
     sent: u64,
     latency: LocalHistogram,
     backend_latency: LocalHistogram,
+    /// Per command, for INFO commandstats.
+    per_command: crate::cmdstats::Local,
     /// Something to flush.
     dirty: bool,
 }
@@ -94,14 +96,30 @@ impl SessionTally {
             sent: 0,
             latency: pool.request_duration.local(),
             backend_latency: pool.backend_request_duration.local(),
+            per_command: Default::default(),
             dirty: false,
         }
     }
 
-    /// A request for a known command was read.
+    /// A request for a known command was read (`number`: see [`crate::cmdstats::number`]).
     #[inline]
-    pub fn command(&mut self, family: Family) {
+    pub fn command(&mut self, family: Family, number: u16) {
         self.commands[family as usize] += 1;
+        self.per_command.call(number);
+        self.dirty = true;
+    }
+
+    /// slotline refused the command just read.
+    #[inline]
+    pub fn rejected(&mut self, number: u16) {
+        self.per_command.rejected(number);
+        self.dirty = true;
+    }
+
+    /// A command's reply (an error or not) was queued for the client, `took` after it was read.
+    #[inline]
+    pub fn command_answered(&mut self, number: u16, took: Option<Duration>, error: bool) {
+        self.per_command.answered(number, took, error);
         self.dirty = true;
     }
 
@@ -180,6 +198,7 @@ impl SessionTally {
         add(&mut self.commands, &pool.commands);
         add(&mut self.errors, &pool.errors);
         add(&mut self.redirects, &pool.redirects);
+        self.per_command.flush(&pool.commandstats);
         pool.client_received_bytes
             .inc_by(std::mem::take(&mut self.received));
         pool.client_sent_bytes
@@ -197,7 +216,7 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let pool = metrics.pool("p");
         let mut tally = SessionTally::new(&pool);
-        tally.command(Family::Hash);
+        tally.command(Family::Hash, crate::cmdstats::NONE);
         tally.error(ErrorKind::Timeout);
         tally.received(10);
         tally.answered(Duration::from_millis(3));

@@ -95,6 +95,11 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
         }
         // Composed by the session, which has slotline's own sections.
         Merge::NodeInfo => unexpected(out),
+        // Composed by the session, which holds the local replies.
+        Merge::Exec => match parts.last() {
+            Some((_, reply)) => out.extend_from_slice(reply),
+            None => unexpected(out),
+        },
         Merge::Running => {
             let running = parts.iter().map(|(_, r)| *r).find(|r| runs_script(r));
             match running.or_else(|| parts.first().map(|(_, r)| *r)) {
@@ -201,6 +206,36 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
             [(_, reply)] => scan_reply(reply, node, nodes, out),
             _ => unexpected(out),
         },
+    }
+}
+
+/// A transaction's EXEC reply with the replies of the commands slotline answered itself put in their
+/// places (`spliced`: place among all queued commands, reply). An EXEC that ran nothing (a watched key
+/// changed) or failed is the client's as it is.
+pub(crate) fn splice_exec(exec: &[u8], spliced: &[(usize, Bytes)], out: &mut BytesMut) {
+    let Some((count, mut rest)) = line(exec, b'*').filter(|&(n, _)| n >= 0) else {
+        return out.extend_from_slice(exec);
+    };
+    Reply(out).array(count as usize + spliced.len());
+    let mut local = spliced.iter().peekable();
+    // The replies already passed the connection's bound: this only finds where each one ends.
+    let mut scanner = ReplyScanner::new(exec.len());
+    for at in 0.. {
+        if let Some((_, reply)) = local.next_if(|(place, _)| *place == at) {
+            out.extend_from_slice(reply);
+            continue;
+        }
+        match scanner.scan(rest) {
+            Ok(Some(len)) => {
+                out.extend_from_slice(&rest[..len]);
+                rest = &rest[len..];
+            }
+            // Every node reply is in (and the rest are slotline's, at the end).
+            _ => break,
+        }
+    }
+    for (_, reply) in local {
+        out.extend_from_slice(reply);
     }
 }
 

@@ -97,6 +97,12 @@ pub(crate) fn render(
                 .iter()
                 .any(|w| w == section || w == "all" || w == "everything" || w == "default")
     };
+    // Not among the default sections, as in Redis.
+    let show_extra = |section: &str| {
+        wanted
+            .iter()
+            .any(|w| w == section || w == "all" || w == "everything")
+    };
     let nodes = nodes.cloned().unwrap_or_default();
     let shared = &pool.shared;
     let uptime = shared.started.elapsed().as_secs();
@@ -176,6 +182,15 @@ pub(crate) fn render(
             "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n\
              used_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n\r\n"
         );
+    }
+    if show_extra("commandstats") {
+        crate::cmdstats::CommandStats::render(
+            pools.iter().map(|p| &p.metrics.commandstats),
+            &mut out,
+        );
+    }
+    if show("errorstats") {
+        shared.errorstats.render(&mut out);
     }
     if show("keyspace") {
         // Database 0 of every master, summed (Redis lists a database only when it has keys).

@@ -58,6 +58,8 @@ pub struct Shared {
     pub pause: crate::pause::Pause,
     /// SLOWLOG's entries.
     pub slowlog: crate::slowlog::SlowLog,
+    /// INFO errorstats.
+    pub errorstats: crate::cmdstats::ErrorStats,
     /// MONITOR's clients.
     pub monitors: Arc<crate::monitor::Monitors>,
     /// Bytes held for clients that have not authenticated, all pools together.
@@ -82,6 +84,7 @@ impl Shared {
             clients: crate::clients::Registry::default(),
             monitors: Arc::default(),
             slowlog: crate::slowlog::SlowLog::new(slowlog.0, slowlog.1),
+            errorstats: Default::default(),
             pause: crate::pause::Pause::default(),
             unauthenticated: Arc::new(session::Budget::new(UNAUTHENTICATED_BYTES)),
             pools: std::sync::Mutex::new(Vec::new()),

@@ -121,6 +121,8 @@ struct Waiting {
     /// can return `-MOVED` or `-READONLY` as easily as Redis can), so only a MOVED that the cluster
     /// itself confirms is followed (see `redirect::follow_reply`).
     scripted: Option<Arc<str>>,
+    /// The command, for INFO commandstats (see [`crate::cmdstats::number`]).
+    command: u16,
 }
 
 impl Waiting {
@@ -620,7 +622,9 @@ impl Ctx {
                 {
                     self.last_command = Some(spec);
                 }
-                self.tally.get().command(spec.family);
+                self.tally
+                    .get()
+                    .command(spec.family, crate::cmdstats::number(spec));
 
                 self.ran = Some(spec);
                 spec
@@ -778,6 +782,7 @@ impl Ctx {
             redirects: 0,
             own_connection: true,
             scripted: None,
+            command: self.command_number(),
         }));
     }
 
@@ -851,6 +856,7 @@ impl Ctx {
             redirects: 0,
             own_connection: false,
             scripted,
+            command: self.command_number(),
         }));
     }
 
@@ -1023,6 +1029,7 @@ impl Ctx {
             redirects: 0,
             own_connection: false,
             scripted: None,
+            command: crate::cmdstats::NONE,
         }));
         self.inbox.reply_to(seq)
     }
@@ -1369,6 +1376,7 @@ impl Ctx {
         // How long the client has waited: for the latency histogram, and for SLOWLOG, which reads
         // the request's arguments again only for a slow one.
         let took = started.map(|s| self.now.saturating_duration_since(s));
+        let command = w.command;
         let slow = took
             .filter(|&took| self.pool.shared.slowlog.is_slow(took))
             .map(|took| (took, w.frame.clone()));
@@ -1376,6 +1384,7 @@ impl Ctx {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
                 self.tally.get().answered_in(took);
+                self.tally.get().command_answered(command, took, true);
                 self.tally.get().error(ErrorKind::from(&e));
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.error_now(&format!("ERR slotline: {e}"));
@@ -1384,6 +1393,7 @@ impl Ctx {
             }
             HeadEvent::Timeout => {
                 self.tally.get().answered_in(took);
+                self.tally.get().command_answered(command, took, true);
                 self.tally.get().error(ErrorKind::Timeout);
                 stats::add(&self.pool.stats.forward_error, 1);
                 self.timed_out();
@@ -1413,8 +1423,12 @@ impl Ctx {
                 Redirected::No => ErrorKind::BackendError,
             };
             self.tally.get().error(failure);
+            self.pool.shared.errorstats.count(&reply);
         }
         self.tally.get().answered_in(took);
+        self.tally
+            .get()
+            .command_answered(command, took, reply.first() == Some(&b'-'));
         if let Some((took, frame)) = slow {
             self.log_slow(&frame, took);
         }
@@ -1448,6 +1462,10 @@ impl Ctx {
     /// Errors slotline decides itself (unknown command, CROSSSLOT, no topology ...).
     pub(crate) fn error(&mut self, msg: &str) {
         self.tally.get().error(ErrorKind::Proxy);
+        if let Some(spec) = self.ran {
+            self.tally.get().rejected(crate::cmdstats::number(spec));
+        }
+        self.pool.shared.errorstats.count(msg.as_bytes());
         // An error while queuing a transaction dooms it, as with Redis.
         self.tx.abort();
         self.reply(|r| r.error(msg));
@@ -1455,7 +1473,14 @@ impl Ctx {
 
     /// An error for the request at the front, written before it leaves the queue.
     fn error_now(&mut self, msg: &str) {
+        self.pool.shared.errorstats.count(msg.as_bytes());
         Reply(&mut self.out).error(msg);
+    }
+
+    /// The command being dispatched, for INFO commandstats.
+    pub(super) fn command_number(&self) -> u16 {
+        self.ran
+            .map_or(crate::cmdstats::NONE, crate::cmdstats::number)
     }
 
     /// Appends a locally made reply in request order.

@@ -41,6 +41,10 @@ pub(super) struct SplitRequest {
     pub(super) parts: Vec<Part>,
     /// An INFO that shows the masters' data ([`Merge::NodeInfo`]): the client's request.
     pub(super) info: Option<Bytes>,
+    /// A transaction's local replies and their places in EXEC's reply ([`Merge::Exec`]).
+    pub(super) spliced: Vec<(usize, Bytes)>,
+    /// The command, for INFO commandstats (see [`crate::cmdstats::number`]).
+    pub(super) command: u16,
 }
 
 /// A part on its way out.
@@ -236,6 +240,18 @@ impl Ctx {
             // Only slotline's own settings: answered here.
             return self.reply(|r| r.ok());
         }
+        if spec.name == "config|resetstat" {
+            // slotline's own statistics (INFO commandstats, errorstats); the nodes' too with
+            // `allow_admin`.
+            let shared = &self.pool.shared;
+            shared.errorstats.reset();
+            for pool in shared.pools() {
+                pool.metrics.commandstats.reset();
+            }
+            if !self.pool.config.allow_admin {
+                return self.reply(|r| r.ok());
+            }
+        }
         if !self.pool.config.allow_admin {
             let msg = format!(
                 "ERR {} is not supported by slotline: administrative commands go to the Redis nodes directly (set allow_admin: true in pool '{}' to send it to them)",
@@ -394,6 +410,7 @@ impl Ctx {
                 redirects: 0,
                 own_connection,
                 scripted: None,
+                command: crate::cmdstats::NONE,
             };
             sent.push(Part { keys, w });
             nodes.push(node);
@@ -449,6 +466,8 @@ impl Ctx {
             deadline,
             parts: sent,
             info: None,
+            spliced: Vec::new(),
+            command: self.command_number(),
         })));
     }
 
@@ -530,14 +549,17 @@ impl Ctx {
         if waiting {
             return false;
         }
+        let written = self.out.len();
         let failed = s.parts.iter().find_map(|p| match &p.w.result {
             Some(Err(e)) => Some(format!("ERR slotline: {e}")),
             _ => None,
         });
+        let counted = failed.is_some();
         match failed {
             Some(msg) => {
                 self.tally.get().error(ErrorKind::Connection);
                 stats::add(&self.pool.stats.forward_error, 1);
+                self.pool.shared.errorstats.count(msg.as_bytes());
                 Reply(&mut self.out).error(&msg);
             }
             None if s.merge == Merge::NodeInfo => {
@@ -554,6 +576,13 @@ impl Ctx {
                     Some(info::render(&self.pool, &self.client, req, Some(&facts)))
                 });
                 Reply(&mut self.out).bulk(text.unwrap_or_default().as_bytes());
+            }
+            None if s.merge == Merge::Exec => {
+                let exec = match s.parts.last().map(|p| &p.w.result) {
+                    Some(Some(Ok(reply))) => &reply[..],
+                    _ => &[],
+                };
+                fanout::splice_exec(exec, &s.spliced, &mut self.out);
             }
             None => {
                 let replies: Vec<(&[u32], &[u8])> = s
@@ -575,6 +604,12 @@ impl Ctx {
             .deadline
             .checked_sub(Duration::from_millis(self.pool.config.timeout));
         self.tally.get().answered_since(started, self.now);
+        let error = self.out.get(written) == Some(&b'-');
+        if error && !counted {
+            self.pool.shared.errorstats.count(&self.out[written..]);
+        }
+        let took = started.map(|s| self.now.saturating_duration_since(s));
+        self.tally.get().command_answered(s.command, took, error);
         self.pop_front();
         true
     }

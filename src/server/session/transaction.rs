@@ -6,6 +6,9 @@
 //! client gets EXEC's reply. WATCH goes out at once, on the same connection, so that the backend
 //! watches the keys for this transaction. A command whose keys live on another backend is refused and
 //! aborts the transaction, as Redis aborts on any error while queuing (EXECABORT).
+//!
+//! A few commands slotline answers itself (SLOWLOG, CLIENT PAUSE ...) are queued too, as Redis
+//! queues them: they run when EXEC is sent, and their replies take their places in EXEC's.
 
 use std::sync::Arc;
 
@@ -13,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::parts::PartToSend;
-use super::{Ctx, Place, View};
+use super::{Ctx, Pending, Place, View};
 use crate::backend::Node;
 use crate::command::{flags, policy, Merge};
 use crate::command::{Request, Spec};
@@ -27,7 +30,10 @@ const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 pub(super) struct Transaction {
     /// Between MULTI and EXEC/DISCARD.
     queuing: bool,
+    /// The commands for the transaction's backend.
     queued: Vec<Bytes>,
+    /// Commands slotline answers itself, each with its place among all the queued ones.
+    local: Vec<Local>,
     /// Bytes of `queued`, bounded by `max_client_request_bytes`.
     queued_bytes: usize,
     /// Where the transaction and its WATCH are bound, once a key names it, and that place's backend.
@@ -43,6 +49,15 @@ pub(super) struct Transaction {
     watch_lost: bool,
 }
 
+/// A local command queued in a transaction (see [`policy::queued_locally`]).
+struct Local {
+    /// Its place in the EXEC reply.
+    at: usize,
+    spec: &'static Spec,
+    frame: Bytes,
+    args: Vec<(u32, u32)>,
+}
+
 impl Transaction {
     /// Between MULTI and EXEC/DISCARD.
     pub(super) fn queuing(&self) -> bool {
@@ -51,7 +66,7 @@ impl Transaction {
 
     /// Commands queued since MULTI.
     pub(super) fn queued_count(&self) -> u32 {
-        self.queued.len().min(u32::MAX as usize) as u32
+        (self.queued.len() + self.local.len()).min(u32::MAX as usize) as u32
     }
 
     /// Whether CLIENT PAUSE WRITE holds this transaction's EXEC.
@@ -128,12 +143,27 @@ impl Ctx {
     }
 
     /// A command between MULTI and EXEC: checked, bound to the transaction's backend, and queued.
-    pub(super) fn queue(&mut self, req: Request<'_>, spec: &Spec, frame: &Bytes, view: &View<'_>) {
+    pub(super) fn queue(
+        &mut self,
+        req: Request<'_>,
+        spec: &'static Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+    ) {
         if spec.has(flags::NO_MULTI) {
             // Redis's own refusal (SAVE, SHUTDOWN ...), which dooms the transaction as in Redis.
             return self.error("ERR Command not allowed inside a transaction");
         }
-        if !policy::queueable(spec) {
+        let local = policy::queued_locally(spec);
+        if local && self.tx.watching {
+            // It would run even when a watched key changed and EXEC runs nothing.
+            let msg = format!(
+                "ERR {} cannot be part of a transaction with WATCH through slotline",
+                spec.display_name()
+            );
+            return self.error(&msg);
+        }
+        if !local && !policy::queueable(spec) {
             let msg = format!(
                 "ERR {} cannot be part of a transaction through slotline",
                 spec.display_name()
@@ -144,6 +174,16 @@ impl Ctx {
             return self.error(
                 "ERR slotline: the transaction is larger than max_client_request_bytes allows",
             );
+        }
+        if local {
+            self.tx.queued_bytes += req.frame.len();
+            self.tx.local.push(Local {
+                at: self.tx.queued.len() + self.tx.local.len(),
+                spec,
+                frame: Bytes::copy_from_slice(req.frame),
+                args: req.args.to_vec(),
+            });
+            return self.reply(|r| r.status("QUEUED"));
         }
         if self.bind(req, spec, view).is_some() {
             self.tx.writes |= policy::may_write(spec) && !policy::declares_no_writes(req, spec);
@@ -213,13 +253,27 @@ impl Ctx {
             return self.reply(|r| r.0.extend_from_slice(null.as_bytes()));
         }
         let queued = std::mem::take(&mut self.tx.queued);
+        let local = std::mem::take(&mut self.tx.local);
         let node = self.tx.node.clone();
         let watching = self.tx.watching;
         // EXEC ends the transaction and unwatches, on the backend as here.
         self.tx = Default::default();
+        // Slotline's own commands run now, as the transaction leaves: what they start (a pause)
+        // follows it, what they clear (the slow log) precedes what it causes.
+        let answers: Vec<(usize, Bytes)> = local
+            .iter()
+            .map(|l| (l.at, self.answer_queued(l)))
+            .collect();
         let node = match node {
             Some(node) => node,
-            None if queued.is_empty() && !watching => return self.reply(|r| r.array(0)),
+            None if queued.is_empty() && !watching => {
+                return self.reply(|r| {
+                    r.array(answers.len());
+                    for (_, answer) in &answers {
+                        r.0.extend_from_slice(answer);
+                    }
+                })
+            }
             None => match view.target(Place::Any, self.client.id as usize) {
                 Some(node) => node.clone(),
                 None => {
@@ -238,6 +292,28 @@ impl Ctx {
         frame.extend_from_slice(EXEC);
         let requests = u32::try_from(queued.len() + 2).unwrap_or(u32::MAX);
         self.on_own(node, frame.freeze(), requests, now);
+        if !answers.is_empty() {
+            if let Some(Pending::Split(s)) = self.pending.back_mut() {
+                s.merge = Merge::Exec;
+                s.spliced = answers;
+            }
+        }
+    }
+
+    /// The reply of a local command queued in the transaction.
+    fn answer_queued(&mut self, local: &Local) -> Bytes {
+        // A reply goes straight to `out` when nothing is pending: both are set aside meanwhile, and
+        // the commands allowed here answer at once, queuing nothing.
+        let out = std::mem::take(&mut self.out);
+        let pending = std::mem::take(&mut self.pending);
+        let req = Request {
+            frame: &local.frame,
+            args: &local.args,
+        };
+        crate::server::local::handle(self, req, local.spec);
+        let reply = std::mem::replace(&mut self.out, out).freeze();
+        self.pending = pending;
+        reply
     }
 
     /// Forgets the transaction, and the WATCH on the backend if there was one.
