@@ -103,8 +103,9 @@ impl Default for Local {
 }
 
 /// A command's number here: its place in [`command::all`] (`NONE` when it is not one of them).
+#[inline]
 pub fn number(spec: &Spec) -> u16 {
-    command::index_of(spec).map_or(NONE, |i| i as u16)
+    spec.number
 }
 
 /// No command (a request slotline answers as a whole, such as a protocol error).

@@ -20,16 +20,20 @@ pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;
 /// Every command and subcommand slotline knows, sorted by name.
 pub fn all() -> &'static [Spec] {
     static ALL: OnceLock<Box<[Spec]>> = OnceLock::new();
-    ALL.get_or_init(|| table::COMMANDS.iter().map(Spec::new).collect())
+    ALL.get_or_init(|| {
+        table::COMMANDS
+            .iter()
+            .enumerate()
+            .map(|(i, facts)| Spec::new(i, facts))
+            .collect()
+    })
 }
 
 /// The position of `spec` in [`all`], for a compact reference to it; None for a spec that is not
 /// one of the table's.
 pub fn index_of(spec: &Spec) -> Option<u32> {
-    let all = all();
-    let offset = (spec as *const Spec as usize).checked_sub(all.as_ptr() as usize)?;
-    let index = offset / std::mem::size_of::<Spec>();
-    (index < all.len() && std::ptr::eq(&all[index], spec)).then_some(index as u32)
+    // Every spec is one of the table's (`Spec::new` is this module's), numbered as it was built.
+    (spec.number != u16::MAX).then_some(u32::from(spec.number))
 }
 
 /// Top-level commands only (no `container|sub` entries): what `COMMAND COUNT` counts.

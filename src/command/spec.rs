@@ -157,12 +157,16 @@ pub struct Spec {
     pub family: Family,
     pub route: Route,
     pub keys: &'static [KeySpec],
+    /// Its place in [`super::all`]: a compact reference to it (CLIENT LIST's last command, INFO
+    /// commandstats).
+    pub number: u16,
 }
 
 impl Spec {
     /// The command `facts` describes, routed as [`policy`](super::policy) decides.
-    pub(super) fn new(facts: &Facts) -> Spec {
+    pub(super) fn new(number: usize, facts: &Facts) -> Spec {
         Spec {
+            number: u16::try_from(number).unwrap_or(u16::MAX),
             name: facts.name,
             arity: facts.arity,
             flags: facts.flags,

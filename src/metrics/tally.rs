@@ -36,17 +36,22 @@ impl Tally {
     #[inline]
     pub fn get(&mut self) -> &mut SessionTally {
         let pool = &self.pool;
-        self.lent.get_or_insert_with(|| {
-            TALLIES
-                .with(|t| {
-                    let mut tallies = t.borrow_mut();
-                    let at = tallies
-                        .iter()
-                        .position(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(pool)))?;
-                    Some(tallies.swap_remove(at).1)
-                })
-                .unwrap_or_else(|| Box::new(SessionTally::new(pool)))
-        })
+        // Asked several times per request: the borrowing, once per step, stays out of line.
+        self.lent.get_or_insert_with(|| Tally::lend(pool))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lend(pool: &Arc<PoolMetrics>) -> Box<SessionTally> {
+        TALLIES
+            .with(|t| {
+                let mut tallies = t.borrow_mut();
+                let at = tallies
+                    .iter()
+                    .position(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(pool)))?;
+                Some(tallies.swap_remove(at).1)
+            })
+            .unwrap_or_else(|| Box::new(SessionTally::new(pool)))
     }
 
     /// Adds what was counted to the pool's metrics and gives the tally back to the worker.
@@ -82,6 +87,12 @@ pub struct SessionTally {
     backend_latency: LocalHistogram,
     /// Per command, for INFO commandstats.
     per_command: crate::cmdstats::Local,
+    /// Families counted since the last flush, one bit each: a flush after a step of GETs adds one
+    /// counter rather than looking at every family.
+    families: u64,
+    /// An error or redirect was counted since the last flush (rare: their counts are looked at
+    /// only then).
+    rare: bool,
     /// Something to flush.
     dirty: bool,
 }
@@ -97,6 +108,8 @@ impl SessionTally {
             latency: pool.request_duration.local(),
             backend_latency: pool.backend_request_duration.local(),
             per_command: Default::default(),
+            families: 0,
+            rare: false,
             dirty: false,
         }
     }
@@ -105,6 +118,7 @@ impl SessionTally {
     #[inline]
     pub fn command(&mut self, family: Family, number: u16) {
         self.commands[family as usize] += 1;
+        self.families |= 1 << (family as u32 % 64);
         self.per_command.call(number);
         self.dirty = true;
     }
@@ -126,12 +140,14 @@ impl SessionTally {
     #[inline]
     pub fn error(&mut self, kind: ErrorKind) {
         self.errors[kind as usize] += 1;
+        self.rare = true;
         self.dirty = true;
     }
 
     #[inline]
     pub fn redirect(&mut self, kind: RedirectKind) {
         self.redirects[kind as usize] += 1;
+        self.rare = true;
         self.dirty = true;
     }
 
@@ -195,9 +211,19 @@ impl SessionTally {
                 }
             }
         };
-        add(&mut self.commands, &pool.commands);
-        add(&mut self.errors, &pool.errors);
-        add(&mut self.redirects, &pool.redirects);
+        while self.families != 0 {
+            let family = self.families.trailing_zeros() as usize;
+            self.families &= self.families - 1;
+            if let (Some(n), Some(counter)) =
+                (self.commands.get_mut(family), pool.commands.get(family))
+            {
+                counter.inc_by(std::mem::take(n));
+            }
+        }
+        if std::mem::take(&mut self.rare) {
+            add(&mut self.errors, &pool.errors);
+            add(&mut self.redirects, &pool.redirects);
+        }
         self.per_command.flush(&pool.commandstats);
         pool.client_received_bytes
             .inc_by(std::mem::take(&mut self.received));

@@ -411,6 +411,7 @@ impl Ctx {
                 own_connection,
                 scripted: None,
                 command: crate::cmdstats::NONE,
+                sent: self.now,
             };
             sent.push(Part { keys, w });
             nodes.push(node);
