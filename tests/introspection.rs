@@ -568,6 +568,23 @@ fn info_sums_the_nodes_keyspace_and_counters() {
         assert!(all.contains(section), "{section} in {all}");
     }
     assert!(!text(client.cmd(&["INFO", "cpu"])).contains("# Keyspace"));
+
+    // Scripts the nodes hold: SCRIPT LOAD puts one on every server, SCRIPT FLUSH empties them.
+    assert_eq!(client.cmd(&["SCRIPT", "FLUSH"]), Reply::ok());
+    for n in 0..3 {
+        client.cmd(&["SCRIPT", "LOAD", &format!("return {n}")]);
+    }
+    let memory = text(client.cmd(&["INFO", "memory"]));
+    assert!(
+        memory.contains("number_of_cached_scripts:3\r\n"),
+        "{memory}"
+    );
+    assert_eq!(client.cmd(&["SCRIPT", "FLUSH", "ASYNC"]), Reply::ok());
+    let memory = text(client.cmd(&["INFO", "memory"]));
+    assert!(
+        memory.contains("number_of_cached_scripts:0\r\n"),
+        "{memory}"
+    );
 }
 
 /// INFO commandstats and errorstats show what clients saw through slotline: calls per command,

@@ -19,10 +19,14 @@ pub(crate) struct NodeFacts {
     keyspace_misses: u64,
     expired_keys: u64,
     evicted_keys: u64,
+    /// The most any master has: a script SCRIPT LOAD sent through slotline is on every master, one
+    /// only EVAL ran is on the master that ran it.
+    cached_scripts: u64,
 }
 
 /// What slotline asks every master for an INFO that shows their data.
-pub(crate) const NODE_SECTIONS: &[u8] = b"*3\r\n$4\r\nINFO\r\n$5\r\nstats\r\n$8\r\nkeyspace\r\n";
+pub(crate) const NODE_SECTIONS: &[u8] =
+    b"*4\r\n$4\r\nINFO\r\n$5\r\nstats\r\n$8\r\nkeyspace\r\n$6\r\nmemory\r\n";
 
 impl NodeFacts {
     /// Sums the masters' INFO replies (bulk strings; anything else is skipped).
@@ -41,6 +45,9 @@ impl NodeFacts {
                     "keyspace_misses" => facts.keyspace_misses += number(),
                     "expired_keys" => facts.expired_keys += number(),
                     "evicted_keys" => facts.evicted_keys += number(),
+                    "number_of_cached_scripts" => {
+                        facts.cached_scripts = facts.cached_scripts.max(number())
+                    }
                     "db0" => {
                         let get = |name: &str| {
                             value
@@ -72,7 +79,7 @@ pub(crate) fn needs_nodes(req: Request<'_>) -> bool {
         || wanted.iter().any(|w| {
             matches!(
                 w.as_str(),
-                "keyspace" | "stats" | "all" | "everything" | "default"
+                "keyspace" | "stats" | "memory" | "all" | "everything" | "default"
             )
         })
 }
@@ -148,10 +155,12 @@ pub(crate) fn render(
             out,
             "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\n\
              used_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\n\
+             number_of_cached_scripts:{}\r\n\
              maxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_allocator:libc\r\n\r\n",
             human(rss),
             human(rss),
             human(peak),
+            nodes.cached_scripts,
         );
     }
     if show("stats") {
@@ -407,8 +416,8 @@ mod tests {
 
     #[test]
     fn masters_info_is_summed() {
-        let a = b"# Stats\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\nexpired_keys:2\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n";
-        let b = b"# Stats\r\nkeyspace_hits:4\r\nkeyspace_misses:0\r\n\r\n# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000\r\n";
+        let a = b"# Stats\r\nkeyspace_hits:3\r\nkeyspace_misses:1\r\nexpired_keys:2\r\n\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=1000\r\n# Memory\r\nnumber_of_cached_scripts:3\r\n";
+        let b = b"# Stats\r\nkeyspace_hits:4\r\nkeyspace_misses:0\r\n\r\n# Keyspace\r\ndb0:keys=5,expires=2,avg_ttl=3000\r\n# Memory\r\nnumber_of_cached_scripts:5\r\n";
         let facts = NodeFacts::sum([&a[..], &b[..], b"-ERR no"].into_iter());
         assert_eq!(
             facts,
@@ -420,6 +429,7 @@ mod tests {
                 keyspace_misses: 1,
                 expired_keys: 2,
                 evicted_keys: 0,
+                cached_scripts: 5,
             }
         );
     }
