@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::backend::{Gate, MasterFeeds, ReplyTo, SubEvent};
-use crate::command::{flags, Spec};
+use crate::command::{self, flags, Request, Spec};
 use crate::protocol::{parse_int, Reply};
 use crate::server::{Pool, Shared};
 
@@ -383,12 +383,17 @@ impl ClientSide {
     }
 
     /// For a command of this client's: whether its keys are remembered as read (default mode, as
-    /// OPTIN/OPTOUT and CLIENT CACHING say), and whether as its own writes (NOLOOP). A script's
-    /// declared keys count as read: Redis tracks them when the script reads anything, which only
-    /// the node sees, so slotline tracks them always (an extra invalidation costs a re-read; a
-    /// missing one, a stale cache).
-    pub fn on_command(&mut self, spec: &Spec) -> (bool, bool) {
-        let reads = (spec.has(flags::READONLY) || spec.runs_script())
+    /// OPTIN/OPTOUT and CLIENT CACHING say), and whether as its own writes (NOLOOP). Redis tracks
+    /// a script's declared keys when the script runs a read command: for EVAL, whose script is in
+    /// the request, slotline reads the commands it calls (see [`script_may_read`]); for EVALSHA
+    /// and FCALL, whose code only the node has, it tracks them always (an extra invalidation costs
+    /// a re-read; a missing one, a stale cache).
+    pub fn on_command(&mut self, req: Request<'_>, spec: &Spec) -> (bool, bool) {
+        let script_reads = match spec.name {
+            "eval" | "eval_ro" => script_may_read(req.arg(1)),
+            _ => spec.runs_script(),
+        };
+        let reads = (spec.has(flags::READONLY) || script_reads)
             && !self.bcast
             && (!self.optin || self.caching)
             && !(self.optout && self.caching);
@@ -399,6 +404,56 @@ impl ClientSide {
         }
         (reads, writes)
     }
+}
+
+/// Whether a Lua script may run a read command. Every `.call` and `.pcall` (`redis.call`,
+/// `server.pcall` ...) is looked at: a command named by a string literal is read in the command
+/// table; anything else (a name in a variable, `redis.call` passed around, a command slotline does
+/// not know) may be a read.
+pub fn script_may_read(script: &[u8]) -> bool {
+    let mut rest = script;
+    while let Some(at) = find_call(rest) {
+        let after = &rest[at..];
+        let after = after.trim_ascii_start();
+        let after = after.strip_prefix(b"(").unwrap_or(after).trim_ascii_start();
+        let Some((&quote, name)) = after.split_first() else {
+            return true;
+        };
+        if quote != b'\'' && quote != b'"' {
+            return true;
+        }
+        let Some(end) = name.iter().position(|&b| b == quote) else {
+            return true;
+        };
+        match command::lookup(&name[..end], None) {
+            Ok(spec) if !spec.has(flags::READONLY) && spec.route != command::Route::Container => {}
+            _ => return true,
+        }
+        rest = &name[end..];
+    }
+    false
+}
+
+/// Where the arguments of the next `.call` or `.pcall` in `script` begin.
+fn find_call(script: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(dot) = script[from..].iter().position(|&b| b == b'.') {
+        let name = &script[from + dot + 1..];
+        let len = if name.starts_with(b"call") {
+            4
+        } else if name.starts_with(b"pcall") {
+            5
+        } else {
+            from += dot + 1;
+            continue;
+        };
+        // `.caller` or `.calls` are other names.
+        match name.get(len) {
+            Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => from += dot + 1,
+            _ => return Some(from + dot + 1 + len),
+        }
+    }
+    None
 }
 
 /// Where client `id`'s invalidations go.
@@ -502,6 +557,31 @@ fn invalidated(frame: &[u8]) -> Option<Option<Vec<Bytes>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_may_read_unless_every_command_it_calls_is_named_and_no_read() {
+        for writes_only in [
+            "redis.call('set', 'key3{t}', 'bar')",
+            "return redis.call('set', KEYS[1], '2')",
+            "redis.call('ping')",
+            "redis.pcall ( \"DEL\", KEYS[1] ) ; return redis.call('incr', KEYS[2])",
+            "return 1",
+            "local callers = 1; return callers",
+        ] {
+            assert!(!script_may_read(writes_only.as_bytes()), "{writes_only}");
+        }
+        for may_read in [
+            "redis.call('get', 'key3{t}')",
+            "redis.call('set', KEYS[1], 1) return redis.pcall('MGET', KEYS[1], KEYS[2])",
+            "local cmd = ARGV[1]; return redis.call(cmd, KEYS[1])",
+            "local c = redis.call; return c('get', KEYS[1])",
+            "return server.call('nosuchcommand')",
+            "return redis.call('object', 'encoding', KEYS[1])",
+            "return redis.call('get",
+        ] {
+            assert!(script_may_read(may_read.as_bytes()), "{may_read}");
+        }
+    }
 
     #[test]
     fn invalidate_pushes_are_read_as_redis_sends_them() {

@@ -172,10 +172,17 @@ fn invalidations_reach_the_client_that_read_the_key() {
     assert_eq!(optin.read_reply(), invalidate(&[&keys[1]]));
     quiet(&mut optin, "OPTIN: a read without CACHING YES");
 
-    // A script's declared keys are tracked (Redis tracks them when the script reads; slotline
-    // cannot see that, so always).
+    // A script's declared keys are tracked when the script runs a read command, as Redis tracks
+    // them; one that only writes leaves them untracked.
     let mut scripted = resp3(&proxy);
     assert_eq!(scripted.cmd(&["CLIENT", "TRACKING", "ON"]), Reply::ok());
+    let writes_only = "redis.call('SET', KEYS[1], 'w') return 1";
+    assert_eq!(
+        scripted.cmd(&["EVAL", writes_only, "1", &keys[0]]),
+        Reply::Int(1)
+    );
+    assert_eq!(writer.cmd(&["SET", &keys[0], "x"]), Reply::ok());
+    quiet(&mut scripted, "a script that read nothing");
     assert_eq!(
         scripted.cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", &keys[0]]),
         bulk("x")

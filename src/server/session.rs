@@ -948,7 +948,7 @@ impl Ctx {
         let Some(side) = self.tracking.as_deref_mut() else {
             return;
         };
-        let (reads, writes) = side.on_command(spec);
+        let (reads, writes) = side.on_command(req, spec);
         if !reads && !writes {
             return;
         }
