@@ -80,7 +80,24 @@ pub struct Tracking {
     /// Whether the feeds (see [`follow`]) run and every master's is connected: new tracking takes
     /// effect at once; CLIENT TRACKING ON replies wait here until then.
     gate: Gate,
+    /// Someone tracks: writes are numbered (see [`Written`]).
+    active: std::sync::atomic::AtomicBool,
+    written: Mutex<Written>,
 }
+
+/// Keys written through slotline lately, numbered in the order their commands named them. A
+/// master's BCAST feed sends the keys one command changed together and sorted, where Redis tells
+/// a tracking client of each as the command changes it (`MSET b 1 a 1`: b, then a): the keys of a
+/// feed's message are told in the order they were written.
+#[derive(Default)]
+struct Written {
+    next: u64,
+    at: HashMap<Bytes, u64>,
+}
+
+/// Keys [`Written`] remembers at most: past it, it starts again (the order only matters for the
+/// keys of one message, written a moment before).
+const MAX_WRITTEN: usize = 4096;
 
 /// An invalidation for one client: where it goes and what it says.
 struct Delivery {
@@ -99,6 +116,8 @@ impl Default for Tracking {
             max_keys: std::sync::atomic::AtomicUsize::new(MAX_KEYS),
             state: Mutex::default(),
             gate: Gate::default(),
+            active: Default::default(),
+            written: Mutex::default(),
         }
     }
 }
@@ -151,6 +170,9 @@ impl Tracking {
         }
         status.broken = false;
         drop(state);
+        pool.tracking
+            .active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let start = || {
             tokio::spawn(follow(pool.clone()));
         };
@@ -159,7 +181,43 @@ impl Tracking {
 
     /// CLIENT TRACKING OFF, RESET, or the client left.
     pub fn disable(&self, id: u64) {
-        self.lock().trackers.remove(&id);
+        let mut state = self.lock();
+        state.trackers.remove(&id);
+        if state.trackers.is_empty() {
+            self.active
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+            *written = Written::default();
+        }
+    }
+
+    /// Whether anyone tracks (then [`Tracking::wrote_in_order`] wants the pool's writes).
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A client of the pool wrote `keys`, in this order.
+    pub fn wrote_in_order<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if written.at.len() >= MAX_WRITTEN {
+            written.at.clear();
+        }
+        for key in keys {
+            written.next += 1;
+            let n = written.next;
+            written.at.insert(Bytes::copy_from_slice(key), n);
+        }
+    }
+
+    /// The keys of one feed message in the order they were written (keys slotline did not see
+    /// written stay as the feed sent them, after the others).
+    fn in_written_order(&self, keys: &mut [Bytes]) {
+        if keys.len() < 2 {
+            return;
+        }
+        let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.sort_by_key(|k| written.at.get(k).copied().unwrap_or(u64::MAX));
     }
 
     pub fn status(&self, id: u64) -> Option<Status> {
@@ -492,7 +550,10 @@ async fn follow(pool: Arc<Pool>) {
                         continue;
                     }
                     match invalidated(&frame) {
-                        Some(Some(keys)) => tracking.invalidate(Some(&keys), &pool.shared),
+                        Some(Some(mut keys)) => {
+                            tracking.in_written_order(&mut keys);
+                            tracking.invalidate(Some(&keys), &pool.shared)
+                        }
                         Some(None) => {
                             // Every master flushes for one FLUSHALL: tell each client once.
                             tokio::time::sleep(FLUSH_COALESCE).await;

@@ -23,7 +23,7 @@ use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
 use crate::backend::{BackendResult, Inbox, Node};
-use crate::command::{self, policy, LookupError, Merge, Request, Route, Spec};
+use crate::command::{self, flags, policy, LookupError, Merge, Request, Route, Spec};
 use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
@@ -697,6 +697,12 @@ impl Ctx {
         }
         if self.tracking.is_some() {
             self.track(req, spec);
+        }
+        if self.pool.tracking.active() && spec.has(flags::WRITE) {
+            // Anyone's writes, for the order invalidations are told in.
+            let mut keys = Vec::new();
+            req.for_each_key(spec, |key| keys.push(key));
+            self.pool.tracking.wrote_in_order(keys.into_iter());
         }
         if self.tx.queuing() && spec.route != Route::Transaction && !policy::ends_connection(spec) {
             return self.queue(req, spec, frame, view);
