@@ -312,6 +312,28 @@ fn slowlog_keeps_requests_slow_end_to_end() {
             Reply::bulk("LEN")
         ])))
     );
+    // A blocking command is logged too, as Redis logs it when it is unblocked: for its run, not
+    // its wait (so only when every request is logged).
+    assert!(client.cmd(&["RPUSH", "l", "x"]).as_int().is_some());
+    assert_eq!(client.cmd(&["SLOWLOG", "RESET"]), Reply::ok());
+    assert_eq!(
+        client.cmd(&["BLPOP", "l", "0"]),
+        Reply::Array(Some(vec![Reply::bulk("l"), Reply::bulk("x")]))
+    );
+    let entries = client.cmd(&["SLOWLOG", "GET", "1"]);
+    let newest = entries
+        .as_array()
+        .and_then(|e| e.first())
+        .and_then(Reply::as_array);
+    assert_eq!(
+        newest.map(|e| e[3].clone()),
+        Some(Reply::Array(Some(vec![
+            Reply::bulk("BLPOP"),
+            Reply::bulk("l"),
+            Reply::bulk("0")
+        ]))),
+        "{entries:?}"
+    );
     let refused = client.cmd(&["CONFIG", "SET", "slowlog-max-len", "5", "maxmemory", "1"]);
     assert!(
         refused.error().is_some_and(|e| e.contains("allow_admin")),

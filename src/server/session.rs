@@ -1383,9 +1383,13 @@ impl Ctx {
         // the request's arguments again only for a slow one.
         let took = started.map(|s| self.now.saturating_duration_since(s));
         let command = w.command;
-        let slow = took
-            .filter(|&took| self.pool.shared.slowlog.is_slow(took))
-            .map(|took| (took, w.frame.clone()));
+        let slowlog = &self.pool.shared.slowlog;
+        let slow = match took {
+            Some(took) => slowlog.is_slow(took).then_some(took),
+            // A blocking command: Redis logs its run, not its wait, which is next to nothing.
+            None => slowlog.is_slow(Duration::ZERO).then_some(Duration::ZERO),
+        }
+        .map(|took| (took, w.frame.clone()));
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
