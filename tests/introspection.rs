@@ -14,6 +14,14 @@ fn field<'a>(line: &'a str, field: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {field} in {line}"))
 }
 
+/// The first element of an array of arrays (SLOWLOG GET's newest entry), as a slice.
+fn first_entry(reply: &Reply) -> Option<&[Reply]> {
+    reply
+        .as_array()
+        .and_then(|e| e.first())
+        .and_then(Reply::as_array)
+}
+
 fn text(reply: Reply) -> String {
     String::from_utf8_lossy(reply.as_bytes().unwrap_or_else(|| panic!("{reply:?}"))).into_owned()
 }
@@ -259,10 +267,7 @@ fn slowlog_keeps_requests_slow_end_to_end() {
     assert_eq!(client.cmd(&["GET", "k"]), Reply::bulk("v"));
     assert_eq!(client.cmd(&["SLOWLOG", "LEN"]), Reply::Int(1));
     let entries = client.cmd(&["SLOWLOG", "GET"]);
-    let entry = entries
-        .as_array()
-        .and_then(|e| e.first())
-        .and_then(Reply::as_array);
+    let entry = first_entry(&entries);
     let entry = entry.unwrap_or_else(|| panic!("{entries:?}"));
     assert_eq!(entry.len(), 6, "{entry:?}");
     assert!(
@@ -301,10 +306,7 @@ fn slowlog_keeps_requests_slow_end_to_end() {
         "every request, 2 kept"
     );
     let entries = client.cmd(&["SLOWLOG", "GET"]);
-    let newest = entries
-        .as_array()
-        .and_then(|e| e.first())
-        .and_then(Reply::as_array);
+    let newest = first_entry(&entries);
     assert_eq!(
         newest.map(|e| e[3].clone()),
         Some(Reply::Array(Some(vec![
@@ -321,10 +323,7 @@ fn slowlog_keeps_requests_slow_end_to_end() {
         Reply::Array(Some(vec![Reply::bulk("l"), Reply::bulk("x")]))
     );
     let entries = client.cmd(&["SLOWLOG", "GET", "1"]);
-    let newest = entries
-        .as_array()
-        .and_then(|e| e.first())
-        .and_then(Reply::as_array);
+    let newest = first_entry(&entries);
     assert_eq!(
         newest.map(|e| e[3].clone()),
         Some(Reply::Array(Some(vec![
