@@ -629,6 +629,9 @@ fn info_commandstats_and_errorstats_count_what_clients_saw() {
         client.cmd(&["SELECT", "1"]).is_error(),
         "refused by slotline"
     );
+    // An unknown command is no command's refusal, not even the one read just before it.
+    let replies = client.pipeline(&[vec!["SET", "cs:3", "v"], vec!["NOSUCHCOMMAND"]]);
+    assert!(replies[1].is_error(), "{replies:?}");
 
     let stats = text(client.cmd(&["INFO", "commandstats"]));
     let line = |name: &str| {
@@ -638,7 +641,8 @@ fn info_commandstats_and_errorstats_count_what_clients_saw() {
             .unwrap_or_else(|| panic!("no {name} in {stats}"))
             .to_string()
     };
-    assert!(line("set").starts_with("calls=3,usec="), "{stats}");
+    assert!(line("set").starts_with("calls=4,usec="), "{stats}");
+    assert!(line("set").contains(",rejected_calls=0,"), "{stats}");
     assert!(line("mget").starts_with("calls=1,"), "{stats}");
     assert!(
         line("incr").ends_with(",rejected_calls=0,failed_calls=1"),
@@ -649,7 +653,7 @@ fn info_commandstats_and_errorstats_count_what_clients_saw() {
         "{stats}"
     );
     let errors = text(client.cmd(&["INFO", "errorstats"]));
-    for want in ["errorstat_ERR:count=3\r\n", "errorstat_MY_CODE:count=1\r\n"] {
+    for want in ["errorstat_ERR:count=4\r\n", "errorstat_MY_CODE:count=1\r\n"] {
         assert!(errors.contains(want), "{want} in {errors}");
     }
     let default = text(client.cmd(&["INFO"]));

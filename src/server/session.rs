@@ -220,6 +220,9 @@ pub(crate) struct Ctx {
     >,
     /// The last command of this step, for CLIENT LIST (published once per step).
     ran: Option<&'static Spec>,
+    /// The command being dispatched (its number, for INFO commandstats; `cmdstats::NONE` while
+    /// the request names no command slotline knows).
+    dispatching: u16,
     /// Counted in INFO's `blocked_clients` while a blocking command waits, and in the pool's
     /// running scripts while a script does (see [`Ctx::publish_client_state`]).
     marks: Marks,
@@ -267,6 +270,7 @@ pub(crate) async fn serve<R, W>(
         out_counted: 0,
         marks: Marks::default(),
         ran: None,
+        dispatching: crate::cmdstats::NONE,
         monitor: None,
         paused: None,
         request_bytes: 0,
@@ -611,6 +615,7 @@ impl Ctx {
     ) {
         self.commands += u64::from(arrived);
         self.routed_by = view.generation();
+        self.dispatching = crate::cmdstats::NONE;
         let argc = req.argc();
         let cached = self
             .last_command
@@ -632,6 +637,7 @@ impl Ctx {
                     .command(spec.family, crate::cmdstats::number(spec));
 
                 self.ran = Some(spec);
+                self.dispatching = spec.number;
                 spec
             }
             Err(LookupError::UnknownCommand) => return self.unknown_command(req),
@@ -1471,8 +1477,8 @@ impl Ctx {
     /// Errors slotline decides itself (unknown command, CROSSSLOT, no topology ...).
     pub(crate) fn error(&mut self, msg: &str) {
         self.tally.get().error(ErrorKind::Proxy);
-        if let Some(spec) = self.ran {
-            self.tally.get().rejected(crate::cmdstats::number(spec));
+        if self.dispatching != crate::cmdstats::NONE {
+            self.tally.get().rejected(self.dispatching);
         }
         self.pool.shared.errorstats.count(msg.as_bytes());
         // An error while queuing a transaction dooms it, as with Redis.
@@ -1488,8 +1494,7 @@ impl Ctx {
 
     /// The command being dispatched, for INFO commandstats.
     pub(super) fn command_number(&self) -> u16 {
-        self.ran
-            .map_or(crate::cmdstats::NONE, crate::cmdstats::number)
+        self.dispatching
     }
 
     /// Appends a locally made reply in request order.
