@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::command::{self, Spec};
+use crate::command;
 
 /// Counts of one command.
 #[derive(Default, Clone, Copy)]
@@ -102,13 +102,8 @@ impl Default for Local {
     }
 }
 
-/// A command's number here: its place in [`command::all`] (`NONE` when it is not one of them).
-#[inline]
-pub fn number(spec: &Spec) -> u16 {
-    spec.number
-}
-
-/// No command (a request slotline answers as a whole, such as a protocol error).
+/// No command (a request slotline answers as a whole, such as a protocol error). A command's own
+/// number is [`command::Spec::number`], its place in [`command::all`].
 pub const NONE: u16 = u16::MAX;
 
 impl Local {
@@ -254,12 +249,12 @@ mod tests {
         let set = command::lookup(b"set", None).unwrap();
         let pool = CommandStats::default();
         let mut local = Local::default();
-        local.call(number(get));
-        local.call(number(get));
-        local.answered(number(get), Some(Duration::from_micros(30)), false);
-        local.answered(number(get), Some(Duration::from_micros(10)), true);
-        local.call(number(set));
-        local.rejected(number(set));
+        local.call(get.number);
+        local.call(get.number);
+        local.answered(get.number, Some(Duration::from_micros(30)), false);
+        local.answered(get.number, Some(Duration::from_micros(10)), true);
+        local.call(set.number);
+        local.rejected(set.number);
         local.call(NONE);
         assert_eq!(local.touched.len(), 2);
         local.flush(&pool);

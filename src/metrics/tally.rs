@@ -114,7 +114,7 @@ impl SessionTally {
         }
     }
 
-    /// A request for a known command was read (`number`: see [`crate::cmdstats::number`]).
+    /// A request for a known command was read (`number`: its [`crate::command::Spec::number`]).
     #[inline]
     pub fn command(&mut self, family: Family, number: u16) {
         self.commands[family as usize] += 1;
@@ -176,17 +176,6 @@ impl SessionTally {
         if let Some(took) = took {
             self.answered(took);
         }
-    }
-
-    /// [`answered`](Self::answered) at `now` for a request read at `started` (None: unknown, not
-    /// observed). The session reads the clock once per step, not once per reply.
-    #[inline]
-    pub fn answered_since(
-        &mut self,
-        started: Option<tokio::time::Instant>,
-        now: tokio::time::Instant,
-    ) {
-        self.answered_in(started.map(|started| now.saturating_duration_since(started)));
     }
 
     /// A backend's reply arrived, `took` after the request was queued for it.

@@ -93,13 +93,9 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
                 None => unexpected(out),
             }
         }
-        // Composed by the session, which has slotline's own sections.
-        Merge::NodeInfo => unexpected(out),
-        // Composed by the session, which holds the local replies.
-        Merge::Exec => match parts.last() {
-            Some((_, reply)) => out.extend_from_slice(reply),
-            None => unexpected(out),
-        },
+        // Composed by the session, which has slotline's own sections (NodeInfo) and the
+        // transaction's local replies (Exec, see `splice_exec`).
+        Merge::NodeInfo | Merge::Exec => unexpected(out),
         Merge::Running => {
             let running = parts.iter().map(|(_, r)| *r).find(|r| runs_script(r));
             match running.or_else(|| parts.first().map(|(_, r)| *r)) {

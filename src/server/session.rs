@@ -123,7 +123,7 @@ struct Waiting {
     /// can return `-MOVED` or `-READONLY` as easily as Redis can), so only a MOVED that the cluster
     /// itself confirms is followed (see `redirect::follow_reply`).
     scripted: Option<Arc<str>>,
-    /// The command, for INFO commandstats (see [`crate::cmdstats::number`]).
+    /// The command, for INFO commandstats (see [`crate::command::Spec::number`]).
     command: u16,
 }
 
@@ -632,9 +632,7 @@ impl Ctx {
                 {
                     self.last_command = Some(spec);
                 }
-                self.tally
-                    .get()
-                    .command(spec.family, crate::cmdstats::number(spec));
+                self.tally.get().command(spec.family, spec.number);
 
                 self.ran = Some(spec);
                 self.dispatching = spec.number;

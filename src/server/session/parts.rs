@@ -32,6 +32,16 @@ pub(super) fn part_seq(seq: u64, part: usize) -> u64 {
     PART | (seq << PART_BITS) | part as u64
 }
 
+/// The CONFIG SET parameters slotline has its own of.
+enum OwnSetting {
+    /// `slowlog-log-slower-than`
+    SlowerThan,
+    /// `slowlog-max-len`
+    MaxLen,
+    /// `tracking-table-max-keys`
+    TrackingKeys,
+}
+
 pub(super) struct SplitRequest {
     pub(super) merge: Merge,
     pub(super) nkeys: usize,
@@ -43,7 +53,7 @@ pub(super) struct SplitRequest {
     pub(super) info: Option<Bytes>,
     /// A transaction's local replies and their places in EXEC's reply ([`Merge::Exec`]).
     pub(super) spliced: Vec<(usize, Bytes)>,
-    /// The command, for INFO commandstats (see [`crate::cmdstats::number`]).
+    /// The command, for INFO commandstats (see [`crate::command::Spec::number`]).
     pub(super) command: u16,
 }
 
@@ -201,9 +211,13 @@ impl Ctx {
         for i in (2..argc).step_by(2) {
             let value = parse_int(req.arg(i + 1));
             match (req.arg(i).to_ascii_lowercase().as_slice(), value) {
-                (b"slowlog-log-slower-than", Some(us)) if us >= -1 => own.push((0, us)),
-                (b"slowlog-max-len", Some(n)) if n >= 0 => own.push((1, n)),
-                (b"tracking-table-max-keys", Some(n)) if n >= 0 => own.push((2, n)),
+                (b"slowlog-log-slower-than", Some(us)) if us >= -1 => {
+                    own.push((OwnSetting::SlowerThan, us))
+                }
+                (b"slowlog-max-len", Some(n)) if n >= 0 => own.push((OwnSetting::MaxLen, n)),
+                (b"tracking-table-max-keys", Some(n)) if n >= 0 => {
+                    own.push((OwnSetting::TrackingKeys, n))
+                }
                 (
                     b"slowlog-log-slower-than" | b"slowlog-max-len" | b"tracking-table-max-keys",
                     _,
@@ -219,9 +233,11 @@ impl Ctx {
         for (which, value) in own {
             let count = usize::try_from(value).unwrap_or(usize::MAX);
             match which {
-                0 => log.set_slower_than(value),
-                1 => log.set_max_len(count),
-                _ => self.pool.tracking.set_max_keys(count, &self.pool.shared),
+                OwnSetting::SlowerThan => log.set_slower_than(value),
+                OwnSetting::MaxLen => log.set_max_len(count),
+                OwnSetting::TrackingKeys => {
+                    self.pool.tracking.set_max_keys(count, &self.pool.shared)
+                }
             }
         }
         only_own
@@ -601,16 +617,17 @@ impl Ctx {
                 fanout::merge(s.merge, s.nkeys, &replies, &mut self.out);
             }
         }
-        let started = s
+        let took = s
             .deadline
-            .checked_sub(Duration::from_millis(self.pool.config.timeout));
-        self.tally.get().answered_since(started, self.now);
+            .checked_sub(Duration::from_millis(self.pool.config.timeout))
+            .map(|started| self.now.saturating_duration_since(started));
         let error = self.out.get(written) == Some(&b'-');
         if error && !counted {
             self.pool.shared.errorstats.count(&self.out[written..]);
         }
-        let took = started.map(|s| self.now.saturating_duration_since(s));
-        self.tally.get().command_answered(s.command, took, error);
+        let tally = self.tally.get();
+        tally.answered_in(took);
+        tally.command_answered(s.command, took, error);
         self.pop_front();
         true
     }
