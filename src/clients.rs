@@ -37,6 +37,25 @@ impl Registry {
         self.lock().get(&id).cloned()
     }
 
+    /// Clients idle past their pool's `client_idle_timeout`, as Redis's `timeout` counts them:
+    /// subscribers and clients blocked in a command are never idle.
+    pub fn idle(&self) -> Vec<u64> {
+        let now = CLOCK_MS.load(Ordering::Relaxed);
+        self.lock()
+            .values()
+            .filter(|r| {
+                r.idle_timeout_ms > 0
+                    && now.saturating_sub(r.active_ms.load(Ordering::Relaxed))
+                        > u64::from(r.idle_timeout_ms)
+                    && r.blocked.load(Ordering::Relaxed) == 0
+                    && r.subscriptions
+                        .iter()
+                        .all(|n| n.load(Ordering::Relaxed) == 0)
+            })
+            .map(|r| r.id)
+            .collect()
+    }
+
     /// The clients now connected, oldest first.
     pub fn all(&self) -> Vec<Arc<Record>> {
         self.lock().values().cloned().collect()
@@ -75,7 +94,9 @@ pub struct Record {
     /// The last command, as its index in [`command::all`].
     last_command: AtomicU32,
     name: Mutex<Option<Bytes>>,
-    lib: Mutex<(Option<Bytes>, Option<Bytes>)>,
+    /// `lib-name` and `lib-ver` (CLIENT SETINFO). Boxed: an idle client that set none is 56 bytes
+    /// smaller (README budgets 3 KiB per idle client).
+    lib: Mutex<Option<Box<Lib>>>,
     resp: AtomicU8,
     /// Channels, patterns and shard channels subscribed.
     subscriptions: [AtomicU32; 3],
@@ -91,7 +112,14 @@ pub struct Record {
     has_pushes: AtomicBool,
     /// CLIENT UNBLOCK asked for its blocked command to end: 0 no, else an [`Unblock`].
     unblock: AtomicU8,
+    /// Its pool's `client_idle_timeout` (0: never; at most a day, so it fits).
+    idle_timeout_ms: u32,
+    /// Who the client's TLS certificate says it is (`tls_user_from_cert`); `default` otherwise.
+    user: Option<Box<str>>,
 }
+
+/// A client library's name and version, as CLIENT SETINFO gives them.
+type Lib = (Option<Bytes>, Option<Bytes>);
 
 /// How CLIENT UNBLOCK ends a blocked command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +150,7 @@ impl Record {
             active_ms: AtomicU64::new(CLOCK_MS.load(Ordering::Relaxed)),
             last_command: AtomicU32::new(NO_COMMAND),
             name: Mutex::new(None),
-            lib: Mutex::new((None, None)),
+            lib: Mutex::new(None),
             resp: AtomicU8::new(2),
             subscriptions: Default::default(),
             multi: AtomicI32::new(-1),
@@ -130,7 +158,21 @@ impl Record {
             pushes: Mutex::new(None),
             has_pushes: AtomicBool::new(false),
             unblock: AtomicU8::new(0),
+            user: None,
+            idle_timeout_ms: 0,
         }
+    }
+
+    /// Closed by [`Registry::idle`]'s sweep once idle for longer than `ms` (0: never).
+    pub fn idle_timeout(mut self, ms: u64) -> Record {
+        self.idle_timeout_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Logged in as `user` by its TLS certificate.
+    pub fn user(mut self, user: Option<String>) -> Record {
+        self.user = user.map(String::into_boxed_str);
+        self
     }
 
     /// The client ran `spec` just now.
@@ -139,6 +181,11 @@ impl Record {
         self.active_ms.store(now, Ordering::Relaxed);
         let index = command::index_of(spec).unwrap_or(NO_COMMAND);
         self.last_command.store(index, Ordering::Relaxed);
+    }
+
+    /// The user its certificate named, if any.
+    pub fn cert_user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The RESP version it speaks.
@@ -212,6 +259,7 @@ impl Record {
     /// Sets `lib-name` (`which` false) or `lib-ver` (true).
     pub fn set_lib(&self, version: bool, value: Bytes) {
         let mut lib = self.lib.lock().unwrap_or_else(PoisonError::into_inner);
+        let lib = lib.get_or_insert_with(Box::default);
         match version {
             false => lib.0 = Some(value),
             true => lib.1 = Some(value),
@@ -267,7 +315,9 @@ impl Record {
             .lib
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+            .as_deref()
+            .cloned()
+            .unwrap_or_default();
         let mut line = String::with_capacity(320);
         // Other buffers are the session's and are not tracked per client: shown as Redis shows an
         // idle client's.
@@ -275,7 +325,7 @@ impl Record {
             line,
             "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={flags} db=0 sub={sub} psub={psub} \
              ssub={ssub} multi={multi} qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
-             omem=0 tot-mem=0 events=r cmd={cmd} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+             omem=0 tot-mem=0 events=r cmd={cmd} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.laddr,
@@ -283,6 +333,7 @@ impl Record {
             text(self.name()),
             since.as_secs(),
             idle_ms / 1000,
+            self.cert_user().unwrap_or("default"),
             self.resp.load(Ordering::Relaxed),
             text(lib_name),
             text(lib_ver),

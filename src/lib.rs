@@ -54,6 +54,8 @@
 //!   and error replies per error code, as clients saw them.
 //! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
+//! - [`tls`]: TLS with rustls for a pool's clients and backends, its certificate files followed as
+//!   they rotate.
 //! - [`tracking`]: CLIENT TRACKING through slotline: which clients read which keys (or watch which
 //!   prefixes), the feeds that follow every master's changes, and the invalidations sent to them.
 //!
@@ -82,4 +84,5 @@ pub mod shards;
 pub mod slowlog;
 pub mod stats;
 pub mod throttle;
+pub mod tls;
 pub mod tracking;

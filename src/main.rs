@@ -133,8 +133,19 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// slotline (the chosen API, missing permissions, ready endpoints), in the words the running proxy
 /// would log. Exit 1 when a pool could not reach its backends.
 fn check_sources(config: &slotline::config::Config) -> ExitCode {
+    // The certificate files, read as the pool would read them at start.
+    let mut failed = false;
+    for (name, pool) in &config.pools {
+        for problem in slotline::tls::check(pool) {
+            failed = true;
+            println!("pool {name}: {problem}");
+        }
+    }
     if config.pools.values().all(|p| p.kubernetes.is_none()) {
-        return ExitCode::SUCCESS;
+        return match failed {
+            true => ExitCode::from(1),
+            false => ExitCode::SUCCESS,
+        };
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,7 +157,6 @@ fn check_sources(config: &slotline::config::Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut failed = false;
     for (name, pool) in &config.pools {
         let found = runtime.block_on(async {
             tokio::time::timeout(CHECK_TIMEOUT, slotline::discovery::check(pool)).await

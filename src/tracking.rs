@@ -469,49 +469,10 @@ impl ClientSide {
 /// table; anything else (a name in a variable, `redis.call` passed around, a command slotline does
 /// not know) may be a read.
 pub fn script_may_read(script: &[u8]) -> bool {
-    let mut rest = script;
-    while let Some(at) = find_call(rest) {
-        let after = &rest[at..];
-        let after = after.trim_ascii_start();
-        let after = after.strip_prefix(b"(").unwrap_or(after).trim_ascii_start();
-        let Some((&quote, name)) = after.split_first() else {
-            return true;
-        };
-        if quote != b'\'' && quote != b'"' {
-            return true;
-        }
-        let Some(end) = name.iter().position(|&b| b == quote) else {
-            return true;
-        };
-        match command::lookup(&name[..end], None) {
-            Ok(spec) if !spec.has(flags::READONLY) && spec.route != command::Route::Container => {}
-            _ => return true,
-        }
-        rest = &name[end..];
-    }
-    false
-}
-
-/// Where the arguments of the next `.call` or `.pcall` in `script` begin.
-fn find_call(script: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(dot) = script[from..].iter().position(|&b| b == b'.') {
-        let name = &script[from + dot + 1..];
-        let len = if name.starts_with(b"call") {
-            4
-        } else if name.starts_with(b"pcall") {
-            5
-        } else {
-            from += dot + 1;
-            continue;
-        };
-        // `.caller` or `.calls` are other names.
-        match name.get(len) {
-            Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => from += dot + 1,
-            _ => return Some(from + dot + 1 + len),
-        }
-    }
-    None
+    command::script::calls(script).any(|call| match call.map(|name| command::lookup(name, None)) {
+        Some(Ok(spec)) => spec.has(flags::READONLY) || spec.route == command::Route::Container,
+        _ => true,
+    })
 }
 
 /// Where client `id`'s invalidations go.

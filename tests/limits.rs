@@ -255,3 +255,92 @@ fn a_pipeline_longer_than_max_pending_is_answered_in_full() {
         assert_eq!(Client::connect(port).pipeline(&cmds), want, "round {round}");
     }
 }
+
+/// `deny_commands` refuses a command however it comes: alone, queued in MULTI (which then aborts,
+/// as Redis aborts a transaction with a refused command), or called by name in a script's text,
+/// and even where another setting would allow it (`allow_flush`).
+#[test]
+fn denied_commands_are_refused_alone_in_transactions_and_in_scripts() {
+    let cluster = small_cluster();
+    let port = free_port();
+    let extra = "    allow_flush: true\n    deny_commands: [KEYS, FLUSHALL, \"config|set\"]\n";
+    let _proxy = Slotline::start(&yaml(port, cluster.masters()[0].port, extra));
+    let mut client = Client::connect(port);
+    let denied = |reply: Reply, what: &str| match reply {
+        Reply::Error(e) if e.contains(&format!("'{what}' command is denied")) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    denied(client.cmd(&["KEYS", "*"]), "keys");
+    denied(client.cmd(&["FLUSHALL"]), "flushall");
+    denied(
+        client.cmd(&["CONFIG", "SET", "maxmemory", "1"]),
+        "config set",
+    );
+    assert!(client.cmd(&["SET", "{d}k", "v"]).is_ok(), "others run");
+
+    assert!(client.cmd(&["MULTI"]).is_ok());
+    assert_eq!(
+        client.cmd(&["SET", "{d}k", "w"]),
+        Reply::Status("QUEUED".into())
+    );
+    denied(client.cmd(&["KEYS", "*"]), "keys");
+    match client.cmd(&["EXEC"]) {
+        Reply::Error(e) if e.starts_with("EXECABORT") => {}
+        other => panic!("EXEC after a denied command: {other:?}"),
+    }
+    assert_eq!(
+        client.cmd(&["GET", "{d}k"]),
+        Reply::bulk("v"),
+        "nothing ran"
+    );
+
+    denied(
+        client.cmd(&["EVAL", "return redis.call('keys', '*')", "0"]),
+        "keys",
+    );
+    assert_eq!(
+        client.cmd(&["EVAL", "return redis.call('get', KEYS[1])", "1", "{d}k"]),
+        Reply::bulk("v"),
+        "a script that calls no denied command runs"
+    );
+}
+
+/// `client_idle_timeout` closes a client that sends nothing for longer than it, as Redis's
+/// `timeout` does: not one that keeps sending, a subscriber, or one blocked in a command.
+#[test]
+fn idle_clients_are_closed_but_not_subscribers_or_blocked_ones() {
+    let cluster = small_cluster();
+    let port = free_port();
+    let _proxy = Slotline::start(&yaml(
+        port,
+        cluster.masters()[0].port,
+        "    client_idle_timeout: 1000\n",
+    ));
+    let mut idle = Client::connect(port);
+    assert_eq!(idle.cmd(&["PING"]), Reply::Status("PONG".into()));
+    let mut busy = Client::connect(port);
+    let mut subscriber = Client::connect(port);
+    assert!(subscriber.cmd(&["SUBSCRIBE", "news"]).as_array().is_some());
+    let mut blocked = Client::connect(port);
+    blocked.send(&["BLPOP", "{idle}list", "0"]);
+
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        assert_eq!(busy.cmd(&["PING"]), Reply::Status("PONG".into()));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        idle.wait_closed(Duration::from_secs(3)),
+        "the idle client is closed"
+    );
+
+    let mut other = Client::connect(port);
+    assert_eq!(other.cmd(&["PUBLISH", "news", "hi"]).as_int(), Some(1));
+    let message = subscriber.read_reply();
+    assert_eq!(message.as_array().map(|m| m.len()), Some(3), "{message:?}");
+    assert_eq!(other.cmd(&["RPUSH", "{idle}list", "x"]).as_int(), Some(1));
+    assert_eq!(
+        blocked.read_reply(),
+        Reply::Array(Some(vec![Reply::bulk("{idle}list"), Reply::bulk("x")]))
+    );
+}

@@ -205,12 +205,15 @@ pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
 
 /// Opens a connection and runs the handshake on it.
 pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<Stream, String> {
-    let mut stream = Stream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut stream = Stream::connect(addr, settings.tls.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     if let Some(handshake) = &settings.handshake {
         stream
             .write_all(&handshake.frames)
             .await
             .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(256);
         for _ in 0..handshake.replies {
             let mut scanner = ReplyScanner::default();
@@ -326,6 +329,9 @@ async fn serve(
             stats::add(&stats.requests, count as u64);
             stats::add(&stats.request_bytes, bytes as u64);
             wr.write_all(&out)
+                .await
+                .map_err(|_| BackendError::Closed(addr.clone()))?;
+            wr.flush()
                 .await
                 .map_err(|_| BackendError::Closed(addr.clone()))?;
             out.clear();

@@ -11,6 +11,8 @@ mod health;
 mod inbox;
 mod nodes;
 mod stream;
+
+pub use stream::Stream;
 mod subscriber;
 
 pub use feeds::{Gate, MasterFeeds};
@@ -76,6 +78,8 @@ pub struct Settings {
     /// Bytes of requests that may wait for the node's connections to take them; past it sessions stop
     /// reading their clients (see [`Node::congested`]).
     pub max_queue: usize,
+    /// Connections speak TLS (the pool's `backend_tls`).
+    pub tls: Option<Arc<crate::tls::Connector>>,
 }
 
 /// Commands that prepare a fresh connection before it carries requests.
@@ -97,15 +101,21 @@ impl Settings {
             drain: Duration::from_secs(10),
             max_reply: crate::protocol::DEFAULT_MAX_REPLY,
             max_queue: usize::MAX,
+            tls: None,
         }
     }
 
     /// A pool's connections: `server_connections` per node, its connect timeout and reply bound,
-    /// logged in with its user and password and switched to database `db`.
-    pub fn for_pool(config: &crate::config::PoolConfig, db: u32) -> Settings {
+    /// over TLS with `tls`, logged in with its user and password and switched to database `db`.
+    pub fn for_pool(
+        config: &crate::config::PoolConfig,
+        db: u32,
+        tls: Option<Arc<crate::tls::Connector>>,
+    ) -> Settings {
         Settings {
             max_reply: config.max_reply_bytes,
             max_queue: config.max_server_queue_bytes,
+            tls,
             ..Settings::new(
                 config.server_connections,
                 Duration::from_millis(config.connect_timeout),

@@ -1,5 +1,8 @@
-//! A backend connection over TCP, or over a unix socket (twemproxy's `/path/redis.sock:1` server
-//! lines): one type for both, so that the connection code is written once.
+//! A backend connection over TCP, over TLS, or over a unix socket (twemproxy's `/path/redis.sock:1`
+//! server lines): one type for all, so that the connection code is written once.
+//!
+//! A TLS stream keeps records it could not send at once until it is flushed: writers flush after
+//! each batch (a no-op for the others).
 
 use std::io;
 use std::pin::Pin;
@@ -8,30 +11,45 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
-pub(super) enum Stream {
+use crate::tls::{ClientStream, Connector};
+
+type Tls = ClientStream<TcpStream>;
+
+pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    // Boxed: rustls's state is large, and most pools speak plain TCP.
+    Tls(Box<Tls>),
 }
 
-pub(super) enum ReadHalf {
+pub(crate) enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     Unix(unix::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<Box<Tls>>),
 }
 
-pub(super) enum WriteHalf {
+pub(crate) enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<Box<Tls>>),
 }
 
 impl Stream {
-    /// Connects to `host:port`, or to the unix socket at `addr` when it is a path.
-    pub(super) async fn connect(addr: &str) -> io::Result<Stream> {
+    /// Connects to `host:port` (over TLS with `tls`), or to the unix socket at `addr` when it is a
+    /// path.
+    pub async fn connect(addr: &str, tls: Option<&Connector>) -> io::Result<Stream> {
         if addr.starts_with('/') {
             return Ok(Stream::Unix(UnixStream::connect(addr).await?));
         }
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        Ok(Stream::Tcp(stream))
+        match tls {
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                Ok(Stream::Tls(Box::new(tls.connect(host, stream).await?)))
+            }
+            None => Ok(Stream::Tcp(stream)),
+        }
     }
 
     /// Halves that read and write independently, without a lock between them.
@@ -45,6 +63,11 @@ impl Stream {
                 let (r, w) = s.into_split();
                 (ReadHalf::Unix(r), WriteHalf::Unix(w))
             }
+            // One TLS state for both directions: the halves take turns at it.
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
         }
     }
 }
@@ -55,6 +78,7 @@ macro_rules! delegate {
         match $self.get_mut() {
             Self::Tcp($s) => $call,
             Self::Unix($s) => $call,
+            Self::Tls($s) => $call,
         }
     };
 }

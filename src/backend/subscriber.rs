@@ -152,7 +152,7 @@ async fn run(
         tokio::select! {
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    if wr.write_all(&frame).await.is_err() {
+                    if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
                         break BackendError::Closed(addr.clone());
                     }
                 }

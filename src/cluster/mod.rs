@@ -59,13 +59,13 @@ pub struct Cluster {
 impl Cluster {
     /// Creates the cluster handle and starts its refresher. Call [`refresh_now`](Self::refresh_now) to wait
     /// for a first topology.
-    pub fn start(config: &PoolConfig) -> Arc<Cluster> {
+    pub fn start(config: &PoolConfig, tls: Option<Arc<crate::tls::Connector>>) -> Arc<Cluster> {
         let refresh = Arc::new(Notify::new());
         let cluster = Arc::new(Cluster {
             topology: ArcSwap::from_pointee(Topology::empty()),
             nodes: backend::Nodes::new(backend::Settings {
                 on_failure: Some(refresh.clone()),
-                ..backend::Settings::for_pool(config, 0)
+                ..backend::Settings::for_pool(config, 0, tls)
             }),
             seeds: Mutex::new(
                 config

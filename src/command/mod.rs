@@ -2,14 +2,17 @@
 //! `generate.py`), how slotline handles each (`policy`, the one place that decides), the view of one
 //! parsed request, and key extraction.
 
+mod deny;
 mod keys;
 pub mod policy;
+pub mod script;
 mod spec;
 mod table;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub use deny::Denied;
 pub use keys::for_each_key;
 pub use policy::{Admin, Merge, PoolOption, Route, Split};
 pub use spec::{flags, Begin, Facts, Family, Find, KeySpec, Spec};

@@ -11,8 +11,11 @@ use serde::Deserialize;
 
 use crate::route::{Distribution, DistributionKind, Hash, ServerLine};
 
+mod tls;
 mod twemproxy;
 mod validate;
+
+pub use tls::{BackendTls, ListenTls};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +237,21 @@ pub struct PoolConfig {
     /// with READONLY, as a replica would), like the redis-ha chart's read port.
     #[serde(default)]
     pub replica_listen: Option<String>,
+    /// Clients speak TLS: to every listener of the pool, or to a listener of its own beside a
+    /// plaintext `listen` (`tls.listen`).
+    #[serde(default)]
+    pub tls: Option<ListenTls>,
+    /// slotline speaks TLS to the pool's nodes and sentinels.
+    #[serde(default)]
+    pub backend_tls: Option<BackendTls>,
+    /// Commands (or `command|subcommand`) this pool's clients may not run, refused before routing
+    /// with `-ERR ... denied`: also when queued in MULTI, and in scripts whose text calls them.
+    #[serde(default)]
+    pub deny_commands: Vec<String>,
+    /// Milliseconds a client may stay idle before slotline closes it (0: never, the default), as
+    /// Redis's `timeout`: subscribers and clients blocked in a command are never idle.
+    #[serde(default)]
+    pub client_idle_timeout: u64,
 }
 
 /// Where a primary pool finds out who the master is.
@@ -543,6 +561,10 @@ impl PoolConfig {
             probe_interval: defaults::probe_interval(),
             read_from: ReadFrom::Master,
             replica_listen: None,
+            tls: None,
+            backend_tls: None,
+            deny_commands: Vec::new(),
+            client_idle_timeout: 0,
         }
     }
 
@@ -678,6 +700,50 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let err = Config::from_yaml(&yaml).unwrap_err().to_string();
         assert!(err.contains("redis_auth_file: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_command_settings_are_checked() {
+        let refused = |extra: &str, want: &str| {
+            let err = Config::from_yaml(&format!("{MINIMAL}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        };
+        let tls = "    tls:\n      cert_file: c.pem\n      key_file: k.pem\n";
+        assert!(Config::from_yaml(&format!("{MINIMAL}{tls}")).is_ok());
+        refused(
+            &format!("{tls}      tls_user_from_cert: true\n"),
+            "pools.main.tls.tls_user_from_cert: needs client_ca_file",
+        );
+        refused(
+            &format!("{tls}      listen: 127.0.0.1:6380\n"),
+            "pools.main.tls.listen: 127.0.0.1:6380 is also used by pool main",
+        );
+        refused(
+            "    backend_tls:\n      cert_file: c.pem\n",
+            "pools.main.backend_tls.cert_file: cert_file and key_file go together",
+        );
+        refused(
+            "    backend_tls:\n      server_name: \"not a name\"\n",
+            "backend_tls.server_name",
+        );
+        refused(
+            "    deny_commands: [KEYS, NOSUCH]\n",
+            "pools.main.deny_commands[1]: \"NOSUCH\" is not a Redis command",
+        );
+        refused(
+            "    client_idle_timeout: 999999999999\n",
+            "client_idle_timeout",
+        );
+        let unix = "pools:\n  main:\n    listen: /tmp/s.sock\n    mode: cluster\n    servers: [127.0.0.1:7000]\n";
+        let err = Config::from_yaml(&format!("{unix}{tls}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a unix socket listener does not speak TLS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -172,6 +172,34 @@ impl Config {
                     }
                 }
             }
+            if let Some(tls) = &pool.tls {
+                tls.validate()
+                    .map_err(|(field, e)| err(name, &format!("tls.{field}"), e))?;
+                if let Some(listen) = &tls.listen {
+                    if let Some(other) = listens.insert(listen.as_str(), format!("pool {name}")) {
+                        return Err(err(
+                            name,
+                            "tls.listen",
+                            format!("{listen} is also used by {other}"),
+                        ));
+                    }
+                } else if is_unix_path(&pool.listen) {
+                    return Err(err(
+                        name,
+                        "tls",
+                        "a unix socket listener does not speak TLS: give tls.listen a TCP address"
+                            .into(),
+                    ));
+                }
+            }
+            if let Some(tls) = &pool.backend_tls {
+                tls.validate()
+                    .map_err(|(field, e)| err(name, &format!("backend_tls.{field}"), e))?;
+            }
+            for (i, denied) in pool.deny_commands.iter().enumerate() {
+                crate::command::Denied::parse(denied)
+                    .map_err(|e| err(name, &format!("deny_commands[{i}]"), e))?;
+            }
             if pool.redis == Some(false) {
                 return Err(err(
                     name,
@@ -211,6 +239,7 @@ impl Config {
                 ("resolve_interval", pool.resolve_interval),
                 ("server_retry_timeout", pool.server_retry_timeout),
                 ("probe_interval", pool.probe_interval),
+                ("client_idle_timeout", pool.client_idle_timeout),
             ] {
                 if ms > MAX_MS {
                     return Err(err(

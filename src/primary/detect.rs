@@ -34,11 +34,12 @@ impl Sources {
         config: &PoolConfig,
         members: Option<watch::Receiver<EndpointSet>>,
         sentinels: Option<Discovery>,
+        tls: Option<std::sync::Arc<crate::tls::Connector>>,
     ) -> Sources {
         let interval = Duration::from_millis(config.probe_interval);
         let sentinel = config.sentinel.as_ref().zip(sentinels).map(|(s, d)| {
             (
-                Sentinels::new(s, Duration::from_millis(config.connect_timeout)),
+                Sentinels::new(s, Duration::from_millis(config.connect_timeout), tls),
                 d,
             )
         });

@@ -143,11 +143,12 @@ impl Primary {
         config: &PoolConfig,
         members: Option<watch::Receiver<EndpointSet>>,
         sentinels: Option<Discovery>,
+        tls: Option<Arc<crate::tls::Connector>>,
     ) -> Arc<Primary> {
         let look = Arc::new(Notify::new());
         let settings = backend::Settings {
             on_failure: Some(look.clone()),
-            ..backend::Settings::for_pool(config, config.redis_db)
+            ..backend::Settings::for_pool(config, config.redis_db, tls.clone())
         };
         let primary = Arc::new(Primary {
             pool: pool.to_string(),
@@ -170,7 +171,7 @@ impl Primary {
         });
         tokio::spawn(detect::run(
             Arc::downgrade(&primary),
-            detect::Sources::new(config, members, sentinels),
+            detect::Sources::new(config, members, sentinels, tls),
         ));
         primary
     }

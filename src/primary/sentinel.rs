@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -47,7 +46,11 @@ pub(super) struct Answer {
 }
 
 impl Sentinels {
-    pub(super) fn new(config: &SentinelConfig, connect_timeout: Duration) -> Sentinels {
+    pub(super) fn new(
+        config: &SentinelConfig,
+        connect_timeout: Duration,
+        tls: Option<Arc<crate::tls::Connector>>,
+    ) -> Sentinels {
         let name = config.master_name.as_bytes();
         let mut frames = BytesMut::new();
         Reply(&mut frames).command(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", name]);
@@ -62,11 +65,11 @@ impl Sentinels {
                 backend::auth_command(config.username.as_deref(), password, &mut frames);
                 frames.split().freeze()
             }),
-            settings: backend::Settings::new(1, connect_timeout).with_login(
-                config.username.as_deref(),
-                config.password.as_deref(),
-                0,
-            ),
+            settings: backend::Settings {
+                tls,
+                ..backend::Settings::new(1, connect_timeout)
+            }
+            .with_login(config.username.as_deref(), config.password.as_deref(), 0),
             nodes: HashMap::new(),
             subscribers: HashMap::new(),
         }
@@ -95,6 +98,7 @@ impl Sentinels {
                     addr.clone(),
                     self.master_name.clone(),
                     self.auth.clone(),
+                    self.settings.tls.clone(),
                     events.clone(),
                     look.clone(),
                 ));
@@ -156,12 +160,21 @@ async fn subscribe(
     addr: Arc<str>,
     master_name: String,
     auth: Option<Bytes>,
+    tls: Option<Arc<crate::tls::Connector>>,
     events: mpsc::UnboundedSender<Event>,
     look: Arc<Notify>,
 ) {
     let mut backoff = RECONNECT_MIN;
     loop {
-        match listen(&addr, &master_name, auth.as_deref(), &events, &look).await {
+        let listened = listen(
+            &addr,
+            &master_name,
+            auth.as_deref(),
+            tls.as_deref(),
+            &events,
+            &look,
+        );
+        match listened.await {
             Ok(()) => return, // nobody listens to the events any more
             Err(e) => {
                 tracing::debug!(sentinel = %addr, error = %e, "sentinel subscription lost; reconnecting");
@@ -177,10 +190,11 @@ async fn listen(
     addr: &str,
     master_name: &str,
     auth: Option<&[u8]>,
+    tls: Option<&crate::tls::Connector>,
     events: &mpsc::UnboundedSender<Event>,
     look: &Notify,
 ) -> Result<(), String> {
-    let mut stream = timeout(Duration::from_secs(2), TcpStream::connect(addr))
+    let mut stream = timeout(Duration::from_secs(2), backend::Stream::connect(addr, tls))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -193,6 +207,7 @@ async fn listen(
     Reply(&mut out).command(&subscribe);
     Reply(&mut out).command(&[b"PSUBSCRIBE", replies::ABORT_PATTERN]);
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(4096);
     let mut subscribed = false;
     loop {

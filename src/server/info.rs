@@ -219,6 +219,21 @@ pub(crate) fn render(
             "# Slotline\r\npool:{}\r\nlisten:{}\r\n",
             pool.name, pool.config.listen
         );
+        // TLS: to clients (on which listener), to the nodes (and whether they go unverified).
+        let client_tls = match &pool.config.tls {
+            Some(tls) => tls.listen.as_deref().unwrap_or(&pool.config.listen),
+            None => "",
+        };
+        let backend_tls = match &pool.backend_tls {
+            Some(tls) if tls.insecure() => "insecure_skip_verify",
+            Some(_) => "verified",
+            None => "off",
+        };
+        let _ = write!(
+            out,
+            "tls_listen:{client_tls}\r\ntls_handshake_failures:{}\r\nbackend_tls:{backend_tls}\r\n",
+            pool.tls_failures.load(Ordering::Relaxed)
+        );
         // "kind:count\r\nkind_addresses:a,b,c" for the backends a pool routes to.
         let backends =
             |out: &mut String, kind: &str, nodes: &[std::sync::Arc<crate::backend::Node>]| {

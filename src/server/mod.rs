@@ -27,6 +27,7 @@ use crate::metrics::{Metrics, PoolMetrics, PoolsCollector};
 use crate::primary::Primary;
 use crate::shards::Shards;
 use crate::stats::{self, PoolStats};
+use crate::tls::Acceptor;
 use pools::Pools;
 use reload::Reload;
 use session::ClientState;
@@ -165,11 +166,19 @@ pub struct Pool {
     rejected: AtomicU64,
     /// The accept loop runs and its last accept succeeded.
     accepting: AtomicBool,
+    /// TLS handshakes that failed (timed out, not TLS, refused certificate).
+    pub tls_failures: AtomicU64,
     local_port: Option<u16>,
     /// Where the backends come from (see [`discovery`](Self::discovery)).
     discovery: Option<Discovery>,
     /// A primary pool's replica listener: read-only commands only, served by replicas.
     pub read_only: bool,
+    /// TLS for clients (`tls`): the handshakes of the listeners that speak it.
+    pub tls: Option<Arc<crate::tls::Acceptor>>,
+    /// TLS to the nodes (`backend_tls`).
+    pub backend_tls: Option<Arc<crate::tls::Connector>>,
+    /// Commands refused to this pool's clients (`deny_commands`).
+    pub denied: crate::command::Denied,
     /// Clients whose oldest request is a script or function still running (see
     /// [`Pool::others_run_scripts`]).
     scripts_running: AtomicU64,
@@ -347,13 +356,20 @@ pub async fn run(
         config_file.clone(),
         (config.slowlog_log_slower_than, config.slowlog_max_len),
     );
-    // CLIENT LIST's clock (see `clients::tick`).
-    tokio::spawn(async {
+    // CLIENT LIST's clock (see `clients::tick`), and once a second, the clients idle past their
+    // pool's `client_idle_timeout` are closed, as CLIENT KILL closes them.
+    let sweeper = shared.clone();
+    tokio::spawn(async move {
         let start = tokio::time::Instant::now();
         let mut every = tokio::time::interval(crate::clients::TICK);
-        loop {
+        for tick in 0u64.. {
             every.tick().await;
             crate::clients::tick(start.elapsed());
+            if tick % 10 == 0 {
+                for id in sweeper.clients.idle() {
+                    sweeper.lifecycle.kill(id);
+                }
+            }
         }
     });
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
@@ -541,26 +557,22 @@ impl crate::admin::Endpoints for AdminEndpoints {
     }
 }
 
-async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
+/// Accepts the clients of one listener of `pool`; with `tls`, each client's handshake runs in a
+/// task of its own, so a slow or hostile one never holds the others' accepts.
+async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>, tls: Option<Arc<Acceptor>>) {
     loop {
         let accepted = match &*listener {
             Listener::Tcp(l) => l.accept().await.map(|(s, addr)| {
                 let _ = s.set_nodelay(true);
                 let laddr = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                let fd = s.as_raw_fd();
-                let (rd, wr) = s.into_split();
-                let rd = Box::new(rd) as BoxRead;
-                (rd, Box::new(wr) as BoxWrite, addr.to_string(), laddr, fd)
+                (Accepted::Tcp(s), addr.to_string(), laddr)
             }),
             Listener::Unix(l, path) => l.accept().await.map(|(s, _)| {
-                let fd = s.as_raw_fd();
-                let (rd, wr) = s.into_split();
                 let path = path.display().to_string();
-                let rd = Box::new(rd) as BoxRead;
-                (rd, Box::new(wr) as BoxWrite, path.clone(), path, fd)
+                (Accepted::Unix(s), path.clone(), path)
             }),
         };
-        let (rd, mut wr, addr, laddr, fd) = match accepted {
+        let (conn, addr, laddr) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning, and say so in
@@ -584,23 +596,114 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>) {
             pool.shared
                 .rejected_connections
                 .fetch_add(1, Ordering::Relaxed);
+            let (tls, pool) = (tls.clone(), pool.clone());
             tokio::spawn(async move {
-                let _ = wr
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
+                if let Ok((_, mut wr, _)) = conn.open(tls.as_deref(), &pool).await {
+                    let _ = wr
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                    let _ = wr.flush().await;
+                }
             });
             continue;
         }
+        let fd = conn.fd();
         let seat = Seat::take(&pool);
-        let rd = life.track(seat.id, rd);
-        let record = crate::clients::Record::new(seat.id, addr.clone(), laddr, fd);
-        let client = ClientState {
-            id: seat.id,
-            addr,
-            record: pool.shared.clients.add(record),
+        // What CLIENT LIST shows of it, from the moment its session starts.
+        let client = move |pool: &Pool, user| {
+            let record = crate::clients::Record::new(seat.id, addr.clone(), laddr, fd)
+                .idle_timeout(pool.config.client_idle_timeout)
+                .user(user);
+            ClientState {
+                id: seat.id,
+                addr,
+                record: pool.shared.clients.add(record),
+            }
         };
-        // The session future alone: wrapped in another async block it would be stored twice.
-        tokio::spawn(session::serve(rd, wr, pool.clone(), client, seat));
+        match tls {
+            None => {
+                let (rd, wr) = conn.split();
+                let rd = life.track(seat.id, rd);
+                let client = client(&pool, None);
+                // The session future alone: wrapped in another async block it would be stored twice.
+                tokio::spawn(session::serve(rd, wr, pool.clone(), client, seat));
+            }
+            Some(ref tls) => {
+                let (tls, pool) = (tls.clone(), pool.clone());
+                tokio::spawn(async move {
+                    // The seat is held through the handshake: a handshake counts against
+                    // `client_connections` like the client it may become.
+                    let Ok((rd, wr, user)) = conn.open(Some(&tls), &pool).await else {
+                        return;
+                    };
+                    let rd = life.track(seat.id, rd);
+                    let client = client(&pool, user);
+                    tokio::spawn(session::serve(rd, wr, pool, client, seat));
+                });
+            }
+        }
+    }
+}
+
+/// Handshakes fail at a client's will (plaintext on a TLS port, scanners): said now and then.
+static HANDSHAKE_LOG: crate::throttle::Throttle =
+    crate::throttle::Throttle::new(Duration::from_secs(10));
+
+/// A connection just accepted, before its halves are made (and its TLS handshake run).
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Accepted {
+    fn fd(&self) -> i32 {
+        match self {
+            Accepted::Tcp(s) => s.as_raw_fd(),
+            Accepted::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn split(self) -> (BoxRead, BoxWrite) {
+        match self {
+            Accepted::Tcp(s) => {
+                let (rd, wr) = s.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Accepted::Unix(s) => {
+                let (rd, wr) = s.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+        }
+    }
+
+    /// The halves a session reads and writes: after the TLS handshake with `tls` (and the user the
+    /// client's certificate names, with `tls_user_from_cert`). A failed handshake is counted and
+    /// costs only this connection.
+    async fn open(
+        self,
+        tls: Option<&Acceptor>,
+        pool: &Pool,
+    ) -> std::io::Result<(BoxRead, BoxWrite, Option<String>)> {
+        let (tls, tcp) = match (tls, self) {
+            (Some(tls), Accepted::Tcp(tcp)) => (tls, tcp),
+            (_, conn) => {
+                let (rd, wr) = conn.split();
+                return Ok((rd, wr, None));
+            }
+        };
+        match tls.accept(tcp).await {
+            Ok(accepted) => {
+                let (rd, wr) = tokio::io::split(accepted.stream);
+                Ok((Box::new(rd), Box::new(wr), accepted.user))
+            }
+            Err(e) => {
+                pool.tls_failures.fetch_add(1, Ordering::Relaxed);
+                if HANDSHAKE_LOG.ready() {
+                    tracing::info!(pool = %pool.name, error = %e, "TLS handshake failed (logged at most every 10 s)");
+                }
+                Err(e)
+            }
+        }
     }
 }
 

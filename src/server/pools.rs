@@ -21,6 +21,7 @@ use crate::metrics::{Metrics, PoolMetrics};
 use crate::primary::Primary;
 use crate::shards::Shards;
 use crate::stats::PoolStats;
+use crate::tls::{Acceptor, Connector};
 
 struct Running {
     /// The settings it runs with: the pool's own, but for `servers:` a reload may have replaced.
@@ -30,6 +31,15 @@ struct Running {
     accept: JoinHandle<()>,
     /// A primary pool's replica listener.
     replicas: Option<Replicas>,
+    /// The TLS listener beside a plaintext `listen` (`tls.listen`).
+    secure: Option<Secure>,
+}
+
+/// A pool's TLS listener of its own.
+struct Secure {
+    listen: String,
+    listener: Arc<Listener>,
+    accept: JoinHandle<()>,
 }
 
 /// The read-only listener of a primary pool: a pool of its own sharing the primary's router.
@@ -44,6 +54,9 @@ impl Running {
         self.accept.abort();
         if let Some(replicas) = &self.replicas {
             replicas.accept.abort();
+        }
+        if let Some(secure) = &self.secure {
+            secure.accept.abort();
         }
     }
 
@@ -129,6 +142,44 @@ impl Pools {
                 },
             };
             let pool = start_pool(name, pool_config, &listener, shared, metrics).await?;
+            // Every listener speaks TLS, unless the pool has a TLS listener of its own.
+            let own_tls = pool_config.tls.as_ref().and_then(|t| t.listen.clone());
+            let listeners_tls = match own_tls {
+                Some(_) => None,
+                None => pool.tls.clone(),
+            };
+            let secure = match own_tls {
+                Some(listen) => {
+                    let same = old
+                        .and_then(|r| r.secure.as_ref())
+                        .filter(|s| s.listen == listen);
+                    let listener = match same {
+                        Some(s) => s.listener.clone(),
+                        None => {
+                            Arc::new(Listener::bind(&listen, pool_config.backlog).await.map_err(
+                                |e| {
+                                    io::Error::new(
+                                        e.kind(),
+                                        format!("pool {name}: cannot listen on {listen}: {e}"),
+                                    )
+                                },
+                            )?)
+                        }
+                    };
+                    let accept = tokio::spawn(accept_loop(
+                        listener.clone(),
+                        pool.clone(),
+                        pool.tls.clone(),
+                    ));
+                    tracing::info!(pool = %name, listen = %listen, "TLS listener");
+                    Some(Secure {
+                        listen,
+                        listener,
+                        accept,
+                    })
+                }
+                None => None,
+            };
             let replicas = match &pool_config.replica_listen {
                 Some(listen) => {
                     let same = old
@@ -148,7 +199,11 @@ impl Pools {
                         }
                     };
                     let replica_pool = replica_pool(&pool, listen, &listener, metrics);
-                    let accept = tokio::spawn(accept_loop(listener.clone(), replica_pool.clone()));
+                    let accept = tokio::spawn(accept_loop(
+                        listener.clone(),
+                        replica_pool.clone(),
+                        listeners_tls.clone(),
+                    ));
                     tracing::info!(pool = %name, listen = %listen, "replica listener: read-only commands, served by replicas");
                     Some(Replicas {
                         pool: replica_pool,
@@ -158,7 +213,7 @@ impl Pools {
                 }
                 None => None,
             };
-            let accept = tokio::spawn(accept_loop(listener.clone(), pool.clone()));
+            let accept = tokio::spawn(accept_loop(listener.clone(), pool.clone(), listeners_tls));
             if let Some(old) = self.running.insert(
                 name.clone(),
                 Running {
@@ -167,6 +222,7 @@ impl Pools {
                     listener,
                     accept,
                     replicas,
+                    secure,
                 },
             ) {
                 old.stop_accepting();
@@ -219,10 +275,30 @@ async fn start_pool(
 ) -> io::Result<Arc<Pool>> {
     let stats = Arc::new(PoolStats::default());
     let pool_metrics = metrics.pool(name);
+    let invalid = |field: &str, e: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("pool {name}: {field}: {e}"),
+        )
+    };
+    let tls = match &config.tls {
+        Some(settings) => Some(Acceptor::new(settings).map_err(|e| invalid("tls", e))?),
+        None => None,
+    };
+    let backend_tls = match &config.backend_tls {
+        Some(settings) => {
+            let connector = Connector::new(settings).map_err(|e| invalid("backend_tls", e))?;
+            if connector.insecure() {
+                tracing::warn!(pool = %name, "backend_tls.insecure_skip_verify: the nodes' certificates are not verified; anyone on the path can pose as them");
+            }
+            Some(connector)
+        }
+        None => None,
+    };
     let mut discovery = None;
     let router = match config.mode {
         Mode::Cluster => {
-            let cluster = Cluster::start(config);
+            let cluster = Cluster::start(config, backend_tls.clone());
             // Only Kubernetes seeds are followed: a cluster learns the rest from CLUSTER SLOTS.
             if config.kubernetes.is_some() {
                 let source = first_set(Discovery::start(name, config)).await;
@@ -254,7 +330,7 @@ async fn start_pool(
                 None => None,
             };
             let members = discovery.as_ref().map(|d| d.endpoints.clone());
-            let primary = Primary::start(name, config, members, sentinels);
+            let primary = Primary::start(name, config, members, sentinels, backend_tls.clone());
             primary.count_switches_in(pool_metrics.master_switches.clone());
             let found = primary.look_now(FIRST_TOPOLOGY_WAIT).await;
             if !found || primary.roles().master.is_none() {
@@ -265,9 +341,10 @@ async fn start_pool(
         Mode::Ketama | Mode::Modula | Mode::Random => {
             // Static servers have a source too: their host names are resolved again as they move.
             let source = first_set(Discovery::start(name, config)).await;
-            let shards = Shards::start(config, stats.clone(), &source).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
-            })?;
+            let shards = Shards::start(config, stats.clone(), &source, backend_tls.clone())
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("pool {name}: {e}"))
+                })?;
             discovery = Some(source);
             Router::Shards(shards)
         }
@@ -282,6 +359,8 @@ async fn start_pool(
         stats,
         discovery,
         read_only: false,
+        tls,
+        backend_tls,
     };
     Ok(new_pool(
         name,
@@ -300,6 +379,8 @@ struct Behind {
     discovery: Option<Discovery>,
     /// Writes refused (a replica listener).
     read_only: bool,
+    tls: Option<Arc<Acceptor>>,
+    backend_tls: Option<Arc<Connector>>,
 }
 
 fn new_pool(
@@ -310,6 +391,7 @@ fn new_pool(
     metrics: Arc<PoolMetrics>,
     behind: Behind,
 ) -> Arc<Pool> {
+    let denied = crate::command::Denied::new(&config.deny_commands);
     let local_port = match listener {
         Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
         Listener::Unix(..) => None,
@@ -325,9 +407,13 @@ fn new_pool(
         accepted: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
         accepting: AtomicBool::new(true),
+        tls_failures: AtomicU64::new(0),
         local_port,
         discovery: behind.discovery,
         read_only: behind.read_only,
+        tls: behind.tls,
+        backend_tls: behind.backend_tls,
+        denied,
         scripts_running: AtomicU64::new(0),
         tracking: Default::default(),
         monitor_relay: Default::default(),
@@ -355,6 +441,8 @@ fn replica_pool(
         stats: Arc::new(PoolStats::default()),
         discovery: primary.discovery.clone(),
         read_only: true,
+        tls: primary.tls.clone(),
+        backend_tls: primary.backend_tls.clone(),
     };
     new_pool(
         &name,

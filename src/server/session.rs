@@ -238,7 +238,7 @@ struct Marks {
 /// Serves one client until it leaves; `seat` is its place in the pool, given back when this ends.
 pub(crate) async fn serve<R, W>(
     mut rd: R,
-    mut wr: W,
+    wr: W,
     pool: Arc<Pool>,
     client: ClientState,
     seat: super::Seat,
@@ -257,6 +257,7 @@ pub(crate) async fn serve<R, W>(
     });
     let authenticated = config.redis_auth.is_none();
     let mut input = Input::new((!authenticated).then(|| pool.shared.unauthenticated.clone()));
+    let mut wr = buffers::Writer::new(wr);
     let tally = Tally::new(&pool.metrics);
     let mut ctx = Ctx {
         pool,
@@ -295,6 +296,11 @@ pub(crate) async fn serve<R, W>(
         last_command: None,
         congested: None,
     };
+    if !ctx.authenticated && ctx.client.record.cert_user().is_some() {
+        // Its certificate names its user (`tls_user_from_cert`): logged in by its handshake.
+        ctx.authenticated = true;
+        input.authenticated();
+    }
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
     let tick = timer_tick(ctx.pool.config.timeout);
@@ -355,7 +361,7 @@ pub(crate) async fn serve<R, W>(
             ctx.flush_stats();
             // Ready at once: written, or the socket is full (the waker is registered).
             let written = std::future::poll_fn(|cx| {
-                Poll::Ready(match buffers::poll_write_out(cx, &mut wr, &mut ctx.out) {
+                Poll::Ready(match wr.poll_write_out(cx, &mut ctx.out) {
                     Poll::Ready(written) => written,
                     Poll::Pending => Ok(0),
                 })
@@ -375,7 +381,11 @@ pub(crate) async fn serve<R, W>(
             // What it has not read yet gets as long as a request would.
             if !ctx.out.is_empty() {
                 let wait = Duration::from_millis(ctx.pool.config.timeout);
-                let _ = tokio::time::timeout(wait, wr.write_all(&ctx.out)).await;
+                let last = async {
+                    wr.io.write_all(&ctx.out).await?;
+                    wr.io.flush().await
+                };
+                let _ = tokio::time::timeout(wait, last).await;
             }
             break;
         }
@@ -422,7 +432,7 @@ pub(crate) async fn serve<R, W>(
                 woke = Woke::Timer;
             }
             // The socket took what it would not before.
-            written = std::future::poll_fn(|cx| buffers::poll_write_out(cx, &mut wr, &mut ctx.out)), if !ctx.out.is_empty() => {
+            written = std::future::poll_fn(|cx| wr.poll_write_out(cx, &mut ctx.out)), if !ctx.out.is_empty() || wr.unflushed() => {
                 if !ctx.wrote(written) {
                     break;
                 }
@@ -475,7 +485,7 @@ pub(crate) async fn serve<R, W>(
         false => &ctx.pool.stats.client_eof,
     };
     stats::add(ended, 1);
-    let _ = wr.shutdown().await;
+    let _ = wr.io.shutdown().await;
     drop(seat);
 }
 
@@ -656,6 +666,13 @@ impl Ctx {
         }
         if !self.authenticated && !policy::before_auth(spec) {
             return self.error("NOAUTH Authentication required.");
+        }
+        if let Some(denied) = self.pool.denied.check(req, spec) {
+            // Before routing, queuing or holding: a denied command never reaches a node.
+            return self.error(&format!(
+                "ERR slotline: the '{}' command is denied on this pool (deny_commands)",
+                denied.replace('|', " ")
+            ));
         }
         let monitors = &self.pool.shared.monitors;
         if arrived && monitors.active() && policy::monitored(spec) {

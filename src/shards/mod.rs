@@ -49,6 +49,7 @@ impl Shards {
         config: &PoolConfig,
         pool_stats: Arc<PoolStats>,
         discovery: &Discovery,
+        tls: Option<Arc<crate::tls::Connector>>,
     ) -> Result<Arc<Shards>, String> {
         let (hash, hash_tag) = config
             .placement()
@@ -58,7 +59,7 @@ impl Shards {
             .distribution()
             .ok_or_else(|| "mode: a cluster pool has no sharding".to_string())?;
         let notify = Arc::new(Notify::new());
-        let mut settings = backend::Settings::for_pool(config, config.redis_db);
+        let mut settings = backend::Settings::for_pool(config, config.redis_db, tls);
         settings.timeout = Some(Duration::from_millis(config.timeout));
         // A failed connection may mean a host name now resolves elsewhere: look again.
         settings.on_failure = Some(discovery.recheck());

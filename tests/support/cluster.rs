@@ -25,6 +25,10 @@ pub struct ClusterOpts {
     pub hostnames: bool,
     /// More `redis-server` arguments, e.g. `["--cluster-require-full-coverage", "no"]`.
     pub extra_args: Vec<String>,
+    /// TLS arguments (see [`super::Certs::redis_args`]): each node also listens for TLS on a port
+    /// of its own, with `tls-cluster` and `tls-replication`, so CLUSTER SLOTS asked over TLS lists
+    /// the TLS ports (over plaintext, the plaintext ones the harness uses).
+    pub tls: Option<Vec<String>>,
 }
 
 impl Default for ClusterOpts {
@@ -34,6 +38,7 @@ impl Default for ClusterOpts {
             replicas_per_master: 1,
             hostnames: false,
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -51,6 +56,8 @@ pub struct NodeInfo {
     pub hostname: Option<String>,
     /// False once `kill` has been called for it.
     pub alive: bool,
+    /// Its TLS port, with [`ClusterOpts::tls`].
+    pub tls_port: Option<u16>,
 }
 
 /// A master as CLUSTER NODES reports it.
@@ -90,6 +97,7 @@ pub struct SlotRange {
 struct Node {
     index: usize,
     port: u16,
+    tls_port: Option<u16>,
     dir: PathBuf,
     hostname: Option<String>,
     /// `None` once killed.
@@ -151,6 +159,7 @@ impl RedisCluster {
         let node = Node {
             index,
             port,
+            tls_port: self.opts.tls.as_ref().map(|_| super::free_port()),
             dir,
             hostname: self.opts.hostnames.then(|| test_hostname(index)),
             child: Mutex::new(None),
@@ -189,6 +198,13 @@ impl RedisCluster {
                 "--cluster-preferred-endpoint-type",
                 "hostname",
             ]);
+        }
+        if let (Some(tls), Some(tls_port)) = (&self.opts.tls, node.tls_port) {
+            // The bus stays where the harness reserved it (port + 10000), now speaking TLS.
+            cmd.args(["--tls-port", &tls_port.to_string()])
+                .args(["--cluster-port", &(node.port + 10000).to_string()])
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args(tls);
         }
         cmd.args(&self.opts.extra_args)
             .current_dir(&node.dir)
@@ -333,6 +349,13 @@ impl RedisCluster {
         &self.opts
     }
 
+    /// The TLS port of the node whose plaintext port is `port` (a cluster started with TLS).
+    pub fn tls_port(&self, port: u16) -> u16 {
+        self.node_at(port)
+            .and_then(|n| n.tls_port)
+            .unwrap_or_else(|| panic!("node {port} has no TLS port"))
+    }
+
     /// Every node as started, with whether it has been killed.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.nodes
@@ -346,6 +369,7 @@ impl RedisCluster {
                     pid: pid.unwrap_or(0),
                     hostname: n.hostname.clone(),
                     alive: pid.is_some(),
+                    tls_port: n.tls_port,
                 }
             })
             .collect()
@@ -589,10 +613,12 @@ impl RedisCluster {
         if keys.is_empty() {
             return 0;
         }
+        // With tls-cluster, nodes MIGRATE to each other over TLS.
+        let target = self.node_at(to).and_then(|n| n.tls_port).unwrap_or(to);
         let mut args: Vec<Vec<u8>> = [
             "MIGRATE",
             "127.0.0.1",
-            &to.to_string(),
+            &target.to_string(),
             "",
             "0",
             "5000",

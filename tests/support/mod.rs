@@ -11,6 +11,7 @@
 //! - `pods`: `redis-server`s on their own loopback addresses, stopped and started again elsewhere.
 //! - `sentinel`: a master with replicas, and real `redis-sentinel`s watching it.
 //! - `standalone`: plain `redis-server`s (twemproxy shards) and the real `nutcracker` in front of them.
+//! - `tls`: certificates made with `openssl` (a CA, servers, clients, a CA nobody trusts).
 //! - this file: ports, temp dirs, polling, key slots, test host names, and the reaper that cleans up
 //!   processes even when a test binary dies without running `Drop` (statics, SIGKILL, Ctrl-C).
 #![allow(dead_code)]
@@ -23,6 +24,7 @@ mod resp;
 mod sentinel;
 mod slotline;
 mod standalone;
+mod tls;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
@@ -43,6 +45,8 @@ pub use sentinel::{ReplicaGroup, Sentinels};
 pub use slotline::Slotline;
 #[allow(unused_imports)]
 pub use standalone::{twemproxy_stats, Nutcracker, RedisServers};
+#[allow(unused_imports)]
+pub use tls::{Certs, Pair};
 
 use std::fs;
 use std::io::Write;
@@ -57,21 +61,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Runs `tests/clients/<script>` with python3 against slotline on `port` speaking RESP `protocol`, and
 /// panics with its output unless it succeeds (redis-py must be installed: `pip install redis`).
 pub fn run_python_client(script: &str, port: u16, protocol: &str) {
+    run_python(script, &[&port.to_string(), protocol]);
+}
+
+/// Runs `tests/clients/<script>` with python3 and `args`, and returns what it printed; panics with
+/// its output unless it succeeds.
+pub fn run_python(script: &str, args: &[&str]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(script);
     let out = Command::new("python3")
         .arg(&path)
-        .arg(port.to_string())
-        .arg(protocol)
+        .args(args)
         .output()
         .expect("run python3");
     assert!(
         out.status.success(),
-        "{script} (RESP{protocol}) against slotline on port {port} failed (is redis-py installed? pip install redis):\n{}\n{}",
+        "{script} {args:?} failed (is redis-py installed? pip install redis):\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Number of hash slots in a Redis Cluster.

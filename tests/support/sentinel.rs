@@ -11,13 +11,25 @@ use super::{free_port, log_tail, wait_ok, Client, Reaper, RedisServers, Reply, T
 /// Server 0 starts as master, the others as its replicas; `switch` and `kill` change that.
 pub struct ReplicaGroup {
     pub servers: RedisServers,
+    /// Replicas replicate over TLS (the servers' TLS ports).
+    tls: bool,
 }
 
 impl ReplicaGroup {
     /// Starts `count` servers, makes 1.. replicas of 0, and waits until every link is up.
     pub fn start(count: usize) -> ReplicaGroup {
-        let servers = RedisServers::start(count);
-        let group = ReplicaGroup { servers };
+        ReplicaGroup::link(RedisServers::start(count), false)
+    }
+
+    /// The same with TLS (see [`RedisServers::start_tls`]): replicas replicate over TLS, and
+    /// [`tls_port`](Self::tls_port) is where clients speak it.
+    pub fn start_tls(count: usize, tls_args: Vec<String>) -> ReplicaGroup {
+        ReplicaGroup::link(RedisServers::start_tls(count, tls_args), true)
+    }
+
+    fn link(servers: RedisServers, tls: bool) -> ReplicaGroup {
+        let count = servers.len();
+        let group = ReplicaGroup { servers, tls };
         for i in 1..count {
             group.replicate(i, Some(0));
         }
@@ -29,6 +41,10 @@ impl ReplicaGroup {
 
     pub fn port(&self, index: usize) -> u16 {
         self.servers.port(index)
+    }
+
+    pub fn tls_port(&self, index: usize) -> u16 {
+        self.servers.tls_port(index)
     }
 
     pub fn addr(&self, index: usize) -> String {
@@ -43,8 +59,12 @@ impl ReplicaGroup {
     pub fn replicate(&self, index: usize, master: Option<usize>) {
         let reply = match master {
             Some(m) => {
+                let port = match self.tls {
+                    true => self.tls_port(m),
+                    false => self.port(m),
+                };
                 self.client(index)
-                    .cmd(&["REPLICAOF", "127.0.0.1", &self.port(m).to_string()])
+                    .cmd(&["REPLICAOF", "127.0.0.1", &port.to_string()])
             }
             None => self.client(index).cmd(&["REPLICAOF", "NO", "ONE"]),
         };
@@ -90,6 +110,8 @@ impl ReplicaGroup {
 /// `redis-sentinel` processes monitoring one master as `mymaster`; killed (by PID) on drop.
 pub struct Sentinels {
     ports: Vec<u16>,
+    /// With [`Sentinels::start_tls`].
+    tls_ports: Vec<u16>,
     /// The ACL user and password the sentinels require, if any.
     user: Option<(String, String)>,
     children: Vec<Child>,
@@ -116,6 +138,38 @@ impl Sentinels {
         replicas: usize,
         user: Option<(&str, &str)>,
     ) -> Sentinels {
+        Sentinels::start_inner(count, master_port, down_after_ms, replicas, user, None)
+    }
+
+    /// Sentinels that also listen for TLS ([`tls_ports`](Self::tls_ports)) and speak TLS to the
+    /// master (its TLS port), its replicas and each other; `tls_conf` holds the certificate lines
+    /// of a sentinel.conf.
+    pub fn start_tls(
+        count: usize,
+        master_tls_port: u16,
+        down_after_ms: u64,
+        replicas: usize,
+        tls_conf: &str,
+    ) -> Sentinels {
+        let conf = format!("{tls_conf}tls-replication yes\n");
+        Sentinels::start_inner(
+            count,
+            master_tls_port,
+            down_after_ms,
+            replicas,
+            None,
+            Some(conf),
+        )
+    }
+
+    fn start_inner(
+        count: usize,
+        master_port: u16,
+        down_after_ms: u64,
+        replicas: usize,
+        user: Option<(&str, &str)>,
+        tls: Option<String>,
+    ) -> Sentinels {
         let acl = user.map_or(String::new(), |(name, password)| {
             format!(
                 "user default off\nuser {name} on >{password} allchannels +@all\n\
@@ -125,9 +179,18 @@ impl Sentinels {
         let dir = TempDir::new("sentinel");
         let mut reaper = Reaper::spawn(dir.path());
         let mut ports = Vec::new();
+        let mut tls_ports = Vec::new();
         let mut children = Vec::new();
         for i in 0..count {
             let port = free_port();
+            let tls_lines = match &tls {
+                Some(conf) => {
+                    let tls_port = free_port();
+                    tls_ports.push(tls_port);
+                    format!("tls-port {tls_port}\n{conf}")
+                }
+                None => String::new(),
+            };
             let sdir = dir.path().join(format!("sentinel{i}"));
             fs::create_dir_all(&sdir).expect("create a sentinel dir");
             let conf = sdir.join("sentinel.conf");
@@ -139,7 +202,7 @@ impl Sentinels {
                      sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {name} {down_after_ms}\n\
                      sentinel failover-timeout {name} 10000\n\
-                     sentinel parallel-syncs {name} 1\n{acl}",
+                     sentinel parallel-syncs {name} 1\n{acl}{tls_lines}",
                     dir = sdir.display(),
                     log = sdir.join("sentinel.log").display(),
                 ),
@@ -163,6 +226,7 @@ impl Sentinels {
         }
         let sentinels = Sentinels {
             ports,
+            tls_ports,
             user: user.map(|(name, password)| (name.to_string(), password.to_string())),
             children,
             reaper: Some(reaper),
@@ -193,6 +257,10 @@ impl Sentinels {
 
     pub fn ports(&self) -> &[u16] {
         &self.ports
+    }
+
+    pub fn tls_ports(&self) -> &[u16] {
+        &self.tls_ports
     }
 
     /// A client of sentinel `index`, logged in when the sentinels require it.

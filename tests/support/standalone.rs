@@ -22,6 +22,8 @@ pub struct RedisServers {
 
 struct Server {
     port: u16,
+    /// With [`RedisServers::start_tls`].
+    tls_port: Option<u16>,
     dir: PathBuf,
     child: Child,
 }
@@ -34,20 +36,34 @@ impl RedisServers {
 
     /// Starts `count` servers with extra `redis-server` arguments (e.g. `--requirepass`).
     pub fn start_with(count: usize, extra_args: &[&str]) -> RedisServers {
+        let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        RedisServers::start_servers(count, args, false)
+    }
+
+    /// Starts `count` servers that also listen for TLS ([`tls_port`](Self::tls_port)), with
+    /// `tls_args` (see [`super::Certs::redis_args`]); replicas of them replicate over TLS.
+    pub fn start_tls(count: usize, tls_args: Vec<String>) -> RedisServers {
+        let mut args = tls_args;
+        args.extend(["--tls-replication".to_string(), "yes".to_string()]);
+        RedisServers::start_servers(count, args, true)
+    }
+
+    fn start_servers(count: usize, args: Vec<String>, tls: bool) -> RedisServers {
         let dir = TempDir::new("redis");
         let mut reaper = Reaper::spawn(dir.path());
         let mut servers = Vec::new();
-        let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         for index in 0..count {
             // cluster_port: never handed out twice in this process, so parallel starts cannot collide.
             let port = cluster_port();
+            let tls_port = tls.then(free_port);
             let server_dir = dir.path().join(format!("redis{index}"));
             fs::create_dir_all(&server_dir)
                 .unwrap_or_else(|e| panic!("create {}: {e}", server_dir.display()));
-            let child = spawn_server(port, &server_dir, &args);
+            let child = spawn_server(port, tls_port, &server_dir, &args);
             reaper.watch(child.id());
             servers.push(Server {
                 port,
+                tls_port,
                 dir: server_dir,
                 child,
             });
@@ -117,7 +133,7 @@ impl RedisServers {
     pub fn restart(&mut self, index: usize) {
         self.stop(index);
         let server = &mut self.servers[index];
-        server.child = spawn_server(server.port, &server.dir, &self.args);
+        server.child = spawn_server(server.port, server.tls_port, &server.dir, &self.args);
         if let Some(reaper) = &mut self.reaper {
             reaper.watch(server.child.id());
         }
@@ -137,6 +153,13 @@ impl RedisServers {
 
     pub fn port(&self, index: usize) -> u16 {
         self.servers[index].port
+    }
+
+    /// Server `index`'s TLS port (servers started with [`start_tls`](Self::start_tls)).
+    pub fn tls_port(&self, index: usize) -> u16 {
+        self.servers[index]
+            .tls_port
+            .expect("a server started with start_tls")
     }
 
     /// The path of server `index`'s unix socket.
@@ -166,11 +189,14 @@ impl RedisServers {
 }
 
 /// A standalone server on `ip:port` (and a unix socket in `dir`), logging to `dir/redis.log`.
-fn spawn_server(port: u16, dir: &Path, extra_args: &[String]) -> Child {
+fn spawn_server(port: u16, tls_port: Option<u16>, dir: &Path, extra_args: &[String]) -> Child {
     let mut args = vec![
         "--unixsocket".to_string(),
         dir.join("redis.sock").display().to_string(),
     ];
+    if let Some(tls_port) = tls_port {
+        args.extend(["--tls-port".to_string(), tls_port.to_string()]);
+    }
     args.extend_from_slice(extra_args);
     spawn_redis_server("127.0.0.1", port, dir, &args)
 }

@@ -210,27 +210,62 @@ pub(super) fn give_scratch(mut buf: BytesMut) {
     SCRATCH.with(|s| *s.borrow_mut() = buf);
 }
 
-/// Writes as much of `out` as the socket takes now. Ready(Ok(n)) once it took everything or nothing
-/// more (n bytes in all); Pending, with the waker registered, when the socket is full.
-pub(super) fn poll_write_out<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    wr: &mut W,
-    out: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    let mut written = 0;
-    while !out.is_empty() {
-        match Pin::new(&mut *wr).poll_write(cx, out) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => {
-                out.advance(n);
-                written += n;
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending if written > 0 => return Poll::Ready(Ok(written)),
-            Poll::Pending => return Poll::Pending,
+/// The client's socket, and whether TLS records written to it still wait for room: a TLS stream
+/// keeps the records the socket would not take until it is flushed (for a plain socket, flushing
+/// is a no-op and they never wait). One flag beside the socket, so that an idle session is no
+/// larger for it.
+pub(super) struct Writer<W> {
+    pub(super) io: W,
+    unflushed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub(super) fn new(io: W) -> Writer<W> {
+        Writer {
+            io,
+            unflushed: false,
         }
     }
-    Poll::Ready(Ok(written))
+
+    /// Whether written records wait for the socket: it must be polled again, with nothing to add.
+    pub(super) fn unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Writes as much of `out` as the socket takes now. Ready(Ok(n)) once it took everything or
+    /// nothing more (n bytes in all); Pending, with the waker registered, when the socket is full.
+    /// Once everything is taken the socket is flushed, and [`unflushed`](Self::unflushed) says
+    /// whether that finished.
+    pub(super) fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let mut written = 0;
+        while !out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    out.advance(n);
+                    written += n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if written > 0 => return Poll::Ready(Ok(written)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => self.unflushed = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                self.unflushed = true;
+                if written == 0 {
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(written))
+    }
 }
 
 #[cfg(test)]

@@ -443,7 +443,7 @@ mod tests {
         .await;
         seed_addr.set(seed.clone()).expect("once");
         let config = PoolConfig::new("127.0.0.1:0".into(), Mode::Cluster, vec![seed.clone()]);
-        let cluster = Cluster::start(&config);
+        let cluster = Cluster::start(&config, None);
         assert!(cluster.refresh_now().await, "a first topology");
         assert!(cluster.redirect_node(&new_master).is_none());
 
