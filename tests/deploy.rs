@@ -61,6 +61,7 @@ fn kustomizations() -> Vec<String> {
         "examples/twemproxy-shards",
         "examples/redis-ha",
         "examples/other-namespace",
+        "examples/tls",
     ] {
         assert!(
             found.iter().any(|f| f == expected),
@@ -88,6 +89,9 @@ struct Rendered {
     network_policies: Vec<NetworkPolicy>,
     /// A CRD with no k8s-openapi type: kept as YAML and checked by hand.
     service_monitors: Vec<Value>,
+    /// cert-manager's Certificates and Issuers (CRDs too).
+    certificates: Vec<Value>,
+    issuers: Vec<Value>,
 }
 
 fn render(dir: &str) -> Rendered {
@@ -144,6 +148,8 @@ fn render(dir: &str) -> Rendered {
                 r.network_policies.push(typed(&doc, &what))
             }
             ("monitoring.coreos.com/v1", "ServiceMonitor") => r.service_monitors.push(doc),
+            ("cert-manager.io/v1", "Certificate") => r.certificates.push(doc),
+            ("cert-manager.io/v1", "Issuer") => r.issuers.push(doc),
             other => panic!("{what}: unexpected kind {other:?} (add it to the checks)"),
         }
     }
@@ -950,4 +956,142 @@ fn grafana_dashboard_uses_exported_metric_names() {
     ] {
         assert!(used.contains(needed), "the dashboard shows {needed}");
     }
+}
+
+/// The Secret (and its key) a file at `path` comes from in `pod`'s container `c`, if it is on a
+/// Secret volume (`items` mapping paths back to keys).
+fn secret_file(pod: &PodSpec, c: &Container, path: &str) -> Option<(String, String)> {
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))?;
+    let file = &path[mount.mount_path.len() + 1..];
+    let secret = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)?
+        .secret
+        .clone()?;
+    let key = match &secret.items {
+        Some(items) => items.iter().find(|i| i.path == file)?.key.clone(),
+        None => file.to_string(),
+    };
+    Some((secret.secret_name?, key))
+}
+
+/// Whether a certificate for DNS name `pattern` (one leading `*.` label at most) covers `host`.
+fn covers(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host
+            .split_once('.')
+            .is_some_and(|(label, domain)| !label.is_empty() && domain == rest),
+        None => pattern == host,
+    }
+}
+
+/// In a kustomization with TLS, every certificate file slotline and the nodes read is a key
+/// cert-manager writes into a Secret a Certificate names, each Certificate's issuer is there, and
+/// the nodes' certificate covers the host names slotline verifies them by.
+#[test]
+fn tls_files_come_from_certificates_that_cover_the_names_used() {
+    let mut checked = 0;
+    for dir in kustomizations() {
+        let r = render(&dir);
+        let config = slotline::config::Config::from_yaml(&config_in_pod(&r)).expect("config");
+        let (_, pod, c) = slotline(&r);
+        let secret_of_certificate = |secret: &str| {
+            r.certificates
+                .iter()
+                .find(|cert| cert["spec"]["secretName"].as_str() == Some(secret))
+        };
+        for (name, pool) in &config.pools {
+            let mut files = Vec::new();
+            if let Some(tls) = &pool.tls {
+                files.extend([&tls.cert_file, &tls.key_file]);
+                files.extend(tls.client_ca_file.as_ref());
+            }
+            if let Some(tls) = &pool.backend_tls {
+                files.extend(
+                    [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                        .into_iter()
+                        .flatten(),
+                );
+            }
+            for file in files {
+                let file = file.display().to_string();
+                let (secret, key) = secret_file(pod, c, &file).unwrap_or_else(|| {
+                    panic!("deploy/{dir}: pool {name} reads {file}, which is on no Secret volume")
+                });
+                assert!(
+                    secret_of_certificate(&secret).is_some(),
+                    "deploy/{dir}: {file} comes from Secret {secret}, which no Certificate keeps"
+                );
+                assert!(
+                    ["tls.crt", "tls.key", "ca.crt"].contains(&key.as_str()),
+                    "deploy/{dir}: {file} is key {key} of {secret}, which cert-manager does not write"
+                );
+                checked += 1;
+            }
+            let Some(backend) = &pool.backend_tls else {
+                continue;
+            };
+            assert!(
+                !backend.insecure_skip_verify,
+                "deploy/{dir}: an example verifies its nodes"
+            );
+            // The nodes present the certificate of the Secret their StatefulSet mounts on the
+            // redis.conf's tls-cert-file: it must cover every host slotline connects to.
+            let conf: String = r
+                .config_maps
+                .iter()
+                .filter_map(|m| m.data.as_ref())
+                .flat_map(|d| d.values())
+                .cloned()
+                .collect();
+            let cert_file = conf
+                .lines()
+                .find_map(|l| l.strip_prefix("tls-cert-file "))
+                .unwrap_or_else(|| {
+                    panic!("deploy/{dir}: backend_tls, but no node has tls-cert-file")
+                })
+                .trim()
+                .to_string();
+            let set = r.stateful_sets.first().expect("the nodes' StatefulSet");
+            let node_pod = set.spec.template.spec.as_ref().expect("pod");
+            let node = &node_pod.containers[0];
+            let (secret, _) = secret_file(node_pod, node, &cert_file)
+                .unwrap_or_else(|| panic!("deploy/{dir}: {cert_file} is on no Secret volume"));
+            let cert = secret_of_certificate(&secret)
+                .unwrap_or_else(|| panic!("deploy/{dir}: no Certificate keeps {secret}"));
+            let names: Vec<&str> = cert["spec"]["dnsNames"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            for server in &pool.servers {
+                let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
+                let host = backend.server_name.as_deref().unwrap_or(host);
+                assert!(
+                    names.iter().any(|n| covers(n, host)),
+                    "deploy/{dir}: the nodes' certificate ({names:?}) does not cover {host}"
+                );
+            }
+        }
+        for cert in &r.certificates {
+            let issuer = cert["spec"]["issuerRef"]["name"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                r.issuers
+                    .iter()
+                    .any(|i| i["metadata"]["name"].as_str() == Some(issuer)),
+                "deploy/{dir}: Certificate {:?} names Issuer {issuer}, which is not here",
+                cert["metadata"]["name"]
+            );
+        }
+    }
+    assert!(checked >= 3, "no kustomization has TLS to check");
 }
