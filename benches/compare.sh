@@ -13,10 +13,16 @@
 # Prints ops/s, ratios, each proxy's CPU seconds per 100k requests, and latency (p50, p99, p99.9 with
 # 50 and with 1,000 clients at -P 1).
 #
+#   tls:     GET and SET at each -P against one redis-server speaking TLS (certificates made with
+#            openssl): direct over TLS, slotline with TLS on both sides, and slotline in plaintext to the
+#            same server. Ratios: TLS through slotline / plaintext through slotline, and / direct TLS.
+#            TLS=0 leaves the section out.
+#
 #   benches/compare.sh            # -c 50, -n 300000
 #   N=1000000 CLIENTS=50 benches/compare.sh
 #   REPEAT=5 benches/compare.sh   # runs per cell (median shown; default 3)
 #   LATENCY_CLIENTS="50 1000" LATENCY_N=100000 benches/compare.sh   # the latency table's cells
+#   CLUSTER_WORKLOADS= SHARD_WORKLOADS= LATENCY_CLIENTS= benches/compare.sh   # the TLS rows alone
 #   WORKERS=2 benches/compare.sh  # slotline threads (default 1: on a 2-core box the benchmark client and
 #                                 # the Redis processes need the other core)
 #
@@ -64,6 +70,37 @@ cluster_ports=()
 for i in 0 1 2 3 4 5; do cluster_ports+=($((BASE + i))); start_redis $((BASE + i)) cluster; done
 shard_ports=($((BASE + 10)) $((BASE + 11)) $((BASE + 12)))
 for p in "${shard_ports[@]}"; do start_redis "$p"; done
+# The TLS section's server: plaintext on tls_plain_port, TLS on tls_port, with a CA and a server
+# certificate for 127.0.0.1 made here.
+TLS=${TLS:-1}
+tls_plain_port=$((BASE + 30)) tls_port=$((BASE + 31))
+tls_slotline_port=$((BASE + 32)) tls_slotline_plain_port=$((BASE + 33)) tls_slotline_clear_port=$((BASE + 34))
+tls_yaml=""
+if [ "$TLS" = 1 ]; then
+    command -v openssl >/dev/null || { echo "compare.sh: openssl not found (TLS=0 skips the TLS rows)" >&2; exit 1; }
+    benches/tls-certs.sh "$work"
+    mkdir -p "$work/redis-$tls_plain_port"
+    redis-server --port "$tls_plain_port" --tls-port "$tls_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$work/redis-$tls_plain_port" --logfile "$work/redis-$tls_plain_port/log" \
+        --tls-cert-file "$work/tls.crt" --tls-key-file "$work/tls.key" --tls-ca-cert-file "$work/ca.crt" \
+        --tls-auth-clients no &
+    tls_redis_pid=$!; pids+=($tls_redis_pid)
+    wait_port "$tls_plain_port"
+    tls_yaml="  tls_both:
+    listen: 127.0.0.1:$tls_slotline_plain_port
+    mode: ketama
+    servers: [\"127.0.0.1:$tls_port:1\"]
+    tls:
+      listen: 127.0.0.1:$tls_slotline_port
+      cert_file: $work/tls.crt
+      key_file: $work/tls.key
+    backend_tls:
+      ca_file: $work/ca.crt
+  tls_clear:
+    listen: 127.0.0.1:$tls_slotline_clear_port
+    mode: ketama
+    servers: [\"127.0.0.1:$tls_plain_port:1\"]"
+fi
 for p in "${cluster_ports[@]}" "${shard_ports[@]}"; do wait_port "$p"; done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
 for _ in $(seq 100); do
@@ -89,6 +126,7 @@ pools:
     hash: murmur
     servers:
 $(for p in "${shard_ports[@]}"; do echo "      - 127.0.0.1:$p:1"; done)
+$tls_yaml
 YAML
 cat >"$work/nutcracker.yml" <<YAML
 alpha:
@@ -146,7 +184,11 @@ bench() { # port workload pipeline [--cluster]: "ops client_cpu_seconds"
 # (CPU in ticks but the client's, in seconds; side is direct, nutcracker or slotline).
 measure() { # section workload pipeline side proxy_pid port [--cluster]
     local redis u0 s0 u1 s1 r0 r1 run
-    if [ "$1" = cluster ]; then redis=("${cluster_pids[@]}"); else redis=("${shard_pids[@]}"); fi
+    case $1 in
+        cluster) redis=("${cluster_pids[@]}") ;;
+        tls) redis=("$tls_redis_pid") ;;
+        *) redis=("${shard_pids[@]}") ;;
+    esac
     [ "$5" = - ] && { u0=0; s0=0; } || read -r u0 s0 < <(cpu_ticks "$5")
     r0=$(redis_ticks "${redis[@]}")
     run=$(bench "$6" "$2" "$3" "${7:-}")
@@ -160,8 +202,8 @@ measure() { # section workload pipeline side proxy_pid port [--cluster]
 # cluster) counts 0 ops/s.
 results="$work/results"
 : >"$results"
-CLUSTER_WORKLOADS=${CLUSTER_WORKLOADS:-"set get mget10 mget10tag"}
-SHARD_WORKLOADS=${SHARD_WORKLOADS:-"set get mget10"}
+CLUSTER_WORKLOADS=${CLUSTER_WORKLOADS-"set get mget10 mget10tag"}
+SHARD_WORKLOADS=${SHARD_WORKLOADS-"set get mget10"}
 for r in $(seq "$REPEAT"); do
     for P in $PIPELINES; do
         for w in $CLUSTER_WORKLOADS; do
@@ -172,6 +214,13 @@ for r in $(seq "$REPEAT"); do
             measure shards "$w" "$P" nutcracker $nutcracker_pid "$nutcracker_port"
             measure shards "$w" "$P" slotline $slotline_pid "$slotline_shards_port"
         done
+        if [ "$TLS" = 1 ]; then
+            for w in get set; do
+                measure tls "$w" "$P" direct - "$tls_port" "--tls --cacert $work/ca.crt"
+                measure tls "$w" "$P" slotline $slotline_pid "$tls_slotline_port" "--tls --cacert $work/ca.crt"
+                measure tls "$w" "$P" plaintext $slotline_pid "$tls_slotline_clear_port"
+            done
+        fi
     done
 done
 
@@ -227,6 +276,22 @@ if grep -q '^cluster mget10 ' "$work/medians" && grep -q '^cluster mget10tag ' "
         }' "$work/medians" | sort -t P -k2n
 fi
 report shards nutcracker
+if [ "$TLS" = 1 ]; then
+    echo
+    echo "TLS on both sides (one redis-server; slotline TLS to clients and to the server):"
+    printf '%-8s %-10s %-3s %12s %12s %9s %12s %9s %11s %9s\n' "" workload P "direct tls" slotline-tls "cpu/100k" \
+        "sl-plain" "cpu/100k" "tls/plain" "tls/dir"
+    awk -v hz="$tick_hz" -v N="$N" '
+        $1 == "tls" { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
+                      ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; split(k, p, " "); d = ops[k, "direct"]; t = ops[k, "slotline"]; q = ops[k, "plaintext"]
+                printf "%-8s %-10s %-3s %12.0f %12.0f %9.3f %12.0f %9.3f %11s %9s\n", "", p[1], p[2], d, t, cpu[k, "slotline"],
+                    q, cpu[k, "plaintext"], (q > 0 ? sprintf("%.2f", t / q) : "-"), (d > 0 ? sprintf("%.2f", t / d) : "-")
+            }
+        }' "$work/medians"
+fi
 
 # Where the machine's CPU went, per request: the benchmark client, the proxy (and how much of it was the
 # kernel's socket work) and the redis-servers. When `busy` is near the core count, throughput is their
@@ -259,7 +324,7 @@ latency() { # port clients test [--cluster]: "ops p50 p99 p99.9" (ms)
         }
         END { printf "%s %s %s %s\n", ops + 0, p50 + 0, p99 + 0, p999 + 0 }'
 }
-LATENCY_CLIENTS=${LATENCY_CLIENTS:-"50 1000"}
+LATENCY_CLIENTS=${LATENCY_CLIENTS-"50 1000"}
 LATENCY_N=${LATENCY_N:-100000}
 lat="$work/latency"
 : >"$lat"

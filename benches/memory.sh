@@ -11,7 +11,11 @@
 #   benches/memory.sh                 # N=10000
 #   N=2000 benches/memory.sh          # the short mode tests/ could run
 #
-# Needs redis-server, redis-cli, redis-benchmark, nutcracker and python3; builds slotline --release.
+# A last row has the ketama pool's clients speak TLS to slotline (certificates made with openssl):
+# what a TLS client costs. TLS=0 leaves it out.
+#
+# Needs redis-server, redis-cli, redis-benchmark, nutcracker and python3 (and openssl for the TLS
+# row); builds slotline --release.
 # The file descriptor limit must allow N + 100 (ulimit -n).
 set -euo pipefail
 
@@ -45,8 +49,10 @@ start_redis() { # port [cluster]
     redis-server "${args[@]}" &
     pids+=($!)
 }
+# redis-cli's (and redis-benchmark's) TLS arguments while the TLS row is measured.
+tls_args=()
 wait_port() {
-    for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    for _ in $(seq 100); do redis-cli "${tls_args[@]}" -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "memory.sh: nothing answers on port $1" >&2; exit 1
 }
 
@@ -92,13 +98,17 @@ pools:
     servers: [127.0.0.1:${cluster_ports[0]}]
 YAML
 
-# Opens N connections, sends PING on each, reads PONG, and holds them until told (a line on stdin).
+# Opens N connections (over TLS, verified against CA_FILE, when given), sends PING on each, reads
+# PONG, and holds them until told (a line on stdin).
 cat >"$work/idle.py" <<'PY'
-import socket, sys
+import socket, ssl, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
+context = ssl.create_default_context(cafile=sys.argv[3]) if len(sys.argv) > 3 else None
 socks = []
 for _ in range(n):
     s = socket.create_connection(("127.0.0.1", port))
+    if context:
+        s = context.wrap_socket(s, server_hostname="127.0.0.1")
     s.sendall(b"*1\r\n$4\r\nPING\r\n")
     socks.append(s)
 for s in socks:
@@ -119,10 +129,12 @@ measure() { # name port command...
     local pid=$!
     pids+=($pid)
     wait_port "$port"
-    redis-cli -p "$port" ping >/dev/null
+    redis-cli "${tls_args[@]}" -p "$port" ping >/dev/null
     local start; start=$(rss $pid)
     rm -f "$work/ctl"; mkfifo "$work/ctl"
-    python3 "$work/idle.py" "$port" "$N" <"$work/ctl" >"$work/idle.out" 2>&1 &
+    local ca=()
+    [ ${#tls_args[@]} -gt 0 ] && ca=("$work/ca.crt")
+    python3 "$work/idle.py" "$port" "$N" "${ca[@]}" <"$work/ctl" >"$work/idle.out" 2>&1 &
     exec 3>"$work/ctl"
     for _ in $(seq 600); do grep -q connected "$work/idle.out" && break; sleep 0.1; done
     grep -q connected "$work/idle.out" || { cat "$work/idle.out" >&2; exit 1; }
@@ -131,7 +143,7 @@ measure() { # name port command...
     exec 3>&-
     sleep 10
     local after; after=$(rss $pid)
-    redis-benchmark -p "$port" -c 50 -n 400000 -P 16 -t get,set -r 100000 -q >/dev/null 2>&1 &
+    redis-benchmark "${tls_args[@]}" -p "$port" -c 50 -n 400000 -P 16 -t get,set -r 100000 -q >/dev/null 2>&1 &
     local bench=$! peak=0 now
     while kill -0 $bench 2>/dev/null; do
         now=$(rss $pid)
@@ -151,3 +163,11 @@ echo "|---|--:|--:|--:|--:|"
 measure "nutcracker (3 shards)" $((BASE + 21)) nutcracker -c "$work/nutcracker.yml" -s $((BASE + 30))
 measure "slotline (ketama, 3 shards)" $((BASE + 22)) target/release/slotline --config "$work/slotline-shards.yml"
 measure "slotline (cluster, 3 masters)" $((BASE + 23)) target/release/slotline --config "$work/slotline-cluster.yml"
+if [ "${TLS:-1}" = 1 ]; then
+    benches/tls-certs.sh "$work"
+    sed -e "s/$((BASE + 22))/$((BASE + 24))/" "$work/slotline-shards.yml" >"$work/slotline-tls.yml"
+    printf '    tls:\n      cert_file: %s\n      key_file: %s\n' "$work/tls.crt" "$work/tls.key" >>"$work/slotline-tls.yml"
+    tls_args=(--tls --cacert "$work/ca.crt")
+    measure "slotline (ketama, clients over TLS)" $((BASE + 24)) target/release/slotline --config "$work/slotline-tls.yml"
+    tls_args=()
+fi
