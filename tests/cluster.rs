@@ -452,6 +452,9 @@ fn killed_master_fails_only_its_slots_and_the_same_connection_recovers() {
             "GET {key} after the failover"
         );
     }
+    // The node the harness asks may not have heard of the promotion yet (gossip): wait until every
+    // live node sees every slot served by a live master.
+    cluster.wait_healthy(Duration::from_secs(30));
     let new_owner = cluster.node_for_slot(key_slot(victim_keys[0].as_bytes()));
     assert_ne!(new_owner, victim, "the replica was promoted");
     assert_eq!(
