@@ -41,6 +41,8 @@
 //!   commands, INFO, and the twemproxy stats port; the running pools (a primary pool's replica
 //!   listener too) and config reload (SIGHUP, file change); the lifecycle: a client's seat, readiness
 //!   and the SIGTERM drain.
+//! - [`migrate`]: a migrating pool's old placement, the MIGRATEs that move a request's keys before
+//!   it runs, and the background mover that empties the old servers (docs/migration.md).
 //! - [`metrics`]: the Prometheus registry, per-pool metric handles, the worker's tallies (lent to a
 //!   session for one step), and the collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the control thread, and the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`)
@@ -74,6 +76,7 @@ pub mod command;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod pause;
 pub mod primary;

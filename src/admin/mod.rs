@@ -31,6 +31,11 @@ pub trait Endpoints: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// `Ok` when the proxy should get traffic; otherwise a short reason.
     fn readiness(&self) -> Result<(), String>;
+    /// The migrating pools' progress (INFO migration's text), after `action` (`pause`, `resume`)
+    /// when one is given; Err when there is no migrating pool.
+    fn migration(&self, _action: Option<&str>) -> Result<String, String> {
+        Err("no pool migrates".into())
+    }
 }
 
 /// The control thread's runtime: the admin and stats listeners run there, apart from the data path,
@@ -162,8 +167,14 @@ async fn answer(
 }
 
 fn route(method: &str, path: &str, endpoints: &dyn Endpoints) -> Response {
+    if let Some(action) = path.strip_prefix("/migration") {
+        return migration(method, action, endpoints);
+    }
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return Response::text(404, "not found: try /metrics, /healthz or /readyz");
+        return Response::text(
+            404,
+            "not found: try /metrics, /healthz, /readyz or /migration",
+        );
     }
     if method != "GET" {
         let mut response = Response::text(405, "only GET is served");
@@ -182,5 +193,30 @@ fn route(method: &str, path: &str, endpoints: &dyn Endpoints) -> Response {
             Ok(()) => Response::text(200, "ready"),
             Err(reason) => Response::text(503, reason),
         },
+    }
+}
+
+/// `GET /migration` (progress), `POST /migration/pause` and `POST /migration/resume` (this
+/// process's background mover; each slotline replica has its own).
+fn migration(method: &str, action: &str, endpoints: &dyn Endpoints) -> Response {
+    let (allowed, action) = match action {
+        "" => ("GET", None),
+        "/pause" => ("POST", Some("pause")),
+        "/resume" => ("POST", Some("resume")),
+        _ => {
+            return Response::text(
+                404,
+                "not found: try GET /migration, POST /migration/pause or /migration/resume",
+            )
+        }
+    };
+    if method != allowed {
+        let mut response = Response::text(405, format!("only {allowed} is served here"));
+        response.allow = Some(allowed);
+        return response;
+    }
+    match endpoints.migration(action) {
+        Ok(text) => Response::text(200, text),
+        Err(e) => Response::text(404, e),
     }
 }

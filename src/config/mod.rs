@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 use crate::route::{Distribution, DistributionKind, Hash, ServerLine};
 
+mod migrate;
 mod tls;
 mod twemproxy;
 mod validate;
 
+pub use migrate::{FromPlacement, MigrateConfig};
 pub use tls::{BackendTls, ListenTls};
 
 /// The whole configuration file.
@@ -252,6 +254,9 @@ pub struct PoolConfig {
     /// Redis's `timeout`: subscribers and clients blocked in a command are never idle.
     #[serde(default)]
     pub client_idle_timeout: u64,
+    /// The pool's data is moving here from an old sharded placement (see config/migrate.yml).
+    #[serde(default)]
+    pub migrate: Option<MigrateConfig>,
 }
 
 /// Where a primary pool finds out who the master is.
@@ -565,6 +570,7 @@ impl PoolConfig {
             backend_tls: None,
             deny_commands: Vec::new(),
             client_idle_timeout: 0,
+            migrate: None,
         }
     }
 

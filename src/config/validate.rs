@@ -192,6 +192,11 @@ impl Config {
                     ));
                 }
             }
+            if let Some(migrate) = &pool.migrate {
+                migrate
+                    .validate(pool)
+                    .map_err(|(field, e)| err(name, &format!("migrate.{field}"), e))?;
+            }
             if let Some(tls) = &pool.backend_tls {
                 tls.validate()
                     .map_err(|(field, e)| err(name, &format!("backend_tls.{field}"), e))?;

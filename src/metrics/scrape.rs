@@ -125,6 +125,30 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &["pool"],
     ),
+    (
+        "slotline_migration_keys_moved_total",
+        "Keys a migrating pool moved from its old placement, by who moved them: mover (the background mover) or touch (a client's command, before it ran).",
+        MetricType::COUNTER,
+        &["by", "pool"],
+    ),
+    (
+        "slotline_migration_keys_remaining",
+        "Keys on the old servers not yet emptied, when last counted (a ring's servers that stay count the keys they keep).",
+        MetricType::GAUGE,
+        &["pool"],
+    ),
+    (
+        "slotline_migration_errors_total",
+        "MIGRATE and SCAN steps of the background mover that failed (each is tried again on the next pass).",
+        MetricType::COUNTER,
+        &["pool"],
+    ),
+    (
+        "slotline_migration_done",
+        "1 once every old server of a migrating pool is empty, else 0.",
+        MetricType::GAUGE,
+        &["pool"],
+    ),
 ];
 
 /// Indexes into [`FAMILIES`], so that the code below reads by name.
@@ -148,6 +172,10 @@ mod family {
     pub const LAST_SWITCH: usize = 16;
     pub const REPLICAS: usize = 17;
     pub const FAILOVER_HOLDS: usize = 18;
+    pub const MIGRATION_MOVED: usize = 19;
+    pub const MIGRATION_REMAINING: usize = 20;
+    pub const MIGRATION_ERRORS: usize = 21;
+    pub const MIGRATION_DONE: usize = 22;
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -227,6 +255,16 @@ impl Collector for PoolsCollector {
             f[CLIENTS].add(&[("pool", name)], stats.clients);
             f[ACCEPTED].add(&[("pool", name)], stats.accepted);
             f[REJECTED].add(&[("pool", name)], stats.rejected);
+            if let Some(migration) = &pool.migration {
+                let p = &migration.progress;
+                let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                f[MIGRATION_MOVED].add(&[("by", "mover"), ("pool", name)], read(&p.moved));
+                f[MIGRATION_MOVED].add(&[("by", "touch"), ("pool", name)], read(&p.moved_on_touch));
+                f[MIGRATION_REMAINING].add(&[("pool", name)], read(&p.remaining));
+                f[MIGRATION_ERRORS].add(&[("pool", name)], read(&p.errors));
+                let done = p.done.load(Ordering::Relaxed);
+                f[MIGRATION_DONE].add(&[("pool", name)], u64::from(done));
+            }
             if let Some(status) = pool.discovery() {
                 let snapshot = status.snapshot();
                 let synced = matches!(snapshot.state, crate::discovery::SourceState::Synced);

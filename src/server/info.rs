@@ -213,6 +213,9 @@ pub(crate) fn render(
         }
         out.push_str("\r\n");
     }
+    if let Some(migration) = pool.migration.as_ref().filter(|_| show("migration")) {
+        migration.info(&mut out);
+    }
     if show("slotline") {
         let _ = write!(
             out,

@@ -179,6 +179,8 @@ pub struct Pool {
     pub backend_tls: Option<Arc<crate::tls::Connector>>,
     /// Commands refused to this pool's clients (`deny_commands`).
     pub denied: crate::command::Denied,
+    /// The pool's data is moving here from an old placement (`migrate:`).
+    pub migration: Option<Arc<crate::migrate::Migration>>,
     /// Clients whose oldest request is a script or function still running (see
     /// [`Pool::others_run_scripts`]).
     scripts_running: AtomicU64,
@@ -554,6 +556,24 @@ impl crate::admin::Endpoints for AdminEndpoints {
 
     fn readiness(&self) -> Result<(), String> {
         self.shared.readiness()
+    }
+
+    fn migration(&self, action: Option<&str>) -> Result<String, String> {
+        let pools = self.shared.pools();
+        let migrations: Vec<_> = pools.iter().filter_map(|p| p.migration.as_ref()).collect();
+        if migrations.is_empty() {
+            return Err("no pool migrates".into());
+        }
+        let mut out = String::new();
+        for migration in migrations {
+            match action {
+                Some("pause") => migration.pause(true),
+                Some("resume") => migration.pause(false),
+                _ => {}
+            }
+            migration.info(&mut out);
+        }
+        Ok(out.replace("\r\n", "\n"))
     }
 }
 

@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Mode, PoolConfig, ReadFrom};
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, PoolMetrics};
+use crate::migrate::Migration;
 use crate::primary::Primary;
 use crate::shards::Shards;
 use crate::stats::PoolStats;
@@ -354,6 +355,17 @@ async fn start_pool(
             .status
             .count_updates_in(pool_metrics.discovery_updates.clone());
     }
+    let migration = match &config.migrate {
+        Some(_) => {
+            let new_home = new_home(router.clone());
+            let migration = Migration::start(name, config, new_home, backend_tls.clone())
+                .await
+                .map_err(|e| invalid("migrate", e))?;
+            tracing::info!(pool = %name, "migrating: keys move from migrate.from to this pool's placement as clients touch them and as the mover finds them");
+            Some(migration)
+        }
+        None => None,
+    };
     let behind = Behind {
         router,
         stats,
@@ -361,6 +373,7 @@ async fn start_pool(
         read_only: false,
         tls,
         backend_tls,
+        migration,
     };
     Ok(new_pool(
         name,
@@ -381,6 +394,22 @@ struct Behind {
     read_only: bool,
     tls: Option<Arc<Acceptor>>,
     backend_tls: Option<Arc<Connector>>,
+    migration: Option<Arc<Migration>>,
+}
+
+/// Where a key lives under `router`'s placement: what a migration moves it to.
+fn new_home(router: Router) -> impl Fn(&[u8]) -> Option<Arc<crate::backend::Node>> + Send + Sync {
+    move |key| match &router {
+        Router::Cluster(cluster) => cluster
+            .topology()
+            .node_for(crate::route::key_slot(key))
+            .cloned(),
+        Router::Shards(shards) => {
+            let table = shards.table();
+            table.node(table.server_for_key(key)).cloned()
+        }
+        Router::Primary(_) => None,
+    }
 }
 
 fn new_pool(
@@ -413,6 +442,7 @@ fn new_pool(
         read_only: behind.read_only,
         tls: behind.tls,
         backend_tls: behind.backend_tls,
+        migration: behind.migration,
         denied,
         scripts_running: AtomicU64::new(0),
         tracking: Default::default(),
@@ -443,6 +473,7 @@ fn replica_pool(
         read_only: true,
         tls: primary.tls.clone(),
         backend_tls: primary.backend_tls.clone(),
+        migration: None,
     };
     new_pool(
         &name,

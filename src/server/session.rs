@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 mod buffers;
+mod moving;
 mod parts;
 mod pubsub;
 mod redirect;
@@ -66,6 +67,8 @@ enum Pending {
     Held(Bytes),
     /// (UN)SUBSCRIBE and its kin, waiting for the backends' confirmations.
     PubSub(Box<pubsub::SubRequest>),
+    /// In a migrating pool: its keys are being moved to their new home first.
+    Moving(Box<moving::Moving>),
 }
 
 impl Pending {
@@ -75,6 +78,7 @@ impl Pending {
             Pending::Wait(w) => w.frame.len(),
             Pending::Split(s) => s.parts.iter().map(|p| p.w.frame.len()).sum(),
             Pending::Held(frame) => frame.len(),
+            Pending::Moving(m) => m.frame.len(),
             Pending::Ready(_) | Pending::PubSub(_) => 0,
         }
     }
@@ -85,7 +89,7 @@ impl Pending {
             Pending::Ready(reply) => reply.len(),
             Pending::Wait(w) => w.reply_bytes(),
             Pending::Split(s) => s.parts.iter().map(|p| p.w.reply_bytes()).sum(),
-            Pending::Held(_) | Pending::PubSub(_) => 0,
+            Pending::Held(_) | Pending::PubSub(_) | Pending::Moving(_) => 0,
         }
     }
 
@@ -98,7 +102,7 @@ impl Pending {
     /// they would overtake it (or it them) on the shared one.
     fn serial(&self) -> bool {
         match self {
-            Pending::Held(_) | Pending::PubSub(_) => true,
+            Pending::Held(_) | Pending::PubSub(_) | Pending::Moving(_) => true,
             Pending::Wait(w) => w.own_connection,
             Pending::Split(s) => s.parts.first().is_some_and(|p| p.w.own_connection),
             Pending::Ready(_) => false,
@@ -226,6 +230,8 @@ pub(crate) struct Ctx {
     /// Counted in INFO's `blocked_clients` while a blocking command waits, and in the pool's
     /// running scripts while a script does (see [`Ctx::publish_client_state`]).
     marks: Marks,
+    /// The request being dispatched again has had its keys moved (a migrating pool).
+    moved: bool,
 }
 
 /// The counts a session is part of for as long as a state of its lasts.
@@ -295,6 +301,7 @@ pub(crate) async fn serve<R, W>(
         now: Instant::now(),
         last_command: None,
         congested: None,
+        moved: false,
     };
     if !ctx.authenticated && ctx.client.record.cert_user().is_some() {
         // Its certificate names its user (`tls_user_from_cert`): logged in by its handshake.
@@ -625,6 +632,7 @@ impl Ctx {
     ) {
         self.commands += u64::from(arrived);
         self.routed_by = view.generation();
+        let moved = std::mem::take(&mut self.moved);
         self.dispatching = crate::cmdstats::NONE;
         let argc = req.argc();
         let cached = self
@@ -715,6 +723,10 @@ impl Ctx {
         if self.pool.read_only && !spec.replica_may_run() {
             // The replica listener, like a replica: reads only, scripts included.
             return self.error("READONLY You can't write against a read only replica.");
+        }
+        // A migrating pool: keys still on an old server move before the request runs anywhere.
+        if !moved && self.move_keys_first(req, spec, frame, view, now) {
+            return;
         }
         if self.tracking.is_some() {
             self.track(req, spec);
@@ -1171,6 +1183,7 @@ impl Ctx {
                 Some(s.deadline)
             }
             Some(Pending::PubSub(s)) if s.waiting() => s.deadline,
+            Some(Pending::Moving(m)) if m.waiting() => Some(m.deadline),
             _ => None,
         }
     }
@@ -1312,6 +1325,11 @@ impl Ctx {
                     w.result = Some(result);
                     self.replies_held += w.reply_bytes();
                 }
+                (Some(Pending::Moving(m)), Some(part)) => {
+                    if let Some(slot) = m.replies.get_mut(part) {
+                        *slot = Some(result);
+                    }
+                }
                 (Some(Pending::Split(s)), Some(part)) => {
                     let Some(w) = s.parts.get_mut(part).map(|p| &mut p.w) else {
                         continue;
@@ -1362,6 +1380,12 @@ impl Ctx {
                     }
                     return;
                 }
+                Some(Pending::Moving(_)) => {
+                    if self.settle_moving() {
+                        continue;
+                    }
+                    return;
+                }
                 Some(Pending::Held(frame)) => {
                     if let Some((held_by, changes)) = self.paused.as_deref() {
                         // The same pause, not over: the held request waits. Anything else, and
@@ -1393,6 +1417,12 @@ impl Ctx {
         }
         if let (HeadEvent::Timeout, Some(Pending::PubSub(_))) = (&event, self.pending.front()) {
             return self.pubsub_timed_out();
+        }
+        if let (HeadEvent::Timeout, Some(Pending::Moving(_))) = (&event, self.pending.front()) {
+            self.tally.get().error(ErrorKind::Timeout);
+            self.timed_out();
+            self.pop_front();
+            return;
         }
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;

@@ -1,0 +1,305 @@
+//! A migrating pool: its data moves from an old sharded placement (`migrate.from`, a twemproxy ring)
+//! to the pool's own placement (a Redis Cluster, or a ring with servers added or removed) while
+//! clients keep using it. docs/migration.md gives the design and why each invariant holds; in short:
+//!
+//! - Nothing writes to the old servers once the migration starts: every command runs on the new
+//!   placement. So a key only ever leaves the old side, and a server the mover has emptied stays
+//!   empty.
+//! - Before a command runs, each of its keys that may still be on the old side is moved by the old
+//!   server itself, with `MIGRATE ... KEYS` (atomic on the old server: it copies with `RESTORE`,
+//!   without REPLACE, then deletes its own copy; a key that is not there answers `NOKEY`). Only
+//!   once every MIGRATE answered does the command run, so it sees the key where it now lives, with
+//!   its TTL. Any number of slotline processes may do this at once: the old server runs one MIGRATE
+//!   at a time, and a key it no longer has is never copied again.
+//! - The background [`mover`] walks every old server with SCAN and MIGRATEs what it finds, at a
+//!   bounded rate. A server it has emptied gets a marker (a key of its own), which every slotline
+//!   reads: keys whose old home is emptied go straight to the new placement, at no extra cost.
+
+mod mover;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+
+use crate::backend::Node;
+use crate::command::{Request, Spec};
+use crate::config::PoolConfig;
+use crate::discovery::Discovery;
+use crate::protocol::Reply;
+use crate::shards::Shards;
+
+pub use mover::MARKER;
+
+/// How long a MIGRATE may take on the old server (its own timeout for talking to the new one).
+const MIGRATE_TIMEOUT_MS: u64 = 5000;
+
+/// Where a key lives under the pool's own (new) placement: the node's address.
+pub type NewHome<'a> = &'a dyn Fn(&[u8]) -> Option<Arc<Node>>;
+
+/// Keys of one request that one old server moves to one node.
+struct Group<'k> {
+    /// The old server's place in the old placement.
+    index: usize,
+    to: Arc<str>,
+    from: Arc<Node>,
+    keys: Vec<&'k [u8]>,
+}
+
+/// One migrating pool's old side and progress.
+pub struct Migration {
+    pub pool: String,
+    old: Arc<Shards>,
+    _old_discovery: Discovery,
+    /// Old servers known to be empty (by address): their keys need no MIGRATE.
+    drained: ArcSwap<HashSet<Arc<str>>>,
+    /// The AUTH (or AUTH2) part of a MIGRATE, when the nodes want a password.
+    auth: Vec<Bytes>,
+    pub(crate) progress: Progress,
+    rate: u64,
+    batch: usize,
+}
+
+/// What the migration has done, for INFO and the metrics.
+#[derive(Default)]
+pub struct Progress {
+    /// Keys the background mover moved.
+    pub moved: AtomicU64,
+    /// Keys moved because a client touched them first.
+    pub moved_on_touch: AtomicU64,
+    /// Keys the mover looked at.
+    pub scanned: AtomicU64,
+    /// Keys on the old servers when last counted.
+    pub remaining: AtomicU64,
+    /// MIGRATEs that failed.
+    pub errors: AtomicU64,
+    /// Every old server is empty.
+    pub done: AtomicBool,
+    pub started: Mutex<Option<Instant>>,
+    /// The mover is paused (`SLOTLINE MIGRATE PAUSE`).
+    pub paused: AtomicBool,
+    /// The last error, for INFO.
+    pub last_error: Mutex<String>,
+}
+
+impl Migration {
+    /// Starts following the old servers (`migrate.from`) and, with a rate, the background mover,
+    /// which finds where keys go with `new_home`.
+    pub async fn start(
+        name: &str,
+        config: &PoolConfig,
+        new_home: impl Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync + 'static,
+        tls: Option<Arc<crate::tls::Connector>>,
+    ) -> Result<Arc<Migration>, String> {
+        let Some(migrate) = &config.migrate else {
+            return Err("not a migrating pool".into());
+        };
+        let old_config = migrate.from_pool(config);
+        let source = Discovery::start(&format!("{name}/from"), &old_config);
+        let mut endpoints = source.endpoints.clone();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), endpoints.wait_for(Option::is_some)).await;
+        let stats = Arc::new(crate::stats::PoolStats::default());
+        let old = Shards::start(&old_config, stats, &source, tls)?;
+        // MIGRATE logs in to the new node as slotline does.
+        let auth: Vec<Bytes> = match (&config.redis_username, &config.redis_auth) {
+            (Some(user), Some(password)) => vec![
+                Bytes::from_static(b"AUTH2"),
+                Bytes::copy_from_slice(user.as_bytes()),
+                Bytes::copy_from_slice(password.as_bytes()),
+            ],
+            (None, Some(password)) => vec![
+                Bytes::from_static(b"AUTH"),
+                Bytes::copy_from_slice(password.as_bytes()),
+            ],
+            _ => Vec::new(),
+        };
+        let migration = Arc::new(Migration {
+            pool: name.to_string(),
+            old,
+            _old_discovery: source,
+            drained: ArcSwap::from_pointee(HashSet::new()),
+            auth,
+            progress: Progress::default(),
+            rate: migrate.rate,
+            batch: migrate.batch,
+        });
+        *migration
+            .progress
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        mover::spawn(migration.clone(), Arc::new(new_home));
+        Ok(migration)
+    }
+
+    /// The MIGRATEs that must run, each on its old server, before `req` may run on the new
+    /// placement: its keys that may still be on an old server other than their new home, grouped
+    /// per old server and destination. Empty for almost every request once the mover is done.
+    pub fn moves(
+        &self,
+        req: Request<'_>,
+        spec: &Spec,
+        new_home: NewHome<'_>,
+    ) -> Result<Vec<(Arc<Node>, Bytes)>, String> {
+        if self.progress.done.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        let table = self.old.table();
+        let drained = self.drained.load();
+        // Per old server and destination: one MIGRATE each (a request names few keys).
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        let mut failed = None;
+        req.for_each_key(spec, |key| {
+            let index = table.server_for_key(key);
+            let Some(old) = table.node(index) else {
+                return;
+            };
+            if drained.contains(old.addr()) {
+                return;
+            }
+            let Some(new) = new_home(key) else {
+                failed = Some("ERR slotline: no node of the new placement takes this key yet");
+                return;
+            };
+            if new.addr() == old.addr() {
+                return;
+            }
+            match groups
+                .iter_mut()
+                .find(|g| g.index == index && g.to == *new.addr())
+            {
+                Some(group) => group.keys.push(key),
+                None => groups.push(Group {
+                    index,
+                    to: new.addr().clone(),
+                    from: old.clone(),
+                    keys: vec![key],
+                }),
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.to_string());
+        }
+        Ok(groups
+            .into_iter()
+            .map(|g| (g.from, self.migrate_frame(&g.to, &g.keys)))
+            .collect())
+    }
+
+    /// `MIGRATE host port "" 0 timeout [AUTH ...] KEYS key...`, run on an old server.
+    fn migrate_frame(&self, to: &str, keys: &[&[u8]]) -> Bytes {
+        let (host, port) = to.rsplit_once(':').unwrap_or((to, "6379"));
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let timeout = MIGRATE_TIMEOUT_MS.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"MIGRATE",
+            host.as_bytes(),
+            port.as_bytes(),
+            b"",
+            b"0",
+            timeout.as_bytes(),
+        ];
+        args.extend(self.auth.iter().map(|a| &a[..]));
+        args.push(b"KEYS");
+        args.extend_from_slice(keys);
+        let mut frame = BytesMut::new();
+        Reply(&mut frame).command(&args);
+        frame.freeze()
+    }
+
+    /// Commands that read or change the whole keyspace cannot span both placements while keys are
+    /// on both: refused until the migration is done.
+    pub fn refusal(&self, spec: &Spec) -> Option<String> {
+        if self.progress.done.load(Ordering::Relaxed) {
+            return None;
+        }
+        matches!(
+            spec.name,
+            "keys" | "scan" | "randomkey" | "dbsize" | "flushall" | "flushdb" | "swapdb"
+        )
+        .then(|| {
+            format!(
+                "ERR slotline: {} is not available while pool {} migrates (its keys are on both placements); \
+                 it is again once INFO migration says done",
+                spec.name.to_uppercase(),
+                self.pool
+            )
+        })
+    }
+
+    /// Whether a MIGRATE's reply means its keys are on the new side now (moved, or not there).
+    pub fn migrated(reply: &[u8]) -> bool {
+        reply.starts_with(b"+OK") || reply.starts_with(b"+NOKEY")
+    }
+
+    /// Counts keys moved because a client touched them.
+    pub fn touched(&self, moved: bool) {
+        if moved {
+            self.progress.moved_on_touch.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn set_drained(&self, addr: &Arc<str>) {
+        if self.drained.load().contains(addr) {
+            return;
+        }
+        let mut next = HashSet::clone(&self.drained.load());
+        next.insert(addr.clone());
+        self.drained.store(Arc::new(next));
+    }
+
+    /// INFO's `# Migration` section.
+    pub fn info(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let p = &self.progress;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let servers = self.old.table().in_service().count();
+        let drained = self.drained.load().len();
+        let elapsed = p
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let moved = read(&p.moved) + read(&p.moved_on_touch);
+        let _ = write!(
+            out,
+            "# Migration\r\nmigration_pool:{}\r\nmigration_state:{}\r\nmigration_servers:{servers}\r\n\
+             migration_servers_drained:{drained}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_touch:{}\r\n\
+             migration_keys_scanned:{}\r\nmigration_keys_remaining:{}\r\nmigration_errors:{}\r\n\
+             migration_rate_per_sec:{:.0}\r\nmigration_last_error:{}\r\n\r\n",
+            self.pool,
+            self.state(),
+            read(&p.moved),
+            read(&p.moved_on_touch),
+            read(&p.scanned),
+            read(&p.remaining),
+            read(&p.errors),
+            if elapsed > 0.0 { moved as f64 / elapsed } else { 0.0 },
+            p.last_error.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+    }
+
+    /// Pauses (or resumes) this process's background mover; keys clients touch still move.
+    pub fn pause(&self, paused: bool) {
+        if self.progress.paused.swap(paused, Ordering::Relaxed) != paused {
+            tracing::info!(pool = %self.pool, paused, "migration mover paused or resumed");
+        }
+    }
+
+    pub fn state(&self) -> &'static str {
+        let p = &self.progress;
+        if p.done.load(Ordering::Relaxed) {
+            "done"
+        } else if self.rate == 0 {
+            "on_touch"
+        } else if p.paused.load(Ordering::Relaxed) {
+            "paused"
+        } else {
+            "moving"
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The background mover: walks every old server with SCAN and MIGRATEs each key whose new home is
+//! elsewhere, at most `rate` keys a second, `batch` at a time. A server whose full SCAN found
+//! nothing left to move is marked emptied ([`MARKER`], naming this migration), and every slotline
+//! reads the marks once a second: keys whose old home is emptied need no MIGRATE. A restarted
+//! slotline starts its passes again from the beginning, but keys already moved are no longer
+//! there: no work is done twice.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::Migration;
+use crate::backend::Node;
+use crate::protocol::Reply;
+
+/// The key an emptied old server holds: its value names the migration (the old placement), so a
+/// later migration with another placement does not take it for its own.
+pub const MARKER: &str = "slotline:migration:emptied";
+
+/// How often the marks are read (and, while paused or moving on touch only, how often to look).
+const LOOK: Duration = Duration::from_secs(1);
+
+/// How long one request to an old server may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+type NewHome = Arc<dyn Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync>;
+
+pub(super) fn spawn(migration: Arc<Migration>, new_home: NewHome) {
+    let weak = Arc::downgrade(&migration);
+    tokio::spawn(run(weak, new_home));
+}
+
+fn command(args: &[&[u8]]) -> Bytes {
+    let mut frame = BytesMut::new();
+    Reply(&mut frame).command(args);
+    frame.freeze()
+}
+
+async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
+    let reply = match tokio::time::timeout(WAIT, node.request(frame)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("timed out".into()),
+    };
+    match redis_protocol::resp2::decode::decode(&reply) {
+        Ok(Some((OwnedFrame::Error(e), _))) => Err(e),
+        Ok(Some((frame, _))) => Ok(frame),
+        _ => Err("an unreadable reply".into()),
+    }
+}
+
+/// What names this migration in the marks: its old placement.
+fn identity(m: &Migration) -> String {
+    let table = m.old.table();
+    let servers: Vec<&str> = table.in_service().map(|n| &**n.addr()).collect();
+    format!("{}:{}", m.pool, servers.join(","))
+}
+
+async fn run(weak: Weak<Migration>, new_home: NewHome) {
+    let mut logged_percent = 0;
+    let mut total = None;
+    loop {
+        let Some(m) = weak.upgrade() else {
+            return;
+        };
+        let id = identity(&m);
+        let servers: Vec<Arc<Node>> = m.old.table().in_service().cloned().collect();
+        // The marks, and what is left.
+        let mut left = 0;
+        let mut all_emptied = !servers.is_empty();
+        for node in &servers {
+            if !m.drained.load().contains(node.addr()) {
+                match ask(node, command(&[b"GET", MARKER.as_bytes()])).await {
+                    Ok(OwnedFrame::BulkString(v)) if v == id.as_bytes() => {
+                        m.set_drained(node.addr())
+                    }
+                    _ => all_emptied = false,
+                }
+            }
+            if !m.drained.load().contains(node.addr()) {
+                if let Ok(OwnedFrame::Integer(n)) = ask(node, command(&[b"DBSIZE"])).await {
+                    left += n.max(0) as u64;
+                }
+            }
+        }
+        m.progress.remaining.store(left, Ordering::Relaxed);
+        if all_emptied {
+            if !m.progress.done.swap(true, Ordering::Relaxed) {
+                tracing::info!(pool = %m.pool, moved = m.progress.moved.load(Ordering::Relaxed),
+                    moved_on_touch = m.progress.moved_on_touch.load(Ordering::Relaxed),
+                    "migration done: every old server is empty; the pool may drop its migrate: settings");
+            }
+            return;
+        }
+        let total = *total.get_or_insert(left.max(1));
+        if m.rate == 0 || m.progress.paused.load(Ordering::Relaxed) {
+            drop(m);
+            tokio::time::sleep(LOOK).await;
+            continue;
+        }
+        for node in servers {
+            if m.drained.load().contains(node.addr()) || m.progress.paused.load(Ordering::Relaxed) {
+                continue;
+            }
+            if pass(&m, &node, &new_home, total, &mut logged_percent).await {
+                // A whole pass moved everything that was to move: the server is emptied (of keys
+                // that live elsewhere now). Marked for every slotline, this one included.
+                let marked = ask(&node, command(&[b"SET", MARKER.as_bytes(), id.as_bytes()])).await;
+                if marked.is_ok() {
+                    m.set_drained(node.addr());
+                    tracing::info!(pool = %m.pool, server = %node.addr(), "migration: old server emptied");
+                }
+            }
+        }
+        drop(m);
+        tokio::time::sleep(LOOK).await;
+    }
+}
+
+/// One full SCAN of `node`, moving what is to move; true when every MIGRATE succeeded.
+async fn pass(
+    m: &Migration,
+    node: &Arc<Node>,
+    new_home: &NewHome,
+    total: u64,
+    logged_percent: &mut u64,
+) -> bool {
+    let mut cursor = b"0".to_vec();
+    let count = m.batch.to_string();
+    let mut clean = true;
+    loop {
+        if m.progress.paused.load(Ordering::Relaxed) {
+            return false;
+        }
+        let scan = command(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()]);
+        let (next, keys) = match ask(node, scan).await {
+            Ok(OwnedFrame::Array(mut parts)) if parts.len() == 2 => {
+                let keys = match parts.pop() {
+                    Some(OwnedFrame::Array(keys)) => keys,
+                    _ => Vec::new(),
+                };
+                let next = match parts.pop() {
+                    Some(OwnedFrame::BulkString(c)) => c,
+                    _ => b"0".to_vec(),
+                };
+                (next, keys)
+            }
+            other => {
+                m.failed(&format!("SCAN on {}: {other:?}", node.addr()));
+                return false;
+            }
+        };
+        let keys: Vec<Vec<u8>> = keys
+            .into_iter()
+            .filter_map(|k| match k {
+                OwnedFrame::BulkString(k) if k != MARKER.as_bytes() => Some(k),
+                _ => None,
+            })
+            .collect();
+        m.progress
+            .scanned
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        // Grouped by destination: one MIGRATE each.
+        let mut groups: Vec<(Arc<Node>, Vec<&[u8]>)> = Vec::new();
+        for key in &keys {
+            let Some(to) = new_home(key) else {
+                clean = false;
+                continue;
+            };
+            if to.addr() == node.addr() {
+                continue; // a ring server that keeps this key
+            }
+            match groups.iter_mut().find(|(n, _)| n.addr() == to.addr()) {
+                Some((_, ks)) => ks.push(key),
+                None => groups.push((to, vec![key])),
+            }
+        }
+        let mut moved = 0;
+        for (to, ks) in groups {
+            match ask(node, m.migrate_frame(to.addr(), &ks)).await {
+                Ok(OwnedFrame::SimpleString(s)) if s == b"OK" => moved += ks.len() as u64,
+                Ok(OwnedFrame::SimpleString(s)) if s == b"NOKEY" => {}
+                other => {
+                    clean = false;
+                    m.failed(&format!(
+                        "MIGRATE from {} to {}: {other:?}",
+                        node.addr(),
+                        to.addr()
+                    ));
+                }
+            }
+        }
+        let before = m.progress.moved.fetch_add(moved, Ordering::Relaxed);
+        let percent = (before + moved) * 100 / total;
+        if percent > *logged_percent && percent <= 100 {
+            *logged_percent = percent;
+            tracing::info!(pool = %m.pool, percent, moved = before + moved, "migration progress");
+        }
+        if m.rate > 0 && !keys.is_empty() {
+            tokio::time::sleep(Duration::from_secs_f64(keys.len() as f64 / m.rate as f64)).await;
+        }
+        if next == b"0" {
+            return clean;
+        }
+        cursor = next;
+    }
+}
+
+impl Migration {
+    fn failed(&self, what: &str) {
+        self.progress.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(pool = %self.pool, error = %what, "migration: a step failed; it is tried again on the next pass");
+        *self
+            .progress
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = what.to_string();
+    }
+}
