@@ -54,6 +54,13 @@ fn preload(nutcracker: &Nutcracker, model: &mut Model, count: usize) {
     for i in 0..count {
         let key = format!("pre:{i}");
         match i % 5 {
+            // Expires while the keys move: it must not come back.
+            0 if i % 10 == 0 => {
+                assert!(client
+                    .cmd(&["SET", &key, &format!("v{i}"), "PX", "1500"])
+                    .is_ok());
+                model.values.insert(key, None);
+            }
             0 => {
                 assert!(client.cmd(&["SET", &key, &format!("v{i}")]).is_ok());
                 model.values.insert(key, Some(format!("v{i}")));
@@ -104,7 +111,13 @@ fn clients(
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let key = format!("t{t}:{}", i % 200);
-                    let reply = match i % 4 {
+                    let reply = match i % 5 {
+                        // A key that expires at once: never read back here, absent at the end.
+                        4 => {
+                            let key = format!("e{t}:{}", i % 50);
+                            model.values.insert(key.clone(), None);
+                            client.cmd(&["SET", &key, "gone", "PX", "50"])
+                        }
                         0 | 1 => {
                             let value = format!("{t}-{i}");
                             let r = client.cmd(&["SET", &key, &value]);
@@ -155,7 +168,7 @@ fn info_field(port: u16, name: &str) -> Option<String> {
 /// Runs clients against both proxies until the migration is done on both, and returns their models.
 fn move_under_load(ports: &[u16], preloaded: usize) -> Model {
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = clients(ports, 8, preloaded, stop.clone());
+    let threads = clients(ports, 16, preloaded, stop.clone());
     thread::sleep(Duration::from_millis(500));
     finish(ports, stop, threads)
 }
@@ -189,6 +202,8 @@ fn finish(
         model.values.extend(m.values);
         seen.extend(s);
     }
+    // The last keys set to expire at once (PX 50) have expired.
+    thread::sleep(Duration::from_millis(200));
     assert!(
         seen.is_empty(),
         "clients saw {} problems: {:?}",
