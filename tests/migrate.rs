@@ -321,6 +321,28 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
         })
         .sum::<f64>();
     assert!(moved > 0.0, "{metrics}");
+
+    // A client still on the old placement writes behind slotline's back: the key is found on the
+    // emptied shard, reported, and moved where slotline's clients see it.
+    let mut old_client = shards.client(0);
+    assert!(old_client.cmd(&["SET", "stray:1", "written late"]).is_ok());
+    wait_ok(
+        Duration::from_secs(30),
+        "the stray key to be reported and moved",
+        || {
+            // Either proxy may be the one that finds it.
+            let stray: u64 = ports
+                .iter()
+                .filter_map(|&p| info_field(p, "migration_stray_keys")?.parse::<u64>().ok())
+                .sum();
+            let state = info_field(ports[0], "migration_state");
+            let got = Client::connect(ports[0]).cmd(&["GET", "stray:1"]);
+            match (state.as_deref(), &got) {
+                (Some("done"), Reply::Bulk(Some(v))) if stray > 0 && v == b"written late" => Ok(()),
+                _ => Err(format!("stray {stray}, state {state:?}, GET {got:?}")),
+            }
+        },
+    );
     drop(proxies);
 }
 

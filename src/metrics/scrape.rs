@@ -144,6 +144,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &["pool"],
     ),
     (
+        "slotline_migration_stray_keys_total",
+        "Keys found on an old server after it was emptied: something writes to the old placement behind slotline (a client still on twemproxy).",
+        MetricType::COUNTER,
+        &["pool"],
+    ),
+    (
         "slotline_migration_done",
         "1 once every old server of a migrating pool is empty, else 0.",
         MetricType::GAUGE,
@@ -175,7 +181,8 @@ mod family {
     pub const MIGRATION_MOVED: usize = 19;
     pub const MIGRATION_REMAINING: usize = 20;
     pub const MIGRATION_ERRORS: usize = 21;
-    pub const MIGRATION_DONE: usize = 22;
+    pub const MIGRATION_STRAY: usize = 22;
+    pub const MIGRATION_DONE: usize = 23;
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -262,6 +269,7 @@ impl Collector for PoolsCollector {
                 f[MIGRATION_MOVED].add(&[("by", "touch"), ("pool", name)], read(&p.moved_on_touch));
                 f[MIGRATION_REMAINING].add(&[("pool", name)], read(&p.remaining));
                 f[MIGRATION_ERRORS].add(&[("pool", name)], read(&p.errors));
+                f[MIGRATION_STRAY].add(&[("pool", name)], read(&p.stray));
                 let done = p.done.load(Ordering::Relaxed);
                 f[MIGRATION_DONE].add(&[("pool", name)], u64::from(done));
             }

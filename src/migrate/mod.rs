@@ -76,6 +76,8 @@ pub struct Progress {
     pub remaining: AtomicU64,
     /// MIGRATEs that failed.
     pub errors: AtomicU64,
+    /// Keys found on an old server after it was emptied (something writes to the old placement).
+    pub stray: AtomicU64,
     /// Every old server is empty.
     pub done: AtomicBool,
     pub started: Mutex<Option<Instant>>,
@@ -244,11 +246,18 @@ impl Migration {
     }
 
     fn set_drained(&self, addr: &Arc<str>) {
-        if self.drained.load().contains(addr) {
+        self.set_drained_to(addr, true);
+    }
+
+    fn set_drained_to(&self, addr: &Arc<str>, drained: bool) {
+        if self.drained.load().contains(addr) == drained {
             return;
         }
         let mut next = HashSet::clone(&self.drained.load());
-        next.insert(addr.clone());
+        match drained {
+            true => next.insert(addr.clone()),
+            false => next.remove(addr),
+        };
         self.drained.store(Arc::new(next));
     }
 
@@ -270,6 +279,7 @@ impl Migration {
             "# Migration\r\nmigration_pool:{}\r\nmigration_state:{}\r\nmigration_servers:{servers}\r\n\
              migration_servers_drained:{drained}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_touch:{}\r\n\
              migration_keys_scanned:{}\r\nmigration_keys_remaining:{}\r\nmigration_errors:{}\r\n\
+             migration_stray_keys:{}\r\n\
              migration_rate_per_sec:{:.0}\r\nmigration_last_error:{}\r\n\r\n",
             self.pool,
             self.state(),
@@ -278,6 +288,7 @@ impl Migration {
             read(&p.scanned),
             read(&p.remaining),
             read(&p.errors),
+            read(&p.stray),
             if elapsed > 0.0 { moved as f64 / elapsed } else { 0.0 },
             p.last_error.lock().unwrap_or_else(PoisonError::into_inner),
         );

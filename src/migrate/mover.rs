@@ -5,6 +5,7 @@
 //! slotline starts its passes again from the beginning, but keys already moved are no longer
 //! there: no work is done twice.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
@@ -62,12 +63,19 @@ fn identity(m: &Migration) -> String {
 async fn run(weak: Weak<Migration>, new_home: NewHome) {
     let mut logged_percent = 0;
     let mut total = None;
+    // Where the look for stray keys is on each emptied server.
+    let mut cursors: HashMap<Arc<str>, Vec<u8>> = HashMap::new();
     loop {
         let Some(m) = weak.upgrade() else {
             return;
         };
         let id = identity(&m);
         let servers: Vec<Arc<Node>> = m.old.table().in_service().cloned().collect();
+        for node in &servers {
+            if m.drained.load().contains(node.addr()) {
+                stray(&m, node, &new_home, &mut cursors).await;
+            }
+        }
         // The marks, and what is left.
         let mut left = 0;
         let mut all_emptied = !servers.is_empty();
@@ -93,7 +101,10 @@ async fn run(weak: Weak<Migration>, new_home: NewHome) {
                     moved_on_touch = m.progress.moved_on_touch.load(Ordering::Relaxed),
                     "migration done: every old server is empty; the pool may drop its migrate: settings");
             }
-            return;
+            // Still looked at for stray keys, for as long as the pool has its migrate: block.
+            drop(m);
+            tokio::time::sleep(LOOK).await;
+            continue;
         }
         let total = *total.get_or_insert(left.max(1));
         if m.rate == 0 || m.progress.paused.load(Ordering::Relaxed) {
@@ -118,6 +129,53 @@ async fn run(weak: Weak<Migration>, new_home: NewHome) {
         drop(m);
         tokio::time::sleep(LOOK).await;
     }
+}
+
+/// Looks at the next stretch of an emptied old server's keyspace for keys that should not be there
+/// (something wrote to the old placement behind slotline's back: a client still on twemproxy). One
+/// found is counted and logged with its key, and the server is no longer taken for emptied: its
+/// mark is removed, its keys move on touch again, and the mover tries to move it (a copy the new
+/// side already has fails with BUSYKEY and stays reported, as neither copy can be chosen blindly).
+async fn stray(
+    m: &Migration,
+    node: &Arc<Node>,
+    new_home: &NewHome,
+    cursors: &mut HashMap<Arc<str>, Vec<u8>>,
+) {
+    let cursor = cursors
+        .entry(node.addr().clone())
+        .or_insert_with(|| b"0".to_vec());
+    let scan = command(&[b"SCAN", cursor, b"COUNT", b"100"]);
+    let Ok(OwnedFrame::Array(mut parts)) = ask(node, scan).await else {
+        return;
+    };
+    let keys = match parts.pop() {
+        Some(OwnedFrame::Array(keys)) => keys,
+        _ => Vec::new(),
+    };
+    if let Some(OwnedFrame::BulkString(next)) = parts.pop() {
+        *cursor = next;
+    }
+    let found = keys.iter().find_map(|k| match k {
+        OwnedFrame::BulkString(k)
+            if k != MARKER.as_bytes() && new_home(k).is_none_or(|to| to.addr() != node.addr()) =>
+        {
+            Some(k.clone())
+        }
+        _ => None,
+    });
+    let Some(key) = found else {
+        return;
+    };
+    m.progress.stray.fetch_add(1, Ordering::Relaxed);
+    m.failed(&format!(
+        "key {:?} appeared on {} after it was emptied: something writes to the old placement",
+        String::from_utf8_lossy(&key),
+        node.addr()
+    ));
+    let _ = ask(node, command(&[b"DEL", MARKER.as_bytes()])).await;
+    m.set_drained_to(node.addr(), false);
+    m.progress.done.store(false, Ordering::Relaxed);
 }
 
 /// One full SCAN of `node`, moving what is to move; true when every MIGRATE succeeded.
