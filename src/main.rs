@@ -45,6 +45,10 @@ enum Command {
     /// Validate the configuration and, for pools that follow a Kubernetes Service, ask the API
     /// server what slotline may see there; exit 0 when all is well, 1 with the reasons otherwise.
     Check,
+    /// Before a migration: check, reading only, that every key on each migrating pool's old servers
+    /// is where its `migrate.from` placement names; exit 1 naming keys found out of place.
+    #[command(name = "migrate-verify")]
+    MigrateVerify,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -83,6 +87,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         return check_sources(&config);
+    }
+    if matches!(cli.command, Some(Command::MigrateVerify)) {
+        return migrate_verify(&config);
     }
     init_tracing(cli.log_format, &config.log_level);
     let workers = match config.workers {
@@ -126,6 +133,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// A runtime for one-shot subcommands (`check`, `migrate-verify`); None (said on stderr) when it
+/// cannot start.
+fn one_shot_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("slotline: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// `slotline migrate-verify`: each migrating pool's old servers, key by key.
+fn migrate_verify(config: &Config) -> ExitCode {
+    let Some(runtime) = one_shot_runtime() else {
+        return ExitCode::from(1);
+    };
+    let mut failed = false;
+    let mut any = false;
+    for (name, pool) in config.pools.iter().filter(|(_, p)| p.migrate.is_some()) {
+        any = true;
+        match runtime.block_on(slotline::migrate::verify(name, pool)) {
+            Ok(report) => {
+                println!(
+                    "pool {name}: {} keys on {} old servers, {} out of place",
+                    report.keys, report.servers, report.misplaced
+                );
+                for example in &report.examples {
+                    println!("pool {name}:   {example}");
+                }
+                failed |= report.misplaced > 0;
+            }
+            Err(e) => {
+                println!("pool {name}: cannot verify: {e}");
+                failed = true;
+            }
+        }
+    }
+    if !any {
+        println!("no pool has a migrate: block");
+    }
+    match failed {
+        true => ExitCode::from(1),
+        false => ExitCode::SUCCESS,
+    }
+}
+
 /// How long `slotline check` waits for an API server before calling it unreachable.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -147,15 +204,8 @@ fn check_sources(config: &slotline::config::Config) -> ExitCode {
             false => ExitCode::SUCCESS,
         };
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("slotline: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = one_shot_runtime() else {
+        return ExitCode::from(1);
     };
     for (name, pool) in &config.pools {
         let found = runtime.block_on(async {

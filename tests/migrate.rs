@@ -409,3 +409,54 @@ fn a_ring_grows_from_three_servers_to_four_and_a_restarted_proxy_carries_on() {
     );
     drop((first, second));
 }
+
+/// `slotline migrate-verify` reads every old server before the move starts: keys where the
+/// `from` placement names them pass; one written to another server is named.
+#[test]
+fn verify_finds_keys_the_old_placement_does_not_place_there() {
+    let shards = RedisServers::start(3);
+    let nut_port = free_port();
+    let nutcracker = Nutcracker::start(&nutcracker_yaml(nut_port, &shards, 3), nut_port);
+    let mut model = Model::default();
+    preload(&nutcracker, &mut model, 300);
+    let dir = support::TempDir::new("verify");
+    let config = dir.write(
+        "slotline.yml",
+        &format!(
+            "pools:\n  main:\n    listen: 127.0.0.1:{}\n    mode: ketama\n    servers: [\"127.0.0.1:1:1 new\"]\n{}",
+            free_port(),
+            migrate_from(&shards, 3, 0)
+        ),
+    );
+    let run = || {
+        let out = Slotline::command()
+            .args(["migrate-verify", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run slotline migrate-verify");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, text) = run();
+    assert!(
+        ok && text.contains("300 keys on 3 old servers, 0 out of place"),
+        "{text}"
+    );
+
+    // A key written straight to a server the ring does not give it to.
+    let key = (0..)
+        .map(|i| format!("astray:{i}"))
+        .find(|k| {
+            nutcracker.client().cmd(&["SET", k, "x"]).is_ok()
+                && shards.client(0).cmd(&["EXISTS", k]).as_int() == Some(0)
+        })
+        .expect("a key the ring places elsewhere");
+    assert!(shards.client(0).cmd(&["SET", &key, "wrong place"]).is_ok());
+    let (ok, text) = run();
+    assert!(
+        !ok && text.contains("1 out of place") && text.contains(&key),
+        "{text}"
+    );
+}

@@ -16,6 +16,7 @@
 //!   reads: keys whose old home is emptied go straight to the new placement, at no extra cost.
 
 mod mover;
+mod verify;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use crate::protocol::Reply;
 use crate::shards::Shards;
 
 pub use mover::MARKER;
+pub use verify::{verify, Report};
 
 /// How long a MIGRATE may take on the old server (its own timeout for talking to the new one).
 const MIGRATE_TIMEOUT_MS: u64 = 5000;

@@ -34,13 +34,13 @@ pub(super) fn spawn(migration: Arc<Migration>, new_home: NewHome) {
     tokio::spawn(run(weak, new_home));
 }
 
-fn command(args: &[&[u8]]) -> Bytes {
+pub(super) fn command(args: &[&[u8]]) -> Bytes {
     let mut frame = BytesMut::new();
     Reply(&mut frame).command(args);
     frame.freeze()
 }
 
-async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
+pub(super) async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
     let reply = match tokio::time::timeout(WAIT, node.request(frame)).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => return Err(e.to_string()),
