@@ -127,7 +127,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "slotline_migration_keys_moved_total",
-        "Keys a migrating pool moved from its old placement, by who moved them: mover (the background mover) or touch (a client's command, before it ran).",
+        "Keys a migrating pool moved from its old placement: by the background mover (by=\"mover\"), or, counted once per command, by a client's command before it ran (by=\"touch\").",
         MetricType::COUNTER,
         &["by", "pool"],
     ),

@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::backend::Node;
 use crate::command::{Request, Spec};
-use crate::config::PoolConfig;
+use crate::config::{MigrateConfig, PoolConfig};
 use crate::discovery::Discovery;
 use crate::protocol::Reply;
 use crate::shards::Shards;
@@ -36,10 +36,14 @@ use crate::shards::Shards;
 pub use mover::MARKER;
 pub use verify::{verify, Report};
 
+/// How long the old placement's discovery may take to name its servers before the pool goes on
+/// without them.
+const FIRST_ENDPOINTS: Duration = Duration::from_secs(2);
+
 /// How long a MIGRATE may take on the old server (its own timeout for talking to the new one).
 const MIGRATE_TIMEOUT_MS: u64 = 5000;
 
-/// Where a key lives under the pool's own (new) placement: the node's address.
+/// Where a key lives under the pool's own (new) placement: its node, if the placement has one.
 pub type NewHome<'a> = &'a dyn Fn(&[u8]) -> Option<Arc<Node>>;
 
 /// Keys of one request that one old server moves to one node.
@@ -61,6 +65,8 @@ pub struct Migration {
     /// The AUTH (or AUTH2) part of a MIGRATE, when the nodes want a password.
     auth: Vec<Bytes>,
     pub(crate) progress: Progress,
+    /// When this process started it, for the rate INFO shows.
+    started: Instant,
     rate: u64,
     batch: usize,
 }
@@ -70,7 +76,8 @@ pub struct Migration {
 pub struct Progress {
     /// Keys the background mover moved.
     pub moved: AtomicU64,
-    /// Keys moved because a client touched them first.
+    /// Commands that moved a key before they ran (one per command, however many of its keys its
+    /// MIGRATEs moved: MIGRATE says only that it moved some).
     pub moved_on_touch: AtomicU64,
     /// Keys the mover looked at.
     pub scanned: AtomicU64,
@@ -82,11 +89,30 @@ pub struct Progress {
     pub stray: AtomicU64,
     /// Every old server is empty.
     pub done: AtomicBool,
-    pub started: Mutex<Option<Instant>>,
-    /// The mover is paused (`SLOTLINE MIGRATE PAUSE`).
+    /// This process's mover is paused (admin `POST /migration/pause`).
     pub paused: AtomicBool,
     /// The last error, for INFO.
     pub last_error: Mutex<String>,
+}
+
+/// The old placement of `config`'s migration (`migrate.from`, logged in as the pool is), followed
+/// by a discovery source of its own; waits up to `wait` for its first endpoints.
+async fn old_side<'c>(
+    name: &str,
+    config: &'c PoolConfig,
+    tls: Option<Arc<crate::tls::Connector>>,
+    wait: Duration,
+) -> Result<(&'c MigrateConfig, Arc<Shards>, Discovery), String> {
+    let Some(migrate) = &config.migrate else {
+        return Err("the pool has no migrate: block".into());
+    };
+    let old_config = migrate.from_pool(config);
+    let source = Discovery::start(&format!("{name}/from"), &old_config);
+    let mut endpoints = source.endpoints.clone();
+    let _ = tokio::time::timeout(wait, endpoints.wait_for(Option::is_some)).await;
+    let stats = Arc::new(crate::stats::PoolStats::default());
+    let old = Shards::start(&old_config, stats, &source, tls)?;
+    Ok((migrate, old, source))
 }
 
 impl Migration {
@@ -98,16 +124,7 @@ impl Migration {
         new_home: impl Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync + 'static,
         tls: Option<Arc<crate::tls::Connector>>,
     ) -> Result<Arc<Migration>, String> {
-        let Some(migrate) = &config.migrate else {
-            return Err("not a migrating pool".into());
-        };
-        let old_config = migrate.from_pool(config);
-        let source = Discovery::start(&format!("{name}/from"), &old_config);
-        let mut endpoints = source.endpoints.clone();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), endpoints.wait_for(Option::is_some)).await;
-        let stats = Arc::new(crate::stats::PoolStats::default());
-        let old = Shards::start(&old_config, stats, &source, tls)?;
+        let (migrate, old, source) = old_side(name, config, tls, FIRST_ENDPOINTS).await?;
         // MIGRATE logs in to the new node as slotline does.
         let auth: Vec<Bytes> = match (&config.redis_username, &config.redis_auth) {
             (Some(user), Some(password)) => vec![
@@ -128,14 +145,10 @@ impl Migration {
             drained: ArcSwap::from_pointee(HashSet::new()),
             auth,
             progress: Progress::default(),
+            started: Instant::now(),
             rate: migrate.rate,
             batch: migrate.batch,
         });
-        *migration
-            .progress
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         mover::spawn(migration.clone(), Arc::new(new_home));
         Ok(migration)
     }
@@ -240,7 +253,7 @@ impl Migration {
         reply.starts_with(b"+OK") || reply.starts_with(b"+NOKEY")
     }
 
-    /// Counts keys moved because a client touched them.
+    /// Counts a command that moved a key before it ran (see [`Progress::moved_on_touch`]).
     pub fn touched(&self, moved: bool) {
         if moved {
             self.progress.moved_on_touch.fetch_add(1, Ordering::Relaxed);
@@ -270,11 +283,7 @@ impl Migration {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let servers = self.old.table().in_service().count();
         let drained = self.drained.load().len();
-        let elapsed = p
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed().as_secs_f64();
         let moved = read(&p.moved) + read(&p.moved_on_touch);
         let _ = write!(
             out,

@@ -27,20 +27,21 @@ const LOOK: Duration = Duration::from_secs(1);
 /// How long one request to an old server may take.
 const WAIT: Duration = Duration::from_secs(10);
 
-type NewHome = Arc<dyn Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync>;
+/// [`super::NewHome`], owned by the mover's task.
+type HomeOf = Arc<dyn Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync>;
 
-pub(super) fn spawn(migration: Arc<Migration>, new_home: NewHome) {
+pub(super) fn spawn(migration: Arc<Migration>, new_home: HomeOf) {
     let weak = Arc::downgrade(&migration);
     tokio::spawn(run(weak, new_home));
 }
 
-pub(super) fn command(args: &[&[u8]]) -> Bytes {
+fn command(args: &[&[u8]]) -> Bytes {
     let mut frame = BytesMut::new();
     Reply(&mut frame).command(args);
     frame.freeze()
 }
 
-pub(super) async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
+async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
     let reply = match tokio::time::timeout(WAIT, node.request(frame)).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => return Err(e.to_string()),
@@ -53,6 +54,35 @@ pub(super) async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String>
     }
 }
 
+/// One SCAN step on `node` from `cursor`: the next cursor (`0` at the end of a pass) and the keys
+/// found, the marker left out.
+pub(super) async fn scan_step(
+    node: &Node,
+    cursor: &[u8],
+    count: &str,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let scan = command(&[b"SCAN", cursor, b"COUNT", count.as_bytes()]);
+    let mut parts = match ask(node, scan).await {
+        Ok(OwnedFrame::Array(parts)) if parts.len() == 2 => parts,
+        other => return Err(format!("SCAN on {}: {other:?}", node.addr())),
+    };
+    let keys = match parts.pop() {
+        Some(OwnedFrame::Array(keys)) => keys
+            .into_iter()
+            .filter_map(|k| match k {
+                OwnedFrame::BulkString(k) if k != MARKER.as_bytes() => Some(k),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let next = match parts.pop() {
+        Some(OwnedFrame::BulkString(next)) => next,
+        _ => b"0".to_vec(),
+    };
+    Ok((next, keys))
+}
+
 /// What names this migration in the marks: its old placement.
 fn identity(m: &Migration) -> String {
     let table = m.old.table();
@@ -60,7 +90,7 @@ fn identity(m: &Migration) -> String {
     format!("{}:{}", m.pool, servers.join(","))
 }
 
-async fn run(weak: Weak<Migration>, new_home: NewHome) {
+async fn run(weak: Weak<Migration>, new_home: HomeOf) {
     let mut logged_percent = 0;
     let mut total = None;
     // Where the look for stray keys is on each emptied server.
@@ -139,31 +169,19 @@ async fn run(weak: Weak<Migration>, new_home: NewHome) {
 async fn stray(
     m: &Migration,
     node: &Arc<Node>,
-    new_home: &NewHome,
+    new_home: &HomeOf,
     cursors: &mut HashMap<Arc<str>, Vec<u8>>,
 ) {
     let cursor = cursors
         .entry(node.addr().clone())
         .or_insert_with(|| b"0".to_vec());
-    let scan = command(&[b"SCAN", cursor, b"COUNT", b"100"]);
-    let Ok(OwnedFrame::Array(mut parts)) = ask(node, scan).await else {
+    let Ok((next, keys)) = scan_step(node, cursor, "100").await else {
         return;
     };
-    let keys = match parts.pop() {
-        Some(OwnedFrame::Array(keys)) => keys,
-        _ => Vec::new(),
-    };
-    if let Some(OwnedFrame::BulkString(next)) = parts.pop() {
-        *cursor = next;
-    }
-    let found = keys.iter().find_map(|k| match k {
-        OwnedFrame::BulkString(k)
-            if k != MARKER.as_bytes() && new_home(k).is_none_or(|to| to.addr() != node.addr()) =>
-        {
-            Some(k.clone())
-        }
-        _ => None,
-    });
+    *cursor = next;
+    let found = keys
+        .into_iter()
+        .find(|k| new_home(k).is_none_or(|to| to.addr() != node.addr()));
     let Some(key) = found else {
         return;
     };
@@ -182,7 +200,7 @@ async fn stray(
 async fn pass(
     m: &Migration,
     node: &Arc<Node>,
-    new_home: &NewHome,
+    new_home: &HomeOf,
     total: u64,
     logged_percent: &mut u64,
 ) -> bool {
@@ -193,31 +211,13 @@ async fn pass(
         if m.progress.paused.load(Ordering::Relaxed) {
             return false;
         }
-        let scan = command(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()]);
-        let (next, keys) = match ask(node, scan).await {
-            Ok(OwnedFrame::Array(mut parts)) if parts.len() == 2 => {
-                let keys = match parts.pop() {
-                    Some(OwnedFrame::Array(keys)) => keys,
-                    _ => Vec::new(),
-                };
-                let next = match parts.pop() {
-                    Some(OwnedFrame::BulkString(c)) => c,
-                    _ => b"0".to_vec(),
-                };
-                (next, keys)
-            }
-            other => {
-                m.failed(&format!("SCAN on {}: {other:?}", node.addr()));
+        let (next, keys) = match scan_step(node, &cursor, &count).await {
+            Ok(step) => step,
+            Err(e) => {
+                m.failed(&e);
                 return false;
             }
         };
-        let keys: Vec<Vec<u8>> = keys
-            .into_iter()
-            .filter_map(|k| match k {
-                OwnedFrame::BulkString(k) if k != MARKER.as_bytes() => Some(k),
-                _ => None,
-            })
-            .collect();
         m.progress
             .scanned
             .fetch_add(keys.len() as u64, Ordering::Relaxed);

@@ -97,15 +97,8 @@ impl Pools {
                 .get(name)
                 .is_some_and(|r| r.config.listen == pool_config.listen);
             if !reusable {
-                let listener = Listener::bind(&pool_config.listen, pool_config.backlog)
-                    .await
-                    .map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("pool {name}: cannot listen on {}: {e}", pool_config.listen),
-                        )
-                    })?;
-                fresh.insert(name.clone(), Arc::new(listener));
+                let listener = listener_at(name, &pool_config.listen, pool_config, None).await?;
+                fresh.insert(name.clone(), listener);
             }
         }
         let removed: Vec<String> = self
@@ -153,20 +146,9 @@ impl Pools {
                 Some(listen) => {
                     let same = old
                         .and_then(|r| r.secure.as_ref())
-                        .filter(|s| s.listen == listen);
-                    let listener = match same {
-                        Some(s) => s.listener.clone(),
-                        None => {
-                            Arc::new(Listener::bind(&listen, pool_config.backlog).await.map_err(
-                                |e| {
-                                    io::Error::new(
-                                        e.kind(),
-                                        format!("pool {name}: cannot listen on {listen}: {e}"),
-                                    )
-                                },
-                            )?)
-                        }
-                    };
+                        .filter(|s| s.listen == listen)
+                        .map(|s| &s.listener);
+                    let listener = listener_at(name, &listen, pool_config, same).await?;
                     let accept = tokio::spawn(accept_loop(
                         listener.clone(),
                         pool.clone(),
@@ -184,21 +166,10 @@ impl Pools {
             let replicas = match &pool_config.replica_listen {
                 Some(listen) => {
                     let same = old
-                        .and_then(|r| r.replicas.as_ref().map(|rep| (r, rep)))
-                        .filter(|(r, _)| r.config.replica_listen.as_ref() == Some(listen));
-                    let listener = match same {
-                        Some((_, rep)) => rep.listener.clone(),
-                        None => {
-                            Arc::new(Listener::bind(listen, pool_config.backlog).await.map_err(
-                                |e| {
-                                    io::Error::new(
-                                        e.kind(),
-                                        format!("pool {name}: cannot listen on {listen}: {e}"),
-                                    )
-                                },
-                            )?)
-                        }
-                    };
+                        .filter(|r| r.config.replica_listen.as_ref() == Some(listen))
+                        .and_then(|r| r.replicas.as_ref())
+                        .map(|rep| &rep.listener);
+                    let listener = listener_at(name, listen, pool_config, same).await?;
                     let replica_pool = replica_pool(&pool, listen, &listener, metrics);
                     let accept = tokio::spawn(accept_loop(
                         listener.clone(),
@@ -246,6 +217,26 @@ impl Pools {
         for running in std::mem::take(&mut self.running).into_values() {
             running.stop_accepting();
         }
+    }
+}
+
+/// The listener pool `name` listens on `listen` with: the one it had there (`kept`), or a new one
+/// bound with the pool's backlog; the error names the pool and the address.
+async fn listener_at(
+    name: &str,
+    listen: &str,
+    config: &PoolConfig,
+    kept: Option<&Arc<Listener>>,
+) -> io::Result<Arc<Listener>> {
+    if let Some(listener) = kept {
+        return Ok(listener.clone());
+    }
+    match Listener::bind(listen, config.backlog).await {
+        Ok(listener) => Ok(Arc::new(listener)),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("pool {name}: cannot listen on {listen}: {e}"),
+        )),
     }
 }
 
