@@ -44,27 +44,7 @@ for bin in redis-server redis-cli redis-benchmark nutcracker; do
 done
 cargo build --release --quiet
 
-work=$(mktemp -d /tmp/slotline-compare.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_redis() { # port [cluster]
-    local port=$1 dir="$work/redis-$1"
-    mkdir -p "$dir"
-    local args=(--port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --logfile "$dir/log")
-    [ "${2:-}" = cluster ] && args+=(--cluster-enabled yes --cluster-config-file "$dir/nodes.conf")
-    redis-server "${args[@]}" &
-    pids+=($!)
-}
-wait_port() {
-    for _ in $(seq 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "compare.sh: nothing answers on port $1" >&2; cat "$work/redis-$1/log" >&2 2>/dev/null; exit 1
-}
+. benches/rig.sh compare
 
 cluster_ports=()
 for i in 0 1 2 3 4 5; do cluster_ports+=($((BASE + i))); start_redis $((BASE + i)) cluster; done
@@ -102,13 +82,7 @@ if [ "$TLS" = 1 ]; then
     servers: [\"127.0.0.1:$tls_plain_port:1\"]"
 fi
 for p in "${cluster_ports[@]}" "${shard_ports[@]}"; do wait_port "$p"; done
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
-for _ in $(seq 100); do
-    ok=1
-    for p in "${cluster_ports[@]}"; do redis-cli -p "$p" cluster info | grep -q cluster_state:ok || ok=0; done
-    [ $ok = 1 ] && break
-    sleep 0.2
-done
+create_cluster 1 "${cluster_ports[@]}"
 
 slotline_port=$((BASE + 20))
 nutcracker_port=$((BASE + 21))

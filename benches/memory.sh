@@ -32,42 +32,16 @@ if [ "$(ulimit -n)" -lt $((N + 100)) ]; then
 fi
 cargo build --release --quiet
 
-work=$(mktemp -d /tmp/slotline-memory.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_redis() { # port [cluster]
-    local port=$1 dir="$work/redis-$1"
-    mkdir -p "$dir"
-    local args=(--port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --logfile "$dir/log")
-    [ "${2:-}" = cluster ] && args+=(--cluster-enabled yes --cluster-config-file "$dir/nodes.conf")
-    redis-server "${args[@]}" &
-    pids+=($!)
-}
+. benches/rig.sh memory
 # redis-cli's (and redis-benchmark's) TLS arguments while the TLS row is measured.
 tls_args=()
-wait_port() {
-    for _ in $(seq 100); do redis-cli "${tls_args[@]}" -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "memory.sh: nothing answers on port $1" >&2; exit 1
-}
 
 cluster_ports=($BASE $((BASE + 1)) $((BASE + 2)))
 shard_ports=($((BASE + 10)) $((BASE + 11)) $((BASE + 12)))
 for p in "${cluster_ports[@]}"; do start_redis "$p" cluster; done
 for p in "${shard_ports[@]}"; do start_redis "$p"; done
 for p in "${cluster_ports[@]}" "${shard_ports[@]}"; do wait_port "$p"; done
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") --cluster-yes >/dev/null
-for _ in $(seq 100); do
-    ok=1
-    for p in "${cluster_ports[@]}"; do redis-cli -p "$p" cluster info | grep -q cluster_state:ok || ok=0; done
-    [ $ok = 1 ] && break
-    sleep 0.2
-done
+create_cluster 0 "${cluster_ports[@]}"
 
 servers=$(for i in 0 1 2; do printf '      - 127.0.0.1:%s:1 s%s\n' "${shard_ports[$i]}" "$i"; done)
 cat >"$work/nutcracker.yml" <<YAML
