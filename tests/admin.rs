@@ -76,7 +76,21 @@ fn probes_and_metrics_with_a_live_cluster() {
         metric(text, &format!("{name}{{pool=\"main\"}}"))
             .unwrap_or_else(|| panic!("no {name}{{pool=\"main\"}} in:\n{text}"))
     };
-    let accepted = series(&metrics.body, "slotline_client_connections_total");
+    // The harness made one connection to see the port open; the accept loop may count it only
+    // now (under load, after /readyz already answers). The baseline waits for it, so the client
+    // below is the only one the counters may add.
+    let accepted = wait_ok(
+        Duration::from_secs(10),
+        "the readiness probe counted",
+        || {
+            let now = http_get(admin, "/metrics").body;
+            let total = series(&now, "slotline_client_connections_total");
+            let open = series(&now, "slotline_client_connections");
+            (total >= 1.0 && open == 0.0)
+                .then_some(total)
+                .ok_or(format!("accepted {total}, open {open}"))
+        },
+    );
     let refreshes = metric(
         &metrics.body,
         "slotline_topology_refreshes_total{pool=\"main\",result=\"ok\"}",
