@@ -1,6 +1,6 @@
 //! Finding a command's keys from its key specs, the way Redis's `getKeysUsingKeySpecs` does.
 
-use super::spec::{Begin, Find, Spec};
+use super::spec::{key_access, Begin, Find, Spec};
 
 /// Calls `found` with the argument index of every key of the command, in order.
 ///
@@ -11,6 +11,16 @@ pub fn for_each_key<'a>(
     argc: usize,
     arg: impl Fn(usize) -> &'a [u8],
     mut found: impl FnMut(usize),
+) {
+    for_each_key_access(spec, argc, arg, |i, _| found(i))
+}
+
+/// [`for_each_key`], with how the command uses each key ([`key_access`] bits), for ACL checks.
+pub fn for_each_key_access<'a>(
+    spec: &Spec,
+    argc: usize,
+    arg: impl Fn(usize) -> &'a [u8],
+    mut found: impl FnMut(usize, u8),
 ) {
     let argc_i = argc as i64;
     let mut searched_by_hand = false;
@@ -47,7 +57,7 @@ pub fn for_each_key<'a>(
                 // Several specs may be unknown (SORT has two); the hand-written search finds them all.
                 if !searched_by_hand {
                     searched_by_hand = true;
-                    unknown_keys(spec, argc, &arg, &mut found);
+                    unknown_keys(spec, argc, &arg, &mut |i| found(i, key_access::WRITE));
                 }
                 continue;
             }
@@ -91,7 +101,7 @@ pub fn for_each_key<'a>(
         };
         let mut i = first;
         while i <= last && i < argc_i {
-            found(i as usize);
+            found(i as usize, ks.access);
             i += step;
         }
     }
@@ -108,7 +118,7 @@ fn unknown_keys<'a>(
         return;
     }
     // SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC|DESC] [ALPHA] [STORE dest]:
-    // only STORE names a key; patterns are not keys slotline can route.
+    // only STORE names a key (written); patterns are not keys slotline can route.
     let mut i = 2;
     while i < argc {
         let a = arg(i);

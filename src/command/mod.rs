@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use deny::Denied;
-pub use keys::for_each_key;
+pub use keys::{for_each_key, for_each_key_access};
 pub use policy::{Admin, Merge, PoolOption, Route, Split};
-pub use spec::{flags, Begin, Facts, Family, Find, KeySpec, Spec};
+pub use spec::{flags, key_access, Begin, Facts, Family, Find, KeySpec, Spec};
 
 /// Version of the Redis server the command table was generated from.
 pub const TABLE_REDIS_VERSION: &str = table::REDIS_VERSION;

@@ -128,6 +128,12 @@ pub enum PoolOption {
     AllowFlush,
 }
 
+/// ACL's subcommands: a pool with users of its own (`aclfile`, `users`) answers them from those
+/// users (`crate::acl::command`); otherwise they are the nodes' (see [`admin`]).
+pub fn answered_from_users(spec: &Spec) -> bool {
+    spec.name.starts_with("acl|")
+}
+
 /// Administrative commands slotline sends with `allow_admin`. Never, even then: SHUTDOWN, DEBUG,
 /// CLUSTER's writes, REPLICAOF, MIGRATE, MODULE, SAVE, BGSAVE, FAILOVER ... which change what the
 /// cluster is rather than how each node behaves.
@@ -325,7 +331,7 @@ pub(super) fn route(facts: &Facts) -> Route {
 
 /// Whether a client may send it before it has authenticated.
 pub fn before_auth(spec: &Spec) -> bool {
-    matches!(spec.name, "auth" | "hello" | "quit")
+    spec.has(flags::NO_AUTH)
 }
 
 /// Whether it must wait until everything the client sent before it is answered: EXEC, WATCH and

@@ -18,9 +18,11 @@ pub mod flags {
     pub const MOVABLEKEYS: u16 = 1 << 10;
     pub const NO_MANDATORY_KEYS: u16 = 1 << 11;
     pub const NO_MULTI: u16 = 1 << 12;
+    /// Runs before the client logs in, and whatever its user's ACL rules (AUTH, HELLO, RESET, QUIT).
+    pub const NO_AUTH: u16 = 1 << 13;
 
     /// Flag names in the order `COMMAND INFO` lists them.
-    pub const NAMES: [(u16, &str); 13] = [
+    pub const NAMES: [(u16, &str); 14] = [
         (WRITE, "write"),
         (READONLY, "readonly"),
         (DENYOOM, "denyoom"),
@@ -34,7 +36,16 @@ pub mod flags {
         (MOVABLEKEYS, "movablekeys"),
         (NO_MANDATORY_KEYS, "no_mandatory_keys"),
         (NO_MULTI, "no_multi"),
+        (NO_AUTH, "no_auth"),
     ];
+}
+
+/// What ACL checks a key against (Redis's key-spec flags `access`, and `insert`/`delete`/`update`).
+pub mod key_access {
+    /// The command reads the key's value.
+    pub const READ: u8 = 1 << 0;
+    /// The command changes the key.
+    pub const WRITE: u8 = 1 << 1;
 }
 
 /// The kind of data a command works on: its Redis ACL category, folded into a small fixed set so that
@@ -100,6 +111,8 @@ impl Family {
 pub struct KeySpec {
     pub begin: Begin,
     pub find: Find,
+    /// [`key_access`] bits: how the command uses the keys this spec finds.
+    pub access: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +153,8 @@ pub struct Facts {
     pub arity: i16,
     pub flags: u16,
     pub family: Family,
+    /// Its ACL categories, a bit each in the order of `crate::acl::CATEGORIES`.
+    pub acl: u32,
     pub keys: &'static [KeySpec],
     /// It has subcommands.
     pub container: bool,
@@ -155,6 +170,8 @@ pub struct Spec {
     pub arity: i16,
     pub flags: u16,
     pub family: Family,
+    /// Its ACL categories (see [`Facts::acl`]).
+    pub acl: u32,
     pub route: Route,
     pub keys: &'static [KeySpec],
     /// Its place in [`super::all`]: a compact reference to it (CLIENT LIST's last command, INFO
@@ -171,6 +188,7 @@ impl Spec {
             arity: facts.arity,
             flags: facts.flags,
             family: facts.family,
+            acl: facts.acl,
             route: super::policy::route(facts),
             keys: facts.keys,
         }
