@@ -18,6 +18,11 @@
 #            same server. Ratios: TLS through slotline / plaintext through slotline, and / direct TLS.
 #            TLS=0 leaves the section out.
 #
+#   acl:     GET and SET at each -P through slotline's sharded pool twice, on the same three shards:
+#            without users, and with an ACL file of 100 users (the benchmark's user has ten key
+#            patterns, its keys matching the last). Ratio: CPU per request with users / without.
+#            ACL=0 leaves the section out.
+#
 #   benches/compare.sh            # -c 50, -n 300000
 #   N=1000000 CLIENTS=50 benches/compare.sh
 #   REPEAT=5 benches/compare.sh   # runs per cell (median shown; default 3)
@@ -87,6 +92,24 @@ create_cluster 1 "${cluster_ports[@]}"
 slotline_port=$((BASE + 20))
 nutcracker_port=$((BASE + 21))
 slotline_shards_port=$((BASE + 23))
+# The ACL section: the shards again, behind 100 users.
+ACL=${ACL:-1}
+acl_port=$((BASE + 24))
+acl_yaml=""
+if [ "$ACL" = 1 ]; then
+    {
+        echo "user default on nopass ~* &* +@all"
+        for i in $(seq 1 98); do echo "user app$i on >pw$i ~app$i:* %R~shared$i:* &app$i:* +@all -@dangerous"; done
+        echo "user bench on >benchpw $(for i in $(seq 1 9); do printf '~app%s:* ' "$i"; done)~key:* resetchannels +@all -@dangerous"
+    } >"$work/users.acl"
+    acl_yaml="  shards_acl:
+    listen: 127.0.0.1:$acl_port
+    mode: ketama
+    hash: murmur
+    aclfile: $work/users.acl
+    servers:
+$(for p in "${shard_ports[@]}"; do echo "      - 127.0.0.1:$p:1"; done)"
+fi
 cat >"$work/slotline.yml" <<YAML
 workers: $WORKERS
 pools:
@@ -101,6 +124,7 @@ pools:
     servers:
 $(for p in "${shard_ports[@]}"; do echo "      - 127.0.0.1:$p:1"; done)
 $tls_yaml
+$acl_yaml
 YAML
 cat >"$work/nutcracker.yml" <<YAML
 alpha:
@@ -118,6 +142,7 @@ nutcracker_pid=$!; pids+=($nutcracker_pid)
 wait_port "$slotline_port"
 wait_port "$slotline_shards_port"
 wait_port "$nutcracker_port"
+[ "$ACL" = 1 ] && wait_port "$acl_port"
 
 # CPU of a process in clock ticks: "user system".
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
@@ -195,6 +220,12 @@ for r in $(seq "$REPEAT"); do
                 measure tls "$w" "$P" plaintext $slotline_pid "$tls_slotline_clear_port"
             done
         fi
+        if [ "$ACL" = 1 ]; then
+            for w in get set; do
+                measure acl "$w" "$P" plain $slotline_pid "$slotline_shards_port"
+                measure acl "$w" "$P" users $slotline_pid "$acl_port" "--user bench -a benchpw"
+            done
+        fi
     done
 done
 
@@ -263,6 +294,22 @@ if [ "$TLS" = 1 ]; then
                 k = order[c]; split(k, p, " "); d = ops[k, "direct"]; t = ops[k, "slotline"]; q = ops[k, "plaintext"]
                 printf "%-8s %-10s %-3s %12.0f %12.0f %9.3f %12.0f %9.3f %11s %9s\n", "", p[1], p[2], d, t, cpu[k, "slotline"],
                     q, cpu[k, "plaintext"], (q > 0 ? sprintf("%.2f", t / q) : "-"), (d > 0 ? sprintf("%.2f", t / d) : "-")
+            }
+        }' "$work/medians"
+fi
+
+if [ "$ACL" = 1 ]; then
+    echo
+    echo "Users (the same shards through slotline; an ACL file of 100 users, the benchmark logged in as one):"
+    printf '%-8s %-10s %-3s %12s %9s %12s %9s %11s\n' "" workload P "no users" "cpu/100k" "100 users" "cpu/100k" "cpu ratio"
+    awk -v hz="$tick_hz" -v N="$N" '
+        $1 == "acl" { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
+                      ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; split(k, p, " "); a = cpu[k, "plain"]; u = cpu[k, "users"]
+                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %11s\n", "", p[1], p[2], ops[k, "plain"], a,
+                    ops[k, "users"], u, (a > 0 ? sprintf("%.3f", u / a) : "-")
             }
         }' "$work/medians"
 fi

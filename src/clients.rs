@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::acl::Active;
 use crate::command::{self, Spec};
 
 /// Every connected client, by id (the order `CLIENT LIST` shows them in, as Redis does).
@@ -114,8 +115,15 @@ pub struct Record {
     unblock: AtomicU8,
     /// Its pool's `client_idle_timeout` (0: never; at most a day, so it fits).
     idle_timeout_ms: u32,
-    /// Who the client's TLS certificate says it is (`tls_user_from_cert`); `default` otherwise.
-    user: Option<Box<str>>,
+    /// The user it is logged in as (see [`crate::acl`]): counted in that user's clients while it
+    /// is. None before it logs in, shown as `default` as Redis shows it.
+    user: Mutex<Option<Arc<Active>>>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.set_user(None);
+    }
 }
 
 /// A client library's name and version, as CLIENT SETINFO gives them.
@@ -158,7 +166,7 @@ impl Record {
             pushes: Mutex::new(None),
             has_pushes: AtomicBool::new(false),
             unblock: AtomicU8::new(0),
-            user: None,
+            user: Mutex::new(None),
             idle_timeout_ms: 0,
         }
     }
@@ -169,10 +177,34 @@ impl Record {
         self
     }
 
-    /// Logged in as `user` by its TLS certificate.
-    pub fn user(mut self, user: Option<String>) -> Record {
-        self.user = user.map(String::into_boxed_str);
-        self
+    /// The client is now `user` (None: logged out).
+    pub fn set_user(&self, user: Option<Arc<Active>>) {
+        if let Some(new) = &user {
+            new.stats.clients.fetch_add(1, Ordering::Relaxed);
+        }
+        let old = std::mem::replace(
+            &mut *self.user.lock().unwrap_or_else(PoisonError::into_inner),
+            user,
+        );
+        if let Some(old) = old {
+            old.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The user it is logged in as.
+    pub fn user(&self) -> Option<Arc<Active>> {
+        self.user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Its user's name, `default` before it logs in (as CLIENT LIST shows it).
+    pub fn user_name(&self) -> String {
+        match &*self.user.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(user) => user.rules.name.to_string(),
+            None => "default".into(),
+        }
     }
 
     /// The client ran `spec` just now.
@@ -181,11 +213,6 @@ impl Record {
         self.active_ms.store(now, Ordering::Relaxed);
         let index = command::index_of(spec).unwrap_or(NO_COMMAND);
         self.last_command.store(index, Ordering::Relaxed);
-    }
-
-    /// The user its certificate named, if any.
-    pub fn cert_user(&self) -> Option<&str> {
-        self.user.as_deref()
     }
 
     /// The RESP version it speaks.
@@ -333,7 +360,7 @@ impl Record {
             text(self.name()),
             since.as_secs(),
             idle_ms / 1000,
-            self.cert_user().unwrap_or("default"),
+            self.user_name(),
             self.resp.load(Ordering::Relaxed),
             text(lib_name),
             text(lib_ver),
@@ -419,7 +446,7 @@ impl Filter {
             && (self.ids.is_empty() || self.ids.contains(&record.id))
             && self.addr.as_ref().is_none_or(|a| *a == record.addr)
             && self.laddr.as_ref().is_none_or(|a| *a == record.laddr)
-            && self.user.as_ref().is_none_or(|u| u == "default")
+            && self.user.as_ref().is_none_or(|u| *u == record.user_name())
             && self.max_age.is_none_or(|age| record.age(now) >= age)
             && self.kind.is_none_or(|kind| match kind {
                 Kind::Normal => !record.is_subscriber(),

@@ -58,6 +58,10 @@
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //! - [`tls`]: TLS with rustls for a pool's clients and backends, its certificate files followed as
 //!   they rotate.
+//! - [`acl`]: a pool's users in Redis's ACL language (rules parser, the user set swapped whole as the
+//!   ACL file changes, the check of one request against one user, ACL LOG, failed-login delays) and
+//!   the ACL command answered from them; the session asks it one question per command.
+//! - [`follow`]: following files settings are read from (certificates, the ACL file) as they change.
 //! - [`tracking`]: CLIENT TRACKING through slotline: which clients read which keys (or watch which
 //!   prefixes), the feeds that follow every master's changes, and the invalidations sent to them.
 //!
@@ -67,6 +71,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod backend;
 pub mod clients;
@@ -75,6 +80,7 @@ pub mod cmdstats;
 pub mod command;
 pub mod config;
 pub mod discovery;
+pub mod follow;
 pub mod metrics;
 pub mod migrate;
 pub mod monitor;

@@ -327,6 +327,49 @@ fn clients_without_a_trusted_certificate_are_refused_and_a_certificate_names_the
 
 /// Makes `dir/tls.crt` and `dir/tls.key` what a mounted Kubernetes Secret is: symlinks through
 /// `..data`, which an update points at a new directory in one rename.
+/// With users of the pool's own, the user a certificate names is logged in with that user's ACL
+/// rules; a certificate naming no user that is on logs nobody in.
+#[test]
+fn a_certificate_user_gets_its_acl_rules() {
+    let certs = Certs::make();
+    let dir = support::TempDir::new("tls-acl");
+    let users = dir.write(
+        "users.acl",
+        "user default off\nuser app1 on >pw1 ~app1:* +@all -@dangerous\n",
+    );
+    let shards = RedisServers::start(1);
+    let (port, tls_port) = (free_port(), free_port());
+    let mutual = format!(
+        "      client_ca_file: {}\n      tls_user_from_cert: true\n",
+        path(&certs.ca)
+    );
+    let yaml = format!(
+        "pools:\n  shards:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    aclfile: {}\n    \
+         servers:\n      - 127.0.0.1:{}:1 s0\n{}",
+        path(&users),
+        shards.port(0),
+        client_tls(&certs, tls_port, &mutual)
+    );
+    let _proxy = Slotline::start(&yaml);
+    let as_app1 = |args: &[&str]| cli_out(&certs, Some(&certs.client), tls_port, args);
+    assert_eq!(as_app1(&["ACL", "WHOAMI"]), "app1");
+    assert_eq!(as_app1(&["SET", "app1:k", "v"]), "OK");
+    assert!(
+        as_app1(&["GET", "app2:k"]).contains("NOPERM"),
+        "app1's rules apply"
+    );
+    assert!(as_app1(&["FLUSHALL"]).contains("NOPERM"));
+    // app1 leaves the file: its certificate no longer logs anyone in.
+    std::fs::write(
+        &users,
+        "user default off\nuser app2 on >pw2 ~app2:* +@all\n",
+    )
+    .expect("write");
+    wait_for(Duration::from_secs(10), "app1 gone", || {
+        as_app1(&["GET", "app1:k"]).contains("NOAUTH")
+    });
+}
+
 fn mount_secret(dir: &Path, version: &str, pair: &Pair) {
     let versioned = dir.join(version);
     std::fs::create_dir_all(&versioned).expect("create a version dir");
@@ -413,7 +456,7 @@ fn certificates_rotate_without_dropping_anyone_and_a_bad_file_keeps_the_old_one(
         || {
             proxy
                 .log()
-                .contains("cannot be used; the previous ones stay")
+                .contains("cannot be used; the previous settings stay")
         },
     );
 }

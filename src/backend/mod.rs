@@ -120,11 +120,7 @@ impl Settings {
                 config.server_connections,
                 Duration::from_millis(config.connect_timeout),
             )
-            .with_login(
-                config.redis_username.as_deref(),
-                config.redis_auth.as_deref(),
-                db,
-            )
+            .with_login(config.backend_login().0, config.backend_login().1, db)
         }
     }
 

@@ -193,6 +193,23 @@ pub struct PoolConfig {
     /// the `default` user.
     #[serde(default)]
     pub redis_username: Option<String>,
+    /// Users in Redis's ACL file format (`user app1 on >secret ~app1:* +@all -@dangerous`), which
+    /// slotline enforces for its clients (see `crate::acl`); the file is followed as it changes and
+    /// re-read on SIGHUP. Not with `users`.
+    #[serde(default)]
+    pub aclfile: Option<PathBuf>,
+    /// The same lines as `aclfile`, in the config.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// The ACL user slotline logs in to its backends as; `redis_username` when not given.
+    #[serde(default)]
+    pub backend_username: Option<String>,
+    /// The password slotline logs in to its backends with; `redis_auth` when not given.
+    #[serde(default)]
+    pub backend_password: Option<String>,
+    /// A file holding `backend_password`, read as `redis_auth_file` is.
+    #[serde(default)]
+    pub backend_password_file: Option<PathBuf>,
     /// Sharded modes: the database backends are switched to; clients still see database 0.
     #[serde(default)]
     pub redis_db: u32,
@@ -489,29 +506,68 @@ impl Config {
 }
 
 impl Config {
-    /// Takes every pool's `redis_auth_file` into its `redis_auth`.
+    /// Takes every pool's `redis_auth_file` into its `redis_auth`, and `backend_password_file` into
+    /// `backend_password`.
     fn read_secrets(&mut self) -> Result<(), ConfigError> {
         for (name, pool) in &mut self.pools {
-            let Some(path) = &pool.redis_auth_file else {
-                continue;
-            };
-            let fail = |message: String| ConfigError {
-                file: None,
-                message: format!("pools.{name}.redis_auth_file: {message}"),
-            };
-            if pool.redis_auth.is_some() {
-                return Err(fail("give redis_auth or redis_auth_file, not both".into()));
+            for (field, file, secret) in [
+                ("redis_auth", &pool.redis_auth_file, &mut pool.redis_auth),
+                (
+                    "backend_password",
+                    &pool.backend_password_file,
+                    &mut pool.backend_password,
+                ),
+            ] {
+                let Some(path) = file else {
+                    continue;
+                };
+                let fail = |message: String| ConfigError {
+                    file: None,
+                    message: format!("pools.{name}.{field}_file: {message}"),
+                };
+                if secret.is_some() {
+                    return Err(fail(format!("give {field} or {field}_file, not both")));
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                let value = text.strip_suffix('\n').unwrap_or(&text);
+                let value = value.strip_suffix('\r').unwrap_or(value);
+                if value.is_empty() {
+                    return Err(fail(format!("{} is empty", path.display())));
+                }
+                *secret = Some(value.to_string());
             }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-            let secret = text.strip_suffix('\n').unwrap_or(&text);
-            let secret = secret.strip_suffix('\r').unwrap_or(secret);
-            if secret.is_empty() {
-                return Err(fail(format!("{} is empty", path.display())));
-            }
-            pool.redis_auth = Some(secret.to_string());
         }
         Ok(())
+    }
+}
+
+impl PoolConfig {
+    /// The user and password slotline logs in to its backends with.
+    pub fn backend_login(&self) -> (Option<&str>, Option<&str>) {
+        (
+            self.backend_username
+                .as_deref()
+                .or(self.redis_username.as_deref()),
+            self.backend_password
+                .as_deref()
+                .or(self.redis_auth.as_deref()),
+        )
+    }
+
+    /// Where the pool's client users come from.
+    pub fn acl_source(&self) -> crate::acl::Source {
+        match (&self.aclfile, self.users.is_empty()) {
+            (Some(path), _) => crate::acl::Source::File(path.clone()),
+            (None, false) => crate::acl::Source::Lines(self.users.clone()),
+            (None, true) => crate::acl::Source::Single {
+                name: self
+                    .redis_username
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                password: self.redis_auth.clone(),
+            },
+        }
     }
 }
 
@@ -552,6 +608,11 @@ impl PoolConfig {
             redis_auth: None,
             redis_auth_file: None,
             redis_username: None,
+            aclfile: None,
+            users: Vec::new(),
+            backend_username: None,
+            backend_password: None,
+            backend_password_file: None,
             redis_db: 0,
             auto_eject_hosts: false,
             server_retry_timeout: defaults::server_retry_timeout(),

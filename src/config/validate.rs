@@ -218,6 +218,23 @@ impl Config {
                 ("redis_auth", pool.redis_auth.as_deref()),
             )
             .map_err(|(field, what)| err(name, &field, what))?;
+            let (backend_user, backend_password) = pool.backend_login();
+            check_login(
+                ("backend_username", backend_user),
+                ("backend_password", backend_password),
+            )
+            .map_err(|(field, what)| err(name, &field, what))?;
+            if pool.aclfile.is_some() && !pool.users.is_empty() {
+                return Err(err(name, "users", "give aclfile or users, not both".into()));
+            }
+            // The users are read now, so that a bad line stops the (re)load that brings it.
+            let field = if pool.aclfile.is_some() {
+                "aclfile"
+            } else {
+                "users"
+            };
+            crate::acl::Acl::load(pool.acl_source(), pool.redis_auth.clone())
+                .map_err(|e| err(name, field, e.to_string()))?;
             if pool.auto_eject_hosts && pool.server_failure_limit == 0 {
                 return Err(err(
                     name,

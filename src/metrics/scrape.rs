@@ -155,6 +155,30 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::GAUGE,
         &["pool"],
     ),
+    (
+        "slotline_auth_failures_total",
+        "Failed logins (AUTH, HELLO AUTH) from the pool's clients; each delays its client's next replies.",
+        MetricType::COUNTER,
+        &["pool"],
+    ),
+    (
+        "slotline_user_clients",
+        "Clients logged in as the user now (pools with users of their own: aclfile, users).",
+        MetricType::GAUGE,
+        &["pool", "user"],
+    ),
+    (
+        "slotline_user_commands_total",
+        "Commands the user's clients sent.",
+        MetricType::COUNTER,
+        &["pool", "user"],
+    ),
+    (
+        "slotline_user_denials_total",
+        "Commands refused to the user by its ACL rules (command, key or channel).",
+        MetricType::COUNTER,
+        &["pool", "user"],
+    ),
 ];
 
 /// Indexes into [`FAMILIES`], so that the code below reads by name.
@@ -183,6 +207,10 @@ mod family {
     pub const MIGRATION_ERRORS: usize = 21;
     pub const MIGRATION_STRAY: usize = 22;
     pub const MIGRATION_DONE: usize = 23;
+    pub const AUTH_FAILURES: usize = 24;
+    pub const USER_CLIENTS: usize = 25;
+    pub const USER_COMMANDS: usize = 26;
+    pub const USER_DENIALS: usize = 27;
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -262,6 +290,19 @@ impl Collector for PoolsCollector {
             f[CLIENTS].add(&[("pool", name)], stats.clients);
             f[ACCEPTED].add(&[("pool", name)], stats.accepted);
             f[REJECTED].add(&[("pool", name)], stats.rejected);
+            // A replica listener's pool shares its primary pool's users: counted there once.
+            if !pool.read_only {
+                f[AUTH_FAILURES].add(&[("pool", name)], pool.acl.failures.total());
+            }
+            if pool.acl.configured() && !pool.read_only {
+                for (user, counts) in pool.acl.stats() {
+                    let at = [("pool", name), ("user", &*user)];
+                    let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                    f[USER_CLIENTS].add(&at, read(&counts.clients));
+                    f[USER_COMMANDS].add(&at, read(&counts.commands));
+                    f[USER_DENIALS].add(&at, read(&counts.denials));
+                }
+            }
             if let Some(migration) = &pool.migration {
                 let p = &migration.progress;
                 let read = |c: &AtomicU64| c.load(Ordering::Relaxed);

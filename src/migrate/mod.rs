@@ -126,7 +126,7 @@ impl Migration {
     ) -> Result<Arc<Migration>, String> {
         let (migrate, old, source) = old_side(name, config, tls, FIRST_ENDPOINTS).await?;
         // MIGRATE logs in to the new node as slotline does.
-        let auth: Vec<Bytes> = match (&config.redis_username, &config.redis_auth) {
+        let auth: Vec<Bytes> = match config.backend_login() {
             (Some(user), Some(password)) => vec![
                 Bytes::from_static(b"AUTH2"),
                 Bytes::copy_from_slice(user.as_bytes()),

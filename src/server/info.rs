@@ -216,6 +216,9 @@ pub(crate) fn render(
     if let Some(migration) = pool.migration.as_ref().filter(|_| show("migration")) {
         migration.info(&mut out);
     }
+    if show("users") {
+        pool.acl.info(&mut out);
+    }
     if show("slotline") {
         let _ = write!(
             out,

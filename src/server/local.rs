@@ -64,10 +64,12 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
             ctx.tracking = None;
             ctx.set_protocol(2);
             ctx.client.record.set_name(None);
-            ctx.authenticated = ctx.pool.config.redis_auth.is_none();
+            let initial = ctx.pool.acl.initial();
+            ctx.set_user(initial);
             ctx.reply(|r| r.status("RESET"));
         }
         "auth" => auth(ctx, req),
+        "acl" => acl(ctx, req),
         "hello" => hello(ctx, req),
         "client" => client(ctx, req),
         "slowlog" => slowlog(ctx, req),
@@ -87,54 +89,90 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
     Outcome::Answered
 }
 
-/// With `redis_auth`, the password is checked here, as Redis checks `requirepass`, for the `default`
-/// user or the pool's `redis_username` (the one-argument form logs in as that user). Without it, like
-/// Redis's default user without a password: any password is accepted for `default`, while the
-/// one-argument form is an error.
+/// AUTH, against the pool's users (see [`crate::acl`]); the one-argument form logs in as the default
+/// user (the pool's one user, without users of its own), as Redis's does.
 fn auth(ctx: &mut Ctx, req: Request<'_>) {
     let (user, password) = match req.argc() {
         2 => (None, req.arg(1)),
         3 => (Some(req.arg(1)), req.arg(2)),
         _ => return ctx.error("ERR syntax error"),
     };
+    if user.is_none() {
+        let acl = &ctx.pool.acl;
+        if acl
+            .users()
+            .get(acl.default_name())
+            .is_some_and(|u| u.rules_nopass())
+        {
+            return ctx.error(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+        }
+    }
     if login(ctx, user, password) {
         return ctx.reply(|r| r.ok());
     }
-    match (&ctx.pool.config.redis_auth, user) {
-        (None, None) => ctx.error(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        ),
-        _ => ctx.error(WRONGPASS),
-    }
+    ctx.error(WRONGPASS)
 }
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-/// Whether `user` (the default user when absent) may log in with `password`; marks the client
-/// authenticated when so.
+/// Logs the client in as `user` (the default user when absent) if `password` is its. A failure is
+/// counted, logged now and then, put in ACL LOG, and delays the client's reply (see
+/// [`crate::acl::Failures`]).
 fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
-    let config = &ctx.pool.config;
-    let pool_user = config.redis_username.as_deref().unwrap_or("default");
-    let known_user = user.is_none_or(|u| u == pool_user.as_bytes());
-    let ok = match &config.redis_auth {
-        Some(expected) => known_user && same_secret(password, expected.as_bytes()),
-        None => known_user && user.is_some(),
-    };
-    if ok {
-        ctx.authenticated = true;
+    let acl = ctx.pool.acl.clone();
+    if let Some(active) = acl.login(user, password) {
+        acl.failures.succeeded(&ctx.client.addr);
+        ctx.set_user(Some(active));
+        return true;
     }
-    ok
+    let now = Instant::now();
+    let wait = acl.failures.failed(&ctx.client.addr, now);
+    ctx.penalty_ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let username = match user {
+        Some(name) => String::from_utf8_lossy(name).into_owned(),
+        None => acl.default_name().to_string(),
+    };
+    if AUTH_LOG.ready() {
+        // Never the password; the user name helps tell a misconfigured client from a guesser.
+        tracing::warn!(pool = %ctx.pool.name, client = %ctx.client.addr, user = %printable(username.as_bytes()),
+            failures = acl.failures.total(), "failed login (logged at most every 10 s)");
+    }
+    acl.log.add(crate::acl::Entry {
+        count: 1,
+        reason: "auth",
+        context: "toplevel",
+        object: "AUTH".into(),
+        username,
+        at: now,
+        client_info: ctx.client.record.line(now, 0),
+    });
+    false
 }
 
-/// Compares without stopping at the first difference, so the time taken does not tell how much of a
-/// guessed password was right.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+/// Failed logins are a client's to provoke: said now and then.
+static AUTH_LOG: crate::throttle::Throttle =
+    crate::throttle::Throttle::new(std::time::Duration::from_secs(10));
+
+/// Whether CLIENT KILL USER names a user of the pool.
+fn known_user(ctx: &Ctx, name: &str) -> bool {
+    let acl = &ctx.pool.acl;
+    match acl.configured() {
+        true => acl.users().get(name).is_some(),
+        false => name == "default",
+    }
+}
+
+/// ACL, answered from the pool's own users.
+fn acl(ctx: &mut Ctx, req: Request<'_>) {
+    let acl = ctx.pool.acl.clone();
+    let user = ctx.user.clone();
+    let asker = crate::acl::command::Asker {
+        user: user.as_deref(),
+        proto: ctx.protocol(),
+    };
+    ctx.reply(|r| crate::acl::command::answer(&acl, req, &asker, r));
 }
 
 fn hello(ctx: &mut Ctx, req: Request<'_>) {
@@ -168,7 +206,7 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
             return ctx.error(&msg);
         }
     }
-    if !ctx.authenticated {
+    if ctx.user.is_none() {
         return ctx.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     if name.is_some() {
@@ -502,10 +540,10 @@ fn client_kill(ctx: &mut Ctx, req: Request<'_>) {
         _ => {
             let args: Vec<&[u8]> = (2..req.argc()).map(|i| req.arg(i)).collect();
             match clients::Filter::parse_kill(&args) {
-                // Every client of slotline is logged in as `default`, the one user it knows.
+                // A user the pool knows (without users of its own: `default`, as before).
                 Ok(clients::Filter {
                     user: Some(user), ..
-                }) if user != "default" => {
+                }) if !known_user(ctx, &user) => {
                     return ctx.error(&format!("ERR No such user '{user}'"));
                 }
                 Ok(filter) => (filter, false),

@@ -30,6 +30,7 @@ use crate::stats::{self, PoolStats};
 use crate::tls::Acceptor;
 use pools::Pools;
 use reload::Reload;
+pub(crate) use session::printable;
 use session::ClientState;
 
 /// Bytes all clients that have not authenticated may make slotline hold together (partial requests
@@ -179,6 +180,8 @@ pub struct Pool {
     pub backend_tls: Option<Arc<crate::tls::Connector>>,
     /// Commands refused to this pool's clients (`deny_commands`).
     pub denied: crate::command::Denied,
+    /// Its users, and what is kept about them (see [`crate::acl`]).
+    pub acl: Arc<crate::acl::Acl>,
     /// The pool's data is moving here from an old placement (`migrate:`).
     pub migration: Option<Arc<crate::migrate::Migration>>,
     /// Clients whose oldest request is a script or function still running (see
@@ -630,10 +633,11 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>, tls: Option<Arc<A
         let fd = conn.fd();
         let seat = Seat::take(&pool);
         // What CLIENT LIST shows of it, from the moment its session starts.
-        let client = move |pool: &Pool, user| {
+        let client = move |pool: &Pool, user: Option<String>| {
             let record = crate::clients::Record::new(seat.id, addr.clone(), laddr, fd)
-                .idle_timeout(pool.config.client_idle_timeout)
-                .user(user);
+                .idle_timeout(pool.config.client_idle_timeout);
+            // Its certificate names its user (`tls_user_from_cert`): logged in by its handshake.
+            record.set_user(user.and_then(|name| pool.acl.cert_login(&name)));
             ClientState {
                 id: seat.id,
                 addr,

@@ -357,6 +357,8 @@ async fn start_pool(
         }
         None => None,
     };
+    let acl = crate::acl::Acl::load(config.acl_source(), config.redis_auth.clone())
+        .map_err(|e| invalid("aclfile", e.0))?;
     let behind = Behind {
         router,
         stats,
@@ -365,15 +367,44 @@ async fn start_pool(
         tls,
         backend_tls,
         migration,
+        acl: Arc::new(acl),
     };
-    Ok(new_pool(
-        name,
-        config.clone(),
-        listener,
-        shared,
-        pool_metrics,
-        behind,
-    ))
+    let pool = new_pool(name, config.clone(), listener, shared, pool_metrics, behind);
+    follow_users(&pool);
+    Ok(pool)
+}
+
+/// Reads the pool's ACL file again whenever it changes (a rotated Secret) or SIGHUP comes: new logins
+/// use the new users at once, sessions find their user's new rules at their next command, and the
+/// clients of users removed or turned off are disconnected, as Redis's ACL DELUSER does.
+fn follow_users(pool: &Arc<Pool>) {
+    let Some(path) = pool.acl.file() else {
+        return;
+    };
+    let acl = pool.acl.clone();
+    crate::follow::follow(
+        "aclfile",
+        vec![path.clone()],
+        Arc::downgrade(pool),
+        move || acl.read().map_err(|e| e.0),
+        |pool: &Pool, users| {
+            let gone = pool.acl.install(users);
+            if gone.is_empty() {
+                return;
+            }
+            let mut closed = 0;
+            for record in pool.shared.clients.all() {
+                let theirs = record
+                    .user()
+                    .is_some_and(|user| pool.acl.is_among(&user, &gone));
+                if theirs && pool.shared.lifecycle.kill(record.id) {
+                    closed += 1;
+                }
+            }
+            tracing::info!(pool = %pool.name, users = ?gone, clients = closed,
+                "users removed or turned off: their clients are disconnected");
+        },
+    );
 }
 
 /// What serves a pool's clients.
@@ -386,6 +417,7 @@ struct Behind {
     tls: Option<Arc<Acceptor>>,
     backend_tls: Option<Arc<Connector>>,
     migration: Option<Arc<Migration>>,
+    acl: Arc<crate::acl::Acl>,
 }
 
 /// Where a key lives under `router`'s placement: what a migration moves it to.
@@ -435,6 +467,7 @@ fn new_pool(
         backend_tls: behind.backend_tls,
         migration: behind.migration,
         denied,
+        acl: behind.acl,
         scripts_running: AtomicU64::new(0),
         tracking: Default::default(),
         monitor_relay: Default::default(),
@@ -465,6 +498,7 @@ fn replica_pool(
         tls: primary.tls.clone(),
         backend_tls: primary.backend_tls.clone(),
         migration: None,
+        acl: primary.acl.clone(),
     };
     new_pool(
         &name,

@@ -167,8 +167,10 @@ pub(crate) struct Ctx {
     replies_held: usize,
     closing: bool,
     commands: u64,
-    /// False until the client gives the pool's `redis_auth` password (always true without one).
-    pub authenticated: bool,
+    /// The user it is logged in as; None until it logs in (see [`crate::acl`]).
+    pub(crate) user: Option<Arc<crate::acl::Active>>,
+    /// A login failed: the milliseconds its reply waits, and the client's next requests with it.
+    pub(crate) penalty_ms: u16,
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
     /// Backend connections of this client's own (blocking commands, transactions), closed with the
@@ -261,8 +263,6 @@ pub(crate) async fn serve<R, W>(
     let mut parser = RequestParser::new(crate::protocol::Limits {
         max_request_bytes: config.max_request_bytes,
     });
-    let authenticated = config.redis_auth.is_none();
-    let mut input = Input::new((!authenticated).then(|| pool.shared.unauthenticated.clone()));
     let mut wr = buffers::Writer::new(wr);
     let tally = Tally::new(&pool.metrics);
     let mut ctx = Ctx {
@@ -284,7 +284,8 @@ pub(crate) async fn serve<R, W>(
         replies_held: 0,
         closing: false,
         commands: 0,
-        authenticated,
+        user: None,
+        penalty_ms: 0,
         client_err: false,
         own: Vec::new(),
         tx: Transaction::default(),
@@ -303,11 +304,19 @@ pub(crate) async fn serve<R, W>(
         congested: None,
         moved: false,
     };
-    if !ctx.authenticated && ctx.client.record.cert_user().is_some() {
-        // Its certificate names its user (`tls_user_from_cert`): logged in by its handshake.
-        ctx.authenticated = true;
-        input.authenticated();
-    }
+    // Logged in already by its certificate, or as the default user when that needs no password.
+    // (Into `ctx` directly: a local of this function would be kept across every await.)
+    ctx.user = match ctx.client.record.user() {
+        Some(user) => Some(user),
+        None => ctx.pool.acl.initial().inspect(|user| {
+            ctx.client.record.set_user(Some(user.clone()));
+        }),
+    };
+    let mut input = Input::new(
+        ctx.user
+            .is_none()
+            .then(|| ctx.pool.shared.unauthenticated.clone()),
+    );
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
     let tick = timer_tick(ctx.pool.config.timeout);
@@ -344,7 +353,7 @@ pub(crate) async fn serve<R, W>(
                 break;
             }
         }
-        if ctx.authenticated {
+        if ctx.user.is_some() {
             input.authenticated();
         }
         if input.settle().is_err() {
@@ -360,7 +369,7 @@ pub(crate) async fn serve<R, W>(
             ctx.drop_slow_monitor();
             break;
         }
-        if !ctx.out.is_empty() {
+        if !ctx.out.is_empty() && ctx.penalty_ms == 0 {
             // Flushed before the write: a client that has its reply finds the request in the
             // metrics, and they never wait for more input.
             ctx.tally.get().sent(ctx.out.len() - ctx.out_counted);
@@ -382,6 +391,16 @@ pub(crate) async fn serve<R, W>(
         ctx.publish_client_state();
         // What the step counted reaches the pool's metrics, and the worker gets its tally back.
         ctx.tally.flush();
+        if ctx.penalty_ms > 0 {
+            // A login failed: its reply, and whatever the client sent after it, wait (this client
+            // only; outside the step, so no buffer of the worker's is held meanwhile).
+            // The session's own timer: a Sleep of its own would make every idle session bigger.
+            let wait = Duration::from_millis(u64::from(std::mem::take(&mut ctx.penalty_ms)));
+            timer.as_mut().reset(Instant::now() + wait);
+            timer_at = None;
+            (&mut timer).await;
+            continue;
+        }
         if ctx.closing && (ctx.pending.is_empty() || ctx.blocked()) {
             // A client that has sent everything and waits on a blocking command cannot be told apart
             // from one that left: drop it, so the server unblocks it and hands the data to someone else.
@@ -400,7 +419,7 @@ pub(crate) async fn serve<R, W>(
             ctx.too_much_output(max_replies);
             break;
         }
-        let pause = match ctx.authenticated {
+        let pause = match ctx.user.is_some() {
             true => OUTPUT_PAUSE,
             false => OUTPUT_PAUSE_UNAUTHENTICATED,
         };
@@ -577,8 +596,9 @@ impl Ctx {
             && self.pending.len() < max_pending
             && self.serial == 0
             && self.congested.is_none()
+            && self.penalty_ms == 0
         {
-            parser.set_unauthenticated(!self.authenticated);
+            parser.set_unauthenticated(self.user.is_none());
             match parser.parse(inbuf) {
                 Ok(Some(len)) => {
                     let raw = inbuf.split_to(len);
@@ -672,8 +692,19 @@ impl Ctx {
                 spec.name
             ));
         }
-        if !self.authenticated && !policy::before_auth(spec) {
-            return self.error("NOAUTH Authentication required.");
+        if self.user.as_ref().is_some_and(|u| u.retired()) && !self.follow_user() {
+            return;
+        }
+        match &self.user {
+            None if !policy::before_auth(spec) => {
+                return self.error("NOAUTH Authentication required.")
+            }
+            Some(user) if !user.unrestricted => {
+                if let Err(denial) = user.rules.check(req, spec) {
+                    return self.refuse(denial);
+                }
+            }
+            _ => {}
         }
         if let Some(denied) = self.pool.denied.check(req, spec) {
             // Before routing, queuing or holding: a denied command never reaches a node.
@@ -741,6 +772,7 @@ impl Ctx {
             return self.queue(req, spec, frame, view);
         }
         let route = match spec.route {
+            _ if policy::answered_from_users(spec) && self.pool.acl.configured() => Route::Local,
             Route::BlockingOption
                 if (1..argc).any(|i| req.arg(i).eq_ignore_ascii_case(b"BLOCK")) =>
             {
@@ -1537,6 +1569,55 @@ impl Ctx {
         Reply(&mut self.out).error(msg);
     }
 
+    /// The client is now `user` (None: logged out), in the session and in CLIENT LIST.
+    pub(crate) fn set_user(&mut self, user: Option<Arc<crate::acl::Active>>) {
+        self.client.record.set_user(user.clone());
+        self.user = user;
+    }
+
+    /// The client's user was replaced by a newer set (the ACL file changed): its new rules, by
+    /// name. False, and the connection closing, when the user is gone or turned off.
+    fn follow_user(&mut self) -> bool {
+        let name = match &self.user {
+            Some(user) => user.rules.name.clone(),
+            None => return true,
+        };
+        match self.pool.acl.current(&name) {
+            Some(user) => {
+                self.set_user(Some(user));
+                true
+            }
+            None => {
+                self.set_user(None);
+                self.closing = true;
+                false
+            }
+        }
+    }
+
+    /// Refuses a command the user may not run: Redis's error, and an entry in ACL LOG.
+    fn refuse(&mut self, denial: crate::acl::Denial) {
+        let acl = &self.pool.acl;
+        let now = std::time::Instant::now();
+        if let Some(user) = &self.user {
+            user.stats.denials.fetch_add(1, Ordering::Relaxed);
+            acl.log.add(crate::acl::Entry {
+                count: 1,
+                reason: denial.reason.label(),
+                context: if self.tx.queuing() {
+                    "multi"
+                } else {
+                    "toplevel"
+                },
+                object: String::from_utf8_lossy(&denial.object).into_owned(),
+                username: user.rules.name.to_string(),
+                at: now,
+                client_info: self.client.record.line(now, 0),
+            });
+        }
+        self.error(&denial.message());
+    }
+
     /// The command being dispatched, for INFO commandstats.
     pub(super) fn command_number(&self) -> u16 {
         self.dispatching
@@ -1567,6 +1648,11 @@ impl Ctx {
     fn flush_stats(&mut self) {
         if self.commands > 0 {
             self.pool.metrics.requests.inc_by(self.commands);
+            if let Some(user) = self.user.as_ref().filter(|_| self.pool.acl.configured()) {
+                user.stats
+                    .commands
+                    .fetch_add(self.commands, Ordering::Relaxed);
+            }
             self.pool
                 .shared
                 .total_commands

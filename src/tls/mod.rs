@@ -6,7 +6,6 @@
 //! already up keep theirs, and a bad new file is reported while the old configuration stays.
 
 mod files;
-mod rotate;
 
 use std::io;
 use std::sync::Arc;
@@ -69,7 +68,7 @@ impl Acceptor {
             settings.client_ca_file.as_ref(),
         ];
         let settings = settings.clone();
-        rotate::follow(
+        crate::follow::follow(
             "tls",
             files.into_iter().flatten().cloned().collect(),
             Arc::downgrade(&acceptor),
@@ -157,7 +156,7 @@ impl Connector {
         });
         let files = [&settings.ca_file, &settings.cert_file, &settings.key_file];
         let settings = settings.clone();
-        rotate::follow(
+        crate::follow::follow(
             "backend_tls",
             files.into_iter().flatten().cloned().collect(),
             Arc::downgrade(&connector),

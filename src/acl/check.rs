@@ -1,0 +1,132 @@
+//! The check of one parsed request against one user, in Redis's order: the command, then its keys,
+//! then its channels.
+
+use super::{User, READ, WRITE};
+use crate::command::{Request, Spec};
+
+/// What a user was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Command,
+    Key,
+    Channel,
+}
+
+impl Reason {
+    /// As ACL LOG's `reason` field says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Command => "command",
+            Reason::Key => "key",
+            Reason::Channel => "channel",
+        }
+    }
+}
+
+/// A refusal: why, and of what (the command's name, the key or the channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub object: Vec<u8>,
+}
+
+impl Denial {
+    /// The error the client gets, in Redis 7.0's words.
+    pub fn message(&self) -> String {
+        match self.reason {
+            Reason::Command => format!(
+                "NOPERM this user has no permissions to run the '{}' command",
+                String::from_utf8_lossy(&self.object)
+            ),
+            Reason::Key => {
+                "NOPERM this user has no permissions to access one of the keys used as arguments"
+                    .into()
+            }
+            Reason::Channel => {
+                "NOPERM this user has no permissions to access one of the channels used as arguments"
+                    .into()
+            }
+        }
+    }
+
+    /// ACL DRYRUN's answer, in Redis's words.
+    pub fn dry_run_message(&self) -> String {
+        let object = String::from_utf8_lossy(&self.object);
+        match self.reason {
+            Reason::Command => {
+                format!("This user has no permissions to run the '{object}' command")
+            }
+            Reason::Key => format!("This user has no permissions to access the '{object}' key"),
+            Reason::Channel => {
+                format!("This user has no permissions to access the '{object}' channel")
+            }
+        }
+    }
+}
+
+impl User {
+    /// Whether the user may run `req` (whose command is `spec`).
+    pub fn check(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
+        // Logging in (and out) is for everyone, as Redis's `no-auth` commands are.
+        if !self.may_run(spec) && !spec.has(crate::command::flags::NO_AUTH) {
+            return Err(Denial {
+                reason: Reason::Command,
+                object: spec.name.as_bytes().to_vec(),
+            });
+        }
+        if !self.all_keys && !spec.keys.is_empty() {
+            let mut refused = None;
+            let fixed = access_by_arguments(req, spec);
+            crate::command::for_each_key_access(
+                spec,
+                req.argc(),
+                |i| req.arg(i),
+                |i, access| {
+                    let key = req.arg(i);
+                    if refused.is_none() && !self.may_use_key(key, fixed.unwrap_or(access)) {
+                        refused = Some(key);
+                    }
+                },
+            );
+            if let Some(key) = refused {
+                return Err(Denial {
+                    reason: Reason::Key,
+                    object: key.to_vec(),
+                });
+            }
+        }
+        if !self.all_channels {
+            let (first, pattern) = match spec.name {
+                "publish" | "spublish" => (1..2.min(req.argc()), false),
+                "subscribe" | "ssubscribe" => (1..req.argc(), false),
+                "psubscribe" => (1..req.argc(), true),
+                _ => (0..0, false),
+            };
+            if let Some(channel) = first
+                .map(|i| req.arg(i))
+                .find(|c| !self.may_use_channel(c, pattern))
+            {
+                return Err(Denial {
+                    reason: Reason::Channel,
+                    object: channel.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The access of commands whose key flags depend on their arguments (Redis's `VARIABLE_FLAGS`): SET
+/// reads its key only with GET, BITFIELD writes it only with SET or INCRBY.
+fn access_by_arguments(req: Request<'_>, spec: &Spec) -> Option<u8> {
+    let has = |word: &[u8], from: usize| {
+        (from..req.argc()).any(|i| req.arg(i).eq_ignore_ascii_case(word))
+    };
+    match spec.name {
+        "set" if has(b"GET", 3) => Some(READ | WRITE),
+        "set" => Some(WRITE),
+        "bitfield" if has(b"SET", 2) || has(b"INCRBY", 2) => Some(READ | WRITE),
+        "bitfield" => Some(READ),
+        _ => None,
+    }
+}

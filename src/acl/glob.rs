@@ -1,0 +1,150 @@
+//! Redis's glob-style matching (`stringmatchlen` in util.c), which ACL key and channel patterns use:
+//! `*`, `?`, `[abc]`, `[^a-z]` and `\` escapes, byte by byte, case-sensitive.
+
+/// Whether `text` matches `pattern`, as Redis matches them.
+pub fn matches(pattern: &[u8], text: &[u8]) -> bool {
+    let mut skip_longer = false;
+    match_from(pattern, text, &mut skip_longer, 0)
+}
+
+/// Redis bounds the recursion `*` causes; past it a pattern matches nothing.
+const MAX_NESTING: u32 = 1000;
+
+fn match_from(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: u32) -> bool {
+    if nesting > MAX_NESTING {
+        return false;
+    }
+    // As Redis's loop, which runs while both have bytes left: `*` does not match an empty text.
+    while let Some(&c) = p.first() {
+        if s.is_empty() {
+            break;
+        }
+        match c {
+            b'*' => {
+                while p.len() > 1 && p[1] == b'*' {
+                    p = &p[1..];
+                }
+                if p.len() == 1 {
+                    return true;
+                }
+                while !s.is_empty() {
+                    if match_from(&p[1..], s, skip_longer, nesting + 1) {
+                        return true;
+                    }
+                    if *skip_longer {
+                        // A longer text cannot match where a shorter one failed at its end.
+                        return false;
+                    }
+                    s = &s[1..];
+                }
+                *skip_longer = true;
+                return false;
+            }
+            b'?' => s = &s[1..],
+            b'[' => {
+                p = &p[1..];
+                let not = p.first() == Some(&b'^');
+                if not {
+                    p = &p[1..];
+                }
+                let mut hit = false;
+                loop {
+                    match p {
+                        [b'\\', e, ..] => {
+                            hit |= *e == s[0];
+                            p = &p[2..];
+                        }
+                        [b']', ..] => break,
+                        [] => {
+                            // An unterminated class: Redis steps back onto the last byte.
+                            p = b"]";
+                            break;
+                        }
+                        [a, b'-', b, ..] => {
+                            let (lo, hi) = if a <= b { (*a, *b) } else { (*b, *a) };
+                            hit |= (lo..=hi).contains(&s[0]);
+                            p = &p[3..];
+                        }
+                        [a, ..] => {
+                            hit |= *a == s[0];
+                            p = &p[1..];
+                        }
+                    }
+                }
+                if hit == not {
+                    return false;
+                }
+                s = &s[1..];
+            }
+            b'\\' if p.len() >= 2 => {
+                if p[1] != s[0] {
+                    return false;
+                }
+                p = &p[1..];
+                s = &s[1..];
+            }
+            _ => {
+                if c != s[0] {
+                    return false;
+                }
+                s = &s[1..];
+            }
+        }
+        p = &p[1..];
+        if s.is_empty() {
+            while p.first() == Some(&b'*') {
+                p = &p[1..];
+            }
+            break;
+        }
+    }
+    p.is_empty() && s.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn as_redis_matches() {
+        for (pattern, text, expected) in [
+            ("*", "", false),
+            ("*", "anything", true),
+            ("app1:*", "app1:x", true),
+            ("app1:*", "app1:", true),
+            ("app1:*", "app2:x", false),
+            ("app1:*", "app1", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("h[ae]llo", "hello", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hello", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[a-c]llo", "hbllo", true),
+            ("h[c-a]llo", "hbllo", true),
+            ("h[a-c]llo", "hdllo", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("*:*:*", "a:b:c", true),
+            ("*:*:*", "a:b", false),
+            ("", "", true),
+            ("", "a", false),
+            ("a**", "a", true),
+            ("[", "[", false),
+            ("h[ab", "hb", true),
+        ] {
+            assert_eq!(
+                matches(pattern.as_bytes(), text.as_bytes()),
+                expected,
+                "{pattern:?} against {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stars_do_not_explode() {
+        let pattern = "*a".repeat(30) + "b";
+        let text = "a".repeat(60);
+        assert!(!matches(pattern.as_bytes(), text.as_bytes()));
+    }
+}

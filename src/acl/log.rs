@@ -1,0 +1,105 @@
+//! ACL LOG: the latest refusals and failed logins, grouped as Redis groups them (the same reason,
+//! context, object and user within a minute is one entry with a count).
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Entries kept (Redis's `acllog-max-len` default).
+const MAX_ENTRIES: usize = 128;
+/// Repeats within this long are counted in one entry.
+const GROUPING: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub count: u64,
+    /// `command`, `key`, `channel` or `auth`.
+    pub reason: &'static str,
+    /// `toplevel` or `multi` (a command queued in a transaction).
+    pub context: &'static str,
+    pub object: String,
+    pub username: String,
+    pub at: Instant,
+    /// The client's CLIENT LIST line, at the latest refusal.
+    pub client_info: String,
+}
+
+#[derive(Default)]
+pub struct Log {
+    entries: Mutex<VecDeque<Entry>>,
+}
+
+impl Log {
+    /// Adds `entry`, or counts it in a recent one like it (which becomes the newest).
+    pub fn add(&self, entry: Entry) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let like = entries.iter().position(|e| {
+            e.reason == entry.reason
+                && e.context == entry.context
+                && e.object == entry.object
+                && e.username == entry.username
+                && entry.at.saturating_duration_since(e.at) < GROUPING
+        });
+        let entry = match like.and_then(|i| entries.remove(i)) {
+            Some(mut known) => {
+                known.count += 1;
+                known.at = entry.at;
+                known.client_info = entry.client_info;
+                known
+            }
+            None => entry,
+        };
+        entries.push_front(entry);
+        entries.truncate(MAX_ENTRIES);
+    }
+
+    /// The newest `count` entries, newest first.
+    pub fn newest(&self, count: usize) -> Vec<Entry> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.iter().take(count).cloned().collect()
+    }
+
+    pub fn reset(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(object: &str, at: Instant) -> Entry {
+        Entry {
+            count: 1,
+            reason: "key",
+            context: "toplevel",
+            object: object.into(),
+            username: "app".into(),
+            at,
+            client_info: String::new(),
+        }
+    }
+
+    #[test]
+    fn groups_repeats_and_keeps_the_newest() {
+        let log = Log::default();
+        let now = Instant::now();
+        log.add(entry("a", now));
+        log.add(entry("b", now));
+        log.add(entry("a", now));
+        let all = log.newest(10);
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].object.as_str(), all[0].count), ("a", 2));
+        log.add(entry("a", now + GROUPING));
+        assert_eq!(log.newest(10).len(), 3, "a minute later: a new entry");
+        for i in 0..200 {
+            log.add(entry(&i.to_string(), now));
+        }
+        assert_eq!(log.newest(1000).len(), MAX_ENTRIES);
+        log.reset();
+        assert!(log.newest(10).is_empty());
+    }
+}

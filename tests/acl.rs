@@ -1,0 +1,578 @@
+//! Users in Redis's ACL language, enforced by slotline in front of a real cluster, real shards and a
+//! real master with a replica: each user reads and writes its own keys, is refused the others' (split
+//! MGET included, EVAL's declared keys, channels), and dangerous commands; the refusals read as the
+//! Redis behind would answer them (compared with a redis-server that loads the same file), and land
+//! in ACL LOG. Also: redis-cli `--user` and redis-py `username=`, the file rotated under load, a
+//! removed user's clients disconnected, and password guessing slowed down for the guesser alone.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{
+    free_port, http_get, metric, run_python, wait_for, Client, ClusterOpts, RedisCluster,
+    RedisServers, ReplicaGroup, Reply, Slotline, TempDir,
+};
+
+const USERS: &str = "\
+user default on nopass %R~public:* resetchannels -@all +@read +@connection +acl|whoami
+user app1 on >pw1 ~app1:* &app1:* +@all -@dangerous
+user app2 on >pw2 %R~shared:* ~app2:* resetchannels -@all +@read +@write
+user ops on >opspw ~* &* +@all
+";
+
+fn acl_file(dir: &TempDir, text: &str) -> String {
+    dir.write("users.acl", text).display().to_string()
+}
+
+fn login(port: u16, user: &str, password: &str) -> Client {
+    let mut c = Client::connect(port);
+    assert_eq!(c.cmd(&["AUTH", user, password]), Reply::ok(), "AUTH {user}");
+    c
+}
+
+fn error_of(reply: &Reply) -> String {
+    reply
+        .error()
+        .unwrap_or_else(|| panic!("expected an error, got {reply:?}"))
+        .to_string()
+}
+
+const NO_KEY: &str =
+    "NOPERM this user has no permissions to access one of the keys used as arguments";
+const NO_CHANNEL: &str =
+    "NOPERM this user has no permissions to access one of the channels used as arguments";
+
+fn no_command(name: &str) -> String {
+    format!("NOPERM this user has no permissions to run the '{name}' command")
+}
+
+/// What every mode must enforce, through slotline on `port`. `keys` are three keys of app1's that a
+/// cluster places on different masters (so MGET is split).
+fn users_hold(port: u16, keys: [&str; 3]) {
+    // The restricted default user: reads of public keys only.
+    let mut anon = Client::connect(port);
+    assert_eq!(anon.cmd(&["GET", "public:x"]), Reply::nil());
+    assert_eq!(
+        error_of(&anon.cmd(&["SET", "public:x", "1"])),
+        no_command("set")
+    );
+    assert_eq!(error_of(&anon.cmd(&["GET", "app1:x"])), NO_KEY);
+    assert_eq!(anon.cmd(&["ACL", "WHOAMI"]), Reply::bulk("default"));
+
+    let mut app1 = login(port, "app1", "pw1");
+    assert_eq!(app1.cmd(&["ACL", "WHOAMI"]), Reply::bulk("app1"));
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(app1.cmd(&["SET", key, &i.to_string()]), Reply::ok());
+    }
+    assert_eq!(
+        app1.cmd(&["MGET", keys[0], keys[1], keys[2]]),
+        Reply::Array(Some(vec![
+            Reply::bulk("0"),
+            Reply::bulk("1"),
+            Reply::bulk("2")
+        ]))
+    );
+    assert_eq!(error_of(&app1.cmd(&["GET", "app2:x"])), NO_KEY);
+    assert_eq!(error_of(&app1.cmd(&["SET", "app2:x", "1"])), NO_KEY);
+    assert_eq!(
+        error_of(&app1.cmd(&["MGET", keys[0], keys[1], "app2:x"])),
+        NO_KEY,
+        "every key of a split MGET"
+    );
+    assert_eq!(
+        error_of(&app1.cmd(&["MSET", keys[0], "a", "app2:x", "b"])),
+        NO_KEY
+    );
+    assert_eq!(
+        app1.cmd(&["MGET", keys[0]]),
+        Reply::Array(Some(vec![Reply::bulk("0")])),
+        "a refused MSET wrote nothing"
+    );
+    let script = "return redis.call('get', KEYS[1])";
+    assert_eq!(app1.cmd(&["EVAL", script, "1", keys[1]]), Reply::bulk("1"));
+    assert_eq!(
+        error_of(&app1.cmd(&["EVAL", script, "1", "app2:x"])),
+        NO_KEY
+    );
+    assert_eq!(error_of(&app1.cmd(&["FLUSHALL"])), no_command("flushall"));
+    assert_eq!(
+        error_of(&app1.cmd(&["CONFIG", "GET", "maxmemory"])),
+        no_command("config|get")
+    );
+    assert!(app1.cmd(&["PUBLISH", "app1:news", "hi"]).as_int().is_some());
+    assert_eq!(
+        error_of(&app1.cmd(&["PUBLISH", "app2:news", "hi"])),
+        NO_CHANNEL
+    );
+    let mut sub = login(port, "app1", "pw1");
+    assert_eq!(error_of(&sub.cmd(&["SUBSCRIBE", "other"])), NO_CHANNEL);
+    assert_eq!(error_of(&sub.cmd(&["PSUBSCRIBE", "app1:*x"])), NO_CHANNEL);
+    let confirmed = sub.cmd(&["SUBSCRIBE", "app1:news"]);
+    assert_eq!(
+        confirmed.as_array().map(|a| a[0].clone()),
+        Some(Reply::bulk("subscribe"))
+    );
+
+    let mut app2 = login(port, "app2", "pw2");
+    assert_eq!(app2.cmd(&["SET", "app2:x", "v"]), Reply::ok());
+    assert_eq!(
+        app2.cmd(&["GET", "shared:x"]),
+        Reply::nil(),
+        "read-only keys read"
+    );
+    assert_eq!(error_of(&app2.cmd(&["SET", "shared:x", "1"])), NO_KEY);
+    assert_eq!(error_of(&app2.cmd(&["GET", keys[0]])), NO_KEY);
+    assert_eq!(error_of(&app2.cmd(&["DEL", "app2:x", keys[0]])), NO_KEY);
+    assert_eq!(
+        error_of(&app2.cmd(&["SUBSCRIBE", "app2:x"])),
+        no_command("subscribe")
+    );
+    assert_eq!(app2.cmd(&["GET", "app2:x"]), Reply::bulk("v"));
+
+    // Logging in, as Redis answers it.
+    let mut c = Client::connect(port);
+    assert_eq!(
+        error_of(&c.cmd(&["AUTH", "app1", "nope"])),
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(
+        error_of(&c.cmd(&["AUTH", "ghost", "pw1"])),
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    let hello = c.cmd(&["HELLO", "3", "AUTH", "app2", "pw2"]);
+    assert!(hello.error().is_none(), "{hello:?}");
+    assert_eq!(c.cmd(&["GET", "app2:x"]), Reply::bulk("v"), "app2's key");
+    assert_eq!(c.cmd(&["RESET"]), Reply::Status("RESET".into()));
+    assert_eq!(c.cmd(&["ACL", "WHOAMI"]), Reply::bulk("default"));
+
+    // What slotline says of its users (to a user that may ask).
+    let mut ops = login(port, "ops", "opspw");
+    let list = ops.cmd(&["CLIENT", "LIST"]);
+    let list = list.as_str().unwrap_or_default().to_string();
+    assert!(
+        list.contains(" user=app1 ") && list.contains(" user=app2 "),
+        "{list}"
+    );
+    assert_eq!(
+        ops.cmd(&["ACL", "USERS"]),
+        Reply::Array(Some(vec![
+            Reply::bulk("app1"),
+            Reply::bulk("app2"),
+            Reply::bulk("default"),
+            Reply::bulk("ops")
+        ]))
+    );
+    let log = ops.cmd(&["ACL", "LOG", "50"]);
+    let entries = log.as_array().unwrap_or_default();
+    let fields = |e: &Reply| -> Vec<String> {
+        e.as_array()
+            .unwrap_or_default()
+            .iter()
+            .map(|f| match f {
+                Reply::Int(n) => n.to_string(),
+                other => other.as_str().unwrap_or_default().to_string(),
+            })
+            .collect()
+    };
+    let summary: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            let f = fields(e);
+            (f[3].clone(), f[7].clone(), f[9].clone())
+        })
+        .collect();
+    for expected in [
+        ("auth", "AUTH", "ghost"),
+        ("auth", "AUTH", "app1"),
+        ("command", "subscribe", "app2"),
+        ("key", keys[0], "app2"),
+        ("key", "shared:x", "app2"),
+        ("channel", "other", "app1"),
+        ("command", "config|get", "app1"),
+        ("command", "flushall", "app1"),
+        ("key", "app2:x", "app1"),
+        ("command", "set", "default"),
+    ] {
+        let e = (
+            expected.0.to_string(),
+            expected.1.to_string(),
+            expected.2.to_string(),
+        );
+        assert!(summary.contains(&e), "ACL LOG lacks {e:?}: {summary:?}");
+    }
+    let first = fields(&entries[0]);
+    assert_eq!(
+        first.iter().step_by(2).cloned().collect::<Vec<_>>(),
+        [
+            "count",
+            "reason",
+            "context",
+            "object",
+            "username",
+            "age-seconds",
+            "client-info"
+        ]
+    );
+    assert!(
+        error_of(&ops.cmd(&["ACL", "SETUSER", "x", "on"])).contains("refused"),
+        "the file is where users change"
+    );
+    // app2 may not read other users' rules (ACL is @admin).
+    assert_eq!(
+        error_of(&app2.cmd(&["ACL", "LIST"])),
+        no_command("acl|list")
+    );
+    // CLIENT KILL USER closes that user's clients only.
+    let killed = ops.cmd(&["CLIENT", "KILL", "USER", "app2"]);
+    assert!(killed.as_int().unwrap_or(0) >= 1, "{killed:?}");
+    assert!(
+        app2.wait_closed(Duration::from_secs(10)),
+        "app2's client closed"
+    );
+    assert_eq!(
+        app1.cmd(&["GET", keys[2]]),
+        Reply::bulk("2"),
+        "app1's stays"
+    );
+}
+
+#[test]
+fn users_hold_in_front_of_a_cluster_shards_and_a_primary() {
+    let dir = TempDir::new("acl");
+    let file = acl_file(&dir, USERS);
+
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        ..ClusterOpts::default()
+    });
+    let port = free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let yaml = Slotline::cluster_yaml(port, &seeds).replace(
+        "    servers:\n",
+        &format!("    aclfile: {file}\n    servers:\n"),
+    );
+    let _proxy = Slotline::start(&yaml);
+    // Three of app1's keys on three masters: MGET of them is split.
+    let keys = ["app1:{a}", "app1:{b}", "app1:{c}"];
+    let slots: Vec<u16> = keys
+        .iter()
+        .map(|k| support::key_slot(k.as_bytes()))
+        .collect();
+    let owners: std::collections::HashSet<u16> = slots
+        .iter()
+        .map(|s| {
+            cluster
+                .masters()
+                .iter()
+                .find(|m| m.owns(*s))
+                .map(|m| m.port)
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(owners.len() >= 2, "the keys live apart: {slots:?}");
+    users_hold(port, keys);
+
+    let shards = RedisServers::start(3);
+    let port = free_port();
+    let _shards_proxy =
+        Slotline::start(&shards.ketama_yaml(port, &format!("    aclfile: {file}\n")));
+    users_hold(port, keys);
+
+    let group = ReplicaGroup::start(2);
+    let port = free_port();
+    let yaml = format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    probe_interval: 200\n    \
+         users:\n{}    servers:\n      - {}\n      - {}\n",
+        USERS
+            .lines()
+            .map(|l| format!("      - \"{l}\"\n"))
+            .collect::<String>(),
+        group.addr(0),
+        group.addr(1)
+    );
+    let _primary_proxy = Slotline::start(&yaml);
+    wait_for(Duration::from_secs(20), "the master found", || {
+        login(port, "app1", "pw1").cmd(&["SET", "app1:probe", "1"]) == Reply::ok()
+    });
+    users_hold(port, keys);
+}
+
+/// The refusals read exactly as a redis-server loading the same file answers them.
+#[test]
+fn refusals_read_as_redis_answers_them() {
+    let dir = TempDir::new("acl-compare");
+    let file = acl_file(&dir, USERS);
+    let direct = RedisServers::start_with(1, &["--aclfile", &file]);
+    let shards = RedisServers::start(1);
+    let port = free_port();
+    let _proxy = Slotline::start(&shards.ketama_yaml(port, &format!("    aclfile: {file}\n")));
+    let cases: &[(&str, &[&str])] = &[
+        ("default", &["SET", "public:x", "1"]),
+        ("default", &["GET", "app1:x"]),
+        ("default", &["GET", "public:x"]),
+        ("app1", &["GET", "app2:x"]),
+        ("app1", &["FLUSHALL"]),
+        ("app1", &["CONFIG", "GET", "maxmemory"]),
+        ("app1", &["PUBLISH", "x", "y"]),
+        ("app1", &["SUBSCRIBE", "nope"]),
+        ("app1", &["EVAL", "return 1", "1", "app2:x"]),
+        ("app1", &["ACL", "WHOAMI"]),
+        ("app1", &["ACL", "DRYRUN", "app2", "SET", "shared:x", "1"]),
+        ("app1", &["ACL", "DRYRUN", "app2", "GET", "shared:x"]),
+        ("app1", &["ACL", "DRYRUN", "app2", "SUBSCRIBE", "c"]),
+        ("app1", &["ACL", "DRYRUN", "nobody", "GET", "x"]),
+        ("app1", &["ACL", "DRYRUN", "app2", "nosuchcommand"]),
+        ("app1", &["ACL", "GETUSER", "app2"]),
+        ("app1", &["ACL", "GETUSER", "nobody"]),
+        ("app1", &["ACL", "LIST"]),
+        ("app1", &["ACL", "CAT"]),
+        ("app1", &["ACL", "CAT", "nosuchcategory"]),
+        ("app2", &["SET", "shared:x", "1"]),
+        ("app2", &["SET", "shared:x", "1", "GET"]),
+        ("app2", &["GETSET", "shared:x", "1"]),
+        ("app2", &["EXISTS", "shared:x"]),
+        ("app2", &["BITFIELD", "shared:x", "GET", "u8", "0"]),
+        ("app2", &["BITFIELD", "shared:x", "SET", "u8", "0", "1"]),
+        ("app2", &["DEL", "app2:x", "shared:x"]),
+        ("app2", &["LPUSH", "shared:x", "1"]),
+        ("app2", &["ACL", "WHOAMI"]),
+        ("app2", &["ACL", "LIST"]),
+    ];
+    let password = |user: &str| match user {
+        "app1" => "pw1",
+        "app2" => "pw2",
+        _ => "",
+    };
+    for (user, cmd) in cases {
+        let mut through = Client::connect(port);
+        let mut redis = direct.client(0);
+        if *user != "default" {
+            assert_eq!(through.cmd(&["AUTH", user, password(user)]), Reply::ok());
+            assert_eq!(redis.cmd(&["AUTH", user, password(user)]), Reply::ok());
+        }
+        assert_eq!(
+            through.cmd(cmd),
+            redis.cmd(cmd),
+            "{user}: {cmd:?} through slotline and from Redis"
+        );
+    }
+}
+
+#[test]
+fn redis_cli_and_redis_py_log_in_with_a_user_name() {
+    let dir = TempDir::new("acl-clients");
+    let file = acl_file(&dir, USERS);
+    let shards = RedisServers::start(1);
+    let port = free_port();
+    let _proxy = Slotline::start(&shards.ketama_yaml(port, &format!("    aclfile: {file}\n")));
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--no-auth-warning"])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    assert_eq!(
+        cli(&["--user", "app1", "--pass", "pw1", "SET", "app1:cli", "v"]),
+        "OK"
+    );
+    assert_eq!(
+        cli(&["--user", "app1", "--pass", "pw1", "ACL", "WHOAMI"]),
+        "app1"
+    );
+    assert!(
+        cli(&["--user", "app1", "--pass", "pw1", "GET", "app2:cli"]).starts_with("NOPERM"),
+        "refused"
+    );
+    assert!(cli(&["--user", "app1", "--pass", "bad", "PING"]).contains("WRONGPASS"));
+    assert_eq!(
+        run_python("acl_users.py", &[&port.to_string()]).trim(),
+        "ok"
+    );
+}
+
+#[test]
+fn the_file_rotates_under_load_and_removed_users_are_disconnected() {
+    let dir = TempDir::new("acl-rotate");
+    let base = "user default on nopass ~* &* +@all\n";
+    let file = acl_file(
+        &dir,
+        &format!("{base}user app1 on >old ~app1:* +@all\nuser app2 on >pw2 ~app2:* +@all\n"),
+    );
+    let shards = RedisServers::start(2);
+    let port = free_port();
+    let proxy = Slotline::start(&shards.ketama_yaml(port, &format!("    aclfile: {file}\n")));
+
+    // Clients of app1 logged in with the old password keep working through both changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let loaders: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, done) = (stop.clone(), done.clone());
+            thread::spawn(move || {
+                let mut c = login(port, "app1", "old");
+                let key = format!("app1:load{i}");
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let reply = c.cmd(&["SET", &key, &n.to_string()]);
+                    assert_eq!(reply, Reply::ok(), "loader {i}, request {n}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                n
+            })
+        })
+        .collect();
+    let mut app2 = login(port, "app2", "pw2");
+    let wait_done = |at_least: u64| {
+        wait_for(Duration::from_secs(10), "load to run", || {
+            done.load(Ordering::Relaxed) >= at_least
+        })
+    };
+    wait_done(200);
+
+    // A second password: both log in.
+    dir.write(
+        "users.acl",
+        &format!("{base}user app1 on >old >new ~app1:* +@all\nuser app2 on >pw2 ~app2:* +@all\n"),
+    );
+    wait_for(Duration::from_secs(10), "the new password", || {
+        Client::connect(port).cmd(&["AUTH", "app1", "new"]) == Reply::ok()
+    });
+    assert_eq!(
+        Client::connect(port).cmd(&["AUTH", "app1", "old"]),
+        Reply::ok()
+    );
+    let before = done.load(Ordering::Relaxed);
+    wait_done(before + 200);
+
+    // The old password goes, and app2 with it.
+    dir.write(
+        "users.acl",
+        &format!("{base}user app1 on >new ~app1:* +@all\n"),
+    );
+    wait_for(Duration::from_secs(10), "the old password refused", || {
+        Client::connect(port)
+            .cmd(&["AUTH", "app1", "old"])
+            .is_error()
+    });
+    assert!(
+        app2.wait_closed(Duration::from_secs(10)),
+        "a removed user's client is disconnected"
+    );
+    assert!(Client::connect(port)
+        .cmd(&["AUTH", "app2", "pw2"])
+        .is_error());
+    let before = done.load(Ordering::Relaxed);
+    wait_done(before + 200);
+
+    // A bad file is reported and changes nothing.
+    dir.write("users.acl", "user app1 on >new bogus\n");
+    proxy.signal("HUP");
+    wait_for(Duration::from_secs(10), "the bad file reported", || {
+        proxy.log().contains("bogus")
+    });
+    assert_eq!(
+        Client::connect(port).cmd(&["AUTH", "app1", "new"]),
+        Reply::ok()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = loaders.into_iter().map(|l| l.join().expect("loader")).sum();
+    assert!(total >= 600, "{total} requests, none failed");
+}
+
+#[test]
+fn guessing_passwords_is_slow_for_the_guesser_only() {
+    let dir = TempDir::new("acl-guess");
+    let file = acl_file(&dir, USERS);
+    let shards = RedisServers::start(1);
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "{}admin:\n  listen: 127.0.0.1:{admin}\n",
+        shards.ketama_yaml(port, &format!("    aclfile: {file}\n"))
+    );
+    let _proxy = Slotline::start(&yaml);
+    const GUESSES: usize = 20;
+    let finished = Arc::new(AtomicBool::new(false));
+    let guesser = {
+        let finished = finished.clone();
+        thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let started = Instant::now();
+            for i in 0..GUESSES {
+                let reply = c.cmd(&["AUTH", "app1", &format!("guess{i}")]);
+                assert!(reply.is_error(), "{reply:?}");
+            }
+            finished.store(true, Ordering::Relaxed);
+            started.elapsed()
+        })
+    };
+    // Another client, meanwhile, is answered as usual: all of its requests before the guesser
+    // is through.
+    let mut other = login(port, "app1", "pw1");
+    wait_for(Duration::from_secs(10), "the guessing to start", || {
+        metric(
+            &http_get(admin, "/metrics").body,
+            "slotline_auth_failures_total{pool=\"shards\"}",
+        )
+        .unwrap_or(0.0)
+            >= 3.0
+    });
+    for i in 0..200 {
+        assert_eq!(
+            other.cmd(&["SET", "app1:other", &i.to_string()]),
+            Reply::ok()
+        );
+    }
+    assert!(
+        !finished.load(Ordering::Relaxed),
+        "the guesser's 20 failures take longer than another client's 200 requests"
+    );
+    let took = guesser.join().expect("guesser");
+    // Doubling waits from 2 ms, capped at 500 ms: 20 failures in a row wait at least 6.5 s.
+    assert!(
+        took >= Duration::from_secs(6),
+        "20 failed logins took {took:?}"
+    );
+    let metrics = http_get(admin, "/metrics").body;
+    assert_eq!(
+        metric(&metrics, "slotline_auth_failures_total{pool=\"shards\"}"),
+        Some(GUESSES as f64)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "slotline_user_clients{pool=\"shards\",user=\"app1\"}"
+        ),
+        Some(1.0),
+        "the other client, logged in as app1"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "slotline_user_commands_total{pool=\"shards\",user=\"app1\"}"
+        )
+        .unwrap_or(0.0)
+            >= 201.0
+    );
+    // One ACL LOG entry counts the guesses; the password is nowhere.
+    let log = login(port, "ops", "opspw").cmd(&["ACL", "LOG", "1"]);
+    let entry = log.as_array().and_then(|a| a.first()).cloned();
+    let fields = entry
+        .as_ref()
+        .and_then(|e| e.as_array())
+        .unwrap_or_default();
+    assert_eq!(fields.get(1), Some(&Reply::Int(GUESSES as i64)), "{log:?}");
+    assert!(!format!("{log:?}").contains("guess1"));
+}
