@@ -6,6 +6,8 @@
 #   MODE=cluster benches/instructions.sh   # GET through a cluster pool (3 masters)
 #   N=20000 benches/instructions.sh    # requests per measured run
 #   KEEP=1 benches/instructions.sh     # keep the dumps (callgrind_annotate shows where it goes)
+#   USERS=1 benches/instructions.sh    # the pool with an ACL file of 100 users, the benchmark logged
+#                                      # in as one whose keys match the last of its ten patterns
 #
 # slotline runs under valgrind --tool=callgrind with SLOWLOG off (valgrind's slowness would make
 # every request slow); after a warm-up the counters are zeroed, redis-benchmark sends N GETs at
@@ -51,6 +53,17 @@ else
     servers:
       - 127.0.0.1:$((BASE + 1)):1 one"
 fi
+login=()
+users=""
+if [ "${USERS:-0}" = 1 ]; then
+    {
+        echo "user default on nopass ~* &* +@all"
+        for i in $(seq 1 98); do echo "user app$i on >pw$i ~app$i:* %R~shared$i:* &app$i:* +@all -@dangerous"; done
+        echo "user bench on >benchpw $(for i in $(seq 1 9); do printf '~app%s:* ' "$i"; done)~key:* resetchannels +@all -@dangerous"
+    } >"$work/users.acl"
+    users="aclfile: $work/users.acl"
+    login=(--user bench -a benchpw)
+fi
 cat >"$work/slotline.yml" <<YAML
 slowlog_log_slower_than: -1
 workers: 1
@@ -58,6 +71,7 @@ pools:
   bench:
     listen: 127.0.0.1:$proxy
     timeout: 10000
+    $users
     $servers
 YAML
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
@@ -65,18 +79,18 @@ valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
 pid=$!
 pids+=($pid)
 for _ in $(seq 300); do redis-cli -p "$proxy" set key:__rand_int__ x >/dev/null 2>&1 && break; sleep 0.1; done
-redis-benchmark -p "$proxy" -t set -n 2000 -r 1000 -P 16 -c 1 -q >/dev/null
-redis-benchmark -p "$proxy" -t get -n 2000 -r 1000 -c 1 -q >/dev/null
+redis-benchmark -p "$proxy" "${login[@]}" -t set -n 2000 -r 1000 -P 16 -c 1 -q >/dev/null
+redis-benchmark -p "$proxy" "${login[@]}" -t get -n 2000 -r 1000 -c 1 -q >/dev/null
 
 measure() { # pipeline
     callgrind_control -z "$pid" >/dev/null
-    redis-benchmark -p "$proxy" -t get -n "$N" -r 1000 -P "$1" -c 1 -q >/dev/null
+    redis-benchmark -p "$proxy" "${login[@]}" -t get -n "$N" -r 1000 -P "$1" -c 1 -q >/dev/null
     callgrind_control -d "$pid" >/dev/null
     local dump
     dump=$(ls -t "$work"/cg.out.* | head -1)
     local total
     total=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
-    echo "$MODE GET -P $1: $((total / N)) instructions per request ($total over $N)"
+    echo "$MODE${users:+ (100 users)} GET -P $1: $((total / N)) instructions per request ($total over $N)"
 }
 measure 1
 measure 16

@@ -2,7 +2,7 @@
 //! then its channels.
 
 use super::{User, READ, WRITE};
-use crate::command::{Request, Spec};
+use crate::command::{flags, key_access, Begin, Find, KeySpec, Request, Spec};
 
 /// What a user was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,15 +75,35 @@ impl User {
             });
         }
         if !self.all_keys && !spec.keys.is_empty() {
+            let access_of = |access: u8| match access & key_access::VARIABLE {
+                0 => access,
+                _ => access_by_arguments(req, spec),
+            };
+            // Most commands name one key at a fixed place (GET, SET, HGET ...): read it there
+            // rather than walk the key specs.
+            if let [KeySpec {
+                begin: Begin::Index(at),
+                find: Find::Range { last_key: 0, .. },
+                access,
+            }] = spec.keys
+            {
+                let at = *at as usize;
+                if at < req.argc() && !self.may_use_key(req.arg(at), access_of(*access)) {
+                    return Err(Denial {
+                        reason: Reason::Key,
+                        object: req.arg(at).to_vec(),
+                    });
+                }
+                return self.check_channels(req, spec);
+            }
             let mut refused = None;
-            let fixed = access_by_arguments(req, spec);
             crate::command::for_each_key_access(
                 spec,
                 req.argc(),
                 |i| req.arg(i),
                 |i, access| {
                     let key = req.arg(i);
-                    if refused.is_none() && !self.may_use_key(key, fixed.unwrap_or(access)) {
+                    if refused.is_none() && !self.may_use_key(key, access_of(access)) {
                         refused = Some(key);
                     }
                 },
@@ -95,7 +115,13 @@ impl User {
                 });
             }
         }
-        if !self.all_channels {
+        self.check_channels(req, spec)
+    }
+
+    /// The channels of PUBLISH and SUBSCRIBE and their kin.
+    #[inline]
+    fn check_channels(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
+        if !self.all_channels && spec.has(flags::PUBSUB) {
             let (first, pattern) = match spec.name {
                 "publish" | "spublish" => (1..2.min(req.argc()), false),
                 "subscribe" | "ssubscribe" => (1..req.argc(), false),
@@ -118,15 +144,15 @@ impl User {
 
 /// The access of commands whose key flags depend on their arguments (Redis's `VARIABLE_FLAGS`): SET
 /// reads its key only with GET, BITFIELD writes it only with SET or INCRBY.
-fn access_by_arguments(req: Request<'_>, spec: &Spec) -> Option<u8> {
+fn access_by_arguments(req: Request<'_>, spec: &Spec) -> u8 {
     let has = |word: &[u8], from: usize| {
         (from..req.argc()).any(|i| req.arg(i).eq_ignore_ascii_case(word))
     };
     match spec.name {
-        "set" if has(b"GET", 3) => Some(READ | WRITE),
-        "set" => Some(WRITE),
-        "bitfield" if has(b"SET", 2) || has(b"INCRBY", 2) => Some(READ | WRITE),
-        "bitfield" => Some(READ),
-        _ => None,
+        "set" if has(b"GET", 3) => READ | WRITE,
+        "set" => WRITE,
+        "bitfield" if has(b"SET", 2) || has(b"INCRBY", 2) => READ | WRITE,
+        "bitfield" => READ,
+        _ => READ | WRITE,
     }
 }

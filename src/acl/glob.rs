@@ -1,6 +1,56 @@
 //! Redis's glob-style matching (`stringmatchlen` in util.c), which ACL key and channel patterns use:
 //! `*`, `?`, `[abc]`, `[^a-z]` and `\` escapes, byte by byte, case-sensitive.
 
+/// A pattern ready to match: most ACL patterns are a literal prefix and one `*` (`app1:*`) or a
+/// literal, which a comparison answers; the rest are matched as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// No special byte: the text is the pattern.
+    Exact(Box<[u8]>),
+    /// Literal bytes, then only `*`s: the text starts with them (and is not empty: `*` alone does
+    /// not match an empty text in Redis).
+    Prefix(Box<[u8]>),
+    Glob(Box<[u8]>),
+}
+
+impl Pattern {
+    pub fn new(pattern: &[u8]) -> Pattern {
+        let special = |b: &u8| matches!(b, b'*' | b'?' | b'[' | b'\\');
+        let literal = pattern
+            .iter()
+            .rposition(|b| *b != b'*')
+            .map_or(&[][..], |last| &pattern[..=last]);
+        if !pattern.iter().any(special) {
+            Pattern::Exact(pattern.into())
+        } else if !literal.iter().any(special) {
+            Pattern::Prefix(literal.into())
+        } else {
+            Pattern::Glob(pattern.into())
+        }
+    }
+
+    #[inline]
+    pub fn matches(&self, text: &[u8]) -> bool {
+        // The first bytes first: most patterns a key is tried against start differently (`app1:*`
+        // against `app2:x`), and comparing one byte is cheaper than calling memcmp.
+        match self {
+            Pattern::Exact(p) => p.len() == text.len() && same_start(p, text),
+            Pattern::Prefix(p) => match p.first() {
+                Some(first) => text.first() == Some(first) && same_start(p, text),
+                None => !text.is_empty(),
+            },
+            Pattern::Glob(p) => matches(p, text),
+        }
+    }
+}
+
+/// Whether `text` starts with `prefix`: byte by byte, as prefixes are short (a call to memcmp
+/// costs more than comparing `app1:`).
+#[inline]
+fn same_start(prefix: &[u8], text: &[u8]) -> bool {
+    text.len() >= prefix.len() && prefix.iter().zip(text).all(|(a, b)| a == b)
+}
+
 /// Whether `text` matches `pattern`, as Redis matches them.
 pub fn matches(pattern: &[u8], text: &[u8]) -> bool {
     let mut skip_longer = false;
@@ -138,6 +188,29 @@ mod tests {
                 expected,
                 "{pattern:?} against {text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn compiled_patterns_match_as_redis_does() {
+        use super::Pattern;
+        assert!(matches!(Pattern::new(b"app1:*"), Pattern::Prefix(_)));
+        assert!(matches!(Pattern::new(b"app1:x"), Pattern::Exact(_)));
+        assert!(matches!(Pattern::new(b"a*b"), Pattern::Glob(_)));
+        let patterns = [
+            "*", "**", "app1:*", "app1:**", "app1", "", "a*b", "h[ae]llo", "a?", "x\\*",
+        ];
+        let texts = [
+            "", "a", "app1", "app1:", "app1:x", "app2:x", "ab", "hello", "x*", "axb",
+        ];
+        for p in patterns {
+            for t in texts {
+                assert_eq!(
+                    Pattern::new(p.as_bytes()).matches(t.as_bytes()),
+                    matches(p.as_bytes(), t.as_bytes()),
+                    "{p:?} against {t:?}"
+                );
+            }
         }
     }
 

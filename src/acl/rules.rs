@@ -2,6 +2,7 @@
 //! with the rules applied left to right as `ACL SETUSER` applies them.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use super::{glob, CATEGORIES};
 use crate::command::{self, Spec};
@@ -10,7 +11,10 @@ use crate::command::{self, Spec};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct KeyPattern {
     pub access: u8,
+    /// As written (ACL LIST shows it).
     pub pattern: Box<[u8]>,
+    /// As matched.
+    pub compiled: glob::Pattern,
 }
 
 /// A user as its rules made it. Passwords are kept only as SHA-256 digests, as Redis keeps them.
@@ -28,8 +32,20 @@ pub struct User {
     pub(super) command_rules: Vec<Box<str>>,
     pub(super) all_keys: bool,
     pub(super) keys: Vec<KeyPattern>,
+    /// The key pattern that matched last, tried first: an application's keys mostly match one.
+    hint: Hint,
     pub(super) all_channels: bool,
     pub(super) channels: Vec<Box<[u8]>>,
+}
+
+/// An index into a user's key patterns; any value is safe (an index past them tries none).
+#[derive(Debug, Default)]
+struct Hint(AtomicU16);
+
+impl Clone for Hint {
+    fn clone(&self) -> Hint {
+        Hint(AtomicU16::new(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 /// Why a line is not a user: the word that is wrong, and how.
@@ -65,6 +81,7 @@ impl User {
             command_rules: Vec::new(),
             all_keys: false,
             keys: Vec::new(),
+            hint: Hint::default(),
             all_channels: false,
             channels: Vec::new(),
         }
@@ -199,7 +216,11 @@ impl User {
         match self.keys.iter_mut().find(|k| k.pattern == pattern) {
             // As Redis: the same pattern again adds to its access.
             Some(known) => known.access |= access,
-            None => self.keys.push(KeyPattern { access, pattern }),
+            None => self.keys.push(KeyPattern {
+                access,
+                compiled: glob::Pattern::new(&pattern),
+                pattern,
+            }),
         }
         Ok(())
     }
@@ -279,11 +300,22 @@ impl User {
 
     /// Whether a key used with `access` is one of the user's.
     pub(super) fn may_use_key(&self, key: &[u8], access: u8) -> bool {
-        self.all_keys
-            || self
-                .keys
-                .iter()
-                .any(|k| k.access & access == access && glob::matches(&k.pattern, key))
+        if self.all_keys {
+            return true;
+        }
+        let access = access & (super::READ | super::WRITE);
+        let fits = |k: &KeyPattern| k.access & access == access && k.compiled.matches(key);
+        let hint = self.hint.0.load(Ordering::Relaxed) as usize;
+        if self.keys.get(hint).is_some_and(fits) {
+            return true;
+        }
+        match self.keys.iter().position(fits) {
+            Some(i) => {
+                self.hint.0.store(i as u16, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the user may publish or subscribe to `channel` (a pattern of PSUBSCRIBE's is allowed

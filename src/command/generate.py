@@ -84,6 +84,8 @@ def key_spec(spec):
         access.append("key_access::READ")
     if any(f in key_flags for f in ("insert", "delete", "update")):
         access.append("key_access::WRITE")
+    if "variable_flags" in key_flags:
+        access.append("key_access::VARIABLE")
     return "KeySpec { begin: %s, find: %s, access: %s }" % (begin, find, " | ".join(access) or "0")
 
 

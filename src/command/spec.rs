@@ -46,6 +46,8 @@ pub mod key_access {
     pub const READ: u8 = 1 << 0;
     /// The command changes the key.
     pub const WRITE: u8 = 1 << 1;
+    /// Its arguments decide (SET reads only with GET, BITFIELD writes only with SET or INCRBY).
+    pub const VARIABLE: u8 = 1 << 2;
 }
 
 /// The kind of data a command works on: its Redis ACL category, folded into a small fixed set so that
