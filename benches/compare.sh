@@ -97,11 +97,7 @@ ACL=${ACL:-1}
 acl_port=$((BASE + 24))
 acl_yaml=""
 if [ "$ACL" = 1 ]; then
-    {
-        echo "user default on nopass ~* &* +@all"
-        for i in $(seq 1 98); do echo "user app$i on >pw$i ~app$i:* %R~shared$i:* &app$i:* +@all -@dangerous"; done
-        echo "user bench on >benchpw $(for i in $(seq 1 9); do printf '~app%s:* ' "$i"; done)~key:* resetchannels +@all -@dangerous"
-    } >"$work/users.acl"
+    benches/users-acl.sh "$work"
     acl_yaml="  shards_acl:
     listen: 127.0.0.1:$acl_port
     mode: ketama

@@ -56,11 +56,7 @@ fi
 login=()
 users=""
 if [ "${USERS:-0}" = 1 ]; then
-    {
-        echo "user default on nopass ~* &* +@all"
-        for i in $(seq 1 98); do echo "user app$i on >pw$i ~app$i:* %R~shared$i:* &app$i:* +@all -@dangerous"; done
-        echo "user bench on >benchpw $(for i in $(seq 1 9); do printf '~app%s:* ' "$i"; done)~key:* resetchannels +@all -@dangerous"
-    } >"$work/users.acl"
+    benches/users-acl.sh "$work"
     users="aclfile: $work/users.acl"
     login=(--user bench -a benchpw)
 fi
