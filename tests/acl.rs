@@ -576,3 +576,39 @@ fn guessing_passwords_is_slow_for_the_guesser_only() {
     assert_eq!(fields.get(1), Some(&Reply::Int(GUESSES as i64)), "{log:?}");
     assert!(!format!("{log:?}").contains("guess1"));
 }
+
+/// `users:` lines in the config change in place when the config is reloaded: connected clients stay
+/// (and follow their user's new rules), a removed user's clients are disconnected.
+#[test]
+fn users_lines_in_the_config_change_in_place() {
+    let shards = RedisServers::start(1);
+    let port = free_port();
+    let config = |lines: &[&str]| {
+        let users: String = lines.iter().map(|l| format!("      - \"{l}\"\n")).collect();
+        shards.ketama_yaml(port, &format!("    users:\n{users}"))
+    };
+    let proxy = Slotline::start(&config(&[
+        "user app1 on >old ~app1:* +@all",
+        "user app2 on >pw2 ~app2:* +@all",
+    ]));
+    let mut app1 = login(port, "app1", "old");
+    let mut app2 = login(port, "app2", "pw2");
+    assert_eq!(app1.cmd(&["SET", "app1:k", "1"]), Reply::ok());
+    assert_eq!(error_of(&app1.cmd(&["GET", "app3:k"])), NO_KEY);
+    std::fs::write(
+        proxy.config_path(),
+        config(&["user app1 on >old >new ~app1:* ~app3:* +@all"]),
+    )
+    .expect("rewrite the config");
+    wait_for(Duration::from_secs(10), "the new users", || {
+        Client::connect(port).cmd(&["AUTH", "app1", "new"]) == Reply::ok()
+    });
+    assert_eq!(
+        app1.cmd(&["GET", "app3:k"]),
+        Reply::nil(),
+        "the connected client follows its user's new rules"
+    );
+    assert_eq!(app1.cmd(&["GET", "app1:k"]), Reply::bulk("1"));
+    assert!(app2.wait_closed(Duration::from_secs(10)), "app2 removed");
+    assert!(proxy.log().contains("pool users changed"));
+}

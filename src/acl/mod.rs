@@ -307,8 +307,22 @@ impl Acl {
         self.users().get(name).filter(|u| u.rules.enabled).cloned()
     }
 
+    /// New `users:` lines (a reloaded config whose users alone changed): installed as
+    /// [`Acl::install`] does. Returns the names of users removed or turned off.
+    pub fn replace_lines(&self, lines: &[String]) -> Result<Vec<String>, LoadError> {
+        if !matches!(self.source, Source::Lines(_)) {
+            return Err(LoadError("the users do not come from users: lines".into()));
+        }
+        let users = self.read_from(&Source::Lines(lines.to_vec()))?;
+        Ok(self.install(users))
+    }
+
     fn read_source(&self) -> Result<Users, LoadError> {
-        let (lines, origin): (Vec<String>, String) = match &self.source {
+        self.read_from(&self.source)
+    }
+
+    fn read_from(&self, source: &Source) -> Result<Users, LoadError> {
+        let (lines, origin): (Vec<String>, String) = match source {
             Source::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| LoadError(format!("cannot read {}: {e}", path.display())))?;

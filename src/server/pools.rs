@@ -126,6 +126,19 @@ impl Pools {
                     tracing::info!(pool = %name, "pool servers changed: connected clients follow them");
                     continue;
                 }
+                if users_only(&old.config, pool_config) {
+                    match old.pool.acl.replace_lines(&pool_config.users) {
+                        Ok(gone) => {
+                            old.config = pool_config.clone();
+                            tracing::info!(pool = %name, "pool users changed: new logins use them, connected clients follow their user's rules");
+                            disconnect_users(&old.pool, &gone);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(pool = %name, error = %e, "pool users changed but cannot be read; starting the pool afresh");
+                        }
+                    }
+                }
             }
             let old = self.running.get(name);
             let listener = match fresh.remove(name) {
@@ -245,6 +258,14 @@ fn servers_only(old: &PoolConfig, new: &PoolConfig) -> bool {
     let mut probe = old.clone();
     probe.servers.clone_from(&new.servers);
     probe == *new
+}
+
+/// Whether only a pool's `users:` lines changed (and it had some before and has some now): they are
+/// swapped in place, as a rotated ACL file is.
+fn users_only(old: &PoolConfig, new: &PoolConfig) -> bool {
+    let mut probe = old.clone();
+    probe.users.clone_from(&new.users);
+    probe == *new && !old.users.is_empty() && !new.users.is_empty()
 }
 
 /// Hands a sharded pool with a static source its new `servers:`; the pool swaps them in like any
@@ -389,22 +410,28 @@ fn follow_users(pool: &Arc<Pool>) {
         move || acl.read().map_err(|e| e.0),
         |pool: &Pool, users| {
             let gone = pool.acl.install(users);
-            if gone.is_empty() {
-                return;
-            }
-            let mut closed = 0;
-            for record in pool.shared.clients.all() {
-                let theirs = record
-                    .user()
-                    .is_some_and(|user| pool.acl.is_among(&user, &gone));
-                if theirs && pool.shared.lifecycle.kill(record.id) {
-                    closed += 1;
-                }
-            }
-            tracing::info!(pool = %pool.name, users = ?gone, clients = closed,
-                "users removed or turned off: their clients are disconnected");
+            disconnect_users(pool, &gone);
         },
     );
+}
+
+/// Closes the clients of the pool's users named in `gone` (removed or turned off), as Redis's ACL
+/// DELUSER does.
+fn disconnect_users(pool: &Pool, gone: &[String]) {
+    if gone.is_empty() {
+        return;
+    }
+    let mut closed = 0;
+    for record in pool.shared.clients.all() {
+        let theirs = record
+            .user()
+            .is_some_and(|user| pool.acl.is_among(&user, gone));
+        if theirs && pool.shared.lifecycle.kill(record.id) {
+            closed += 1;
+        }
+    }
+    tracing::info!(pool = %pool.name, users = ?gone, clients = closed,
+        "users removed or turned off: their clients are disconnected");
 }
 
 /// What serves a pool's clients.
