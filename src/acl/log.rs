@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 const MAX_ENTRIES: usize = 128;
 /// Repeats within this long are counted in one entry.
 const GROUPING: Duration = Duration::from_secs(60);
+/// Bytes kept of an entry's object and user name, which a client chooses (a key of megabytes, a
+/// made-up user): the log stays bounded whatever clients send.
+const MAX_TEXT: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -31,7 +34,9 @@ pub struct Log {
 
 impl Log {
     /// Adds `entry`, or counts it in a recent one like it (which becomes the newest).
-    pub fn add(&self, entry: Entry) {
+    pub fn add(&self, mut entry: Entry) {
+        shorten(&mut entry.object);
+        shorten(&mut entry.username);
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let like = entries.iter().position(|e| {
             e.reason == entry.reason
@@ -67,6 +72,17 @@ impl Log {
     }
 }
 
+fn shorten(text: &mut String) {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +115,12 @@ mod tests {
             log.add(entry(&i.to_string(), now));
         }
         assert_eq!(log.newest(1000).len(), MAX_ENTRIES);
+        log.add(entry(&"k".repeat(1 << 20), now));
+        assert_eq!(
+            log.newest(1)[0].object.len(),
+            MAX_TEXT + 3,
+            "a huge key is not kept whole"
+        );
         log.reset();
         assert!(log.newest(10).is_empty());
     }
