@@ -420,15 +420,21 @@ fn redis_failover_command_in_a_role_probed_pool_loses_no_acknowledged_write() {
 
 #[test]
 fn a_replicaof_switch_that_demotes_the_master_first_loses_no_acknowledged_write() {
-    // The order an operator can make safe without Redis's FAILOVER: the master turns replica first
-    // (its writes are refused with READONLY from then on, and slotline sends each once more to the
-    // node that answers as master next), then the replica is promoted.
+    // The order an operator can make safe without Redis's FAILOVER: writes paused on the master
+    // until the replica has them all, the master turned replica (the writes it holds are refused
+    // with READONLY from then on, and slotline sends each once more to the node that answers as
+    // master next), then the replica promoted. Without the pause Redis itself may lose a write the
+    // master acknowledged a moment before REPLICAOF, which cuts the link that was carrying it to
+    // the replica (CI saw 2 of 168,545).
     role_probed_switches(
         "REPLICAOF, master demoted first (ROLE probes)",
         |group, master, replica| {
-            caught_up(&mut group.client(master), &mut group.client(replica));
+            let mut old = group.client(master);
+            assert!(old.cmd(&["CLIENT", "PAUSE", "5000", "WRITE"]).is_ok());
+            caught_up(&mut old, &mut group.client(replica));
             group.replicate(master, Some(replica));
             group.replicate(replica, None);
+            assert!(old.cmd(&["CLIENT", "UNPAUSE"]).is_ok());
         },
     );
 }
