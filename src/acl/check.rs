@@ -31,6 +31,13 @@ pub struct Denial {
 }
 
 impl Denial {
+    fn of(reason: Reason, object: &[u8]) -> Denial {
+        Denial {
+            reason,
+            object: object.to_vec(),
+        }
+    }
+
     /// The error the client gets, in Redis 7.0's words.
     pub fn message(&self) -> String {
         match self.reason {
@@ -68,11 +75,8 @@ impl User {
     /// Whether the user may run `req` (whose command is `spec`).
     pub fn check(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
         // Logging in (and out) is for everyone, as Redis's `no-auth` commands are.
-        if !self.may_run(spec) && !spec.has(crate::command::flags::NO_AUTH) {
-            return Err(Denial {
-                reason: Reason::Command,
-                object: spec.name.as_bytes().to_vec(),
-            });
+        if !self.may_run(spec) && !spec.has(flags::NO_AUTH) {
+            return Err(Denial::of(Reason::Command, spec.name.as_bytes()));
         }
         if !self.all_keys && !spec.keys.is_empty() {
             let access_of = |access: u8| match access & key_access::VARIABLE {
@@ -89,10 +93,7 @@ impl User {
             {
                 let at = *at as usize;
                 if at < req.argc() && !self.may_use_key(req.arg(at), access_of(*access)) {
-                    return Err(Denial {
-                        reason: Reason::Key,
-                        object: req.arg(at).to_vec(),
-                    });
+                    return Err(Denial::of(Reason::Key, req.arg(at)));
                 }
                 return self.check_channels(req, spec);
             }
@@ -109,10 +110,7 @@ impl User {
                 },
             );
             if let Some(key) = refused {
-                return Err(Denial {
-                    reason: Reason::Key,
-                    object: key.to_vec(),
-                });
+                return Err(Denial::of(Reason::Key, key));
             }
         }
         self.check_channels(req, spec)
@@ -132,10 +130,7 @@ impl User {
                 .map(|i| req.arg(i))
                 .find(|c| !self.may_use_channel(c, pattern))
             {
-                return Err(Denial {
-                    reason: Reason::Channel,
-                    object: channel.to_vec(),
-                });
+                return Err(Denial::of(Reason::Channel, channel));
             }
         }
         Ok(())

@@ -79,21 +79,13 @@ pub fn answer(acl: &Acl, req: Request<'_>, asker: &Asker<'_>, r: &mut Reply<'_>)
     }
 }
 
-/// A key/value reply: a map in RESP3, a flat array in RESP2.
-fn pairs(r: &mut Reply<'_>, proto: u8, len: usize) {
-    match proto {
-        3 => r.map(len),
-        _ => r.array(len * 2),
-    }
-}
-
 fn getuser(acl: &Acl, name: &[u8], proto: u8, r: &mut Reply<'_>) {
     let users = acl.users();
     let Some(user) = std::str::from_utf8(name).ok().and_then(|n| users.get(n)) else {
         return r.null();
     };
     let u = &user.rules;
-    pairs(r, proto, 6);
+    r.pairs(proto, 6);
     r.bulk(b"flags");
     let mut flags = vec![if u.enabled { "on" } else { "off" }];
     if u.nopass {
@@ -201,7 +193,7 @@ fn log(acl: &Acl, req: Request<'_>, proto: u8, r: &mut Reply<'_>) {
     let entries = acl.log.newest(count);
     r.array(entries.len());
     for e in entries {
-        pairs(r, proto, 7);
+        r.pairs(proto, 7);
         r.bulk(b"count");
         r.int(e.count as i64);
         r.bulk(b"reason");

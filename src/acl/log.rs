@@ -33,10 +33,30 @@ pub struct Log {
 }
 
 impl Log {
+    /// Logs a refusal (`reason` command, key or channel) or a failed login (`auth`) of `client`,
+    /// as `username`, of `object` (the command, key, channel, or `AUTH`).
+    pub fn note(
+        &self,
+        reason: &'static str,
+        context: &'static str,
+        object: &[u8],
+        username: &[u8],
+        client: &crate::clients::Record,
+    ) {
+        let at = Instant::now();
+        self.add(Entry {
+            count: 1,
+            reason,
+            context,
+            object: bounded_text(object),
+            username: bounded_text(username),
+            at,
+            client_info: client.line(at, 0),
+        });
+    }
+
     /// Adds `entry`, or counts it in a recent one like it (which becomes the newest).
-    pub fn add(&self, mut entry: Entry) {
-        shorten(&mut entry.object);
-        shorten(&mut entry.username);
+    fn add(&self, entry: Entry) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let like = entries.iter().position(|e| {
             e.reason == entry.reason
@@ -72,14 +92,11 @@ impl Log {
     }
 }
 
-fn shorten(text: &mut String) {
-    if text.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
+/// At most [`MAX_TEXT`] bytes of `bytes` as text, `...` marking the cut (the rest is never copied).
+fn bounded_text(bytes: &[u8]) -> String {
+    match bytes.get(..MAX_TEXT).filter(|_| bytes.len() > MAX_TEXT) {
+        Some(kept) => String::from_utf8_lossy(kept).into_owned() + "...",
+        None => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -115,7 +132,8 @@ mod tests {
             log.add(entry(&i.to_string(), now));
         }
         assert_eq!(log.newest(1000).len(), MAX_ENTRIES);
-        log.add(entry(&"k".repeat(1 << 20), now));
+        let client = crate::clients::Record::new(1, "10.0.0.1:5000".into(), String::new(), 0);
+        log.note("key", "toplevel", &[b'k'; 1 << 20], b"app", &client);
         assert_eq!(
             log.newest(1)[0].object.len(),
             MAX_TEXT + 3,

@@ -99,11 +99,6 @@ pub struct Active {
 }
 
 impl Active {
-    /// It logs in with any password.
-    pub fn rules_nopass(&self) -> bool {
-        self.rules.nopass
-    }
-
     /// A newer set of users replaced this one: look the user up again by name.
     pub fn retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
@@ -218,10 +213,18 @@ impl Acl {
     /// The user a new client is, before it says AUTH: the default user when it is on and needs no
     /// password, as in Redis.
     pub fn initial(&self) -> Option<Arc<Active>> {
-        self.users()
-            .get(self.default_name())
+        self.default_user()
             .filter(|u| u.rules.enabled && u.rules.nopass)
-            .cloned()
+    }
+
+    /// Whether the default user takes any password (then `AUTH password` is an error, as Redis
+    /// answers it).
+    pub fn default_needs_no_password(&self) -> bool {
+        self.default_user().is_some_and(|u| u.rules.nopass)
+    }
+
+    fn default_user(&self) -> Option<Arc<Active>> {
+        self.users().get(self.default_name()).cloned()
     }
 
     /// The user `name` (the default user when absent) if `password` is one of its passwords.
@@ -248,15 +251,10 @@ impl Acl {
         matched.then(|| user.clone())
     }
 
-    /// Reads the users again (the file changed, or SIGHUP) and installs them (see [`Acl::install`]).
-    /// A set that cannot be read leaves the old one in place.
-    pub fn reload(&self) -> Result<Vec<String>, LoadError> {
-        Ok(self.install(self.read()?))
-    }
-
-    /// Reads the users from where they come from.
+    /// Reads the users from where they come from (again, when the file changed or SIGHUP came; a
+    /// set that cannot be read is not installed, and the old one stays).
     pub fn read(&self) -> Result<Users, LoadError> {
-        self.read_source()
+        self.read_from(&self.source)
     }
 
     /// Makes `users` the set: it serves new logins and, by name, the sessions of users it keeps.
@@ -317,10 +315,6 @@ impl Acl {
         Ok(self.install(users))
     }
 
-    fn read_source(&self) -> Result<Users, LoadError> {
-        self.read_from(&self.source)
-    }
-
     fn read_from(&self, source: &Source) -> Result<Users, LoadError> {
         let (lines, origin): (Vec<String>, String) = match source {
             Source::File(path) => {
@@ -333,12 +327,7 @@ impl Acl {
             }
             Source::Lines(lines) => (lines.clone(), "users".into()),
             Source::Single { name, password } => {
-                let pass = match password {
-                    Some(p) => format!(">{p}"),
-                    None => "nopass".into(),
-                };
-                let user = User::parse_line(&format!("user {name} on ~* &* +@all"))
-                    .and_then(|mut u| u.apply(&pass).map(|()| u))
+                let user = User::everything(name, password.as_deref())
                     .map_err(|e| LoadError(format!("the pool's user: {e}")))?;
                 return Ok(self.users_of(vec![user]));
             }
@@ -362,14 +351,7 @@ impl Acl {
         }
         if !users.iter().any(|u| &*u.name == "default") {
             // As Redis: a default user, which `redis_auth` gives a password.
-            let pass = match &self.default_password {
-                Some(p) => format!(">{p}"),
-                None => "nopass".into(),
-            };
-            let mut default = User::parse_line("user default on ~* &* +@all")
-                .map_err(|e| LoadError(e.to_string()))?;
-            default
-                .apply(&pass)
+            let default = User::everything("default", self.default_password.as_deref())
                 .map_err(|e| LoadError(format!("the default user: {e}")))?;
             users.push(default);
         }
@@ -527,12 +509,12 @@ mod tests {
         let acl = Acl::load(Source::File(file.clone()), None).unwrap();
         let a = acl.login(Some(b"a"), b"1").unwrap();
         std::fs::write(&file, "user a on >1 >1b ~* +@all\nuser c off >3 ~* +@all\n").unwrap();
-        let gone = acl.reload().unwrap();
+        let gone = acl.install(acl.read().unwrap());
         assert_eq!(gone, ["b", "c"]);
         assert!(a.retired());
         assert!(acl.login(Some(b"a"), b"1b").is_some());
         std::fs::write(&file, "user a on bogus\n").unwrap();
-        assert!(acl.reload().is_err());
+        assert!(acl.read().is_err());
         assert!(acl.login(Some(b"a"), b"1b").is_some(), "the old users stay");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -87,6 +87,16 @@ impl User {
         }
     }
 
+    /// `name`, on, with every command, key and channel: with `password`, or none needed.
+    pub fn everything(name: &str, password: Option<&str>) -> Result<User, RuleError> {
+        let mut user = User::parse_line(&format!("user {name} on ~* &* +@all"))?;
+        match password {
+            Some(p) => user.apply(&format!(">{p}"))?,
+            None => user.apply("nopass")?,
+        }
+        Ok(user)
+    }
+
     /// Parses `user NAME rule...` (one line of an ACL file).
     pub fn parse_line(line: &str) -> Result<User, RuleError> {
         let mut words = line.split_ascii_whitespace();
@@ -151,11 +161,7 @@ impl User {
 
     fn apply_prefixed(&mut self, rule: &str) -> Result<(), RuleError> {
         if let Some(password) = rule.strip_prefix('>') {
-            let digest = super::sha256(password.as_bytes());
-            if !self.passwords.contains(&digest) {
-                self.passwords.push(digest);
-            }
-            self.nopass = false;
+            self.add_password(super::sha256(password.as_bytes()));
         } else if let Some(hex) = rule.strip_prefix('#') {
             let digest = parse_digest(hex).ok_or_else(|| {
                 error(
@@ -163,10 +169,7 @@ impl User {
                     "a '#' password is the SHA-256 of the password in 64 hex digits",
                 )
             })?;
-            if !self.passwords.contains(&digest) {
-                self.passwords.push(digest);
-            }
-            self.nopass = false;
+            self.add_password(digest);
         } else if let Some(pattern) = rule.strip_prefix('~') {
             self.add_key_pattern(rule, super::READ | super::WRITE, pattern)?;
         } else if let Some(rest) = rule.strip_prefix('%') {
@@ -199,6 +202,14 @@ impl User {
             return Err(error(rule, "not an ACL rule slotline knows (on, off, nopass, >password, #sha256, resetpass, ~pattern, %R~pattern, %W~pattern, allkeys, resetkeys, &pattern, allchannels, resetchannels, +@category, -@category, +command, -command, +command|subcommand, allcommands, nocommands, reset)"));
         }
         Ok(())
+    }
+
+    /// A password (its digest) the user logs in with, beside those it has.
+    fn add_password(&mut self, digest: [u8; 32]) {
+        if !self.passwords.contains(&digest) {
+            self.passwords.push(digest);
+        }
+        self.nopass = false;
     }
 
     fn add_key_pattern(&mut self, rule: &str, access: u8, pattern: &str) -> Result<(), RuleError> {

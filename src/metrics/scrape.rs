@@ -213,6 +213,11 @@ mod family {
     pub const USER_DENIALS: usize = 27;
 }
 
+/// A counter or gauge the data path keeps, as it is now.
+fn read(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
 pub struct PoolsCollector {
     shared: Arc<Shared>,
@@ -293,11 +298,9 @@ impl Collector for PoolsCollector {
             // A replica listener's pool shares its primary pool's users: counted there once.
             if !pool.read_only {
                 f[AUTH_FAILURES].add(&[("pool", name)], pool.acl.failures.total());
-            }
-            if pool.acl.configured() && !pool.read_only {
-                for (user, counts) in pool.acl.stats() {
+                let users = pool.acl.configured().then(|| pool.acl.stats());
+                for (user, counts) in users.unwrap_or_default() {
                     let at = [("pool", name), ("user", &*user)];
-                    let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
                     f[USER_CLIENTS].add(&at, read(&counts.clients));
                     f[USER_COMMANDS].add(&at, read(&counts.commands));
                     f[USER_DENIALS].add(&at, read(&counts.denials));
@@ -305,7 +308,6 @@ impl Collector for PoolsCollector {
             }
             if let Some(migration) = &pool.migration {
                 let p = &migration.progress;
-                let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
                 f[MIGRATION_MOVED].add(&[("by", "mover"), ("pool", name)], read(&p.moved));
                 f[MIGRATION_MOVED].add(&[("by", "touch"), ("pool", name)], read(&p.moved_on_touch));
                 f[MIGRATION_REMAINING].add(&[("pool", name)], read(&p.remaining));
@@ -369,7 +371,6 @@ impl Collector for PoolsCollector {
                 }
                 let s = node.stats();
                 let at = [("backend", &**node.addr()), ("pool", name)];
-                let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
                 let gauge = |g: &AtomicI64| g.load(Ordering::Relaxed).max(0) as u64;
                 f[REQUESTS].add(&at, read(&s.requests));
                 f[RESPONSES].add(&at, read(&s.responses));

@@ -54,6 +54,15 @@ impl Reply<'_> {
         self.0.put_slice(b"\r\n");
     }
 
+    /// `len` key/value pairs follow: a map for a RESP3 client, the same pairs as a flat array for a
+    /// RESP2 one, as Redis answers them.
+    pub fn pairs(&mut self, proto: u8, len: usize) {
+        match proto {
+            3 => self.map(len),
+            _ => self.array(len * 2),
+        }
+    }
+
     /// A RESP3 set header: `len` elements follow.
     pub fn set(&mut self, len: usize) {
         self.0.put_u8(b'~');

@@ -97,17 +97,10 @@ fn auth(ctx: &mut Ctx, req: Request<'_>) {
         3 => (Some(req.arg(1)), req.arg(2)),
         _ => return ctx.error("ERR syntax error"),
     };
-    if user.is_none() {
-        let acl = &ctx.pool.acl;
-        if acl
-            .users()
-            .get(acl.default_name())
-            .is_some_and(|u| u.rules_nopass())
-        {
-            return ctx.error(
-                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            );
-        }
+    if user.is_none() && ctx.pool.acl.default_needs_no_password() {
+        return ctx.error(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
     }
     if login(ctx, user, password) {
         return ctx.reply(|r| r.ok());
@@ -130,24 +123,14 @@ fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
     let now = Instant::now();
     let wait = acl.failures.failed(&ctx.client.addr, now);
     ctx.penalty_ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-    let username = match user {
-        Some(name) => String::from_utf8_lossy(name).into_owned(),
-        None => acl.default_name().to_string(),
-    };
+    let username = user.unwrap_or(acl.default_name().as_bytes());
     if AUTH_LOG.ready() {
         // Never the password; the user name helps tell a misconfigured client from a guesser.
-        tracing::warn!(pool = %ctx.pool.name, client = %ctx.client.addr, user = %printable(username.as_bytes()),
+        tracing::warn!(pool = %ctx.pool.name, client = %ctx.client.addr, user = %printable(username),
             failures = acl.failures.total(), "failed login (logged at most every 10 s)");
     }
-    acl.log.add(crate::acl::Entry {
-        count: 1,
-        reason: "auth",
-        context: "toplevel",
-        object: "AUTH".into(),
-        username,
-        at: now,
-        client_info: ctx.client.record.line(now, 0),
-    });
+    acl.log
+        .note("auth", "toplevel", b"AUTH", username, &ctx.client.record);
     false
 }
 
@@ -215,11 +198,7 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
     ctx.set_protocol(proto);
     let id = ctx.client.id as i64;
     ctx.reply(|r| {
-        // RESP3 clients get a map, RESP2 clients the same pairs as a flat array, as Redis answers.
-        match proto {
-            3 => r.map(7),
-            _ => r.array(14),
-        }
+        r.pairs(proto, 7);
         r.bulk(b"server");
         r.bulk(b"redis");
         r.bulk(b"version");
@@ -552,16 +531,14 @@ fn client_kill(ctx: &mut Ctx, req: Request<'_>) {
         }
     };
     let me = ctx.client.id;
-    let mut killed = 0;
-    for record in ctx.pool.shared.clients.all() {
-        if filter.matches(&record, me, now) && ctx.pool.shared.lifecycle.kill(record.id) {
-            killed += 1;
-        }
-    }
+    let killed = ctx
+        .pool
+        .shared
+        .kill_clients(|record| filter.matches(record, me, now));
     match (old_syntax, killed) {
         (true, 0) => ctx.error("ERR No such client"),
         (true, _) => ctx.reply(|r| r.ok()),
-        (false, n) => ctx.reply(|r| r.int(n)),
+        (false, n) => ctx.reply(|r| r.int(n as i64)),
     }
 }
 
@@ -870,16 +847,13 @@ fn tracking_info(ctx: &mut Ctx) {
             (o.redirect as i64, prefixes)
         }
     };
-    let resp3 = ctx.protocol() == 3;
+    let proto = ctx.protocol();
     ctx.reply(|r| {
-        match resp3 {
-            true => r.map(3),
-            false => r.array(6),
-        }
+        r.pairs(proto, 3);
         r.bulk(b"flags");
-        match resp3 {
-            true => r.set(flags.len()),
-            false => r.array(flags.len()),
+        match proto {
+            3 => r.set(flags.len()),
+            _ => r.array(flags.len()),
         }
         for flag in &flags {
             r.bulk(flag);

@@ -93,6 +93,16 @@ impl Shared {
         })
     }
 
+    /// Closes every client `matching` picks (its session answers what it had sent, then ends);
+    /// returns how many. CLIENT KILL, and the clients of users removed from an ACL file.
+    pub(crate) fn kill_clients(&self, matching: impl Fn(&crate::clients::Record) -> bool) -> usize {
+        let clients = self.clients.all();
+        let picked = clients.iter().filter(|record| matching(record));
+        picked
+            .filter(|record| self.lifecycle.kill(record.id))
+            .count()
+    }
+
     /// Every pool, in config order; empty while they are starting.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());

@@ -421,15 +421,11 @@ fn disconnect_users(pool: &Pool, gone: &[String]) {
     if gone.is_empty() {
         return;
     }
-    let mut closed = 0;
-    for record in pool.shared.clients.all() {
-        let theirs = record
+    let closed = pool.shared.kill_clients(|record| {
+        record
             .user()
-            .is_some_and(|user| pool.acl.is_among(&user, gone));
-        if theirs && pool.shared.lifecycle.kill(record.id) {
-            closed += 1;
-        }
-    }
+            .is_some_and(|user| pool.acl.is_among(&user, gone))
+    });
     tracing::info!(pool = %pool.name, users = ?gone, clients = closed,
         "users removed or turned off: their clients are disconnected");
 }

@@ -1597,23 +1597,20 @@ impl Ctx {
 
     /// Refuses a command the user may not run: Redis's error, and an entry in ACL LOG.
     fn refuse(&mut self, denial: crate::acl::Denial) {
-        let acl = &self.pool.acl;
-        let now = std::time::Instant::now();
         if let Some(user) = &self.user {
             user.stats.denials.fetch_add(1, Ordering::Relaxed);
-            acl.log.add(crate::acl::Entry {
-                count: 1,
-                reason: denial.reason.label(),
-                context: if self.tx.queuing() {
-                    "multi"
-                } else {
-                    "toplevel"
-                },
-                object: String::from_utf8_lossy(&denial.object).into_owned(),
-                username: user.rules.name.to_string(),
-                at: now,
-                client_info: self.client.record.line(now, 0),
-            });
+            let context = if self.tx.queuing() {
+                "multi"
+            } else {
+                "toplevel"
+            };
+            self.pool.acl.log.note(
+                denial.reason.label(),
+                context,
+                &denial.object,
+                user.rules.name.as_bytes(),
+                &self.client.record,
+            );
         }
         self.error(&denial.message());
     }
