@@ -2,7 +2,7 @@
 //! then its channels.
 
 use super::{User, READ, WRITE};
-use crate::command::{flags, key_access, Begin, Find, KeySpec, Request, Spec};
+use crate::command::{flags, key_access, Request, Spec};
 
 /// What a user was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,20 +83,6 @@ impl User {
                 0 => access,
                 _ => access_by_arguments(req, spec),
             };
-            // Most commands name one key at a fixed place (GET, SET, HGET ...): read it there
-            // rather than walk the key specs.
-            if let [KeySpec {
-                begin: Begin::Index(at),
-                find: Find::Range { last_key: 0, .. },
-                access,
-            }] = spec.keys
-            {
-                let at = *at as usize;
-                if at < req.argc() && !self.may_use_key(req.arg(at), access_of(*access)) {
-                    return Err(Denial::of(Reason::Key, req.arg(at)));
-                }
-                return self.check_channels(req, spec);
-            }
             let mut refused = None;
             crate::command::for_each_key_access(
                 spec,

@@ -1,6 +1,6 @@
 //! Finding a command's keys from its key specs, the way Redis's `getKeysUsingKeySpecs` does.
 
-use super::spec::{key_access, Begin, Find, Spec};
+use super::spec::{key_access, Begin, Find, KeySpec, Spec};
 
 /// Calls `found` with the argument index of every key of the command, in order.
 ///
@@ -22,6 +22,19 @@ pub fn for_each_key_access<'a>(
     arg: impl Fn(usize) -> &'a [u8],
     mut found: impl FnMut(usize, u8),
 ) {
+    // Most commands name one key at a fixed place (GET, SET, HGET ...): found without the search.
+    if let [KeySpec {
+        begin: Begin::Index(at),
+        find: Find::Range { last_key: 0, .. },
+        access,
+    }] = spec.keys
+    {
+        let at = *at as usize;
+        if at < argc {
+            found(at, *access);
+        }
+        return;
+    }
     let argc_i = argc as i64;
     let mut searched_by_hand = false;
     for ks in spec.keys {
