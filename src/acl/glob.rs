@@ -31,24 +31,17 @@ impl Pattern {
 
     #[inline]
     pub fn matches(&self, text: &[u8]) -> bool {
-        // The first bytes first: most patterns a key is tried against start differently (`app1:*`
+        // The first byte first: most patterns a key is tried against start differently (`app1:*`
         // against `app2:x`), and comparing one byte is cheaper than calling memcmp.
         match self {
-            Pattern::Exact(p) => p.len() == text.len() && same_start(p, text),
+            Pattern::Exact(p) => **p == *text,
             Pattern::Prefix(p) => match p.first() {
-                Some(first) => text.first() == Some(first) && same_start(p, text),
+                Some(first) => text.first() == Some(first) && text.starts_with(p),
                 None => !text.is_empty(),
             },
             Pattern::Glob(p) => matches(p, text),
         }
     }
-}
-
-/// Whether `text` starts with `prefix`: byte by byte, as prefixes are short (a call to memcmp
-/// costs more than comparing `app1:`).
-#[inline]
-fn same_start(prefix: &[u8], text: &[u8]) -> bool {
-    text.len() >= prefix.len() && prefix.iter().zip(text).all(|(a, b)| a == b)
 }
 
 /// Whether `text` matches `pattern`, as Redis matches them.
