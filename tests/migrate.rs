@@ -48,6 +48,16 @@ struct Model {
     ttl: Vec<String>,
 }
 
+/// nutcracker's ring over the first three of `servers`, loaded with `keys` keys of every type, and
+/// the model of what they hold.
+fn loaded_ring(servers: &RedisServers, keys: usize) -> (Nutcracker, Model) {
+    let port = free_port();
+    let ring = Nutcracker::start(&nutcracker_yaml(port, servers, 3), port);
+    let mut model = Model::default();
+    preload(&ring, &mut model, keys);
+    (ring, model)
+}
+
 /// Loads keys of every type through nutcracker (so each is where nutcracker's ring puts it).
 fn preload(nutcracker: &Nutcracker, model: &mut Model, count: usize) {
     let mut client = nutcracker.client();
@@ -220,10 +230,7 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
         replicas_per_master: 0,
         ..Default::default()
     });
-    let nut_port = free_port();
-    let nutcracker = Nutcracker::start(&nutcracker_yaml(nut_port, &shards, 3), nut_port);
-    let mut model = Model::default();
-    preload(&nutcracker, &mut model, 2000);
+    let (_nutcracker, mut model) = loaded_ring(&shards, 2000);
 
     let seeds: String = cluster
         .masters()
@@ -349,10 +356,7 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
 #[test]
 fn a_ring_grows_from_three_servers_to_four_and_a_restarted_proxy_carries_on() {
     let servers = RedisServers::start(4);
-    let old_port = free_port();
-    let old_ring = Nutcracker::start(&nutcracker_yaml(old_port, &servers, 3), old_port);
-    let mut model = Model::default();
-    preload(&old_ring, &mut model, 2000);
+    let (_old_ring, mut model) = loaded_ring(&servers, 2000);
 
     let ports = [free_port(), free_port()];
     let config = |port: u16| {
@@ -415,10 +419,7 @@ fn a_ring_grows_from_three_servers_to_four_and_a_restarted_proxy_carries_on() {
 #[test]
 fn verify_finds_keys_the_old_placement_does_not_place_there() {
     let shards = RedisServers::start(3);
-    let nut_port = free_port();
-    let nutcracker = Nutcracker::start(&nutcracker_yaml(nut_port, &shards, 3), nut_port);
-    let mut model = Model::default();
-    preload(&nutcracker, &mut model, 300);
+    let (nutcracker, _) = loaded_ring(&shards, 300);
     let dir = support::TempDir::new("verify");
     let config = dir.write(
         "slotline.yml",
