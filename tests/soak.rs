@@ -781,7 +781,8 @@ fn fault(rig: &mut Rig, which: usize, round: usize, shared: &Shared) {
             );
         }
         2 => {
-            // Slots the clients use: their hash tags'.
+            // Slots the clients use: their hash tags'. The last fault may have been a failover.
+            rig.cluster.wait_roles_settled(Duration::from_secs(30));
             for c in (round % 7..CLUSTER_CLIENTS).step_by(7).take(4) {
                 let slot = support::key_slot(format!("c{c}").as_bytes());
                 let from = rig.cluster.node_for_slot(slot);

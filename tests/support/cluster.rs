@@ -496,6 +496,31 @@ impl RedisCluster {
         masters
     }
 
+    /// Waits until every live node's CLUSTER NODES lists as masters exactly the nodes that answer
+    /// `ROLE` as master. Right after a CLUSTER FAILOVER the new master says so at once, while the
+    /// old one (and the others' view of it) follows a gossip round later; choosing the nodes of a
+    /// slot migration in between sends SETSLOT to a node that has just become a replica.
+    pub fn wait_roles_settled(&self, deadline: Duration) {
+        wait_ok(
+            deadline,
+            "every node to agree on which nodes are masters",
+            || {
+                let by_role: Vec<u16> =
+                    self.masters_by_role().into_iter().map(|(p, _)| p).collect();
+                for port in self.live_ports() {
+                    let seen: Vec<u16> =
+                        self.masters_seen_by(port).iter().map(|m| m.port).collect();
+                    if seen != by_role {
+                        return Err(format!(
+                            "{port} lists masters {seen:?}, ROLE says {by_role:?}"
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
+
     /// A master other than `port`.
     pub fn another_master(&self, port: u16) -> u16 {
         self.masters()
