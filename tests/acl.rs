@@ -612,3 +612,105 @@ fn users_lines_in_the_config_change_in_place() {
     assert!(app2.wait_closed(Duration::from_secs(10)), "app2 removed");
     assert!(proxy.log().contains("pool users changed"));
 }
+
+/// A user with a backend login of its own (`backend_users`) runs as that ACL user on the nodes, so
+/// Redis itself refuses what its scripts reach beyond their declared keys; its clients share that
+/// login's connections (one per node here), its transactions and subscriptions run as it too, and
+/// a user without one runs as the pool's login.
+#[test]
+fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
+    let dir = TempDir::new("acl-backend");
+    let file = acl_file(&dir, USERS);
+    let nodes_acl = dir.write(
+        "nodes.acl",
+        "user default on nopass ~* &* +@all\nuser app1b on >b1 ~app1:* &app1:* +@all -@dangerous\n",
+    );
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        extra_args: vec!["--aclfile".into(), nodes_acl.display().to_string()],
+        ..ClusterOpts::default()
+    });
+    let port = free_port();
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let yaml = Slotline::cluster_yaml(port, &seeds).replace(
+        "    servers:\n",
+        &format!(
+            "    aclfile: {file}\n    backend_users:\n      app1: {{username: app1b, password: b1}}\n    servers:\n"
+        ),
+    );
+    let _proxy = Slotline::start(&yaml);
+
+    // The script declares app1's key and writes another: slotline sees only the declared one.
+    let reach = "redis.call('SET', KEYS[1], 'v') return redis.call('SET', 'elsewhere:{app1}', 'x')";
+    let mut app1 = login(port, "app1", "pw1");
+    let refused = app1.cmd(&["EVAL", reach, "1", "app1:{app1}"]);
+    assert!(
+        error_of(&refused).contains("can't access at least one of the keys"),
+        "the node refuses app1's script: {refused:?}"
+    );
+    // Its own keys, in and out of scripts, as before.
+    assert_eq!(app1.cmd(&["SET", "app1:{b}", "1"]), Reply::ok());
+    let own = app1.cmd(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "app1:{b}"]);
+    assert_eq!(own, Reply::Bulk(Some(b"1".to_vec())));
+    // In a transaction (the client's own connection), the same.
+    assert_eq!(app1.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(
+        app1.cmd(&["EVAL", reach, "1", "app1:{app1}"]),
+        Reply::Status("QUEUED".into())
+    );
+    let exec = app1.cmd(&["EXEC"]);
+    let first = exec.as_array().and_then(|a| a.first()).cloned();
+    assert!(
+        first
+            .as_ref()
+            .and_then(Reply::error)
+            .is_some_and(|e| e.contains("can't access")),
+        "EXEC runs the script as app1b: {exec:?}"
+    );
+
+    // ops has no login of its own: the pool's (the nodes' default user) runs its script.
+    let mut ops = login(port, "ops", "opspw");
+    assert_eq!(
+        ops.cmd(&["EVAL", reach, "1", "app1:{app1}"]),
+        Reply::ok(),
+        "ops runs as the pool's login"
+    );
+
+    // Ten app1 clients: on every node, their commands share app1b's one connection (the
+    // transaction's and the subscriber's are their own).
+    let mut clients: Vec<Client> = (0..8).map(|_| login(port, "app1", "pw1")).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for k in 0..6 {
+            let key = format!("app1:{{{i}-{k}}}");
+            assert_eq!(c.cmd(&["SET", &key, "v"]), Reply::ok());
+        }
+    }
+    let mut sub = login(port, "app1", "pw1");
+    let confirmed = sub.cmd(&["SUBSCRIBE", "app1:news"]);
+    assert!(confirmed.as_array().is_some(), "subscribed: {confirmed:?}");
+    let mut shared_total = 0;
+    let mut subscribers = 0;
+    for m in cluster.masters() {
+        let list = cluster.client(m.port).cmd(&["CLIENT", "LIST"]);
+        let list = list.as_str().expect("CLIENT LIST").to_string();
+        let app1b: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains(" user=app1b "))
+            .collect();
+        let shared = app1b
+            .iter()
+            .filter(|l| l.contains(" cmd=set ") || l.contains(" cmd=eval "))
+            .count();
+        assert!(shared <= 1, "node {}: {app1b:#?}", m.port);
+        shared_total += shared;
+        subscribers += app1b
+            .iter()
+            .filter(|l| l.contains(" cmd=subscribe "))
+            .count();
+    }
+    assert!(
+        shared_total >= 3,
+        "app1's commands ran as app1b on every node"
+    );
+    assert_eq!(subscribers, 1, "the subscription runs as app1b");
+}

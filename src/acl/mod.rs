@@ -95,6 +95,8 @@ pub struct Active {
     acl: u64,
     /// Everything is allowed: sessions skip the check.
     pub unrestricted: bool,
+    /// The backend login its commands run as (`backend_users`), when not the pool's own.
+    pub backend: Option<u16>,
     retired: AtomicBool,
 }
 
@@ -145,6 +147,9 @@ pub struct Acl {
     source: Source,
     /// The default user stands in for `redis_auth` when the users do not define it.
     default_password: Option<String>,
+    /// The backend login of each user that has one of its own, by name (see
+    /// [`crate::config::PoolConfig::backend_logins`]).
+    backends: BTreeMap<Box<str>, u16>,
     stats: Mutex<HashMap<Box<str>, Arc<UserStats>>>,
     pub log: Log,
     pub failures: Failures,
@@ -170,12 +175,22 @@ impl Acl {
     /// The users `source` defines (`default_password` is `redis_auth`, the default user's password
     /// when the users leave it out).
     pub fn load(source: Source, default_password: Option<String>) -> Result<Acl, LoadError> {
+        Acl::load_with_backends(source, default_password, BTreeMap::new())
+    }
+
+    /// [`Acl::load`], with the backend login of users that run as one of their own.
+    pub fn load_with_backends(
+        source: Source,
+        default_password: Option<String>,
+        backends: BTreeMap<Box<str>, u16>,
+    ) -> Result<Acl, LoadError> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let acl = Acl {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             users: ArcSwap::from_pointee(Users::default()),
             source,
             default_password,
+            backends,
             stats: Mutex::new(HashMap::new()),
             log: Log::default(),
             failures: Failures::default(),
@@ -289,6 +304,7 @@ impl Acl {
         rules.name = name.into();
         Some(Arc::new(Active {
             unrestricted: single.unrestricted,
+            backend: None,
             rules,
             stats: single.stats.clone(),
             acl: self.id,
@@ -366,6 +382,7 @@ impl Acl {
                 let stats = stats.entry(rules.name.clone()).or_default().clone();
                 let active = Active {
                     unrestricted: rules.unrestricted(),
+                    backend: self.backends.get(&rules.name).copied(),
                     rules,
                     stats,
                     acl: self.id,

@@ -80,6 +80,25 @@ pub struct Settings {
     pub max_queue: usize,
     /// Connections speak TLS (the pool's `backend_tls`).
     pub tls: Option<Arc<crate::tls::Connector>>,
+    /// The handshakes of the other logins a client's requests may run as (`backend_users`), by
+    /// [`Via::login`].
+    pub logins: Arc<[Handshake]>,
+}
+
+/// Which of a node's sets of connections carries a client's requests: the protocol the client
+/// speaks, and the backend login its user runs as (`backend_users`; None: the pool's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via {
+    pub proto: u8,
+    pub login: Option<u16>,
+}
+
+impl Via {
+    /// The pool's own login over RESP2: what slotline's own requests use.
+    pub const POOL: Via = Via {
+        proto: 2,
+        login: None,
+    };
 }
 
 /// Commands that prepare a fresh connection before it carries requests.
@@ -102,6 +121,7 @@ impl Settings {
             max_reply: crate::protocol::DEFAULT_MAX_REPLY,
             max_queue: usize::MAX,
             tls: None,
+            logins: Arc::new([]),
         }
     }
 
@@ -112,15 +132,50 @@ impl Settings {
         db: u32,
         tls: Option<Arc<crate::tls::Connector>>,
     ) -> Settings {
+        let logins = config
+            .backend_logins()
+            .logins
+            .into_iter()
+            .filter_map(|(user, password)| {
+                Settings::new(0, Duration::ZERO)
+                    .with_login(Some(user), Some(password), db)
+                    .handshake
+            })
+            .collect();
         Settings {
             max_reply: config.max_reply_bytes,
             max_queue: config.max_server_queue_bytes,
             tls,
+            logins,
             ..Settings::new(
                 config.server_connections,
                 Duration::from_millis(config.connect_timeout),
             )
             .with_login(config.backend_login().0, config.backend_login().1, db)
+        }
+    }
+
+    /// The same settings logged in as `login` (an index into `logins`), or these when None. The
+    /// pool's connections count a server's failures; these share the counters and leave health
+    /// to them.
+    pub fn as_login(&self, login: Option<u16>) -> Settings {
+        match login.and_then(|i| self.logins.get(usize::from(i))) {
+            Some(handshake) => Settings {
+                handshake: Some(handshake.clone()),
+                eject: None,
+                logins: Arc::new([]),
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
+
+    /// The settings for a client reaching the node `via` a login and protocol.
+    pub fn via(&self, via: Via) -> Settings {
+        let settings = self.as_login(via.login);
+        match via.proto {
+            3 => settings.resp3(),
+            _ => settings,
         }
     }
 
@@ -193,6 +248,9 @@ pub struct Node {
     settings: Settings,
     /// The same server over RESP3 connections, started when a RESP3 client first needs it.
     resp3: OnceLock<Arc<Node>>,
+    /// The same server logged in as each of the settings' other logins, started when a client of
+    /// that login first needs it.
+    logins: Box<[OnceLock<Arc<Node>>]>,
 }
 
 impl Node {
@@ -226,7 +284,29 @@ impl Node {
             health,
             settings: settings.clone(),
             resp3: OnceLock::new(),
+            logins: settings.logins.iter().map(|_| OnceLock::new()).collect(),
         })
+    }
+
+    /// This server for a client that reaches it `via` a login and a protocol: itself, or the twin
+    /// logged in as the client's backend user, or the RESP3 twin of either. Twins share this
+    /// node's counters.
+    #[inline]
+    pub fn via(self: &Arc<Self>, via: Via) -> &Arc<Node> {
+        let node = match via.login {
+            None => self,
+            Some(login) => match self.logins.get(usize::from(login)) {
+                Some(twin) => twin.get_or_init(|| {
+                    Node::spawn_with_stats(
+                        self.addr.clone(),
+                        &self.settings.as_login(Some(login)),
+                        self.stats.clone(),
+                    )
+                }),
+                None => self,
+            },
+        };
+        node.for_protocol(via.proto)
     }
 
     /// This server for a client speaking `protocol` (2 or 3): itself, or its RESP3 twin, whose

@@ -102,6 +102,27 @@ impl Mode {
     }
 }
 
+/// The ACL user of the nodes a client user's commands run as (`backend_users`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendUser {
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding `password`, read as `redis_auth_file` is.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `backend_users` as connections need it (see [`PoolConfig::backend_logins`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BackendLogins<'a> {
+    /// Each distinct (user, password), once: one set of connections per node each.
+    pub logins: Vec<(&'a str, &'a str)>,
+    /// Client user -> index into `logins`: what [`crate::backend::Via::login`] picks.
+    pub by_user: BTreeMap<Box<str>, u16>,
+}
+
 /// One pool: a listener and the backends behind it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +231,12 @@ pub struct PoolConfig {
     /// A file holding `backend_password`, read as `redis_auth_file` is.
     #[serde(default)]
     pub backend_password_file: Option<PathBuf>,
+    /// Per client user (by name, one of `aclfile`'s or `users`'), the ACL user of the nodes that
+    /// user's commands run as, instead of `backend_username`: then the nodes themselves enforce that
+    /// user's rules where slotline cannot look, inside scripts. Clients of one backend user share
+    /// its connections (`server_connections` per node, opened when its first client needs them).
+    #[serde(default)]
+    pub backend_users: BTreeMap<String, BackendUser>,
     /// Sharded modes: the database backends are switched to; clients still see database 0.
     #[serde(default)]
     pub redis_db: u32,
@@ -510,14 +537,28 @@ impl Config {
     /// `backend_password`.
     fn read_secrets(&mut self) -> Result<(), ConfigError> {
         for (name, pool) in &mut self.pools {
-            for (field, file, secret) in [
-                ("redis_auth", &pool.redis_auth_file, &mut pool.redis_auth),
+            let backend_users = pool.backend_users.iter_mut().map(|(user, b)| {
                 (
-                    "backend_password",
+                    format!("backend_users.{user}.password"),
+                    &b.password_file,
+                    &mut b.password,
+                )
+            });
+            for (field, file, secret) in [
+                (
+                    "redis_auth".to_string(),
+                    &pool.redis_auth_file,
+                    &mut pool.redis_auth,
+                ),
+                (
+                    "backend_password".to_string(),
                     &pool.backend_password_file,
                     &mut pool.backend_password,
                 ),
-            ] {
+            ]
+            .into_iter()
+            .chain(backend_users)
+            {
                 let Some(path) = file else {
                     continue;
                 };
@@ -553,6 +594,29 @@ impl PoolConfig {
                 .as_deref()
                 .or(self.redis_auth.as_deref()),
         )
+    }
+
+    /// The distinct logins of `backend_users`, and for each client user named there the index of
+    /// its login among them.
+    pub fn backend_logins(&self) -> BackendLogins<'_> {
+        let mut logins: Vec<(&str, &str)> = Vec::new();
+        let mut by_user = BTreeMap::new();
+        for (user, backend) in &self.backend_users {
+            let login = (
+                backend.username.as_str(),
+                backend.password.as_deref().unwrap_or(""),
+            );
+            let index = match logins.iter().position(|l| *l == login) {
+                Some(index) => index,
+                None => {
+                    logins.push(login);
+                    logins.len() - 1
+                }
+            };
+            // At most 1,024 (validation).
+            by_user.insert(user.as_str().into(), index as u16);
+        }
+        BackendLogins { logins, by_user }
     }
 
     /// Where the pool's client users come from.
@@ -613,6 +677,7 @@ impl PoolConfig {
             backend_username: None,
             backend_password: None,
             backend_password_file: None,
+            backend_users: BTreeMap::new(),
             redis_db: 0,
             auto_eject_hosts: false,
             server_retry_timeout: defaults::server_retry_timeout(),
@@ -767,6 +832,50 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let err = Config::from_yaml(&yaml).unwrap_err().to_string();
         assert!(err.contains("redis_auth_file: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn backend_users_name_users_and_share_logins() {
+        let path = std::env::temp_dir().join(format!("slotline-b2-{}", std::process::id()));
+        std::fs::write(&path, "b2secret\n").unwrap();
+        let users = "    users: [\"user a1 on >x ~* +@all\", \"user a2 on >y ~* +@all\", \"user a3 on >z ~* +@all\"]\n";
+        let yaml = format!(
+            "{MINIMAL}{users}    backend_users:\n      a1: {{username: b1, password: p1}}\n      \
+             a2: {{username: b2, password_file: {}}}\n      a3: {{username: b1, password: p1}}\n",
+            path.display()
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let crate::config::BackendLogins { logins, by_user } =
+            config.pools["main"].backend_logins();
+        // a1 and a3 share one login, so one set of connections.
+        assert_eq!(logins, vec![("b1", "p1"), ("b2", "b2secret")]);
+        assert_eq!(
+            by_user.into_iter().collect::<Vec<_>>(),
+            vec![("a1".into(), 0), ("a2".into(), 1), ("a3".into(), 0)]
+        );
+        let refused = |yaml: String, want: &str| {
+            let err = Config::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        };
+        refused(
+            format!("{MINIMAL}    backend_users: {{a1: {{username: b1, password: p1}}}}\n"),
+            "pools.main.backend_users: needs the pool's users",
+        );
+        refused(
+            format!(
+                "{MINIMAL}{users}    backend_users: {{nobody: {{username: b1, password: p1}}}}\n"
+            ),
+            "pools.main.backend_users.nobody: no user 'nobody' in the users",
+        );
+        refused(
+            format!("{MINIMAL}{users}    backend_users: {{a1: {{username: b1}}}}\n"),
+            "pools.main.backend_users.a1.password: is required",
+        );
+        refused(
+            format!("{MINIMAL}{users}    backend_users: {{a1: {{username: b1, password: p1, db: 2}}}}\n"),
+            "unknown field",
+        );
     }
 
     #[test]

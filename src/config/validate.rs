@@ -7,6 +7,9 @@ use super::*;
 /// The longest duration a millisecond field may hold: one day.
 const MAX_MS: u64 = 86_400_000;
 
+/// The most client users `backend_users` may name (each distinct login opens its own connections).
+const MAX_BACKEND_USERS: usize = 1024;
+
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |pool: &str, field: &str, what: String| ConfigError {
@@ -233,8 +236,45 @@ impl Config {
             } else {
                 "users"
             };
-            crate::acl::Acl::load(pool.acl_source(), pool.redis_auth.clone())
+            let acl = crate::acl::Acl::load(pool.acl_source(), pool.redis_auth.clone())
                 .map_err(|e| err(name, field, e.to_string()))?;
+            let acl_field = field;
+            if pool.backend_users.len() > MAX_BACKEND_USERS {
+                return Err(err(
+                    name,
+                    "backend_users",
+                    format!("at most {MAX_BACKEND_USERS}"),
+                ));
+            }
+            for (user, backend) in &pool.backend_users {
+                let field = format!("backend_users.{user}");
+                if !acl.configured() {
+                    return Err(err(
+                        name,
+                        "backend_users",
+                        "needs the pool's users (aclfile or users)".into(),
+                    ));
+                }
+                if acl.users().get(user).is_none() {
+                    return Err(err(
+                        name,
+                        &field,
+                        format!("no user '{user}' in the {acl_field}"),
+                    ));
+                }
+                if backend.password.is_none() {
+                    return Err(err(
+                        name,
+                        &format!("{field}.password"),
+                        "is required (or password_file)".into(),
+                    ));
+                }
+                check_login(
+                    (&format!("{field}.username"), Some(&backend.username)),
+                    (&format!("{field}.password"), backend.password.as_deref()),
+                )
+                .map_err(|(field, what)| err(name, &field, what))?;
+            }
             if pool.auto_eject_hosts && pool.server_failure_limit == 0 {
                 return Err(err(
                     name,

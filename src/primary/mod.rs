@@ -222,7 +222,7 @@ impl Primary {
     pub fn resend_to_new_master(
         self: &Arc<Self>,
         frame: Bytes,
-        proto: u8,
+        via: backend::Via,
         pick: usize,
         refused: Bytes,
         deadline: Instant,
@@ -237,7 +237,7 @@ impl Primary {
                 if let Some(master) = master {
                     let role = ask(&master, ROLE, wait).await;
                     if let Some(Ok(replies::Role::Master)) = role.as_deref().map(replies::role) {
-                        return master.for_protocol(proto).send(pick, frame, false, reply);
+                        return master.via(via).send(pick, frame, false, reply);
                     }
                 }
                 if Instant::now() + RESEND_LOOK_GAP >= deadline {

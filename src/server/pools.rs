@@ -378,8 +378,12 @@ async fn start_pool(
         }
         None => None,
     };
-    let acl = crate::acl::Acl::load(config.acl_source(), config.redis_auth.clone())
-        .map_err(|e| invalid("aclfile", e.0))?;
+    let acl = crate::acl::Acl::load_with_backends(
+        config.acl_source(),
+        config.redis_auth.clone(),
+        config.backend_logins().by_user,
+    )
+    .map_err(|e| invalid("aclfile", e.0))?;
     let behind = Behind {
         router,
         stats,

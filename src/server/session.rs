@@ -23,7 +23,7 @@ mod view;
 use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
-use crate::backend::{BackendResult, Inbox, Node};
+use crate::backend::{BackendResult, Inbox, Node, Via};
 use crate::command::{self, flags, policy, LookupError, Merge, Request, Route, Spec};
 use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
@@ -897,10 +897,7 @@ impl Ctx {
         if let Some(node) = self.own.iter().find(|n| n.addr() == shared.addr()) {
             return node.clone();
         }
-        let settings = match self.proto {
-            3 => self.pool.router.own_settings().resp3(),
-            _ => self.pool.router.own_settings(),
-        };
+        let settings = self.pool.router.own_settings().via(self.via());
         let node = Node::spawn(shared.addr().clone(), &settings);
         self.own.push(node.clone());
         node
@@ -913,7 +910,7 @@ impl Ctx {
             return self.no_backend(view, place);
         };
         let seq = self.front_seq + self.pending.len() as u64;
-        node.for_protocol(self.proto)
+        node.via(self.via())
             .send(pick, frame.clone(), false, self.inbox.reply_to(seq));
         if node.congested() {
             self.congested = Some(node.clone());
@@ -1505,12 +1502,13 @@ impl Ctx {
                     return self.tally.get().redirect(kind);
                 }
             }
+            let via = self.via();
             let Some(Pending::Wait(w)) = self.pending.front_mut() else {
                 return;
             };
             let pick = self.client.id as usize;
             let resend = || self.inbox.reply_to(self.front_seq);
-            let failure = match follow_reply(&self.pool, pick, self.proto, w, &reply, resend) {
+            let failure = match follow_reply(&self.pool, pick, via, w, &reply, resend) {
                 Redirected::Followed(kind) => return self.tally.get().redirect(kind),
                 Redirected::Refused => ErrorKind::RedirectLimit,
                 Redirected::No => ErrorKind::BackendError,
@@ -1567,6 +1565,14 @@ impl Ctx {
     fn error_now(&mut self, msg: &str) {
         self.pool.shared.errorstats.count(msg.as_bytes());
         Reply(&mut self.out).error(msg);
+    }
+
+    /// How this client's requests reach a node: in its protocol, as its user's backend login.
+    pub(super) fn via(&self) -> Via {
+        Via {
+            proto: self.proto,
+            login: self.user.as_ref().and_then(|u| u.backend),
+        }
     }
 
     /// The client is now `user` (None: logged out), in the session and in CLIENT LIST.

@@ -432,6 +432,7 @@ impl Ctx {
             sent.push(Part { keys, w });
             nodes.push(node);
         }
+        let via = self.via();
         let mut first = 0;
         while first < sent.len() {
             let Some(node) = &nodes[first] else {
@@ -446,7 +447,7 @@ impl Ctx {
             // Own connections already speak the client's protocol.
             let node = match own_connection {
                 true => node,
-                false => node.for_protocol(self.proto),
+                false => node.via(via),
             };
             if run == 0 {
                 // A whole transaction: only its last reply (EXEC's) is the part's.
@@ -535,6 +536,7 @@ impl Ctx {
     /// Follows redirects of the split request at the front and, once every part is answered, writes
     /// the merged reply. Returns false while a part is still waiting.
     pub(super) fn settle_split(&mut self) -> bool {
+        let via = self.via();
         let Some(Pending::Split(s)) = self.pending.front_mut() else {
             return true;
         };
@@ -554,7 +556,7 @@ impl Ctx {
             let pick = self.client.id as usize;
             let resend = || self.inbox.reply_to(part_seq(self.front_seq, i));
             if let Redirected::Followed(kind) =
-                follow_reply(&self.pool, pick, self.proto, &mut part.w, &reply, resend)
+                follow_reply(&self.pool, pick, via, &mut part.w, &reply, resend)
             {
                 self.tally.get().redirect(kind);
                 self.replies_held = self.replies_held.saturating_sub(reply.len());

@@ -364,10 +364,7 @@ impl Ctx {
                 Err(()) => return self.error(&view.cross_error(spec.display_name())),
             }
         }
-        let settings = match self.proto {
-            3 => self.pool.router.own_settings().resp3(),
-            _ => self.pool.router.own_settings(),
-        };
+        let settings = self.pool.router.own_settings().via(self.via());
         let pick = self.client.id as usize;
         let cluster = matches!(view, View::Cluster(..));
         let router = &self.pool.router;

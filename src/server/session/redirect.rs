@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::super::{Pool, Router};
 use super::Waiting;
-use crate::backend::{Node, ReplyTo};
+use crate::backend::{Node, ReplyTo, Via};
 use crate::cluster::{classify, migrating_to, Cluster, Redirect, Topology};
 use crate::metrics::RedirectKind;
 use crate::route::Slot;
@@ -31,7 +31,7 @@ pub(super) enum Redirected {
 pub(super) fn follow_reply(
     pool: &Pool,
     pick: usize,
-    proto: u8,
+    via: Via,
     w: &mut Waiting,
     reply: &[u8],
     resend: impl FnOnce() -> ReplyTo,
@@ -40,20 +40,20 @@ pub(super) fn follow_reply(
     if reply.first() != Some(&b'-') || w.own_connection {
         return Redirected::No;
     }
-    follow_error(pool, pick, proto, w, reply, resend)
+    follow_error(pool, pick, via, w, reply, resend)
 }
 
 /// An error reply: a redirect to follow, a READONLY from a demoted master, or the client's.
 fn follow_error(
     pool: &Pool,
     pick: usize,
-    proto: u8,
+    via: Via,
     w: &mut Waiting,
     reply: &[u8],
     resend: impl FnOnce() -> ReplyTo,
 ) -> Redirected {
     if let Some(sent_to) = &w.scripted {
-        return follow_script_redirect(pool, pick, proto, w, sent_to.clone(), reply, resend);
+        return follow_script_redirect(pool, pick, via, w, sent_to.clone(), reply, resend);
     }
     let cluster = match &pool.router {
         Router::Cluster(cluster) => cluster,
@@ -65,14 +65,7 @@ fn follow_error(
             }
             w.redirects += 1;
             let refused = Bytes::copy_from_slice(reply);
-            primary.resend_to_new_master(
-                w.frame.clone(),
-                proto,
-                pick,
-                refused,
-                w.deadline,
-                resend(),
-            );
+            primary.resend_to_new_master(w.frame.clone(), via, pick, refused, w.deadline, resend());
             return Redirected::Followed(RedirectKind::Readonly);
         }
         _ => return Redirected::No,
@@ -81,7 +74,7 @@ fn follow_error(
         return Redirected::No;
     };
     let kind = RedirectKind::from(&redirect);
-    let Some(to) = Resend::take(pool, cluster, pick, proto, w, resend) else {
+    let Some(to) = Resend::take(pool, cluster, pick, via, w, resend) else {
         // The client gets the cluster's reply as is.
         return Redirected::Refused;
     };
@@ -119,7 +112,7 @@ fn follow_error(
 fn follow_script_redirect(
     pool: &Pool,
     pick: usize,
-    proto: u8,
+    via: Via,
     w: &mut Waiting,
     sent_to: Arc<str>,
     reply: &[u8],
@@ -135,7 +128,7 @@ fn follow_script_redirect(
         return Redirected::No;
     };
     let kind = RedirectKind::from(&redirect);
-    let Some(to) = Resend::take(pool, cluster, pick, proto, w, resend) else {
+    let Some(to) = Resend::take(pool, cluster, pick, via, w, resend) else {
         return Redirected::Refused;
     };
     let addr = complete_endpoint(addr, &cluster.topology(), slot);
@@ -252,7 +245,7 @@ pub(super) fn own_redirect(
 struct Resend {
     cluster: Arc<Cluster>,
     pick: usize,
-    proto: u8,
+    via: Via,
     frame: Bytes,
     reply: ReplyTo,
 }
@@ -264,7 +257,7 @@ impl Resend {
         pool: &Pool,
         cluster: &Arc<Cluster>,
         pick: usize,
-        proto: u8,
+        via: Via,
         w: &mut Waiting,
         resend: impl FnOnce() -> ReplyTo,
     ) -> Option<Resend> {
@@ -275,14 +268,14 @@ impl Resend {
         Some(Resend {
             cluster: cluster.clone(),
             pick,
-            proto,
+            via,
             frame: w.frame.clone(),
             reply: resend(),
         })
     }
 
     fn deliver(self, node: &Arc<Node>, asking: bool) {
-        node.for_protocol(self.proto)
+        node.via(self.via)
             .send(self.pick, self.frame, asking, self.reply);
     }
 
@@ -451,7 +444,7 @@ mod tests {
         let resend = Resend {
             cluster: cluster.clone(),
             pick: 0,
-            proto: 2,
+            via: Via::POOL,
             frame: Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
             reply: inbox.reply_to(0),
         };
