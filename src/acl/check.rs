@@ -31,6 +31,9 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// Out of line: refusals are rare, and their allocation kept out of the check's hot path.
+    #[cold]
+    #[inline(never)]
     fn of(reason: Reason, object: &[u8]) -> Denial {
         Denial {
             reason,
@@ -73,53 +76,99 @@ impl Denial {
 
 impl User {
     /// Whether the user may run `req` (whose command is `spec`).
+    #[inline]
     pub fn check(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
+        match self.passes_at_once(req, spec) {
+            true => Ok(()),
+            false => self.check_in_full(req, spec),
+        }
+    }
+
+    /// The common case, in a few instructions: a command the user may run, with no channels and
+    /// at most one key at a fixed place, which the pattern its last key matched matches too.
+    /// False says only that the full check must answer.
+    #[inline]
+    fn passes_at_once(&self, req: Request<'_>, spec: &Spec) -> bool {
+        self.may_run(spec)
+            && !spec.has(flags::PUBSUB)
+            && match spec.one_key {
+                Some((at, access)) if access & key_access::VARIABLE == 0 => {
+                    let at = usize::from(at);
+                    at < req.argc() && self.may_use_key_at_once(req.arg(at), access)
+                }
+                Some(_) => false,
+                None => spec.keys.is_empty(),
+            }
+    }
+
+    /// Every rule, in Redis's order.
+    #[inline(never)]
+    fn check_in_full(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
         // Logging in (and out) is for everyone, as Redis's `no-auth` commands are.
         if !self.may_run(spec) && !spec.has(flags::NO_AUTH) {
             return Err(Denial::of(Reason::Command, spec.name.as_bytes()));
         }
-        if !self.all_keys && !spec.keys.is_empty() {
-            let access_of = |access: u8| match access & key_access::VARIABLE {
-                0 => access,
-                _ => access_by_arguments(req, spec),
-            };
-            let mut refused = None;
-            crate::command::for_each_key_access(
-                spec,
-                req.argc(),
-                |i| req.arg(i),
-                |i, access| {
-                    let key = req.arg(i);
-                    if refused.is_none() && !self.may_use_key(key, access_of(access)) {
-                        refused = Some(key);
+        if !self.all_keys {
+            // Most commands (GET, SET, HGET ...) have one key at a fixed place: checked here, in
+            // line; the others walk their key specs.
+            match spec.one_key {
+                Some((at, access)) if access & key_access::VARIABLE == 0 => {
+                    let at = usize::from(at);
+                    if at < req.argc() && !self.may_use_key(req.arg(at), access) {
+                        return Err(Denial::of(Reason::Key, req.arg(at)));
                     }
-                },
-            );
-            if let Some(key) = refused {
-                return Err(Denial::of(Reason::Key, key));
+                }
+                _ if !spec.keys.is_empty() => self.check_keys(req, spec)?,
+                _ => {}
             }
         }
-        self.check_channels(req, spec)
+        if !self.all_channels && spec.has(flags::PUBSUB) {
+            return self.check_channels(req, spec);
+        }
+        Ok(())
+    }
+
+    /// Every key of `req`, with the access its command makes of each.
+    #[inline(never)]
+    fn check_keys(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
+        let access_of = |access: u8| match access & key_access::VARIABLE {
+            0 => access,
+            _ => access_by_arguments(req, spec),
+        };
+        let mut refused = None;
+        crate::command::for_each_key_access(
+            spec,
+            req.argc(),
+            |i| req.arg(i),
+            |i, access| {
+                let key = req.arg(i);
+                if refused.is_none() && !self.may_use_key(key, access_of(access)) {
+                    refused = Some(key);
+                }
+            },
+        );
+        match refused {
+            Some(key) => Err(Denial::of(Reason::Key, key)),
+            None => Ok(()),
+        }
     }
 
     /// The channels of PUBLISH and SUBSCRIBE and their kin.
-    #[inline]
+    #[inline(never)]
     fn check_channels(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
-        if !self.all_channels && spec.has(flags::PUBSUB) {
-            let (first, pattern) = match spec.name {
-                "publish" | "spublish" => (1..2.min(req.argc()), false),
-                "subscribe" | "ssubscribe" => (1..req.argc(), false),
-                "psubscribe" => (1..req.argc(), true),
-                _ => (0..0, false),
-            };
-            if let Some(channel) = first
-                .map(|i| req.arg(i))
-                .find(|c| !self.may_use_channel(c, pattern))
-            {
-                return Err(Denial::of(Reason::Channel, channel));
-            }
+        let (first, pattern) = match spec.name {
+            "publish" | "spublish" => (1..2.min(req.argc()), false),
+            "subscribe" | "ssubscribe" => (1..req.argc(), false),
+            "psubscribe" => (1..req.argc(), true),
+            _ => (0..0, false),
+        };
+        match first
+            .map(|i| req.arg(i))
+            .find(|c| !self.may_use_channel(c, pattern))
+        {
+            Some(channel) => Err(Denial::of(Reason::Channel, channel)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

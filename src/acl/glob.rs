@@ -10,6 +10,13 @@ pub enum Pattern {
     /// Literal bytes, then only `*`s: the text starts with them (and is not empty: `*` alone does
     /// not match an empty text in Redis).
     Prefix(Box<[u8]>),
+    /// A prefix of 1 to 8 bytes (`app1:*`, most key patterns): the first 8 bytes of the text,
+    /// masked, compared as one word, where a memcmp call costs more than the whole check.
+    Word {
+        word: u64,
+        mask: u64,
+        len: u8,
+    },
     Glob(Box<[u8]>),
 }
 
@@ -23,7 +30,18 @@ impl Pattern {
         if !pattern.iter().any(special) {
             Pattern::Exact(pattern.into())
         } else if !literal.iter().any(special) {
-            Pattern::Prefix(literal.into())
+            match literal.len() {
+                len @ 1..=8 => {
+                    let mut bytes = [0; 8];
+                    bytes[..len].copy_from_slice(literal);
+                    Pattern::Word {
+                        word: u64::from_le_bytes(bytes),
+                        mask: u64::MAX >> (8 * (8 - len)),
+                        len: len as u8,
+                    }
+                }
+                _ => Pattern::Prefix(literal.into()),
+            }
         } else {
             Pattern::Glob(pattern.into())
         }
@@ -38,6 +56,10 @@ impl Pattern {
             Pattern::Prefix(p) => match p.first() {
                 Some(first) => text.first() == Some(first) && text.starts_with(p),
                 None => !text.is_empty(),
+            },
+            Pattern::Word { word, mask, len } => match text.first_chunk::<8>() {
+                Some(head) => u64::from_le_bytes(*head) & mask == *word,
+                None => text.starts_with(&word.to_le_bytes()[..usize::from(*len)]),
             },
             Pattern::Glob(p) => matches(p, text),
         }
@@ -187,14 +209,47 @@ mod tests {
     #[test]
     fn compiled_patterns_match_as_redis_does() {
         use super::Pattern;
-        assert!(matches!(Pattern::new(b"app1:*"), Pattern::Prefix(_)));
+        assert!(matches!(
+            Pattern::new(b"app1:*"),
+            Pattern::Word { len: 5, .. }
+        ));
+        assert!(matches!(Pattern::new(b"tenant-17:*"), Pattern::Prefix(_)));
         assert!(matches!(Pattern::new(b"app1:x"), Pattern::Exact(_)));
         assert!(matches!(Pattern::new(b"a*b"), Pattern::Glob(_)));
         let patterns = [
-            "*", "**", "app1:*", "app1:**", "app1", "", "a*b", "h[ae]llo", "a?", "x\\*",
+            "*",
+            "**",
+            "app1:*",
+            "app1:**",
+            "app1",
+            "",
+            "a*b",
+            "h[ae]llo",
+            "a?",
+            "x\\*",
+            "12345678*",
+            "1234567*",
+            "123456789*",
+            "a*",
         ];
         let texts = [
-            "", "a", "app1", "app1:", "app1:x", "app2:x", "ab", "hello", "x*", "axb",
+            "",
+            "a",
+            "app1",
+            "app1:",
+            "app1:x",
+            "app2:x",
+            "ab",
+            "hello",
+            "x*",
+            "axb",
+            "1234567",
+            "12345678",
+            "123456789",
+            "12345679",
+            "app1:xyzw",
+            "app2:xyzw",
+            "1234567\u{0}",
         ];
         for p in patterns {
             for t in texts {

@@ -17,6 +17,14 @@ pub(super) struct KeyPattern {
     pub compiled: glob::Pattern,
 }
 
+impl KeyPattern {
+    /// Whether it lets `key` be used with `access` (READ, WRITE or both).
+    #[inline]
+    fn fits(&self, key: &[u8], access: u8) -> bool {
+        self.access & access == access && self.compiled.matches(key)
+    }
+}
+
 /// A user as its rules made it. Passwords are kept only as SHA-256 digests, as Redis keeps them.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -311,16 +319,24 @@ impl User {
 
     /// Whether a key used with `access` is one of the user's.
     pub(super) fn may_use_key(&self, key: &[u8], access: u8) -> bool {
-        if self.all_keys {
-            return true;
-        }
-        let access = access & (super::READ | super::WRITE);
-        let fits = |k: &KeyPattern| k.access & access == access && k.compiled.matches(key);
+        self.may_use_key_at_once(key, access) || self.may_use_key_by_search(key, access)
+    }
+
+    /// Whether the user has every key, or the pattern the last key matched matches `key` too (a
+    /// client's keys tend to match the same one). False says only that the search must answer.
+    #[inline]
+    pub(super) fn may_use_key_at_once(&self, key: &[u8], access: u8) -> bool {
         let hint = self.hint.0.load(Ordering::Relaxed) as usize;
-        if self.keys.get(hint).is_some_and(fits) {
-            return true;
-        }
-        match self.keys.iter().position(fits) {
+        self.all_keys
+            || self
+                .keys
+                .get(hint)
+                .is_some_and(|k| k.fits(key, access & (super::READ | super::WRITE)))
+    }
+
+    fn may_use_key_by_search(&self, key: &[u8], access: u8) -> bool {
+        let access = access & (super::READ | super::WRITE);
+        match self.keys.iter().position(|k| k.fits(key, access)) {
             Some(i) => {
                 self.hint.0.store(i as u16, Ordering::Relaxed);
                 true

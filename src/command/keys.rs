@@ -1,6 +1,6 @@
 //! Finding a command's keys from its key specs, the way Redis's `getKeysUsingKeySpecs` does.
 
-use super::spec::{key_access, Begin, Find, KeySpec, Spec};
+use super::spec::{key_access, Begin, Find, Spec};
 
 /// Calls `found` with the argument index of every key of the command, in order.
 ///
@@ -23,15 +23,10 @@ pub fn for_each_key_access<'a>(
     mut found: impl FnMut(usize, u8),
 ) {
     // Most commands name one key at a fixed place (GET, SET, HGET ...): found without the search.
-    if let [KeySpec {
-        begin: Begin::Index(at),
-        find: Find::Range { last_key: 0, .. },
-        access,
-    }] = spec.keys
-    {
-        let at = *at as usize;
+    if let Some((at, access)) = spec.one_key {
+        let at = usize::from(at);
         if at < argc {
-            found(at, *access);
+            found(at, access);
         }
         return;
     }

@@ -176,6 +176,9 @@ pub struct Spec {
     pub acl: u32,
     pub route: Route,
     pub keys: &'static [KeySpec],
+    /// The place and access of its one key, when `keys` names one key at a fixed place (GET, SET,
+    /// HGET ...: most commands): key search answers it without walking `keys`.
+    pub one_key: Option<(u8, u8)>,
     /// Its place in [`super::all`]: a compact reference to it (CLIENT LIST's last command, INFO
     /// commandstats).
     pub number: u16,
@@ -193,6 +196,14 @@ impl Spec {
             acl: facts.acl,
             route: super::policy::route(facts),
             keys: facts.keys,
+            one_key: match facts.keys {
+                [KeySpec {
+                    begin: Begin::Index(at),
+                    find: Find::Range { last_key: 0, .. },
+                    access,
+                }] => u8::try_from(*at).ok().map(|at| (at, *access)),
+                _ => None,
+            },
         }
     }
 
