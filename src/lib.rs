@@ -54,6 +54,8 @@
 //! - [`pause`]: CLIENT PAUSE: which commands a pause holds, and until when.
 //! - [`cmdstats`]: INFO commandstats and errorstats: calls, time, refusals and errors per command,
 //!   and error replies per error code, as clients saw them.
+//! - [`scripts`]: the scripts EVAL ran, loaded on every master so EVALSHA and SCRIPT EXISTS find
+//!   them wherever they ask.
 //! - [`slowlog`]: SLOWLOG's entries: requests slower than `slowlog_log_slower_than`, end to end.
 //! - [`throttle`]: at most one log line per period for events a client can provoke at will.
 //! - [`tls`]: TLS with rustls for a pool's clients and backends, its certificate files followed as
@@ -88,6 +90,7 @@ pub mod pause;
 pub mod primary;
 pub mod protocol;
 pub mod route;
+pub mod scripts;
 pub mod server;
 pub mod shards;
 pub mod slowlog;

@@ -131,6 +131,35 @@ fn keyspace_commands_see_every_backend(client: &mut Client, backends: &mut [Clie
         "{gone:?}"
     );
 
+    // A script EVAL ran is cached on every backend, as one Redis caches it: EVALSHA finds it
+    // wherever its keys live, and SCRIPT EXISTS (which asks every backend) says so at once.
+    let body = "return redis.call('GET', KEYS[1]) -- run by EVAL";
+    let sha = client.cmd(&["EVAL", "return redis.sha1hex(ARGV[1])", "0", body]);
+    let sha = String::from_utf8_lossy(sha.as_bytes().expect("a SHA")).into_owned();
+    assert_eq!(client.cmd(&["EVAL", body, "1", "ks:1"]), Reply::bulk("v"));
+    assert_eq!(
+        client.cmd(&["SCRIPT", "EXISTS", &sha]),
+        Reply::Array(Some(vec![Reply::Int(1)])),
+        "right after the EVAL"
+    );
+    for key in written.iter().filter(|k| !hashes.contains(*k)).take(30) {
+        assert_eq!(
+            client.cmd(&["EVALSHA", &sha, "1", key]),
+            Reply::bulk("v"),
+            "EVALSHA of an EVAL'd script on {key}"
+        );
+    }
+    // After SCRIPT FLUSH, the next EVAL of it spreads it again.
+    assert_eq!(client.cmd(&["SCRIPT", "FLUSH"]), Reply::ok());
+    assert_eq!(client.cmd(&["EVAL", body, "1", "ks:1"]), Reply::bulk("v"));
+    for backend in backends.iter_mut() {
+        assert_eq!(
+            backend.cmd(&["SCRIPT", "EXISTS", &sha]),
+            Reply::Array(Some(vec![Reply::Int(1)])),
+            "EVAL'd again after the flush: on every backend"
+        );
+    }
+
     // Functions too.
     let library = "#!lua name=kslib\nredis.register_function('ksget', function(keys) return redis.call('GET', keys[1]) end)";
     assert_eq!(

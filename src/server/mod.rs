@@ -199,6 +199,8 @@ pub struct Pool {
     scripts_running: AtomicU64,
     /// CLIENT TRACKING's clients and what they read.
     pub tracking: crate::tracking::Tracking,
+    /// The scripts EVAL ran that every master has been given.
+    pub scripts: crate::scripts::Spread,
     /// The relay of the masters' script commands to MONITOR (see [`crate::monitor::start`]).
     pub monitor_relay: crate::backend::Gate,
 }

@@ -497,6 +497,7 @@ fn new_pool(
         acl: behind.acl,
         scripts_running: AtomicU64::new(0),
         tracking: Default::default(),
+        scripts: Default::default(),
         monitor_relay: Default::default(),
     })
 }

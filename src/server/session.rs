@@ -791,7 +791,12 @@ impl Ctx {
             Route::Split(split) if argc > 2 => self.split(req, spec, split, frame, view, now),
             Route::Keyed | Route::Split(_) => match view.place_of_request(req, spec) {
                 Ok(place) => {
-                    self.forward(view, view.for_reads(place, spec), spec, frame.clone(), now)
+                    self.forward(view, view.for_reads(place, spec), spec, frame.clone(), now);
+                    if spec.family == command::Family::Scripting
+                        && matches!(spec.name, "eval" | "eval_ro")
+                    {
+                        self.spread_script(req.arg(1), view);
+                    }
                 }
                 Err(()) => self.error(&view.cross_error(spec.display_name())),
             },
@@ -933,6 +938,23 @@ impl Ctx {
             scripted,
             command: self.command_number(),
         }));
+    }
+
+    /// Gives every master the script an EVAL just sent runs, the first time the pool sees it (see
+    /// [`crate::scripts`]).
+    fn spread_script(&mut self, body: &[u8], view: &View<'_>) {
+        if view.node_count() < 2 || !self.pool.scripts.first_sight(view.generation(), body) {
+            return;
+        }
+        let mut load = bytes::BytesMut::new();
+        crate::protocol::Reply(&mut load).command(&[b"SCRIPT", b"LOAD", body]);
+        let load = load.freeze();
+        let (pick, via) = (self.client.id as usize, self.via());
+        for node in view.masters() {
+            // Nobody waits for the answer: a script that does not compile fails its EVAL anyway.
+            let ignored = Inbox::new().reply_to(0);
+            node.via(via).send(pick, load.clone(), false, ignored);
+        }
     }
 
     /// The error for a request no backend can take: why the pool has none, discovery's reason first

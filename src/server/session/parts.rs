@@ -180,6 +180,9 @@ impl Ctx {
         view: &View<'_>,
         now: Instant,
     ) {
+        if spec.name == "script|flush" {
+            self.pool.scripts.forget();
+        }
         if needs == Some(PoolOption::AllowFlush) && !self.pool.config.allow_flush {
             let msg = format!(
                 "ERR {} is disabled: it would empty every {} of pool '{}' (set allow_flush: true in its config to permit it)",
