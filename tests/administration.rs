@@ -99,6 +99,46 @@ fn admin_commands_reach_every_node_only_when_the_pool_allows_them() {
         );
     }
     assert_eq!(client.cmd(&["ACL", "DELUSER", "reporter"]), Reply::Int(1));
+    // In a transaction, as Redis runs it: a bad value fails that command alone, in EXEC's reply.
+    let queued = Reply::Status("QUEUED".into());
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(client.cmd(&["SET", "tx-config", "1"]), queued);
+    assert_eq!(client.cmd(&["CONFIG", "SET", "maxmemory", "bla"]), queued);
+    let exec = client.cmd(&["EXEC"]);
+    let replies = exec.as_array().expect("EXEC's replies");
+    assert_eq!(replies[0], Reply::ok(), "{exec:?}");
+    assert!(
+        replies[1]
+            .error()
+            .is_some_and(|e| e.contains("CONFIG SET failed")),
+        "{exec:?}"
+    );
+    // A good one: every node has it once EXEC has left.
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(
+        client.cmd(&["CONFIG", "SET", "maxmemory-samples", "9"]),
+        queued
+    );
+    assert_eq!(client.cmd(&["EXEC"]), Reply::Array(Some(vec![Reply::ok()])));
+    for &port in &nodes {
+        wait_ok(
+            std::time::Duration::from_secs(5),
+            "the node to take it",
+            || match config_get(port, "maxmemory-samples") {
+                r if r == pair("maxmemory-samples", "9") => Ok(()),
+                other => Err(format!("node {port}: {other:?}")),
+            },
+        );
+    }
+    // Not under WATCH: the other nodes would change even when EXEC runs nothing.
+    assert_eq!(client.cmd(&["WATCH", "tx-config"]), Reply::ok());
+    assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+    let refused = client.cmd(&["CONFIG", "SET", "maxmemory-samples", "5"]);
+    assert!(
+        refused.error().is_some_and(|e| e.contains("WATCH")),
+        "{refused:?}"
+    );
+    assert_eq!(client.cmd(&["DISCARD"]), Reply::ok());
     // What changes the cluster itself stays refused.
     for cmd in [
         &["SHUTDOWN"][..],

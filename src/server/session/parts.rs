@@ -204,7 +204,7 @@ impl Ctx {
     /// shows slotline's log): applied here too when every value is valid, and the command goes on
     /// to the nodes (or, without `allow_admin`, is refused unless it sets nothing else). Returns
     /// whether every parameter set is one of them.
-    fn set_own_config(&mut self, req: Request<'_>) -> bool {
+    pub(super) fn set_own_config(&mut self, req: Request<'_>) -> bool {
         let argc = req.argc();
         if argc < 4 || !argc.is_multiple_of(2) {
             return false;

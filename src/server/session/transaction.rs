@@ -34,6 +34,9 @@ pub(super) struct Transaction {
     queued: Vec<Bytes>,
     /// Commands slotline answers itself, each with its place among all the queued ones.
     local: Vec<Local>,
+    /// CONFIG SETs (with `allow_admin`), also in `queued`: every other node takes them as EXEC
+    /// leaves (see `queue_config_set`).
+    everywhere: Vec<Local>,
     /// Bytes of `queued`, bounded by `max_client_request_bytes`.
     queued_bytes: usize,
     /// Where the transaction and its WATCH are bound, once a key names it, and that place's backend.
@@ -163,6 +166,9 @@ impl Ctx {
             );
             return self.error(&msg);
         }
+        if spec.name == "config|set" && self.pool.config.allow_admin {
+            return self.queue_config_set(req, spec, frame, view);
+        }
         if !local && !policy::queueable(spec) {
             let msg = format!(
                 "ERR {} cannot be part of a transaction through slotline",
@@ -189,6 +195,40 @@ impl Ctx {
             self.tx.writes |= policy::may_write(spec) && !policy::declares_no_writes(req, spec);
             self.tx.queued_bytes += frame.len();
             self.tx.queued.push(frame.clone());
+            self.reply(|r| r.status("QUEUED"));
+        }
+    }
+
+    /// CONFIG SET, with `allow_admin`: Redis runs it inside the transaction, and so it runs inside
+    /// it on the transaction's node, its reply (an error for a bad value included) in its place in
+    /// EXEC's; every other node takes it as EXEC leaves, and slotline's own settings in it change
+    /// then. Not with WATCH: the other nodes would change even when EXEC runs nothing.
+    fn queue_config_set(
+        &mut self,
+        req: Request<'_>,
+        spec: &'static Spec,
+        frame: &Bytes,
+        view: &View<'_>,
+    ) {
+        if self.tx.watching {
+            return self.error(
+                "ERR CONFIG SET cannot be part of a transaction with WATCH through slotline",
+            );
+        }
+        if self.tx.queued_bytes + 2 * frame.len() > self.pool.config.max_client_request_bytes {
+            return self.error(
+                "ERR slotline: the transaction is larger than max_client_request_bytes allows",
+            );
+        }
+        if self.bind(req, spec, view).is_some() {
+            self.tx.queued_bytes += 2 * frame.len();
+            self.tx.queued.push(frame.clone());
+            self.tx.everywhere.push(Local {
+                at: 0,
+                spec,
+                frame: frame.clone(),
+                args: req.args.to_vec(),
+            });
             self.reply(|r| r.status("QUEUED"));
         }
     }
@@ -254,6 +294,7 @@ impl Ctx {
         }
         let queued = std::mem::take(&mut self.tx.queued);
         let local = std::mem::take(&mut self.tx.local);
+        let everywhere = std::mem::take(&mut self.tx.everywhere);
         let node = self.tx.node.clone();
         let watching = self.tx.watching;
         // EXEC ends the transaction and unwatches, on the backend as here.
@@ -291,7 +332,28 @@ impl Ctx {
         }
         frame.extend_from_slice(EXEC);
         let requests = u32::try_from(queued.len() + 2).unwrap_or(u32::MAX);
+        let others: Vec<Arc<Node>> = match everywhere.is_empty() {
+            true => Vec::new(),
+            false => view
+                .members()
+                .into_iter()
+                .filter(|n| n.addr() != node.addr())
+                .collect(),
+        };
         self.on_own(node, frame.freeze(), requests, now);
+        for set in &everywhere {
+            let req = Request {
+                frame: &set.frame,
+                args: &set.args,
+            };
+            self.set_own_config(req);
+            let (pick, via) = (self.client.id as usize, self.via());
+            for other in &others {
+                // The transaction's node answers for it; the others follow.
+                let ignored = crate::backend::Inbox::new().reply_to(0);
+                other.via(via).send(pick, set.frame.clone(), false, ignored);
+            }
+        }
         if !answers.is_empty() {
             if let Some(Pending::Split(s)) = self.pending.back_mut() {
                 s.merge = Merge::Exec;
