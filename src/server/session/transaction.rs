@@ -32,11 +32,10 @@ pub(super) struct Transaction {
     queuing: bool,
     /// The commands for the transaction's backend.
     queued: Vec<Bytes>,
-    /// Commands slotline answers itself, each with its place among all the queued ones.
+    /// Commands slotline answers itself, each with its place among all the queued ones; and
+    /// CONFIG SETs (with `allow_admin`, also in `queued`), which every other node takes as EXEC
+    /// leaves (see `queue_config_set`). One list: the session's state is per client.
     local: Vec<Local>,
-    /// CONFIG SETs (with `allow_admin`), also in `queued`: every other node takes them as EXEC
-    /// leaves (see `queue_config_set`).
-    everywhere: Vec<Local>,
     /// Bytes of `queued`, bounded by `max_client_request_bytes`.
     queued_bytes: usize,
     /// Where the transaction and its WATCH are bound, once a key names it, and that place's backend.
@@ -52,10 +51,11 @@ pub(super) struct Transaction {
     watch_lost: bool,
 }
 
-/// A local command queued in a transaction (see [`policy::queued_locally`]).
+/// A local command queued in a transaction (see [`policy::queued_locally`]), or a CONFIG SET the
+/// other nodes take as EXEC leaves.
 struct Local {
-    /// Its place in the EXEC reply.
-    at: usize,
+    /// Its place in the EXEC reply; None for a CONFIG SET, whose reply is the node's.
+    at: Option<usize>,
     spec: &'static Spec,
     frame: Bytes,
     args: Vec<(u32, u32)>,
@@ -69,7 +69,9 @@ impl Transaction {
 
     /// Commands queued since MULTI.
     pub(super) fn queued_count(&self) -> u32 {
-        (self.queued.len() + self.local.len()).min(u32::MAX as usize) as u32
+        // A CONFIG SET is in both lists: counted once.
+        let answered_here = self.local.iter().filter(|l| l.at.is_some()).count();
+        (self.queued.len() + answered_here).min(u32::MAX as usize) as u32
     }
 
     /// Whether CLIENT PAUSE WRITE holds this transaction's EXEC.
@@ -183,8 +185,9 @@ impl Ctx {
         }
         if local {
             self.tx.queued_bytes += req.frame.len();
+            let answered = self.tx.local.iter().filter(|l| l.at.is_some()).count();
             self.tx.local.push(Local {
-                at: self.tx.queued.len() + self.tx.local.len(),
+                at: Some(self.tx.queued.len() + answered),
                 spec,
                 frame: Bytes::copy_from_slice(req.frame),
                 args: req.args.to_vec(),
@@ -223,8 +226,8 @@ impl Ctx {
         if self.bind(req, spec, view).is_some() {
             self.tx.queued_bytes += 2 * frame.len();
             self.tx.queued.push(frame.clone());
-            self.tx.everywhere.push(Local {
-                at: 0,
+            self.tx.local.push(Local {
+                at: None,
                 spec,
                 frame: frame.clone(),
                 args: req.args.to_vec(),
@@ -293,8 +296,9 @@ impl Ctx {
             return self.reply(|r| r.0.extend_from_slice(null.as_bytes()));
         }
         let queued = std::mem::take(&mut self.tx.queued);
-        let local = std::mem::take(&mut self.tx.local);
-        let everywhere = std::mem::take(&mut self.tx.everywhere);
+        let (local, everywhere): (Vec<Local>, Vec<Local>) = std::mem::take(&mut self.tx.local)
+            .into_iter()
+            .partition(|l| l.at.is_some());
         let node = self.tx.node.clone();
         let watching = self.tx.watching;
         // EXEC ends the transaction and unwatches, on the backend as here.
@@ -303,7 +307,7 @@ impl Ctx {
         // follows it, what they clear (the slow log) precedes what it causes.
         let answers: Vec<(usize, Bytes)> = local
             .iter()
-            .map(|l| (l.at, self.answer_queued(l)))
+            .map(|l| (l.at.unwrap_or(0), self.answer_queued(l)))
             .collect();
         let node = match node {
             Some(node) => node,
