@@ -108,19 +108,8 @@ impl User {
         if !self.may_run(spec) && !spec.has(flags::NO_AUTH) {
             return Err(Denial::of(Reason::Command, spec.name.as_bytes()));
         }
-        if !self.all_keys {
-            // Most commands (GET, SET, HGET ...) have one key at a fixed place: checked here, in
-            // line; the others walk their key specs.
-            match spec.one_key {
-                Some((at, access)) if access & key_access::VARIABLE == 0 => {
-                    let at = usize::from(at);
-                    if at < req.argc() && !self.may_use_key(req.arg(at), access) {
-                        return Err(Denial::of(Reason::Key, req.arg(at)));
-                    }
-                }
-                _ if !spec.keys.is_empty() => self.check_keys(req, spec)?,
-                _ => {}
-            }
+        if !self.all_keys && !spec.keys.is_empty() {
+            self.check_keys(req, spec)?;
         }
         if !self.all_channels && spec.has(flags::PUBSUB) {
             return self.check_channels(req, spec);
@@ -128,8 +117,8 @@ impl User {
         Ok(())
     }
 
-    /// Every key of `req`, with the access its command makes of each.
-    #[inline(never)]
+    /// Every key of `req`, with the access its command makes of each (a command's one key at a
+    /// fixed place is found at once: see [`crate::command::for_each_key_access`]).
     fn check_keys(&self, req: Request<'_>, spec: &Spec) -> Result<(), Denial> {
         let access_of = |access: u8| match access & key_access::VARIABLE {
             0 => access,

@@ -18,9 +18,10 @@ pub(super) struct KeyPattern {
 }
 
 impl KeyPattern {
-    /// Whether it lets `key` be used with `access` (READ, WRITE or both).
+    /// Whether it lets `key` be used with `access` (its READ and WRITE bits; others are ignored).
     #[inline]
     fn fits(&self, key: &[u8], access: u8) -> bool {
+        let access = access & (super::READ | super::WRITE);
         self.access & access == access && self.compiled.matches(key)
     }
 }
@@ -327,15 +328,10 @@ impl User {
     #[inline]
     pub(super) fn may_use_key_at_once(&self, key: &[u8], access: u8) -> bool {
         let hint = self.hint.0.load(Ordering::Relaxed) as usize;
-        self.all_keys
-            || self
-                .keys
-                .get(hint)
-                .is_some_and(|k| k.fits(key, access & (super::READ | super::WRITE)))
+        self.all_keys || self.keys.get(hint).is_some_and(|k| k.fits(key, access))
     }
 
     fn may_use_key_by_search(&self, key: &[u8], access: u8) -> bool {
-        let access = access & (super::READ | super::WRITE);
         match self.keys.iter().position(|k| k.fits(key, access)) {
             Some(i) => {
                 self.hint.0.store(i as u16, Ordering::Relaxed);

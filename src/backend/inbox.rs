@@ -120,6 +120,16 @@ pub struct ReplyTo {
 }
 
 impl ReplyTo {
+    /// For a request sent for its effect alone: its reply goes nowhere.
+    pub fn nowhere() -> ReplyTo {
+        ReplyTo {
+            inbox: None,
+            seq: 0,
+            owed: 1,
+            last_only: false,
+        }
+    }
+
     /// Replies still to deliver.
     pub fn owed(&self) -> u32 {
         self.owed

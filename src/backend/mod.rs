@@ -136,11 +136,7 @@ impl Settings {
             .backend_logins()
             .logins
             .into_iter()
-            .filter_map(|(user, password)| {
-                Settings::new(0, Duration::ZERO)
-                    .with_login(Some(user), Some(password), db)
-                    .handshake
-            })
+            .filter_map(|(user, password)| Handshake::login(Some(user), Some(password), db))
             .collect();
         Settings {
             max_reply: config.max_reply_bytes,
@@ -211,6 +207,15 @@ impl Settings {
     /// Authenticates each connection with `password` (as ACL user `user`, or the default user) and
     /// switches it to database `db`.
     pub fn with_login(mut self, user: Option<&str>, password: Option<&str>, db: u32) -> Settings {
+        self.handshake = Handshake::login(user, password, db);
+        self
+    }
+}
+
+impl Handshake {
+    /// `AUTH [user] password` when there is a password, then `SELECT db` when `db` is not 0; None
+    /// when there is neither.
+    fn login(user: Option<&str>, password: Option<&str>, db: u32) -> Option<Handshake> {
         let mut frames = bytes::BytesMut::new();
         let mut replies = 0;
         if let Some(password) = password {
@@ -221,11 +226,10 @@ impl Settings {
             crate::protocol::Reply(&mut frames).command(&[b"SELECT", db.to_string().as_bytes()]);
             replies += 1;
         }
-        self.handshake = (replies > 0).then(|| Handshake {
+        (replies > 0).then(|| Handshake {
             frames: frames.freeze(),
             replies,
-        });
-        self
+        })
     }
 }
 

@@ -246,15 +246,15 @@ impl Config {
                     format!("at most {MAX_BACKEND_USERS}"),
                 ));
             }
+            if !pool.backend_users.is_empty() && !acl.configured() {
+                return Err(err(
+                    name,
+                    "backend_users",
+                    "needs the pool's users (aclfile or users)".into(),
+                ));
+            }
             for (user, backend) in &pool.backend_users {
                 let field = format!("backend_users.{user}");
-                if !acl.configured() {
-                    return Err(err(
-                        name,
-                        "backend_users",
-                        "needs the pool's users (aclfile or users)".into(),
-                    ));
-                }
                 if acl.users().get(user).is_none() {
                     return Err(err(
                         name,

@@ -948,12 +948,21 @@ impl Ctx {
         }
         let mut load = bytes::BytesMut::new();
         crate::protocol::Reply(&mut load).command(&[b"SCRIPT", b"LOAD", body]);
-        let load = load.freeze();
+        // Nobody waits for the answer: a script that does not compile fails its EVAL anyway.
+        self.send_for_effect(view.masters(), &load.freeze());
+    }
+
+    /// Sends `frame` to each of `nodes` on this client's connections (so its later requests queue
+    /// behind it), for its effect alone: the replies go nowhere.
+    pub(super) fn send_for_effect<'n>(
+        &self,
+        nodes: impl Iterator<Item = &'n Arc<Node>>,
+        frame: &Bytes,
+    ) {
         let (pick, via) = (self.client.id as usize, self.via());
-        for node in view.masters() {
-            // Nobody waits for the answer: a script that does not compile fails its EVAL anyway.
-            let ignored = Inbox::new().reply_to(0);
-            node.via(via).send(pick, load.clone(), false, ignored);
+        for node in nodes {
+            let nowhere = crate::backend::ReplyTo::nowhere();
+            node.via(via).send(pick, frame.clone(), false, nowhere);
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::parts::PartToSend;
 use super::{Ctx, Pending, Place, View};
-use crate::backend::Node;
+use crate::backend::{Node, ReplyTo};
 use crate::command::{flags, policy, Merge};
 use crate::command::{Request, Spec};
 
@@ -69,9 +69,13 @@ impl Transaction {
 
     /// Commands queued since MULTI.
     pub(super) fn queued_count(&self) -> u32 {
-        // A CONFIG SET is in both lists: counted once.
-        let answered_here = self.local.iter().filter(|l| l.at.is_some()).count();
-        (self.queued.len() + answered_here).min(u32::MAX as usize) as u32
+        (self.queued.len() + self.answered_here()).min(u32::MAX as usize) as u32
+    }
+
+    /// The queued commands slotline answers itself (a queued CONFIG SET, in both lists, is the
+    /// node's to answer).
+    fn answered_here(&self) -> usize {
+        self.local.iter().filter(|l| l.at.is_some()).count()
     }
 
     /// Whether CLIENT PAUSE WRITE holds this transaction's EXEC.
@@ -185,9 +189,8 @@ impl Ctx {
         }
         if local {
             self.tx.queued_bytes += req.frame.len();
-            let answered = self.tx.local.iter().filter(|l| l.at.is_some()).count();
             self.tx.local.push(Local {
-                at: Some(self.tx.queued.len() + answered),
+                at: Some(self.tx.queued.len() + self.tx.answered_here()),
                 spec,
                 frame: Bytes::copy_from_slice(req.frame),
                 args: req.args.to_vec(),
@@ -307,7 +310,7 @@ impl Ctx {
         // follows it, what they clear (the slow log) precedes what it causes.
         let answers: Vec<(usize, Bytes)> = local
             .iter()
-            .map(|l| (l.at.unwrap_or(0), self.answer_queued(l)))
+            .filter_map(|l| Some((l.at?, self.answer_queued(l))))
             .collect();
         let node = match node {
             Some(node) => node,
@@ -351,12 +354,8 @@ impl Ctx {
                 args: &set.args,
             };
             self.set_own_config(req);
-            let (pick, via) = (self.client.id as usize, self.via());
-            for other in &others {
-                // The transaction's node answers for it; the others follow.
-                let ignored = crate::backend::Inbox::new().reply_to(0);
-                other.via(via).send(pick, set.frame.clone(), false, ignored);
-            }
+            // The transaction's node answers for it; the others follow.
+            self.send_for_effect(others.iter(), &set.frame);
         }
         if !answers.is_empty() {
             if let Some(Pending::Split(s)) = self.pending.back_mut() {
@@ -387,13 +386,7 @@ impl Ctx {
         let tx = std::mem::take(&mut self.tx);
         if let (true, Some(node)) = (tx.watching, tx.node) {
             let own = self.own_node(&node);
-            // Nobody waits for this reply: it goes to an inbox no one reads.
-            own.send(
-                0,
-                Bytes::from_static(UNWATCH),
-                false,
-                crate::backend::Inbox::new().reply_to(0),
-            );
+            own.send(0, Bytes::from_static(UNWATCH), false, ReplyTo::nowhere());
         }
     }
 
