@@ -26,6 +26,9 @@
 //!   majority, and `+switch-master` announcements) or by `ROLE` probes, as a snapshot behind an
 //!   ArcSwap; healthy replicas for reads; READONLY retries after a switch; writes held through a
 //!   Sentinel promotion so none the old master acknowledged is lost (`handover`).
+//! - [`read`]: read policies (which of a master and its replicas serves a read, for cluster and
+//!   primary pools alike), a client's read-your-writes state, and how far each replica lags,
+//!   measured from replication offsets.
 //! - [`discovery`]: where a pool's backends are: the `servers:` list with host names re-resolved, or a
 //!   Kubernetes Service's EndpointSlices (Endpoints as a fallback) followed with kube-rs; complete
 //!   endpoint sets handed to the pool, and the source's state for readiness and metrics.
@@ -89,6 +92,7 @@ pub mod monitor;
 pub mod pause;
 pub mod primary;
 pub mod protocol;
+pub mod read;
 pub mod route;
 pub mod scripts;
 pub mod server;

@@ -417,7 +417,8 @@ fn sharded_pool_backends_and_ejection_in_metrics() {
     // A sharded pool has every series but the cluster-only refreshes and the primary pools' own.
     for name in support::METRIC_NAMES {
         let elsewhere = *name == "slotline_topology_refreshes_total"
-            || support::PRIMARY_METRIC_NAMES.contains(name);
+            || support::PRIMARY_METRIC_NAMES.contains(name)
+            || support::READ_METRIC_NAMES.contains(name);
         if !elsewhere {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),

@@ -10,8 +10,9 @@ mod topology;
 pub use redirect::{classify, migrating_to, Redirect};
 pub use topology::Topology;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -54,6 +55,42 @@ pub struct Cluster {
     /// not know waits for one that began after it.
     refreshes_begun: AtomicU64,
     refreshes_done: watch::Sender<u64>,
+    /// Reads from replicas, set up when a read policy first needs them.
+    reads: OnceLock<ReplicaReads>,
+    read_counts: crate::read::Counters,
+    /// How replica connections are set up, and how far replicas may lag.
+    read_settings: (backend::Settings, u64),
+    /// Where each node is: slotline's own zone, and nodes' zones by `host:port` or host (the
+    /// config's `zones:`, then discovery's).
+    zones: Mutex<Zones>,
+}
+
+/// Replicas serving reads: their connections (sent `READONLY` once each) and their progress.
+struct ReplicaReads {
+    nodes: backend::Nodes,
+    tracker: Arc<crate::read::lag::Tracker>,
+}
+
+#[derive(Debug, Default)]
+struct Zones {
+    own: Option<Arc<str>>,
+    configured: HashMap<String, Arc<str>>,
+    discovered: HashMap<String, Arc<str>>,
+}
+
+impl Zones {
+    /// The zone of the node at `addr`, if the config or discovery says.
+    fn of(&self, addr: &str) -> Option<&Arc<str>> {
+        let host = host_of(addr);
+        [&self.configured, &self.discovered]
+            .into_iter()
+            .find_map(|z| z.get(addr).or_else(|| z.get(host)))
+    }
+
+    /// Whether the node at `addr` is in slotline's zone (an unknown zone is another zone).
+    fn local(&self, addr: &str) -> bool {
+        self.own.is_some() && self.of(addr) == self.own.as_ref()
+    }
 }
 
 impl Cluster {
@@ -65,7 +102,7 @@ impl Cluster {
             topology: ArcSwap::from_pointee(Topology::empty()),
             nodes: backend::Nodes::new(backend::Settings {
                 on_failure: Some(refresh.clone()),
-                ..backend::Settings::for_pool(config, 0, tls)
+                ..backend::Settings::for_pool(config, 0, tls.clone())
             }),
             seeds: Mutex::new(
                 config
@@ -83,9 +120,113 @@ impl Cluster {
             refresh_failing: AtomicBool::new(false),
             refreshes_begun: AtomicU64::new(0),
             refreshes_done: watch::Sender::new(0),
+            reads: OnceLock::new(),
+            read_counts: Default::default(),
+            read_settings: (
+                backend::Settings::for_pool(config, 0, tls).then(&[b"READONLY"]),
+                config.max_replica_lag,
+            ),
+            zones: Mutex::new(Zones {
+                own: config
+                    .zone
+                    .clone()
+                    .or_else(|| std::env::var("SLOTLINE_ZONE").ok())
+                    .filter(|z| !z.is_empty())
+                    .map(Arc::from),
+                configured: config
+                    .zones
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Arc::from(v.as_str())))
+                    .collect(),
+                discovered: HashMap::new(),
+            }),
         });
         tokio::spawn(refresher(Arc::downgrade(&cluster)));
+        let replicas_read = config.read_from != crate::config::ReadFrom::Master
+            || config
+                .read_listen
+                .values()
+                .any(|&p| p != crate::config::ReadFrom::Master);
+        if replicas_read {
+            cluster.read_from_replicas();
+        }
         cluster
+    }
+
+    /// Sets up reads from replicas (connections, lag probes) if they are not yet; the next
+    /// topology lists each slot's replicas. Idempotent and cheap once done.
+    pub fn read_from_replicas(self: &Arc<Self>) {
+        if self.reads.get().is_some() {
+            return;
+        }
+        let (settings, max_lag) = &self.read_settings;
+        let tracker = Arc::new(crate::read::lag::Tracker::new(*max_lag));
+        let reads = ReplicaReads {
+            nodes: backend::Nodes::new(settings.clone()),
+            tracker: tracker.clone(),
+        };
+        if self.reads.set(reads).is_err() {
+            return; // another client was first
+        }
+        let cluster = Arc::downgrade(self);
+        tokio::spawn(tracker.run(move || {
+            let cluster = cluster.upgrade()?;
+            let topology = cluster.topology();
+            Some(
+                topology
+                    .nodes()
+                    .iter()
+                    .zip(topology.groups())
+                    .map(|(master, group)| crate::read::lag::Probed {
+                        master: master.clone(),
+                        replicas: group
+                            .replicas
+                            .iter()
+                            .map(|r| (r.node.clone(), r.state.clone()))
+                            .collect(),
+                    })
+                    .collect(),
+            )
+        }));
+        self.request_refresh();
+    }
+
+    /// Where reads went.
+    pub fn read_counters(&self) -> &crate::read::Counters {
+        &self.read_counts
+    }
+
+    /// Whether reads may go to replicas (a policy asked for them).
+    pub fn reads_replicas(&self) -> bool {
+        self.reads.get().is_some()
+    }
+
+    /// The replicas' progress, for INFO and metrics: (address, master, zone, state).
+    #[allow(clippy::type_complexity)]
+    pub fn replica_states(
+        &self,
+    ) -> Vec<(
+        Arc<str>,
+        Arc<str>,
+        Option<Arc<str>>,
+        Arc<crate::read::State>,
+    )> {
+        let topology = self.topology();
+        topology
+            .nodes()
+            .iter()
+            .zip(topology.groups())
+            .flat_map(|(master, group)| {
+                group.replicas.iter().map(|r| {
+                    (
+                        r.node.addr().clone(),
+                        master.addr().clone(),
+                        r.zone.clone(),
+                        r.state.clone(),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The current topology; cheap, never blocks.
@@ -119,10 +260,27 @@ impl Cluster {
     /// is gone.
     pub fn follow(self: &Arc<Self>, mut endpoints: watch::Receiver<EndpointSet>) {
         let take = |endpoints: &mut watch::Receiver<EndpointSet>, cluster: &Cluster| {
-            let seeds: Option<Vec<Arc<str>>> = endpoints
-                .borrow_and_update()
-                .as_deref()
-                .map(|set| set.iter().map(|e| e.addr.clone()).collect());
+            type Zones = HashMap<String, Arc<str>>;
+            let (seeds, zones): (Option<Vec<Arc<str>>>, Zones) = {
+                let set = endpoints.borrow_and_update();
+                let set = set.as_deref();
+                (
+                    set.map(|set| set.iter().map(|e| e.addr.clone()).collect()),
+                    set.into_iter()
+                        .flatten()
+                        .filter_map(|e| Some((&e.addr, e.zone.clone()?)))
+                        // By address, and by host for a node that listens on another port
+                        // than the Service names.
+                        .flat_map(|(addr, zone)| {
+                            [
+                                (addr.to_string(), zone.clone()),
+                                (host_of(addr).to_string(), zone),
+                            ]
+                        })
+                        .collect(),
+                )
+            };
+            cluster.set_discovered_zones(zones);
             if let Some(seeds) = seeds {
                 cluster.set_seeds(seeds);
             }
@@ -146,6 +304,16 @@ impl Cluster {
                 }
             }
         });
+    }
+
+    /// The zones discovery tells (by host); a change is taken at the next refresh.
+    fn set_discovered_zones(&self, discovered: HashMap<String, Arc<str>>) {
+        let mut zones = self.zones.lock().unwrap_or_else(PoisonError::into_inner);
+        if zones.discovered != discovered {
+            zones.discovered = discovered;
+            drop(zones);
+            self.request_refresh();
+        }
     }
 
     fn seeds(&self) -> Arc<[Arc<str>]> {
@@ -274,7 +442,8 @@ impl Cluster {
         // Nodes no longer in the topology are dropped here; their connections close once sessions
         // holding the old topology are done with them.
         let masters = self.nodes.keep_only(map.masters.iter().map(String::as_str));
-        let mut new = Topology::new(map.slots, masters, &map.nodes);
+        let groups = self.groups(&map);
+        let mut new = Topology::new(map.slots, masters, groups, &map.nodes);
         let old = self.topology.load();
         new.inherit_generation(&old);
         // Every address redirects may lead to from now on is in the log once.
@@ -289,6 +458,44 @@ impl Cluster {
             );
         }
         self.topology.store(Arc::new(new));
+    }
+}
+
+impl Cluster {
+    /// Each master's replicas as reads use them (none until a policy reads from replicas): their
+    /// connections, progress and zone.
+    fn groups(&self, map: &slots::SlotMap) -> Vec<crate::read::Group> {
+        let Some(reads) = self.reads.get() else {
+            return Vec::new();
+        };
+        let zones = self.zones.lock().unwrap_or_else(PoisonError::into_inner);
+        let all: Vec<&str> = map.replicas.iter().flatten().map(String::as_str).collect();
+        let nodes = reads.nodes.keep_only(all);
+        let mut nodes = nodes.into_iter();
+        let groups: Vec<crate::read::Group> = map
+            .masters
+            .iter()
+            .zip(&map.replicas)
+            .map(|(master, replicas)| crate::read::Group {
+                master_local: zones.local(master),
+                replicas: replicas
+                    .iter()
+                    .zip(nodes.by_ref())
+                    .map(|(addr, node)| crate::read::Replica {
+                        state: reads.tracker.state(node.addr()),
+                        local: zones.local(addr),
+                        zone: zones.of(addr).cloned(),
+                        node,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let addrs: Vec<&Arc<str>> = groups
+            .iter()
+            .flat_map(|g| g.replicas.iter().map(|r| r.node.addr()))
+            .collect();
+        reads.tracker.keep_only(&addrs);
+        groups
     }
 }
 

@@ -10,6 +10,8 @@ pub struct SlotMap {
     /// Master address of each slot, as an index into `masters`.
     pub slots: Vec<Option<u16>>,
     pub masters: Vec<String>,
+    /// Each master's replicas (by the master's index), as the reply lists them.
+    pub replicas: Vec<Vec<String>>,
     /// Every node the reply names, masters and replicas: the only addresses a redirect may lead to.
     pub nodes: Vec<String>,
 }
@@ -34,6 +36,7 @@ pub fn parse(reply: &[u8], queried_host: &str) -> Result<SlotMap, String> {
     let mut map = SlotMap {
         slots: vec![None; SLOTS],
         masters: Vec::new(),
+        replicas: Vec::new(),
         nodes: Vec::new(),
     };
     for range in ranges {
@@ -55,6 +58,7 @@ pub fn parse(reply: &[u8], queried_host: &str) -> Result<SlotMap, String> {
             Some(i) => i,
             None => {
                 map.masters.push(addr);
+                map.replicas.push(Vec::new());
                 map.masters.len() - 1
             }
         };
@@ -62,11 +66,15 @@ pub fn parse(reply: &[u8], queried_host: &str) -> Result<SlotMap, String> {
             map.slots[slot as usize] = Some(index as u16);
         }
         // The master, then its replicas (one with an unusable endpoint is left out, not the map).
-        for node in &parts[2..] {
+        for (i, node) in parts[2..].iter().enumerate() {
             let OwnedFrame::Array(node) = node else {
                 continue;
             };
             if let Ok(addr) = endpoint(node, queried_host) {
+                let replicas = &mut map.replicas[index];
+                if i > 0 && !replicas.contains(&addr) {
+                    replicas.push(addr.clone());
+                }
                 if !map.nodes.contains(&addr) {
                     map.nodes.push(addr);
                 }
@@ -124,6 +132,7 @@ mod tests {
             map.nodes,
             ["node1.redis.svc:7000", "10.0.0.9:7001", "127.0.0.1:7004"]
         );
+        assert_eq!(map.replicas, [vec![], vec!["127.0.0.1:7004".to_string()]]);
         assert_eq!(map.slots[0], Some(0));
         assert_eq!(map.slots[8191], Some(0));
         assert_eq!(map.slots[16383], Some(1));

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::Node;
+use crate::read::Group;
 use crate::route::{Slot, SLOTS};
 
 /// Marks a slot no master serves.
@@ -12,6 +13,9 @@ const UNASSIGNED: u16 = u16::MAX;
 pub struct Topology {
     slots: Box<[u16]>,
     nodes: Vec<Arc<Node>>,
+    /// Each master's replicas that may serve reads, by the master's index (none while no read
+    /// policy of the pool uses replicas).
+    groups: Vec<Group>,
     /// Every node the cluster named, masters and replicas, sorted: where a redirect may lead.
     known: Box<[Arc<str>]>,
     /// Changes when the routes do (see [`crate::route::next_generation`]).
@@ -23,6 +27,7 @@ impl Topology {
         Topology {
             slots: vec![UNASSIGNED; SLOTS].into_boxed_slice(),
             nodes: Vec::new(),
+            groups: Vec::new(),
             known: Box::default(),
             generation: 0,
         }
@@ -30,7 +35,12 @@ impl Topology {
 
     /// `slots[i]` is an index into `nodes` or `None`; `known` lists every node's address (the
     /// masters are added if missing).
-    pub fn new(slots: Vec<Option<u16>>, nodes: Vec<Arc<Node>>, known: &[String]) -> Topology {
+    pub fn new(
+        slots: Vec<Option<u16>>,
+        nodes: Vec<Arc<Node>>,
+        groups: Vec<Group>,
+        known: &[String],
+    ) -> Topology {
         let mut known: Vec<Arc<str>> = known
             .iter()
             .map(|a| Arc::from(a.as_str()))
@@ -48,6 +58,7 @@ impl Topology {
         Topology {
             slots,
             nodes,
+            groups,
             known: known.into(),
             generation: crate::route::next_generation(),
         }
@@ -80,6 +91,17 @@ impl Topology {
     pub fn node_for(&self, slot: Slot) -> Option<&Arc<Node>> {
         let i = self.slots[slot.index()];
         self.nodes.get(i as usize)
+    }
+
+    /// The master serving `slot` and its replicas that may serve reads.
+    pub fn group_for(&self, slot: Slot) -> Option<(&Arc<Node>, Option<&Group>)> {
+        let i = self.slots[slot.index()] as usize;
+        self.nodes.get(i).map(|master| (master, self.groups.get(i)))
+    }
+
+    /// Each master's replicas, in master order (empty while reads stay on masters).
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
     }
 
     /// The master for a request: the owner of its slot, or for a keyless request the master a client

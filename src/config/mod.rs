@@ -276,9 +276,28 @@ pub struct PoolConfig {
     /// queries). Failures and READONLY replies make slotline look at once.
     #[serde(default = "defaults::probe_interval")]
     pub probe_interval: u64,
-    /// Primary pools: where read-only commands go.
+    /// Cluster and primary pools: where read-only commands go (see [`crate::read`]).
     #[serde(default)]
     pub read_from: ReadFrom,
+    /// Cluster and primary pools: more listeners on the same backend connections, each with its
+    /// own read policy (`{"0.0.0.0:7379": replica}`).
+    #[serde(default)]
+    pub read_listen: BTreeMap<String, ReadFrom>,
+    /// Cluster pools: milliseconds a replica may be behind its master (measured from replication
+    /// offsets) and still serve reads.
+    #[serde(default = "defaults::max_replica_lag")]
+    pub max_replica_lag: u64,
+    /// A client that wrote reads its writes back: its reads go to the master until a replica has
+    /// replicated past its last write (only matters when reads may go to replicas).
+    #[serde(default = "defaults::read_your_writes")]
+    pub read_your_writes: bool,
+    /// The zone slotline runs in (`nearest*` policies); the `SLOTLINE_ZONE` environment variable
+    /// when unset.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Zones of nodes discovery does not tell (`{"10.1.2.3:6379": eu-west-1a}`, or a host alone).
+    #[serde(default)]
+    pub zones: BTreeMap<String, String>,
     /// Primary pools: a second listener serving read-only commands from replicas (writes are refused
     /// with READONLY, as a replica would), like the redis-ha chart's read port.
     #[serde(default)]
@@ -323,23 +342,52 @@ pub struct SentinelConfig {
     pub username: Option<String>,
 }
 
-/// Where a primary pool sends read-only commands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Where a cluster or primary pool sends read-only commands (see [`crate::read`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadFrom {
     /// Everything to the master.
     #[default]
     Master,
-    /// Reads to a replica only (round-robin over the healthy ones); while none is healthy they fail
-    /// with an error rather than load the master.
+    /// Reads to the master, to a replica while there is none.
+    PreferMaster,
+    /// Reads to a replica only; while none qualifies they fail with an error rather than load
+    /// the master.
     Replica,
-    /// Reads to a healthy replica, and to the master while there is none.
+    /// Reads to a replica that qualifies, and to the master while there is none.
     PreferReplica,
+    /// Reads spread over the master and the replicas that qualify.
+    Any,
+    /// A replica in slotline's zone, else any replica, else the master.
+    NearestReplica,
+    /// The master or a replica in slotline's zone, else as `nearest_replica`.
+    Nearest,
+}
+
+impl ReadFrom {
+    /// The name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadFrom::Master => "master",
+            ReadFrom::PreferMaster => "prefer_master",
+            ReadFrom::Replica => "replica",
+            ReadFrom::PreferReplica => "prefer_replica",
+            ReadFrom::Any => "any",
+            ReadFrom::NearestReplica => "nearest_replica",
+            ReadFrom::Nearest => "nearest",
+        }
+    }
 }
 
 mod defaults {
     pub fn timeout() -> u64 {
         1000
+    }
+    pub fn max_replica_lag() -> u64 {
+        1000
+    }
+    pub fn read_your_writes() -> bool {
+        true
     }
     pub fn server_connections() -> usize {
         1
@@ -691,6 +739,11 @@ impl PoolConfig {
             sentinel: None,
             probe_interval: defaults::probe_interval(),
             read_from: ReadFrom::Master,
+            read_listen: BTreeMap::new(),
+            max_replica_lag: defaults::max_replica_lag(),
+            read_your_writes: defaults::read_your_writes(),
+            zone: None,
+            zones: BTreeMap::new(),
             replica_listen: None,
             tls: None,
             backend_tls: None,
@@ -1087,11 +1140,60 @@ mod tests {
         let e = Config::from_yaml(&absurd).unwrap_err().to_string();
         assert!(e.contains("pools.p.timeout"), "{e}");
         // Primary-only fields elsewhere are refused by name.
-        for field in ["read_from: replica", "replica_listen: 127.0.0.1:7000"] {
-            let bad = MINIMAL.replace("servers:", &format!("{field}\n    servers:"));
-            let e = Config::from_yaml(&bad).unwrap_err().to_string();
+        let bad = MINIMAL.replace("servers:", "replica_listen: 127.0.0.1:7000\n    servers:");
+        let e = Config::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("pools.main.replica_listen"), "{e}");
+    }
+
+    #[test]
+    fn read_policies_apply_where_there_are_replicas() {
+        let cluster = "pools:\n  c:\n    listen: 127.0.0.1:6390\n    mode: cluster\n    servers: [127.0.0.1:7000]\n    read_from: nearest_replica\n    max_replica_lag: 250\n    read_your_writes: false\n    zone: eu-west-1a\n    zones: {\"10.0.0.1:6379\": eu-west-1b}\n    read_listen: {\"127.0.0.1:7379\": replica, \"127.0.0.1:8379\": any}\n";
+        let config = Config::from_yaml(cluster).unwrap();
+        let c = &config.pools["c"];
+        assert_eq!(c.read_from, ReadFrom::NearestReplica);
+        assert_eq!((c.max_replica_lag, c.read_your_writes), (250, false));
+        assert_eq!(c.read_listen["127.0.0.1:8379"], ReadFrom::Any);
+        // Defaults: masters only, read-your-writes on, 1 s of lag.
+        let plain = Config::from_yaml(MINIMAL).unwrap();
+        let p = &plain.pools["main"];
+        assert_eq!(
+            (p.read_from, p.max_replica_lag, p.read_your_writes),
+            (ReadFrom::Master, 1000, true)
+        );
+        // A sharded pool's servers have no replicas: a clear error, by field.
+        let sharded = "pools:\n  s:\n    listen: 127.0.0.1:6390\n    mode: ketama\n    servers: [\"127.0.0.1:7000:1 a\"]\n";
+        for field in [
+            "read_from: replica",
+            "read_listen: {\"127.0.0.1:7379\": any}",
+            "zones: {a: b}",
+        ] {
+            let e = Config::from_yaml(&format!("{sharded}    {field}\n"))
+                .unwrap_err()
+                .to_string();
             let name = field.split(':').next().unwrap_or_default();
-            assert!(e.contains(&format!("pools.main.{name}")), "{e}");
+            assert!(
+                e.contains(&format!("pools.s.{name}")) && e.contains("no replicas"),
+                "{e}"
+            );
+        }
+        // A listener taken twice, two listeners for one policy, no lag at all, a bad policy.
+        for (bad, field) in [
+            (cluster.replace("7379", "6390"), "read_listen"),
+            (
+                cluster.replace("8379\": any", "8379\": replica"),
+                "read_listen",
+            ),
+            (
+                cluster.replace("max_replica_lag: 250", "max_replica_lag: 0"),
+                "max_replica_lag",
+            ),
+            (
+                cluster.replace("nearest_replica", "closest"),
+                "unknown variant `closest`",
+            ),
+        ] {
+            let e = Config::from_yaml(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
         }
     }
 

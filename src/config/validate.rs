@@ -160,10 +160,45 @@ impl Config {
                     }
                 }
             }
+            if pool.mode.distribution().is_some() {
+                for (field, set) in [
+                    ("read_from", pool.read_from != ReadFrom::Master),
+                    ("read_listen", !pool.read_listen.is_empty()),
+                    ("zones", !pool.zones.is_empty()),
+                ] {
+                    if set {
+                        return Err(err(
+                            name,
+                            field,
+                            "applies to cluster and primary pools: the servers of a sharded pool have no replicas to read from".into(),
+                        ));
+                    }
+                }
+            }
+            let mut policies = std::collections::BTreeSet::new();
+            for (listen, policy) in &pool.read_listen {
+                if !policies.insert(policy) {
+                    return Err(err(
+                        name,
+                        "read_listen",
+                        format!("{} has two listeners (one per policy: each is named <pool>-{} in metrics)", policy.name(), policy.name()),
+                    ));
+                }
+                split_host_port(listen).map_err(|e| err(name, "read_listen", e))?;
+                if let Some(other) = listens.insert(listen.as_str(), format!("pool {name}")) {
+                    return Err(err(
+                        name,
+                        "read_listen",
+                        format!("{listen} is also used by {other}"),
+                    ));
+                }
+            }
+            if pool.max_replica_lag == 0 {
+                return Err(err(name, "max_replica_lag", "must be at least 1 ms".into()));
+            }
             if pool.mode != Mode::Primary {
                 for (field, set) in [
                     ("sentinel", pool.sentinel.is_some()),
-                    ("read_from", pool.read_from != ReadFrom::Master),
                     ("replica_listen", pool.replica_listen.is_some()),
                 ] {
                     if set {

@@ -41,13 +41,16 @@ pub(super) fn from_slices<'a>(
             let Some(ip) = endpoint.addresses.first() else {
                 continue;
             };
-            out.push(endpoint_at(
+            let mut at = endpoint_at(
                 ip,
                 port,
                 endpoint.hostname.as_deref(),
                 endpoint.target_ref.as_ref(),
                 config,
-            ));
+            );
+            // The zone, for reads that prefer nodes in slotline's own (`nearest*` policies).
+            at.zone = endpoint.zone.as_deref().map(Arc::from);
+            out.push(at);
         }
     }
     dedupe(out)
@@ -125,6 +128,7 @@ fn endpoint_at(
         name: Arc::from(name),
         addr: Arc::from(addr),
         weight: config.weight,
+        zone: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Endpoint {
     pub addr: Arc<str>,
     /// Sharded pools' weight.
     pub weight: u32,
+    /// The zone the endpoint is in, when discovery says (an EndpointSlice's `zone`).
+    pub zone: Option<Arc<str>>,
 }
 
 /// A complete set of backends; `None` until the source has learnt one.
@@ -149,6 +151,7 @@ impl StaticServer {
             name: self.name.clone(),
             addr,
             weight: self.weight,
+            zone: None,
         }
     }
 }

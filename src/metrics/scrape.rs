@@ -179,6 +179,30 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &["pool", "user"],
     ),
+    (
+        "slotline_replica",
+        "1 for each replica a cluster pool may read from, labelled with its master and zone (\"\" when unknown); 1 for a primary pool's healthy replicas.",
+        MetricType::GAUGE,
+        &["backend", "master", "pool", "zone"],
+    ),
+    (
+        "slotline_replica_lag_milliseconds",
+        "How far the replica is behind its master, measured from replication offsets (absent while unknown: unreachable, unlinked).",
+        MetricType::GAUGE,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_replica_serving_reads",
+        "1 while the replica qualifies for reads (linked, answering, within max_replica_lag).",
+        MetricType::GAUGE,
+        &["backend", "pool"],
+    ),
+    (
+        "slotline_reads_total",
+        "Read-only commands a read policy placed: to=replica; to=master_fallback (no replica qualified); to=master_own_write (the client's write was not on a replica yet: read-your-writes); to=master_retry (its replica failed it, run again on the master).",
+        MetricType::COUNTER,
+        &["pool", "to"],
+    ),
 ];
 
 /// Indexes into [`FAMILIES`], so that the code below reads by name.
@@ -211,11 +235,28 @@ mod family {
     pub const USER_CLIENTS: usize = 25;
     pub const USER_COMMANDS: usize = 26;
     pub const USER_DENIALS: usize = 27;
+    pub const REPLICA: usize = 28;
+    pub const REPLICA_LAG: usize = 29;
+    pub const REPLICA_SERVING: usize = 30;
+    pub const READS: usize = 31;
 }
 
 /// A counter or gauge the data path keeps, as it is now.
 fn read(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+/// A pool's reads by where they went.
+fn reads(family: &mut Family, pool: &str, counters: &crate::read::Counters) {
+    let [replica, fallback, own_write, retry] = counters.get();
+    for (to, n) in [
+        ("replica", replica),
+        ("master_fallback", fallback),
+        ("master_own_write", own_write),
+        ("master_retry", retry),
+    ] {
+        family.add(&[("pool", pool), ("to", to)], n);
+    }
 }
 
 /// Reads every pool's counters when Prometheus scrapes; nothing is recorded on the data path for it.
@@ -289,6 +330,8 @@ impl Collector for PoolsCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         use family::*;
         let mut f: Vec<Family> = (0..FAMILIES.len()).map(Family::new).collect();
+        // Listeners of one pool share its router: its reads are counted under the first.
+        let mut routers = std::collections::HashSet::new();
         for pool in self.shared.pools() {
             let name = pool.name.as_str();
             let stats = pool.counters();
@@ -329,9 +372,29 @@ impl Collector for PoolsCollector {
                     f[REFRESHES].add(&[("pool", name), ("result", "ok")], ok);
                     f[REFRESHES].add(&[("pool", name), ("result", "error")], failed);
                     let topology = cluster.topology();
+                    if routers.insert(Arc::as_ptr(cluster) as usize) {
+                        for (addr, master, zone, state) in cluster.replica_states() {
+                            let zone = zone.as_deref().unwrap_or("");
+                            let at = [
+                                ("backend", &*addr),
+                                ("master", &*master),
+                                ("pool", name),
+                                ("zone", zone),
+                            ];
+                            f[REPLICA].add(&at, 1);
+                            let at = [("backend", &*addr), ("pool", name)];
+                            if let Some(lag) = state.lag_ms() {
+                                f[REPLICA_LAG].add(&at, lag);
+                            }
+                            f[REPLICA_SERVING].add(&at, u64::from(state.qualifies()));
+                        }
+                        reads(&mut f[READS], name, cluster.read_counters());
+                    }
+                    let replicas = topology.groups().iter().flat_map(|g| g.replicas.iter());
                     topology
                         .nodes()
                         .iter()
+                        .chain(replicas.map(|r| &r.node))
                         .map(|n| (n.clone(), false))
                         .collect()
                 }
@@ -357,6 +420,19 @@ impl Collector for PoolsCollector {
                         f[LAST_SWITCH].add(&[("pool", name), ("via", switch.via.label())], at);
                     }
                     f[REPLICAS].add(&[("pool", name)], roles.replicas.len() as u64);
+                    if routers.insert(Arc::as_ptr(primary) as usize) {
+                        let master = roles.master.as_ref().map_or("", |m| &**m.addr());
+                        for replica in &roles.replicas {
+                            let at = [
+                                ("backend", &**replica.addr()),
+                                ("master", master),
+                                ("pool", name),
+                                ("zone", ""),
+                            ];
+                            f[REPLICA].add(&at, 1);
+                        }
+                        reads(&mut f[READS], name, primary.read_counters());
+                    }
                     f[FAILOVER_HOLDS].add(&[("pool", name)], primary.holds().0);
                     let nodes = roles.master.iter().chain(&roles.replicas);
                     nodes.map(|n| (n.clone(), false)).collect()

@@ -17,7 +17,7 @@
 
 mod detect;
 mod handover;
-mod replies;
+pub(crate) mod replies;
 mod sentinel;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -57,6 +57,8 @@ pub struct Roles {
     pub master: Option<Arc<Node>>,
     /// Replicas whose link to their master is up.
     pub replicas: Vec<Arc<Node>>,
+    /// The same replicas as reads choose among them.
+    pub group: crate::read::Group,
     /// New with every snapshot (see [`crate::route::next_generation`]).
     pub generation: u64,
 }
@@ -115,6 +117,7 @@ pub struct Primary {
     looks_begun: AtomicU64,
     looks_done: watch::Sender<u64>,
     next_read: AtomicUsize,
+    read_counts: crate::read::Counters,
     /// Holds the clients' writes while a sentinel promotes a replica (see [`handover`]).
     hold: Pause,
     /// Holds so far, and how the last one went.
@@ -158,6 +161,7 @@ impl Primary {
             looks_begun: AtomicU64::new(0),
             looks_done: watch::channel(0).0,
             next_read: AtomicUsize::new(0),
+            read_counts: Default::default(),
             hold: Pause::default(),
             holds: AtomicU64::new(0),
             last_hold: Mutex::new(None),
@@ -186,17 +190,16 @@ impl Primary {
         self.nodes.settings()
     }
 
-    /// The node a read-only command goes to: the next healthy replica in turn; the master when there
-    /// is none and `read_from` allows it.
-    pub fn read_node<'r>(&self, roles: &'r Roles, read_from: ReadFrom) -> Option<&'r Arc<Node>> {
-        if read_from != ReadFrom::Master && !roles.replicas.is_empty() {
-            let i = self.next_read.fetch_add(1, Ordering::Relaxed);
-            return roles.replicas.get(i % roles.replicas.len());
-        }
-        match read_from {
-            ReadFrom::Replica => None,
-            ReadFrom::PreferReplica | ReadFrom::Master => roles.master.as_ref(),
-        }
+    /// Where a read-only command goes under `read_from`: the healthy replicas take turns (every
+    /// request the next one), as the policy allows.
+    pub fn read_node<'r>(&self, roles: &'r Roles, read_from: ReadFrom) -> crate::read::Pick<'r> {
+        let turn = self.next_read.fetch_add(1, Ordering::Relaxed);
+        roles.group.choose(read_from, crate::read::Fresh::Any, turn)
+    }
+
+    /// Where reads went.
+    pub fn read_counters(&self) -> &crate::read::Counters {
+        &self.read_counts
     }
 
     /// Asks the detector to look at the roles again soon.
@@ -326,9 +329,23 @@ impl Primary {
             if replicas.len() != current.replicas.len() {
                 tracing::info!(pool = %self.pool, replicas = replicas.len(), "healthy replicas changed");
             }
+            let group = crate::read::Group {
+                replicas: replicas
+                    .iter()
+                    .map(|node| crate::read::Replica {
+                        node: node.clone(),
+                        // The detector keeps only linked replicas; their lag is not measured.
+                        state: Arc::new(crate::read::State::unmeasured()),
+                        local: false,
+                        zone: None,
+                    })
+                    .collect(),
+                master_local: false,
+            };
             self.roles.store(Arc::new(Roles {
                 master,
                 replicas,
+                group,
                 generation: crate::route::next_generation(),
             }));
         }

@@ -358,8 +358,51 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
                 read(&s.server_eof) + read(&s.server_err) + read(&s.server_timedout),
             );
         }
+        read_section(out, pool);
     }
     out.push_str("\r\n");
+}
+
+/// Where the pool's reads go: `reads_<pool>` (its policy and counts: to replicas, to the master
+/// for want of a qualifying replica, to the master for the client's own write, run again on the
+/// master after a replica failed them), and for a cluster pool one `replica_<pool>_<i>` line per
+/// replica (its master, zone, whether it is linked and serving reads, lag, requests).
+fn read_section(out: &mut String, pool: &Pool) {
+    let Some(counters) = pool.router.read_counters() else {
+        return;
+    };
+    let [to_replicas, fallbacks, own_writes, retried] = counters.get();
+    let _ = write!(
+        out,
+        "reads_{}:read_from={},read_your_writes={},max_replica_lag_ms={},to_replicas={to_replicas},master_fallbacks={fallbacks},master_own_writes={own_writes},master_retries={retried}\r\n",
+        pool.name,
+        pool.config.read_from.name(),
+        u8::from(pool.config.read_your_writes),
+        pool.config.max_replica_lag,
+    );
+    let Router::Cluster(cluster) = &pool.router else {
+        return;
+    };
+    for (i, (addr, master, zone, state)) in cluster.replica_states().into_iter().enumerate() {
+        let requests = cluster
+            .topology()
+            .groups()
+            .iter()
+            .flat_map(|g| g.replicas.iter())
+            .find(|r| *r.node.addr() == addr)
+            .map_or(0, |r| r.node.stats().requests.load(Ordering::Relaxed));
+        let lag = state
+            .lag_ms()
+            .map_or("unknown".to_string(), |l| l.to_string());
+        let _ = write!(
+            out,
+            "replica_{}_{i}:addr={addr},role=replica,master={master},zone={},linked={},serving_reads={},lag_ms={lag},requests={requests}\r\n",
+            pool.name,
+            zone.as_deref().unwrap_or(""),
+            u8::from(state.linked()),
+            u8::from(state.qualifies()),
+        );
+    }
 }
 
 /// A primary pool's master, replicas and last switch: `master_detection` says what decides the master

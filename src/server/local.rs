@@ -55,8 +55,25 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
             }
             None => ctx.error("ERR value is not an integer or out of range"),
         },
-        "readonly" | "readwrite" => ctx.reply(|r| r.ok()),
+        "readonly" => {
+            // Redis Cluster's opt-in to replica reads, for this connection: the pool's policy
+            // when it reads from replicas, prefer_replica when it does not.
+            let pool_policy = ctx.pool.config.read_from;
+            ctx.reads.chosen = Some(match pool_policy {
+                crate::read::ReadFrom::Master => crate::read::ReadFrom::PreferReplica,
+                other => other,
+            });
+            if let crate::server::Router::Cluster(cluster) = &ctx.pool.router {
+                cluster.read_from_replicas();
+            }
+            ctx.reply(|r| r.ok())
+        }
+        "readwrite" => {
+            ctx.reads.chosen = Some(crate::read::ReadFrom::Master);
+            ctx.reply(|r| r.ok())
+        }
         "reset" => {
+            ctx.reads = Default::default();
             ctx.end_transaction();
             ctx.end_pubsub();
             ctx.reset_reply_mode();

@@ -214,6 +214,15 @@ pub enum Router {
 }
 
 impl Router {
+    /// Where the pool's reads went (a sharded pool has no replicas to count).
+    pub fn read_counters(&self) -> Option<&crate::read::Counters> {
+        match self {
+            Router::Cluster(cluster) => Some(cluster.read_counters()),
+            Router::Primary(primary) => Some(primary.read_counters()),
+            Router::Shards(_) => None,
+        }
+    }
+
     /// The nodes that take writes now: a cluster's masters, a sharded pool's servers, a primary
     /// pool's master.
     pub fn masters(&self) -> Vec<Arc<crate::backend::Node>> {

@@ -32,6 +32,8 @@ struct Running {
     accept: JoinHandle<()>,
     /// A primary pool's replica listener.
     replicas: Option<Replicas>,
+    /// Listeners with read policies of their own (`read_listen`).
+    reads: Vec<Replicas>,
     /// The TLS listener beside a plaintext `listen` (`tls.listen`).
     secure: Option<Secure>,
 }
@@ -43,7 +45,8 @@ struct Secure {
     accept: JoinHandle<()>,
 }
 
-/// The read-only listener of a primary pool: a pool of its own sharing the primary's router.
+/// The read-only listener of a primary pool, or a `read_listen` listener: a pool of its own sharing
+/// the pool's router.
 struct Replicas {
     pool: Arc<Pool>,
     listener: Arc<Listener>,
@@ -53,7 +56,7 @@ struct Replicas {
 impl Running {
     fn stop_accepting(&self) {
         self.accept.abort();
-        if let Some(replicas) = &self.replicas {
+        for replicas in self.replicas.iter().chain(&self.reads) {
             replicas.accept.abort();
         }
         if let Some(secure) = &self.secure {
@@ -62,7 +65,12 @@ impl Running {
     }
 
     fn pools(&self) -> impl Iterator<Item = Arc<Pool>> + '_ {
-        std::iter::once(self.pool.clone()).chain(self.replicas.iter().map(|r| r.pool.clone()))
+        std::iter::once(self.pool.clone()).chain(
+            self.replicas
+                .iter()
+                .chain(&self.reads)
+                .map(|r| r.pool.clone()),
+        )
     }
 }
 
@@ -198,6 +206,27 @@ impl Pools {
                 }
                 None => None,
             };
+            let mut reads = Vec::new();
+            for (listen, &policy) in &pool_config.read_listen {
+                let same = old
+                    .and_then(|r| r.reads.iter().find(|p| p.pool.config.listen == *listen))
+                    .map(|rep| &rep.listener);
+                let listener = listener_at(name, listen, pool_config, same).await?;
+                let name = format!("{name}-{}", policy.name());
+                let read_pool =
+                    listener_pool(&pool, &name, listen, policy, false, &listener, metrics);
+                let accept = tokio::spawn(accept_loop(
+                    listener.clone(),
+                    read_pool.clone(),
+                    listeners_tls.clone(),
+                ));
+                tracing::info!(pool = %name, listen = %listen, read_from = policy.name(), "read listener");
+                reads.push(Replicas {
+                    pool: read_pool,
+                    listener,
+                    accept,
+                });
+            }
             let accept = tokio::spawn(accept_loop(listener.clone(), pool.clone(), listeners_tls));
             if let Some(old) = self.running.insert(
                 name.clone(),
@@ -207,6 +236,7 @@ impl Pools {
                     listener,
                     accept,
                     replicas,
+                    reads,
                     secure,
                 },
             ) {
@@ -511,29 +541,46 @@ fn replica_pool(
     listener: &Listener,
     metrics: &Metrics,
 ) -> Arc<Pool> {
+    let read_from = match primary.config.read_from {
+        ReadFrom::PreferReplica => ReadFrom::PreferReplica,
+        _ => ReadFrom::Replica,
+    };
     let name = format!("{}-replicas", primary.name);
-    let mut config = primary.config.clone();
+    listener_pool(primary, &name, listen, read_from, true, listener, metrics)
+}
+
+/// A pool of its own (named `name` in metrics and INFO) on `listen`, sharing `main`'s router and
+/// backend connections, whose reads follow `read_from`; `read_only` refuses writes.
+fn listener_pool(
+    main: &Arc<Pool>,
+    name: &str,
+    listen: &str,
+    read_from: ReadFrom,
+    read_only: bool,
+    listener: &Listener,
+    metrics: &Metrics,
+) -> Arc<Pool> {
+    let mut config = main.config.clone();
     config.listen = listen.to_string();
     config.replica_listen = None;
-    if config.read_from != ReadFrom::PreferReplica {
-        config.read_from = ReadFrom::Replica;
-    }
+    config.read_listen.clear();
+    config.read_from = read_from;
     let behind = Behind {
-        router: primary.router.clone(),
+        router: main.router.clone(),
         stats: Arc::new(PoolStats::default()),
-        discovery: primary.discovery.clone(),
-        read_only: true,
-        tls: primary.tls.clone(),
-        backend_tls: primary.backend_tls.clone(),
+        discovery: main.discovery.clone(),
+        read_only,
+        tls: main.tls.clone(),
+        backend_tls: main.backend_tls.clone(),
         migration: None,
-        acl: primary.acl.clone(),
+        acl: main.acl.clone(),
     };
     new_pool(
-        &name,
+        name,
         config,
         listener,
-        &primary.shared,
-        metrics.pool(&name),
+        &main.shared,
+        metrics.pool(name),
         behind,
     )
 }

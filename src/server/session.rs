@@ -129,6 +129,9 @@ struct Waiting {
     scripted: Option<Arc<str>>,
     /// The command, for INFO commandstats (see [`crate::command::Spec::number`]).
     command: u16,
+    /// A read sent to a replica: if the replica fails it (connection lost, no answer in time), it
+    /// runs once more on the master.
+    replica: bool,
 }
 
 impl Waiting {
@@ -234,6 +237,8 @@ pub(crate) struct Ctx {
     marks: Marks,
     /// The request being dispatched again has had its keys moved (a migrating pool).
     moved: bool,
+    /// Where its reads go: its READONLY/READWRITE choice, and its last write (read-your-writes).
+    pub(crate) reads: crate::read::ClientReads,
 }
 
 /// The counts a session is part of for as long as a state of its lasts.
@@ -297,6 +302,7 @@ pub(crate) async fn serve<R, W>(
         deferred: None,
         proto: 2,
         pubsub: None,
+        reads: Default::default(),
         tally,
         routed_by: 0,
         now: Instant::now(),
@@ -762,6 +768,10 @@ impl Ctx {
         if self.tracking.is_some() {
             self.track(req, spec);
         }
+        if spec.has(flags::WRITE) || spec.runs_script() {
+            // Its next reads must see this (read-your-writes), wherever it lands.
+            self.reads.wrote();
+        }
         if self.pool.tracking.active() && spec.has(flags::WRITE) {
             // Anyone's writes, for the order invalidations are told in.
             let mut keys = Vec::new();
@@ -791,7 +801,8 @@ impl Ctx {
             Route::Split(split) if argc > 2 => self.split(req, spec, split, frame, view, now),
             Route::Keyed | Route::Split(_) => match view.place_of_request(req, spec) {
                 Ok(place) => {
-                    self.forward(view, view.for_reads(place, spec), spec, frame.clone(), now);
+                    let place = view.for_reads(place, spec, self.read_policy());
+                    self.forward(view, place, spec, frame.clone(), now);
                     if spec.family == command::Family::Scripting
                         && matches!(spec.name, "eval" | "eval_ro")
                     {
@@ -855,16 +866,14 @@ impl Ctx {
         self.push(Pending::Wait(Waiting {
             result: None,
             frame,
-            slot: match place {
-                Place::Slot(slot) => Some(slot),
-                _ => None,
-            },
+            slot: place.slot(),
             sent: self.now,
             deadline: Instant::now() + BLOCKING_WAIT,
             redirects: 0,
             own_connection: true,
             scripted: None,
             command: self.command_number(),
+            replica: false,
         }));
     }
 
@@ -879,6 +888,12 @@ impl Ctx {
         let own = self.own_node(&node);
         own.send(0, frame, asking, self.inbox.reply_to(self.front_seq));
         Some(kind)
+    }
+
+    /// The read policy the client's reads follow: its listener's, or its own (READONLY).
+    #[inline]
+    pub(crate) fn read_policy(&self) -> crate::read::ReadFrom {
+        self.reads.policy(self.pool.config.read_from)
     }
 
     /// The RESP version the client speaks.
@@ -911,8 +926,23 @@ impl Ctx {
     /// Sends a request to the backend its keys belong to (any backend when it has none).
     fn forward(&mut self, view: &View<'_>, place: Place, spec: &Spec, frame: Bytes, now: Instant) {
         let pick = self.client.id as usize;
-        let Some(node) = view.target_or_refresh(place, pick) else {
-            return self.no_backend(view, place);
+        let (node, replica) = match place {
+            Place::ReadSlot(_) | Place::Replica => {
+                let fresh = self.reads.fresh(self.pool.config.read_your_writes);
+                match view.read_target(place, self.read_policy(), fresh, pick) {
+                    Some(found) => found,
+                    None => {
+                        if view.target(place, pick).is_none() {
+                            view.request_refresh();
+                        }
+                        return self.no_backend(view, place);
+                    }
+                }
+            }
+            _ => match view.target_or_refresh(place, pick) {
+                Some(node) => (node, false),
+                None => return self.no_backend(view, place),
+            },
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.via(self.via())
@@ -920,10 +950,7 @@ impl Ctx {
         if node.congested() {
             self.congested = Some(node.clone());
         }
-        let slot = match place {
-            Place::Slot(slot) => Some(slot),
-            _ => None,
-        };
+        let slot = place.slot();
         let scripted = spec.runs_script().then(|| node.addr().clone());
         // Counted here, the one place scripts are queued, and uncounted when they leave.
         self.scripts += usize::from(scripted.is_some());
@@ -937,6 +964,7 @@ impl Ctx {
             own_connection: false,
             scripted,
             command: self.command_number(),
+            replica,
         }));
     }
 
@@ -1137,6 +1165,7 @@ impl Ctx {
             own_connection: false,
             scripted: None,
             command: crate::cmdstats::NONE,
+            replica: false,
         }));
         self.inbox.reply_to(seq)
     }
@@ -1374,7 +1403,7 @@ impl Ctx {
                 continue;
             };
             match (self.pending.get_mut(i as usize), part) {
-                (Some(Pending::Wait(w)), None) => {
+                (Some(Pending::Wait(w)), None) if w.result.is_none() => {
                     // Sent at `deadline - timeout` (redirects included). A blocking command waits as
                     // long as the client asked: not a backend's answer time.
                     if !w.own_connection {
@@ -1412,7 +1441,11 @@ impl Ctx {
         self.reply_boundary();
         loop {
             let result = match self.pending.front_mut() {
-                None => return,
+                None => {
+                    // Everything it sent is answered: its writes are acknowledged as of now.
+                    self.reads.settled(self.now.into_std());
+                    return;
+                }
                 Some(Pending::Ready(bytes)) => {
                     self.out.extend_from_slice(bytes);
                     self.pop_front();
@@ -1487,6 +1520,16 @@ impl Ctx {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;
         };
+        if w.replica && !matches!(event, HeadEvent::Reply(Ok(_))) {
+            // A read is idempotent: one its replica failed runs again on the master.
+            w.replica = false;
+            if self.read_again_on_master() {
+                return;
+            }
+        }
+        let Some(Pending::Wait(w)) = self.pending.front_mut() else {
+            return;
+        };
         // Observed once the client's reply is decided. Not for blocking commands, which take as
         // long as the client asked them to.
         let started = (!w.own_connection).then_some(w.sent);
@@ -1555,6 +1598,32 @@ impl Ctx {
         }
         self.out.extend_from_slice(&reply);
         self.pop_front();
+    }
+
+    /// Sends the oldest request, a read its replica failed, to its master instead; false when
+    /// there is none to send it to.
+    fn read_again_on_master(&mut self) -> bool {
+        let pool = self.pool.clone();
+        let view = View::of(&pool);
+        let (pick, via) = (self.client.id as usize, self.via());
+        let Some(Pending::Wait(w)) = self.pending.front_mut() else {
+            return false;
+        };
+        let place = w.slot.map_or(Place::Any, Place::Slot);
+        let Some(master) = view.target(place, pick) else {
+            return false;
+        };
+        master.via(via).send(
+            pick,
+            w.frame.clone(),
+            false,
+            self.inbox.reply_to(self.front_seq),
+        );
+        w.deadline = self.now + Duration::from_millis(pool.config.timeout);
+        if let Some(counters) = pool.router.read_counters() {
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Adds a slow request to SLOWLOG.

@@ -179,6 +179,7 @@ mod tests {
             name: Arc::from(name),
             addr: Arc::from(addr),
             weight: 1,
+            zone: None,
         }
     }
 

@@ -63,6 +63,14 @@ pub const PRIMARY_METRIC_NAMES: &[&str] = &[
     "slotline_failover_holds_total",
 ];
 
+/// Metric names only cluster and primary pools export (where their reads go).
+pub const READ_METRIC_NAMES: &[&str] = &[
+    "slotline_replica",
+    "slotline_replica_lag_milliseconds",
+    "slotline_replica_serving_reads",
+    "slotline_reads_total",
+];
+
 /// Every metric name slotline exports: a contract with dashboards and alerts.
 pub const METRIC_NAMES: &[&str] = &[
     "slotline_client_connections",
@@ -95,6 +103,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "slotline_master_last_switch_timestamp_seconds",
     "slotline_replicas_healthy",
     "slotline_failover_holds_total",
+    "slotline_replica",
+    "slotline_replica_lag_milliseconds",
+    "slotline_replica_serving_reads",
+    "slotline_reads_total",
     "slotline_up",
     "slotline_build_info",
     "slotline_start_time_seconds",

@@ -34,6 +34,8 @@ pub struct PodEndpoint {
     /// `conditions.ready`; `None` leaves the field out (which means ready).
     pub ready: Option<bool>,
     pub terminating: bool,
+    /// `zone`, when set.
+    pub zone: Option<String>,
 }
 
 impl PodEndpoint {
@@ -45,6 +47,7 @@ impl PodEndpoint {
             pod: Some(pod.to_string()),
             ready: Some(true),
             terminating: false,
+            zone: None,
         }
     }
 
@@ -492,10 +495,13 @@ fn slice_json(ns: &str, rv: u64, slice: &Slice) -> String {
                 e.ready.unwrap_or(true) || e.terminating
             ));
             conditions.push(format!("\"terminating\":{}", e.terminating));
-            let hostname = e
+            let mut hostname = e
                 .hostname
                 .as_ref()
                 .map_or(String::new(), |h| format!(",\"hostname\":{}", q(h)));
+            if let Some(zone) = &e.zone {
+                hostname.push_str(&format!(",\"zone\":{}", q(zone)));
+            }
             format!(
                 "{{\"addresses\":[{}],\"conditions\":{{{}}}{hostname}{}}}",
                 q(&e.ip),

@@ -32,7 +32,9 @@ pub use cluster::{
     parse_slots, ClusterOpts, Endpoint, MasterInfo, NodeInfo, RedisCluster, SlotRange,
 };
 #[allow(unused_imports)]
-pub use http::{http_get, http_raw, metric, HttpReply, METRIC_NAMES, PRIMARY_METRIC_NAMES};
+pub use http::{
+    http_get, http_raw, metric, HttpReply, METRIC_NAMES, PRIMARY_METRIC_NAMES, READ_METRIC_NAMES,
+};
 #[allow(unused_imports)]
 pub use kube_api::{KubeApi, PodEndpoint, Slice, IDENTITY};
 #[allow(unused_imports)]

@@ -113,7 +113,8 @@ impl Ctx {
             .collect();
         if let Some(&(first, _)) = placed.first() {
             if placed.iter().all(|&(place, _)| place == first) {
-                return self.forward(view, view.for_reads(first, spec), spec, frame.clone(), now);
+                let place = view.for_reads(first, spec, self.read_policy());
+                return self.forward(view, place, spec, frame.clone(), now);
             }
         }
         // Stable: each part keeps its keys in the client's order.
@@ -431,6 +432,7 @@ impl Ctx {
                 scripted: None,
                 command: crate::cmdstats::NONE,
                 sent: self.now,
+                replica: false,
             };
             sent.push(Part { keys, w });
             nodes.push(node);

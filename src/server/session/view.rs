@@ -8,8 +8,8 @@ use super::super::{Pool, Router};
 use crate::backend::Node;
 use crate::cluster::{Cluster, Topology};
 use crate::command::{flags, Request, Spec};
-use crate::config::ReadFrom;
 use crate::primary::{Primary, Roles};
+use crate::read::{Fresh, Pick, ReadFrom};
 use crate::route::{key_slot, Slot};
 use crate::shards::Table;
 
@@ -26,13 +26,15 @@ pub(super) enum Place {
     Any,
     /// A primary pool's replica, for a read-only command.
     Replica,
+    /// A read of a cluster slot that its replicas may serve (see [`crate::read`]).
+    ReadSlot(Slot),
 }
 
 impl Place {
     /// The cluster slot, for a place that is one (TRYAGAIN retries ask its owner again).
     pub(super) fn slot(self) -> Option<Slot> {
         match self {
-            Place::Slot(slot) => Some(slot),
+            Place::Slot(slot) | Place::ReadSlot(slot) => Some(slot),
             _ => None,
         }
     }
@@ -42,7 +44,7 @@ impl Place {
 pub(super) enum View<'a> {
     Cluster(&'a Arc<Cluster>, Guard<Arc<Topology>>),
     Shards(Guard<Arc<Table>>),
-    Primary(&'a Arc<Primary>, Guard<Arc<Roles>>, ReadFrom),
+    Primary(&'a Arc<Primary>, Guard<Arc<Roles>>),
 }
 
 impl<'a> View<'a> {
@@ -50,9 +52,7 @@ impl<'a> View<'a> {
         match &pool.router {
             Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
             Router::Shards(shards) => View::Shards(shards.table()),
-            Router::Primary(primary) => {
-                View::Primary(primary, primary.roles(), pool.config.read_from)
-            }
+            Router::Primary(primary) => View::Primary(primary, primary.roles()),
         }
     }
 
@@ -62,20 +62,57 @@ impl<'a> View<'a> {
         match self {
             View::Cluster(_, topology) => topology.generation(),
             View::Shards(table) => table.generation(),
-            View::Primary(_, roles, _) => roles.generation,
+            View::Primary(_, roles) => roles.generation,
         }
     }
 
-    /// Where a request that may be read from a replica goes: a primary pool that reads from replicas
-    /// sends read-only commands there; everything else stays where its keys are.
-    pub(super) fn for_reads(&self, place: Place, spec: &Spec) -> Place {
-        match self {
-            View::Primary(_, _, read_from)
-                if *read_from != ReadFrom::Master && spec.has(flags::READONLY) =>
-            {
-                Place::Replica
+    /// Where a request that may be read from a replica goes under `policy`: read-only commands to
+    /// a primary pool's replicas, or to a cluster slot's; everything else stays where its keys are.
+    #[inline]
+    pub(super) fn for_reads(&self, place: Place, spec: &Spec, policy: ReadFrom) -> Place {
+        if policy == ReadFrom::Master || !spec.has(flags::READONLY) {
+            return place;
+        }
+        match (self, place) {
+            (View::Primary(..), _) => Place::Replica,
+            (View::Cluster(cluster, _), Place::Slot(slot)) if cluster.reads_replicas() => {
+                Place::ReadSlot(slot)
             }
             _ => place,
+        }
+    }
+
+    /// The node a read goes to under `policy` (see [`crate::read::Group::choose`]), and whether
+    /// it is a replica; any other place as [`target`](Self::target) names it. None: no node may
+    /// take it.
+    pub(super) fn read_target(
+        &self,
+        place: Place,
+        policy: ReadFrom,
+        fresh: Fresh,
+        pick: usize,
+    ) -> Option<(&Arc<Node>, bool)> {
+        let (master, pick) = match (self, place) {
+            (View::Cluster(cluster, topology), Place::ReadSlot(slot)) => {
+                let (master, group) = topology.group_for(slot)?;
+                let Some(group) = group else {
+                    return Some((master, false));
+                };
+                let pick = group.choose(policy, fresh, pick);
+                cluster.read_counters().count(&pick);
+                (Some(master), pick)
+            }
+            (View::Primary(primary, roles), Place::Replica) => {
+                let pick = primary.read_node(roles, policy);
+                primary.read_counters().count(&pick);
+                (roles.master.as_ref(), pick)
+            }
+            _ => return self.target(place, pick).map(|node| (node, false)),
+        };
+        match pick {
+            Pick::Replica(node) => Some((node, true)),
+            Pick::Master(_) => master.map(|node| (node, false)),
+            Pick::Nothing => None,
         }
     }
 
@@ -109,7 +146,7 @@ impl<'a> View<'a> {
     /// The node for a request; a client without a key always uses the same one.
     pub(super) fn target(&self, place: Place, pick: usize) -> Option<&Arc<Node>> {
         match (self, place) {
-            (View::Cluster(_, topology), Place::Slot(slot)) => {
+            (View::Cluster(_, topology), Place::Slot(slot) | Place::ReadSlot(slot)) => {
                 topology.node_for_request(Some(slot), pick)
             }
             (View::Cluster(_, topology), Place::Node(i)) => topology.nodes().get(i),
@@ -117,10 +154,7 @@ impl<'a> View<'a> {
             (View::Shards(table), Place::Server(i)) => table.node(i),
             (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
             (View::Shards(table), _) => table.any_node(pick),
-            (View::Primary(primary, roles, read_from), Place::Replica) => {
-                primary.read_node(roles, *read_from)
-            }
-            (View::Primary(_, roles, _), _) => roles.master.as_ref(),
+            (View::Primary(_, roles), _) => roles.master.as_ref(),
         }
     }
 
@@ -129,7 +163,7 @@ impl<'a> View<'a> {
         match self {
             View::Cluster(_, topology) => topology.nodes().len(),
             View::Shards(table) => table.in_service().count(),
-            View::Primary(_, roles, _) => usize::from(roles.master.is_some()),
+            View::Primary(_, roles) => usize::from(roles.master.is_some()),
         }
     }
 
@@ -148,7 +182,7 @@ impl<'a> View<'a> {
                 .filter_map(|addr| cluster.redirect_node(addr))
                 .collect(),
             View::Shards(table) => table.in_service().cloned().collect(),
-            View::Primary(_, roles, _) => roles
+            View::Primary(_, roles) => roles
                 .master
                 .iter()
                 .chain(&roles.replicas)
@@ -161,7 +195,14 @@ impl<'a> View<'a> {
     /// why it has no server (a Kubernetes Service without ready endpoints).
     pub(super) fn no_node(&self, place: Place) -> &str {
         match (self, place) {
-            (View::Cluster(..), Place::Slot(_)) => "CLUSTERDOWN Hash slot not served",
+            (View::Cluster(_, topology), Place::ReadSlot(slot))
+                if topology.node_for(slot).is_some() =>
+            {
+                "ERR slotline: no replica of this slot qualifies for reads (read_from: replica): each is unreachable, unlinked or more than max_replica_lag behind"
+            }
+            (View::Cluster(..), Place::Slot(_) | Place::ReadSlot(_)) => {
+                "CLUSTERDOWN Hash slot not served"
+            }
             (View::Cluster(..), _) => {
                 "CLUSTERDOWN slotline has not learnt the cluster topology yet"
             }
