@@ -23,6 +23,10 @@
 #            patterns, its keys matching the last). Ratio: CPU per request with users / without.
 #            ACL=0 leaves the section out.
 #
+#   reads:   GET and SET at each -P through two cluster pools on the same 3-master/3-replica cluster:
+#            read_from: master (the default) and read_from: replica (read-your-writes on). Ratio: CPU
+#            per request with replica reads / master-only. READS=0 leaves the section out.
+#
 #   benches/compare.sh            # -c 50, -n 300000
 #   N=1000000 CLIENTS=50 benches/compare.sh
 #   REPEAT=5 benches/compare.sh   # runs per cell (median shown; default 3)
@@ -106,12 +110,19 @@ if [ "$ACL" = 1 ]; then
     servers:
 $(for p in "${shard_ports[@]}"; do echo "      - 127.0.0.1:$p:1"; done)"
 fi
+READS=${READS:-1}
+reads_port=$((BASE + 25))
 cat >"$work/slotline.yml" <<YAML
 workers: $WORKERS
 pools:
   main:
     listen: 127.0.0.1:$slotline_port
     mode: cluster
+    servers: [127.0.0.1:${cluster_ports[0]}]
+  main_replicas:
+    listen: 127.0.0.1:$reads_port
+    mode: cluster
+    read_from: replica
     servers: [127.0.0.1:${cluster_ports[0]}]
   shards:
     listen: 127.0.0.1:$slotline_shards_port
@@ -139,6 +150,7 @@ wait_port "$slotline_port"
 wait_port "$slotline_shards_port"
 wait_port "$nutcracker_port"
 [ "$ACL" = 1 ] && wait_port "$acl_port"
+wait_port "$reads_port"
 
 # CPU of a process in clock ticks: "user system".
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
@@ -220,6 +232,12 @@ for r in $(seq "$REPEAT"); do
             for w in get set; do
                 measure acl "$w" "$P" plain $slotline_pid "$slotline_shards_port"
                 measure acl "$w" "$P" users $slotline_pid "$acl_port" "--user bench -a benchpw"
+            done
+        fi
+        if [ "$READS" = 1 ]; then
+            for w in get set; do
+                measure reads "$w" "$P" master $slotline_pid "$slotline_port"
+                measure reads "$w" "$P" replica $slotline_pid "$reads_port"
             done
         fi
     done
@@ -306,6 +324,22 @@ if [ "$ACL" = 1 ]; then
                 k = order[c]; split(k, p, " "); a = cpu[k, "plain"]; u = cpu[k, "users"]
                 printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %11s\n", "", p[1], p[2], ops[k, "plain"], a,
                     ops[k, "users"], u, (a > 0 ? sprintf("%.3f", u / a) : "-")
+            }
+        }' "$work/medians"
+fi
+
+if [ "$READS" = 1 ]; then
+    echo
+    echo "Replica reads (one cluster of 3 masters + 3 replicas; read_from: master, then replica):"
+    printf '%-8s %-10s %-3s %12s %9s %12s %9s %11s\n' "" workload P "master" "cpu/100k" "replica" "cpu/100k" "cpu ratio"
+    awk -v hz="$tick_hz" -v N="$N" '
+        $1 == "reads" { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
+                        ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; split(k, p, " "); a = cpu[k, "master"]; r = cpu[k, "replica"]
+                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %11s\n", "", p[1], p[2], ops[k, "master"], a,
+                    ops[k, "replica"], r, (a > 0 ? sprintf("%.3f", r / a) : "-")
             }
         }' "$work/medians"
 fi

@@ -8,6 +8,9 @@
 #   KEEP=1 benches/instructions.sh     # keep the dumps (callgrind_annotate shows where it goes)
 #   USERS=1 benches/instructions.sh    # the pool with an ACL file of 100 users, the benchmark logged
 #                                      # in as one whose keys match the last of its ten patterns
+#   TEST=set benches/instructions.sh   # SETs instead of GETs
+#   MODE=cluster READ_FROM=replica benches/instructions.sh   # 3 masters + 3 replicas, the pool
+#                                      # reading from replicas (READ_FROM=master: the same cluster)
 #
 # slotline runs under valgrind --tool=callgrind with SLOWLOG off (valgrind's slowness would make
 # every request slow); after a warm-up the counters are zeroed, redis-benchmark sends N GETs at
@@ -15,6 +18,8 @@
 # Needs valgrind (callgrind_control), redis-server, redis-cli, redis-benchmark.
 set -euo pipefail
 MODE=${MODE:-ketama}
+TEST=${TEST:-get}
+READ_FROM=${READ_FROM:-}
 N=${N:-20000}
 BASE=${BASE:-9310}
 cd "$(dirname "$0")/.."
@@ -40,11 +45,15 @@ start_redis() { # port [cluster]
 
 proxy=$((BASE + 80))
 if [ "$MODE" = cluster ]; then
-    for port in $((BASE + 1)) $((BASE + 2)) $((BASE + 3)); do start_redis "$port" cluster; done
-    echo yes | redis-cli --cluster create 127.0.0.1:$((BASE + 1)) 127.0.0.1:$((BASE + 2)) \
-        127.0.0.1:$((BASE + 3)) --cluster-replicas 0 >/dev/null
-    sleep 1
+    nodes=(1 2 3)
+    replicas=0
+    if [ -n "$READ_FROM" ]; then nodes=(1 2 3 4 5 6); replicas=1; fi
+    for i in "${nodes[@]}"; do start_redis $((BASE + i)) cluster; done
+    echo yes | redis-cli --cluster create $(for i in "${nodes[@]}"; do printf '127.0.0.1:%s ' $((BASE + i)); done) \
+        --cluster-replicas $replicas >/dev/null
+    sleep 3
     servers="mode: cluster
+    ${READ_FROM:+read_from: $READ_FROM}
     servers:
       - 127.0.0.1:$((BASE + 1))"
 else
@@ -75,18 +84,20 @@ valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
 pid=$!
 pids+=($pid)
 for _ in $(seq 300); do redis-cli -p "$proxy" set key:__rand_int__ x >/dev/null 2>&1 && break; sleep 0.1; done
+# Replica reads wait for the replicas to have synced and been measured.
+for _ in $(seq 300); do redis-cli -p "$proxy" get key:1 2>&1 | grep -q ERR || break; sleep 0.1; done
 redis-benchmark -p "$proxy" "${login[@]}" -t set -n 2000 -r 1000 -P 16 -c 1 -q >/dev/null
 redis-benchmark -p "$proxy" "${login[@]}" -t get -n 2000 -r 1000 -c 1 -q >/dev/null
 
 measure() { # pipeline
     callgrind_control -z "$pid" >/dev/null
-    redis-benchmark -p "$proxy" "${login[@]}" -t get -n "$N" -r 1000 -P "$1" -c 1 -q >/dev/null
+    redis-benchmark -p "$proxy" "${login[@]}" -t "$TEST" -n "$N" -r 1000 -P "$1" -c 1 -q >/dev/null
     callgrind_control -d "$pid" >/dev/null
     local dump
     dump=$(ls -t "$work"/cg.out.* | head -1)
     local total
     total=$(grep -E '^(summary|totals):' "$dump" | head -1 | awk '{print $2}')
-    echo "$MODE${users:+ (100 users)} GET -P $1: $((total / N)) instructions per request ($total over $N)"
+    echo "$MODE${READ_FROM:+ read_from: $READ_FROM}${users:+ (100 users)} ${TEST^^} -P $1: $((total / N)) instructions per request ($total over $N)"
 }
 measure 1
 measure 16

@@ -118,6 +118,10 @@ pub struct Primary {
     looks_done: watch::Sender<u64>,
     next_read: AtomicUsize,
     read_counts: crate::read::Counters,
+    /// How far each replica lags, measured once a read policy uses replicas (then replicas that
+    /// lag more than `max_replica_lag` get no reads, and read-your-writes holds).
+    lag: OnceLock<Arc<crate::read::lag::Tracker>>,
+    max_replica_lag: u64,
     /// Holds the clients' writes while a sentinel promotes a replica (see [`handover`]).
     hold: Pause,
     /// Holds so far, and how the last one went.
@@ -162,6 +166,8 @@ impl Primary {
             looks_done: watch::channel(0).0,
             next_read: AtomicUsize::new(0),
             read_counts: Default::default(),
+            lag: OnceLock::new(),
+            max_replica_lag: config.max_replica_lag,
             hold: Pause::default(),
             holds: AtomicU64::new(0),
             last_hold: Mutex::new(None),
@@ -177,6 +183,10 @@ impl Primary {
             Arc::downgrade(&primary),
             detect::Sources::new(config, members, sentinels, tls),
         ));
+        let policies = std::iter::once(&config.read_from).chain(config.read_listen.values());
+        if config.replica_listen.is_some() || policies.into_iter().any(|&p| p != ReadFrom::Master) {
+            primary.read_from_replicas();
+        }
         primary
     }
 
@@ -190,11 +200,109 @@ impl Primary {
         self.nodes.settings()
     }
 
-    /// Where a read-only command goes under `read_from`: the healthy replicas take turns (every
-    /// request the next one), as the policy allows.
-    pub fn read_node<'r>(&self, roles: &'r Roles, read_from: ReadFrom) -> crate::read::Pick<'r> {
+    /// Where a read-only command goes under `read_from` for a client whose reads must be `fresh`:
+    /// the replicas that qualify take turns (every request the next one), as the policy allows.
+    pub fn read_node<'r>(
+        &self,
+        roles: &'r Roles,
+        read_from: ReadFrom,
+        fresh: crate::read::Fresh,
+    ) -> crate::read::Pick<'r> {
         let turn = self.next_read.fetch_add(1, Ordering::Relaxed);
-        roles.group.choose(read_from, crate::read::Fresh::Any, turn)
+        roles.group.choose(read_from, fresh, turn)
+    }
+
+    /// The replicas' progress, for INFO: (address, master, zone, state).
+    #[allow(clippy::type_complexity)]
+    pub fn replica_states(
+        &self,
+    ) -> Vec<(
+        Arc<str>,
+        Arc<str>,
+        Option<Arc<str>>,
+        Arc<crate::read::State>,
+    )> {
+        let roles = self.roles();
+        let master = roles
+            .master
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |m| m.addr().clone());
+        roles
+            .group
+            .replicas
+            .iter()
+            .map(|r| {
+                (
+                    r.node.addr().clone(),
+                    master.clone(),
+                    r.zone.clone(),
+                    r.state.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts measuring the replicas' lag (a read policy uses them now); idempotent.
+    pub fn read_from_replicas(self: &Arc<Self>) {
+        let tracker = Arc::new(crate::read::lag::Tracker::new(self.max_replica_lag));
+        if self.lag.set(tracker.clone()).is_err() {
+            return;
+        }
+        let primary = Arc::downgrade(self);
+        tokio::spawn(tracker.run(move || {
+            let primary = primary.upgrade()?;
+            let roles = primary.roles();
+            let probed = roles
+                .master
+                .as_ref()
+                .map(|master| crate::read::lag::Probed {
+                    master: master.clone(),
+                    replicas: roles
+                        .group
+                        .replicas
+                        .iter()
+                        .map(|r| (r.node.clone(), r.state.clone()))
+                        .collect(),
+                });
+            Some(probed.into_iter().collect())
+        }));
+        // The replicas as they are now, measured from here on.
+        let _one = self
+            .installing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.roles.load();
+        self.roles.store(Arc::new(Roles {
+            master: current.master.clone(),
+            replicas: current.replicas.clone(),
+            group: self.group(&current.replicas),
+            generation: current.generation,
+        }));
+    }
+
+    /// The replicas as reads choose among them: measured once a policy uses them.
+    fn group(&self, replicas: &[Arc<Node>]) -> crate::read::Group {
+        let state = |node: &Arc<Node>| match self.lag.get() {
+            Some(tracker) => tracker.state(node.addr()),
+            // The detector keeps only linked replicas; their lag is not measured.
+            None => Arc::new(crate::read::State::unmeasured()),
+        };
+        if let Some(tracker) = self.lag.get() {
+            let addrs: Vec<&Arc<str>> = replicas.iter().map(|n| n.addr()).collect();
+            tracker.keep_only(&addrs);
+        }
+        crate::read::Group {
+            replicas: replicas
+                .iter()
+                .map(|node| crate::read::Replica {
+                    node: node.clone(),
+                    state: state(node),
+                    local: false,
+                    zone: None,
+                })
+                .collect(),
+            master_local: false,
+        }
     }
 
     /// Where reads went.
@@ -329,19 +437,7 @@ impl Primary {
             if replicas.len() != current.replicas.len() {
                 tracing::info!(pool = %self.pool, replicas = replicas.len(), "healthy replicas changed");
             }
-            let group = crate::read::Group {
-                replicas: replicas
-                    .iter()
-                    .map(|node| crate::read::Replica {
-                        node: node.clone(),
-                        // The detector keeps only linked replicas; their lag is not measured.
-                        state: Arc::new(crate::read::State::unmeasured()),
-                        local: false,
-                        zone: None,
-                    })
-                    .collect(),
-                master_local: false,
-            };
+            let group = self.group(&replicas);
             self.roles.store(Arc::new(Roles {
                 master,
                 replicas,

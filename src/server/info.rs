@@ -365,8 +365,8 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
 
 /// Where the pool's reads go: `reads_<pool>` (its policy and counts: to replicas, to the master
 /// for want of a qualifying replica, to the master for the client's own write, run again on the
-/// master after a replica failed them), and for a cluster pool one `replica_<pool>_<i>` line per
-/// replica (its master, zone, whether it is linked and serving reads, lag, requests).
+/// master after a replica failed them), and one `replica_<pool>_<i>` line per replica (its master,
+/// zone, whether it is linked and serving reads, lag, requests).
 fn read_section(out: &mut String, pool: &Pool) {
     let Some(counters) = pool.router.read_counters() else {
         return;
@@ -380,13 +380,19 @@ fn read_section(out: &mut String, pool: &Pool) {
         u8::from(pool.config.read_your_writes),
         pool.config.max_replica_lag,
     );
-    let Router::Cluster(cluster) = &pool.router else {
-        return;
+    let (states, nodes) = match &pool.router {
+        Router::Cluster(cluster) => (
+            cluster.replica_states(),
+            cluster.topology().groups().to_vec(),
+        ),
+        Router::Primary(primary) => (
+            primary.replica_states(),
+            vec![primary.roles().group.clone()],
+        ),
+        Router::Shards(_) => return,
     };
-    for (i, (addr, master, zone, state)) in cluster.replica_states().into_iter().enumerate() {
-        let requests = cluster
-            .topology()
-            .groups()
+    for (i, (addr, master, zone, state)) in states.into_iter().enumerate() {
+        let requests = nodes
             .iter()
             .flat_map(|g| g.replicas.iter())
             .find(|r| *r.node.addr() == addr)

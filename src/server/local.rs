@@ -63,8 +63,10 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
                 crate::read::ReadFrom::Master => crate::read::ReadFrom::PreferReplica,
                 other => other,
             });
-            if let crate::server::Router::Cluster(cluster) = &ctx.pool.router {
-                cluster.read_from_replicas();
+            match &ctx.pool.router {
+                crate::server::Router::Cluster(cluster) => cluster.read_from_replicas(),
+                crate::server::Router::Primary(primary) => primary.read_from_replicas(),
+                crate::server::Router::Shards(_) => {}
             }
             ctx.reply(|r| r.ok())
         }

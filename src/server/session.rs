@@ -768,7 +768,9 @@ impl Ctx {
         if self.tracking.is_some() {
             self.track(req, spec);
         }
-        if spec.has(flags::WRITE) || spec.runs_script() {
+        if spec.has(flags::WRITE)
+            || (spec.family == command::Family::Scripting && !spec.has(flags::READONLY))
+        {
             // Its next reads must see this (read-your-writes), wherever it lands.
             self.reads.wrote();
         }
@@ -1602,6 +1604,8 @@ impl Ctx {
 
     /// Sends the oldest request, a read its replica failed, to its master instead; false when
     /// there is none to send it to.
+    #[cold]
+    #[inline(never)]
     fn read_again_on_master(&mut self) -> bool {
         let pool = self.pool.clone();
         let view = View::of(&pool);

@@ -103,7 +103,7 @@ impl<'a> View<'a> {
                 (Some(master), pick)
             }
             (View::Primary(primary, roles), Place::Replica) => {
-                let pick = primary.read_node(roles, policy);
+                let pick = primary.read_node(roles, policy, fresh);
                 primary.read_counters().count(&pick);
                 (roles.master.as_ref(), pick)
             }
