@@ -394,7 +394,11 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
     wait_for(Duration::from_secs(5), "k0 to reach the replicas", || {
         reader.cmd(&["GET", "k0"]) == Reply::bulk("v")
     });
-    assert_eq!(calls(0, "get"), on_master, "the replica port read from the master");
+    assert_eq!(
+        calls(0, "get"),
+        on_master,
+        "the replica port read from the master"
+    );
 
     // Operators see the master, the replicas, and no switch yet.
     let text = http_get(admin, "/metrics").body;

@@ -201,32 +201,10 @@ impl Cluster {
         self.reads.get().is_some()
     }
 
-    /// The replicas' progress, for INFO and metrics: (address, master, zone, state).
-    #[allow(clippy::type_complexity)]
-    pub fn replica_states(
-        &self,
-    ) -> Vec<(
-        Arc<str>,
-        Arc<str>,
-        Option<Arc<str>>,
-        Arc<crate::read::State>,
-    )> {
+    /// The replicas reads may use, with their masters, for INFO and metrics.
+    pub fn replicas(&self) -> Vec<crate::read::ReplicaView> {
         let topology = self.topology();
-        topology
-            .nodes()
-            .iter()
-            .zip(topology.groups())
-            .flat_map(|(master, group)| {
-                group.replicas.iter().map(|r| {
-                    (
-                        r.node.addr().clone(),
-                        master.addr().clone(),
-                        r.zone.clone(),
-                        r.state.clone(),
-                    )
-                })
-            })
-            .collect()
+        crate::read::describe(topology.nodes().iter().map(Some).zip(topology.groups()))
     }
 
     /// The current topology; cheap, never blocks.

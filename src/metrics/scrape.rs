@@ -246,6 +246,27 @@ fn read(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// The replicas a pool may read from: who they are, their lag, whether they serve reads.
+fn replicas(f: &mut [Family], pool: &str, replicas: &[crate::read::ReplicaView]) {
+    use family::*;
+    for view in replicas {
+        let (addr, state) = (&**view.replica.node.addr(), &view.replica.state);
+        let zone = view.replica.zone.as_deref().unwrap_or("");
+        let at = [
+            ("backend", addr),
+            ("master", &*view.master),
+            ("pool", pool),
+            ("zone", zone),
+        ];
+        f[REPLICA].add(&at, 1);
+        let at = [("backend", addr), ("pool", pool)];
+        if let Some(lag) = state.lag_ms() {
+            f[REPLICA_LAG].add(&at, lag);
+        }
+        f[REPLICA_SERVING].add(&at, u64::from(state.qualifies()));
+    }
+}
+
 /// A pool's reads by where they went.
 fn reads(family: &mut Family, pool: &str, counters: &crate::read::Counters) {
     let [replica, fallback, own_write, retry] = counters.get();
@@ -373,21 +394,7 @@ impl Collector for PoolsCollector {
                     f[REFRESHES].add(&[("pool", name), ("result", "error")], failed);
                     let topology = cluster.topology();
                     if routers.insert(Arc::as_ptr(cluster) as usize) {
-                        for (addr, master, zone, state) in cluster.replica_states() {
-                            let zone = zone.as_deref().unwrap_or("");
-                            let at = [
-                                ("backend", &*addr),
-                                ("master", &*master),
-                                ("pool", name),
-                                ("zone", zone),
-                            ];
-                            f[REPLICA].add(&at, 1);
-                            let at = [("backend", &*addr), ("pool", name)];
-                            if let Some(lag) = state.lag_ms() {
-                                f[REPLICA_LAG].add(&at, lag);
-                            }
-                            f[REPLICA_SERVING].add(&at, u64::from(state.qualifies()));
-                        }
+                        replicas(&mut f, name, &cluster.replicas());
                         reads(&mut f[READS], name, cluster.read_counters());
                     }
                     let replicas = topology.groups().iter().flat_map(|g| g.replicas.iter());
@@ -421,16 +428,7 @@ impl Collector for PoolsCollector {
                     }
                     f[REPLICAS].add(&[("pool", name)], roles.replicas.len() as u64);
                     if routers.insert(Arc::as_ptr(primary) as usize) {
-                        let master = roles.master.as_ref().map_or("", |m| &**m.addr());
-                        for replica in &roles.replicas {
-                            let at = [
-                                ("backend", &**replica.addr()),
-                                ("master", master),
-                                ("pool", name),
-                                ("zone", ""),
-                            ];
-                            f[REPLICA].add(&at, 1);
-                        }
+                        replicas(&mut f, name, &primary.replicas());
                         reads(&mut f[READS], name, primary.read_counters());
                     }
                     f[FAILOVER_HOLDS].add(&[("pool", name)], primary.holds().0);

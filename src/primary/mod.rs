@@ -212,34 +212,10 @@ impl Primary {
         roles.group.choose(read_from, fresh, turn)
     }
 
-    /// The replicas' progress, for INFO: (address, master, zone, state).
-    #[allow(clippy::type_complexity)]
-    pub fn replica_states(
-        &self,
-    ) -> Vec<(
-        Arc<str>,
-        Arc<str>,
-        Option<Arc<str>>,
-        Arc<crate::read::State>,
-    )> {
+    /// The healthy replicas, with the master, for INFO and metrics.
+    pub fn replicas(&self) -> Vec<crate::read::ReplicaView> {
         let roles = self.roles();
-        let master = roles
-            .master
-            .as_ref()
-            .map_or_else(|| Arc::from(""), |m| m.addr().clone());
-        roles
-            .group
-            .replicas
-            .iter()
-            .map(|r| {
-                (
-                    r.node.addr().clone(),
-                    master.clone(),
-                    r.zone.clone(),
-                    r.state.clone(),
-                )
-            })
-            .collect()
+        crate::read::describe([(roles.master.as_ref(), &roles.group)])
     }
 
     /// Starts measuring the replicas' lag (a read policy uses them now); idempotent.

@@ -49,6 +49,29 @@ pub struct Group {
     pub master_local: bool,
 }
 
+/// A replica as INFO and metrics show it.
+pub struct ReplicaView {
+    pub replica: Replica,
+    /// Its master's address ("" while there is none).
+    pub master: Arc<str>,
+}
+
+/// Every replica of `groups`, each with its master.
+pub fn describe<'g>(
+    groups: impl IntoIterator<Item = (Option<&'g Arc<Node>>, &'g Group)>,
+) -> Vec<ReplicaView> {
+    groups
+        .into_iter()
+        .flat_map(|(master, group)| {
+            let master: Arc<str> = master.map_or_else(|| Arc::from(""), |m| m.addr().clone());
+            group.replicas.iter().map(move |r| ReplicaView {
+                replica: r.clone(),
+                master: master.clone(),
+            })
+        })
+        .collect()
+}
+
 /// How fresh a client's read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fresh {

@@ -380,39 +380,30 @@ fn read_section(out: &mut String, pool: &Pool) {
         u8::from(pool.config.read_your_writes),
         pool.config.max_replica_lag,
     );
-    let (states, nodes) = match &pool.router {
-        Router::Cluster(cluster) => (
-            cluster.replica_states(),
-            cluster.topology().groups().to_vec(),
-        ),
-        Router::Primary(primary) => (
-            primary.replica_states(),
-            vec![primary.roles().group.clone()],
-        ),
+    let replicas = match &pool.router {
+        Router::Cluster(cluster) => cluster.replicas(),
+        Router::Primary(primary) => primary.replicas(),
         Router::Shards(_) => return,
     };
-    for (i, (addr, master, zone, state)) in states.into_iter().enumerate() {
-        let requests = nodes
-            .iter()
-            .flat_map(|g| g.replicas.iter())
-            .find(|r| *r.node.addr() == addr)
-            .map_or(0, |r| r.node.stats().requests.load(Ordering::Relaxed));
+    for (i, view) in replicas.iter().enumerate() {
+        let (r, state) = (&view.replica, &view.replica.state);
         let lag = state
             .lag_ms()
             .map_or("unknown".to_string(), |l| l.to_string());
         let _ = write!(
             out,
-            "replica_{}_{i}:addr={addr},role=replica,master={master},zone={},linked={},serving_reads={},lag_ms={lag},requests={requests}\r\n",
+            "replica_{}_{i}:addr={},role=replica,master={},zone={},linked={},serving_reads={},lag_ms={lag},requests={}\r\n",
             pool.name,
-            zone.as_deref().unwrap_or(""),
+            r.node.addr(),
+            view.master,
+            r.zone.as_deref().unwrap_or(""),
             u8::from(state.linked()),
             u8::from(state.qualifies()),
+            r.node.stats().requests.load(Ordering::Relaxed),
         );
     }
 }
 
-/// A primary pool's master, replicas and last switch: `master_detection` says what decides the master
-/// (`sentinel` or `role_probe`), `last_switch_via` how the last switch was noticed, `failover_holds`
 /// how often writes were held for a promotion.
 fn primary_section(out: &mut String, primary: &crate::primary::Primary) {
     let roles = primary.roles();
