@@ -151,6 +151,14 @@ wait_port "$slotline_shards_port"
 wait_port "$nutcracker_port"
 [ "$ACL" = 1 ] && wait_port "$acl_port"
 wait_port "$reads_port"
+if [ "$READS" = 1 ]; then
+    # The replicas' first sync waits out repl-diskless-sync-delay; until they have synced and been
+    # measured, read_from: replica answers errors.
+    for _ in $(seq 300); do
+        [ "$(redis-cli -p "$reads_port" info slotline | grep -c '^replica_main_replicas_.*serving_reads=1')" = 3 ] && break
+        sleep 0.1
+    done
+fi
 
 # CPU of a process in clock ticks: "user system".
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
@@ -192,7 +200,7 @@ bench() { # port workload pipeline [--cluster]: "ops client_cpu_seconds"
 measure() { # section workload pipeline side proxy_pid port [--cluster]
     local redis u0 s0 u1 s1 r0 r1 run
     case $1 in
-        cluster) redis=("${cluster_pids[@]}") ;;
+        cluster|reads) redis=("${cluster_pids[@]}") ;;
         tls) redis=("$tls_redis_pid") ;;
         *) redis=("${shard_pids[@]}") ;;
     esac

@@ -100,6 +100,21 @@ fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("read:{i}")).collect()
 }
 
+/// A 3+3 cluster behind a pool with `extra` settings, `n` keys set (each to its own name), and
+/// every replica serving reads; with the pool's port and a client of it.
+fn serving_pool(extra: &str, n: usize) -> (RedisCluster, Slotline, u16, Client, Arc<Vec<String>>) {
+    let cluster = cluster();
+    let port = free_port();
+    let proxy = Slotline::start(&yaml(port, &cluster, extra));
+    let mut client = proxy.client();
+    let keys = Arc::new(keys(n));
+    for k in keys.iter() {
+        assert_eq!(client.cmd(&["SET", k, k]), Reply::ok());
+    }
+    wait_serving(&mut client, 3, None);
+    (cluster, proxy, port, client, keys)
+}
+
 #[test]
 fn replicas_serve_the_reads_and_masters_every_write() {
     let cluster = cluster();
@@ -140,6 +155,22 @@ fn replicas_serve_the_reads_and_masters_every_write() {
     }
     let text = info(&mut reader);
     assert!(text.contains("reads_main:read_from=replica"), "{text}");
+    // A cross-slot MGET's parts and a read sent to every master go to the replicas too.
+    reset_stats(&cluster);
+    let some: Vec<&str> = keys.iter().take(20).map(String::as_str).collect();
+    let mut mget = vec!["MGET"];
+    mget.extend(&some);
+    let want = Reply::Array(Some(some.iter().map(Reply::bulk).collect()));
+    assert_eq!(reader.cmd(&mget), want);
+    assert_eq!(reader.cmd(&["DBSIZE"]), Reply::Int(300));
+    assert_eq!(total(&cluster, &masters, "mget"), 0);
+    assert_eq!(
+        total(&cluster, &replicas, "mget"),
+        20,
+        "one part per slot, all on replicas"
+    );
+    assert_eq!(total(&cluster, &masters, "dbsize"), 0);
+    assert_eq!(total(&cluster, &replicas, "dbsize"), 3);
 }
 
 #[test]
@@ -198,26 +229,16 @@ fn a_client_reads_its_own_writes_through_replica_reads() {
 
 #[test]
 fn a_stopped_replica_gets_no_reads_until_it_answers_again() {
-    let cluster = cluster();
-    let port = free_port();
-    let proxy = Slotline::start(&yaml(
-        port,
-        &cluster,
+    let (cluster, _proxy, _, mut reader, keys) = serving_pool(
         "    read_from: prefer_replica\n    max_replica_lag: 500\n",
-    ));
-    let mut client = proxy.client();
-    let keys = keys(200);
-    for k in &keys {
-        assert_eq!(client.cmd(&["SET", k, k]), Reply::ok());
-    }
-    let mut reader = proxy.client();
-    wait_serving(&mut reader, 3, None);
+        200,
+    );
     let (_, replicas) = roles(&cluster);
     let stopped = replicas[0];
     let before = calls(&cluster, stopped, "get");
     cluster.signal(stopped, "STOP");
     wait_serving(&mut reader, 3, Some((stopped, false)));
-    for k in &keys {
+    for k in keys.iter() {
         assert_eq!(
             reader.cmd(&["GET", k]),
             Reply::bulk(k),
@@ -231,7 +252,7 @@ fn a_stopped_replica_gets_no_reads_until_it_answers_again() {
         "the stopped replica was sent reads"
     );
     wait_serving(&mut reader, 3, Some((stopped, true)));
-    for k in &keys {
+    for k in keys.iter() {
         assert_eq!(reader.cmd(&["GET", k]), Reply::bulk(k));
     }
     assert!(
@@ -242,15 +263,8 @@ fn a_stopped_replica_gets_no_reads_until_it_answers_again() {
 
 #[test]
 fn a_replica_killed_under_read_load_costs_no_read() {
-    let cluster = cluster();
-    let port = free_port();
-    let proxy = Slotline::start(&yaml(port, &cluster, "    read_from: prefer_replica\n"));
-    let mut client = proxy.client();
-    let keys = Arc::new(keys(200));
-    for k in keys.iter() {
-        assert_eq!(client.cmd(&["SET", k, k]), Reply::ok());
-    }
-    wait_serving(&mut client, 3, None);
+    let (cluster, _proxy, port, mut client, keys) =
+        serving_pool("    read_from: prefer_replica\n", 200);
     let stop = Arc::new(AtomicBool::new(false));
     let (reads, errors) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let readers: Vec<_> = (0..4)
@@ -260,6 +274,11 @@ fn a_replica_killed_under_read_load_costs_no_read() {
             thread::spawn(move || {
                 let mut c = Client::connect(port);
                 let mut first = None;
+                // A cross-slot MGET too: its parts go to several replicas at once.
+                let some: Vec<&str> = keys.iter().take(10).map(String::as_str).collect();
+                let mut mget = vec!["MGET"];
+                mget.extend(&some);
+                let all = Reply::Array(Some(some.iter().map(Reply::bulk).collect()));
                 while !stop.load(Ordering::Relaxed) {
                     for k in keys.iter().take(50) {
                         let got = c.cmd(&["GET", k]);
@@ -268,6 +287,11 @@ fn a_replica_killed_under_read_load_costs_no_read() {
                             errors.fetch_add(1, Ordering::Relaxed);
                             first.get_or_insert(got);
                         }
+                    }
+                    let got = c.cmd(&mget);
+                    if got != all {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first.get_or_insert(got);
                     }
                 }
                 first
@@ -293,6 +317,15 @@ fn a_replica_killed_under_read_load_costs_no_read() {
         reads.load(Ordering::Relaxed)
     );
     assert!(reads.load(Ordering::Relaxed) > 1000);
+    // They were read again on the masters: the dead replica failed some before it was left out.
+    let text = info(&mut client);
+    let retries: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("reads_main:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("master_retries=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(retries > 0, "{text}");
 }
 
 #[test]
@@ -451,4 +484,58 @@ fn nearest_replica_follows_zones_from_endpoint_slices() {
     assert!(calls(&cluster, replicas[0], "get") > 0);
     assert_eq!(calls(&cluster, local_master, "get"), 0);
     assert_eq!(total(&cluster, &masters, "get"), 0);
+}
+
+#[test]
+fn a_promoted_replica_takes_the_writes_while_reads_go_on() {
+    let (cluster, _proxy, port, mut client, keys) =
+        serving_pool("    read_from: prefer_replica\n", 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (keys, stop, wrong) = (keys.clone(), stop.clone(), wrong.clone());
+        thread::spawn(move || {
+            let mut c = Client::connect(port);
+            let (mut reads, mut first) = (0, None);
+            while !stop.load(Ordering::Relaxed) {
+                for k in keys.iter() {
+                    let got = c.cmd(&["GET", k]);
+                    reads += 1;
+                    if got != Reply::bulk(k) {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                        first.get_or_insert(got);
+                    }
+                }
+            }
+            (reads, first)
+        })
+    };
+    let master = cluster.masters()[0].port;
+    let replica = cluster.replicas_of(master)[0];
+    assert_eq!(cluster.cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+    wait_ok(WAIT, "the replica to take over", || {
+        match cluster.client(replica).role() == "master" {
+            true => Ok(()),
+            false => Err("still a replica".into()),
+        }
+    });
+    cluster.wait_roles_settled(WAIT);
+    // Writes: every one acknowledged, the promoted replica's slots on it.
+    let before = calls(&cluster, replica, "set");
+    for k in keys.iter() {
+        assert_eq!(client.cmd(&["SET", k, k]), Reply::ok());
+    }
+    assert!(
+        calls(&cluster, replica, "set") > before,
+        "the promoted replica took no write"
+    );
+    // The demoted master is a replica now, measured and serving reads like the others.
+    wait_serving(&mut client, 3, Some((master, true)));
+    stop.store(true, Ordering::Relaxed);
+    let (reads, first) = reader.join().expect("reader");
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "of {reads} reads; first: {first:?}"
+    );
 }

@@ -99,6 +99,11 @@ impl Topology {
         self.nodes.get(i).map(|master| (master, self.groups.get(i)))
     }
 
+    /// Master `i` and its replicas that may serve reads.
+    pub fn group_of(&self, i: usize) -> Option<(&Arc<Node>, Option<&Group>)> {
+        self.nodes.get(i).map(|master| (master, self.groups.get(i)))
+    }
+
     /// Each master's replicas, in master order (empty while reads stay on masters).
     pub fn groups(&self) -> &[Group] {
         &self.groups

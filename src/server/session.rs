@@ -925,26 +925,34 @@ impl Ctx {
         node
     }
 
+    /// The node for a request at `place` (a read's as the client's read policy chooses it), and
+    /// whether it is a replica; None when no node may take it (a refresh is asked for when the
+    /// place has no master).
+    #[inline]
+    fn node_for<'v>(
+        &self,
+        view: &'v View<'_>,
+        place: Place,
+        pick: usize,
+    ) -> Option<(&'v Arc<Node>, bool)> {
+        if !place.is_read() {
+            return view
+                .target_or_refresh(place, pick)
+                .map(|node| (node, false));
+        }
+        let fresh = self.reads.fresh(self.pool.config.read_your_writes);
+        let found = view.read_target(place, self.read_policy(), fresh, pick);
+        if found.is_none() && view.target(place, pick).is_none() {
+            view.request_refresh();
+        }
+        found
+    }
+
     /// Sends a request to the backend its keys belong to (any backend when it has none).
     fn forward(&mut self, view: &View<'_>, place: Place, spec: &Spec, frame: Bytes, now: Instant) {
         let pick = self.client.id as usize;
-        let (node, replica) = match place {
-            Place::ReadSlot(_) | Place::Replica => {
-                let fresh = self.reads.fresh(self.pool.config.read_your_writes);
-                match view.read_target(place, self.read_policy(), fresh, pick) {
-                    Some(found) => found,
-                    None => {
-                        if view.target(place, pick).is_none() {
-                            view.request_refresh();
-                        }
-                        return self.no_backend(view, place);
-                    }
-                }
-            }
-            _ => match view.target_or_refresh(place, pick) {
-                Some(node) => (node, false),
-                None => return self.no_backend(view, place),
-            },
+        let Some((node, replica)) = self.node_for(view, place, pick) else {
+            return self.no_backend(view, place);
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.via(self.via())
@@ -1504,6 +1512,10 @@ impl Ctx {
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
         if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
+            if self.read_parts_again(false) {
+                // Its replicas did not answer in time: its masters may.
+                return;
+            }
             self.tally.get().error(ErrorKind::Timeout);
             stats::add(&self.pool.stats.forward_error, 1);
             self.timed_out();

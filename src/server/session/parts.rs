@@ -69,6 +69,12 @@ pub(super) struct PartToSend {
     /// Requests in `frame`, of which the last one's reply is the part's (a whole transaction: MULTI,
     /// its commands and EXEC); 1 for a plain part.
     pub(super) requests: u32,
+    /// A read sent to a replica (run again on the master if the replica fails it).
+    pub(super) replica: bool,
+    /// Where it was routed (Any when that does not matter).
+    pub(super) place: Place,
+    /// Its answer when `node` is None.
+    pub(super) unserved: &'static str,
 }
 
 impl PartToSend {
@@ -79,6 +85,9 @@ impl PartToSend {
             frame,
             slot: None,
             requests: 1,
+            replica: false,
+            place: Place::Any,
+            unserved: "-CLUSTERDOWN Hash slot not served\r\n",
         }
     }
 }
@@ -87,6 +96,8 @@ pub(super) struct Part {
     /// Where the request's key numbers this part carries are in [`SplitRequest::keys`].
     pub(super) keys: Range<u32>,
     pub(super) w: Waiting,
+    /// Where it was routed: a read a replica fails goes to that place's master.
+    pub(super) place: Place,
 }
 
 impl Ctx {
@@ -121,13 +132,20 @@ impl Ctx {
         placed.sort_by_key(|&(place, _)| place);
         let keys: Vec<u32> = placed.iter().map(|&(_, k)| k).collect();
         let pick = self.client.id as usize;
+        let policy = self.read_policy();
         let mut groups = Vec::new();
         let mut start = 0;
         for group in placed.chunk_by(|a, b| a.0 == b.0) {
-            let place = group[0].0;
-            let node = view.target_or_refresh(place, pick).cloned();
+            // A read's parts go where the client's read policy sends each slot's reads.
+            let place = view.for_reads(group[0].0, spec, policy);
+            let node = self.node_for(view, place, pick);
             let end = start + group.len() as u32;
-            groups.push((node, place, start..end));
+            groups.push((
+                node.map(|(n, _)| n.clone()),
+                place,
+                node.is_some_and(|(_, r)| r),
+                start..end,
+            ));
             start = end;
         }
         if groups.len() > MAX_PARTS {
@@ -143,7 +161,7 @@ impl Ctx {
         let size = req.frame.len() + groups.len() * (16 + req.arg(0).len());
         let mut buf = BytesMut::with_capacity(size);
         let mut ends = Vec::with_capacity(groups.len());
-        for (_, _, range) in &groups {
+        for (_, _, _, range) in &groups {
             fanout::encode_into(
                 &req,
                 split,
@@ -157,12 +175,15 @@ impl Ctx {
         let parts = groups
             .into_iter()
             .zip(ends)
-            .map(|((node, place, keys), end)| {
+            .map(|((node, place, replica, keys), end)| {
                 let frame = buf.slice(from..end);
                 from = end;
                 PartToSend {
                     keys,
                     slot: place.slot(),
+                    replica,
+                    place,
+                    unserved: unserved(view, place),
                     ..PartToSend::new(node, frame)
                 }
             })
@@ -193,8 +214,9 @@ impl Ctx {
             );
             return self.error(&msg);
         }
+        let policy = self.read_policy();
         let groups = (0..view.node_count())
-            .map(|i| (Place::Node(i), frame.clone()))
+            .map(|i| (view.for_reads(Place::Node(i), spec, policy), frame.clone()))
             .collect();
         self.fan_out(groups, merge, view, now);
     }
@@ -379,13 +401,71 @@ impl Ctx {
         let pick = self.client.id as usize;
         let parts = groups
             .into_iter()
-            .map(|(place, frame)| PartToSend {
-                slot: place.slot(),
-                ..PartToSend::new(view.target_or_refresh(place, pick).cloned(), frame)
+            .map(|(place, frame)| {
+                let node = self.node_for(view, place, pick);
+                PartToSend {
+                    slot: place.slot(),
+                    replica: node.is_some_and(|(_, r)| r),
+                    place,
+                    unserved: unserved(view, place),
+                    ..PartToSend::new(node.map(|(n, _)| n.clone()), frame)
+                }
             })
             .collect();
         let deadline = now + Duration::from_millis(self.pool.config.timeout);
         self.send_parts(parts, merge, 0, Vec::new(), false, deadline);
+    }
+
+    /// The oldest request's parts that a replica failed (`failed`: its connection was lost) or has
+    /// not answered in time (else) go to their masters instead, once. True when any did.
+    pub(super) fn read_parts_again(&mut self, failed: bool) -> bool {
+        let Some(Pending::Split(s)) = self.pending.front() else {
+            return false;
+        };
+        let retry = |w: &Waiting| {
+            w.replica
+                && match &w.result {
+                    Some(Err(_)) => failed,
+                    None => !failed,
+                    Some(Ok(_)) => false,
+                }
+        };
+        if !s.parts.iter().any(|p| retry(&p.w)) {
+            return false;
+        }
+        let pool = self.pool.clone();
+        let view = View::of(&pool);
+        let (pick, via, front) = (self.client.id as usize, self.via(), self.front_seq);
+        let deadline = self.now + Duration::from_millis(pool.config.timeout);
+        let Some(Pending::Split(s)) = self.pending.front_mut() else {
+            return false;
+        };
+        let mut sent = false;
+        for (i, part) in s.parts.iter_mut().enumerate() {
+            if !retry(&part.w) {
+                continue;
+            }
+            part.w.replica = false;
+            let Some(master) = view.target(part.place, pick) else {
+                continue;
+            };
+            part.w.result = None;
+            part.w.deadline = deadline;
+            let reply = self.inbox.reply_to(part_seq(front, i));
+            master
+                .via(via)
+                .send(pick, part.w.frame.clone(), false, reply);
+            if let Some(counters) = pool.router.read_counters() {
+                counters
+                    .retried
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            sent = true;
+        }
+        if sent {
+            s.deadline = deadline;
+        }
+        sent
     }
 
     /// Sends each part to its node (a part without one is answered CLUSTERDOWN) and queues the request
@@ -417,11 +497,14 @@ impl Ctx {
                 frame,
                 slot,
                 requests: count,
+                replica,
+                place,
+                unserved,
             } = part;
             requests.push(count);
             let result = node
                 .is_none()
-                .then(|| Ok(Bytes::from_static(b"-CLUSTERDOWN Hash slot not served\r\n")));
+                .then(|| Ok(Bytes::from_static(unserved.as_bytes())));
             let w = Waiting {
                 result,
                 frame,
@@ -432,9 +515,9 @@ impl Ctx {
                 scripted: None,
                 command: crate::cmdstats::NONE,
                 sent: self.now,
-                replica: false,
+                replica,
             };
-            sent.push(Part { keys, w });
+            sent.push(Part { keys, w, place });
             nodes.push(node);
         }
         let via = self.via();
@@ -542,6 +625,9 @@ impl Ctx {
     /// the merged reply. Returns false while a part is still waiting.
     pub(super) fn settle_split(&mut self) -> bool {
         let via = self.via();
+        if self.read_parts_again(true) {
+            return false;
+        }
         let Some(Pending::Split(s)) = self.pending.front_mut() else {
             return true;
         };
@@ -641,6 +727,15 @@ impl Ctx {
 }
 
 /// Sets and deletes the key, in one script: replicated, yet no client can ever see the key.
+/// A part's answer when no node may take it: no owner of its slot, or (a read that must go to a
+/// replica) no replica that qualifies.
+fn unserved(view: &View<'_>, place: Place) -> &'static str {
+    match place.is_read() && view.target(place, 0).is_some() {
+        true => "-ERR slotline: no replica qualifies for reads (read_from: replica): each is unreachable, unlinked or more than max_replica_lag behind\r\n",
+        false => "-CLUSTERDOWN Hash slot not served\r\n",
+    }
+}
+
 const WAIT_MARK_SCRIPT: &[u8] =
     b"redis.call('SET', KEYS[1], '1') redis.call('DEL', KEYS[1]) return 1";
 

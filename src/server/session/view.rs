@@ -28,9 +28,27 @@ pub(super) enum Place {
     Replica,
     /// A read of a cluster slot that its replicas may serve (see [`crate::read`]).
     ReadSlot(Slot),
+    /// Master `i` or one of its replicas, for a read sent to every master.
+    ReadNode(usize),
 }
 
 impl Place {
+    /// The master number, for a place that names one.
+    fn node(self) -> Option<usize> {
+        match self {
+            Place::Node(i) | Place::ReadNode(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Whether a read policy chooses the node (a replica, or the master).
+    pub(super) fn is_read(self) -> bool {
+        matches!(
+            self,
+            Place::ReadSlot(_) | Place::ReadNode(_) | Place::Replica
+        )
+    }
+
     /// The cluster slot, for a place that is one (TRYAGAIN retries ask its owner again).
     pub(super) fn slot(self) -> Option<Slot> {
         match self {
@@ -78,6 +96,9 @@ impl<'a> View<'a> {
             (View::Cluster(cluster, _), Place::Slot(slot)) if cluster.reads_replicas() => {
                 Place::ReadSlot(slot)
             }
+            (View::Cluster(cluster, _), Place::Node(i)) if cluster.reads_replicas() => {
+                Place::ReadNode(i)
+            }
             _ => place,
         }
     }
@@ -93,8 +114,11 @@ impl<'a> View<'a> {
         pick: usize,
     ) -> Option<(&Arc<Node>, bool)> {
         let (master, pick) = match (self, place) {
-            (View::Cluster(cluster, topology), Place::ReadSlot(slot)) => {
-                let (master, group) = topology.group_for(slot)?;
+            (View::Cluster(cluster, topology), Place::ReadSlot(_) | Place::ReadNode(_)) => {
+                let (master, group) = match place {
+                    Place::ReadSlot(slot) => topology.group_for(slot)?,
+                    _ => topology.group_of(place.node()?)?,
+                };
                 let Some(group) = group else {
                     return Some((master, false));
                 };
@@ -149,7 +173,9 @@ impl<'a> View<'a> {
             (View::Cluster(_, topology), Place::Slot(slot) | Place::ReadSlot(slot)) => {
                 topology.node_for_request(Some(slot), pick)
             }
-            (View::Cluster(_, topology), Place::Node(i)) => topology.nodes().get(i),
+            (View::Cluster(_, topology), Place::Node(i) | Place::ReadNode(i)) => {
+                topology.nodes().get(i)
+            }
             (View::Cluster(_, topology), _) => topology.node_for_request(None, pick),
             (View::Shards(table), Place::Server(i)) => table.node(i),
             (View::Shards(table), Place::Node(i)) => table.in_service().nth(i),
@@ -202,6 +228,9 @@ impl<'a> View<'a> {
             }
             (View::Cluster(..), Place::Slot(_) | Place::ReadSlot(_)) => {
                 "CLUSTERDOWN Hash slot not served"
+            }
+            (View::Cluster(_, topology), Place::ReadNode(i)) if topology.nodes().get(i).is_some() => {
+                "ERR slotline: no replica of a master qualifies for reads (read_from: replica): each is unreachable, unlinked or more than max_replica_lag behind"
             }
             (View::Cluster(..), _) => {
                 "CLUSTERDOWN slotline has not learnt the cluster topology yet"
