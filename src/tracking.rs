@@ -271,6 +271,45 @@ impl Tracking {
         }
     }
 
+    /// Client `id`'s (NOLOOP) write of `keys` changed nothing, or may not have changed all of
+    /// them (its reply says so, see [`changed_nothing`]): `wrote`'s counts are taken back, so
+    /// that they do not swallow another client's change later. A count already spent was spent
+    /// on another client's change, whose invalidation the client is told now. (Where the write
+    /// did change a key after all, that is an invalidation of its own write: harmless; a swallowed
+    /// one would leave its cache stale.)
+    pub fn unwrote<'a>(&self, id: u64, keys: impl Iterator<Item = &'a [u8]>, shared: &Shared) {
+        let delivery = {
+            let mut state = self.lock();
+            let Some(tracker) = state.trackers.get_mut(&id) else {
+                return;
+            };
+            let mut spent = Vec::new();
+            for key in keys {
+                match tracker.own_writes.get_mut(key) {
+                    Some(n) if *n > 1 => *n -= 1,
+                    Some(_) => {
+                        tracker.own_writes.remove(key);
+                    }
+                    None => spent.push(Bytes::copy_from_slice(key)),
+                }
+            }
+            let options = &tracker.status.options;
+            if options.bcast && !options.prefixes.is_empty() {
+                spent.retain(|key| options.prefixes.iter().any(|p| key.starts_with(p)));
+            }
+            if spent.is_empty() {
+                return;
+            }
+            Delivery {
+                to: target(id, &tracker.status),
+                keys: Some(spent),
+                from: id,
+                prefix: None,
+            }
+        };
+        self.tell(vec![delivery], shared);
+    }
+
     /// Who is told what of a change of `keys` (None: every key, a flush), or of their eviction
     /// from the table (`evicted`).
     fn deliveries(&self, keys: Option<&[Bytes]>, evicted: bool) -> Vec<Delivery> {
@@ -464,6 +503,51 @@ impl ClientSide {
     }
 }
 
+/// Whether a write's `reply` says it may have left some of its `keys` unchanged: an error, a
+/// null, or a count of changes that is 0 (or, for DEL and UNLINK, short of the keys) from a
+/// command whose integer reply counts what it changed. Redis invalidates only keys a command
+/// changed, so such a write must not count as the cause of the next invalidation of its keys.
+pub fn changed_nothing(spec: &Spec, reply: &[u8], keys: usize) -> bool {
+    /// Commands whose integer reply is 0 exactly when they changed nothing.
+    const COUNTS_CHANGES: &[&str] = &[
+        "del",
+        "unlink",
+        "setnx",
+        "hsetnx",
+        "msetnx",
+        "renamenx",
+        "sadd",
+        "srem",
+        "smove",
+        "hdel",
+        "zrem",
+        "zremrangebyscore",
+        "zremrangebyrank",
+        "zremrangebylex",
+        "lrem",
+        "expire",
+        "pexpire",
+        "expireat",
+        "pexpireat",
+        "persist",
+        "copy",
+        "move",
+        "pfadd",
+    ];
+    match reply.first() {
+        Some(b'-' | b'_') => true,
+        Some(b'$' | b'*') => reply.starts_with(b"$-1\r\n") || reply.starts_with(b"*-1\r\n"),
+        Some(b':') if COUNTS_CHANGES.contains(&spec.name) => {
+            let n = reply
+                .get(1..reply.len().saturating_sub(2))
+                .and_then(parse_int)
+                .unwrap_or(0);
+            n == 0 || (matches!(spec.name, "del" | "unlink") && n < keys as i64)
+        }
+        _ => false,
+    }
+}
+
 /// Whether a Lua script may run a read command. Every `.call` and `.pcall` (`redis.call`,
 /// `server.pcall` ...) is looked at: a command named by a string literal is read in the command
 /// table; anything else (a name in a variable, `redis.call` passed around, a command slotline does
@@ -619,6 +703,34 @@ mod tests {
         assert_eq!(
             invalidated(b">2\r\n$10\r\ninvalidate\r\n*2\r\n$1\r\na\r\n"),
             None
+        );
+    }
+
+    #[test]
+    fn writes_that_changed_nothing_are_known_by_their_replies() {
+        let spec = |name: &str| command::lookup(name.as_bytes(), None).expect(name);
+        let nothing =
+            |name: &str, reply: &[u8], keys: usize| changed_nothing(spec(name), reply, keys);
+        assert!(nothing("setnx", b":0\r\n", 1));
+        assert!(!nothing("setnx", b":1\r\n", 1));
+        assert!(
+            nothing("del", b":1\r\n", 2),
+            "one of two keys was not there"
+        );
+        assert!(!nothing("del", b":2\r\n", 2));
+        assert!(nothing("set", b"$-1\r\n", 1), "SET NX refused");
+        assert!(nothing("set", b"_\r\n", 1));
+        assert!(!nothing("set", b"+OK\r\n", 1));
+        assert!(nothing(
+            "incr",
+            b"-ERR value is not an integer or out of range\r\n",
+            1
+        ));
+        // A 0 that is a value, not a count: INCRBY to 0 changed the key.
+        assert!(!nothing("incrby", b":0\r\n", 1));
+        assert!(
+            !nothing("hset", b":0\r\n", 1),
+            "an updated field is a change"
         );
     }
 

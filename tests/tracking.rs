@@ -308,3 +308,28 @@ fn invalidations_reach_the_client_that_read_the_key() {
     // An application's client-side cache (redis-py, RESP2 with a redirect) stays correct.
     run_python_client("redis_py_tracking.py", proxy.port(), "2");
 }
+
+#[test]
+fn noloop_skips_only_own_writes_that_changed_the_key() {
+    let cluster = RedisCluster::start(Default::default());
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let proxy = Slotline::start(&Slotline::cluster_yaml(free_port(), &seeds));
+    let mut writer = proxy.client();
+    let key = "t:noloop";
+    assert_eq!(writer.cmd(&["SET", key, "a"]), Reply::ok());
+    let mut cached = resp3(&proxy);
+    assert_eq!(cached.cmd(&["CLIENT", "TRACKING", "ON", "NOLOOP"]), Reply::ok());
+    assert_eq!(cached.cmd(&["GET", key]), bulk("a"));
+    // Its own writes that change nothing: Redis invalidates nothing for them.
+    assert_eq!(cached.cmd(&["SETNX", key, "x"]), Reply::Int(0));
+    assert_eq!(cached.cmd(&["SET", key, "y", "NX"]), Reply::Bulk(None));
+    assert_eq!(cached.cmd(&["DEL", "t:{noloop}missing"]), Reply::Int(0));
+    quiet(&mut cached, "writes that changed nothing");
+    // So another client's change is not taken for one of them: the cached value is invalidated.
+    assert_eq!(writer.cmd(&["SET", key, "b"]), Reply::ok());
+    assert_eq!(cached.read_reply(), invalidate(&[key]));
+    // Its own change still tells it nothing.
+    assert_eq!(cached.cmd(&["GET", key]), bulk("b"));
+    assert_eq!(cached.cmd(&["SET", key, "c"]), Reply::ok());
+    quiet(&mut cached, "NOLOOP: its own write");
+}

@@ -1610,8 +1610,38 @@ impl Ctx {
         if let Some((took, frame)) = slow {
             self.log_slow(&frame, took);
         }
+        if self.tracking.as_deref().is_some_and(|t| t.noloop) {
+            self.noloop_answered(&reply);
+        }
         self.out.extend_from_slice(&reply);
         self.pop_front();
+    }
+
+    /// The oldest request of a NOLOOP tracking client is answered with `reply`: a write that
+    /// changed nothing takes back its count of own writes (see [`crate::tracking::changed_nothing`]).
+    fn noloop_answered(&self, reply: &[u8]) {
+        let Some(Pending::Wait(w)) = self.pending.front() else {
+            return;
+        };
+        let Some(spec) = command::all().get(usize::from(w.command)) else {
+            return;
+        };
+        if !spec.has(flags::WRITE) {
+            return;
+        }
+        let Some(parser) = parsed_again(&w.frame) else {
+            return;
+        };
+        let req = Request {
+            frame: &w.frame,
+            args: parser.args(),
+        };
+        let mut keys = Vec::new();
+        req.for_each_key(spec, |key| keys.push(key));
+        if crate::tracking::changed_nothing(spec, reply, keys.len()) {
+            let (tracking, shared) = (&self.pool.tracking, &self.pool.shared);
+            tracking.unwrote(self.client.id, keys.into_iter(), shared);
+        }
     }
 
     /// Sends the oldest request, a read its replica failed, to its master instead; false when
