@@ -320,36 +320,32 @@ if [ "$TLS" = 1 ]; then
         }' "$work/medians"
 fi
 
+# Two sides of one section by workload and -P: ops/s and CPU seconds per 100k requests of each, and
+# the ratio of the second's CPU to the first's.
+cpu_ratio_report() { # section side-a side-b heading-a heading-b
+    printf '%-8s %-10s %-3s %12s %9s %12s %9s %11s\n' "" workload P "$4" "cpu/100k" "$5" "cpu/100k" "cpu ratio"
+    awk -v sec="$1" -v a="$2" -v b="$3" -v hz="$tick_hz" -v N="$N" '
+        $1 == sec { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
+                    ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; split(k, p, " "); x = cpu[k, a]; y = cpu[k, b]
+                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %11s\n", "", p[1], p[2], ops[k, a], x,
+                    ops[k, b], y, (x > 0 ? sprintf("%.3f", y / x) : "-")
+            }
+        }' "$work/medians"
+}
+
 if [ "$ACL" = 1 ]; then
     echo
     echo "Users (the same shards through slotline; an ACL file of 100 users, the benchmark logged in as one):"
-    printf '%-8s %-10s %-3s %12s %9s %12s %9s %11s\n' "" workload P "no users" "cpu/100k" "100 users" "cpu/100k" "cpu ratio"
-    awk -v hz="$tick_hz" -v N="$N" '
-        $1 == "acl" { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
-                      ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
-        END {
-            for (c = 1; c <= cells; c++) {
-                k = order[c]; split(k, p, " "); a = cpu[k, "plain"]; u = cpu[k, "users"]
-                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %11s\n", "", p[1], p[2], ops[k, "plain"], a,
-                    ops[k, "users"], u, (a > 0 ? sprintf("%.3f", u / a) : "-")
-            }
-        }' "$work/medians"
+    cpu_ratio_report acl plain users "no users" "100 users"
 fi
 
 if [ "$READS" = 1 ]; then
     echo
     echo "Replica reads (one cluster of 3 masters + 3 replicas; read_from: master, then replica):"
-    printf '%-8s %-10s %-3s %12s %9s %12s %9s %11s\n' "" workload P "master" "cpu/100k" "replica" "cpu/100k" "cpu ratio"
-    awk -v hz="$tick_hz" -v N="$N" '
-        $1 == "reads" { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
-                        ops[k, $4] = $5; cpu[k, $4] = ($7 + $8) / hz * 100000 / N }
-        END {
-            for (c = 1; c <= cells; c++) {
-                k = order[c]; split(k, p, " "); a = cpu[k, "master"]; r = cpu[k, "replica"]
-                printf "%-8s %-10s %-3s %12.0f %9.3f %12.0f %9.3f %11s\n", "", p[1], p[2], ops[k, "master"], a,
-                    ops[k, "replica"], r, (a > 0 ? sprintf("%.3f", r / a) : "-")
-            }
-        }' "$work/medians"
+    cpu_ratio_report reads master replica master replica
 fi
 
 # Where the machine's CPU went, per request: the benchmark client, the proxy (and how much of it was the

@@ -318,7 +318,10 @@ fn noloop_skips_only_own_writes_that_changed_the_key() {
     let key = "t:noloop";
     assert_eq!(writer.cmd(&["SET", key, "a"]), Reply::ok());
     let mut cached = resp3(&proxy);
-    assert_eq!(cached.cmd(&["CLIENT", "TRACKING", "ON", "NOLOOP"]), Reply::ok());
+    assert_eq!(
+        cached.cmd(&["CLIENT", "TRACKING", "ON", "NOLOOP"]),
+        Reply::ok()
+    );
     assert_eq!(cached.cmd(&["GET", key]), bulk("a"));
     // Its own writes that change nothing: Redis invalidates nothing for them.
     assert_eq!(cached.cmd(&["SETNX", key, "x"]), Reply::Int(0));

@@ -142,12 +142,7 @@ impl Cluster {
             }),
         });
         tokio::spawn(refresher(Arc::downgrade(&cluster)));
-        let replicas_read = config.read_from != crate::config::ReadFrom::Master
-            || config
-                .read_listen
-                .values()
-                .any(|&p| p != crate::config::ReadFrom::Master);
-        if replicas_read {
+        if config.reads_replicas() {
             cluster.read_from_replicas();
         }
         cluster
@@ -177,14 +172,7 @@ impl Cluster {
                     .nodes()
                     .iter()
                     .zip(topology.groups())
-                    .map(|(master, group)| crate::read::lag::Probed {
-                        master: master.clone(),
-                        replicas: group
-                            .replicas
-                            .iter()
-                            .map(|r| (r.node.clone(), r.state.clone()))
-                            .collect(),
-                    })
+                    .map(|(master, group)| crate::read::lag::Probed::of(master, group))
                     .collect(),
             )
         }));

@@ -753,6 +753,15 @@ impl PoolConfig {
         }
     }
 
+    /// Whether a policy of the pool's own listeners (`read_from`, `read_listen`, a primary
+    /// pool's `replica_listen`) reads from replicas; a client's READONLY may yet, later.
+    pub fn reads_replicas(&self) -> bool {
+        self.replica_listen.is_some()
+            || std::iter::once(&self.read_from)
+                .chain(self.read_listen.values())
+                .any(|&p| p != ReadFrom::Master)
+    }
+
     /// The placement of a sharded pool; the error names the field at fault.
     pub fn sharding(&self) -> Result<Sharding, (String, String)> {
         let kind = self.mode.distribution().ok_or_else(|| {

@@ -183,8 +183,7 @@ impl Primary {
             Arc::downgrade(&primary),
             detect::Sources::new(config, members, sentinels, tls),
         ));
-        let policies = std::iter::once(&config.read_from).chain(config.read_listen.values());
-        if config.replica_listen.is_some() || policies.into_iter().any(|&p| p != ReadFrom::Master) {
+        if config.reads_replicas() {
             primary.read_from_replicas();
         }
         primary
@@ -220,6 +219,9 @@ impl Primary {
 
     /// Starts measuring the replicas' lag (a read policy uses them now); idempotent.
     pub fn read_from_replicas(self: &Arc<Self>) {
+        if self.lag.get().is_some() {
+            return; // every client's READONLY comes here
+        }
         let tracker = Arc::new(crate::read::lag::Tracker::new(self.max_replica_lag));
         if self.lag.set(tracker.clone()).is_err() {
             return;
@@ -228,18 +230,8 @@ impl Primary {
         tokio::spawn(tracker.run(move || {
             let primary = primary.upgrade()?;
             let roles = primary.roles();
-            let probed = roles
-                .master
-                .as_ref()
-                .map(|master| crate::read::lag::Probed {
-                    master: master.clone(),
-                    replicas: roles
-                        .group
-                        .replicas
-                        .iter()
-                        .map(|r| (r.node.clone(), r.state.clone()))
-                        .collect(),
-                });
+            let probed = roles.master.as_ref();
+            let probed = probed.map(|master| crate::read::lag::Probed::of(master, &roles.group));
             Some(probed.into_iter().collect())
         }));
         // The replicas as they are now, measured from here on.

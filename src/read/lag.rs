@@ -29,7 +29,7 @@ const HISTORY: usize = 128;
 const ROLE: Bytes = Bytes::from_static(b"*1\r\n$4\r\nROLE\r\n");
 
 /// A replica's progress, read by sessions choosing where a read goes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     /// [`now_ms`] when the newest master sample the replica has reached was asked for; 0: none.
     covers: AtomicU64,
@@ -39,6 +39,18 @@ pub struct State {
     lag_ms: AtomicU64,
     /// The replica's link to its master is up.
     linked: AtomicBool,
+}
+
+impl Default for State {
+    /// Not measured yet: no reads.
+    fn default() -> State {
+        State {
+            covers: AtomicU64::new(0),
+            qualifies: AtomicBool::new(false),
+            lag_ms: AtomicU64::new(u64::MAX),
+            linked: AtomicBool::new(false),
+        }
+    }
 }
 
 impl State {
@@ -100,6 +112,20 @@ pub struct Probed {
     pub replicas: Vec<(Arc<Node>, Arc<State>)>,
 }
 
+impl Probed {
+    /// `master` and the replicas of `group`.
+    pub fn of(master: &Arc<Node>, group: &super::Group) -> Probed {
+        Probed {
+            master: master.clone(),
+            replicas: group
+                .replicas
+                .iter()
+                .map(|r| (r.node.clone(), r.state.clone()))
+                .collect(),
+        }
+    }
+}
+
 /// A master's offsets: (when asked, offset), oldest first.
 type History = VecDeque<(u64, i64)>;
 
@@ -114,15 +140,7 @@ impl Tracker {
     /// The state of the replica at `addr` (a new one starts out not qualifying).
     pub fn state(&self, addr: &Arc<str>) -> Arc<State> {
         let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
-        states
-            .entry(addr.clone())
-            .or_insert_with(|| {
-                Arc::new(State {
-                    lag_ms: AtomicU64::new(u64::MAX),
-                    ..State::default()
-                })
-            })
-            .clone()
+        states.entry(addr.clone()).or_default().clone()
     }
 
     /// Forgets replicas no longer in the topology.

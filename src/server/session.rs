@@ -1626,7 +1626,9 @@ impl Ctx {
         let Some(spec) = command::all().get(usize::from(w.command)) else {
             return;
         };
-        if !spec.has(flags::WRITE) {
+        // The reply alone rules out most writes (any key count short of all counts), before
+        // the request is parsed again for its keys.
+        if !spec.has(flags::WRITE) || !crate::tracking::changed_nothing(spec, reply, usize::MAX) {
             return;
         }
         let Some(parser) = parsed_again(&w.frame) else {

@@ -73,8 +73,8 @@ pub(super) struct PartToSend {
     pub(super) replica: bool,
     /// Where it was routed (Any when that does not matter).
     pub(super) place: Place,
-    /// Its answer when `node` is None.
-    pub(super) unserved: &'static str,
+    /// Its answer when `node` is None (None: CLUSTERDOWN, the slot has no owner).
+    pub(super) unserved: Option<Bytes>,
 }
 
 impl PartToSend {
@@ -87,7 +87,7 @@ impl PartToSend {
             requests: 1,
             replica: false,
             place: Place::Any,
-            unserved: "-CLUSTERDOWN Hash slot not served\r\n",
+            unserved: None,
         }
     }
 }
@@ -183,7 +183,7 @@ impl Ctx {
                     slot: place.slot(),
                     replica,
                     place,
-                    unserved: unserved(view, place),
+                    unserved: node.is_none().then(|| unserved(view, place)),
                     ..PartToSend::new(node, frame)
                 }
             })
@@ -407,7 +407,7 @@ impl Ctx {
                     slot: place.slot(),
                     replica: node.is_some_and(|(_, r)| r),
                     place,
-                    unserved: unserved(view, place),
+                    unserved: node.is_none().then(|| unserved(view, place)),
                     ..PartToSend::new(node.map(|(n, _)| n.clone()), frame)
                 }
             })
@@ -504,7 +504,7 @@ impl Ctx {
             requests.push(count);
             let result = node
                 .is_none()
-                .then(|| Ok(Bytes::from_static(unserved.as_bytes())));
+                .then(|| Ok(unserved.unwrap_or_else(|| Bytes::from_static(SLOT_NOT_SERVED))));
             let w = Waiting {
                 result,
                 frame,
@@ -726,16 +726,19 @@ impl Ctx {
     }
 }
 
-/// Sets and deletes the key, in one script: replicated, yet no client can ever see the key.
-/// A part's answer when no node may take it: no owner of its slot, or (a read that must go to a
-/// replica) no replica that qualifies.
-fn unserved(view: &View<'_>, place: Place) -> &'static str {
+/// A part's answer when its slot has no owner.
+const SLOT_NOT_SERVED: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
+
+/// A part's answer when no node may take it: for a read whose master is there, why no replica
+/// may (as [`View::no_node`] says); else CLUSTERDOWN.
+fn unserved(view: &View<'_>, place: Place) -> Bytes {
     match place.is_read() && view.target(place, 0).is_some() {
-        true => "-ERR slotline: no replica qualifies for reads (read_from: replica): each is unreachable, unlinked or more than max_replica_lag behind\r\n",
-        false => "-CLUSTERDOWN Hash slot not served\r\n",
+        true => Bytes::from(format!("-{}\r\n", view.no_node(place))),
+        false => Bytes::from_static(SLOT_NOT_SERVED),
     }
 }
 
+/// Sets and deletes the key, in one script: replicated, yet no client can ever see the key.
 const WAIT_MARK_SCRIPT: &[u8] =
     b"redis.call('SET', KEYS[1], '1') redis.call('DEL', KEYS[1]) return 1";
 
