@@ -44,8 +44,9 @@
 //!   commands, INFO, and the twemproxy stats port; the running pools (a primary pool's replica
 //!   listener too) and config reload (SIGHUP, file change); the lifecycle: a client's seat, readiness
 //!   and the SIGTERM drain.
-//! - [`migrate`]: a migrating pool's old placement, the MIGRATEs that move a request's keys before
-//!   it runs, and the background mover that empties the old servers (docs/migration.md).
+//! - [`migrate`]: a migrating pool's old placement, its phase (verifying, then moving for every
+//!   slotline at once), shadow reads, the MIGRATEs that move a request's keys before it runs, and
+//!   the background mover that empties the old servers (docs/migration.md).
 //! - [`metrics`]: the Prometheus registry, per-pool metric handles, the worker's tallies (lent to a
 //!   session for one step), and the collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the control thread, and the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`)

@@ -49,6 +49,23 @@ enum Command {
     /// is where its `migrate.from` placement names; exit 1 naming keys found out of place.
     #[command(name = "migrate-verify")]
     MigrateVerify,
+    /// Drive a running slotline's migration through its admin listener: `status`, `start` (a
+    /// pool with `start: manual` stops verifying and moves; every slotline serving it follows),
+    /// `pause` or `resume` (that slotline's background mover).
+    Migrate {
+        action: MigrateAction,
+        /// The admin listener to ask (default: the config's `admin.listen`).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MigrateAction {
+    Status,
+    Start,
+    Pause,
+    Resume,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -90,6 +107,9 @@ fn main() -> ExitCode {
     }
     if matches!(cli.command, Some(Command::MigrateVerify)) {
         return migrate_verify(&config);
+    }
+    if let Some(Command::Migrate { action, admin }) = &cli.command {
+        return migrate_drive(&config, *action, admin.as_deref());
     }
     init_tracing(cli.log_format, &config.log_level);
     let workers = match config.workers {
@@ -145,6 +165,49 @@ fn one_shot_runtime() -> Option<tokio::runtime::Runtime> {
             eprintln!("slotline: cannot start the runtime: {e}");
             None
         }
+    }
+}
+
+/// `slotline migrate ACTION`: one HTTP request to the admin listener, its answer printed.
+fn migrate_drive(config: &Config, action: MigrateAction, admin: Option<&str>) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(addr) = admin.or(config.admin.as_ref().map(|a| a.listen.as_str())) else {
+        eprintln!("slotline: the config has no admin.listen; give --admin HOST:PORT");
+        return ExitCode::from(2);
+    };
+    let request = match action {
+        MigrateAction::Status => "GET /migration",
+        MigrateAction::Start => "POST /migration/start",
+        MigrateAction::Pause => "POST /migration/pause",
+        MigrateAction::Resume => "POST /migration/resume",
+    };
+    let asked = std::net::TcpStream::connect(addr).and_then(|mut stream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "{request} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    });
+    let answer = match asked {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("slotline: cannot ask the admin listener at {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+    match ok {
+        true => print!("{body}"),
+        false => eprint!("slotline: {body}"),
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

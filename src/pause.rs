@@ -69,6 +69,14 @@ impl Pause {
         (until > now && (mode == Mode::All || policy::may_write(spec))).then_some(until)
     }
 
+    /// When the pause set last ends, if one is set (it may have ended already).
+    pub fn until(&self) -> Option<Instant> {
+        if !self.set.load(Ordering::Relaxed) {
+            return None;
+        }
+        (*self.state.borrow()).map(|(until, _)| until)
+    }
+
     /// Whether the pause now holds only what may write (`WRITE`, not `ALL`).
     pub fn writes_only(&self) -> bool {
         matches!(*self.state.borrow(), Some((_, Mode::Write)))

@@ -223,15 +223,14 @@ fn finish(
     model
 }
 
-#[test]
-fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
-    let shards = RedisServers::start(3);
+/// A 3-master cluster with no replicas, and two slotline processes serving it as pool `main` with
+/// the `migrate:` block `block`; the first also has an admin listener. Returns the cluster, the
+/// proxies, their ports and the admin port.
+fn two_proxies_into_a_cluster(block: &str) -> (RedisCluster, Vec<Slotline>, [u16; 2], u16) {
     let cluster = RedisCluster::start(ClusterOpts {
         replicas_per_master: 0,
         ..Default::default()
     });
-    let (_nutcracker, mut model) = loaded_ring(&shards, 2000);
-
     let seeds: String = cluster
         .masters()
         .iter()
@@ -239,7 +238,7 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
         .collect();
     let ports = [free_port(), free_port()];
     let admin = free_port();
-    let proxies: Vec<Slotline> = ports
+    let proxies = ports
         .iter()
         .enumerate()
         .map(|(i, port)| {
@@ -248,11 +247,19 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
                 _ => String::new(),
             };
             Slotline::start(&format!(
-                "{admin}pools:\n  main:\n    listen: 127.0.0.1:{port}\n    mode: cluster\n    servers:\n{seeds}{}",
-                migrate_from(&shards, 3, 1000)
+                "{admin}pools:\n  main:\n    listen: 127.0.0.1:{port}\n    mode: cluster\n    servers:\n{seeds}{block}"
             ))
         })
         .collect();
+    (cluster, proxies, ports, admin)
+}
+
+#[test]
+fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
+    let shards = RedisServers::start(3);
+    let (_nutcracker, mut model) = loaded_ring(&shards, 2000);
+    let (cluster, proxies, ports, admin) =
+        two_proxies_into_a_cluster(&migrate_from(&shards, 3, 1000));
     // The admin port drives this process's mover.
     let post = |path: &str| {
         let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
@@ -260,6 +267,15 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
             .expect("admin reply")
             .body
     };
+    // `start: auto`: each proxy starts by itself, after the start's hold.
+    for &port in &ports {
+        wait_ok(Duration::from_secs(10), "moving", || {
+            match info_field(port, "migration_state").as_deref() {
+                Some("moving" | "done") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
     assert!(post("/migration/pause").contains("migration_state:paused"));
     assert!(post("/migration/resume").contains("migration_state:moving"));
     assert!(support::http_get(admin, "/migration")
@@ -301,14 +317,7 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
             Reply::bulk(format!("h{i}"))
         );
     }
-    for i in 0..3 {
-        let left = shards.keys(i, b"*");
-        assert_eq!(
-            left,
-            vec![b"slotline:migration:emptied".to_vec()],
-            "shard {i} keeps only the mark that it was emptied"
-        );
-    }
+    only_marks_left(&shards);
     // Done: the keyspace is whole again, and the metrics say so.
     assert!(Client::connect(ports[1])
         .cmd(&["KEYS", "t0:*"])
@@ -414,6 +423,36 @@ fn a_ring_grows_from_three_servers_to_four_and_a_restarted_proxy_carries_on() {
     drop((first, second));
 }
 
+/// Each of the three old shards holds only the marks that the migration started and emptied it.
+fn only_marks_left(shards: &RedisServers) {
+    for i in 0..3 {
+        let mut left = shards.keys(i, b"*");
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                b"slotline:migration:emptied".to_vec(),
+                b"slotline:migration:started".to_vec()
+            ],
+            "shard {i} keeps only its marks"
+        );
+    }
+}
+
+/// A key set to "x" through nutcracker, whose ring places it off the first shard, and then written
+/// to the first shard too (where the ring does not place it).
+fn astray_key(nutcracker: &Nutcracker, shards: &RedisServers) -> String {
+    let key = (0..)
+        .map(|i| format!("astray:{i}"))
+        .find(|k| {
+            nutcracker.client().cmd(&["SET", k, "x"]).is_ok()
+                && shards.client(0).cmd(&["EXISTS", k]).as_int() == Some(0)
+        })
+        .expect("a key the ring places elsewhere");
+    assert!(shards.client(0).cmd(&["SET", &key, "wrong place"]).is_ok());
+    key
+}
+
 /// `slotline migrate-verify` reads every old server before the move starts: keys where the
 /// `from` placement names them pass; one written to another server is named.
 #[test]
@@ -447,17 +486,156 @@ fn verify_finds_keys_the_old_placement_does_not_place_there() {
     );
 
     // A key written straight to a server the ring does not give it to.
-    let key = (0..)
-        .map(|i| format!("astray:{i}"))
-        .find(|k| {
-            nutcracker.client().cmd(&["SET", k, "x"]).is_ok()
-                && shards.client(0).cmd(&["EXISTS", k]).as_int() == Some(0)
-        })
-        .expect("a key the ring places elsewhere");
-    assert!(shards.client(0).cmd(&["SET", &key, "wrong place"]).is_ok());
+    let key = astray_key(&nutcracker, &shards);
     let (ok, text) = run();
     assert!(
         !ok && text.contains("1 out of place") && text.contains(&key),
         "{text}"
     );
+}
+
+/// A pool with `start: manual` verifies first: it serves from the old placement (a write through
+/// it is where nutcracker reads it), moves nothing, and its shadow reads name the keys found on the
+/// other side. `slotline migrate start` on one proxy then starts both: clients that ran through
+/// the switch saw no error and no wrong value, a client blocked on an old server is closed rather
+/// than left waiting, and every key ends where the cluster says.
+#[test]
+fn a_pool_verifies_with_shadow_reads_until_it_is_started() {
+    let shards = RedisServers::start(3);
+    let (nutcracker, mut model) = loaded_ring(&shards, 500);
+    let block = migrate_from(&shards, 3, 1000).replace(
+        "    migrate:\n",
+        "    migrate:\n      start: manual\n      shadow_reads: 1\n",
+    );
+    let (cluster, proxies, ports, admin) = two_proxies_into_a_cluster(&block);
+    let owner = |key: &str| cluster.node_for_slot(support::key_slot(key.as_bytes()));
+
+    // Served from the old placement: a write lands where nutcracker reads it, not in the cluster.
+    let mut client = Client::connect(ports[1]);
+    assert_eq!(
+        info_field(ports[1], "migration_state").as_deref(),
+        Some("verifying")
+    );
+    assert!(client.cmd(&["SET", "verify:w", "through slotline"]).is_ok());
+    assert_eq!(
+        nutcracker.client().cmd(&["GET", "verify:w"]),
+        Reply::bulk("through slotline")
+    );
+    assert_eq!(client.cmd(&["GET", "pre:5"]), Reply::bulk("v5"));
+    for (key, value) in model.values.iter().take(100) {
+        let got = client.cmd(&["GET", key]);
+        if let Some(v) = value {
+            assert_eq!(got, Reply::bulk(v), "{key} read from the old placement");
+        }
+    }
+    let in_cluster: i64 = cluster
+        .masters()
+        .iter()
+        .map(|m| {
+            cluster
+                .client(m.port)
+                .cmd(&["DBSIZE"])
+                .as_int()
+                .unwrap_or(-1)
+        })
+        .sum();
+    assert_eq!(in_cluster, 0, "nothing moves while verifying");
+
+    // Two keys on the other side: one the old placement does not put where it is, and one the
+    // cluster holds before anything moved. Shadow reads name both.
+    let astray = astray_key(&nutcracker, &shards);
+    assert!(cluster
+        .client(owner("pre:5"))
+        .cmd(&["SET", "pre:5", "left over"])
+        .is_ok());
+    assert_eq!(client.cmd(&["GET", &astray]), Reply::bulk("x"));
+    assert_eq!(client.cmd(&["GET", "pre:5"]), Reply::bulk("v5"));
+    let proxy = &proxies[1];
+    wait_ok(
+        Duration::from_secs(10),
+        "both mismatches",
+        || match info_field(ports[1], "migration_shadow_mismatches").as_deref() {
+            Some("2") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let reads: u64 = info_field(ports[1], "migration_shadow_reads")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(reads >= 100, "every read is a shadow read here: {reads}");
+    let log = proxy.log();
+    assert!(
+        log.contains(&astray) && log.contains("pre:5") && log.contains("also on the other side"),
+        "{log}"
+    );
+    // The operator clears them before starting.
+    assert_eq!(shards.client(0).cmd(&["DEL", &astray]).as_int(), Some(1));
+    assert_eq!(
+        cluster
+            .client(owner("pre:5"))
+            .cmd(&["DEL", "pre:5"])
+            .as_int(),
+        Some(1)
+    );
+    model.values.insert(astray.clone(), Some("x".into()));
+    model
+        .values
+        .insert("verify:w".into(), Some("through slotline".into()));
+
+    // A client blocked on an old server while verifying.
+    let mut blocked = std::net::TcpStream::connect(("127.0.0.1", ports[1])).expect("connect");
+    std::io::Write::write_all(
+        &mut blocked,
+        b"*3\r\n$5\r\nBLPOP\r\n$6\r\nnolist\r\n$1\r\n0\r\n",
+    )
+    .expect("send BLPOP");
+
+    // Clients run through the start, on both proxies; one proxy is told to start.
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = clients(&ports, 8, 500, stop.clone());
+    thread::sleep(Duration::from_millis(500));
+    let out = Slotline::command()
+        .args(["migrate", "start", "--admin", &format!("127.0.0.1:{admin}")])
+        .arg("--config")
+        .arg(proxies[0].config_path())
+        .output()
+        .expect("run slotline migrate start");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && said.contains("migration_state:starting"),
+        "{said}"
+    );
+    model.values.extend(finish(&ports, stop, threads).values);
+
+    blocked
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut buf = [0u8; 256];
+    let n = std::io::Read::read(&mut blocked, &mut buf).expect("closed, not left waiting");
+    assert!(
+        n == 0 || buf.starts_with(b"-"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    for (key, value) in &model.values {
+        let got = cluster.client(owner(key)).cmd(&["GET", key]);
+        match value {
+            Some(v) => assert_eq!(got, Reply::bulk(v), "{key} on its owner"),
+            None => assert_eq!(got, Reply::nil(), "{key} was deleted and must stay so"),
+        }
+    }
+    only_marks_left(&shards);
+    let status = Slotline::command()
+        .args([
+            "migrate",
+            "status",
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .arg("--config")
+        .arg(proxies[0].config_path())
+        .output()
+        .expect("run slotline migrate status");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("migration_state:done"));
+    drop(proxies);
 }

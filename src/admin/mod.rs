@@ -196,17 +196,19 @@ fn route(method: &str, path: &str, endpoints: &dyn Endpoints) -> Response {
     }
 }
 
-/// `GET /migration` (progress), `POST /migration/pause` and `POST /migration/resume` (this
-/// process's background mover; each slotline replica has its own).
+/// `GET /migration` (progress), `POST /migration/start` (a verifying pool starts moving, in every
+/// slotline serving it), `POST /migration/pause` and `POST /migration/resume` (this process's
+/// background mover; each slotline replica has its own).
 fn migration(method: &str, action: &str, endpoints: &dyn Endpoints) -> Response {
     let (allowed, action) = match action {
         "" => ("GET", None),
+        "/start" => ("POST", Some("start")),
         "/pause" => ("POST", Some("pause")),
         "/resume" => ("POST", Some("resume")),
         _ => {
             return Response::text(
                 404,
-                "not found: try GET /migration, POST /migration/pause or /migration/resume",
+                "not found: try GET /migration, POST /migration/start, /migration/pause or /migration/resume",
             )
         }
     };

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::{Mode, PoolConfig};
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateConfig {
     /// The old placement, as a sharded pool's settings (those of a nutcracker.yml pool).
@@ -17,6 +17,23 @@ pub struct MigrateConfig {
     /// Keys per SCAN and MIGRATE of the background mover.
     #[serde(default = "batch")]
     pub batch: usize,
+    /// Whether this slotline starts moving by itself (`auto`) or serves from the old placement,
+    /// verifying, until told to start (`manual`: `slotline migrate start`).
+    #[serde(default)]
+    pub start: Start,
+    /// The fraction of reads whose key is also looked for on the other side (0 to 1): a copy
+    /// there is a mismatch, counted and logged with the key.
+    #[serde(default = "shadow_reads")]
+    pub shadow_reads: f64,
+}
+
+/// How a migration starts (see [`MigrateConfig::start`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    #[default]
+    Auto,
+    Manual,
 }
 
 /// A sharded placement: the servers, hash, hash tag and distribution of a ketama, modula or random
@@ -38,6 +55,10 @@ fn rate() -> u64 {
 
 fn batch() -> usize {
     100
+}
+
+fn shadow_reads() -> f64 {
+    0.01
 }
 
 impl MigrateConfig {
@@ -74,6 +95,12 @@ impl MigrateConfig {
             return Err((
                 "migrate".into(),
                 "data moves into a cluster or a ring, not a primary pool".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.shadow_reads) {
+            return Err((
+                "shadow_reads".into(),
+                "a fraction of reads, from 0 to 1".into(),
             ));
         }
         if self.batch == 0 || self.batch > 10_000 {

@@ -16,7 +16,7 @@ mod tls;
 mod twemproxy;
 mod validate;
 
-pub use migrate::{FromPlacement, MigrateConfig};
+pub use migrate::{FromPlacement, MigrateConfig, Start as MigrateStart};
 pub use tls::{BackendTls, ListenTls};
 
 /// The whole configuration file.
@@ -998,6 +998,37 @@ mod tests {
         let config = Config::from_yaml(&admin).unwrap();
         assert_eq!(config.admin.unwrap().listen, "0.0.0.0:9121");
         assert_eq!(config.shutdown_grace, 30_000);
+    }
+
+    #[test]
+    fn a_migration_starts_auto_or_manual_with_shadow_reads_a_fraction() {
+        let migrating = |extra: &str| {
+            format!(
+                "{MINIMAL}    migrate:\n{extra}      from:\n        mode: ketama\n        servers: [\"127.0.0.1:6379:1 a\"]\n"
+            )
+        };
+        let config = Config::from_yaml(&migrating("")).unwrap();
+        let migrate = config.pools["main"].migrate.clone().unwrap();
+        assert_eq!(
+            (migrate.start, migrate.shadow_reads),
+            (MigrateStart::Auto, 0.01)
+        );
+        let config =
+            Config::from_yaml(&migrating("      start: manual\n      shadow_reads: 0.5\n"));
+        let migrate = config.unwrap().pools["main"].migrate.clone().unwrap();
+        assert_eq!(
+            (migrate.start, migrate.shadow_reads),
+            (MigrateStart::Manual, 0.5)
+        );
+        for (extra, field) in [
+            ("      shadow_reads: 2\n", "migrate.shadow_reads"),
+            ("      start: later\n", "later"),
+        ] {
+            let e = Config::from_yaml(&migrating(extra))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
     }
 
     #[test]

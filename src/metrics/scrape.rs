@@ -203,6 +203,18 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::COUNTER,
         &["pool", "to"],
     ),
+    (
+        "slotline_migration_shadow_reads_total",
+        "Reads of a migrating pool whose key was also looked for on the other side (migrate.shadow_reads of them); result=mismatch: a copy was there (a misplaced key, or a key the new side should not hold yet).",
+        MetricType::COUNTER,
+        &["pool", "result"],
+    ),
+    (
+        "slotline_migration_verifying",
+        "1 while a migrating pool serves from its old placement and moves nothing (start: manual, before `slotline migrate start`), else 0.",
+        MetricType::GAUGE,
+        &["pool"],
+    ),
 ];
 
 /// Indexes into [`FAMILIES`], so that the code below reads by name.
@@ -239,6 +251,8 @@ mod family {
     pub const REPLICA_LAG: usize = 29;
     pub const REPLICA_SERVING: usize = 30;
     pub const READS: usize = 31;
+    pub const MIGRATION_SHADOW: usize = 32;
+    pub const MIGRATION_VERIFYING: usize = 33;
 }
 
 /// A counter or gauge the data path keeps, as it is now.
@@ -379,6 +393,12 @@ impl Collector for PoolsCollector {
                 f[MIGRATION_STRAY].add(&[("pool", name)], read(&p.stray));
                 let done = p.done.load(Ordering::Relaxed);
                 f[MIGRATION_DONE].add(&[("pool", name)], u64::from(done));
+                let (reads, mismatches) = (read(&p.shadow_reads), read(&p.shadow_mismatches));
+                let at = |result| [("pool", name), ("result", result)];
+                f[MIGRATION_SHADOW].add(&at("match"), reads.saturating_sub(mismatches));
+                f[MIGRATION_SHADOW].add(&at("mismatch"), mismatches);
+                let verifying = migration.verifying();
+                f[MIGRATION_VERIFYING].add(&[("pool", name)], u64::from(verifying));
             }
             if let Some(status) = pool.discovery() {
                 let snapshot = status.snapshot();

@@ -14,12 +14,18 @@
 //! - The background [`mover`] walks every old server with SCAN and MIGRATEs what it finds, at a
 //!   bounded rate. A server it has emptied gets a marker (a key of its own), which every slotline
 //!   reads: keys whose old home is emptied go straight to the new placement, at no extra cost.
+//! - Before any of that, a pool that starts `manual` serves from the old placement and verifies
+//!   ([`phase`]): shadow reads look for each sampled key on the other side. Moving starts for
+//!   every slotline at once when one is told to (a start mark on the old servers), after a short
+//!   hold that outlasts every other slotline's right to serve from the old side.
 
 mod mover;
+mod phase;
+mod shadow;
 mod verify;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,7 @@ use crate::protocol::Reply;
 use crate::shards::Shards;
 
 pub use mover::MARKER;
+pub use phase::STARTED;
 pub use verify::{verify, Report};
 
 /// How long the old placement's discovery may take to name its servers before the pool goes on
@@ -45,6 +52,13 @@ const MIGRATE_TIMEOUT_MS: u64 = 5000;
 
 /// Where a key lives under the pool's own (new) placement: its node, if the placement has one.
 pub type NewHome<'a> = &'a dyn Fn(&[u8]) -> Option<Arc<Node>>;
+
+/// [`NewHome`], owned by the migration's tasks.
+type HomeOf = Arc<dyn Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync>;
+
+/// Closes a client's connection by its id (the sessions of clients whose state lives on the old
+/// servers, when moving starts).
+pub type Kill = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Keys of one request that one old server moves to one node.
 struct Group<'k> {
@@ -69,6 +83,30 @@ pub struct Migration {
     started: Instant,
     rate: u64,
     batch: usize,
+    new_home: HomeOf,
+    /// Verifying, starting or moving (see [`phase`]).
+    phase: AtomicU8,
+    /// The clock [`phase`]'s instants count from, in milliseconds.
+    epoch: tokio::time::Instant,
+    /// Until when (ms from `epoch`) this slotline may serve from the old placement while
+    /// verifying: its last reading of the start marks, plus [`phase::LEASE`].
+    lease_ms: AtomicU64,
+    /// When this slotline's moves may begin (ms from `epoch`), once starting.
+    moves_at_ms: AtomicU64,
+    /// Holds the pool's commands while starting, and while verifying without a fresh lease.
+    hold: crate::pause::Pause,
+    /// `manual`: waits for [`Migration::request_start`] (or another slotline's start).
+    manual: bool,
+    start_requested: AtomicBool,
+    /// Clients whose connections of their own (transactions, blocking commands, subscriptions)
+    /// went to the old servers while verifying: closed when moving starts.
+    bound: Mutex<HashSet<u64>>,
+    bound_count: AtomicUsize,
+    kill: Kill,
+    /// One read in `shadow_every` is a shadow read (0: none).
+    shadow_every: u64,
+    shadow_tick: AtomicU64,
+    shadow_inflight: AtomicUsize,
 }
 
 /// What the migration has done, for INFO and the metrics.
@@ -93,6 +131,10 @@ pub struct Progress {
     pub paused: AtomicBool,
     /// The last error, for INFO.
     pub last_error: Mutex<String>,
+    /// Reads whose key was also looked for on the other side.
+    pub shadow_reads: AtomicU64,
+    /// Shadow reads that found a copy of the key there.
+    pub shadow_mismatches: AtomicU64,
 }
 
 /// The old placement of `config`'s migration (`migrate.from`, logged in as the pool is), followed
@@ -116,13 +158,14 @@ async fn old_side<'c>(
 }
 
 impl Migration {
-    /// Starts following the old servers (`migrate.from`) and, with a rate, the background mover,
-    /// which finds where keys go with `new_home`.
+    /// Starts following the old servers (`migrate.from`), the phase (verifying until started)
+    /// and, with a rate, the background mover, which finds where keys go with `new_home`.
     pub async fn start(
         name: &str,
         config: &PoolConfig,
         new_home: impl Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync + 'static,
         tls: Option<Arc<crate::tls::Connector>>,
+        kill: Kill,
     ) -> Result<Arc<Migration>, String> {
         let (migrate, old, source) = old_side(name, config, tls, FIRST_ENDPOINTS).await?;
         // MIGRATE logs in to the new node as slotline does.
@@ -148,8 +191,26 @@ impl Migration {
             started: Instant::now(),
             rate: migrate.rate,
             batch: migrate.batch,
+            new_home: Arc::new(new_home),
+            phase: AtomicU8::new(phase::VERIFYING),
+            epoch: tokio::time::Instant::now(),
+            lease_ms: AtomicU64::new(0),
+            moves_at_ms: AtomicU64::new(0),
+            hold: crate::pause::Pause::default(),
+            manual: migrate.start == crate::config::MigrateStart::Manual,
+            start_requested: AtomicBool::new(migrate.start == crate::config::MigrateStart::Auto),
+            bound: Mutex::new(HashSet::new()),
+            bound_count: AtomicUsize::new(0),
+            kill,
+            shadow_every: match migrate.shadow_reads {
+                f if f <= 0.0 => 0,
+                f => (1.0 / f).round().max(1.0) as u64,
+            },
+            shadow_tick: AtomicU64::new(0),
+            shadow_inflight: AtomicUsize::new(0),
         });
-        mover::spawn(migration.clone(), Arc::new(new_home));
+        phase::spawn(&migration);
+        mover::spawn(migration.clone());
         Ok(migration)
     }
 
@@ -162,7 +223,7 @@ impl Migration {
         spec: &Spec,
         new_home: NewHome<'_>,
     ) -> Result<Vec<(Arc<Node>, Bytes)>, String> {
-        if self.progress.done.load(Ordering::Relaxed) {
+        if self.progress.done.load(Ordering::Relaxed) || self.verifying() {
             return Ok(Vec::new());
         }
         let table = self.old.table();
@@ -231,7 +292,7 @@ impl Migration {
     /// Commands that read or change the whole keyspace cannot span both placements while keys are
     /// on both: refused until the migration is done.
     pub fn refusal(&self, spec: &Spec) -> Option<String> {
-        if self.progress.done.load(Ordering::Relaxed) {
+        if self.progress.done.load(Ordering::Relaxed) || self.verifying() {
             return None;
         }
         matches!(
@@ -290,7 +351,7 @@ impl Migration {
             "# Migration\r\nmigration_pool:{}\r\nmigration_state:{}\r\nmigration_servers:{servers}\r\n\
              migration_servers_drained:{drained}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_touch:{}\r\n\
              migration_keys_scanned:{}\r\nmigration_keys_remaining:{}\r\nmigration_errors:{}\r\n\
-             migration_stray_keys:{}\r\n\
+             migration_stray_keys:{}\r\nmigration_shadow_reads:{}\r\nmigration_shadow_mismatches:{}\r\n\
              migration_rate_per_sec:{:.0}\r\nmigration_last_error:{}\r\n\r\n",
             self.pool,
             self.state(),
@@ -300,6 +361,8 @@ impl Migration {
             read(&p.remaining),
             read(&p.errors),
             read(&p.stray),
+            read(&p.shadow_reads),
+            read(&p.shadow_mismatches),
             if elapsed > 0.0 { moved as f64 / elapsed } else { 0.0 },
             p.last_error.lock().unwrap_or_else(PoisonError::into_inner),
         );
@@ -314,6 +377,12 @@ impl Migration {
 
     pub fn state(&self) -> &'static str {
         let p = &self.progress;
+        match self.phase.load(Ordering::Acquire) {
+            phase::VERIFYING if self.start_requested.load(Ordering::Acquire) => return "starting",
+            phase::VERIFYING => return "verifying",
+            phase::STARTING => return "starting",
+            _ => {}
+        }
         if p.done.load(Ordering::Relaxed) {
             "done"
         } else if self.rate == 0 {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::Migration;
+use super::{HomeOf, Migration};
 use crate::backend::Node;
 use crate::protocol::Reply;
 
@@ -27,21 +27,19 @@ const LOOK: Duration = Duration::from_secs(1);
 /// How long one request to an old server may take.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// [`super::NewHome`], owned by the mover's task.
-type HomeOf = Arc<dyn Fn(&[u8]) -> Option<Arc<Node>> + Send + Sync>;
-
-pub(super) fn spawn(migration: Arc<Migration>, new_home: HomeOf) {
+pub(super) fn spawn(migration: Arc<Migration>) {
     let weak = Arc::downgrade(&migration);
+    let new_home = migration.new_home.clone();
     tokio::spawn(run(weak, new_home));
 }
 
-fn command(args: &[&[u8]]) -> Bytes {
+pub(super) fn command(args: &[&[u8]]) -> Bytes {
     let mut frame = BytesMut::new();
     Reply(&mut frame).command(args);
     frame.freeze()
 }
 
-async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
+pub(super) async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
     let reply = match tokio::time::timeout(WAIT, node.request(frame)).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => return Err(e.to_string()),
@@ -55,7 +53,7 @@ async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
 }
 
 /// One SCAN step on `node` from `cursor`: the next cursor (`0` at the end of a pass) and the keys
-/// found, the marker left out.
+/// found, the marks left out.
 pub(super) async fn scan_step(
     node: &Node,
     cursor: &[u8],
@@ -70,7 +68,11 @@ pub(super) async fn scan_step(
         Some(OwnedFrame::Array(keys)) => keys
             .into_iter()
             .filter_map(|k| match k {
-                OwnedFrame::BulkString(k) if k != MARKER.as_bytes() => Some(k),
+                OwnedFrame::BulkString(k)
+                    if k != MARKER.as_bytes() && k != super::STARTED.as_bytes() =>
+                {
+                    Some(k)
+                }
                 _ => None,
             })
             .collect(),
@@ -84,7 +86,7 @@ pub(super) async fn scan_step(
 }
 
 /// What names this migration in the marks: its old placement.
-fn identity(m: &Migration) -> String {
+pub(super) fn identity(m: &Migration) -> String {
     let table = m.old.table();
     let servers: Vec<&str> = table.in_service().map(|n| &**n.addr()).collect();
     format!("{}:{}", m.pool, servers.join(","))
@@ -99,6 +101,12 @@ async fn run(weak: Weak<Migration>, new_home: HomeOf) {
         let Some(m) = weak.upgrade() else {
             return;
         };
+        if !m.moving() {
+            // Nothing moves before the start (see `super::phase`).
+            drop(m);
+            tokio::time::sleep(LOOK).await;
+            continue;
+        }
         let id = identity(&m);
         let servers: Vec<Arc<Node>> = m.old.table().in_service().cloned().collect();
         for node in &servers {
@@ -120,7 +128,8 @@ async fn run(weak: Weak<Migration>, new_home: HomeOf) {
             }
             if !m.drained.load().contains(node.addr()) {
                 if let Ok(OwnedFrame::Integer(n)) = ask(node, command(&[b"DBSIZE"])).await {
-                    left += n.max(0) as u64;
+                    // Less the start mark every old server holds once moving.
+                    left += (n.max(0) as u64).saturating_sub(1);
                 }
             }
         }
@@ -268,7 +277,7 @@ async fn pass(
 }
 
 impl Migration {
-    fn failed(&self, what: &str) {
+    pub(super) fn failed(&self, what: &str) {
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(pool = %self.pool, error = %what, "migration: a step failed; it is tried again on the next pass");
         *self

@@ -591,6 +591,7 @@ impl crate::admin::Endpoints for AdminEndpoints {
         let mut out = String::new();
         for migration in migrations {
             match action {
+                Some("start") => migration.request_start(),
                 Some("pause") => migration.pause(true),
                 Some("resume") => migration.pause(false),
                 _ => {}

@@ -400,10 +400,21 @@ async fn start_pool(
     let migration = match &config.migrate {
         Some(_) => {
             let new_home = new_home(router.clone());
-            let migration = Migration::start(name, config, new_home, backend_tls.clone())
+            let lifecycle = shared.lifecycle.clone();
+            let kill = Box::new(move |client| {
+                lifecycle.kill(client);
+            });
+            let migration = Migration::start(name, config, new_home, backend_tls.clone(), kill)
                 .await
                 .map_err(|e| invalid("migrate", e))?;
-            tracing::info!(pool = %name, "migrating: keys move from migrate.from to this pool's placement as clients touch them and as the mover finds them");
+            match migration.manual() {
+                true => {
+                    tracing::info!(pool = %name, "migrating pool verifying: it serves from migrate.from and moves nothing until `slotline migrate start`")
+                }
+                false => {
+                    tracing::info!(pool = %name, "migrating: keys move from migrate.from to this pool's placement as clients touch them and as the mover finds them")
+                }
+            }
             Some(migration)
         }
         None => None,

@@ -512,6 +512,9 @@ pub(crate) async fn serve<R, W>(
         }
     }
     ctx.flush_stats();
+    if let Some(migration) = &ctx.pool.migration {
+        migration.unbind(ctx.client.id);
+    }
     let ended = match ctx.client_err {
         true => &ctx.pool.stats.client_err,
         false => &ctx.pool.stats.client_eof,
@@ -643,6 +646,11 @@ impl Ctx {
             }
         }
         self.flush_stats();
+        if !self.own.is_empty() || self.pubsub.is_some() {
+            if let Some(migration) = &self.pool.migration {
+                migration.bind(self.client.id);
+            }
+        }
         !self.closing && !inbuf.is_empty()
     }
 
@@ -722,6 +730,9 @@ impl Ctx {
         let monitors = &self.pool.shared.monitors;
         if arrived && monitors.active() && policy::monitored(spec) {
             monitors.publish(&self.client.addr, (0..argc).map(|i| req.arg(i)));
+        }
+        if self.pool.migration.is_some() && self.migration_holds(frame, now) {
+            return;
         }
         if self.subscriber_mode(req, spec) {
             return;
@@ -960,6 +971,11 @@ impl Ctx {
         if node.congested() {
             self.congested = Some(node.clone());
         }
+        if let Some(migration) = self.pool.migration.as_ref() {
+            if spec.has(crate::command::flags::READONLY) && migration.shadow_sample() {
+                moving::shadow_read(migration, &frame, spec, node.addr());
+            }
+        }
         let slot = place.slot();
         let scripted = spec.runs_script().then(|| node.addr().clone());
         // Counted here, the one place scripts are queued, and uncounted when they leave.
@@ -1025,7 +1041,7 @@ impl Ctx {
     }
 
     /// Notes the pause that holds this client's oldest request, to look again when it changes.
-    fn pause_watch(&mut self, pause: &crate::pause::Pause) {
+    pub(super) fn pause_watch(&mut self, pause: &crate::pause::Pause) {
         let changes = pause.watch();
         let state = *changes.borrow();
         self.paused = Some(Box::new((state, changes)));
@@ -1380,7 +1396,7 @@ impl Ctx {
     }
 
     /// Holds a request for the client's own connection until everything before it is answered.
-    fn hold(&mut self, frame: &Bytes) {
+    pub(super) fn hold(&mut self, frame: &Bytes) {
         self.push(Pending::Held(frame.clone()));
     }
 

@@ -3,12 +3,14 @@
 //! placement. It is serial: nothing after it is read until it has gone, so no later request of the
 //! client overtakes it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::parts::part_seq;
 use super::view::View;
-use super::{Ctx, Pending};
+use super::{parsed_again, Ctx, Pending};
 use crate::backend::BackendResult;
 use crate::command::{Request, Spec};
 use crate::migrate::Migration;
@@ -27,7 +29,57 @@ impl Moving {
     }
 }
 
+/// A sampled read of a migrating pool (see [`crate::migrate`]'s shadow reads): its first key is
+/// looked for everywhere but `read_on`.
+pub(super) fn shadow_read(
+    migration: &Arc<Migration>,
+    frame: &Bytes,
+    spec: &Spec,
+    read_on: &Arc<str>,
+) {
+    let Some(parser) = parsed_again(frame) else {
+        return;
+    };
+    let req = Request {
+        frame,
+        args: parser.args(),
+    };
+    let mut first = None;
+    req.for_each_key(spec, |key| {
+        first.get_or_insert(key);
+    });
+    if let Some(key) = first {
+        migration.shadow(key, read_on);
+    }
+}
+
 impl Ctx {
+    /// A migrating pool that is starting holds every command (and one that verifies, while it
+    /// cannot be sure no other slotline moves keys); a client whose connections of its own lead to
+    /// old servers that no longer serve can run nothing more on them. True when `frame` was held
+    /// or refused.
+    pub(super) fn migration_holds(&mut self, frame: &Bytes, now: Instant) -> bool {
+        let Some(migration) = self.pool.migration.clone() else {
+            return false;
+        };
+        if migration.stale(self.client.id) {
+            self.error(
+                "ERR slotline: the pool's migration started; this connection's transaction, \
+                 blocking command or subscriptions were on the old servers and it is closed",
+            );
+            self.closing = true;
+            return true;
+        }
+        match migration.holding(now) {
+            Some(hold) => {
+                self.pause_watch(hold);
+                self.hold(frame);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// In a migrating pool: sends the MIGRATEs `req`'s keys need and holds it until they answer;
     /// true when it did (or refused the request), false when the request may go on now.
     pub(super) fn move_keys_first(

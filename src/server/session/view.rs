@@ -67,6 +67,11 @@ pub(super) enum View<'a> {
 
 impl<'a> View<'a> {
     pub(super) fn of(pool: &'a Pool) -> View<'a> {
+        // A migrating pool that verifies still serves from its old placement (see
+        // `crate::migrate::phase`).
+        if let Some(migration) = pool.migration.as_deref().filter(|m| m.verifying()) {
+            return View::Shards(migration.old_table());
+        }
         match &pool.router {
             Router::Cluster(cluster) => View::Cluster(cluster, cluster.topology()),
             Router::Shards(shards) => View::Shards(shards.table()),
