@@ -522,6 +522,11 @@ fn a_pool_verifies_with_shadow_reads_until_it_is_started() {
         Reply::bulk("through slotline")
     );
     assert_eq!(client.cmd(&["GET", "pre:5"]), Reply::bulk("v5"));
+    let tracking = Client::connect(ports[1]).cmd(&["CLIENT", "TRACKING", "ON"]);
+    assert!(
+        matches!(&tracking, Reply::Error(e) if e.contains("verifies")),
+        "{tracking:?}"
+    );
     for (key, value) in model.values.iter().take(100) {
         let got = client.cmd(&["GET", key]);
         if let Some(v) = value {

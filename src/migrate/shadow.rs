@@ -21,10 +21,12 @@ use super::{phase, Migration};
 const MAX_IN_FLIGHT: usize = 64;
 
 impl Migration {
-    /// Whether this read is one of the sampled ones.
+    /// Whether this read is one of the sampled ones. None is once the migration is done: the old
+    /// side is empty, and reads cost what they cost in a plain pool.
     #[inline]
     pub fn shadow_sample(&self) -> bool {
         self.shadow_every > 0
+            && !self.progress.done.load(Ordering::Relaxed)
             && self
                 .shadow_tick
                 .fetch_add(1, Ordering::Relaxed)

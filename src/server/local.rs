@@ -733,6 +733,11 @@ fn client_tracking(ctx: &mut Ctx, req: Request<'_>) {
     let id = ctx.client.id;
     match req.arg(2).to_ascii_lowercase().as_slice() {
         b"on" => {
+            if ctx.pool.migration.as_ref().is_some_and(|m| m.verifying()) {
+                // Its invalidations come from the new placement's nodes, and the data is still on
+                // the old one.
+                return ctx.error("ERR slotline: CLIENT TRACKING is not available while the pool's migration verifies (until `slotline migrate start`)");
+            }
             if !options.bcast && !options.prefixes.is_empty() {
                 return ctx.error("ERR PREFIX option requires BCAST mode to be enabled");
             }

@@ -731,7 +731,7 @@ impl Ctx {
         if arrived && monitors.active() && policy::monitored(spec) {
             monitors.publish(&self.client.addr, (0..argc).map(|i| req.arg(i)));
         }
-        if self.pool.migration.is_some() && self.migration_holds(frame, now) {
+        if self.pool.migration.is_some() && self.migration_holds(spec, frame, now) {
             return;
         }
         if self.subscriber_mode(req, spec) {

@@ -54,11 +54,11 @@ pub(super) fn shadow_read(
 }
 
 impl Ctx {
-    /// A migrating pool that is starting holds every command (and one that verifies, while it
-    /// cannot be sure no other slotline moves keys); a client whose connections of its own lead to
-    /// old servers that no longer serve can run nothing more on them. True when `frame` was held
-    /// or refused.
-    pub(super) fn migration_holds(&mut self, frame: &Bytes, now: Instant) -> bool {
+    /// A migrating pool that is starting holds every command that reaches a node (and one that
+    /// verifies, while it cannot be sure no other slotline moves keys); a client whose connections
+    /// of its own lead to old servers that no longer serve can run nothing more on them. True when
+    /// `frame` was held or refused.
+    pub(super) fn migration_holds(&mut self, spec: &Spec, frame: &Bytes, now: Instant) -> bool {
         let Some(migration) = self.pool.migration.clone() else {
             return false;
         };
@@ -71,6 +71,8 @@ impl Ctx {
             return true;
         }
         match migration.holding(now) {
+            // Answered by slotline itself (PING, INFO, CLIENT ...): no node is involved.
+            Some(_) if spec.route == crate::command::Route::Local => false,
             Some(hold) => {
                 self.pause_watch(hold);
                 self.hold(frame);
