@@ -337,6 +337,22 @@ fn shards_move_into_a_cluster_while_two_proxies_serve_clients() {
         })
         .sum::<f64>();
     assert!(moved > 0.0, "{metrics}");
+    // What the mover moved, in bytes: at least the 5-byte values of the keys it moved.
+    let series = "slotline_migration_bytes_moved_total{pool=\"main\"}";
+    let by_mover = "slotline_migration_keys_moved_total{by=\"mover\",pool=\"main\"}";
+    let (bytes, keys) = (
+        support::metric(&metrics, series).unwrap_or(0.0),
+        support::metric(&metrics, by_mover).unwrap_or(0.0),
+    );
+    assert!(
+        keys > 0.0 && bytes >= 5.0 * keys,
+        "{bytes} bytes for {keys} keys"
+    );
+    let rate = support::metric(
+        &metrics,
+        "slotline_migration_rate_keys_per_second{pool=\"main\"}",
+    );
+    assert!(rate.is_some_and(|r| r > 0.0), "{metrics}");
 
     // A client still on the old placement writes behind slotline's back: the key is found on the
     // emptied shard, reported, and moved where slotline's clients see it.

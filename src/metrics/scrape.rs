@@ -210,6 +210,18 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &["pool", "result"],
     ),
     (
+        "slotline_migration_bytes_moved_total",
+        "What the keys the background mover moved took on their old servers (MEMORY USAGE, in bytes).",
+        MetricType::COUNTER,
+        &["pool"],
+    ),
+    (
+        "slotline_migration_rate_keys_per_second",
+        "Keys a migrating pool moved a second (mover and touch), on average since this slotline started moving.",
+        MetricType::GAUGE,
+        &["pool"],
+    ),
+    (
         "slotline_migration_verifying",
         "1 while a migrating pool serves from its old placement and moves nothing (start: manual, before `slotline migrate start`), else 0.",
         MetricType::GAUGE,
@@ -252,7 +264,9 @@ mod family {
     pub const REPLICA_SERVING: usize = 30;
     pub const READS: usize = 31;
     pub const MIGRATION_SHADOW: usize = 32;
-    pub const MIGRATION_VERIFYING: usize = 33;
+    pub const MIGRATION_BYTES: usize = 33;
+    pub const MIGRATION_RATE: usize = 34;
+    pub const MIGRATION_VERIFYING: usize = 35;
 }
 
 /// A counter or gauge the data path keeps, as it is now.
@@ -397,6 +411,9 @@ impl Collector for PoolsCollector {
                 let at = |result| [("pool", name), ("result", result)];
                 f[MIGRATION_SHADOW].add(&at("match"), reads.saturating_sub(mismatches));
                 f[MIGRATION_SHADOW].add(&at("mismatch"), mismatches);
+                f[MIGRATION_BYTES].add(&[("pool", name)], read(&p.bytes));
+                let rate = migration.rate_per_sec().round() as u64;
+                f[MIGRATION_RATE].add(&[("pool", name)], rate);
                 let verifying = migration.verifying();
                 f[MIGRATION_VERIFYING].add(&[("pool", name)], u64::from(verifying));
             }

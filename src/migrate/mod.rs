@@ -27,7 +27,7 @@ mod verify;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -79,8 +79,6 @@ pub struct Migration {
     /// The AUTH (or AUTH2) part of a MIGRATE, when the nodes want a password.
     auth: Vec<Bytes>,
     pub(crate) progress: Progress,
-    /// When this process started it, for the rate INFO shows.
-    started: Instant,
     rate: u64,
     batch: usize,
     new_home: HomeOf,
@@ -117,6 +115,8 @@ pub struct Progress {
     /// Commands that moved a key before they ran (one per command, however many of its keys its
     /// MIGRATEs moved: MIGRATE says only that it moved some).
     pub moved_on_touch: AtomicU64,
+    /// What the keys the mover moved took on their old servers (`MEMORY USAGE`).
+    pub bytes: AtomicU64,
     /// Keys the mover looked at.
     pub scanned: AtomicU64,
     /// Keys on the old servers when last counted.
@@ -188,7 +188,6 @@ impl Migration {
             drained: ArcSwap::from_pointee(HashSet::new()),
             auth,
             progress: Progress::default(),
-            started: Instant::now(),
             rate: migrate.rate,
             batch: migrate.batch,
             new_home: Arc::new(new_home),
@@ -344,12 +343,11 @@ impl Migration {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let servers = self.old.table().in_service().count();
         let drained = self.drained.load().len();
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let moved = read(&p.moved) + read(&p.moved_on_touch);
         let _ = write!(
             out,
             "# Migration\r\nmigration_pool:{}\r\nmigration_state:{}\r\nmigration_servers:{servers}\r\n\
              migration_servers_drained:{drained}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_touch:{}\r\n\
+             migration_bytes_moved:{}\r\n\
              migration_keys_scanned:{}\r\nmigration_keys_remaining:{}\r\nmigration_errors:{}\r\n\
              migration_stray_keys:{}\r\nmigration_shadow_reads:{}\r\nmigration_shadow_mismatches:{}\r\n\
              migration_rate_per_sec:{:.0}\r\nmigration_last_error:{}\r\n\r\n",
@@ -357,15 +355,30 @@ impl Migration {
             self.state(),
             read(&p.moved),
             read(&p.moved_on_touch),
+            read(&p.bytes),
             read(&p.scanned),
             read(&p.remaining),
             read(&p.errors),
             read(&p.stray),
             read(&p.shadow_reads),
             read(&p.shadow_mismatches),
-            if elapsed > 0.0 { moved as f64 / elapsed } else { 0.0 },
+            self.rate_per_sec(),
             p.last_error.lock().unwrap_or_else(PoisonError::into_inner),
         );
+    }
+
+    /// Keys moved a second, on average since this process started moving.
+    pub fn rate_per_sec(&self) -> f64 {
+        let p = &self.progress;
+        let since = self.at(self.moves_at_ms.load(Ordering::Acquire));
+        let elapsed = tokio::time::Instant::now()
+            .saturating_duration_since(since)
+            .as_secs_f64();
+        let moved = p.moved.load(Ordering::Relaxed) + p.moved_on_touch.load(Ordering::Relaxed);
+        match self.verifying() || elapsed <= 0.0 {
+            true => 0.0,
+            false => moved as f64 / elapsed,
+        }
     }
 
     /// Pauses (or resumes) this process's background mover; keys clients touch still move.

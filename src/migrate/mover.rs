@@ -205,6 +205,29 @@ async fn stray(
     m.progress.done.store(false, Ordering::Relaxed);
 }
 
+/// What each of `keys` takes on `node` (`MEMORY USAGE`, 0 when gone), in one script: the bytes
+/// the mover reports. All 0 when the node would not say.
+async fn memory_usage(node: &Node, keys: &[&[u8]]) -> Vec<u64> {
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    const USAGE: &[u8] = b"local r = {} for i, k in ipairs(KEYS) do \
+        r[i] = redis.call('MEMORY', 'USAGE', k) or 0 end return r";
+    let count = keys.len().to_string();
+    let mut args: Vec<&[u8]> = vec![b"EVAL", USAGE, count.as_bytes()];
+    args.extend(keys);
+    match ask(node, command(&args)).await {
+        Ok(OwnedFrame::Array(sizes)) => sizes
+            .into_iter()
+            .map(|s| match s {
+                OwnedFrame::Integer(n) => n.max(0) as u64,
+                _ => 0,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// One full SCAN of `node`, moving what is to move; true when every MIGRATE succeeded.
 async fn pass(
     m: &Migration,
@@ -245,10 +268,22 @@ async fn pass(
                 None => groups.push((to, vec![key])),
             }
         }
+        let all: Vec<&[u8]> = groups
+            .iter()
+            .flat_map(|(_, ks)| ks.iter().copied())
+            .collect();
+        let mut sizes = memory_usage(node, &all)
+            .await
+            .into_iter()
+            .chain(std::iter::repeat(0));
         let mut moved = 0;
         for (to, ks) in groups {
+            let bytes: u64 = sizes.by_ref().take(ks.len()).sum();
             match ask(node, m.migrate_frame(to.addr(), &ks)).await {
-                Ok(OwnedFrame::SimpleString(s)) if s == b"OK" => moved += ks.len() as u64,
+                Ok(OwnedFrame::SimpleString(s)) if s == b"OK" => {
+                    moved += ks.len() as u64;
+                    m.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
                 Ok(OwnedFrame::SimpleString(s)) if s == b"NOKEY" => {}
                 other => {
                     clean = false;

@@ -92,7 +92,7 @@ impl Migration {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    fn at(&self, ms: u64) -> Instant {
+    pub(super) fn at(&self, ms: u64) -> Instant {
         self.epoch + Duration::from_millis(ms)
     }
 
