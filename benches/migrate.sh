@@ -85,11 +85,15 @@ migrate() { # label with_load: moves the shards' keys into the cluster
     if [ "$2" = 1 ]; then ops=$(load $port); fi
     until redis-cli -p $port info migration | grep -q 'migration_state:done'; do sleep 0.1; done
     end=$(date +%s.%N)
+    # Keys that moved, read and written through the pool that moved them (still migrate:-configured).
+    local after=-
+    if [ "$2" = 0 ]; then after=$(load $port); fi
     kill $pid; wait $pid 2>/dev/null || true
-    awk -v l="$1" -v k="$keys" -v s="$start" -v e="$end" -v o="$ops" -v n="$normal" 'BEGIN {
+    awk -v l="$1" -v k="$keys" -v s="$start" -v e="$end" -v o="$ops" -v a="$after" -v n="$normal" 'BEGIN {
         printf "%-12s %9d keys in %5.1f s: %7.0f keys/s; clients %s ops/s", l, k, e - s, k / (e - s), o
         if (o != "-" && n > 0) printf " (%.2f of normal)", o / n
         printf "\n"
+        if (a != "-" && n > 0) printf "%-12s clients %s ops/s on the moved keys, pool done (%.2f of normal)\n", "after", a, a / n
     }'
 }
 

@@ -10,16 +10,32 @@
 //!
 //! Keys are remembered when a tracking client's read is sent, so an invalidation that comes while
 //! the read is under way is not missed; the session delivers it after the replies of the requests
-//! it had sent (see `Ctx::take_pushes`), so it never overtakes the reply it invalidates. A lost
+//! it had sent (see `Ctx::take_pushes`), so it never overtakes the reply it invalidates, and
+//! before the replies of requests read after it came (their reads ran after the change).
+//!
+//! A write's invalidations travel on the feed, not with the write's reply, so a client could see
+//! its write acknowledged while the invalidation is still on its way, and a reader that then
+//! reads the key again would get the invalidation after the fresh value (and throw that away).
+//! So while anyone tracks, a write's reply waits until its master's feed has answered a `PING`
+//! sent after the reply came ([`Tracking::barrier`]): Redis answers it after the invalidations it
+//! sent before, so by then they are with their readers' sessions, as Redis has them in its
+//! clients' buffers before the writer's reply leaves. One round trip per write, only while some
+//! client of the pool tracks. A lost or slow feed lets the reply go as it is. A lost
 //! feed connection tells every tracking client to flush (a `null` invalidation): what changed
 //! meanwhile is unknown. `NOLOOP` counts the client's own writes and skips as many invalidations of
-//! each key.
+//! each key. A script counts each key it names; once it is answered (after its fence, so its own
+//! invalidations have come) the counts it did not spend are taken back. NOLOOP rests on telling
+//! the client's changes from others' by count, which a master's feed blurs in one case: two
+//! changes of one key in the same turn of its event loop (one the client's) come as one
+//! invalidation, taken for the client's; and for a script, another client's change of a key the
+//! script named but did not write, within the script's round trip, is taken for the script's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
 
 use crate::backend::{Gate, MasterFeeds, ReplyTo, SubEvent};
 use crate::command::{self, flags, Request, Spec};
@@ -83,6 +99,8 @@ pub struct Tracking {
     /// Someone tracks: writes are numbered (see [`Written`]).
     active: std::sync::atomic::AtomicBool,
     written: Mutex<Written>,
+    /// Barriers for the feeds' task (see [`Tracking::barrier`]), while it runs.
+    barriers: Mutex<Option<mpsc::UnboundedSender<Barrier>>>,
 }
 
 /// Keys written through slotline lately, numbered in the order their commands named them. A
@@ -94,6 +112,9 @@ struct Written {
     next: u64,
     at: HashMap<Bytes, u64>,
 }
+
+/// A barrier asked of the feeds' task: the master's address, and whom to answer.
+type Barrier = (Arc<str>, ReplyTo);
 
 /// Keys [`Written`] remembers at most: past it, it starts again (the order only matters for the
 /// keys of one message, written a moment before).
@@ -118,6 +139,7 @@ impl Default for Tracking {
             gate: Gate::default(),
             active: Default::default(),
             written: Mutex::default(),
+            barriers: Mutex::default(),
         }
     }
 }
@@ -197,6 +219,22 @@ impl Tracking {
         self.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Answers `reply` once every invalidation `master` sent before now has been told to the
+    /// clients: a write's reply waits for it, so that whoever sees the write acknowledged finds its
+    /// invalidations already on their way to the readers, as Redis writes them before the reply
+    /// leaves. At once when no feed runs.
+    pub fn barrier(&self, master: Arc<str>, reply: ReplyTo) {
+        let barriers = self.barriers.lock().unwrap_or_else(PoisonError::into_inner);
+        let refused = match barriers.as_ref() {
+            Some(tx) => tx.send((master, reply)).err().map(|e| e.0 .1),
+            None => Some(reply),
+        };
+        drop(barriers);
+        if let Some(reply) = refused {
+            reply.send(Ok(Bytes::from_static(b"+PONG\r\n")));
+        }
+    }
+
     /// A client of the pool wrote `keys`, in this order.
     pub fn wrote_in_order<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) {
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
@@ -268,6 +306,26 @@ impl Tracking {
                 .own_writes
                 .entry(Bytes::copy_from_slice(key))
                 .or_default() += 1;
+        }
+    }
+
+    /// Client `id`'s (NOLOOP) script naming `keys` was answered, after its fence: the
+    /// invalidations of what it wrote have come, each spending a count of [`wrote`](Self::wrote)'s;
+    /// the counts left are of keys it did not write, and are taken back (unlike
+    /// [`unwrote`](Self::unwrote), a spent count is taken for the script's own change).
+    pub fn script_answered<'a>(&self, id: u64, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut state = self.lock();
+        let Some(tracker) = state.trackers.get_mut(&id) else {
+            return;
+        };
+        for key in keys {
+            match tracker.own_writes.get_mut(key) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    tracker.own_writes.remove(key);
+                }
+                None => {}
+            }
         }
     }
 
@@ -486,15 +544,17 @@ impl ClientSide {
     /// and FCALL, whose code only the node has, it tracks them always (an extra invalidation costs
     /// a re-read; a missing one, a stale cache).
     pub fn on_command(&mut self, req: Request<'_>, spec: &Spec) -> (bool, bool) {
-        let script_reads = match spec.name {
+        // A script's declared keys are tracked when it reads, whatever its own flags (EVAL_RO
+        // is read-only, yet a script that only PINGs tracks nothing in Redis).
+        let reads = match spec.name {
             "eval" | "eval_ro" => script_may_read(req.arg(1)),
-            _ => spec.runs_script(),
+            _ if spec.runs_script() => true,
+            _ => spec.has(flags::READONLY),
         };
-        let reads = (spec.has(flags::READONLY) || script_reads)
-            && !self.bcast
-            && (!self.optin || self.caching)
-            && !(self.optout && self.caching);
-        let writes = self.noloop && spec.has(flags::WRITE);
+        let reads =
+            reads && !self.bcast && (!self.optin || self.caching) && !(self.optout && self.caching);
+        let script_writes = spec.runs_script() && !spec.has(flags::READONLY);
+        let writes = self.noloop && (spec.has(flags::WRITE) || script_writes);
         // As Redis: CLIENT CACHING applies to the one command after it.
         if !spec.name.starts_with("client") {
             self.caching = false;
@@ -578,21 +638,30 @@ async fn follow(pool: Arc<Pool>) {
     // Answered once the handshake, and so the tracking, is in place.
     let mut feeds = MasterFeeds::new(settings, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
     let tracking = &pool.tracking;
+    let (barrier_tx, mut barriers) = mpsc::unbounded_channel();
+    *tracking
+        .barriers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(barrier_tx);
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
         tokio::select! {
             _ = recheck.tick() => {
                 if !tracking.gate.keep_running(tracking.clients() > 0) {
+                    // Barriers asked from now on are answered at once; those queued, as `feeds`
+                    // and `barriers` are dropped.
+                    *tracking.barriers.lock().unwrap_or_else(PoisonError::into_inner) = None;
                     return;
                 }
                 feeds.follow(&pool.router.masters());
                 tracking.gate.set_ready(feeds.ready());
             }
+            Some((master, reply)) = barriers.recv() => feeds.barrier(&master, reply),
             Some(event) = feeds.events.recv() => match event {
                 SubEvent::Frame(id, frame) => {
                     feeds.taken(&frame);
                     if frame.starts_with(b"+PONG") {
-                        tracking.gate.set_ready(feeds.set_up(id));
+                        tracking.gate.set_ready(feeds.ponged(id));
                         continue;
                     }
                     match invalidated(&frame) {
@@ -616,6 +685,9 @@ async fn follow(pool: Arc<Pool>) {
                             tracking.invalidate(None, &pool.shared);
                             for event in more {
                                 match event {
+                                    SubEvent::Frame(id, f) if f.starts_with(b"+PONG") => {
+                                        tracking.gate.set_ready(feeds.ponged(id));
+                                    }
                                     SubEvent::Frame(_, f) => {
                                         if let Some(Some(keys)) = invalidated(&f) {
                                             tracking.invalidate(Some(&keys), &pool.shared);
@@ -735,6 +807,37 @@ mod tests {
             !nothing("hset", b":0\r\n", 1),
             "an updated field is a change"
         );
+    }
+
+    #[test]
+    fn scripts_track_their_keys_when_they_read_and_count_them_as_written_under_noloop() {
+        let side = |noloop, args: &[&str]| {
+            let mut frame = BytesMut::new();
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            Reply(&mut frame).command(&args);
+            let mut parser = crate::protocol::RequestParser::new(Default::default());
+            assert!(parser.parse(&frame).unwrap().is_some());
+            let req = Request {
+                frame: &frame,
+                args: parser.args(),
+            };
+            let spec = command::lookup(args[0], None).unwrap();
+            ClientSide::new(&Options {
+                noloop,
+                ..Options::default()
+            })
+            .on_command(req, spec)
+        };
+        // EVAL_RO is flagged read-only, yet a script that only PINGs reads nothing.
+        let ping = ["EVAL_RO", "redis.call('ping')", "1", "k"];
+        assert_eq!(side(false, &ping), (false, false));
+        let get = ["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "k"];
+        assert_eq!(side(true, &get), (true, false));
+        let set = ["EVAL", "return redis.call('set', KEYS[1], 1)", "1", "k"];
+        assert_eq!(side(true, &set), (false, true));
+        assert_eq!(side(false, &set), (false, false));
+        assert_eq!(side(true, &["EVALSHA", "abc", "1", "k"]), (true, true));
+        assert_eq!(side(true, &["SET", "k", "1"]), (false, true));
     }
 
     #[test]

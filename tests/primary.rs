@@ -278,6 +278,9 @@ fn writes_go_to_the_master_reads_to_replicas_and_the_replica_port_refuses_writes
     for i in 0..50 {
         assert!(client.cmd(&["SET", &format!("k{i}"), "v"]).is_ok());
     }
+    // Another client has no read-your-writes promise: a replica within max_replica_lag may not
+    // have the last writes yet. Both have them before it reads (CI once read a nil here).
+    assert_eq!(group.client(0).cmd(&["WAIT", "2", "5000"]), Reply::Int(2));
     // The writer's own reads stay on the master until a replica has its writes (read-your-
     // writes): another client reads, once both replicas are measured and serve reads.
     wait_for(

@@ -37,6 +37,14 @@ fn quiet(client: &mut Client, what: &str) {
     client.set_read_timeout(support::IO_TIMEOUT);
 }
 
+/// A 3-master cluster (with replicas) and a slotline in front of it.
+fn cluster_behind_slotline() -> (RedisCluster, Slotline) {
+    let cluster = RedisCluster::start(Default::default());
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let proxy = Slotline::start(&Slotline::cluster_yaml(free_port(), &seeds));
+    (cluster, proxy)
+}
+
 fn resp3(proxy: &Slotline) -> Client {
     let mut client = proxy.client();
     assert!(client.cmd(&["HELLO", "3"]).as_array().is_some());
@@ -59,9 +67,7 @@ fn keys_on_every_master(cluster: &RedisCluster, prefix: &str) -> Vec<String> {
 
 #[test]
 fn invalidations_reach_the_client_that_read_the_key() {
-    let cluster = RedisCluster::start(Default::default());
-    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
-    let proxy = Slotline::start(&Slotline::cluster_yaml(free_port(), &seeds));
+    let (cluster, proxy) = cluster_behind_slotline();
     let keys = keys_on_every_master(&cluster, "t:");
     let mut writer = proxy.client();
 
@@ -311,9 +317,7 @@ fn invalidations_reach_the_client_that_read_the_key() {
 
 #[test]
 fn noloop_skips_only_own_writes_that_changed_the_key() {
-    let cluster = RedisCluster::start(Default::default());
-    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
-    let proxy = Slotline::start(&Slotline::cluster_yaml(free_port(), &seeds));
+    let (_cluster, proxy) = cluster_behind_slotline();
     let mut writer = proxy.client();
     let key = "t:noloop";
     assert_eq!(writer.cmd(&["SET", key, "a"]), Reply::ok());
@@ -335,4 +339,58 @@ fn noloop_skips_only_own_writes_that_changed_the_key() {
     assert_eq!(cached.cmd(&["GET", key]), bulk("b"));
     assert_eq!(cached.cmd(&["SET", key, "c"]), Reply::ok());
     quiet(&mut cached, "NOLOOP: its own write");
+    // A script's writes are its own too; a key it names and leaves alone is not: another
+    // client's change of it afterwards is told.
+    let set = "return redis.call('set', KEYS[1], ARGV[1])";
+    assert_eq!(cached.cmd(&["GET", key]), bulk("c"));
+    assert_eq!(cached.cmd(&["EVAL", set, "1", key, "d"]), Reply::ok());
+    assert_eq!(
+        cached.cmd(&["GET", key]),
+        bulk("d"),
+        "no invalidation first"
+    );
+    let leave = "if ARGV[1] == 'write' then redis.call('set', KEYS[1], 'x') end return 1";
+    assert_eq!(cached.cmd(&["EVAL", leave, "1", key, "no"]), Reply::Int(1));
+    assert_eq!(writer.cmd(&["SET", key, "e"]), Reply::ok());
+    assert_eq!(cached.read_reply(), invalidate(&[key]));
+}
+
+/// Invalidations are where Redis writes them among a client's replies: a write acknowledged to
+/// anyone has its invalidations already on their way to the readers, so a reader that reads the
+/// key again gets the invalidation before the new value (never after it, which would throw away a
+/// value it just fetched), and its own write's invalidation comes right after that write's reply,
+/// before the reply of the read it sends next. 300 rounds each, on every master.
+#[test]
+fn invalidations_come_before_the_replies_of_reads_sent_after_the_write() {
+    let (cluster, proxy) = cluster_behind_slotline();
+    let keys = keys_on_every_master(&cluster, "order:");
+    let mut writer = proxy.client();
+    let mut reader = resp3(&proxy);
+    assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "ON"]), Reply::ok());
+    let mut out_of_order = Vec::new();
+    for round in 0..300 {
+        let key = &keys[round % keys.len()];
+        let value = round.to_string();
+        // Another client writes a key the reader has cached.
+        assert!(reader.cmd(&["GET", key]).as_bytes().is_some() || round < keys.len());
+        assert_eq!(writer.cmd(&["SET", key, &value]), Reply::ok());
+        reader.send(&["GET", key]);
+        let first = reader.read_reply();
+        let second = reader.read_reply();
+        if (&first, &second) != (&invalidate(&[key]), &bulk(&value)) {
+            out_of_order.push(format!("other's write {round}: {first:?} then {second:?}"));
+            break;
+        }
+        // The reader's own write: its reply, the invalidation, then its next read's reply.
+        let own = format!("own{round}");
+        assert_eq!(reader.cmd(&["SET", key, &own]), Reply::ok());
+        reader.send(&["GET", key]);
+        let got = [reader.read_reply(), reader.read_reply()];
+        if got != [invalidate(&[key]), bulk(&own)] {
+            out_of_order.push(format!("own write {round}: {got:?}"));
+            break;
+        }
+    }
+    assert!(out_of_order.is_empty(), "{out_of_order:?}");
+    quiet(&mut reader, "no invalidation left over");
 }

@@ -3,7 +3,7 @@
 //! master, opened with a setup request, and kept in step with the pool's masters; a client whose
 //! command needs them waits at a [`Gate`] until every master's setup has been answered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -15,13 +15,21 @@ use super::{Feed, Node, ReplyTo, Settings, SubEvent, Subscriber};
 pub struct MasterFeeds {
     settings: Settings,
     setup: Bytes,
-    /// Each master's connection, and whether its setup was answered.
-    links: HashMap<Arc<str>, (Subscriber, bool)>,
+    /// Each master's connection.
+    links: HashMap<Arc<str>, Link>,
     next_id: u32,
     events_tx: mpsc::UnboundedSender<SubEvent>,
     /// What the connections read, frame by frame.
     pub events: mpsc::UnboundedReceiver<SubEvent>,
     feed: Arc<Feed>,
+}
+
+struct Link {
+    sub: Subscriber,
+    /// Its setup was answered.
+    set_up: bool,
+    /// Barriers sent on it (a PING each), answered in order by its `+PONG`s.
+    barriers: VecDeque<ReplyTo>,
 }
 
 impl MasterFeeds {
@@ -56,7 +64,12 @@ impl MasterFeeds {
             );
             self.next_id += 1;
             link.send(self.setup.clone());
-            self.links.insert(master.addr().clone(), (link, false));
+            let link = Link {
+                sub: link,
+                set_up: false,
+                barriers: VecDeque::new(),
+            };
+            self.links.insert(master.addr().clone(), link);
         }
     }
 
@@ -67,20 +80,50 @@ impl MasterFeeds {
 
     /// Connection `id` answered its setup; true when every connection has.
     pub fn set_up(&mut self, id: u32) -> bool {
-        if let Some(link) = self.links.values_mut().find(|(l, _)| l.id() == id) {
-            link.1 = true;
+        if let Some(link) = self.links.values_mut().find(|l| l.sub.id() == id) {
+            link.set_up = true;
         }
         self.ready()
     }
 
-    /// Every master is followed.
-    pub fn ready(&self) -> bool {
-        !self.links.is_empty() && self.links.values().all(|(_, on)| *on)
+    /// Connection `id` answered `+PONG`: its setup, or else its oldest barrier. True when every
+    /// connection is set up.
+    pub fn ponged(&mut self, id: u32) -> bool {
+        if let Some(link) = self.links.values_mut().find(|l| l.sub.id() == id) {
+            match link.set_up {
+                false => link.set_up = true,
+                true => {
+                    if let Some(reply) = link.barriers.pop_front() {
+                        reply.send(Ok(Bytes::from_static(b"+PONG\r\n")));
+                    }
+                }
+            }
+        }
+        self.ready()
     }
 
-    /// Connection `id` is gone; the next [`follow`](Self::follow) opens another.
+    /// Answers `reply` once everything `master`'s connection reads before now has been taken:
+    /// a PING on it, answered in order after whatever the master sent it first. At once when
+    /// there is no such connection, or it is not set up yet (it then follows nothing older).
+    pub fn barrier(&mut self, master: &str, reply: ReplyTo) {
+        match self.links.get_mut(master) {
+            Some(link) if link.set_up => {
+                link.sub.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+                link.barriers.push_back(reply);
+            }
+            _ => reply.send(Ok(Bytes::from_static(b"+PONG\r\n"))),
+        }
+    }
+
+    /// Every master is followed.
+    pub fn ready(&self) -> bool {
+        !self.links.is_empty() && self.links.values().all(|l| l.set_up)
+    }
+
+    /// Connection `id` is gone; the next [`follow`](Self::follow) opens another. Its barriers
+    /// are answered (dropped): nothing more will come on it.
     pub fn lost(&mut self, id: u32) {
-        self.links.retain(|_, (l, _)| l.id() != id);
+        self.links.retain(|_, l| l.sub.id() != id);
     }
 }
 

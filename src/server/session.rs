@@ -30,7 +30,7 @@ use crate::protocol::{Reply, RequestParser};
 use crate::route::Slot;
 use crate::stats;
 use buffers::Input;
-use parts::{SplitRequest, MAX_PARTS, PART, PART_BITS};
+use parts::{part_seq, SplitRequest, MAX_PARTS, PART, PART_BITS};
 use redirect::{follow_reply, own_redirect, Redirected};
 use transaction::Transaction;
 use view::{Place, View};
@@ -132,6 +132,19 @@ struct Waiting {
     /// A read sent to a replica: if the replica fails it (connection lost, no answer in time), it
     /// runs once more on the master.
     replica: bool,
+    /// A write while clients of the pool track keys: its reply waits for its master's feed.
+    fence: Fence,
+}
+
+/// A write's reply held until its master's tracking feed has passed a barrier sent after it (see
+/// [`crate::tracking::Tracking::barrier`]): its invalidations are then on their way to the
+/// readers before the writer (or anyone it tells) can read the key again.
+enum Fence {
+    No,
+    /// To be fenced on this master's feed once its reply comes.
+    Write(Arc<str>),
+    /// The reply, waiting for the barrier.
+    Held(Box<BackendResult>),
 }
 
 impl Waiting {
@@ -349,6 +362,9 @@ pub(crate) async fn serve<R, W>(
             Woke::Placement => ctx.follow_placement(),
             Woke::Nothing => {}
         }
+        // Invalidations already here are of changes made before the requests about to be read:
+        // they go before those requests' replies, as Redis would have written them.
+        ctx.take_pushes();
         // Never wait with a complete request buffered and room to take it: when the pipeline was full,
         // settling replies makes room, so parse again until the input runs out or the oldest request
         // really has to wait for its backend (then its reply wakes us).
@@ -887,6 +903,7 @@ impl Ctx {
             scripted: None,
             command: self.command_number(),
             replica: false,
+            fence: Fence::No,
         }));
     }
 
@@ -980,6 +997,10 @@ impl Ctx {
         let scripted = spec.runs_script().then(|| node.addr().clone());
         // Counted here, the one place scripts are queued, and uncounted when they leave.
         self.scripts += usize::from(scripted.is_some());
+        let fence = match self.pool.tracking.active() && policy::may_write(spec) {
+            true => Fence::Write(node.addr().clone()),
+            false => Fence::No,
+        };
         self.push(Pending::Wait(Waiting {
             result: None,
             frame,
@@ -991,6 +1012,7 @@ impl Ctx {
             scripted,
             command: self.command_number(),
             replica,
+            fence,
         }));
     }
 
@@ -1192,6 +1214,7 @@ impl Ctx {
             scripted: None,
             command: crate::cmdstats::NONE,
             replica: false,
+            fence: Fence::No,
         }));
         self.inbox.reply_to(seq)
     }
@@ -1437,8 +1460,25 @@ impl Ctx {
                             .get()
                             .backend_answered(now.saturating_duration_since(w.sent));
                     }
+                    if let Fence::Write(master) = &w.fence {
+                        // An error changed nothing (a redirect is sent again unfenced).
+                        if result.as_ref().is_ok_and(|r| r.first() != Some(&b'-')) {
+                            let barrier = self.inbox.reply_to(part_seq(seq, 0));
+                            self.pool.tracking.barrier(master.clone(), barrier);
+                            w.fence = Fence::Held(Box::new(result));
+                            continue;
+                        }
+                        w.fence = Fence::No;
+                    }
                     w.result = Some(result);
                     self.replies_held += w.reply_bytes();
+                }
+                (Some(Pending::Wait(w)), Some(_)) => {
+                    // Its fence's barrier passed (or its feed is gone): the reply may go.
+                    if let Fence::Held(held) = std::mem::replace(&mut w.fence, Fence::No) {
+                        w.result = Some(*held);
+                        self.replies_held += w.reply_bytes();
+                    }
                 }
                 (Some(Pending::Moving(m)), Some(part)) => {
                     if let Some(slot) = m.replies.get_mut(part) {
@@ -1560,6 +1600,14 @@ impl Ctx {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;
         };
+        let event = match (event, std::mem::replace(&mut w.fence, Fence::No)) {
+            // The write ran; only its feed did not answer in time: its reply goes as it is.
+            (HeadEvent::Timeout, Fence::Held(held)) => HeadEvent::Reply(*held),
+            (event, fence) => {
+                w.fence = fence;
+                event
+            }
+        };
         // Observed once the client's reply is decided. Not for blocking commands, which take as
         // long as the client asked them to.
         let started = (!w.own_connection).then_some(w.sent);
@@ -1634,7 +1682,8 @@ impl Ctx {
     }
 
     /// The oldest request of a NOLOOP tracking client is answered with `reply`: a write that
-    /// changed nothing takes back its count of own writes (see [`crate::tracking::changed_nothing`]).
+    /// changed nothing takes back its count of own writes (see [`crate::tracking::changed_nothing`]);
+    /// a script, the counts of the keys it named and did not write.
     fn noloop_answered(&self, reply: &[u8]) {
         let Some(Pending::Wait(w)) = self.pending.front() else {
             return;
@@ -1642,9 +1691,11 @@ impl Ctx {
         let Some(spec) = command::all().get(usize::from(w.command)) else {
             return;
         };
+        let script = spec.runs_script() && !spec.has(flags::READONLY);
         // The reply alone rules out most writes (any key count short of all counts), before
         // the request is parsed again for its keys.
-        if !spec.has(flags::WRITE) || !crate::tracking::changed_nothing(spec, reply, usize::MAX) {
+        let unchanged = || crate::tracking::changed_nothing(spec, reply, usize::MAX);
+        if !script && (!spec.has(flags::WRITE) || !unchanged()) {
             return;
         }
         let Some(parser) = parsed_again(&w.frame) else {
@@ -1656,8 +1707,11 @@ impl Ctx {
         };
         let mut keys = Vec::new();
         req.for_each_key(spec, |key| keys.push(key));
-        if crate::tracking::changed_nothing(spec, reply, keys.len()) {
-            let (tracking, shared) = (&self.pool.tracking, &self.pool.shared);
+        let (tracking, shared) = (&self.pool.tracking, &self.pool.shared);
+        if script {
+            // Its fence has passed: its own invalidations have come.
+            tracking.script_answered(self.client.id, keys.into_iter());
+        } else if crate::tracking::changed_nothing(spec, reply, keys.len()) {
             tracking.unwrote(self.client.id, keys.into_iter(), shared);
         }
     }

@@ -516,6 +516,7 @@ impl Ctx {
                 command: crate::cmdstats::NONE,
                 sent: self.now,
                 replica,
+                fence: super::Fence::No,
             };
             sent.push(Part { keys, w, place });
             nodes.push(node);
