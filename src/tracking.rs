@@ -267,6 +267,27 @@ impl Tracking {
         self.lock().trackers.len()
     }
 
+    /// INFO's `tracking_total_keys`, `tracking_total_items` and `tracking_total_prefixes`, of
+    /// slotline's own table: keys read by default-mode clients, (key, client) pairs, and the
+    /// distinct BCAST prefixes (the empty one included).
+    pub fn totals(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        let items = state.readers.values().map(HashSet::len).sum();
+        let mut prefixes: HashSet<&[u8]> = HashSet::new();
+        for tracker in state.trackers.values() {
+            let options = &tracker.status.options;
+            if options.bcast {
+                match options.prefixes.is_empty() {
+                    true => {
+                        prefixes.insert(b"");
+                    }
+                    false => prefixes.extend(options.prefixes.iter().map(|p| &p[..])),
+                }
+            }
+        }
+        (state.readers.len(), items, prefixes.len())
+    }
+
     /// Client `id` sent a read of `keys`: it is told when they change.
     pub fn read<'a>(&self, id: u64, keys: impl Iterator<Item = &'a [u8]>, shared: &Shared) {
         let mut evicted = Vec::new();

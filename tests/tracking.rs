@@ -394,3 +394,43 @@ fn invalidations_come_before_the_replies_of_reads_sent_after_the_write() {
     assert!(out_of_order.is_empty(), "{out_of_order:?}");
     quiet(&mut reader, "no invalidation left over");
 }
+
+/// FLUSHDB inside a transaction (allow_flush) empties every master, EXEC answers as Redis does and
+/// the tracking client is then told to flush; INFO counts slotline's own tracking table.
+#[test]
+fn a_flush_in_a_transaction_empties_every_master_and_tells_tracking_clients() {
+    let cluster = RedisCluster::start(Default::default());
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let yaml = Slotline::cluster_yaml(free_port(), &seeds) + "    allow_flush: true\n";
+    let proxy = Slotline::start(&yaml);
+    let keys = keys_on_every_master(&cluster, "flush:");
+    let mut reader = resp3(&proxy);
+    assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "ON"]), Reply::ok());
+    for key in &keys {
+        assert_eq!(reader.cmd(&["SET", key, "1"]), Reply::ok());
+    }
+    let info = |field: &str| {
+        let reply = proxy.client().cmd(&["INFO", "stats"]);
+        let text = String::from_utf8_lossy(reply.as_bytes().unwrap_or_default()).into_owned();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")));
+        line.and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(reader.cmd(&["GET", &keys[0]]), bulk("1"));
+    assert_eq!(info("tracking_total_keys"), Some(1));
+    assert_eq!(info("tracking_total_items"), Some(1));
+    assert_eq!(reader.cmd(&["MULTI"]), Reply::Status("OK".into()));
+    assert_eq!(reader.cmd(&["FLUSHDB"]), Reply::Status("QUEUED".into()));
+    assert_eq!(reader.cmd(&["EXEC"]), Reply::Array(Some(vec![Reply::ok()])));
+    let push = reader.read_reply();
+    assert!(
+        matches!(&push, Reply::Array(Some(v)) if v.len() == 2 && v[0] == bulk("invalidate")
+            && matches!(v[1], Reply::Bulk(None) | Reply::Array(None))),
+        "{push:?}"
+    );
+    for m in cluster.masters() {
+        assert_eq!(Client::connect(m.port).cmd(&["DBSIZE"]), Reply::Int(0));
+    }
+    assert_eq!(info("tracking_total_keys"), Some(0));
+}

@@ -164,11 +164,16 @@ pub(crate) fn render(
         );
     }
     if show("stats") {
+        let tracked = pools.iter().map(|p| p.tracking.totals());
+        let (keys, items, prefixes) = tracked.fold((0, 0, 0), |(k, i, p), (k2, i2, p2)| {
+            (k + k2, i + i2, p + p2)
+        });
         let _ = write!(
             out,
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\
              total_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\ntotal_error_replies:{}\r\n\
-             expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\r\n",
+             expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
+             tracking_total_keys:{keys}\r\ntracking_total_items:{items}\r\ntracking_total_prefixes:{prefixes}\r\n\r\n",
             shared.total_connections.load(Ordering::Relaxed),
             shared.total_commands.load(Ordering::Relaxed),
             shared.rejected_connections.load(Ordering::Relaxed),

@@ -1489,10 +1489,27 @@ impl Ctx {
                     let Some(w) = s.parts.get_mut(part).map(|p| &mut p.w) else {
                         continue;
                     };
-                    self.tally
-                        .get()
-                        .backend_answered(now.saturating_duration_since(w.sent));
-                    w.result = Some(result);
+                    match std::mem::replace(&mut w.fence, Fence::No) {
+                        // Its fence's barrier passed (or its feed is gone).
+                        Fence::Held(held) => w.result = Some(*held),
+                        Fence::Write(master)
+                            if result.as_ref().is_ok_and(|r| r.first() != Some(&b'-')) =>
+                        {
+                            self.tally
+                                .get()
+                                .backend_answered(now.saturating_duration_since(w.sent));
+                            let barrier = self.inbox.reply_to(part_seq(seq, part));
+                            self.pool.tracking.barrier(master, barrier);
+                            w.fence = Fence::Held(Box::new(result));
+                            continue;
+                        }
+                        _ => {
+                            self.tally
+                                .get()
+                                .backend_answered(now.saturating_duration_since(w.sent));
+                            w.result = Some(result);
+                        }
+                    }
                     self.replies_held += w.reply_bytes();
                 }
                 _ => {}
@@ -1567,6 +1584,17 @@ impl Ctx {
 
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
+        if let (HeadEvent::Timeout, Some(Pending::Split(s))) = (&event, self.pending.front_mut()) {
+            // Writes that ran and only wait for a slow feed go as they are.
+            for w in s.parts.iter_mut().map(|p| &mut p.w) {
+                if let Fence::Held(held) = std::mem::replace(&mut w.fence, Fence::No) {
+                    w.result = Some(*held);
+                }
+            }
+            if s.parts.iter().all(|p| p.w.result.is_some()) {
+                return;
+            }
+        }
         if let (HeadEvent::Timeout, Some(Pending::Split(_))) = (&event, self.pending.front()) {
             if self.read_parts_again(false) {
                 // Its replicas did not answer in time: its masters may.

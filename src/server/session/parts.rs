@@ -14,6 +14,7 @@ use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
 use super::{parsed_again, printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
+use crate::command::policy;
 use crate::command::{Admin, Merge, PoolOption, Split};
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
@@ -490,6 +491,8 @@ impl Ctx {
         let mut sent = Vec::with_capacity(parts.len());
         let mut nodes = Vec::with_capacity(parts.len());
         let mut requests = Vec::with_capacity(parts.len());
+        // Writes (EXEC included) are fenced while clients track (see `super::Fence`).
+        let fenced = self.pool.tracking.active() && self.ran.is_some_and(policy::may_write);
         for part in parts {
             let PartToSend {
                 node,
@@ -516,7 +519,10 @@ impl Ctx {
                 command: crate::cmdstats::NONE,
                 sent: self.now,
                 replica,
-                fence: super::Fence::No,
+                fence: match (fenced, &node) {
+                    (true, Some(node)) => super::Fence::Write(node.addr().clone()),
+                    _ => super::Fence::No,
+                },
             };
             sent.push(Part { keys, w, place });
             nodes.push(node);

@@ -51,10 +51,10 @@ pub(super) struct Transaction {
     watch_lost: bool,
 }
 
-/// A local command queued in a transaction (see [`policy::queued_locally`]), or a CONFIG SET the
-/// other nodes take as EXEC leaves.
+/// A local command queued in a transaction (see [`policy::queued_locally`]), or a CONFIG SET or
+/// flush the other nodes take as EXEC leaves.
 struct Local {
-    /// Its place in the EXEC reply; None for a CONFIG SET, whose reply is the node's.
+    /// Its place in the EXEC reply; None for a CONFIG SET or flush, whose reply is the node's.
     at: Option<usize>,
     spec: &'static Spec,
     frame: Bytes,
@@ -172,8 +172,11 @@ impl Ctx {
             );
             return self.error(&msg);
         }
-        if spec.name == "config|set" && self.pool.config.allow_admin {
-            return self.queue_config_set(req, spec, frame, view);
+        let flush = matches!(spec.name, "flushdb" | "flushall");
+        if (spec.name == "config|set" && self.pool.config.allow_admin)
+            || (flush && self.pool.config.allow_flush)
+        {
+            return self.queue_everywhere(req, spec, frame, view);
         }
         if !local && !policy::queueable(spec) {
             let msg = format!(
@@ -205,11 +208,12 @@ impl Ctx {
         }
     }
 
-    /// CONFIG SET, with `allow_admin`: Redis runs it inside the transaction, and so it runs inside
-    /// it on the transaction's node, its reply (an error for a bad value included) in its place in
-    /// EXEC's; every other node takes it as EXEC leaves, and slotline's own settings in it change
-    /// then. Not with WATCH: the other nodes would change even when EXEC runs nothing.
-    fn queue_config_set(
+    /// CONFIG SET (with `allow_admin`), FLUSHDB and FLUSHALL (with `allow_flush`): Redis runs them
+    /// inside the transaction, and so they run inside it on the transaction's node, their reply
+    /// (an error for a bad value included) in its place in EXEC's; every other node (every other
+    /// master, for a flush) takes them as EXEC leaves, and slotline's own settings in a CONFIG SET
+    /// change then. Not with WATCH: the other nodes would change even when EXEC runs nothing.
+    fn queue_everywhere(
         &mut self,
         req: Request<'_>,
         spec: &'static Spec,
@@ -217,9 +221,10 @@ impl Ctx {
         view: &View<'_>,
     ) {
         if self.tx.watching {
-            return self.error(
-                "ERR CONFIG SET cannot be part of a transaction with WATCH through slotline",
-            );
+            return self.error(&format!(
+                "ERR {} cannot be part of a transaction with WATCH through slotline",
+                spec.display_name()
+            ));
         }
         if self.tx.queued_bytes + 2 * frame.len() > self.pool.config.max_client_request_bytes {
             return self.error(
@@ -227,6 +232,7 @@ impl Ctx {
             );
         }
         if self.bind(req, spec, view).is_some() {
+            self.tx.writes |= policy::may_write(spec);
             self.tx.queued_bytes += 2 * frame.len();
             self.tx.queued.push(frame.clone());
             self.tx.local.push(Local {
@@ -339,23 +345,41 @@ impl Ctx {
         }
         frame.extend_from_slice(EXEC);
         let requests = u32::try_from(queued.len() + 2).unwrap_or(u32::MAX);
-        let others: Vec<Arc<Node>> = match everywhere.is_empty() {
-            true => Vec::new(),
-            false => view
-                .members()
+        // Where the commands queued everywhere go besides the transaction's node: every member
+        // for a CONFIG SET, every master for a flush.
+        let needs = |config: bool| {
+            everywhere
+                .iter()
+                .any(|l| (l.spec.name == "config|set") == config)
+        };
+        let others = |nodes: Vec<Arc<Node>>| -> Vec<Arc<Node>> {
+            nodes
                 .into_iter()
                 .filter(|n| n.addr() != node.addr())
-                .collect(),
+                .collect()
+        };
+        let members = match needs(true) {
+            true => others(view.members()),
+            false => Vec::new(),
+        };
+        let masters = match needs(false) {
+            true => others(view.masters().cloned().collect()),
+            false => Vec::new(),
         };
         self.on_own(node, frame.freeze(), requests, now);
-        for set in &everywhere {
+        for command in &everywhere {
             let req = Request {
-                frame: &set.frame,
-                args: &set.args,
+                frame: &command.frame,
+                args: &command.args,
             };
-            self.set_own_config(req);
             // The transaction's node answers for it; the others follow.
-            self.send_for_effect(others.iter(), &set.frame);
+            match command.spec.name {
+                "config|set" => {
+                    self.set_own_config(req);
+                    self.send_for_effect(members.iter(), &command.frame);
+                }
+                _ => self.send_for_effect(masters.iter(), &command.frame),
+            }
         }
         if !answers.is_empty() {
             if let Some(Pending::Split(s)) = self.pending.back_mut() {
