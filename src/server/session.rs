@@ -133,18 +133,28 @@ struct Waiting {
     /// runs once more on the master.
     replica: bool,
     /// A write while clients of the pool track keys: its reply waits for its master's feed.
-    fence: Fence,
+    // Boxed: a request is 8 bytes of it, and nothing is allocated while nobody tracks.
+    fence: Option<Box<Fence>>,
 }
 
 /// A write's reply held until its master's tracking feed has passed a barrier sent after it (see
 /// [`crate::tracking::Tracking::barrier`]): its invalidations are then on their way to the
 /// readers before the writer (or anyone it tells) can read the key again.
 enum Fence {
-    No,
     /// To be fenced on this master's feed once its reply comes.
     Write(Arc<str>),
     /// The reply, waiting for the barrier.
-    Held(Box<BackendResult>),
+    Held(BackendResult),
+}
+
+impl Fence {
+    /// The reply a fence holds, if it holds one; the fence is gone either way.
+    fn release(fence: &mut Option<Box<Fence>>) -> Option<BackendResult> {
+        match *fence.take()? {
+            Fence::Held(result) => Some(result),
+            Fence::Write(_) => None,
+        }
+    }
 }
 
 impl Waiting {
@@ -903,7 +913,7 @@ impl Ctx {
             scripted: None,
             command: self.command_number(),
             replica: false,
-            fence: Fence::No,
+            fence: None,
         }));
     }
 
@@ -997,10 +1007,8 @@ impl Ctx {
         let scripted = spec.runs_script().then(|| node.addr().clone());
         // Counted here, the one place scripts are queued, and uncounted when they leave.
         self.scripts += usize::from(scripted.is_some());
-        let fence = match self.pool.tracking.active() && policy::may_write(spec) {
-            true => Fence::Write(node.addr().clone()),
-            false => Fence::No,
-        };
+        let fence = (self.pool.tracking.active() && policy::may_write(spec))
+            .then(|| Box::new(Fence::Write(node.addr().clone())));
         self.push(Pending::Wait(Waiting {
             result: None,
             frame,
@@ -1214,7 +1222,7 @@ impl Ctx {
             scripted: None,
             command: crate::cmdstats::NONE,
             replica: false,
-            fence: Fence::No,
+            fence: None,
         }));
         self.inbox.reply_to(seq)
     }
@@ -1460,23 +1468,24 @@ impl Ctx {
                             .get()
                             .backend_answered(now.saturating_duration_since(w.sent));
                     }
-                    if let Fence::Write(master) = &w.fence {
+                    if let Some(mut fence) = w.fence.take() {
                         // An error changed nothing (a redirect is sent again unfenced).
-                        if result.as_ref().is_ok_and(|r| r.first() != Some(&b'-')) {
+                        let changed = result.as_ref().is_ok_and(|r| r.first() != Some(&b'-'));
+                        if let (Fence::Write(master), true) = (&*fence, changed) {
                             let barrier = self.inbox.reply_to(part_seq(seq, 0));
                             self.pool.tracking.barrier(master.clone(), barrier);
-                            w.fence = Fence::Held(Box::new(result));
+                            *fence = Fence::Held(result);
+                            w.fence = Some(fence);
                             continue;
                         }
-                        w.fence = Fence::No;
                     }
                     w.result = Some(result);
                     self.replies_held += w.reply_bytes();
                 }
                 (Some(Pending::Wait(w)), Some(_)) => {
                     // Its fence's barrier passed (or its feed is gone): the reply may go.
-                    if let Fence::Held(held) = std::mem::replace(&mut w.fence, Fence::No) {
-                        w.result = Some(*held);
+                    if let Some(held) = Fence::release(&mut w.fence) {
+                        w.result = Some(held);
                         self.replies_held += w.reply_bytes();
                     }
                 }
@@ -1489,10 +1498,10 @@ impl Ctx {
                     let Some(w) = s.parts.get_mut(part).map(|p| &mut p.w) else {
                         continue;
                     };
-                    match std::mem::replace(&mut w.fence, Fence::No) {
+                    match w.fence.take().map(|f| *f) {
                         // Its fence's barrier passed (or its feed is gone).
-                        Fence::Held(held) => w.result = Some(*held),
-                        Fence::Write(master)
+                        Some(Fence::Held(held)) => w.result = Some(held),
+                        Some(Fence::Write(master))
                             if result.as_ref().is_ok_and(|r| r.first() != Some(&b'-')) =>
                         {
                             self.tally
@@ -1500,7 +1509,7 @@ impl Ctx {
                                 .backend_answered(now.saturating_duration_since(w.sent));
                             let barrier = self.inbox.reply_to(part_seq(seq, part));
                             self.pool.tracking.barrier(master, barrier);
-                            w.fence = Fence::Held(Box::new(result));
+                            w.fence = Some(Box::new(Fence::Held(result)));
                             continue;
                         }
                         _ => {
@@ -1587,8 +1596,8 @@ impl Ctx {
         if let (HeadEvent::Timeout, Some(Pending::Split(s))) = (&event, self.pending.front_mut()) {
             // Writes that ran and only wait for a slow feed go as they are.
             for w in s.parts.iter_mut().map(|p| &mut p.w) {
-                if let Fence::Held(held) = std::mem::replace(&mut w.fence, Fence::No) {
-                    w.result = Some(*held);
+                if let Some(held) = Fence::release(&mut w.fence) {
+                    w.result = Some(held);
                 }
             }
             if s.parts.iter().all(|p| p.w.result.is_some()) {
@@ -1628,13 +1637,10 @@ impl Ctx {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return;
         };
-        let event = match (event, std::mem::replace(&mut w.fence, Fence::No)) {
+        let event = match event {
             // The write ran; only its feed did not answer in time: its reply goes as it is.
-            (HeadEvent::Timeout, Fence::Held(held)) => HeadEvent::Reply(*held),
-            (event, fence) => {
-                w.fence = fence;
-                event
-            }
+            HeadEvent::Timeout => Fence::release(&mut w.fence).map_or(event, HeadEvent::Reply),
+            event => event,
         };
         // Observed once the client's reply is decided. Not for blocking commands, which take as
         // long as the client asked them to.

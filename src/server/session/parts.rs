@@ -520,8 +520,8 @@ impl Ctx {
                 sent: self.now,
                 replica,
                 fence: match (fenced, &node) {
-                    (true, Some(node)) => super::Fence::Write(node.addr().clone()),
-                    _ => super::Fence::No,
+                    (true, Some(node)) => Some(Box::new(super::Fence::Write(node.addr().clone()))),
+                    _ => None,
                 },
             };
             sent.push(Part { keys, w, place });
