@@ -101,6 +101,8 @@ pub struct Tracking {
     written: Mutex<Written>,
     /// Barriers for the feeds' task (see [`Tracking::barrier`]), while it runs.
     barriers: Mutex<Option<mpsc::UnboundedSender<Barrier>>>,
+    /// The feeds' task runs (`barriers` is set): read on every write, without the lock.
+    feeding: std::sync::atomic::AtomicBool,
 }
 
 /// Keys written through slotline lately, numbered in the order their commands named them. A
@@ -140,6 +142,7 @@ impl Default for Tracking {
             active: Default::default(),
             written: Mutex::default(),
             barriers: Mutex::default(),
+            feeding: Default::default(),
         }
     }
 }
@@ -217,6 +220,14 @@ impl Tracking {
     #[inline]
     pub fn active(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the feeds run (someone tracks, or did a moment ago): writes are fenced (see
+    /// [`Tracking::barrier`]) for as long, so that a change made while nobody tracked is not told,
+    /// late, to a client that starts tracking just after it was acknowledged.
+    #[inline]
+    pub fn fencing(&self) -> bool {
+        self.active() || self.feeding.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers `reply` once every invalidation `master` sent before now has been told to the
@@ -664,6 +675,9 @@ async fn follow(pool: Arc<Pool>) {
         .barriers
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = Some(barrier_tx);
+    tracking
+        .feeding
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
         tokio::select! {
@@ -672,6 +686,9 @@ async fn follow(pool: Arc<Pool>) {
                     // Barriers asked from now on are answered at once; those queued, as `feeds`
                     // and `barriers` are dropped.
                     *tracking.barriers.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    tracking
+                        .feeding
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     return;
                 }
                 feeds.follow(&pool.router.masters());

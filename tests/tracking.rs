@@ -433,4 +433,29 @@ fn a_flush_in_a_transaction_empties_every_master_and_tells_tracking_clients() {
         assert_eq!(Client::connect(m.port).cmd(&["DBSIZE"]), Reply::Int(0));
     }
     assert_eq!(info("tracking_total_keys"), Some(0));
+    // A flush while nobody tracks is not told, late, to a client that starts tracking right
+    // after it was acknowledged (the feeds still run for a moment after the last client left).
+    let mut writer = proxy.client();
+    for round in 0..20 {
+        // As Redis's suite does it: the reader tracks into a redirect, another client flushes.
+        let mut sink = proxy.client();
+        let sink_id = sink.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
+        assert!(sink
+            .cmd(&["SUBSCRIBE", "__redis__:invalidate"])
+            .as_array()
+            .is_some());
+        assert!(reader.cmd(&["HELLO", "2"]).as_array().is_some());
+        let redirect = sink_id.to_string();
+        let on = ["CLIENT", "TRACKING", "ON", "REDIRECT", &redirect];
+        assert_eq!(reader.cmd(&on), Reply::ok());
+        assert_eq!(reader.cmd(&["GET", "flush:a"]), Reply::Bulk(None));
+        assert_eq!(writer.cmd(&["FLUSHALL", "ASYNC"]), Reply::ok());
+        assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "OFF"]), Reply::ok());
+        drop(sink);
+        assert_eq!(reader.cmd(&["FLUSHALL"]), Reply::ok());
+        assert!(reader.cmd(&["HELLO", "3"]).as_array().is_some());
+        assert_eq!(reader.cmd(&["CLIENT", "TRACKING", "ON"]), Reply::ok());
+        let got = reader.cmd(&["PING"]);
+        assert_eq!(got, Reply::Status("PONG".into()), "round {round}");
+    }
 }

@@ -1007,7 +1007,7 @@ impl Ctx {
         let scripted = spec.runs_script().then(|| node.addr().clone());
         // Counted here, the one place scripts are queued, and uncounted when they leave.
         self.scripts += usize::from(scripted.is_some());
-        let fence = (self.pool.tracking.active() && policy::may_write(spec))
+        let fence = (self.pool.tracking.fencing() && policy::may_write(spec))
             .then(|| Box::new(Fence::Write(node.addr().clone())));
         self.push(Pending::Wait(Waiting {
             result: None,

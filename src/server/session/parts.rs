@@ -492,7 +492,7 @@ impl Ctx {
         let mut nodes = Vec::with_capacity(parts.len());
         let mut requests = Vec::with_capacity(parts.len());
         // Writes (EXEC included) are fenced while clients track (see `super::Fence`).
-        let fenced = self.pool.tracking.active() && self.ran.is_some_and(policy::may_write);
+        let fenced = self.pool.tracking.fencing() && self.ran.is_some_and(policy::may_write);
         for part in parts {
             let PartToSend {
                 node,
