@@ -37,6 +37,17 @@ fn quiet(client: &mut Client, what: &str) {
     client.set_read_timeout(support::IO_TIMEOUT);
 }
 
+/// A client subscribed to `__redis__:invalidate` (a RESP2 redirect target), and its id.
+fn invalidation_sink(proxy: &Slotline) -> (Client, i64) {
+    let mut sink = proxy.client();
+    let id = sink.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
+    assert!(sink
+        .cmd(&["SUBSCRIBE", "__redis__:invalidate"])
+        .as_array()
+        .is_some());
+    (sink, id)
+}
+
 /// A 3-master cluster (with replicas) and a slotline in front of it.
 fn cluster_behind_slotline() -> (RedisCluster, Slotline) {
     let cluster = RedisCluster::start(Default::default());
@@ -104,12 +115,7 @@ fn invalidations_reach_the_client_that_read_the_key() {
     assert_eq!(reader.read_reply(), invalidate(&[&keys[2]]));
 
     // RESP2 with REDIRECT to a client subscribed to __redis__:invalidate.
-    let mut sink = proxy.client();
-    let sink_id = sink.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
-    assert!(sink
-        .cmd(&["SUBSCRIBE", "__redis__:invalidate"])
-        .as_array()
-        .is_some());
+    let (mut sink, sink_id) = invalidation_sink(&proxy);
     assert_eq!(writer.cmd(&["SET", &keys[1], "1"]), Reply::ok());
     let mut redirected = proxy.client();
     assert_eq!(
@@ -438,12 +444,7 @@ fn a_flush_in_a_transaction_empties_every_master_and_tells_tracking_clients() {
     let mut writer = proxy.client();
     for round in 0..20 {
         // As Redis's suite does it: the reader tracks into a redirect, another client flushes.
-        let mut sink = proxy.client();
-        let sink_id = sink.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
-        assert!(sink
-            .cmd(&["SUBSCRIBE", "__redis__:invalidate"])
-            .as_array()
-            .is_some());
+        let (sink, sink_id) = invalidation_sink(&proxy);
         assert!(reader.cmd(&["HELLO", "2"]).as_array().is_some());
         let redirect = sink_id.to_string();
         let on = ["CLIENT", "TRACKING", "ON", "REDIRECT", &redirect];
