@@ -19,8 +19,8 @@
 //! So while anyone tracks, a write's reply waits until its master's feed has answered a `PING`
 //! sent after the reply came ([`Tracking::barrier`]): Redis answers it after the invalidations it
 //! sent before, so by then they are with their readers' sessions, as Redis has them in its
-//! clients' buffers before the writer's reply leaves. One round trip per write, only while some
-//! client of the pool tracks. A lost or slow feed lets the reply go as it is. A lost
+//! clients' buffers before the writer's reply leaves. One round trip per write, only while the
+//! feeds run (some client of the pool tracks, or did a second ago). A lost or slow feed lets the reply go as it is. A lost
 //! feed connection tells every tracking client to flush (a `null` invalidation): what changed
 //! meanwhile is unknown. `NOLOOP` counts the client's own writes and skips as many invalidations of
 //! each key. A script counts each key it names; once it is answered (after its fence, so its own
