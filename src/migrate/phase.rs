@@ -67,9 +67,6 @@ async fn run(weak: Weak<Migration>) {
             VERIFYING => m.read_marks().await,
             STARTING => {
                 let at = m.at(m.moves_at_ms.load(Ordering::Acquire));
-                // Servers a first writing missed get their mark now (best effort: one mark is
-                // enough for every slotline to learn of the start).
-                m.mark_all().await;
                 drop(m);
                 tokio::time::sleep_until(at).await;
                 let Some(m) = weak.upgrade() else {
@@ -212,17 +209,6 @@ impl Migration {
 
     /// Writes the start mark on every old server it can; started once one has it.
     async fn mark(&self) {
-        match self.mark_all().await {
-            0 => {
-                self.failed("no old server took the migration's start mark; trying again");
-                self.start_requested.store(true, Ordering::Release);
-            }
-            _ => self.learn_started("started here"),
-        }
-    }
-
-    /// Writes the start mark on every old server; how many took it.
-    async fn mark_all(&self) -> usize {
         let id = identity(self);
         let mut marked = 0;
         for node in self.old.table().in_service() {
@@ -233,7 +219,15 @@ impl Migration {
                 Err(_) => self.failed(&format!("start mark on {}: timed out", node.addr())),
             }
         }
-        marked
+        // One mark is enough for every slotline to learn of the start; a server that missed
+        // its mark keeps none (the safety of the start rests on the first mark alone).
+        match marked {
+            0 => {
+                self.failed("no old server took the migration's start mark; trying again");
+                self.start_requested.store(true, Ordering::Release);
+            }
+            _ => self.learn_started("started here"),
+        }
     }
 
     /// This slotline stops serving from the old placement, holds the pool's commands for
