@@ -20,9 +20,11 @@
 //! sent after the reply came ([`Tracking::barrier`]): Redis answers it after the invalidations it
 //! sent before, so by then they are with their readers' sessions, as Redis has them in its
 //! clients' buffers before the writer's reply leaves. One round trip per write, only while the
-//! feeds run (some client of the pool tracks, or did a second ago). A lost or slow feed lets the reply go as it is. A lost
-//! feed connection tells every tracking client to flush (a `null` invalidation): what changed
-//! meanwhile is unknown. `NOLOOP` counts the client's own writes and skips as many invalidations of
+//! feeds run (some client of the pool tracks, or did a second ago). A lost or slow feed lets the
+//! reply go as it is.
+//!
+//! A lost feed connection tells every tracking client to flush (a `null` invalidation): what
+//! changed meanwhile is unknown. `NOLOOP` counts the client's own writes and skips as many invalidations of
 //! each key. A script counts each key it names; once it is answered (after its fence, so its own
 //! invalidations have come) the counts it did not spend are taken back. NOLOOP rests on telling
 //! the client's changes from others' by count, which a master's feed blurs in one case: two
@@ -79,6 +81,21 @@ pub struct Status {
 struct Tracker {
     status: Status,
     own_writes: HashMap<Bytes, u32>,
+}
+
+impl Tracker {
+    /// Takes back one count of `key` as the client's own write; false when none was left (an
+    /// invalidation spent it).
+    fn take_back(&mut self, key: &[u8]) -> bool {
+        match self.own_writes.get_mut(key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.own_writes.remove(key);
+            }
+            None => return false,
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -224,10 +241,11 @@ impl Tracking {
 
     /// Whether the feeds run (someone tracks, or did a moment ago): writes are fenced (see
     /// [`Tracking::barrier`]) for as long, so that a change made while nobody tracked is not told,
-    /// late, to a client that starts tracking just after it was acknowledged.
+    /// late, to a client that starts tracking just after it was acknowledged. (Before the feeds
+    /// run, a barrier would be answered at once, and CLIENT TRACKING ON waits for them.)
     #[inline]
     pub fn fencing(&self) -> bool {
-        self.active() || self.feeding.load(std::sync::atomic::Ordering::Relaxed)
+        self.feeding.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers `reply` once every invalidation `master` sent before now has been told to the
@@ -242,7 +260,7 @@ impl Tracking {
         };
         drop(barriers);
         if let Some(reply) = refused {
-            reply.send(Ok(Bytes::from_static(b"+PONG\r\n")));
+            reply.send(Ok(Bytes::from_static(crate::backend::BARRIER_PASSED)));
         }
     }
 
@@ -351,13 +369,7 @@ impl Tracking {
             return;
         };
         for key in keys {
-            match tracker.own_writes.get_mut(key) {
-                Some(n) if *n > 1 => *n -= 1,
-                Some(_) => {
-                    tracker.own_writes.remove(key);
-                }
-                None => {}
-            }
+            tracker.take_back(key);
         }
     }
 
@@ -375,12 +387,8 @@ impl Tracking {
             };
             let mut spent = Vec::new();
             for key in keys {
-                match tracker.own_writes.get_mut(key) {
-                    Some(n) if *n > 1 => *n -= 1,
-                    Some(_) => {
-                        tracker.own_writes.remove(key);
-                    }
-                    None => spent.push(Bytes::copy_from_slice(key)),
+                if !tracker.take_back(key) {
+                    spent.push(Bytes::copy_from_slice(key));
                 }
             }
             let options = &tracker.status.options;

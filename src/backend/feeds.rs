@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 
 use super::{Feed, Node, ReplyTo, Settings, SubEvent, Subscriber};
 
+/// What a barrier's [`ReplyTo`] is answered with once it has passed (see
+/// [`MasterFeeds::barrier`]).
+pub const BARRIER_PASSED: &[u8] = b"+PONG\r\n";
+
 /// One connection per master, each sent `setup` when opened.
 pub struct MasterFeeds {
     settings: Settings,
@@ -94,7 +98,7 @@ impl MasterFeeds {
                 false => link.set_up = true,
                 true => {
                     if let Some(reply) = link.barriers.pop_front() {
-                        reply.send(Ok(Bytes::from_static(b"+PONG\r\n")));
+                        reply.send(Ok(Bytes::from_static(BARRIER_PASSED)));
                     }
                 }
             }
@@ -111,7 +115,7 @@ impl MasterFeeds {
                 link.sub.send(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
                 link.barriers.push_back(reply);
             }
-            _ => reply.send(Ok(Bytes::from_static(b"+PONG\r\n"))),
+            _ => reply.send(Ok(Bytes::from_static(BARRIER_PASSED))),
         }
     }
 

@@ -15,7 +15,7 @@ mod stream;
 pub use stream::Stream;
 mod subscriber;
 
-pub use feeds::{Gate, MasterFeeds};
+pub use feeds::{Gate, MasterFeeds, BARRIER_PASSED};
 pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
 pub use nodes::Nodes;

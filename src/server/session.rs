@@ -158,6 +158,29 @@ impl Fence {
 }
 
 impl Waiting {
+    /// A reply came for this request: `result`, or its fence's barrier (see [`Fence`]). Returns
+    /// the reply to place now; None while a write's reply waits for the barrier, which `barrier`
+    /// is asked to send.
+    fn fenced(
+        &mut self,
+        result: BackendResult,
+        barrier: impl FnOnce(Arc<str>),
+    ) -> Option<BackendResult> {
+        match self.fence.take().map(|f| *f) {
+            // Its barrier passed (or its feed is gone).
+            Some(Fence::Held(held)) => Some(held),
+            // An error changed nothing (a redirect is sent again unfenced).
+            Some(Fence::Write(master))
+                if result.as_ref().is_ok_and(|r| r.first() != Some(&b'-')) =>
+            {
+                barrier(master);
+                self.fence = Some(Box::new(Fence::Held(result)));
+                None
+            }
+            _ => Some(result),
+        }
+    }
+
     fn reply_bytes(&self) -> usize {
         match &self.result {
             Some(Ok(reply)) => reply.len(),
@@ -1468,17 +1491,12 @@ impl Ctx {
                             .get()
                             .backend_answered(now.saturating_duration_since(w.sent));
                     }
-                    if let Some(mut fence) = w.fence.take() {
-                        // An error changed nothing (a redirect is sent again unfenced).
-                        let changed = result.as_ref().is_ok_and(|r| r.first() != Some(&b'-'));
-                        if let (Fence::Write(master), true) = (&*fence, changed) {
-                            let barrier = self.inbox.reply_to(part_seq(seq, 0));
-                            self.pool.tracking.barrier(master.clone(), barrier);
-                            *fence = Fence::Held(result);
-                            w.fence = Some(fence);
-                            continue;
-                        }
-                    }
+                    let (tracking, inbox) = (&self.pool.tracking, &self.inbox);
+                    let barrier =
+                        |master| tracking.barrier(master, inbox.reply_to(part_seq(seq, 0)));
+                    let Some(result) = w.fenced(result, barrier) else {
+                        continue;
+                    };
                     w.result = Some(result);
                     self.replies_held += w.reply_bytes();
                 }
@@ -1498,27 +1516,19 @@ impl Ctx {
                     let Some(w) = s.parts.get_mut(part).map(|p| &mut p.w) else {
                         continue;
                     };
-                    match w.fence.take().map(|f| *f) {
-                        // Its fence's barrier passed (or its feed is gone).
-                        Some(Fence::Held(held)) => w.result = Some(held),
-                        Some(Fence::Write(master))
-                            if result.as_ref().is_ok_and(|r| r.first() != Some(&b'-')) =>
-                        {
-                            self.tally
-                                .get()
-                                .backend_answered(now.saturating_duration_since(w.sent));
-                            let barrier = self.inbox.reply_to(part_seq(seq, part));
-                            self.pool.tracking.barrier(master, barrier);
-                            w.fence = Some(Box::new(Fence::Held(result)));
-                            continue;
-                        }
-                        _ => {
-                            self.tally
-                                .get()
-                                .backend_answered(now.saturating_duration_since(w.sent));
-                            w.result = Some(result);
-                        }
+                    // Its reply (not its fence's barrier): the backend has answered.
+                    if !matches!(w.fence.as_deref(), Some(Fence::Held(_))) {
+                        self.tally
+                            .get()
+                            .backend_answered(now.saturating_duration_since(w.sent));
                     }
+                    let (tracking, inbox) = (&self.pool.tracking, &self.inbox);
+                    let barrier =
+                        |master| tracking.barrier(master, inbox.reply_to(part_seq(seq, part)));
+                    let Some(result) = w.fenced(result, barrier) else {
+                        continue;
+                    };
+                    w.result = Some(result);
                     self.replies_held += w.reply_bytes();
                 }
                 _ => {}
