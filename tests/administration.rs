@@ -76,6 +76,28 @@ fn admin_commands_reach_every_node_only_when_the_pool_allows_them() {
         reply.error().is_some_and(|e| e.contains("no-such-option")),
         "{reply:?}"
     );
+    // Each node has a port of its own: the client's is slotline's. Setting it to what CONFIG GET
+    // shows changes nothing (the rest of the command still reaches the nodes); another value is
+    // refused, and no node is asked to move.
+    let port = allowing.port().to_string();
+    assert_eq!(client.cmd(&["CONFIG", "GET", "port"]), pair("port", &port));
+    assert_eq!(
+        client.cmd(&["CONFIG", "SET", "port", &port, "maxmemory-samples", "8"]),
+        Reply::ok()
+    );
+    let reply = client.cmd(&["CONFIG", "SET", "port", &seeds[1].to_string()]);
+    assert!(
+        reply.error().is_some_and(|e| e.contains("'port'")),
+        "{reply:?}"
+    );
+    for &node in &nodes {
+        assert_eq!(config_get(node, "port"), pair("port", &node.to_string()));
+        assert_eq!(
+            config_get(node, "maxmemory-samples"),
+            pair("maxmemory-samples", "8"),
+            "node {node}"
+        );
+    }
     // ACL users are each node's own: set on all, read from one.
     assert_eq!(
         client.cmd(&[

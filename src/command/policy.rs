@@ -82,6 +82,9 @@ pub enum Merge {
     AnyValue,
     /// SCAN on master number `node` of `nodes`: the reply's cursor is rewritten to carry the node.
     Scan { node: usize, nodes: usize },
+    /// CONFIG GET from one node, with `port` showing slotline's own (the port the client connected
+    /// to): every node has a port of its own, and none of them is the client's.
+    Config { port: u16 },
     /// SCRIPT KILL on every master: +OK when one killed a script, else the most telling error
     /// (`UNKILLABLE` before `NOTBUSY`).
     AnyOk,

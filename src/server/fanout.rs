@@ -202,6 +202,10 @@ pub(crate) fn merge(merge: Merge, nkeys: usize, parts: &[(&[u32], &[u8])], out: 
             [(_, reply)] => scan_reply(reply, node, nodes, out),
             _ => unexpected(out),
         },
+        Merge::Config { port } => match parts {
+            [(_, reply)] => config_reply(reply, port, out),
+            _ => unexpected(out),
+        },
     }
 }
 
@@ -263,6 +267,40 @@ fn scan_reply(reply: &[u8], node: usize, nodes: usize, out: &mut BytesMut) {
     Reply(out).array(2);
     Reply(out).bulk(cursor.to_string().as_bytes());
     out.extend_from_slice(keys);
+}
+
+/// A node's CONFIG GET reply, `[name, value, ...]` (a map in RESP3), with the value of `port`
+/// replaced by `port`; the rest as the node said it.
+fn config_reply(reply: &[u8], port: u16, out: &mut BytesMut) {
+    let pairs = line(reply, b'*')
+        .and_then(|(n, rest)| Some((usize::try_from(n).ok()? / 2, rest)))
+        .or_else(|| line(reply, b'%').and_then(|(n, rest)| Some((usize::try_from(n).ok()?, rest))));
+    let Some((pairs, mut rest)) = pairs else {
+        return out.extend_from_slice(reply);
+    };
+    let start = out.len();
+    out.extend_from_slice(&reply[..reply.len() - rest.len()]);
+    for _ in 0..pairs {
+        let Some(name) = ReplyScanner::default().scan(rest).ok().flatten() else {
+            break;
+        };
+        let (name, tail) = rest.split_at(name);
+        let Some(value) = ReplyScanner::default().scan(tail).ok().flatten() else {
+            break;
+        };
+        let (value, tail) = tail.split_at(value);
+        out.extend_from_slice(name);
+        match name == b"$4\r\nport\r\n" {
+            true => Reply(out).bulk(port.to_string().as_bytes()),
+            false => out.extend_from_slice(value),
+        }
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        // Not the reply this expects: the node's, as it is.
+        out.truncate(start);
+        out.extend_from_slice(reply);
+    }
 }
 
 /// `[channel, count, ...]` from every node, for the same channels in the same order: the counts summed.
@@ -624,6 +662,23 @@ mod tests {
             ),
             b"-ERR slotline: a backend answered part of a split command unexpectedly\r\n"
         );
+    }
+
+    #[test]
+    fn config_get_shows_slotlines_port() {
+        let config = |reply: &[u8]| merged(Merge::Config { port: 7000 }, 0, &[(&[], reply)]);
+        assert_eq!(
+            config(b"*4\r\n$7\r\ntimeout\r\n$1\r\n0\r\n$4\r\nport\r\n$4\r\n9512\r\n"),
+            b"*4\r\n$7\r\ntimeout\r\n$1\r\n0\r\n$4\r\nport\r\n$4\r\n7000\r\n"
+        );
+        // RESP3 answers a map; a value named `port` is not a name.
+        assert_eq!(
+            config(b"%2\r\n$4\r\nport\r\n$1\r\n1\r\n$6\r\nignore\r\n$4\r\nport\r\n"),
+            b"%2\r\n$4\r\nport\r\n$4\r\n7000\r\n$6\r\nignore\r\n$4\r\nport\r\n"
+        );
+        // Anything else is the node's, as it is.
+        assert_eq!(config(b"*1\r\n$4\r\nport\r\n"), b"*1\r\n$4\r\nport\r\n");
+        assert_eq!(config(b"-ERR no\r\n"), b"-ERR no\r\n");
     }
 
     #[test]

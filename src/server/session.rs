@@ -55,6 +55,17 @@ pub(crate) struct ClientState {
     pub record: Arc<crate::clients::Record>,
 }
 
+impl ClientState {
+    /// The port the client connected to (0 on a unix socket), which CONFIG GET port shows.
+    pub fn port(&self) -> u16 {
+        let laddr = &self.record.laddr;
+        laddr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// A request whose reply the client has not been given yet.
 enum Pending {
     /// The reply is known (answered locally, or an error decided by slotline).

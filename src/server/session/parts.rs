@@ -43,6 +43,22 @@ enum OwnSetting {
     TrackingKeys,
 }
 
+/// What slotline made of a CONFIG SET (see [`Ctx::set_own_config`]).
+pub(super) enum OwnConfig {
+    /// It sets something slotline has no own of, or a value it refuses: the nodes' to answer.
+    NotOwn,
+    /// A value slotline cannot take: the client's answer.
+    Refused(String),
+    /// It set only what is slotline's alone: answered +OK here.
+    Done,
+    /// slotline took its share; `only_own`: nothing else was set; `frame`: the command without
+    /// what was slotline's alone (None: the command as it is).
+    Rest {
+        only_own: bool,
+        frame: Option<Bytes>,
+    },
+}
+
 pub(super) struct SplitRequest {
     pub(super) merge: Merge,
     pub(super) nkeys: usize,
@@ -222,19 +238,18 @@ impl Ctx {
         self.fan_out(groups, merge, view, now);
     }
 
-    /// An administrative command: refused unless the pool sets `allow_admin`; then to one master, or
-    /// to every master and replica with +OK only when each said so (else the first error).
-    /// CONFIG SET of the settings slotline has its own of, SLOWLOG's (SLOWLOG through slotline
-    /// shows slotline's log): applied here too when every value is valid, and the command goes on
-    /// to the nodes (or, without `allow_admin`, is refused unless it sets nothing else). Returns
-    /// whether every parameter set is one of them.
-    pub(super) fn set_own_config(&mut self, req: Request<'_>) -> bool {
+    /// CONFIG SET of the settings slotline has its own of: SLOWLOG's (SLOWLOG through slotline
+    /// shows slotline's log) and `tracking-table-max-keys` are applied here when every value is
+    /// valid, and go on to the nodes too; `port` is slotline's own alone (each node has its own):
+    /// setting it to slotline's port changes nothing, and any other value refuses the command.
+    pub(super) fn set_own_config(&mut self, req: Request<'_>) -> OwnConfig {
         let argc = req.argc();
         if argc < 4 || !argc.is_multiple_of(2) {
-            return false;
+            return OwnConfig::NotOwn;
         }
         let mut own = Vec::new();
         let mut only_own = true;
+        let mut port_at = None;
         for i in (2..argc).step_by(2) {
             let value = parse_int(req.arg(i + 1));
             match (req.arg(i).to_ascii_lowercase().as_slice(), value) {
@@ -248,13 +263,20 @@ impl Ctx {
                 (
                     b"slowlog-log-slower-than" | b"slowlog-max-len" | b"tracking-table-max-keys",
                     _,
-                ) => return false,
+                ) => return OwnConfig::NotOwn,
+                (b"port", Some(port)) if port == i64::from(self.client.port()) => port_at = Some(i),
+                (b"port", _) => {
+                    return OwnConfig::Refused(format!(
+                        "ERR CONFIG SET failed (possibly related to argument 'port') - slotline listens on {} for this pool; each node's own port is set on the node",
+                        self.client.port()
+                    ))
+                }
                 _ => only_own = false,
             }
         }
         if !only_own && !self.pool.config.allow_admin {
             // Refused as a whole, as Redis refuses a CONFIG SET with one bad parameter.
-            return false;
+            return OwnConfig::NotOwn;
         }
         let log = &self.pool.shared.slowlog;
         for (which, value) in own {
@@ -267,9 +289,29 @@ impl Ctx {
                 }
             }
         }
-        only_own
+        match port_at {
+            // Every other parameter goes on to the nodes.
+            Some(at) if argc > 4 => {
+                let mut buf = BytesMut::with_capacity(req.frame.len());
+                Reply(&mut buf).array(argc - 2);
+                for i in (0..argc).filter(|&i| i != at && i != at + 1) {
+                    Reply(&mut buf).bulk(req.arg(i));
+                }
+                OwnConfig::Rest {
+                    only_own,
+                    frame: Some(buf.freeze()),
+                }
+            }
+            Some(_) => OwnConfig::Done,
+            None => OwnConfig::Rest {
+                only_own,
+                frame: None,
+            },
+        }
     }
 
+    /// An administrative command: refused unless the pool sets `allow_admin`; then to one master, or
+    /// to every master and replica with +OK only when each said so (else the first error).
     pub(super) fn admin(
         &mut self,
         req: Request<'_>,
@@ -279,9 +321,25 @@ impl Ctx {
         view: &View<'_>,
         now: Instant,
     ) {
-        if spec.name == "config|set" && self.set_own_config(req) && !self.pool.config.allow_admin {
-            // Only slotline's own settings: answered here.
-            return self.reply(|r| r.ok());
+        let mut frame = frame;
+        let rest;
+        if spec.name == "config|set" {
+            match self.set_own_config(req) {
+                OwnConfig::Refused(msg) => return self.error(&msg),
+                OwnConfig::Done => return self.reply(|r| r.ok()),
+                // Only slotline's own settings: answered here.
+                OwnConfig::Rest { only_own: true, .. } if !self.pool.config.allow_admin => {
+                    return self.reply(|r| r.ok())
+                }
+                OwnConfig::Rest {
+                    frame: Some(without),
+                    ..
+                } => {
+                    rest = without;
+                    frame = &rest;
+                }
+                OwnConfig::Rest { .. } | OwnConfig::NotOwn => {}
+            }
         }
         if spec.name == "config|resetstat" {
             // slotline's own statistics (INFO commandstats, errorstats); the nodes' too with
@@ -304,6 +362,11 @@ impl Ctx {
             return self.error(&msg);
         }
         match admin {
+            Admin::OneNode if spec.name == "config|get" => {
+                let port = self.client.port();
+                let groups = vec![(Place::Any, frame.clone())];
+                self.fan_out(groups, Merge::Config { port }, view, now);
+            }
             Admin::OneNode => self.forward(view, Place::Any, spec, frame.clone(), now),
             Admin::EveryMember(merge) => {
                 let parts: Vec<PartToSend> = view
