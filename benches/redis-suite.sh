@@ -8,8 +8,9 @@
 #   MODE=ketama ONLY=slotline benches/redis-suite.sh ...  # slotline over 3 standalone shards
 #
 # SUITE_DIR holds the suite's runner: run-suite.sh, compare.py and suite/ (Redis 7.0.15's tests; see
-# its README). slotline runs in cluster mode in front of a 3-master cluster with allow_flush and
-# allow_admin, the suite in --cluster-mode, its fixture commands sent to the nodes (SETUP_VIA).
+# its README). slotline runs in cluster mode in front of a 3-master cluster with allow_flush,
+# allow_admin and node_logins (the suite logs in as users it makes on the nodes), the suite in
+# --cluster-mode, its fixture commands sent to the nodes (SETUP_VIA).
 # Results: OUT/slotline, OUT/direct, and compare.py's list of tests that pass directly and fail
 # through slotline. Needs redis-server, redis-cli, tclsh, python3; builds slotline --release.
 set -euo pipefail
@@ -75,6 +76,7 @@ pools:
     mode: $MODE
     allow_flush: true
     allow_admin: true
+    node_logins: true
     $servers
 EOF
     target/release/slotline --config "$work/slotline.yml" >"$work/slotline.log" 2>&1 &

@@ -17,7 +17,8 @@
 //!   node), the per-session inbox their replies are delivered to, and the
 //!   address -> node map pools keep; a client's own subscriber connections, which hand every frame to
 //!   the session and count what a slow subscriber has not taken; feeds that follow every master of
-//!   a pool (tracking, MONITOR's relay) and the gate clients wait at until they do.
+//!   a pool (tracking, MONITOR's relay) and the gate clients wait at until they do; the other
+//!   logins a client's requests may run as (`backend_users`, `node_logins`).
 //! - [`cluster`]: the slot map of a Redis Cluster pool, its refresher, and MOVED/ASK classification;
 //!   seeds from discovery.
 //! - [`shards`]: sharded pools (ketama, modula, random): their servers (replaced whole as discovery
@@ -39,7 +40,8 @@
 //!   only for a partial request or unwritten replies, all bounded), its routing view, split and
 //!   fan-out requests and their merges, redirects (only to nodes the topology lists; never a
 //!   script's) and a demoted master's READONLY, transactions, blocking commands and WAIT on
-//!   connections of the client's own, pub/sub (subscriptions on subscriber connections of the
+//!   connections of the client's own, a login a node checks (`node_logins`), pub/sub
+//!   (subscriptions on subscriber connections of the
 //!   client's own, confirmations with the client's counts, subscriber mode), locally answered
 //!   commands, INFO, and the twemproxy stats port; the running pools (a primary pool's replica
 //!   listener too) and config reload (SIGHUP, file change); the lifecycle: a client's seat, readiness

@@ -714,3 +714,87 @@ fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
     );
     assert_eq!(subscribers, 1, "the subscription runs as app1b");
 }
+
+/// `node_logins`: a pool without users of its own lets clients log in as the nodes' users. A
+/// master checks the password; the client's commands then run as that user on every node, so the
+/// nodes' ACL applies to it, inside scripts too (`redis.acl_check_cmd`), as on one Redis.
+#[test]
+fn node_logins_run_a_client_as_the_node_user_it_logged_in_as() {
+    let dir = TempDir::new("acl-node-logins");
+    let nodes_acl = dir.write(
+        "nodes.acl",
+        "user default on nopass ~* &* +@all\nuser bob on >123 ~x* +@scripting +@transaction +set +get\n",
+    );
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        extra_args: vec!["--aclfile".into(), nodes_acl.display().to_string()],
+        ..ClusterOpts::default()
+    });
+    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let port = free_port();
+    let yaml = format!(
+        "{}    node_logins: true\n",
+        Slotline::cluster_yaml(port, &seeds)
+    );
+    let _proxy = Slotline::start(&yaml);
+    let nodes_error = |reply: Reply| error_of(&reply);
+
+    // AUTH and a command bob may not run, in one write: the command runs as bob.
+    let mut bob = Client::connect(port);
+    bob.send_raw(b"AUTH bob 123\r\nHSET x:1 f 1\r\n");
+    assert_eq!(bob.read_reply(), Reply::ok());
+    assert_eq!(nodes_error(bob.read_reply()), no_command("hset"));
+    // Its keys on every master (20 keys over 3 masters), and only its keys.
+    for i in 0..20 {
+        let key = format!("x:{i}");
+        assert_eq!(bob.cmd(&["SET", &key, "v"]), Reply::ok(), "{key}");
+    }
+    assert_eq!(nodes_error(bob.cmd(&["SET", "y", "v"])), NO_KEY);
+    // Inside a script, the node asks about bob.
+    let check = |cmd: &str| format!("return redis.acl_check_cmd('{cmd}', KEYS[1], 'v')");
+    assert_eq!(bob.cmd(&["EVAL", &check("set"), "1", "x:1"]), Reply::Int(1));
+    assert_eq!(bob.cmd(&["EVAL", &check("hset"), "1", "x:1"]), Reply::nil());
+    // A transaction runs as bob too.
+    assert_eq!(bob.cmd(&["MULTI"]), Reply::ok());
+    assert_eq!(
+        bob.cmd(&["SET", "x:1", "tx"]),
+        Reply::Status("QUEUED".into())
+    );
+    assert_eq!(bob.cmd(&["EXEC"]), Reply::Array(Some(vec![Reply::ok()])));
+    let info = bob.cmd(&["CLIENT", "INFO"]);
+    assert!(
+        matches!(&info, Reply::Bulk(Some(line)) if String::from_utf8_lossy(line).contains(" user=bob ")),
+        "{info:?}"
+    );
+    // A wrong password is the node's WRONGPASS, and the client stays who it was.
+    assert!(nodes_error(bob.cmd(&["AUTH", "bob", "wrong"])).starts_with("WRONGPASS"));
+    assert_eq!(bob.cmd(&["GET", "x:1"]), Reply::bulk("tx"));
+    assert_eq!(
+        nodes_error(bob.cmd(&["HSET", "x:1", "f", "1"])),
+        no_command("hset")
+    );
+    let mut nobody = Client::connect(port);
+    assert!(nodes_error(nobody.cmd(&["AUTH", "nobody", "x"])).starts_with("WRONGPASS"));
+    // HELLO with AUTH logs in the same way and answers as HELLO; a refused one changes nothing.
+    let mut hello = Client::connect(port);
+    hello
+        .send_raw(b"HELLO 2 AUTH bob wrong\r\nHELLO 2 AUTH bob 123 SETNAME b1\r\nHSET x:1 f 1\r\n");
+    assert!(nodes_error(hello.read_reply()).starts_with("WRONGPASS"));
+    let reply = hello.read_reply();
+    assert!(
+        reply
+            .as_array()
+            .is_some_and(|fields| fields.contains(&Reply::bulk("proto"))),
+        "{reply:?}"
+    );
+    assert_eq!(nodes_error(hello.read_reply()), no_command("hset"));
+    assert_eq!(hello.cmd(&["CLIENT", "GETNAME"]), Reply::bulk("b1"));
+    // Other clients are the pool's login, as before.
+    assert_eq!(nobody.cmd(&["HSET", "h", "f", "1"]), Reply::Int(1));
+
+    // Without node_logins, slotline's own users are the only ones.
+    let port = free_port();
+    let _plain = Slotline::start(&Slotline::cluster_yaml(port, &seeds));
+    let mut client = Client::connect(port);
+    assert!(error_of(&client.cmd(&["AUTH", "bob", "123"])).starts_with("WRONGPASS"));
+}

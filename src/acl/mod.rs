@@ -312,6 +312,24 @@ impl Acl {
         }))
     }
 
+    /// A node user a client logged in as (`node_logins`), the nodes having accepted its password:
+    /// slotline checks nothing of it (the nodes do, on connections logged in as it, `backend`),
+    /// and counts it with the pool's one user.
+    pub fn node_login(&self, name: &[u8], backend: u16) -> Option<Arc<Active>> {
+        let users = self.users();
+        let single = users.get(self.default_name())?;
+        let mut rules = single.rules.clone();
+        rules.name = String::from_utf8_lossy(name).into();
+        Some(Arc::new(Active {
+            unrestricted: true,
+            backend: Some(backend),
+            rules,
+            stats: single.stats.clone(),
+            acl: self.id,
+            retired: AtomicBool::new(false),
+        }))
+    }
+
     /// The user `name` now, for a session whose user was retired; None when it is gone or off.
     pub fn current(&self, name: &str) -> Option<Arc<Active>> {
         if !self.configured() {

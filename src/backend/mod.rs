@@ -9,6 +9,7 @@ mod connection;
 mod feeds;
 mod health;
 mod inbox;
+mod logins;
 mod nodes;
 mod stream;
 
@@ -18,6 +19,7 @@ mod subscriber;
 pub use feeds::{Gate, MasterFeeds, BARRIER_PASSED};
 pub use health::Health;
 pub use inbox::{Inbox, ReplyTo};
+pub use logins::{Logins, NODE_LOGINS};
 pub use nodes::Nodes;
 pub use subscriber::{Feed, SubEvent, Subscriber};
 
@@ -80,9 +82,9 @@ pub struct Settings {
     pub max_queue: usize,
     /// Connections speak TLS (the pool's `backend_tls`).
     pub tls: Option<Arc<crate::tls::Connector>>,
-    /// The handshakes of the other logins a client's requests may run as (`backend_users`), by
+    /// The other logins a client's requests may run as (`backend_users`, `node_logins`), by
     /// [`Via::login`].
-    pub logins: Arc<[Handshake]>,
+    pub logins: Arc<Logins>,
 }
 
 /// Which of a node's sets of connections carries a client's requests: the protocol the client
@@ -121,7 +123,7 @@ impl Settings {
             max_reply: crate::protocol::DEFAULT_MAX_REPLY,
             max_queue: usize::MAX,
             tls: None,
-            logins: Arc::new([]),
+            logins: Arc::default(),
         }
     }
 
@@ -138,6 +140,8 @@ impl Settings {
             .into_iter()
             .filter_map(|(user, password)| Handshake::login(Some(user), Some(password), db))
             .collect();
+        let room = if config.node_logins { NODE_LOGINS } else { 0 };
+        let logins = Arc::new(Logins::new(logins, room, db));
         Settings {
             max_reply: config.max_reply_bytes,
             max_queue: config.max_server_queue_bytes,
@@ -155,11 +159,11 @@ impl Settings {
     /// pool's connections count a server's failures; these share the counters and leave health
     /// to them.
     pub fn as_login(&self, login: Option<u16>) -> Settings {
-        match login.and_then(|i| self.logins.get(usize::from(i))) {
+        match login.and_then(|i| self.logins.get(i)) {
             Some(handshake) => Settings {
-                handshake: Some(handshake.clone()),
+                handshake: Some(handshake),
                 eject: None,
-                logins: Arc::new([]),
+                logins: Arc::default(),
                 ..self.clone()
             },
             None => self.clone(),
@@ -213,6 +217,20 @@ impl Settings {
 }
 
 impl Handshake {
+    /// `AUTH user password` as a client gave them (`node_logins`), then `SELECT db` when `db` is
+    /// not 0.
+    pub fn node_login(user: &[u8], password: &[u8], db: u32) -> Handshake {
+        let mut frames = bytes::BytesMut::new();
+        crate::protocol::Reply(&mut frames).command(&[b"AUTH", user, password]);
+        if db != 0 {
+            crate::protocol::Reply(&mut frames).command(&[b"SELECT", db.to_string().as_bytes()]);
+        }
+        Handshake {
+            frames: frames.freeze(),
+            replies: 1 + usize::from(db != 0),
+        }
+    }
+
     /// `AUTH [user] password` when there is a password, then `SELECT db` when `db` is not 0; None
     /// when there is neither.
     fn login(user: Option<&str>, password: Option<&str>, db: u32) -> Option<Handshake> {
@@ -288,7 +306,9 @@ impl Node {
             health,
             settings: settings.clone(),
             resp3: OnceLock::new(),
-            logins: settings.logins.iter().map(|_| OnceLock::new()).collect(),
+            logins: (0..settings.logins.slots())
+                .map(|_| OnceLock::new())
+                .collect(),
         })
     }
 

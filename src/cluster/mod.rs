@@ -98,11 +98,13 @@ impl Cluster {
     /// for a first topology.
     pub fn start(config: &PoolConfig, tls: Option<Arc<crate::tls::Connector>>) -> Arc<Cluster> {
         let refresh = Arc::new(Notify::new());
+        // One set of logins for masters and replicas: a client's login is the same index on both.
+        let settings = backend::Settings::for_pool(config, 0, tls);
         let cluster = Arc::new(Cluster {
             topology: ArcSwap::from_pointee(Topology::empty()),
             nodes: backend::Nodes::new(backend::Settings {
                 on_failure: Some(refresh.clone()),
-                ..backend::Settings::for_pool(config, 0, tls.clone())
+                ..settings.clone()
             }),
             seeds: Mutex::new(
                 config
@@ -122,10 +124,7 @@ impl Cluster {
             refreshes_done: watch::Sender::new(0),
             reads: OnceLock::new(),
             read_counts: Default::default(),
-            read_settings: (
-                backend::Settings::for_pool(config, 0, tls).then(&[b"READONLY"]),
-                config.max_replica_lag,
-            ),
+            read_settings: (settings.then(&[b"READONLY"]), config.max_replica_lag),
             zones: Mutex::new(Zones {
                 own: config
                     .zone

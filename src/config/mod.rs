@@ -237,6 +237,12 @@ pub struct PoolConfig {
     /// its connections (`server_connections` per node, opened when its first client needs them).
     #[serde(default)]
     pub backend_users: BTreeMap<String, BackendUser>,
+    /// A pool without users of its own: `AUTH user password` for a user other than slotline's is
+    /// the nodes' to check (their ACL users), and the client's commands then run on connections
+    /// logged in as that user, shared by its clients. At most [`crate::backend::NODE_LOGINS`]
+    /// distinct logins per pool.
+    #[serde(default)]
+    pub node_logins: bool,
     /// Sharded modes: the database backends are switched to; clients still see database 0.
     #[serde(default)]
     pub redis_db: u32,
@@ -726,6 +732,7 @@ impl PoolConfig {
             backend_password: None,
             backend_password_file: None,
             backend_users: BTreeMap::new(),
+            node_logins: false,
             redis_db: 0,
             auto_eject_hosts: false,
             server_retry_timeout: defaults::server_retry_timeout(),
@@ -938,6 +945,13 @@ mod tests {
             format!("{MINIMAL}{users}    backend_users: {{a1: {{username: b1, password: p1, db: 2}}}}\n"),
             "unknown field",
         );
+        // The nodes' users are the clients' only where slotline has none of its own.
+        refused(
+            format!("{MINIMAL}{users}    node_logins: true\n"),
+            "pools.main.node_logins: is for a pool without users of its own",
+        );
+        let plain = Config::from_yaml(&format!("{MINIMAL}    node_logins: true\n")).unwrap();
+        assert!(plain.pools["main"].node_logins);
     }
 
     #[test]

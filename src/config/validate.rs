@@ -281,6 +281,13 @@ impl Config {
                     format!("at most {MAX_BACKEND_USERS}"),
                 ));
             }
+            if pool.node_logins && acl.configured() {
+                return Err(err(
+                    name,
+                    "node_logins",
+                    "is for a pool without users of its own (its users give each their backend_users login)".into(),
+                ));
+            }
             if !pool.backend_users.is_empty() && !acl.configured() {
                 return Err(err(
                     name,

@@ -20,6 +20,8 @@ pub(crate) enum Outcome {
     EveryMaster,
     /// INFO with sections only the masters can fill (their keys and keyspace counters).
     Info,
+    /// AUTH, or HELLO with AUTH, as a node user (`node_logins`): a master checks the login.
+    NodeLogin,
     /// Reply queued; close the connection once everything before it is written.
     Quit,
 }
@@ -87,9 +89,9 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
             ctx.set_user(initial);
             ctx.reply(|r| r.status("RESET"));
         }
-        "auth" => auth(ctx, req),
+        "auth" => return auth(ctx, req),
         "acl" => acl(ctx, req),
-        "hello" => hello(ctx, req),
+        "hello" => return hello(ctx, req),
         "client" => client(ctx, req),
         "slowlog" => slowlog(ctx, req),
         "latency" => latency(ctx, req),
@@ -110,21 +112,29 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
 
 /// AUTH, against the pool's users (see [`crate::acl`]); the one-argument form logs in as the default
 /// user (the pool's one user, without users of its own), as Redis's does.
-fn auth(ctx: &mut Ctx, req: Request<'_>) {
+fn auth(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
     let (user, password) = match req.argc() {
         2 => (None, req.arg(1)),
         3 => (Some(req.arg(1)), req.arg(2)),
-        _ => return ctx.error("ERR syntax error"),
+        _ => {
+            ctx.error("ERR syntax error");
+            return Outcome::Answered;
+        }
     };
     if user.is_none() && ctx.pool.acl.default_needs_no_password() {
-        return ctx.error(
+        ctx.error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
         );
+        return Outcome::Answered;
     }
-    if login(ctx, user, password) {
-        return ctx.reply(|r| r.ok());
+    if node_user(ctx, user) {
+        return Outcome::NodeLogin;
     }
-    ctx.error(WRONGPASS)
+    match login(ctx, user, password) {
+        true => ctx.reply(|r| r.ok()),
+        false => ctx.error(WRONGPASS),
+    }
+    Outcome::Answered
 }
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
@@ -139,6 +149,14 @@ fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
         ctx.set_user(Some(active));
         return true;
     }
+    login_failed(ctx, user);
+    false
+}
+
+/// A failed login as `user` (the default user when absent): counted, logged now and then, put in
+/// ACL LOG, and the client's reply delayed.
+pub(crate) fn login_failed(ctx: &mut Ctx, user: Option<&[u8]>) {
+    let acl = ctx.pool.acl.clone();
     let now = Instant::now();
     let wait = acl.failures.failed(&ctx.client.addr, now);
     ctx.penalty_ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
@@ -150,7 +168,6 @@ fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
     }
     acl.log
         .note("auth", "toplevel", b"AUTH", username, &ctx.client.record);
-    false
 }
 
 /// Failed logins are a client's to provoke: said now and then.
@@ -177,40 +194,55 @@ fn acl(ctx: &mut Ctx, req: Request<'_>) {
     ctx.reply(|r| crate::acl::command::answer(&acl, req, &asker, r));
 }
 
-fn hello(ctx: &mut Ctx, req: Request<'_>) {
+fn hello(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
     let mut proto = ctx.protocol();
     if req.argc() >= 2 {
         match parse_int(req.arg(1)) {
             Some(p @ (2 | 3)) => proto = p as u8,
-            Some(_) => return ctx.error("NOPROTO unsupported protocol version"),
-            None => return ctx.error("ERR Protocol version is not an integer or out of range"),
+            Some(_) => {
+                ctx.error("NOPROTO unsupported protocol version");
+                return Outcome::Answered;
+            }
+            None => {
+                ctx.error("ERR Protocol version is not an integer or out of range");
+                return Outcome::Answered;
+            }
         }
     }
-    let mut i = 2;
-    let mut name = None;
+    // Every option is read before any takes effect, as Redis does.
+    let (mut i, mut name, mut auth) = (2, None, None);
     while i < req.argc() {
         let opt = req.arg(i);
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
-            if !login(ctx, Some(req.arg(i + 1)), req.arg(i + 2)) {
-                return ctx.error(WRONGPASS);
-            }
+            auth = Some((req.arg(i + 1), req.arg(i + 2)));
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.argc() {
-            if !valid_client_name(req.arg(i + 1)) {
-                return ctx.error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
-            }
-            name = Some(Bytes::copy_from_slice(req.arg(i + 1)));
+            name = Some(req.arg(i + 1));
             i += 2;
         } else {
             let msg = format!("ERR Syntax error in HELLO option '{}'", printable(opt));
-            return ctx.error(&msg);
+            ctx.error(&msg);
+            return Outcome::Answered;
+        }
+    }
+    if let Some((user, password)) = auth {
+        if node_user(ctx, Some(user)) {
+            return Outcome::NodeLogin;
+        }
+        if !login(ctx, Some(user), password) {
+            ctx.error(WRONGPASS);
+            return Outcome::Answered;
         }
     }
     if ctx.user.is_none() {
-        return ctx.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        ctx.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        return Outcome::Answered;
     }
+    if name.is_some_and(|name| !valid_client_name(name)) {
+        ctx.error("ERR Client names cannot contain spaces, newlines or special characters.");
+        return Outcome::Answered;
+    }
+    let name = name.map(Bytes::copy_from_slice);
     if name.is_some() {
         ctx.client.record.set_name(name);
     }
@@ -233,6 +265,12 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) {
         r.bulk(b"modules");
         r.array(0);
     });
+    Outcome::Answered
+}
+
+/// Whether a login as `user` is the nodes' to check (`node_logins`: any user but slotline's own).
+fn node_user(ctx: &Ctx, user: Option<&[u8]>) -> bool {
+    ctx.pool.config.node_logins && user.is_some_and(|u| u != ctx.pool.acl.default_name().as_bytes())
 }
 
 fn valid_client_name(name: &[u8]) -> bool {

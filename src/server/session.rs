@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 mod buffers;
 mod moving;
+mod node_login;
 mod parts;
 mod pubsub;
 mod redirect;
@@ -911,6 +912,7 @@ impl Ctx {
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
                 Outcome::EveryMaster => self.every_master_apart(frame, Merge::Same, view, now),
                 Outcome::Info => self.info_from_nodes(frame, view, now),
+                Outcome::NodeLogin => self.check_node_login(req, view, now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(
@@ -933,15 +935,29 @@ impl Ctx {
         let Some(shared) = view.target_or_refresh(place, pick) else {
             return self.no_backend(view, place);
         };
-        let node = self.own_node(shared);
+        let deadline = Instant::now() + BLOCKING_WAIT;
+        self.on_own_connection(shared, frame, place.slot(), self.now, deadline);
+    }
+
+    /// Sends `frame` on this client's own connection to the backend of `shared`, and queues the
+    /// request to be answered by its reply.
+    fn on_own_connection(
+        &mut self,
+        shared: &Arc<Node>,
+        frame: Bytes,
+        slot: Option<Slot>,
+        sent: Instant,
+        deadline: Instant,
+    ) {
         let seq = self.front_seq + self.pending.len() as u64;
-        node.send(0, frame.clone(), false, self.inbox.reply_to(seq));
+        self.own_node(shared)
+            .send(0, frame.clone(), false, self.inbox.reply_to(seq));
         self.push(Pending::Wait(Waiting {
             result: None,
             frame,
-            slot: place.slot(),
-            sent: self.now,
-            deadline: Instant::now() + BLOCKING_WAIT,
+            slot,
+            sent,
+            deadline,
             redirects: 0,
             own_connection: true,
             scripted: None,
@@ -1614,6 +1630,9 @@ impl Ctx {
 
     /// Settles the oldest request: forwards its reply, follows a redirect, or reports a failure.
     fn on_head(&mut self, event: HeadEvent) {
+        if let Some(hello) = self.checks_login() {
+            return self.node_login_checked(event, hello);
+        }
         if let (HeadEvent::Timeout, Some(Pending::Split(s))) = (&event, self.pending.front_mut()) {
             // Writes that ran and only wait for a slow feed go as they are.
             for w in s.parts.iter_mut().map(|p| &mut p.w) {
