@@ -87,7 +87,9 @@ fn admin_commands_reach_every_node_only_when_the_pool_allows_them() {
     );
     let reply = client.cmd(&["CONFIG", "SET", "port", &seeds[1].to_string()]);
     assert!(
-        reply.error().is_some_and(|e| e.contains("'port'")),
+        reply
+            .error()
+            .is_some_and(|e| e.contains("'port') - Unable to listen on this port")),
         "{reply:?}"
     );
     for &node in &nodes {

@@ -267,7 +267,7 @@ impl Ctx {
                 (b"port", Some(port)) if port == i64::from(self.client.port()) => port_at = Some(i),
                 (b"port", _) => {
                     return OwnConfig::Refused(format!(
-                        "ERR CONFIG SET failed (possibly related to argument 'port') - slotline listens on {} for this pool; each node's own port is set on the node",
+                        "ERR CONFIG SET failed (possibly related to argument 'port') - Unable to listen on this port: slotline keeps listening on {} for this pool (each node's own port is set on the node)",
                         self.client.port()
                     ))
                 }
