@@ -20,8 +20,9 @@ pub(crate) enum Outcome {
     EveryMaster,
     /// INFO with sections only the masters can fill (their keys and keyspace counters).
     Info,
-    /// AUTH, or HELLO with AUTH, as a node user (`node_logins`): a master checks the login.
-    NodeLogin,
+    /// AUTH, or HELLO with AUTH, as a node user (`node_logins`): a master checks the login, whose
+    /// user is argument `user_at` (the password follows it).
+    NodeLogin { user_at: usize },
     /// Reply queued; close the connection once everything before it is written.
     Quit,
 }
@@ -128,7 +129,7 @@ fn auth(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
         return Outcome::Answered;
     }
     if node_user(ctx, user) {
-        return Outcome::NodeLogin;
+        return Outcome::NodeLogin { user_at: 1 };
     }
     match login(ctx, user, password) {
         true => ctx.reply(|r| r.ok()),
@@ -214,7 +215,7 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
     while i < req.argc() {
         let opt = req.arg(i);
         if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < req.argc() {
-            auth = Some((req.arg(i + 1), req.arg(i + 2)));
+            auth = Some(i + 1);
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < req.argc() {
             name = Some(req.arg(i + 1));
@@ -225,9 +226,10 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
             return Outcome::Answered;
         }
     }
-    if let Some((user, password)) = auth {
+    if let Some(user_at) = auth {
+        let (user, password) = (req.arg(user_at), req.arg(user_at + 1));
         if node_user(ctx, Some(user)) {
-            return Outcome::NodeLogin;
+            return Outcome::NodeLogin { user_at };
         }
         if !login(ctx, Some(user), password) {
             ctx.error(WRONGPASS);

@@ -912,7 +912,7 @@ impl Ctx {
                 Outcome::Forward => self.forward(view, Place::Any, spec, frame.clone(), now),
                 Outcome::EveryMaster => self.every_master_apart(frame, Merge::Same, view, now),
                 Outcome::Info => self.info_from_nodes(frame, view, now),
-                Outcome::NodeLogin => self.check_node_login(req, view, now),
+                Outcome::NodeLogin { user_at } => self.check_node_login(req, user_at, view, now),
                 Outcome::Quit => self.closing = true,
             },
             Route::Unsupported(reason) => self.error(&format!(

@@ -37,32 +37,40 @@ impl Ctx {
 
     /// Sends `AUTH user password` (of an AUTH, or of a HELLO's AUTH option) to a master on a
     /// connection of the client's own. A HELLO goes on without its AUTH once the login holds.
-    pub(super) fn check_node_login(&mut self, req: Request<'_>, view: &View<'_>, now: Instant) {
+    pub(super) fn check_node_login(
+        &mut self,
+        req: Request<'_>,
+        user_at: usize,
+        view: &View<'_>,
+        now: Instant,
+    ) {
         let Some(master) = view.target(Place::Any, self.client.id as usize).cloned() else {
             return self.no_backend(view, Place::Any);
         };
-        let hello = req.arg(0).eq_ignore_ascii_case(b"HELLO");
-        let at = match hello {
-            true => (2..req.argc()).find(|&i| req.arg(i).eq_ignore_ascii_case(b"AUTH")),
-            false => Some(0),
-        };
-        let Some(at) = at.filter(|at| at + 2 < req.argc()) else {
-            return self.error("ERR syntax error");
-        };
+        // AUTH's user is its first argument; a HELLO's follows its AUTH option.
+        let hello = user_at > 1;
+        let (user, password) = (req.arg(user_at), req.arg(user_at + 1));
         let mut auth = BytesMut::new();
-        Reply(&mut auth).command(&[b"AUTH", req.arg(at + 1), req.arg(at + 2)]);
+        Reply(&mut auth).command(&[b"AUTH", user, password]);
         let auth = auth.freeze();
         let timeout = std::time::Duration::from_millis(self.pool.config.timeout);
         // The login is read again when the node has answered; never logged (see
         // `node_login_checked`, which answers it before SLOWLOG could see it).
         self.on_own_connection(&master, auth, None, now, now + timeout);
         if hello {
-            // Right behind the check: released once it passed, dropped if it did not.
+            // Right behind the check: released once it passed, dropped if it did not. Without
+            // any AUTH option (HELLO read them all; the last one counts, as in Redis).
+            let mut args: Vec<&[u8]> = vec![req.arg(0), req.arg(1)];
+            let mut i = 2;
+            while i < req.argc() {
+                let auth = req.arg(i).eq_ignore_ascii_case(b"AUTH");
+                if !auth {
+                    // SETNAME and its name.
+                    args.extend((i..req.argc().min(i + 2)).map(|j| req.arg(j)));
+                }
+                i += if auth { 3 } else { 2 };
+            }
             let mut rest = BytesMut::new();
-            let args: Vec<&[u8]> = (0..req.argc())
-                .filter(|i| !(at..at + 3).contains(i))
-                .map(|i| req.arg(i))
-                .collect();
             Reply(&mut rest).command(&args);
             self.hold(&rest.freeze());
         }
