@@ -42,6 +42,22 @@ fn error_of(reply: &Reply) -> String {
         .to_string()
 }
 
+/// A 3-master cluster whose nodes load an ACL file: the default user with everything, and
+/// `user` (one ACL file line); with its masters' ports.
+fn cluster_with_users(dir: &TempDir, user: &str) -> (RedisCluster, Vec<u16>) {
+    let nodes_acl = dir.write(
+        "nodes.acl",
+        &format!("user default on nopass ~* &* +@all\n{user}\n"),
+    );
+    let cluster = RedisCluster::start(ClusterOpts {
+        replicas_per_master: 0,
+        extra_args: vec!["--aclfile".into(), nodes_acl.display().to_string()],
+        ..ClusterOpts::default()
+    });
+    let seeds = cluster.masters().iter().map(|m| m.port).collect();
+    (cluster, seeds)
+}
+
 const NO_KEY: &str =
     "NOPERM this user has no permissions to access one of the keys used as arguments";
 const NO_CHANNEL: &str =
@@ -621,17 +637,9 @@ fn users_lines_in_the_config_change_in_place() {
 fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
     let dir = TempDir::new("acl-backend");
     let file = acl_file(&dir, USERS);
-    let nodes_acl = dir.write(
-        "nodes.acl",
-        "user default on nopass ~* &* +@all\nuser app1b on >b1 ~app1:* &app1:* +@all -@dangerous\n",
-    );
-    let cluster = RedisCluster::start(ClusterOpts {
-        replicas_per_master: 0,
-        extra_args: vec!["--aclfile".into(), nodes_acl.display().to_string()],
-        ..ClusterOpts::default()
-    });
+    let (cluster, seeds) =
+        cluster_with_users(&dir, "user app1b on >b1 ~app1:* &app1:* +@all -@dangerous");
     let port = free_port();
-    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
     let yaml = Slotline::cluster_yaml(port, &seeds).replace(
         "    servers:\n",
         &format!(
@@ -721,16 +729,10 @@ fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
 #[test]
 fn node_logins_run_a_client_as_the_node_user_it_logged_in_as() {
     let dir = TempDir::new("acl-node-logins");
-    let nodes_acl = dir.write(
-        "nodes.acl",
-        "user default on nopass ~* &* +@all\nuser bob on >123 ~x* +@scripting +@transaction +set +get\n",
+    let (_cluster, seeds) = cluster_with_users(
+        &dir,
+        "user bob on >123 ~x* +@scripting +@transaction +set +get",
     );
-    let cluster = RedisCluster::start(ClusterOpts {
-        replicas_per_master: 0,
-        extra_args: vec!["--aclfile".into(), nodes_acl.display().to_string()],
-        ..ClusterOpts::default()
-    });
-    let seeds: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
     let port = free_port();
     let yaml = format!(
         "{}    node_logins: true\n",

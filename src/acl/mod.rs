@@ -300,16 +300,7 @@ impl Acl {
             return users.get(name).filter(|u| u.rules.enabled).cloned();
         }
         let single = users.get(self.default_name())?;
-        let mut rules = single.rules.clone();
-        rules.name = name.into();
-        Some(Arc::new(Active {
-            unrestricted: single.unrestricted,
-            backend: None,
-            rules,
-            stats: single.stats.clone(),
-            acl: self.id,
-            retired: AtomicBool::new(false),
-        }))
+        Some(self.renamed(single, name, single.unrestricted, None))
     }
 
     /// A node user a client logged in as (`node_logins`), the nodes having accepted its password:
@@ -318,16 +309,28 @@ impl Acl {
     pub fn node_login(&self, name: &[u8], backend: u16) -> Option<Arc<Active>> {
         let users = self.users();
         let single = users.get(self.default_name())?;
+        let name = String::from_utf8_lossy(name);
+        Some(self.renamed(single, &name, true, Some(backend)))
+    }
+
+    /// The pool's one user (a pool without users of its own) under another name, counted with it.
+    fn renamed(
+        &self,
+        single: &Active,
+        name: &str,
+        unrestricted: bool,
+        backend: Option<u16>,
+    ) -> Arc<Active> {
         let mut rules = single.rules.clone();
-        rules.name = String::from_utf8_lossy(name).into();
-        Some(Arc::new(Active {
-            unrestricted: true,
-            backend: Some(backend),
+        rules.name = name.into();
+        Arc::new(Active {
+            unrestricted,
+            backend,
             rules,
             stats: single.stats.clone(),
             acl: self.id,
             retired: AtomicBool::new(false),
-        }))
+        })
     }
 
     /// The user `name` now, for a session whose user was retired; None when it is gone or off.

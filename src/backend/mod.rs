@@ -222,32 +222,29 @@ impl Handshake {
     pub fn node_login(user: &[u8], password: &[u8], db: u32) -> Handshake {
         let mut frames = bytes::BytesMut::new();
         crate::protocol::Reply(&mut frames).command(&[b"AUTH", user, password]);
-        if db != 0 {
-            crate::protocol::Reply(&mut frames).command(&[b"SELECT", db.to_string().as_bytes()]);
-        }
-        Handshake {
-            frames: frames.freeze(),
-            replies: 1 + usize::from(db != 0),
-        }
+        Handshake::then_select(frames, 1, db)
     }
 
     /// `AUTH [user] password` when there is a password, then `SELECT db` when `db` is not 0; None
     /// when there is neither.
     fn login(user: Option<&str>, password: Option<&str>, db: u32) -> Option<Handshake> {
         let mut frames = bytes::BytesMut::new();
-        let mut replies = 0;
         if let Some(password) = password {
             auth_command(user, password, &mut frames);
-            replies += 1;
         }
+        let replies = usize::from(password.is_some());
+        (replies > 0 || db != 0).then(|| Handshake::then_select(frames, replies, db))
+    }
+
+    /// `frames`, holding `replies` commands, then `SELECT db` when `db` is not 0.
+    fn then_select(mut frames: bytes::BytesMut, replies: usize, db: u32) -> Handshake {
         if db != 0 {
             crate::protocol::Reply(&mut frames).command(&[b"SELECT", db.to_string().as_bytes()]);
-            replies += 1;
         }
-        (replies > 0).then(|| Handshake {
+        Handshake {
             frames: frames.freeze(),
-            replies,
-        })
+            replies: replies + usize::from(db != 0),
+        }
     }
 }
 

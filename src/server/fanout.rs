@@ -36,6 +36,14 @@ pub(crate) fn with_arg(req: &Request<'_>, index: usize, value: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// The request with only the arguments whose positions `keep` holds (ascending).
+pub(crate) fn with_args(req: &Request<'_>, keep: &[usize]) -> Bytes {
+    let args: Vec<&[u8]> = keep.iter().map(|&i| req.arg(i)).collect();
+    let mut buf = BytesMut::with_capacity(req.frame.len());
+    Reply(&mut buf).command(&args);
+    buf.freeze()
+}
+
 /// Number of keys in a request laid out as `NAME key [value] key [value] ...`; None when the arguments
 /// do not divide into whole groups (MSET with a key and no value).
 pub(crate) fn key_count(req: &Request<'_>, split: Split) -> Option<usize> {

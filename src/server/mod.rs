@@ -254,18 +254,22 @@ impl Router {
     /// transactions): logged in like the shared ones, one connection, closed as soon as the session
     /// drops it.
     pub fn own_settings(&self) -> crate::backend::Settings {
-        let shared = match self {
-            Router::Cluster(cluster) => cluster.settings(),
-            Router::Shards(shards) => shards.settings(),
-            Router::Primary(primary) => primary.settings(),
-        };
         crate::backend::Settings {
             connections: 1,
             on_failure: None,
             timeout: None,
             eject: None,
             drain: Duration::ZERO,
-            ..shared.clone()
+            ..self.settings().clone()
+        }
+    }
+
+    /// The settings of the pool's shared backend connections.
+    pub fn settings(&self) -> &crate::backend::Settings {
+        match self {
+            Router::Cluster(cluster) => cluster.settings(),
+            Router::Shards(shards) => shards.settings(),
+            Router::Primary(primary) => primary.settings(),
         }
     }
 }

@@ -11,6 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use super::super::fanout;
 use super::view::{Place, View};
 use super::{parsed_again, Ctx, HeadEvent, Pending};
 use crate::backend::NODE_LOGINS;
@@ -60,19 +61,17 @@ impl Ctx {
         if hello {
             // Right behind the check: released once it passed, dropped if it did not. Without
             // any AUTH option (HELLO read them all; the last one counts, as in Redis).
-            let mut args: Vec<&[u8]> = vec![req.arg(0), req.arg(1)];
+            let mut keep = vec![0, 1];
             let mut i = 2;
             while i < req.argc() {
                 let auth = req.arg(i).eq_ignore_ascii_case(b"AUTH");
                 if !auth {
                     // SETNAME and its name.
-                    args.extend((i..req.argc().min(i + 2)).map(|j| req.arg(j)));
+                    keep.extend(i..req.argc().min(i + 2));
                 }
                 i += if auth { 3 } else { 2 };
             }
-            let mut rest = BytesMut::new();
-            Reply(&mut rest).command(&args);
-            self.hold(&rest.freeze());
+            self.hold(&fanout::with_args(&req, &keep));
         }
     }
 
@@ -104,16 +103,14 @@ impl Ctx {
                 false
             }
         };
-        match passed {
-            true if !hello => Reply(&mut self.out).ok(),
-            // The HELLO behind it answers.
-            true => {}
-            false if hello => {
-                self.pop_front();
-            }
-            false => {}
+        // A HELLO's login: the HELLO behind it answers, or goes with it.
+        if passed && !hello {
+            Reply(&mut self.out).ok();
         }
         self.pop_front();
+        if hello && !passed {
+            self.pop_front();
+        }
     }
 
     /// A node accepted `AUTH user password`: the client's requests run as that user from now on.
@@ -122,8 +119,7 @@ impl Ctx {
         let Some((user, password)) = login_args(login) else {
             return false;
         };
-        let logins = self.pool.router.own_settings().logins;
-        let active = logins
+        let active = (self.pool.router.settings().logins)
             .add(&user, &password)
             .and_then(|index| self.pool.acl.node_login(&user, index));
         // Its connections so far are logged in as who it was (the one that took the AUTH

@@ -292,14 +292,10 @@ impl Ctx {
         match port_at {
             // Every other parameter goes on to the nodes.
             Some(at) if argc > 4 => {
-                let mut buf = BytesMut::with_capacity(req.frame.len());
-                Reply(&mut buf).array(argc - 2);
-                for i in (0..argc).filter(|&i| i != at && i != at + 1) {
-                    Reply(&mut buf).bulk(req.arg(i));
-                }
+                let keep: Vec<usize> = (0..argc).filter(|&i| i != at && i != at + 1).collect();
                 OwnConfig::Rest {
                     only_own,
-                    frame: Some(buf.freeze()),
+                    frame: Some(fanout::with_args(&req, &keep)),
                 }
             }
             Some(_) => OwnConfig::Done,
