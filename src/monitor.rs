@@ -22,18 +22,12 @@ pub const BACKLOG: usize = 16 * 1024;
 pub const OUTPUT_LIMIT: usize = 8 << 20;
 
 /// The process's monitors.
+#[derive(Default)]
 pub struct Monitors {
     watching: AtomicUsize,
-    lines: broadcast::Sender<Bytes>,
-}
-
-impl Default for Monitors {
-    fn default() -> Self {
-        Monitors {
-            watching: AtomicUsize::new(0),
-            lines: broadcast::channel(BACKLOG).0,
-        }
-    }
+    /// The channel, only while anyone monitors: its [`BACKLOG`] slots are 900 KB, more than
+    /// everything else slotline holds at start.
+    lines: std::sync::Mutex<Option<broadcast::Sender<Bytes>>>,
 }
 
 impl Monitors {
@@ -60,22 +54,33 @@ impl Monitors {
             quote(&mut line, arg);
         }
         line.push_str("\r\n");
-        // No receiver left is no error: the last monitor just went.
-        let _ = self.lines.send(Bytes::from(line));
+        self.publish_line(Bytes::from(line));
     }
 
     /// Streams a line as a node gave it (a script's command, see [`start`]).
     fn publish_line(&self, line: Bytes) {
-        let _ = self.lines.send(line);
+        if let Some(lines) = &*self.channel() {
+            // No receiver left is no error: the last monitor just went.
+            let _ = lines.send(line);
+        }
     }
 
     /// A new monitor, counted until it is dropped.
     pub fn watch(self: &Arc<Self>) -> Monitor {
+        let mut channel = self.channel();
         self.watching.fetch_add(1, Ordering::Relaxed);
+        let lines = channel
+            .get_or_insert_with(|| broadcast::channel(BACKLOG).0)
+            .subscribe();
         Monitor {
             monitors: self.clone(),
-            lines: self.lines.subscribe(),
+            lines,
         }
+    }
+
+    fn channel(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<Bytes>>> {
+        // Nothing panics while holding it; a poisoned lock still guards a sound channel.
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -98,8 +103,7 @@ impl Monitor {
             match self.lines.recv().await {
                 Ok(line) => return Next::Line(line),
                 Err(broadcast::error::RecvError::Lagged(_)) => return Next::TooSlow,
-                // The sender lives as long as the process's shared state: never closed while a
-                // session runs.
+                // The sender lives while anyone monitors: never closed while this one does.
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
@@ -117,7 +121,12 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        self.monitors.watching.fetch_sub(1, Ordering::Relaxed);
+        // Counted and uncounted under the lock, so the last monitor to go frees the channel and
+        // a new one never subscribes to a channel about to be freed.
+        let mut channel = self.monitors.channel();
+        if self.monitors.watching.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *channel = None;
+        }
     }
 }
 
@@ -251,5 +260,22 @@ mod tests {
         assert!(matches!(one.try_next(), Some(Next::TooSlow)));
         drop(one);
         assert!(!monitors.active());
+    }
+
+    #[test]
+    fn the_backlog_exists_only_while_anyone_monitors() {
+        let monitors = Arc::new(Monitors::default());
+        let unused = || monitors.channel().is_none();
+        assert!(unused(), "a backlog allocated before anyone monitors");
+        monitors.publish("x", std::iter::empty());
+        let (one, two) = (monitors.watch(), monitors.watch());
+        assert!(!unused());
+        drop(one);
+        assert!(!unused(), "freed while a monitor still reads it");
+        drop(two);
+        assert!(unused(), "kept after the last monitor left");
+        let mut again = monitors.watch();
+        monitors.publish("x", std::iter::empty());
+        assert!(matches!(again.try_next(), Some(Next::Line(_))));
     }
 }
