@@ -159,3 +159,49 @@ fn multi_key_commands_must_stay_on_one_server() {
         .as_bytes()
         .is_some_and(|b| String::from_utf8_lossy(b).contains("mode:ketama")));
 }
+
+/// Redis answers the requests of one read in one write; so does slotline when they are spread
+/// over several servers, whose replies come back at different moments. The client's first read
+/// after sending a pipeline finds every reply of it (a write that was split would not be).
+#[test]
+fn a_pipeline_over_every_server_is_answered_in_one_write() {
+    use std::io::{Read, Write};
+    let servers = RedisServers::start(3);
+    let port = free_port();
+    let proxy = Slotline::start(&servers.ketama_yaml(port, ""));
+    let mut client = proxy.client();
+    let keys = keys("batch:", 16);
+    for key in &keys {
+        assert!(client.cmd(&[&b"SET"[..], key, key]).is_ok());
+    }
+    let on = placement(&servers, "batch:", &keys);
+    assert!(
+        (0..3).all(|server| on.contains(&server)),
+        "the keys should be spread over all three servers: {on:?}"
+    );
+    let mut pipeline = Vec::new();
+    let mut expected = Vec::new();
+    for key in &keys {
+        pipeline.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n", key.len()).as_bytes());
+        pipeline.extend_from_slice(key);
+        pipeline.extend_from_slice(b"\r\n");
+        expected.extend_from_slice(format!("${}\r\n", key.len()).as_bytes());
+        expected.extend_from_slice(key);
+        expected.extend_from_slice(b"\r\n");
+    }
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = vec![0; 64 * 1024];
+    for round in 0..50 {
+        raw.write_all(&pipeline).expect("send the pipeline");
+        let n = raw.read(&mut buf).expect("read the replies");
+        assert_eq!(
+            n,
+            expected.len(),
+            "round {round}: the first read has {n} of the {} bytes of replies",
+            expected.len()
+        );
+        assert_eq!(&buf[..n], &expected[..], "round {round}");
+    }
+}

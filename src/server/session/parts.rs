@@ -582,6 +582,7 @@ impl Ctx {
                     (true, Some(node)) => Some(Box::new(super::Fence::Write(node.addr().clone()))),
                     _ => None,
                 },
+                joined: false,
             };
             sent.push(Part { keys, w, place });
             nodes.push(node);
