@@ -442,7 +442,7 @@ pub(crate) async fn serve<R, W>(
             ctx.drop_slow_monitor();
             break;
         }
-        if !ctx.out.is_empty() && ctx.penalty_ms == 0 && !ctx.holds_output() {
+        if ctx.output_due() && ctx.penalty_ms == 0 {
             // Flushed before the write: a client that has its reply finds the request in the
             // metrics, and they never wait for more input.
             ctx.tally.get().sent(ctx.out.len() - ctx.out_counted);
@@ -531,7 +531,7 @@ pub(crate) async fn serve<R, W>(
                 woke = Woke::Timer;
             }
             // The socket took what it would not before.
-            written = std::future::poll_fn(|cx| wr.poll_write_out(cx, &mut ctx.out)), if (!ctx.out.is_empty() && !ctx.holds_output()) || wr.unflushed() => {
+            written = std::future::poll_fn(|cx| wr.poll_write_out(cx, &mut ctx.out)), if ctx.output_due() || wr.unflushed() => {
                 if !ctx.wrote(written) {
                     break;
                 }
@@ -1457,6 +1457,12 @@ impl Ctx {
         if self.arrived.capacity() > 64 {
             self.arrived = Vec::new();
         }
+    }
+
+    /// Output to write now: replies are ready and do not wait for the rest of their read's (see
+    /// [`Ctx::holds_output`]).
+    fn output_due(&self) -> bool {
+        !self.out.is_empty() && !self.holds_output()
     }
 
     /// Whether the replies ready now wait for the next one: the oldest unanswered request came
