@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::stream::Stream;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{BackendError, Health, Message, ReplyTo, Settings};
+use super::queue::Receiver;
+use super::{BackendError, Health, ReplyTo, Settings};
 use crate::protocol::ReplyScanner;
 use crate::stats::{self, ServerStats};
 
@@ -123,7 +123,7 @@ type Inflight = Mutex<Queue>;
 /// protocol error, a closed door), is tried again after a backoff that doubles up to
 /// [`MAX_BACKOFF`], and says so once per cause, not once per attempt. A connection that served for
 /// [`HEALTHY_AFTER`] and then failed is replaced at once.
-pub(super) async fn run(link: Link, mut rx: mpsc::UnboundedReceiver<Message>) {
+pub(super) async fn run(link: Link, mut rx: Receiver) {
     let (addr, settings) = (&link.addr, &link.settings);
     let mut backoff = MIN_BACKOFF;
     // Why the node is down, as last logged: a node that stays down the same way logs once.
@@ -243,11 +243,7 @@ fn notify(settings: &Settings) {
 
 /// Pipelines requests over one established connection. `Ok` when the queue closed, `Err` when the
 /// connection failed; either way, requests still waiting for a reply are failed.
-async fn serve(
-    stream: Stream,
-    link: &Link,
-    rx: &mut mpsc::UnboundedReceiver<Message>,
-) -> Result<(), BackendError> {
+async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), BackendError> {
     let (addr, stats) = (&link.addr, &*link.stats);
     let (mut rd, mut wr) = stream.into_split();
     let inflight: Inflight = Mutex::new(Queue::default());
@@ -256,7 +252,12 @@ async fn serve(
         let mut batch = Vec::with_capacity(BATCH);
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            if rx.recv_many(&mut batch, 1).await == 0 {
+            let mut bytes = 0;
+            let open = std::future::poll_fn(|cx| {
+                rx.poll_take(cx, &mut batch, BATCH, BATCH_BYTES, &mut bytes)
+            })
+            .await;
+            if !open {
                 // Nobody can send any more (the node left the topology): let the replies already on
                 // their way arrive before closing.
                 let deadline = Instant::now() + link.settings.drain;
@@ -274,25 +275,12 @@ async fn serve(
             // Up to BATCH requests or BATCH_BYTES per write: what the connection takes off its queue
             // is what it copies and writes now. The rest stays queued, where it counts against
             // `max_server_queue_bytes` and holds its senders back.
-            let mut bytes = batch.iter().map(|m| m.frame.len()).sum::<usize>();
-            let mut take = |batch: &mut Vec<Message>, bytes: &mut usize| {
-                while batch.len() < BATCH && *bytes < BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(msg) => {
-                            *bytes += msg.frame.len();
-                            batch.push(msg);
-                        }
-                        Err(_) => return false,
-                    }
-                }
-                true
-            };
-            if !take(&mut batch, &mut bytes) {
-                // Let every other task that is ready run first: sessions woken by the same poll of the
-                // I/O driver add their requests, and they all leave in this one write. This is what
-                // turns many clients' single requests into one pipeline for Redis.
+            if batch.len() < BATCH && bytes < BATCH_BYTES {
+                // The queue ran dry. Let every other task that is ready run first: sessions woken by
+                // the same poll of the I/O driver add their requests, and they all leave in this one
+                // write. This is what turns many clients' single requests into one pipeline for Redis.
                 tokio::task::yield_now().await;
-                take(&mut batch, &mut bytes);
+                rx.try_take(&mut batch, BATCH, BATCH_BYTES, &mut bytes);
             }
             // Requests taken from the queue (and their bytes), and requests written: the queued ones
             // plus any ASKING.

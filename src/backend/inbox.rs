@@ -4,6 +4,11 @@
 //! reader drops the reply into the inbox and wakes the session, which puts replies back in request order
 //! by their numbers. Compared with a oneshot channel per request this saves an allocation and a channel's
 //! worth of atomics on every request, and a session woken once collects every reply that has arrived.
+//!
+//! A session that can do nothing until a run of its requests is answered (the replies to one read go
+//! out in one write) says so when it waits, and replies within that run wake it only when the run is
+//! complete or holds enough bytes to write: a pipeline spread over three backends wakes its session
+//! once, not once per backend.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -20,6 +25,57 @@ pub struct Inbox {
 struct State {
     replies: Vec<(u64, BackendResult)>,
     waker: Option<Waker>,
+    /// What the waiting session needs before it can act; `None`: any reply.
+    awaited: Option<Awaited>,
+}
+
+/// The replies a session waits for before it can act: those to the requests numbered `first` to
+/// `first + span`, of which `unanswered` are still to come, or `room` bytes of them, whichever is
+/// first. A reply to any other request wakes the session at once. (Small: a waiting session keeps
+/// one in its inbox, and every client connection is a session.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Awaited {
+    pub first: u64,
+    pub span: u8,
+    pub unanswered: u8,
+    pub room: u16,
+}
+
+impl State {
+    /// Takes in the reply (or the `count` replies) numbered from `seq`; true when the session must
+    /// be woken for it.
+    fn push(&mut self, seq: u64, count: u32, result: BackendResult) -> bool {
+        let count = count.max(1);
+        let last = seq + u64::from(count - 1);
+        let bytes = result.as_ref().map_or(0, |reply| reply.len());
+        for n in seq..last {
+            self.replies.push((n, result.clone()));
+        }
+        self.replies.push((last, result));
+        let Some(awaited) = &mut self.awaited else {
+            return true;
+        };
+        if seq < awaited.first || last > awaited.first + u64::from(awaited.span) {
+            return true;
+        }
+        let bytes = u16::try_from(bytes).unwrap_or(u16::MAX);
+        awaited.unanswered = awaited
+            .unanswered
+            .saturating_sub(u8::try_from(count).unwrap_or(u8::MAX));
+        awaited.room = awaited.room.saturating_sub(bytes);
+        awaited.unanswered == 0 || awaited.room == 0
+    }
+
+    /// The waker, when a reply has made the session's wait end.
+    fn wake_if(&mut self, due: bool) -> Option<Waker> {
+        match due {
+            true => {
+                self.awaited = None;
+                self.waker.take()
+            }
+            false => None,
+        }
+    }
 }
 
 impl Inbox {
@@ -56,19 +112,25 @@ impl Inbox {
     fn deliver(&self, seq: u64, count: u32, result: BackendResult) {
         let waker = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let last = seq + u64::from(count.max(1) - 1);
-            for n in seq..last {
-                state.replies.push((n, result.clone()));
-            }
-            state.replies.push((last, result));
-            state.waker.take()
+            let due = state.push(seq, count, result);
+            state.wake_if(due)
         };
         if let Some(waker) = waker {
             waker.wake();
         }
     }
 
-    /// Moves every delivered reply into `out`; when there are none, registers to be woken by the next.
+    /// Until the next [`poll_take`](Self::poll_take) that finds replies, the session is woken only
+    /// by the reply that completes `awaited` (by any reply when None).
+    pub fn wait_for(&self, awaited: Option<Awaited>) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .awaited = awaited;
+    }
+
+    /// Moves every delivered reply into `out`; when there are none, registers to be woken by the
+    /// next (see [`wait_for`](Self::wait_for)).
     pub fn poll_take(&self, cx: &mut Context<'_>, out: &mut Vec<(u64, BackendResult)>) -> Poll<()> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.replies.is_empty() {
@@ -78,6 +140,7 @@ impl Inbox {
             }
             return Poll::Pending;
         }
+        state.awaited = None;
         if out.is_empty() {
             std::mem::swap(out, &mut state.replies);
         } else {
@@ -130,6 +193,12 @@ impl ReplyTo {
         }
     }
 
+    /// The number the next reply is delivered under.
+    #[cfg(test)]
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Replies still to deliver.
     pub fn owed(&self) -> u32 {
         self.owed
@@ -154,7 +223,7 @@ impl ReplyTo {
             };
             let waker = {
                 let mut state = inbox.state.lock().unwrap_or_else(PoisonError::into_inner);
-                first.deliver_into(&mut state, result);
+                let mut due = first.deliver_into(&mut state, result);
                 while let Some((next, _)) = rest.peek() {
                     if !next.inbox.as_ref().is_some_and(|i| Arc::ptr_eq(i, &inbox)) {
                         break;
@@ -163,9 +232,9 @@ impl ReplyTo {
                         break;
                     };
                     next.inbox = None;
-                    next.deliver_into(&mut state, result);
+                    due |= next.deliver_into(&mut state, result);
                 }
-                state.waker.take()
+                state.wake_if(due)
             };
             if let Some(waker) = waker {
                 waker.wake();
@@ -173,14 +242,11 @@ impl ReplyTo {
         }
     }
 
-    /// Puts what [`send`](Self::send) delivers into an inbox's state, locked by the caller.
-    fn deliver_into(&self, state: &mut State, result: BackendResult) {
+    /// Puts what [`send`](Self::send) delivers into an inbox's state, locked by the caller; true
+    /// when it must wake the session.
+    fn deliver_into(&self, state: &mut State, result: BackendResult) -> bool {
         let count = if self.last_only { 1 } else { self.owed.max(1) };
-        let last = self.seq + u64::from(count - 1);
-        for n in self.seq..last {
-            state.replies.push((n, result.clone()));
-        }
-        state.replies.push((last, result));
+        state.push(self.seq, count, result)
     }
 
     /// Delivers a batch's next reply (not its last: that goes with [`send`](Self::send)).
@@ -257,6 +323,63 @@ mod tests {
         inbox.take(&mut got);
         assert_eq!(got[1], (8, Err(BackendError::Abandoned)));
         assert_eq!(got.len(), 2);
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_session_waiting_for_a_run_is_woken_once_it_is_answered_or_holds_its_bytes() {
+        let count = Arc::new(Count(Default::default()));
+        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let inbox = Inbox::new();
+        let mut got = Vec::new();
+        let reply = |s: &'static str| Ok(Bytes::from_static(s.as_bytes()));
+        // Requests 3 to 5 went to three backends; 4 is answered already.
+        let run = Awaited {
+            first: 3,
+            span: 2,
+            unanswered: 2,
+            room: 100,
+        };
+        inbox.wait_for(Some(run));
+        assert!(inbox.poll_take(&mut cx, &mut got).is_pending());
+        inbox.reply_to(5).send(reply(":5\r\n"));
+        assert_eq!(wakes(), 0, "one reply of the run is still to come");
+        inbox.reply_to(3).send(reply(":3\r\n"));
+        assert_eq!(wakes(), 1);
+        assert!(inbox.poll_take(&mut cx, &mut got).is_ready());
+        assert_eq!(got.len(), 2);
+
+        // A reply outside the run (a later read's, or one that outlived its request) wakes at once.
+        got.clear();
+        inbox.wait_for(Some(run));
+        assert!(inbox.poll_take(&mut cx, &mut got).is_pending());
+        inbox.reply_to(9).send(reply(":9\r\n"));
+        assert_eq!(wakes(), 2);
+        assert!(inbox.poll_take(&mut cx, &mut got).is_ready());
+
+        // So do replies that fill what the session may hold before it writes.
+        let small = Awaited { room: 8, ..run };
+        inbox.wait_for(Some(small));
+        assert!(inbox.poll_take(&mut cx, &mut got).is_pending());
+        inbox.reply_to(4).send(reply("$3\r\nabc\r\n"));
+        assert_eq!(wakes(), 3);
+
+        // Without a run, any reply wakes.
+        got.clear();
+        assert!(inbox.poll_take(&mut cx, &mut got).is_ready());
+        assert!(inbox.poll_take(&mut cx, &mut got).is_pending());
+        drop(inbox.reply_to(4));
+        assert_eq!(wakes(), 4);
     }
 
     #[tokio::test]

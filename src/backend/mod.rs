@@ -11,6 +11,7 @@ mod health;
 mod inbox;
 mod logins;
 mod nodes;
+mod queue;
 mod stream;
 
 pub use stream::Stream;
@@ -18,7 +19,7 @@ mod subscriber;
 
 pub use feeds::{Gate, MasterFeeds, BARRIER_PASSED};
 pub use health::Health;
-pub use inbox::{Inbox, ReplyTo};
+pub use inbox::{Awaited, Inbox, ReplyTo};
 pub use logins::{Logins, NODE_LOGINS};
 pub use nodes::Nodes;
 pub use subscriber::{Feed, SubEvent, Subscriber};
@@ -27,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::stats::{self, ServerStats};
 
@@ -261,7 +262,7 @@ pub fn auth_command(user: Option<&str>, password: &str, out: &mut bytes::BytesMu
 /// queued requests are answered.
 pub struct Node {
     addr: Arc<str>,
-    conns: Box<[mpsc::UnboundedSender<Message>]>,
+    conns: Box<[queue::Sender]>,
     stats: Arc<ServerStats>,
     health: Option<Arc<Health>>,
     settings: Settings,
@@ -285,7 +286,7 @@ impl Node {
             .map(|(limit, notify)| Arc::new(Health::new(*limit, notify.clone())));
         let conns = (0..settings.connections.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = queue::queue();
                 let link = connection::Link {
                     addr: addr.clone(),
                     settings: settings.clone(),
@@ -396,7 +397,7 @@ impl Node {
         let replies = i64::from(reply.owed());
         stats::shift(&self.stats.in_queue, replies);
         stats::shift(&self.stats.in_queue_bytes, frame.len() as i64);
-        if let Err(mpsc::error::SendError(msg)) = conn.send(Message {
+        if let Err(msg) = conn.send(Message {
             frame,
             asking,
             reply,

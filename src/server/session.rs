@@ -24,7 +24,7 @@ mod view;
 use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
-use crate::backend::{BackendResult, Inbox, Node, Via};
+use crate::backend::{Awaited, BackendResult, Inbox, Node, Via};
 use crate::command::{self, flags, policy, LookupError, Merge, Request, Route, Spec};
 use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
@@ -522,6 +522,11 @@ pub(crate) async fn serve<R, W>(
             }
         }
         let need = parser.needed();
+        // Replies that only complete part of what the next write waits for wait with it.
+        let awaited = ctx
+            .hold_room()
+            .and_then(|room| awaited(&ctx.pending, ctx.front_seq, room));
+        ctx.inbox.wait_for(awaited);
         tokio::select! {
             biased;
             // Replies land in `arrived` and are placed and written at the top of the loop.
@@ -623,6 +628,39 @@ fn parsed_again(frame: &[u8]) -> Option<RequestParser> {
         max_request_bytes: frame.len().max(1024),
     });
     matches!(parser.parse(frame), Ok(Some(_))).then_some(parser)
+}
+
+/// What a session with `pending` requests, the oldest numbered `front_seq`, waits for when it has
+/// nothing else to do: the replies that let it write (see [`Ctx::holds_output`]), while `room`
+/// bytes of replies may still be held. The oldest request and the ones read with it whose replies
+/// the first is held for must all be answered before one write can take them; their replies
+/// arriving one backend at a time would otherwise wake the session once per backend for nothing.
+/// `None`: any reply may be acted on.
+fn awaited(pending: &VecDeque<Pending>, front_seq: u64, room: u16) -> Option<Awaited> {
+    // Far enough to cover a pipeline's batch; a longer run is woken for in parts.
+    const MAX_SPAN: u8 = 63;
+    let Some(Pending::Wait(head)) = pending.front() else {
+        return None;
+    };
+    if head.result.is_some() || head.fence.is_some() {
+        return None;
+    }
+    let mut run = Awaited {
+        first: front_seq,
+        span: 0,
+        unanswered: 1,
+        room,
+    };
+    for pending in pending.iter().skip(1).take(usize::from(MAX_SPAN)) {
+        match pending {
+            Pending::Wait(w) if w.joined && w.fence.is_none() && w.scripted.is_none() => {
+                run.span += 1;
+                run.unanswered += u8::from(w.result.is_none());
+            }
+            _ => break,
+        }
+    }
+    Some(run)
 }
 
 /// What woke the session that its next step must act on (replies and input are found by looking).
@@ -1476,6 +1514,15 @@ impl Ctx {
             && !self.closing
             && matches!(self.pending.front(), Some(Pending::Wait(w))
                 if w.joined && w.result.is_none() && w.fence.is_none() && w.scripted.is_none())
+    }
+
+    /// Bytes of replies that may still be held before a write (see
+    /// [`holds_output`](Self::holds_output)); None when none may.
+    fn hold_room(&self) -> Option<u16> {
+        let room = HOLD_OUTPUT
+            .checked_sub(self.out.len())
+            .filter(|_| !self.closing)?;
+        u16::try_from(room).ok()
     }
 
     /// Takes stock of a write; false when the client is gone.
