@@ -14,7 +14,8 @@
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes (TCP or unix socket),
 //!   reconnecting with backoff, taking requests alone or in batches (a split request's parts for one
-//!   node), the per-session inbox their replies are delivered to, and the
+//!   node) from the queue in front of each, the per-session inbox their replies are delivered to
+//!   (which wakes a session only for the replies it can act on), and the
 //!   address -> node map pools keep; a client's own subscriber connections, which hand every frame to
 //!   the session and count what a slow subscriber has not taken; feeds that follow every master of
 //!   a pool (tracking, MONITOR's relay) and the gate clients wait at until they do; the other
