@@ -160,21 +160,66 @@ fn multi_key_commands_must_stay_on_one_server() {
         .is_some_and(|b| String::from_utf8_lossy(b).contains("mode:ketama")));
 }
 
+/// Three servers behind a ketama pool (`extra`: more of its YAML), and `count` keys named from
+/// `prefix` set through it to their own names, with the server each landed on.
+fn keys_over_three_servers(
+    prefix: &str,
+    count: usize,
+    extra: &str,
+) -> (RedisServers, Slotline, Vec<Vec<u8>>, Vec<usize>) {
+    let servers = RedisServers::start(3);
+    let proxy = Slotline::start(&servers.ketama_yaml(free_port(), extra));
+    let mut client = proxy.client();
+    let keys = keys(prefix, count);
+    for key in &keys {
+        assert!(client.cmd(&[&b"SET"[..], key, key]).is_ok());
+    }
+    let on = placement(&servers, prefix, &keys);
+    (servers, proxy, keys, on)
+}
+
+/// The replies of a pipeline's fast servers wait for a slow one's (one write for the batch), but
+/// they are still the replies: when the slow server's request times out, the others are answered
+/// with what their servers said, and only the late one with the timeout.
+#[test]
+fn a_server_that_does_not_answer_in_time_fails_only_its_own_requests_of_a_pipeline() {
+    let (servers, proxy, keys, on) = keys_over_three_servers("late:", 24, "    timeout: 300\n");
+    let mut client = proxy.client();
+    let paused = on[1];
+    let (fast, slow): (Vec<usize>, Vec<usize>) = (0..keys.len()).partition(|&i| on[i] != paused);
+    // A fast server's key, the paused server's, then the fast ones': one read, three servers.
+    let order: Vec<usize> = [fast[0], slow[0]]
+        .into_iter()
+        .chain(fast[1..].iter().copied())
+        .collect();
+    let mut pauser = servers.client(paused);
+    assert!(pauser.cmd(&["CLIENT", "PAUSE", "1500", "ALL"]).is_ok());
+    let gets: Vec<[&[u8]; 2]> = order.iter().map(|&i| [&b"GET"[..], &keys[i]]).collect();
+    let replies = client.pipeline(&gets);
+    assert!(pauser.cmd(&["CLIENT", "UNPAUSE"]).is_ok());
+    for (&i, reply) in order.iter().zip(&replies) {
+        match i == slow[0] {
+            true => assert_eq!(
+                reply.error(),
+                Some("ERR slotline: no reply from the backend within 300 ms"),
+                "the paused server's key"
+            ),
+            false => assert_eq!(
+                *reply,
+                Reply::bulk(&keys[i]),
+                "key {i}, on a server that answered"
+            ),
+        }
+    }
+}
+
 /// Redis answers the requests of one read in one write; so does slotline when they are spread
 /// over several servers, whose replies come back at different moments. The client's first read
 /// after sending a pipeline finds every reply of it (a write that was split would not be).
 #[test]
 fn a_pipeline_over_every_server_is_answered_in_one_write() {
     use std::io::{Read, Write};
-    let servers = RedisServers::start(3);
-    let port = free_port();
-    let proxy = Slotline::start(&servers.ketama_yaml(port, ""));
-    let mut client = proxy.client();
-    let keys = keys("batch:", 16);
-    for key in &keys {
-        assert!(client.cmd(&[&b"SET"[..], key, key]).is_ok());
-    }
-    let on = placement(&servers, "batch:", &keys);
+    let (_servers, proxy, keys, on) = keys_over_three_servers("batch:", 16, "");
     assert!(
         (0..3).all(|server| on.contains(&server)),
         "the keys should be spread over all three servers: {on:?}"
@@ -183,7 +228,7 @@ fn a_pipeline_over_every_server_is_answered_in_one_write() {
         .iter()
         .flat_map(|key| encode(&[&b"GET"[..], key]))
         .collect();
-    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", proxy.port())).expect("connect");
     raw.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .expect("timeout");
     let mut buf = vec![0; 64 * 1024];

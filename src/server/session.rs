@@ -529,7 +529,9 @@ pub(crate) async fn serve<R, W>(
         ctx.inbox.wait_for(awaited);
         tokio::select! {
             biased;
-            // Replies land in `arrived` and are placed and written at the top of the loop.
+            // Replies land in `arrived` and are placed and written at the top of the loop. Before
+            // the timer: replies the session was not woken for (see `awaited`) must be placed
+            // before a deadline is judged, or an answered request would be failed as late.
             _ = std::future::poll_fn(|cx| ctx.inbox.poll_take(cx, &mut ctx.arrived)), if deadline.is_some() => {}
             _ = &mut timer, if deadline.is_some() => {
                 timer_at = None;
