@@ -1594,9 +1594,9 @@ impl Ctx {
                     // Sent at `deadline - timeout` (redirects included). A blocking command waits as
                     // long as the client asked: not a backend's answer time.
                     if !w.own_connection {
-                        self.tally
-                            .get()
-                            .backend_answered(now.saturating_duration_since(w.sent));
+                        let tally = self.tally.get();
+                        let took = tally.elapsed(w.sent, now);
+                        tally.backend_answered(took);
                     }
                     let (tracking, inbox) = (&self.pool.tracking, &self.inbox);
                     let barrier =
@@ -1625,9 +1625,9 @@ impl Ctx {
                     };
                     // Its reply (not its fence's barrier): the backend has answered.
                     if !matches!(w.fence.as_deref(), Some(Fence::Held(_))) {
-                        self.tally
-                            .get()
-                            .backend_answered(now.saturating_duration_since(w.sent));
+                        let tally = self.tally.get();
+                        let took = tally.elapsed(w.sent, now);
+                        tally.backend_answered(took);
                     }
                     let (tracking, inbox) = (&self.pool.tracking, &self.inbox);
                     let barrier =
@@ -1767,7 +1767,8 @@ impl Ctx {
         let started = (!w.own_connection).then_some(w.sent);
         // How long the client has waited: for the latency histogram, and for SLOWLOG, which reads
         // the request's arguments again only for a slow one.
-        let took = started.map(|s| self.now.saturating_duration_since(s));
+        let now = self.now;
+        let took = started.map(|s| self.tally.get().elapsed(s, now));
         let command = w.command;
         let slowlog = &self.pool.shared.slowlog;
         let slow = match took {
