@@ -342,8 +342,8 @@ async fn forward_signals(stops: UnboundedSender<Stop>) {
 /// How often memory freed by departed clients is handed back to the system.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// Free memory inside the heap worth handing back: the trimming thread's threshold. (At 4 MiB,
-/// what 10,000 departed clients left behind stayed resident in some runs, 3 MiB of it, and the
-/// next burst of pipelined clients started from there.)
+/// up to that much of what 10,000 departed clients left behind stayed resident, and the next
+/// burst of pipelined clients started from there.)
 const TRIM_ABOVE: usize = 1 << 20;
 /// Free memory at the top of the main heap that `free` itself gives back: higher than
 /// [`TRIM_ABOVE`], so a data path whose heap breathes by a megabyte is not shrinking and growing it

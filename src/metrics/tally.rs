@@ -121,8 +121,8 @@ impl SessionTally {
 
     /// `now - since`, for the latency of a request answered in a step: the requests of one read
     /// share their clock reading, as the replies of one step share theirs, so a pipeline's
-    /// latencies are one subtraction, not one each. (Two per request were 5% of a pipelined
-    /// request's instructions.)
+    /// latencies are one subtraction, not two per request (1% of a pipelined request's
+    /// instructions).
     #[inline]
     pub fn elapsed(&mut self, since: Instant, now: Instant) -> Duration {
         match self.last_elapsed {
@@ -199,9 +199,10 @@ impl SessionTally {
         }
     }
 
-    /// A backend's reply arrived, `took` after the request was queued for it.
+    /// A backend's reply, to a request sent at `sent`, was taken in at `now`.
     #[inline]
-    pub fn backend_answered(&mut self, took: Duration) {
+    pub fn backend_answered(&mut self, sent: Instant, now: Instant) {
+        let took = self.elapsed(sent, now);
         self.backend_latency.observe(took.as_secs_f64());
         self.dirty = true;
     }

@@ -176,6 +176,13 @@ impl Fence {
 }
 
 impl Waiting {
+    /// Its reply and the replies before it go in one write: it came in the same read as the
+    /// request before it and went as it was, on a shared connection (not a script's, not a
+    /// fenced write's). [`Ctx::holds_output`] holds output for it, and [`awaited`] waits for it.
+    fn holds_earlier_replies(&self) -> bool {
+        self.joined && self.fence.is_none() && self.scripted.is_none()
+    }
+
     /// A reply came for this request: `result`, or its fence's barrier (see [`Fence`]). Returns
     /// the reply to place now; None while a write's reply waits for the barrier, which `barrier`
     /// is asked to send.
@@ -655,7 +662,7 @@ fn awaited(pending: &VecDeque<Pending>, front_seq: u64, room: u16) -> Option<Awa
     };
     for pending in pending.iter().skip(1).take(usize::from(MAX_SPAN)) {
         match pending {
-            Pending::Wait(w) if w.joined && w.fence.is_none() && w.scripted.is_none() => {
+            Pending::Wait(w) if w.holds_earlier_replies() => {
                 run.span += 1;
                 run.unanswered += u8::from(w.result.is_none());
             }
@@ -1512,10 +1519,9 @@ impl Ctx {
     /// backends would otherwise cost a write per backend, and the client a read for each: half
     /// of slotline's CPU at -P 16 goes to its writes.
     fn holds_output(&self) -> bool {
-        self.out.len() < HOLD_OUTPUT
-            && !self.closing
+        self.hold_room().is_some_and(|room| room > 0)
             && matches!(self.pending.front(), Some(Pending::Wait(w))
-                if w.joined && w.result.is_none() && w.fence.is_none() && w.scripted.is_none())
+                if w.result.is_none() && w.holds_earlier_replies())
     }
 
     /// Bytes of replies that may still be held before a write (see
@@ -1594,9 +1600,7 @@ impl Ctx {
                     // Sent at `deadline - timeout` (redirects included). A blocking command waits as
                     // long as the client asked: not a backend's answer time.
                     if !w.own_connection {
-                        let tally = self.tally.get();
-                        let took = tally.elapsed(w.sent, now);
-                        tally.backend_answered(took);
+                        self.tally.get().backend_answered(w.sent, now);
                     }
                     let (tracking, inbox) = (&self.pool.tracking, &self.inbox);
                     let barrier =
@@ -1625,9 +1629,7 @@ impl Ctx {
                     };
                     // Its reply (not its fence's barrier): the backend has answered.
                     if !matches!(w.fence.as_deref(), Some(Fence::Held(_))) {
-                        let tally = self.tally.get();
-                        let took = tally.elapsed(w.sent, now);
-                        tally.backend_answered(took);
+                        self.tally.get().backend_answered(w.sent, now);
                     }
                     let (tracking, inbox) = (&self.pool.tracking, &self.inbox);
                     let barrier =
