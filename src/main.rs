@@ -10,6 +10,8 @@ use slotline::config::Config;
 use slotline::server::Stop;
 use tokio::sync::mpsc::UnboundedSender;
 
+mod memory;
+
 #[derive(Parser)]
 #[command(
     name = "slotline",
@@ -133,12 +135,12 @@ fn main() -> ExitCode {
         }
     };
     let config_file = Some(path.display().to_string());
-    trim_memory();
+    memory::trim();
     let result = runtime.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(forward_signals(tx));
 
-        slotline::server::run(config, config_file, rx).await
+        slotline::server::run(config, config_file, rx, memory::release_startup_code).await
     });
     // Tasks still running (backend connections, a name being resolved on a blocking thread) must not
     // hold the exit up past the grace period.
@@ -337,51 +339,4 @@ async fn forward_signals(stops: UnboundedSender<Stop>) {
             let _ = stops.send(Stop::Fast);
         }
     }
-}
-
-/// How often memory freed by departed clients is handed back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
-/// Free memory inside the heap worth handing back: the trimming thread's threshold. (At 4 MiB,
-/// up to that much of what 10,000 departed clients left behind stayed resident, and the next
-/// burst of pipelined clients started from there.)
-const TRIM_ABOVE: usize = 1 << 20;
-/// Free memory at the top of the main heap that `free` itself gives back: higher than
-/// [`TRIM_ABOVE`], so a data path whose heap breathes by a megabyte is not shrinking and growing it
-/// with system calls.
-const TOP_TRIM_ABOVE: libc::c_int = 4 << 20;
-/// Blocks this large get pages of their own, which go back to the system the moment they are freed.
-const MMAP_ABOVE: libc::c_int = 256 << 10;
-
-/// glibc's malloc keeps what a thread freed in that thread's arena, so after 10,000 clients have
-/// come and gone the process would stay at its peak. A thread of its own, apart from the data
-/// path's workers (a trim walks the free lists and would stall a worker and every client on it),
-/// looks every few seconds and trims when the heap holds more than [`TRIM_ABOVE`] free. (mimalloc,
-/// measured here, costs the same instructions per request but kept its pages resident, and its
-/// start-up commit raised the idle RSS.)
-///
-/// The thresholds are fixed first. Left dynamic, glibc raises its mmap threshold to the size of the
-/// largest block freed (up to 32 MiB) and its trim threshold to twice that: after one burst of large
-/// replies, the next bursts are carved from a worker's arena, whose top `malloc_trim` never
-/// returns (it trims only the main arena's top), and tens of MiB stayed resident for good.
-fn trim_memory() {
-    // SAFETY: mallopt only sets two of glibc's process-wide tunables; it takes no pointer of ours.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_ABOVE);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TOP_TRIM_ABOVE);
-    }
-    let trimmer = std::thread::Builder::new().name("slotline-trim".into());
-    let _ = trimmer.spawn(|| loop {
-        std::thread::sleep(TRIM_EVERY);
-        // SAFETY: mallinfo2 and malloc_trim only read and shrink glibc's own heap; they take no
-        // pointer of ours.
-        #[allow(unsafe_code)]
-        let free = unsafe { libc::mallinfo2() }.fordblks;
-        if free > TRIM_ABOVE {
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
-    });
 }

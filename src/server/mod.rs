@@ -370,10 +370,12 @@ impl Listener {
 /// Starts every pool of `config` (and the admin listener, if configured) and serves until a [`Stop`]
 /// arrives on `stops`: [`Stop::Graceful`] drains within `shutdown_grace`, [`Stop::Fast`] returns at once.
 /// With a config file, SIGHUP or a change of the file's content reloads it (see `reload`).
+/// `serving` is called once, when every pool listens and readiness turns on.
 pub async fn run(
     config: Config,
     config_file: Option<String>,
     mut stops: UnboundedReceiver<Stop>,
+    serving: impl FnOnce(),
 ) -> std::io::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -445,6 +447,7 @@ pub async fn run(
     };
     let life = shared.lifecycle.clone();
     life.enter(Phase::Serving);
+    serving();
     let mut reload = config_file.map(|file| Reload::new(file.into()));
     let mut running = config;
     let stop = loop {
