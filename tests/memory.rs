@@ -1,6 +1,7 @@
 //! What a connection costs and what a client can make slotline hold, read from slotline's own
-//! memory (its anonymous RSS in `/proc/PID/status`): an idle client keeps no buffer, memory goes back when clients leave, and
-//! every byte bound holds (requests, replies, clients that have not authenticated).
+//! memory (its anonymous RSS in `/proc/PID/status`): an idle client keeps no buffer, memory goes
+//! back when clients leave, and every byte bound holds (requests, replies, clients that have not
+//! authenticated).
 
 mod support;
 
