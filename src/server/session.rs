@@ -330,14 +330,10 @@ pub(crate) async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let config = &pool.config;
-    let (max_pending, max_requests, max_replies) = (
-        config.max_pending,
-        config.max_client_request_bytes,
-        config.max_client_reply_bytes,
-    );
+    // The bounds are read from the pool's config where they are checked: copies kept here would be
+    // stored in the session across every await.
     let mut parser = RequestParser::new(crate::protocol::Limits {
-        max_request_bytes: config.max_request_bytes,
+        max_request_bytes: pool.config.max_request_bytes,
     });
     let mut wr = buffers::Writer::new(wr);
     let tally = Tally::new(&pool.metrics);
@@ -426,7 +422,7 @@ pub(crate) async fn serve<R, W>(
         // Never wait with a complete request buffered and room to take it: when the pipeline was full,
         // settling replies makes room, so parse again until the input runs out or the oldest request
         // really has to wait for its backend (then its reply wakes us).
-        while ctx.parse_input(&mut parser, &mut input.buf, max_pending) {
+        while ctx.parse_input(&mut parser, &mut input.buf, ctx.pool.config.max_pending) {
             let before = ctx.pending.len();
             ctx.drain_ready();
             if ctx.pending.len() == before {
@@ -495,6 +491,7 @@ pub(crate) async fn serve<R, W>(
             }
             break;
         }
+        let max_replies = ctx.pool.config.max_client_reply_bytes;
         if ctx.replies_held + ctx.out.len() > max_replies {
             ctx.too_much_output(max_replies);
             break;
@@ -504,8 +501,8 @@ pub(crate) async fn serve<R, W>(
             false => OUTPUT_PAUSE_UNAUTHENTICATED,
         };
         let can_read = !ctx.closing
-            && ctx.pending.len() < max_pending
-            && ctx.request_bytes < max_requests
+            && ctx.pending.len() < ctx.pool.config.max_pending
+            && ctx.request_bytes < ctx.pool.config.max_client_request_bytes
             && ctx.out.len() < pause
             && ctx.congested.is_none();
         let mut deadline = ctx.head_deadline();
@@ -561,10 +558,12 @@ pub(crate) async fn serve<R, W>(
                 }
             },
             // The pause that holds this client's oldest request changed (UNPAUSE, a new PAUSE).
+            // This branch and the two below it await on the heap, boxed for one pass while they
+            // are in use: inline, their futures made every session 560 bytes bigger, idle ones too
+            // (an idle client is budgeted at 3 KiB).
             _ = async {
-                match ctx.paused.as_deref_mut() {
-                    Some((_, changes)) => { let _ = changes.changed().await; }
-                    None => std::future::pending().await,
+                if let Some((_, changes)) = ctx.paused.as_deref_mut() {
+                    let _ = Box::pin(changes.changed()).await;
                 }
             }, if ctx.paused.is_some() => {}
             // Invalidations another task left for this client (its session is nudged awake).
@@ -573,7 +572,7 @@ pub(crate) async fn serve<R, W>(
                 false => Poll::Pending,
             }) => {}
             // MONITOR's lines, written at the top of the loop.
-            next = next_monitor_lines(&mut ctx.monitor), if ctx.monitor.is_some() => {
+            next = async { Box::pin(next_monitor_lines(&mut ctx.monitor)).await }, if ctx.monitor.is_some() => {
                 if !next {
                     ctx.drop_slow_monitor();
                     break;
@@ -581,7 +580,7 @@ pub(crate) async fn serve<R, W>(
             }
             // Messages and confirmations from the client's subscriber connections (also taken on
             // every pass, so a busy client socket cannot starve them, nor they it).
-            woken = pubsub::next_events(&mut ctx.pubsub) => match woken {
+            woken = async { Box::pin(pubsub::next_events(&mut ctx.pubsub)).await }, if ctx.pubsub.is_some() => match woken {
                 pubsub::Woken::Events => {}
                 pubsub::Woken::TooSlow => {
                     ctx.drop_slow_subscriber();
