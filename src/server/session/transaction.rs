@@ -468,3 +468,29 @@ impl Ctx {
         self.send_parts(parts, Merge::Last, 0, Vec::new(), true, deadline);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_in_no_transaction_carries_one_pointer_for_it() {
+        assert_eq!(
+            std::mem::size_of::<Transaction>(),
+            std::mem::size_of::<usize>()
+        );
+        let mut tx = Transaction::default();
+        // Reading, and the calls every session may make, leave it unmade.
+        assert!(!tx.queuing() && !tx.writes() && tx.queued_count() == 0);
+        tx.lose_watch();
+        tx.abort();
+        assert!(tx.0.is_none());
+        // MULTI makes it; EXEC, DISCARD and UNWATCH put the default back.
+        tx.queuing = true;
+        assert!(tx.0.is_some() && tx.queuing());
+        tx.abort();
+        assert!(tx.aborted);
+        tx = Transaction::default();
+        assert!(tx.0.is_none() && !tx.aborted);
+    }
+}
