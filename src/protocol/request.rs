@@ -41,8 +41,9 @@ const UNAUTHENTICATED_BULK: i64 = 16 * 1024;
 pub struct RequestParser {
     args: Vec<(u32, u32)>,
     /// The last request, when it was an inline command, as a RESP array: backends get this, never
-    /// the line, whose quoting Redis reads by rules of its own.
-    inline: Option<Bytes>,
+    /// the line, whose quoting Redis reads by rules of its own. Boxed: humans type inline commands,
+    /// and every client's session keeps a parser (24 bytes fewer each).
+    inline: Option<Box<Bytes>>,
     /// Arguments the array header announced; 0 while no header has been read.
     expected: usize,
     /// Where parsing resumes.
@@ -76,12 +77,12 @@ impl RequestParser {
     /// The bytes [`args`](Self::args) index for the last complete request, whose `raw` bytes were
     /// cut from the input: `raw` itself, or the RESP array an inline command was encoded as.
     pub fn frame<'a>(&'a self, raw: &'a [u8]) -> &'a [u8] {
-        self.inline.as_deref().unwrap_or(raw)
+        self.inline.as_deref().map_or(raw, |frame| &frame[..])
     }
 
     /// [`frame`](Self::frame) for an inline command, taken: what to forward instead of its line.
     pub fn take_inline(&mut self) -> Option<Bytes> {
-        self.inline.take()
+        self.inline.take().map(|frame| *frame)
     }
 
     /// How many bytes the buffer must hold before the pending request can complete, if known.
@@ -204,7 +205,7 @@ impl RequestParser {
                 let end = frame.len() - 2;
                 self.args.push(((end - word.len()) as u32, end as u32));
             }
-            self.inline = Some(frame.freeze());
+            self.inline = Some(Box::new(frame.freeze()));
         }
         Ok(Some(nl + 1))
     }

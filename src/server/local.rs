@@ -82,7 +82,7 @@ pub(crate) fn handle(ctx: &mut Ctx, req: Request<'_>, spec: &Spec) -> Outcome {
             ctx.end_transaction();
             ctx.end_pubsub();
             ctx.reset_reply_mode();
-            ctx.pool.tracking.disable(ctx.client.id);
+            ctx.pool.tracking.disable(ctx.client.id());
             ctx.tracking = None;
             ctx.set_protocol(2);
             ctx.client.record.set_name(None);
@@ -146,7 +146,7 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
     let acl = ctx.pool.acl.clone();
     if let Some(active) = acl.login(user, password) {
-        acl.failures.succeeded(&ctx.client.addr);
+        acl.failures.succeeded(ctx.client.addr());
         ctx.set_user(Some(active));
         return true;
     }
@@ -159,12 +159,12 @@ fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
 pub(crate) fn login_failed(ctx: &mut Ctx, user: Option<&[u8]>) {
     let acl = ctx.pool.acl.clone();
     let now = Instant::now();
-    let wait = acl.failures.failed(&ctx.client.addr, now);
+    let wait = acl.failures.failed(ctx.client.addr(), now);
     ctx.penalty_ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
     let username = user.unwrap_or(acl.default_name().as_bytes());
     if AUTH_LOG.ready() {
         // Never the password; the user name helps tell a misconfigured client from a guesser.
-        tracing::warn!(pool = %ctx.pool.name, client = %ctx.client.addr, user = %printable(username),
+        tracing::warn!(pool = %ctx.pool.name, client = %ctx.client.addr(), user = %printable(username),
             failures = acl.failures.total(), "failed login (logged at most every 10 s)");
     }
     acl.log
@@ -249,7 +249,7 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
         ctx.client.record.set_name(name);
     }
     ctx.set_protocol(proto);
-    let id = ctx.client.id as i64;
+    let id = ctx.client.id() as i64;
     ctx.reply(|r| {
         r.pairs(proto, 7);
         r.bulk(b"server");
@@ -298,7 +298,7 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
             None => ctx.reply(|r| r.null()),
         },
         (b"id", 2) => {
-            let id = ctx.client.id as i64;
+            let id = ctx.client.id() as i64;
             ctx.reply(|r| r.int(id));
         }
         (b"setinfo", 4) => {
@@ -367,7 +367,7 @@ fn client(ctx: &mut Ctx, req: Request<'_>) {
         (b"tracking", 3..) => client_tracking(ctx, req),
         (b"caching", 3) => client_caching(ctx, req),
         (b"getredir", 2) => {
-            let status = ctx.pool.tracking.status(ctx.client.id);
+            let status = ctx.pool.tracking.status(ctx.client.id());
             ctx.reply(|r| r.int(status.map_or(-1, |s| s.options.redirect as i64)))
         }
         (b"trackinginfo", 2) => tracking_info(ctx),
@@ -553,7 +553,7 @@ fn client_list(ctx: &mut Ctx, req: Request<'_>) {
     ctx.publish_client_state();
     let now = Instant::now();
     let mut list = String::new();
-    let me = ctx.client.id;
+    let me = ctx.client.id();
     for record in ctx.pool.shared.clients.all() {
         if filter.matches(&record, 0, now) {
             let qbuf = if record.id == me { req.frame.len() } else { 0 };
@@ -589,7 +589,7 @@ fn client_kill(ctx: &mut Ctx, req: Request<'_>) {
             }
         }
     };
-    let me = ctx.client.id;
+    let me = ctx.client.id();
     let killed = ctx
         .pool
         .shared
@@ -770,7 +770,7 @@ fn client_tracking(ctx: &mut Ctx, req: Request<'_>) {
         }
         i += 1;
     }
-    let id = ctx.client.id;
+    let id = ctx.client.id();
     match req.arg(2).to_ascii_lowercase().as_slice() {
         b"on" => {
             if ctx.pool.migration.as_ref().is_some_and(|m| m.verifying()) {
@@ -874,7 +874,7 @@ fn client_caching(ctx: &mut Ctx, req: Request<'_>) {
 
 /// CLIENT TRACKINGINFO, in Redis's format.
 fn tracking_info(ctx: &mut Ctx) {
-    let status = ctx.pool.tracking.status(ctx.client.id);
+    let status = ctx.pool.tracking.status(ctx.client.id());
     let caching = ctx.tracking.as_ref().is_some_and(|t| t.caching);
     let mut flags: Vec<&[u8]> = Vec::new();
     let (redirect, prefixes) = match &status {

@@ -663,13 +663,11 @@ async fn accept_loop(listener: Arc<Listener>, pool: Arc<Pool>, tls: Option<Arc<A
         let seat = Seat::take(&pool);
         // What CLIENT LIST shows of it, from the moment its session starts.
         let client = move |pool: &Pool, user: Option<String>| {
-            let record = crate::clients::Record::new(seat.id, addr.clone(), laddr, fd)
+            let record = crate::clients::Record::new(seat.id, addr, laddr, fd)
                 .idle_timeout(pool.config.client_idle_timeout);
             // Its certificate names its user (`tls_user_from_cert`): logged in by its handshake.
             record.set_user(user.and_then(|name| pool.acl.cert_login(&name)));
             ClientState {
-                id: seat.id,
-                addr,
                 record: pool.shared.clients.add(record),
             }
         };

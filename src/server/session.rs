@@ -53,13 +53,20 @@ pub(crate) use reply_mode::Mode as ReplyMode;
 
 /// What a client is, as far as commands like CLIENT and HELLO are concerned.
 pub(crate) struct ClientState {
-    pub id: u64,
-    pub addr: String,
-    /// What CLIENT LIST shows of this client (its name and library included).
+    /// What CLIENT LIST shows of this client (its name and library included), and its id and
+    /// address (read from here rather than copied: every session holds this).
     pub record: Arc<crate::clients::Record>,
 }
 
 impl ClientState {
+    pub fn id(&self) -> u64 {
+        self.record.id
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.record.addr
+    }
+
     /// The port the client connected to (0 on a unix socket), which CONFIG GET port shows.
     pub fn port(&self) -> u16 {
         let laddr = &self.record.laddr;
@@ -248,8 +255,9 @@ pub(crate) struct Ctx {
     /// The connection ends in an error (protocol error, reset) rather than the client closing it.
     client_err: bool,
     /// Backend connections of this client's own (blocking commands, transactions), closed with the
-    /// session.
-    own: Vec<Arc<Node>>,
+    /// session. Boxed, as `deferred`: most clients never have one.
+    #[allow(clippy::box_collection)]
+    own: Option<Box<Vec<Arc<Node>>>>,
     tx: Transaction,
     /// Pending requests for which later ones must wait (see [`Pending::serial`]).
     serial: usize,
@@ -359,7 +367,7 @@ pub(crate) async fn serve<R, W>(
         user: None,
         penalty_ms: 0,
         client_err: false,
-        own: Vec::new(),
+        own: None,
         tx: Transaction::default(),
         serial: 0,
         scripts: 0,
@@ -392,9 +400,7 @@ pub(crate) async fn serve<R, W>(
     );
     // One timer per session, re-armed only when the oldest request's deadline moves to a later tick:
     // arming a timer per request would cost more than the rest of the request's work.
-    let tick = timer_tick(ctx.pool.config.timeout);
-    let epoch = Instant::now();
-    let timer = tokio::time::sleep_until(epoch);
+    let timer = tokio::time::sleep_until(ctx.now);
     tokio::pin!(timer);
     let mut timer_at = None;
     let mut woke = Woke::Nothing;
@@ -520,6 +526,9 @@ pub(crate) async fn serve<R, W>(
             // request is a moment younger than the last one's, compare two instants and go on.
             let armed = timer_at.is_some_and(|(after, at)| after < deadline && deadline <= at);
             if !armed {
+                // (The tick and its origin are worked out again here rather than kept: kept, they
+                // were 32 more bytes in every session.)
+                let (epoch, tick) = (timer_epoch(), timer_tick(ctx.pool.config.timeout));
                 let at = round_up(epoch, deadline, tick);
                 timer.as_mut().reset(at);
                 timer_at = Some((at.checked_sub(tick).unwrap_or(epoch), at));
@@ -593,7 +602,7 @@ pub(crate) async fn serve<R, W>(
     }
     ctx.flush_stats();
     if let Some(migration) = &ctx.pool.migration {
-        migration.unbind(ctx.client.id);
+        migration.unbind(ctx.client.id());
     }
     let ended = match ctx.client_err {
         true => &ctx.pool.stats.client_err,
@@ -690,6 +699,12 @@ fn timer_tick(timeout_ms: u64) -> Duration {
     Duration::from_millis((timeout_ms / 10).clamp(1, 25))
 }
 
+/// The origin every session's timer ticks from: the first time a session asked.
+fn timer_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// `at` rounded up to the next multiple of `tick` after `epoch`.
 fn round_up(epoch: Instant, at: Instant, tick: Duration) -> Instant {
     // In u64 nanoseconds (585 years): u128 division is a call, u64 one instruction.
@@ -759,9 +774,9 @@ impl Ctx {
             }
         }
         self.flush_stats();
-        if !self.own.is_empty() || self.pubsub.is_some() {
+        if self.own.is_some() || self.pubsub.is_some() {
             if let Some(migration) = &self.pool.migration {
-                migration.bind(self.client.id);
+                migration.bind(self.client.id());
             }
         }
         !self.closing && !inbuf.is_empty()
@@ -842,7 +857,7 @@ impl Ctx {
         }
         let monitors = &self.pool.shared.monitors;
         if arrived && monitors.active() && policy::monitored(spec) {
-            monitors.publish(&self.client.addr, (0..argc).map(|i| req.arg(i)));
+            monitors.publish(self.client.addr(), (0..argc).map(|i| req.arg(i)));
         }
         if self.pool.migration.is_some() && self.migration_holds(spec, frame, now) {
             return;
@@ -983,7 +998,7 @@ impl Ctx {
     /// blocks (the command's own timeout decides), and the connection closes with the session, which
     /// unblocks it on the server if the client leaves first.
     fn forward_blocking(&mut self, view: &View<'_>, place: Place, frame: Bytes) {
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let Some(shared) = view.target_or_refresh(place, pick) else {
             return self.no_backend(view, place);
         };
@@ -1051,18 +1066,23 @@ impl Ctx {
             self.proto = proto;
             // The WATCH lived on one of them: the transaction can no longer be checked.
             self.tx.lose_watch();
-            self.own.clear();
+            self.own = None;
         }
     }
 
     /// This client's own connection to the backend of `shared`, opened on first use.
     pub(super) fn own_node(&mut self, shared: &Arc<Node>) -> Arc<Node> {
-        if let Some(node) = self.own.iter().find(|n| n.addr() == shared.addr()) {
+        if let Some(node) = self
+            .own
+            .iter()
+            .flat_map(|own| own.iter())
+            .find(|n| n.addr() == shared.addr())
+        {
             return node.clone();
         }
         let settings = self.pool.router.own_settings().via(self.via());
         let node = Node::spawn(shared.addr().clone(), &settings);
-        self.own.push(node.clone());
+        self.own.get_or_insert_with(Box::default).push(node.clone());
         node
     }
 
@@ -1091,7 +1111,7 @@ impl Ctx {
 
     /// Sends a request to the backend its keys belong to (any backend when it has none).
     fn forward(&mut self, view: &View<'_>, place: Place, spec: &Spec, frame: Bytes, now: Instant) {
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let Some((node, replica)) = self.node_for(view, place, pick) else {
             return self.no_backend(view, place);
         };
@@ -1150,7 +1170,7 @@ impl Ctx {
         nodes: impl Iterator<Item = &'n Arc<Node>>,
         frame: &Bytes,
     ) {
-        let (pick, via) = (self.client.id as usize, self.via());
+        let (pick, via) = (self.client.id() as usize, self.via());
         for node in nodes {
             let nowhere = crate::backend::ReplyTo::nowhere();
             node.via(via).send(pick, frame.clone(), false, nowhere);
@@ -1246,10 +1266,10 @@ impl Ctx {
         req.for_each_key(spec, |key| keys.push(key));
         let tracking = &self.pool.tracking;
         if reads {
-            tracking.read(self.client.id, keys.iter().copied(), &self.pool.shared);
+            tracking.read(self.client.id(), keys.iter().copied(), &self.pool.shared);
         }
         if writes {
-            tracking.wrote(self.client.id, keys.iter().copied());
+            tracking.wrote(self.client.id(), keys.iter().copied());
         }
     }
 
@@ -1292,7 +1312,7 @@ impl Ctx {
         if let Some(Pending::Wait(w)) = self.pending.front_mut() {
             w.result = Some(Ok(Bytes::from_static(reply)));
         }
-        self.own.clear();
+        self.own = None;
         self.drain_ready();
     }
 
@@ -1380,7 +1400,7 @@ impl Ctx {
         static WARNED: crate::throttle::Throttle =
             crate::throttle::Throttle::new(Duration::from_secs(10));
         if WARNED.ready() {
-            tracing::warn!(client.addr = %self.client.addr, backlog = crate::monitor::BACKLOG,
+            tracing::warn!(client.addr = %self.client.addr(), backlog = crate::monitor::BACKLOG,
                 "closing a MONITOR client that does not keep up with the commands");
         }
         self.client_err = true;
@@ -1554,7 +1574,7 @@ impl Ctx {
         static WARNED: crate::throttle::Throttle =
             crate::throttle::Throttle::new(Duration::from_secs(10));
         if WARNED.ready() {
-            tracing::warn!(client.addr = %self.client.addr, pool = %self.pool.name, limit,
+            tracing::warn!(client.addr = %self.client.addr(), pool = %self.pool.name, limit,
                 "closing a client that does not read its replies (max_client_reply_bytes reached)");
         }
         self.tally.get().error(ErrorKind::Proxy);
@@ -1814,7 +1834,7 @@ impl Ctx {
             let Some(Pending::Wait(w)) = self.pending.front_mut() else {
                 return;
             };
-            let pick = self.client.id as usize;
+            let pick = self.client.id() as usize;
             let resend = || self.inbox.reply_to(self.front_seq);
             let failure = match follow_reply(&self.pool, pick, via, w, &reply, resend) {
                 Redirected::Followed(kind) => return self.tally.get().redirect(kind),
@@ -1866,9 +1886,9 @@ impl Ctx {
         let (tracking, shared) = (&self.pool.tracking, &self.pool.shared);
         if script {
             // Its fence has passed: its own invalidations have come.
-            tracking.script_answered(self.client.id, keys.into_iter());
+            tracking.script_answered(self.client.id(), keys.into_iter());
         } else if crate::tracking::changed_nothing(spec, reply, keys.len()) {
-            tracking.unwrote(self.client.id, keys.into_iter(), shared);
+            tracking.unwrote(self.client.id(), keys.into_iter(), shared);
         }
     }
 
@@ -1879,7 +1899,7 @@ impl Ctx {
     fn read_again_on_master(&mut self) -> bool {
         let pool = self.pool.clone();
         let view = View::of(&pool);
-        let (pick, via) = (self.client.id as usize, self.via());
+        let (pick, via) = (self.client.id() as usize, self.via());
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return false;
         };
@@ -1908,7 +1928,7 @@ impl Ctx {
             self.pool.shared.slowlog.log(
                 args.iter().map(arg),
                 took,
-                &self.client.addr,
+                self.client.addr(),
                 self.client.record.name(),
             );
         }

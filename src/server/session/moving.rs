@@ -62,7 +62,7 @@ impl Ctx {
         let Some(migration) = self.pool.migration.clone() else {
             return false;
         };
-        if migration.stale(self.client.id) {
+        if migration.stale(self.client.id()) {
             self.error(
                 "ERR slotline: the pool's migration started; this connection's transaction, \
                  blocking command or subscriptions were on the old servers and it is closed",
@@ -99,7 +99,7 @@ impl Ctx {
             self.error(&refusal);
             return true;
         }
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let new_home = |key: &[u8]| view.target(view.place_of(key), pick).cloned();
         let moves = match migration.moves(req, spec, &new_home) {
             Ok(moves) if moves.is_empty() => return false,

@@ -45,7 +45,7 @@ impl Ctx {
         view: &View<'_>,
         now: Instant,
     ) {
-        let Some(master) = view.target(Place::Any, self.client.id as usize).cloned() else {
+        let Some(master) = view.target(Place::Any, self.client.id() as usize).cloned() else {
             return self.no_backend(view, Place::Any);
         };
         // AUTH's user is its first argument; a HELLO's follows its AUTH option.
@@ -93,12 +93,12 @@ impl Ctx {
                 false
             }
             HeadEvent::Reply(Err(e)) => {
-                self.own.clear();
+                self.own = None;
                 self.error_now(&format!("ERR slotline: {e}"));
                 false
             }
             HeadEvent::Timeout => {
-                self.own.clear();
+                self.own = None;
                 self.timed_out();
                 false
             }
@@ -125,7 +125,7 @@ impl Ctx {
         // Its connections so far are logged in as who it was (the one that took the AUTH
         // included, were it refused below).
         self.tx.lose_watch();
-        self.own.clear();
+        self.own = None;
         let Some(active) = active else {
             self.error_now(&format!(
                 "ERR slotline: pool '{}' already logs in to its nodes as {NODE_LOGINS} other users (node_logins)",
@@ -133,7 +133,7 @@ impl Ctx {
             ));
             return false;
         };
-        self.pool.acl.failures.succeeded(&self.client.addr);
+        self.pool.acl.failures.succeeded(self.client.addr());
         self.set_user(Some(active));
         true
     }

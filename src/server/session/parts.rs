@@ -148,7 +148,7 @@ impl Ctx {
         // Stable: each part keeps its keys in the client's order.
         placed.sort_by_key(|&(place, _)| place);
         let keys: Vec<u32> = placed.iter().map(|&(_, k)| k).collect();
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let policy = self.read_policy();
         let mut groups = Vec::new();
         let mut start = 0;
@@ -458,7 +458,7 @@ impl Ctx {
         if groups.is_empty() {
             return self.error("CLUSTERDOWN slotline knows no backend to send this to yet");
         }
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let parts = groups
             .into_iter()
             .map(|(place, frame)| {
@@ -495,7 +495,7 @@ impl Ctx {
         }
         let pool = self.pool.clone();
         let view = View::of(&pool);
-        let (pick, via, front) = (self.client.id as usize, self.via(), self.front_seq);
+        let (pick, via, front) = (self.client.id() as usize, self.via(), self.front_seq);
         let deadline = self.now + Duration::from_millis(pool.config.timeout);
         let Some(Pending::Split(s)) = self.pending.front_mut() else {
             return false;
@@ -542,7 +542,7 @@ impl Ctx {
         deadline: Instant,
     ) {
         let seq = self.front_seq + self.pending.len() as u64;
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         if parts.len() > MAX_PARTS {
             // The numbering could not tell their replies apart.
             return self.error("ERR slotline: the request has too many parts");
@@ -660,7 +660,7 @@ impl Ctx {
         if parse_int(req.arg(1)).is_none() {
             return self.error("ERR value is not an integer or out of range");
         }
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let mut parts = Vec::new();
         for i in 0..view.node_count() {
             let Some(node) = view.target_or_refresh(Place::Node(i), pick).cloned() else {
@@ -711,7 +711,7 @@ impl Ctx {
                     continue;
                 }
             };
-            let pick = self.client.id as usize;
+            let pick = self.client.id() as usize;
             let resend = || self.inbox.reply_to(part_seq(self.front_seq, i));
             if let Redirected::Followed(kind) =
                 follow_reply(&self.pool, pick, via, &mut part.w, &reply, resend)

@@ -365,7 +365,7 @@ impl Ctx {
             }
         }
         let settings = self.pool.router.own_settings().via(self.via());
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         let cluster = matches!(view, View::Cluster(..));
         let router = &self.pool.router;
         let ps = self
@@ -587,7 +587,7 @@ impl Ctx {
                 );
             }
             _ => {
-                tracing::warn!(client.addr = %self.client.addr, frame = %super::printable(frame), "unexpected frame on a subscriber connection: closing the client");
+                tracing::warn!(client.addr = %self.client.addr(), frame = %super::printable(frame), "unexpected frame on a subscriber connection: closing the client");
                 self.pubsub = None;
                 self.closing = true;
             }
@@ -633,7 +633,7 @@ impl Ctx {
             })
             .collect();
         if !held.is_empty() {
-            tracing::warn!(client.addr = %self.client.addr, backend = %conn.link.addr(), %error,
+            tracing::warn!(client.addr = %self.client.addr(), backend = %conn.link.addr(), %error,
                 "a subscriber connection to the backend was lost: closing the client, which subscribes again when it reconnects");
             self.closing = true;
         }
@@ -682,7 +682,7 @@ impl Ctx {
         else {
             return;
         };
-        tracing::info!(client.addr = %self.client.addr, what, name = %super::printable(&name),
+        tracing::info!(client.addr = %self.client.addr(), what, name = %super::printable(&name),
             "the pool's servers changed and a subscription no longer matches where messages are published: closing the client, which subscribes again when it reconnects");
         self.closing = true;
     }
@@ -755,7 +755,7 @@ impl Ctx {
     }
 
     pub(super) fn drop_slow_subscriber(&self) {
-        tracing::warn!(client.addr = %self.client.addr, limit = OUTPUT_LIMIT,
+        tracing::warn!(client.addr = %self.client.addr(), limit = OUTPUT_LIMIT,
             "closing a subscriber that does not read its messages fast enough (output limit for pub/sub clients reached)");
     }
 }

@@ -298,7 +298,7 @@ impl Ctx {
                 return None;
             }
         };
-        let pick = self.client.id as usize;
+        let pick = self.client.id() as usize;
         if place == Place::Any {
             // Keyless: runs wherever the transaction runs.
             let node = self
@@ -370,7 +370,7 @@ impl Ctx {
                     }
                 })
             }
-            None => match view.target(Place::Any, self.client.id as usize) {
+            None => match view.target(Place::Any, self.client.id() as usize) {
                 Some(node) => node.clone(),
                 None => {
                     return self.error("CLUSTERDOWN slotline knows no backend to send this to yet")
