@@ -66,8 +66,9 @@ pub fn release_startup_code() {
     };
     for (start, end) in maps.lines().filter_map(code_mapping) {
         // SAFETY: the range is one whole mapping of executable code in this process (slotline's or
-        // a shared library's), private, backed by a file and never written: MADV_DONTNEED only drops its page-table entries, and the next
-        // instruction fetched from it faults the same bytes back in from that file.
+        // a shared library's), private, backed by a file and never written: MADV_DONTNEED only
+        // drops its page-table entries, and the next instruction fetched from it faults the same
+        // bytes back in from that file.
         #[allow(unsafe_code)]
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);

@@ -32,8 +32,9 @@ const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 #[derive(Default)]
 pub(super) struct Transaction(Option<Box<State>>);
 
-/// What a client that is in no transaction reads.
-static IDLE: State = State {
+/// A client in no transaction: what an idle one reads ([`IDLE`]), and what MULTI or WATCH starts
+/// from. One definition, so the two cannot differ.
+const NONE: State = State {
     queuing: false,
     queued: Vec::new(),
     local: Vec::new(),
@@ -46,6 +47,8 @@ static IDLE: State = State {
     watch_lost: false,
 };
 
+static IDLE: State = NONE;
+
 impl std::ops::Deref for Transaction {
     type Target = State;
 
@@ -56,11 +59,10 @@ impl std::ops::Deref for Transaction {
 
 impl std::ops::DerefMut for Transaction {
     fn deref_mut(&mut self) -> &mut State {
-        self.0.get_or_insert_with(|| Box::new(State::default()))
+        self.0.get_or_insert_with(|| Box::new(NONE))
     }
 }
 
-#[derive(Default)]
 pub(super) struct State {
     /// Between MULTI and EXEC/DISCARD.
     queuing: bool,
