@@ -802,3 +802,37 @@ fn node_logins_run_a_client_as_the_node_user_it_logged_in_as() {
     let mut client = Client::connect(port);
     assert!(error_of(&client.cmd(&["AUTH", "bob", "123"])).starts_with("WRONGPASS"));
 }
+
+#[test]
+fn a_subscribed_client_logs_in_as_another_node_user_only_once_unsubscribed() {
+    // Its subscriber connections are logged in as who it was, and its next subscriptions would go
+    // on them: the nodes would check them against the wrong user.
+    let dir = TempDir::new("acl-node-login-subscribed");
+    let (_cluster, seeds) = cluster_with_users(&dir, "user bob on >123 resetchannels &x* +@all");
+    let port = free_port();
+    let yaml = format!(
+        "{}    node_logins: true\n",
+        Slotline::cluster_yaml(port, &seeds)
+    );
+    let _proxy = Slotline::start(&yaml);
+    // RESP3: a subscribed client may send AUTH, and Redis would check its next subscriptions as
+    // the new user. slotline refuses the AUTH instead, and the client stays who it was.
+    let mut client = Client::connect(port);
+    assert!(client.cmd(&["HELLO", "3"]).as_array().is_some());
+    assert!(!client.cmd(&["SUBSCRIBE", "y"]).is_error());
+    let refused = error_of(&client.cmd(&["AUTH", "bob", "123"]));
+    assert!(refused.contains("UNSUBSCRIBE first"), "{refused}");
+    // Still the pool's login, which reads any key (bob reads none).
+    assert_eq!(client.cmd(&["GET", "y:1"]), Reply::nil());
+    assert!(!client.cmd(&["SUBSCRIBE", "y2"]).is_error());
+
+    // Unsubscribed, it logs in, and the nodes check its subscriptions as bob.
+    client.send(&["UNSUBSCRIBE"]);
+    for _ in 0..2 {
+        assert!(!client.read_reply().is_error());
+    }
+    assert_eq!(client.cmd(&["AUTH", "bob", "123"]), Reply::ok());
+    assert_eq!(error_of(&client.cmd(&["GET", "y:1"])), NO_KEY);
+    assert_eq!(error_of(&client.cmd(&["SUBSCRIBE", "y"])), NO_CHANNEL);
+    assert!(!client.cmd(&["SUBSCRIBE", "x1"]).is_error());
+}
