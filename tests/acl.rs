@@ -836,3 +836,66 @@ fn a_subscribed_client_logs_in_as_another_node_user_only_once_unsubscribed() {
     assert_eq!(error_of(&client.cmd(&["SUBSCRIBE", "y"])), NO_CHANNEL);
     assert!(!client.cmd(&["SUBSCRIBE", "x1"]).is_error());
 }
+
+#[test]
+fn a_client_that_logs_in_again_runs_as_its_new_backend_login() {
+    // app1 runs as app1b on the nodes (`backend_users`), ops as the pool's login, which may write
+    // anywhere. A transaction goes on a connection of the client's own, logged in as who the client
+    // was when it was opened: one that outlived a login would run the next user's transactions as
+    // the last one's.
+    let dir = TempDir::new("acl-login-again");
+    let file = acl_file(&dir, USERS);
+    let (_cluster, seeds) =
+        cluster_with_users(&dir, "user app1b on >b1 ~app1:* &app1:* +@all -@dangerous");
+    let port = free_port();
+    let yaml = Slotline::cluster_yaml(port, &seeds).replace(
+        "    servers:\n",
+        &format!(
+            "    aclfile: {file}\n    backend_users:\n      app1: {{username: app1b, password: b1}}\n    servers:\n"
+        ),
+    );
+    let _proxy = Slotline::start(&yaml);
+    // Declares app1's key and writes another in its slot: only the node can tell.
+    let reach = "redis.call('SET', KEYS[1], 'v') return redis.call('SET', 'elsewhere:{app1}', 'x')";
+    let transaction = |client: &mut Client| {
+        assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+        assert_eq!(
+            client.cmd(&["EVAL", reach, "1", "app1:{app1}"]),
+            Reply::Status("QUEUED".into())
+        );
+        let exec = client.cmd(&["EXEC"]);
+        exec.as_array()
+            .and_then(|replies| replies.first().cloned())
+            .unwrap_or_else(|| panic!("EXEC: {exec:?}"))
+    };
+    let refused_by_app1b =
+        |reply: &Reply| reply.error().is_some_and(|e| e.contains("can't access"));
+
+    let mut client = login(port, "ops", "opspw");
+    assert_eq!(
+        transaction(&mut client),
+        Reply::ok(),
+        "ops: the pool's login"
+    );
+    // The same connection logs in as app1: its transactions are app1b's from now on.
+    assert_eq!(client.cmd(&["AUTH", "app1", "pw1"]), Reply::ok());
+    let as_app1 = transaction(&mut client);
+    assert!(
+        refused_by_app1b(&as_app1),
+        "app1's transaction: {as_app1:?}"
+    );
+    // And back: the pool's login again, not app1b.
+    assert_eq!(client.cmd(&["AUTH", "ops", "opspw"]), Reply::ok());
+    assert_eq!(transaction(&mut client), Reply::ok(), "ops again");
+
+    // Subscribed (RESP3 may send AUTH then), it stays who it is until it unsubscribes.
+    assert!(client.cmd(&["HELLO", "3"]).as_array().is_some());
+    assert!(!client.cmd(&["SUBSCRIBE", "app1:news"]).is_error());
+    let refused = error_of(&client.cmd(&["AUTH", "app1", "pw1"]));
+    assert!(refused.contains("UNSUBSCRIBE first"), "{refused}");
+    assert_eq!(client.cmd(&["ACL", "WHOAMI"]), Reply::bulk("ops"));
+    client.send(&["UNSUBSCRIBE"]);
+    assert!(!client.read_reply().is_error());
+    assert_eq!(client.cmd(&["AUTH", "app1", "pw1"]), Reply::ok());
+    assert_eq!(client.cmd(&["ACL", "WHOAMI"]), Reply::bulk("app1"));
+}

@@ -131,26 +131,30 @@ fn auth(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
     if node_user(ctx, user) {
         return Outcome::NodeLogin { user_at: 1 };
     }
-    match login(ctx, user, password) {
-        true => ctx.reply(|r| r.ok()),
-        false => ctx.error(WRONGPASS),
+    if login(ctx, user, password) {
+        ctx.reply(|r| r.ok());
     }
     Outcome::Answered
 }
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-/// Logs the client in as `user` (the default user when absent) if `password` is its. A failure is
-/// counted, logged now and then, put in ACL LOG, and delays the client's reply (see
-/// [`crate::acl::Failures`]).
+/// Logs the client in as `user` (the default user when absent) if `password` is its; false when it
+/// did not, the client told why (`WRONGPASS`, or that it is subscribed: see
+/// [`Ctx::may_log_in_as`]). A wrong password is counted, logged now and then, put in ACL LOG, and
+/// delays the client's reply (see [`crate::acl::Failures`]).
 fn login(ctx: &mut Ctx, user: Option<&[u8]>, password: &[u8]) -> bool {
     let acl = ctx.pool.acl.clone();
     if let Some(active) = acl.login(user, password) {
         acl.failures.succeeded(ctx.client.addr());
+        if !ctx.may_log_in_as(Some(active.backend)) {
+            return false;
+        }
         ctx.set_user(Some(active));
         return true;
     }
     login_failed(ctx, user);
+    ctx.error(WRONGPASS);
     false
 }
 
@@ -232,7 +236,6 @@ fn hello(ctx: &mut Ctx, req: Request<'_>) -> Outcome {
             return Outcome::NodeLogin { user_at };
         }
         if !login(ctx, Some(user), password) {
-            ctx.error(WRONGPASS);
             return Outcome::Answered;
         }
     }

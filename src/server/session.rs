@@ -1969,10 +1969,32 @@ impl Ctx {
         }
     }
 
-    /// The client is now `user` (None: logged out), in the session and in CLIENT LIST.
+    /// The client is now `user` (None: logged out), in the session and in CLIENT LIST. Its
+    /// connections of its own are logged in as who it was: under another backend login they go,
+    /// and its next transaction or blocking command opens new ones (as [`Ctx::set_protocol`]).
     pub(crate) fn set_user(&mut self, user: Option<Arc<crate::acl::Active>>) {
+        if user.as_ref().and_then(|u| u.backend) != self.via().login {
+            self.tx.lose_watch();
+            self.own = None;
+        }
         self.client.record.set_user(user.clone());
         self.user = user;
+    }
+
+    /// Whether the client may log in as a user whose backend login is `login` (None: a node user,
+    /// whose login is known only once a node has accepted it): not while it is subscribed under
+    /// another, which it is told. Its subscriber connections stay logged in as who it is now, and
+    /// its next subscriptions would go on them, checked by the nodes against the wrong user. (A
+    /// RESP2 subscriber cannot send AUTH at all; RESP3 lets it.)
+    pub(crate) fn may_log_in_as(&mut self, login: Option<Option<u16>>) -> bool {
+        if self.pubsub.is_none() || login == Some(self.via().login) {
+            return true;
+        }
+        self.error(
+            "ERR slotline: a subscribed client cannot log in as a user of another backend login: \
+             UNSUBSCRIBE first",
+        );
+        false
     }
 
     /// The client's user was replaced by a newer set (the ACL file changed): its new rules, by

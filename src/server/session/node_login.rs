@@ -45,14 +45,9 @@ impl Ctx {
         view: &View<'_>,
         now: Instant,
     ) {
-        if self.pubsub.is_some() {
-            // Its subscriber connections stay logged in as who it is now, and its next
-            // subscriptions would go on them: the nodes would check those against the wrong user.
-            // (A RESP2 subscriber cannot send AUTH at all; RESP3 lets it.)
-            return self.error(
-                "ERR slotline: a subscribed client cannot log in as another node user \
-                 (node_logins): UNSUBSCRIBE first",
-            );
+        // The node's user is not known before the node has answered: any other login.
+        if !self.may_log_in_as(None) {
+            return;
         }
         let Some(master) = view.target(Place::Any, self.client.id() as usize).cloned() else {
             return self.no_backend(view, Place::Any);
