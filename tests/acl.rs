@@ -629,16 +629,17 @@ fn users_lines_in_the_config_change_in_place() {
     assert!(proxy.log().contains("pool users changed"));
 }
 
-/// A user with a backend login of its own (`backend_users`) runs as that ACL user on the nodes, so
-/// Redis itself refuses what its scripts reach beyond their declared keys; its clients share that
-/// login's connections (one per node here), its transactions and subscriptions run as it too, and
-/// a user without one runs as the pool's login.
-#[test]
-fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
-    let dir = TempDir::new("acl-backend");
-    let file = acl_file(&dir, USERS);
+/// A script that declares app1's key and writes another in its slot: slotline sees only the
+/// declared one, and only a node that runs it as app1b refuses it.
+const REACH: &str =
+    "redis.call('SET', KEYS[1], 'v') return redis.call('SET', 'elsewhere:{app1}', 'x')";
+
+/// A cluster whose nodes know app1b (app1's keys and channels only), and slotline in front of it
+/// with [`USERS`], app1 running as app1b on the nodes (`backend_users`); slotline's port.
+fn backend_users_proxy(dir: &TempDir) -> (RedisCluster, Slotline, u16) {
+    let file = acl_file(dir, USERS);
     let (cluster, seeds) =
-        cluster_with_users(&dir, "user app1b on >b1 ~app1:* &app1:* +@all -@dangerous");
+        cluster_with_users(dir, "user app1b on >b1 ~app1:* &app1:* +@all -@dangerous");
     let port = free_port();
     let yaml = Slotline::cluster_yaml(port, &seeds).replace(
         "    servers:\n",
@@ -646,12 +647,20 @@ fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
             "    aclfile: {file}\n    backend_users:\n      app1: {{username: app1b, password: b1}}\n    servers:\n"
         ),
     );
-    let _proxy = Slotline::start(&yaml);
+    let proxy = Slotline::start(&yaml);
+    (cluster, proxy, port)
+}
 
-    // The script declares app1's key and writes another: slotline sees only the declared one.
-    let reach = "redis.call('SET', KEYS[1], 'v') return redis.call('SET', 'elsewhere:{app1}', 'x')";
+/// A user with a backend login of its own (`backend_users`) runs as that ACL user on the nodes, so
+/// Redis itself refuses what its scripts reach beyond their declared keys; its clients share that
+/// login's connections (one per node here), its transactions and subscriptions run as it too, and
+/// a user without one runs as the pool's login.
+#[test]
+fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
+    let dir = TempDir::new("acl-backend");
+    let (cluster, _proxy, port) = backend_users_proxy(&dir);
     let mut app1 = login(port, "app1", "pw1");
-    let refused = app1.cmd(&["EVAL", reach, "1", "app1:{app1}"]);
+    let refused = app1.cmd(&["EVAL", REACH, "1", "app1:{app1}"]);
     assert!(
         error_of(&refused).contains("can't access at least one of the keys"),
         "the node refuses app1's script: {refused:?}"
@@ -663,7 +672,7 @@ fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
     // In a transaction (the client's own connection), the same.
     assert_eq!(app1.cmd(&["MULTI"]), Reply::ok());
     assert_eq!(
-        app1.cmd(&["EVAL", reach, "1", "app1:{app1}"]),
+        app1.cmd(&["EVAL", REACH, "1", "app1:{app1}"]),
         Reply::Status("QUEUED".into())
     );
     let exec = app1.cmd(&["EXEC"]);
@@ -679,7 +688,7 @@ fn a_backend_user_makes_the_nodes_enforce_inside_scripts() {
     // ops has no login of its own: the pool's (the nodes' default user) runs its script.
     let mut ops = login(port, "ops", "opspw");
     assert_eq!(
-        ops.cmd(&["EVAL", reach, "1", "app1:{app1}"]),
+        ops.cmd(&["EVAL", REACH, "1", "app1:{app1}"]),
         Reply::ok(),
         "ops runs as the pool's login"
     );
@@ -844,23 +853,11 @@ fn a_client_that_logs_in_again_runs_as_its_new_backend_login() {
     // was when it was opened: one that outlived a login would run the next user's transactions as
     // the last one's.
     let dir = TempDir::new("acl-login-again");
-    let file = acl_file(&dir, USERS);
-    let (_cluster, seeds) =
-        cluster_with_users(&dir, "user app1b on >b1 ~app1:* &app1:* +@all -@dangerous");
-    let port = free_port();
-    let yaml = Slotline::cluster_yaml(port, &seeds).replace(
-        "    servers:\n",
-        &format!(
-            "    aclfile: {file}\n    backend_users:\n      app1: {{username: app1b, password: b1}}\n    servers:\n"
-        ),
-    );
-    let _proxy = Slotline::start(&yaml);
-    // Declares app1's key and writes another in its slot: only the node can tell.
-    let reach = "redis.call('SET', KEYS[1], 'v') return redis.call('SET', 'elsewhere:{app1}', 'x')";
+    let (_cluster, _proxy, port) = backend_users_proxy(&dir);
     let transaction = |client: &mut Client| {
         assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
         assert_eq!(
-            client.cmd(&["EVAL", reach, "1", "app1:{app1}"]),
+            client.cmd(&["EVAL", REACH, "1", "app1:{app1}"]),
             Reply::Status("QUEUED".into())
         );
         let exec = client.cmd(&["EXEC"]);
