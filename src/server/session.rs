@@ -1064,10 +1064,16 @@ impl Ctx {
     pub(crate) fn set_protocol(&mut self, proto: u8) {
         if proto != self.proto {
             self.proto = proto;
-            // The WATCH lived on one of them: the transaction can no longer be checked.
-            self.tx.lose_watch();
-            self.own = None;
+            self.leave_own_connections();
         }
+    }
+
+    /// Drops the connections of the client's own, which speak the protocol and carry the login it
+    /// had when they were opened; the next transaction or blocking command opens new ones. The
+    /// WATCH lived on one of them: the transaction can no longer be checked.
+    pub(super) fn leave_own_connections(&mut self) {
+        self.tx.lose_watch();
+        self.own = None;
     }
 
     /// This client's own connection to the backend of `shared`, opened on first use.
@@ -1969,13 +1975,11 @@ impl Ctx {
         }
     }
 
-    /// The client is now `user` (None: logged out), in the session and in CLIENT LIST. Its
-    /// connections of its own are logged in as who it was: under another backend login they go,
-    /// and its next transaction or blocking command opens new ones (as [`Ctx::set_protocol`]).
+    /// The client is now `user` (None: logged out), in the session and in CLIENT LIST. Under
+    /// another backend login, the connections of its own (logged in as who it was) go.
     pub(crate) fn set_user(&mut self, user: Option<Arc<crate::acl::Active>>) {
         if user.as_ref().and_then(|u| u.backend) != self.via().login {
-            self.tx.lose_watch();
-            self.own = None;
+            self.leave_own_connections();
         }
         self.client.record.set_user(user.clone());
         self.user = user;

@@ -128,8 +128,7 @@ impl Ctx {
             .and_then(|index| self.pool.acl.node_login(&user, index));
         // Its connections so far are logged in as who it was (the one that took the AUTH
         // included, were it refused below).
-        self.tx.lose_watch();
-        self.own = None;
+        self.leave_own_connections();
         let Some(active) = active else {
             self.error_now(&format!(
                 "ERR slotline: pool '{}' already logs in to its nodes as {NODE_LOGINS} other users (node_logins)",
