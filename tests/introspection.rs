@@ -666,3 +666,30 @@ fn info_commandstats_and_errorstats_count_what_clients_saw() {
     let stats = text(client.cmd(&["INFO", "commandstats"]));
     assert!(!stats.contains("cmdstat_set"), "{stats}");
 }
+
+/// What CLIENT LIST shows of a client is current by the time the client has its reply: a test (or
+/// an operator's script) that sees QUEUED and then lists the client from another connection,
+/// served by another worker, finds the command counted. The state was published after the write,
+/// so now and then the listing came first (seen in CI: `multi=5` after the sixth QUEUED).
+#[test]
+fn client_list_is_current_when_the_client_has_its_reply() {
+    let servers = RedisServers::start(1);
+    let port = free_port();
+    let proxy = Slotline::start(&format!("workers: 2\n{}", servers.ketama_yaml(port, "")));
+    let mut client = proxy.client();
+    let mut observer = proxy.client();
+    let id = client.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
+    let id = id.to_string();
+    let multi_of = |observer: &mut Client| {
+        let lines = list(observer, &["ID", &id]);
+        field(&lines[0], "multi").to_string()
+    };
+    for round in 0..2000 {
+        assert_eq!(client.cmd(&["MULTI"]), Reply::ok());
+        assert_eq!(multi_of(&mut observer), "0", "round {round}");
+        assert_eq!(client.cmd(&["GET", "k"]), Reply::Status("QUEUED".into()));
+        assert_eq!(multi_of(&mut observer), "1", "round {round}");
+        assert_eq!(client.cmd(&["DISCARD"]), Reply::ok());
+        assert_eq!(multi_of(&mut observer), "-1", "round {round}");
+    }
+}

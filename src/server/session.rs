@@ -451,6 +451,9 @@ pub(crate) async fn serve<R, W>(
             ctx.drop_slow_monitor();
             break;
         }
+        // Published before the write: a client that has its reply finds itself listed as the
+        // reply left it (CLIENT LIST from another connection, served by another worker).
+        ctx.publish_client_state();
         if ctx.output_due() && ctx.penalty_ms == 0 {
             // Flushed before the write: a client that has its reply finds the request in the
             // metrics, and they never wait for more input.
@@ -470,7 +473,6 @@ pub(crate) async fn serve<R, W>(
             }
         }
         ctx.end_output();
-        ctx.publish_client_state();
         // What the step counted reaches the pool's metrics, and the worker gets its tally back.
         ctx.tally.flush();
         if ctx.penalty_ms > 0 {
