@@ -285,7 +285,7 @@ medians >"$work/medians"
 report() { # section base-side
     printf '\n%-8s %-10s %-3s %12s %9s %12s %9s %7s %9s\n' "$1" workload P "$2" "cpu/100k" slotline "cpu/100k" ratio \
         "cpu ratio"
-    awk -v sec="$1" -v base="$2" -v hz="$tick_hz" -v N="$N" '
+    awk -v sec="$1" -v base="$2" -v N="$N" '
         $1 == sec { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
                     ops[k, $4] = $5; cpu[k, $4] = $10 / 1e9 * 100000 / N }
         END {
@@ -322,7 +322,7 @@ if [ "$TLS" = 1 ]; then
     echo "TLS on both sides (one redis-server; slotline TLS to clients and to the server):"
     printf '%-8s %-10s %-3s %12s %12s %9s %12s %9s %11s %9s\n' "" workload P "direct tls" slotline-tls "cpu/100k" \
         "sl-plain" "cpu/100k" "tls/plain" "tls/dir"
-    awk -v hz="$tick_hz" -v N="$N" '
+    awk -v N="$N" '
         $1 == "tls" { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
                       ops[k, $4] = $5; cpu[k, $4] = $10 / 1e9 * 100000 / N }
         END {
@@ -338,7 +338,7 @@ fi
 # the ratio of the second's CPU to the first's.
 cpu_ratio_report() { # section side-a side-b heading-a heading-b
     printf '%-8s %-10s %-3s %12s %9s %12s %9s %11s\n' "" workload P "$4" "cpu/100k" "$5" "cpu/100k" "cpu ratio"
-    awk -v sec="$1" -v a="$2" -v b="$3" -v hz="$tick_hz" -v N="$N" '
+    awk -v sec="$1" -v a="$2" -v b="$3" -v N="$N" '
         $1 == sec { k = $2 " " $3; if (!(k in seen)) { seen[k]; order[++cells] = k }
                     ops[k, $4] = $5; cpu[k, $4] = $10 / 1e9 * 100000 / N }
         END {

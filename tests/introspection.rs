@@ -678,8 +678,11 @@ fn client_list_is_current_when_the_client_has_its_reply() {
     let proxy = Slotline::start(&format!("workers: 2\n{}", servers.ketama_yaml(port, "")));
     let mut client = proxy.client();
     let mut observer = proxy.client();
-    let id = client.cmd(&["CLIENT", "ID"]).as_int().expect("CLIENT ID");
-    let id = id.to_string();
+    let id = client
+        .cmd(&["CLIENT", "ID"])
+        .as_int()
+        .expect("CLIENT ID")
+        .to_string();
     let multi_of = |observer: &mut Client| {
         let lines = list(observer, &["ID", &id]);
         field(&lines[0], "multi").to_string()
