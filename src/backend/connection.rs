@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::queue::Receiver;
+use super::queue::{Batch, Receiver, Written};
 use super::{BackendError, Health, ReplyTo, Settings};
 use crate::protocol::ReplyScanner;
 use crate::stats::{self, ServerStats};
@@ -24,7 +24,6 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
-const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
 /// What one connection task serves and reports to.
 pub(super) struct Link {
@@ -39,20 +38,6 @@ impl Link {
         if let Some(health) = &self.health {
             health.failed();
         }
-    }
-}
-
-/// A request (or a batch of them) written to the server, waiting for its replies.
-struct Written {
-    /// A client, or nobody (the `ASKING` sent before an ASK retry).
-    reply: Option<ReplyTo>,
-    bytes: u32,
-}
-
-impl Written {
-    /// Replies it still waits for: more than one for a batch not yet answered in full.
-    fn owed(&self) -> u32 {
-        self.reply.as_ref().map_or(1, ReplyTo::owed)
     }
 }
 
@@ -187,13 +172,15 @@ pub(super) async fn run(link: Link, mut rx: Receiver) {
         let retry_at = Instant::now() + backoff;
         loop {
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => {
-                        stats::shift(&link.stats.in_queue, -i64::from(msg.reply.owed()));
-                        stats::shift(&link.stats.in_queue_bytes, -(msg.frame.len() as i64));
-                        msg.reply.send(Err(BackendError::Connect(addr.clone())));
+                slot = rx.next_slot() => match slot {
+                    Some(Written { reply: Some(reply), bytes }) => {
+                        stats::shift(&link.stats.in_queue, -i64::from(reply.owed()));
+                        stats::shift(&link.stats.in_queue_bytes, -(bytes as i64));
+                        reply.send(Err(BackendError::Connect(addr.clone())));
                         notify(settings);
                     }
+                    // An ASKING: nobody waits for it.
+                    Some(Written { reply: None, .. }) => {}
                     None => return,
                 },
                 _ = sleep_until(retry_at) => break,
@@ -249,14 +236,14 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
     let inflight: Inflight = Mutex::new(Queue::default());
 
     let writer = async {
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut out = BytesMut::with_capacity(READ_CHUNK);
+        let mut batch = Batch {
+            slots: Vec::with_capacity(BATCH),
+            ..Batch::default()
+        };
         loop {
-            let mut bytes = 0;
-            let open = std::future::poll_fn(|cx| {
-                rx.poll_take(cx, &mut batch, BATCH, BATCH_BYTES, &mut bytes)
-            })
-            .await;
+            batch.bytes = 0;
+            let open =
+                std::future::poll_fn(|cx| rx.poll_take(cx, &mut batch, BATCH, BATCH_BYTES)).await;
             if !open {
                 // Nobody can send any more (the node left the topology): let the replies already on
                 // their way arrive before closing.
@@ -273,14 +260,14 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
                 return Ok(());
             }
             // Up to BATCH requests or BATCH_BYTES per write: what the connection takes off its queue
-            // is what it copies and writes now. The rest stays queued, where it counts against
+            // is what it writes now. The rest stays queued, where it counts against
             // `max_server_queue_bytes` and holds its senders back.
-            if batch.len() < BATCH && bytes < BATCH_BYTES {
+            if batch.slots.len() < BATCH && batch.bytes < BATCH_BYTES {
                 // The queue ran dry. Let every other task that is ready run first: sessions woken by
                 // the same poll of the I/O driver add their requests, and they all leave in this one
                 // write. This is what turns many clients' single requests into one pipeline for Redis.
                 tokio::task::yield_now().await;
-                rx.try_take(&mut batch, BATCH, BATCH_BYTES, &mut bytes);
+                rx.try_take(&mut batch, BATCH, BATCH_BYTES);
             }
             // Requests taken from the queue (and their bytes), and requests written: the queued ones
             // plus any ASKING.
@@ -289,26 +276,17 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
                 // Queue the reply slots before the bytes leave, so the reader always finds them.
                 let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
                 queue.push_batch(Instant::now());
-                for msg in batch.drain(..) {
-                    if msg.asking {
-                        out.extend_from_slice(ASKING);
-                        queue.push(Written {
-                            reply: None,
-                            bytes: ASKING.len() as u32,
-                        });
-                        count += 1;
+                for w in batch.slots.drain(..) {
+                    let requests = i64::from(w.owed());
+                    if w.reply.is_some() {
+                        queued += requests;
+                        queued_bytes += w.bytes as i64;
                     }
-                    out.extend_from_slice(&msg.frame);
-                    let requests = i64::from(msg.reply.owed());
-                    queued += requests;
-                    queued_bytes += msg.frame.len() as i64;
                     count += requests;
-                    queue.push(Written {
-                        reply: Some(msg.reply),
-                        bytes: msg.frame.len() as u32,
-                    });
+                    queue.push(w);
                 }
             }
+            let out = &mut batch.out;
             let bytes = out.len() as i64;
             stats::shift(&stats.in_queue, -queued);
             stats::shift(&stats.in_queue_bytes, -queued_bytes);
@@ -316,7 +294,7 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
             stats::shift(&stats.out_queue_bytes, bytes);
             stats::add(&stats.requests, count as u64);
             stats::add(&stats.request_bytes, bytes as u64);
-            wr.write_all(&out)
+            wr.write_all(out)
                 .await
                 .map_err(|_| BackendError::Closed(addr.clone()))?;
             wr.flush()
@@ -325,7 +303,7 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
             out.clear();
             if out.capacity() > 4 * READ_CHUNK {
                 // A burst of large requests went out: the connection does not keep its buffer.
-                out = BytesMut::with_capacity(READ_CHUNK);
+                *out = BytesMut::new();
             }
         }
     };
@@ -509,9 +487,7 @@ mod tests {
         let node = crate::backend::Node::spawn(addr.clone(), &settings);
         // The first connection attempt failed: the node waits out its backoff now.
         notify.notified().await;
-        let reply = node
-            .request(Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"))
-            .await;
+        let reply = node.request(b"*1\r\n$4\r\nPING\r\n").await;
         assert_eq!(reply, Err(BackendError::Connect(addr)), "failed at once");
         // Asked for at once, not at the next connection attempt: the look may find who took over.
         assert!(

@@ -35,17 +35,6 @@ use crate::stats::{self, ServerStats};
 /// What a backend answered, or why it could not.
 pub type BackendResult = Result<Bytes, BackendError>;
 
-/// A request on its way to a backend, with where to deliver the reply.
-pub struct Message {
-    /// Complete RESP requests, forwarded as they are: one, or a batch of them back to back, as many
-    /// as `reply` owes replies. Each reply is delivered, cut out of the stream, under its own
-    /// number as soon as it is read.
-    pub frame: Bytes,
-    /// Send `ASKING` first, back to back on the same connection (ASK redirects).
-    pub asking: bool,
-    pub reply: ReplyTo,
-}
-
 /// Why a request got no reply from its backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
@@ -380,37 +369,46 @@ impl Node {
         self.health.as_ref()
     }
 
-    /// Queues a request on connection `pick % connections`. A client always picks the same connection, so
-    /// its requests to this node stay in order.
-    pub fn send(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
-        self.queue(pick, frame, asking, reply);
+    /// Queues a complete request (its bytes are copied) on connection `pick % connections`, after an
+    /// `ASKING` when `asking` (an ASK redirect's retry). A client always picks the same connection,
+    /// so its requests to this node stay in order. Its reply is forwarded as it is.
+    pub fn send(&self, pick: usize, frame: &[u8], asking: bool, reply: ReplyTo) {
+        self.queue(pick, std::iter::once(frame), asking, reply);
     }
 
-    /// Queues requests written back to back in `frame`, as many as `reply` owes replies (see
+    /// Queues the requests of `frames`, back to back, as many as `reply` owes replies (see
     /// [`Inbox::reply_to_each`]), like [`Node::send`]; each reply is delivered as it arrives.
-    pub fn send_batch(&self, pick: usize, frame: Bytes, reply: ReplyTo) {
-        self.queue(pick, frame, false, reply);
+    pub fn send_batch<'f>(
+        &self,
+        pick: usize,
+        frames: impl Iterator<Item = &'f [u8]> + Clone,
+        reply: ReplyTo,
+    ) {
+        self.queue(pick, frames, false, reply);
     }
 
-    fn queue(&self, pick: usize, frame: Bytes, asking: bool, reply: ReplyTo) {
+    fn queue<'f>(
+        &self,
+        pick: usize,
+        frames: impl Iterator<Item = &'f [u8]> + Clone,
+        asking: bool,
+        reply: ReplyTo,
+    ) {
         let conn = &self.conns[pick % self.conns.len()];
         let replies = i64::from(reply.owed());
+        let bytes = frames.clone().map(<[u8]>::len).sum::<usize>() as i64;
         stats::shift(&self.stats.in_queue, replies);
-        stats::shift(&self.stats.in_queue_bytes, frame.len() as i64);
-        if let Err(msg) = conn.send(Message {
-            frame,
-            asking,
-            reply,
-        }) {
+        stats::shift(&self.stats.in_queue_bytes, bytes);
+        if let Err(reply) = conn.send(frames, asking, reply) {
             // The connection task is gone (runtime shutting down): fail the request rather than hang it.
             stats::shift(&self.stats.in_queue, -replies);
-            stats::shift(&self.stats.in_queue_bytes, -(msg.frame.len() as i64));
-            msg.reply.send(Err(BackendError::Closed(self.addr.clone())));
+            stats::shift(&self.stats.in_queue_bytes, -bytes);
+            reply.send(Err(BackendError::Closed(self.addr.clone())));
         }
     }
 
     /// Sends one request outside any client session and waits for its reply (topology queries).
-    pub async fn request(&self, frame: Bytes) -> BackendResult {
+    pub async fn request(&self, frame: &[u8]) -> BackendResult {
         let inbox = Inbox::new();
         self.send(0, frame, false, inbox.reply_to(0));
         inbox.recv(0).await

@@ -1,19 +1,42 @@
-//! The queue in front of one backend connection: sessions push requests, the connection task takes
-//! them in batches, one batch per write.
+//! The queue in front of one backend connection: sessions copy their requests into it, the
+//! connection task takes what has gathered, one batch per write.
 //!
-//! A lock around a deque rather than tokio's unbounded channel. The connection takes its whole
-//! batch under one lock, and a push wakes it only when it is waiting; the channel paid several
-//! atomic operations on each side of every request, and on a pipelined path that was as much as
-//! routing the request.
+//! A lock around a byte buffer and a deque of reply slots rather than tokio's unbounded channel of
+//! messages. A session copies a request's bytes in under the lock it takes anyway, so the request
+//! keeps no reference to the client's read buffer and the connection writes the buffer as it
+//! finds it; the connection takes its whole batch under one lock, and a push wakes it only when it
+//! is waiting. The channel paid several atomic operations on each side of every request, and
+//! sharing each request's bytes two more: on a pipelined path that was as much as routing it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use super::Message;
+use bytes::{Buf, BytesMut};
+
+use super::ReplyTo;
+
+/// Sent before a request that follows an ASK redirect, on the same connection.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
+/// A request queued or written: who its replies go to (nobody for an `ASKING`), and its bytes.
+pub(super) struct Written {
+    pub reply: Option<ReplyTo>,
+    pub bytes: usize,
+}
+
+impl Written {
+    /// Replies it still waits for: more than one for a batch not yet answered in full.
+    pub fn owed(&self) -> u32 {
+        self.reply.as_ref().map_or(1, ReplyTo::owed)
+    }
+}
 
 struct State {
-    queue: VecDeque<Message>,
+    /// The queued requests, back to back, as they will be written.
+    bytes: BytesMut,
+    /// One slot per queued request (or batch of them), in the order of `bytes`.
+    slots: VecDeque<Written>,
     /// The connection task, when it waits for a request.
     waker: Option<Waker>,
     /// The node still holds the sending end: more requests may come.
@@ -33,12 +56,13 @@ fn lock(shared: &Shared) -> MutexGuard<'_, State> {
 pub(super) struct Sender(Shared);
 
 /// A connection's queue, as its task holds it. Dropping it fails every request still queued (each
-/// request's [`super::ReplyTo`] answers for itself when dropped).
+/// request's [`ReplyTo`] answers for itself when dropped).
 pub(super) struct Receiver(Shared);
 
 pub(super) fn queue() -> (Sender, Receiver) {
     let shared = Arc::new(Mutex::new(State {
-        queue: VecDeque::new(),
+        bytes: BytesMut::new(),
+        slots: VecDeque::new(),
         waker: None,
         open: true,
         taken: true,
@@ -47,14 +71,35 @@ pub(super) fn queue() -> (Sender, Receiver) {
 }
 
 impl Sender {
-    /// Queues `msg`; gives it back when the connection task is gone.
-    pub fn send(&self, msg: Message) -> Result<(), Message> {
+    /// Queues the complete requests of `frames`, as many as `reply` owes replies, after an
+    /// `ASKING` when `asking`; gives `reply` back when the connection task is gone.
+    pub fn send<'f>(
+        &self,
+        frames: impl Iterator<Item = &'f [u8]>,
+        asking: bool,
+        reply: ReplyTo,
+    ) -> Result<(), ReplyTo> {
         let waker = {
             let mut state = lock(&self.0);
             if !state.taken {
-                return Err(msg);
+                return Err(reply);
             }
-            state.queue.push_back(msg);
+            if asking {
+                state.bytes.extend_from_slice(ASKING);
+                state.slots.push_back(Written {
+                    reply: None,
+                    bytes: ASKING.len(),
+                });
+            }
+            let before = state.bytes.len();
+            for frame in frames {
+                state.bytes.extend_from_slice(frame);
+            }
+            let bytes = state.bytes.len() - before;
+            state.slots.push_back(Written {
+                reply: Some(reply),
+                bytes,
+            });
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -77,22 +122,32 @@ impl Drop for Sender {
     }
 }
 
+/// What the connection task has taken off its queue for its next write.
+#[derive(Default)]
+pub(super) struct Batch {
+    /// The requests' bytes.
+    pub out: BytesMut,
+    /// Their slots, in order.
+    pub slots: Vec<Written>,
+    /// Bytes taken into `out` since it was last cleared.
+    pub bytes: usize,
+}
+
 impl Receiver {
-    /// Moves queued requests into `batch` until it holds `max` of them or `max_bytes` of frames
-    /// (counted in `bytes`; one more request may pass the bound). Ready with whether any were
-    /// taken; Pending, registered to be woken, while the queue is empty and the node may still
-    /// send; Ready(false) once it is empty and no request can follow.
+    /// Moves queued requests into `batch` until it holds `max` slots or `max_bytes` (one more
+    /// request may pass the bound). Ready with whether any were taken; Pending, registered to be
+    /// woken, while the queue is empty and the node may still send; Ready(false) once it is empty
+    /// and no request can follow.
     pub fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
-        batch: &mut Vec<Message>,
+        batch: &mut Batch,
         max: usize,
         max_bytes: usize,
-        bytes: &mut usize,
     ) -> Poll<bool> {
         let mut state = lock(&self.0);
-        if !state.queue.is_empty() {
-            take_into(&mut state, batch, max, max_bytes, bytes);
+        if !state.slots.is_empty() {
+            take_into(&mut state, batch, max, max_bytes);
             return Poll::Ready(true);
         }
         if !state.open {
@@ -106,42 +161,48 @@ impl Receiver {
     }
 
     /// Takes what is queued, as [`poll_take`](Self::poll_take), without waiting.
-    pub fn try_take(
-        &mut self,
-        batch: &mut Vec<Message>,
-        max: usize,
-        max_bytes: usize,
-        bytes: &mut usize,
-    ) {
-        take_into(&mut lock(&self.0), batch, max, max_bytes, bytes);
+    pub fn try_take(&mut self, batch: &mut Batch, max: usize, max_bytes: usize) {
+        take_into(&mut lock(&self.0), batch, max, max_bytes);
     }
 
-    /// The next request; None once none is queued and none can follow.
-    pub async fn recv(&mut self) -> Option<Message> {
-        let mut one = Vec::with_capacity(1);
-        let mut bytes = 0;
-        match std::future::poll_fn(|cx| self.poll_take(cx, &mut one, 1, usize::MAX, &mut bytes))
-            .await
-        {
-            true => one.pop(),
-            false => None,
-        }
+    /// The next request's slot, its bytes discarded (a connection that cannot write them fails
+    /// it); None once none is queued and none can follow.
+    pub async fn next_slot(&mut self) -> Option<Written> {
+        std::future::poll_fn(|cx| {
+            let mut state = lock(&self.0);
+            if let Some(slot) = state.slots.pop_front() {
+                state.bytes.advance(slot.bytes);
+                return Poll::Ready(Some(slot));
+            }
+            if !state.open {
+                return Poll::Ready(None);
+            }
+            state.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 
-fn take_into(
-    state: &mut State,
-    batch: &mut Vec<Message>,
-    max: usize,
-    max_bytes: usize,
-    bytes: &mut usize,
-) {
-    while batch.len() < max && *bytes < max_bytes {
-        let Some(msg) = state.queue.pop_front() else {
+fn take_into(state: &mut State, batch: &mut Batch, max: usize, max_bytes: usize) {
+    let mut bytes = 0;
+    let mut taken = 0;
+    while taken < max && batch.bytes + bytes < max_bytes {
+        let Some(slot) = state.slots.pop_front() else {
             break;
         };
-        *bytes += msg.frame.len();
-        batch.push(msg);
+        bytes += slot.bytes;
+        taken += 1;
+        batch.slots.push(slot);
+    }
+    batch.bytes += bytes;
+    if bytes == state.bytes.len() && batch.out.is_empty() {
+        // Everything queued is taken (the usual case): the buffers trade places, the queue keeps
+        // the capacity the last write freed.
+        std::mem::swap(&mut batch.out, &mut state.bytes);
+    } else {
+        batch.out.extend_from_slice(&state.bytes[..bytes]);
+        state.bytes.advance(bytes);
     }
 }
 
@@ -150,7 +211,8 @@ impl Drop for Receiver {
         let queued = {
             let mut state = lock(&self.0);
             state.taken = false;
-            std::mem::take(&mut state.queue)
+            state.bytes = BytesMut::new();
+            std::mem::take(&mut state.slots)
         };
         // Outside the lock: each failed request delivers its error to a session's inbox.
         drop(queued);
@@ -161,39 +223,53 @@ impl Drop for Receiver {
 mod tests {
     use super::*;
     use crate::backend::{BackendError, Inbox};
-    use bytes::Bytes;
-
-    fn message(inbox: &Arc<Inbox>, seq: u64, frame: &'static [u8]) -> Message {
-        Message {
-            frame: Bytes::from_static(frame),
-            asking: false,
-            reply: inbox.reply_to(seq),
-        }
-    }
 
     #[tokio::test]
     async fn requests_leave_in_order_in_bounded_batches_and_none_is_lost() {
         let inbox = Inbox::new();
         let (tx, mut rx) = queue();
-        for seq in 0..5 {
-            assert!(tx.send(message(&inbox, seq, b"0123456789")).is_ok());
+        for seq in 0..5u8 {
+            let frame = [b'0' + seq; 10];
+            assert!(tx
+                .send(
+                    [&frame[..]].into_iter(),
+                    seq == 4,
+                    inbox.reply_to(seq.into())
+                )
+                .is_ok());
         }
-        let (mut batch, mut bytes) = (Vec::new(), 0);
+        let mut batch = Batch::default();
         // Two requests, or 15 bytes with one more past them.
-        rx.try_take(&mut batch, 2, usize::MAX, &mut bytes);
-        assert_eq!(batch.len(), 2);
-        let mut more = Vec::new();
-        bytes = 0;
-        rx.try_take(&mut more, 10, 15, &mut bytes);
-        assert_eq!((more.len(), bytes), (2, 20));
-        let seqs: Vec<u64> = batch.iter().chain(&more).map(|m| m.reply.seq()).collect();
-        assert_eq!(seqs, [0, 1, 2, 3]);
+        rx.try_take(&mut batch, 2, usize::MAX);
+        assert_eq!(batch.slots.len(), 2);
+        assert_eq!(&batch.out[..], b"00000000001111111111");
+        let mut more = Batch::default();
+        rx.try_take(&mut more, 10, 15);
+        assert_eq!((more.slots.len(), more.bytes), (2, 20));
+        assert_eq!(&more.out[..], b"22222222223333333333");
+        let seqs: Vec<Option<u64>> = batch
+            .slots
+            .iter()
+            .chain(&more.slots)
+            .map(|w| w.reply.as_ref().map(ReplyTo::seq))
+            .collect();
+        assert_eq!(seqs, [Some(0), Some(1), Some(2), Some(3)]);
 
-        // The node lets go: what is queued is still taken, then the queue says it is over.
+        // The node lets go: what is queued is still taken (an ASK retry, after its ASKING), then
+        // the queue says it is over.
         drop(tx);
-        let last = rx.recv().await.map(|m| m.reply.seq());
-        assert_eq!(last, Some(4));
-        assert!(rx.recv().await.is_none());
+        let mut last = Batch::default();
+        let taken = std::future::poll_fn(|cx| rx.poll_take(cx, &mut last, 10, usize::MAX)).await;
+        assert!(taken);
+        assert_eq!(&last.out[..], &b"*1\r\n$6\r\nASKING\r\n4444444444"[..]);
+        let seqs: Vec<_> = last
+            .slots
+            .iter()
+            .map(|w| w.reply.as_ref().map(ReplyTo::seq))
+            .collect();
+        assert_eq!(seqs, [None, Some(4)]);
+        let over = std::future::poll_fn(|cx| rx.poll_take(cx, &mut last, 10, usize::MAX)).await;
+        assert!(!over);
     }
 
     #[tokio::test]
@@ -201,18 +277,24 @@ mod tests {
         let inbox = Inbox::new();
         let (tx, mut rx) = queue();
         let waiting = tokio::spawn(async move {
-            let got = rx.recv().await.map(|m| m.reply.seq());
+            let got = rx.next_slot().await.and_then(|w| w.reply).map(|r| r.seq());
             (got, rx)
         });
         tokio::task::yield_now().await;
-        assert!(tx.send(message(&inbox, 7, b"x")).is_ok());
+        assert!(tx
+            .send([&b"x"[..]].into_iter(), false, inbox.reply_to(7))
+            .is_ok());
         let (got, rx) = waiting.await.expect("the connection task");
         assert_eq!(got, Some(7));
 
         // Queued, then the connection task ends: the request is answered with an error.
-        assert!(tx.send(message(&inbox, 8, b"y")).is_ok());
+        assert!(tx
+            .send([&b"y"[..]].into_iter(), false, inbox.reply_to(8))
+            .is_ok());
         drop(rx);
         assert_eq!(inbox.recv(8).await, Err(BackendError::Abandoned));
-        assert!(tx.send(message(&inbox, 9, b"z")).is_err());
+        assert!(tx
+            .send([&b"z"[..]].into_iter(), false, inbox.reply_to(9))
+            .is_err());
     }
 }

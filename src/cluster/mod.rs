@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -349,12 +348,7 @@ impl Cluster {
         let mut fallback: Option<(Arc<str>, slots::SlotMap)> = None;
         for addr in candidates {
             let node = self.node(&addr);
-            let reply = match timeout(
-                SLOTS_TIMEOUT,
-                node.request(Bytes::from_static(CLUSTER_SLOTS)),
-            )
-            .await
-            {
+            let reply = match timeout(SLOTS_TIMEOUT, node.request(CLUSTER_SLOTS)).await {
                 Ok(Ok(reply)) => reply,
                 _ => continue,
             };

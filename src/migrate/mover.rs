@@ -40,7 +40,7 @@ pub(super) fn command(args: &[&[u8]]) -> Bytes {
 }
 
 pub(super) async fn ask(node: &Node, frame: Bytes) -> Result<OwnedFrame, String> {
-    let reply = match tokio::time::timeout(WAIT, node.request(frame)).await {
+    let reply = match tokio::time::timeout(WAIT, node.request(&frame)).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("timed out".into()),

@@ -45,7 +45,7 @@ const RESEND_LOOK_GAP: Duration = Duration::from_millis(50);
 /// One request to `node` outside any client session (a sentinel's question, a `ROLE` probe), within
 /// `wait`; None when it failed or took too long.
 async fn ask(node: &Node, frame: Bytes, wait: Duration) -> Option<Bytes> {
-    match tokio::time::timeout(wait, node.request(frame)).await {
+    match tokio::time::timeout(wait, node.request(&frame)).await {
         Ok(Ok(reply)) => Some(reply),
         _ => None,
     }
@@ -316,7 +316,7 @@ impl Primary {
                 if let Some(master) = master {
                     let role = ask(&master, ROLE, wait).await;
                     if let Some(Ok(replies::Role::Master)) = role.as_deref().map(replies::role) {
-                        return master.via(via).send(pick, frame, false, reply);
+                        return master.via(via).send(pick, &frame, false, reply);
                     }
                 }
                 if Instant::now() + RESEND_LOOK_GAP >= deadline {

@@ -220,7 +220,7 @@ impl Tracker {
 }
 
 async fn ask(node: &Node) -> Option<(Role, i64)> {
-    match timeout(PROBE_WAIT, node.request(ROLE)).await {
+    match timeout(PROBE_WAIT, node.request(&ROLE)).await {
         Ok(Ok(reply)) => role_offset(&reply).ok(),
         _ => None,
     }

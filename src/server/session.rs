@@ -870,9 +870,13 @@ impl Ctx {
         if let Some(refusal) = policy::refusal(req, spec) {
             return self.error(refusal);
         }
-        let pool = self.pool.clone();
+        // The pool is cloned only when a pause holds this command: a clone per request was two
+        // atomic operations on every request's path.
+        let held = self.pool.pause_holding(spec, now).is_some();
+        let pool = held.then(|| self.pool.clone());
         if let Some(pause) = pool
-            .pause_holding(spec, now)
+            .as_deref()
+            .and_then(|pool| pool.pause_holding(spec, now))
             // Queued commands wait for EXEC, which waits if one of them may write.
             .filter(|_| !self.tx.queuing() || (spec.name == "exec" && self.tx.writes()))
             .filter(|_| !policy::declares_no_writes(req, spec))
@@ -1020,7 +1024,7 @@ impl Ctx {
     ) {
         let seq = self.front_seq + self.pending.len() as u64;
         self.own_node(shared)
-            .send(0, frame.clone(), false, self.inbox.reply_to(seq));
+            .send(0, &frame, false, self.inbox.reply_to(seq));
         self.push(Pending::Wait(Waiting {
             result: None,
             frame,
@@ -1046,7 +1050,7 @@ impl Ctx {
         let (node, asking, kind) = own_redirect(&self.pool, w, reply)?;
         let frame = w.frame.clone();
         let own = self.own_node(&node);
-        own.send(0, frame, asking, self.inbox.reply_to(self.front_seq));
+        own.send(0, &frame, asking, self.inbox.reply_to(self.front_seq));
         Some(kind)
     }
 
@@ -1125,7 +1129,7 @@ impl Ctx {
         };
         let seq = self.front_seq + self.pending.len() as u64;
         node.via(self.via())
-            .send(pick, frame.clone(), false, self.inbox.reply_to(seq));
+            .send(pick, &frame, false, self.inbox.reply_to(seq));
         if node.congested() {
             self.congested = Some(node.clone());
         }
@@ -1181,7 +1185,7 @@ impl Ctx {
         let (pick, via) = (self.client.id() as usize, self.via());
         for node in nodes {
             let nowhere = crate::backend::ReplyTo::nowhere();
-            node.via(via).send(pick, frame.clone(), false, nowhere);
+            node.via(via).send(pick, frame, false, nowhere);
         }
     }
 
@@ -1915,12 +1919,9 @@ impl Ctx {
         let Some(master) = view.target(place, pick) else {
             return false;
         };
-        master.via(via).send(
-            pick,
-            w.frame.clone(),
-            false,
-            self.inbox.reply_to(self.front_seq),
-        );
+        master
+            .via(via)
+            .send(pick, &w.frame, false, self.inbox.reply_to(self.front_seq));
         w.deadline = self.now + Duration::from_millis(pool.config.timeout);
         if let Some(counters) = pool.router.read_counters() {
             counters.retried.fetch_add(1, Ordering::Relaxed);

@@ -111,12 +111,7 @@ impl Ctx {
         };
         let seq = self.front_seq + self.pending.len() as u64;
         for (i, (node, migrate)) in moves.iter().enumerate() {
-            node.send(
-                pick,
-                migrate.clone(),
-                false,
-                self.inbox.reply_to(part_seq(seq, i)),
-            );
+            node.send(pick, migrate, false, self.inbox.reply_to(part_seq(seq, i)));
         }
         self.push(Pending::Moving(Box::new(Moving {
             frame: frame.clone(),

@@ -512,9 +512,7 @@ impl Ctx {
             part.w.result = None;
             part.w.deadline = deadline;
             let reply = self.inbox.reply_to(part_seq(front, i));
-            master
-                .via(via)
-                .send(pick, part.w.frame.clone(), false, reply);
+            master.via(via).send(pick, &part.w.frame, false, reply);
             if let Some(counters) = pool.router.read_counters() {
                 counters
                     .retried
@@ -609,7 +607,7 @@ impl Ctx {
                 let reply = self
                     .inbox
                     .reply_to_last(part_seq(seq, first), requests[first]);
-                node.send_batch(pick, sent[first].w.frame.clone(), reply);
+                node.send_batch(pick, std::iter::once(&sent[first].w.frame[..]), reply);
                 first += 1;
                 continue;
             }
@@ -619,15 +617,10 @@ impl Ctx {
                 self.congested = Some(node.clone());
             }
             if run == 1 {
-                node.send(pick, sent[first].w.frame.clone(), false, reply);
+                node.send(pick, &sent[first].w.frame, false, reply);
             } else {
-                let batch = &sent[first..first + run];
-                let mut frame =
-                    BytesMut::with_capacity(batch.iter().map(|p| p.w.frame.len()).sum());
-                for part in batch {
-                    frame.extend_from_slice(&part.w.frame);
-                }
-                node.send_batch(pick, frame.freeze(), reply);
+                let frames = sent[first..first + run].iter().map(|p| &p.w.frame[..]);
+                node.send_batch(pick, frames, reply);
             }
             first += run;
         }

@@ -202,7 +202,7 @@ async fn ask_confirmed(
 ) -> Option<Arc<Node>> {
     let source = cluster.redirect_node(sent_to)?;
     let nodes = Bytes::from_static(CLUSTER_NODES);
-    match tokio::time::timeout(wait, source.request(nodes)).await {
+    match tokio::time::timeout(wait, source.request(&nodes)).await {
         Ok(Ok(nodes)) if migrating_to(&nodes, slot, addr) => cluster.redirect_node(addr),
         _ => None,
     }
@@ -276,7 +276,7 @@ impl Resend {
 
     fn deliver(self, node: &Arc<Node>, asking: bool) {
         node.via(self.via)
-            .send(self.pick, self.frame, asking, self.reply);
+            .send(self.pick, &self.frame, asking, self.reply);
     }
 
     /// Sends the request to `addr` if the topology lists a node there, and returns true. Otherwise

@@ -454,7 +454,7 @@ impl Ctx {
         let tx = std::mem::take(&mut self.tx);
         if let (true, Some(node)) = (tx.watching, tx.node.clone()) {
             let own = self.own_node(&node);
-            own.send(0, Bytes::from_static(UNWATCH), false, ReplyTo::nowhere());
+            own.send(0, UNWATCH, false, ReplyTo::nowhere());
         }
     }
 
