@@ -173,9 +173,7 @@ pub(super) async fn run(link: Link, mut rx: Receiver) {
         loop {
             tokio::select! {
                 slot = rx.next_slot() => match slot {
-                    Some(Written { reply: Some(reply), bytes }) => {
-                        stats::shift(&link.stats.in_queue, -i64::from(reply.owed()));
-                        stats::shift(&link.stats.in_queue_bytes, -(bytes as i64));
+                    Some(Written { reply: Some(reply), .. }) => {
                         reply.send(Err(BackendError::Connect(addr.clone())));
                         notify(settings);
                     }
@@ -269,27 +267,19 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
                 tokio::task::yield_now().await;
                 rx.try_take(&mut batch, BATCH, BATCH_BYTES);
             }
-            // Requests taken from the queue (and their bytes), and requests written: the queued ones
-            // plus any ASKING.
-            let (mut queued, mut queued_bytes, mut count) = (0i64, 0i64, 0i64);
+            // Requests written: the queued ones plus any ASKING.
+            let mut count = 0i64;
             {
                 // Queue the reply slots before the bytes leave, so the reader always finds them.
                 let mut queue = inflight.lock().unwrap_or_else(PoisonError::into_inner);
                 queue.push_batch(Instant::now());
                 for w in batch.slots.drain(..) {
-                    let requests = i64::from(w.owed());
-                    if w.reply.is_some() {
-                        queued += requests;
-                        queued_bytes += w.bytes as i64;
-                    }
-                    count += requests;
+                    count += i64::from(w.owed());
                     queue.push(w);
                 }
             }
             let out = &mut batch.out;
             let bytes = out.len() as i64;
-            stats::shift(&stats.in_queue, -queued);
-            stats::shift(&stats.in_queue_bytes, -queued_bytes);
             stats::shift(&stats.out_queue, count);
             stats::shift(&stats.out_queue_bytes, bytes);
             stats::add(&stats.requests, count as u64);

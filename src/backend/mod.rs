@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::stats::{self, ServerStats};
+use crate::stats::ServerStats;
 
 /// What a backend answered, or why it could not.
 pub type BackendResult = Result<Bytes, BackendError>;
@@ -67,8 +67,8 @@ pub struct Settings {
     pub drain: Duration,
     /// Longest reply taken from the node, in bytes: a longer one closes the connection.
     pub max_reply: usize,
-    /// Bytes of requests that may wait for the node's connections to take them; past it sessions stop
-    /// reading their clients (see [`Node::congested`]).
+    /// Bytes of requests that may wait for the node's connections to take them, each connection
+    /// its share; past it sessions stop reading their clients (see [`Node::send`]).
     pub max_queue: usize,
     /// Connections speak TLS (the pool's `backend_tls`).
     pub tls: Option<Arc<crate::tls::Connector>>,
@@ -275,7 +275,7 @@ impl Node {
             .map(|(limit, notify)| Arc::new(Health::new(*limit, notify.clone())));
         let conns = (0..settings.connections.max(1))
             .map(|_| {
-                let (tx, rx) = queue::queue();
+                let (tx, rx) = queue::queue(stats.queued.register());
                 let link = connection::Link {
                     addr: addr.clone(),
                     settings: settings.clone(),
@@ -343,25 +343,15 @@ impl Node {
         &self.stats
     }
 
-    /// Whether more requests wait for this server's connections than `max_queue` allows: the
-    /// server (or the network to it) is slower than the clients, and they should wait rather than
-    /// have slotline hold their requests.
-    pub fn congested(&self) -> bool {
-        self.queued_bytes() > self.settings.max_queue
+    /// The bytes each of this server's connections may have waiting: its share of `max_queue`.
+    fn queue_bound(&self) -> usize {
+        self.settings.max_queue / self.conns.len()
     }
 
-    /// Whether a congested server's queue has drained to half the bound: its clients may go on.
-    pub fn drained(&self) -> bool {
-        self.queued_bytes() <= self.settings.max_queue / 2
-    }
-
-    fn queued_bytes(&self) -> usize {
-        usize::try_from(
-            self.stats
-                .in_queue_bytes
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-        .unwrap_or(0)
+    /// Whether the queue of connection `pick` has drained to half its bound, after a request sent
+    /// there found it congested (see [`Node::send`]): its clients may go on.
+    pub fn drained(&self, pick: usize) -> bool {
+        self.conns[pick % self.conns.len()].queued() <= self.queue_bound() / 2
     }
 
     /// Failures in a row, when the pool ejects failing servers.
@@ -372,8 +362,12 @@ impl Node {
     /// Queues a complete request (its bytes are copied) on connection `pick % connections`, after an
     /// `ASKING` when `asking` (an ASK redirect's retry). A client always picks the same connection,
     /// so its requests to this node stay in order. Its reply is forwarded as it is.
-    pub fn send(&self, pick: usize, frame: &[u8], asking: bool, reply: ReplyTo) {
-        self.queue(pick, std::iter::once(frame), asking, reply);
+    ///
+    /// Returns whether that connection now has more bytes waiting than its share of `max_queue`:
+    /// the server (or the network to it) is slower than the clients, and they should wait (until
+    /// [`Node::drained`]) rather than have slotline hold their requests.
+    pub fn send(&self, pick: usize, frame: &[u8], asking: bool, reply: ReplyTo) -> bool {
+        self.queue(pick, std::iter::once(frame), asking, reply)
     }
 
     /// Queues the requests of `frames`, back to back, as many as `reply` owes replies (see
@@ -381,29 +375,28 @@ impl Node {
     pub fn send_batch<'f>(
         &self,
         pick: usize,
-        frames: impl Iterator<Item = &'f [u8]> + Clone,
+        frames: impl Iterator<Item = &'f [u8]>,
         reply: ReplyTo,
-    ) {
-        self.queue(pick, frames, false, reply);
+    ) -> bool {
+        self.queue(pick, frames, false, reply)
     }
 
     fn queue<'f>(
         &self,
         pick: usize,
-        frames: impl Iterator<Item = &'f [u8]> + Clone,
+        frames: impl Iterator<Item = &'f [u8]>,
         asking: bool,
         reply: ReplyTo,
-    ) {
+    ) -> bool {
         let conn = &self.conns[pick % self.conns.len()];
-        let replies = i64::from(reply.owed());
-        let bytes = frames.clone().map(<[u8]>::len).sum::<usize>() as i64;
-        stats::shift(&self.stats.in_queue, replies);
-        stats::shift(&self.stats.in_queue_bytes, bytes);
-        if let Err(reply) = conn.send(frames, asking, reply) {
-            // The connection task is gone (runtime shutting down): fail the request rather than hang it.
-            stats::shift(&self.stats.in_queue, -replies);
-            stats::shift(&self.stats.in_queue_bytes, -bytes);
-            reply.send(Err(BackendError::Closed(self.addr.clone())));
+        match conn.send(frames, asking, reply) {
+            Ok(queued) => queued > self.queue_bound(),
+            Err(reply) => {
+                // The connection task is gone (runtime shutting down): fail the request rather
+                // than hang it.
+                reply.send(Err(BackendError::Closed(self.addr.clone())));
+                false
+            }
         }
     }
 

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, BytesMut};
 
 use super::ReplyTo;
+use crate::stats::QueueCount;
 
 /// Sent before a request that follows an ASK redirect, on the same connection.
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
@@ -37,12 +38,29 @@ struct State {
     bytes: BytesMut,
     /// One slot per queued request (or batch of them), in the order of `bytes`.
     slots: VecDeque<Written>,
+    /// Replies the queued requests owe (an `ASKING` owes none that anyone waits for).
+    requests: usize,
+    /// Where `requests` and the length of `bytes` are published for the server's stats.
+    count: Arc<QueueCount>,
     /// The connection task, when it waits for a request.
     waker: Option<Waker>,
     /// The node still holds the sending end: more requests may come.
     open: bool,
     /// The connection task still holds the receiving end: requests can be taken.
     taken: bool,
+}
+
+impl State {
+    fn publish(&self) {
+        self.count.set(self.requests, self.bytes.len());
+    }
+
+    /// Takes the oldest slot off the queue, with the bytes it stands for still in `bytes`.
+    fn pop(&mut self) -> Option<Written> {
+        let slot = self.slots.pop_front()?;
+        self.requests -= slot.reply.as_ref().map_or(0, |r| r.owed() as usize);
+        Some(slot)
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -59,10 +77,13 @@ pub(super) struct Sender(Shared);
 /// request's [`ReplyTo`] answers for itself when dropped).
 pub(super) struct Receiver(Shared);
 
-pub(super) fn queue() -> (Sender, Receiver) {
+/// A queue whose count is published in `count`.
+pub(super) fn queue(count: Arc<QueueCount>) -> (Sender, Receiver) {
     let shared = Arc::new(Mutex::new(State {
         bytes: BytesMut::new(),
         slots: VecDeque::new(),
+        requests: 0,
+        count,
         waker: None,
         open: true,
         taken: true,
@@ -72,14 +93,15 @@ pub(super) fn queue() -> (Sender, Receiver) {
 
 impl Sender {
     /// Queues the complete requests of `frames`, as many as `reply` owes replies, after an
-    /// `ASKING` when `asking`; gives `reply` back when the connection task is gone.
+    /// `ASKING` when `asking`. Returns the bytes now queued; gives `reply` back when the connection
+    /// task is gone.
     pub fn send<'f>(
         &self,
         frames: impl Iterator<Item = &'f [u8]>,
         asking: bool,
         reply: ReplyTo,
-    ) -> Result<(), ReplyTo> {
-        let waker = {
+    ) -> Result<usize, ReplyTo> {
+        let (waker, queued) = {
             let mut state = lock(&self.0);
             if !state.taken {
                 return Err(reply);
@@ -96,16 +118,23 @@ impl Sender {
                 state.bytes.extend_from_slice(frame);
             }
             let bytes = state.bytes.len() - before;
+            state.requests += reply.owed() as usize;
             state.slots.push_back(Written {
                 reply: Some(reply),
                 bytes,
             });
-            state.waker.take()
+            state.publish();
+            (state.waker.take(), state.bytes.len())
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        Ok(queued)
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        lock(&self.0).bytes.len()
     }
 }
 
@@ -170,8 +199,9 @@ impl Receiver {
     pub async fn next_slot(&mut self) -> Option<Written> {
         std::future::poll_fn(|cx| {
             let mut state = lock(&self.0);
-            if let Some(slot) = state.slots.pop_front() {
+            if let Some(slot) = state.pop() {
                 state.bytes.advance(slot.bytes);
+                state.publish();
                 return Poll::Ready(Some(slot));
             }
             if !state.open {
@@ -188,7 +218,7 @@ fn take_into(state: &mut State, batch: &mut Batch, max: usize, max_bytes: usize)
     let mut bytes = 0;
     let mut taken = 0;
     while taken < max && batch.bytes + bytes < max_bytes {
-        let Some(slot) = state.slots.pop_front() else {
+        let Some(slot) = state.pop() else {
             break;
         };
         bytes += slot.bytes;
@@ -204,6 +234,7 @@ fn take_into(state: &mut State, batch: &mut Batch, max: usize, max_bytes: usize)
         batch.out.extend_from_slice(&state.bytes[..bytes]);
         state.bytes.advance(bytes);
     }
+    state.publish();
 }
 
 impl Drop for Receiver {
@@ -212,6 +243,8 @@ impl Drop for Receiver {
             let mut state = lock(&self.0);
             state.taken = false;
             state.bytes = BytesMut::new();
+            state.requests = 0;
+            state.publish();
             std::mem::take(&mut state.slots)
         };
         // Outside the lock: each failed request delivers its error to a session's inbox.
@@ -223,21 +256,27 @@ impl Drop for Receiver {
 mod tests {
     use super::*;
     use crate::backend::{BackendError, Inbox};
+    use crate::stats::Queued;
 
     #[tokio::test]
     async fn requests_leave_in_order_in_bounded_batches_and_none_is_lost() {
         let inbox = Inbox::new();
-        let (tx, mut rx) = queue();
+        let server = Queued::default();
+        let (tx, mut rx) = queue(server.register());
         for seq in 0..5u8 {
             let frame = [b'0' + seq; 10];
-            assert!(tx
-                .send(
-                    [&frame[..]].into_iter(),
-                    seq == 4,
-                    inbox.reply_to(seq.into())
-                )
-                .is_ok());
+            let queued = tx.send(
+                [&frame[..]].into_iter(),
+                seq == 4,
+                inbox.reply_to(seq.into()),
+            );
+            assert!(queued.is_ok());
         }
+        // The server's count: five requests, and an ASKING before the last.
+        assert_eq!(
+            (server.requests(), server.bytes()),
+            (5, 50 + ASKING.len() as u64)
+        );
         let mut batch = Batch::default();
         // Two requests, or 15 bytes with one more past them.
         rx.try_take(&mut batch, 2, usize::MAX);
@@ -254,6 +293,10 @@ mod tests {
             .map(|w| w.reply.as_ref().map(ReplyTo::seq))
             .collect();
         assert_eq!(seqs, [Some(0), Some(1), Some(2), Some(3)]);
+        assert_eq!(
+            (server.requests(), server.bytes()),
+            (1, 10 + ASKING.len() as u64)
+        );
 
         // The node lets go: what is queued is still taken (an ASK retry, after its ASKING), then
         // the queue says it is over.
@@ -268,6 +311,7 @@ mod tests {
             .map(|w| w.reply.as_ref().map(ReplyTo::seq))
             .collect();
         assert_eq!(seqs, [None, Some(4)]);
+        assert_eq!((server.requests(), server.bytes()), (0, 0));
         let over = std::future::poll_fn(|cx| rx.poll_take(cx, &mut last, 10, usize::MAX)).await;
         assert!(!over);
     }
@@ -275,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_connection_is_woken_by_a_request_and_a_gone_one_fails_them() {
         let inbox = Inbox::new();
-        let (tx, mut rx) = queue();
+        let (tx, mut rx) = queue(Default::default());
         let waiting = tokio::spawn(async move {
             let got = rx.next_slot().await.and_then(|w| w.reply).map(|r| r.seq());
             (got, rx)

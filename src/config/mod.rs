@@ -176,7 +176,9 @@ pub struct PoolConfig {
     #[serde(default = "defaults::max_client_reply_bytes")]
     pub max_client_reply_bytes: usize,
     /// Bytes of requests that may wait for one backend server's connections (a server slower than its
-    /// clients); past it, sessions sending there stop reading their clients until half has drained.
+    /// clients), each connection its share (and again for each protocol and backend login that
+    /// reaches the server); past it, sessions sending there stop reading their clients until half
+    /// has drained.
     #[serde(default = "defaults::max_server_queue_bytes")]
     pub max_server_queue_bytes: usize,
     /// Longest reply slotline takes from a backend, in bytes; a longer one (or a length or element

@@ -488,7 +488,7 @@ impl Collector for PoolsCollector {
                 f[SENT].add(&at, read(&s.request_bytes));
                 f[RECEIVED].add(&at, read(&s.response_bytes));
                 f[CONNECTIONS].add(&at, gauge(&s.server_connections));
-                f[QUEUED].add(&at, gauge(&s.in_queue) + gauge(&s.out_queue));
+                f[QUEUED].add(&at, s.queued.requests() + gauge(&s.out_queue));
                 for (kind, counter) in [
                     ("eof", &s.server_eof),
                     ("error", &s.server_err),

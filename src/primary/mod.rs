@@ -316,7 +316,8 @@ impl Primary {
                 if let Some(master) = master {
                     let role = ask(&master, ROLE, wait).await;
                     if let Some(Ok(replies::Role::Master)) = role.as_deref().map(replies::role) {
-                        return master.via(via).send(pick, &frame, false, reply);
+                        master.via(via).send(pick, &frame, false, reply);
+                        return;
                     }
                 }
                 if Instant::now() + RESEND_LOOK_GAP >= deadline {

@@ -359,7 +359,7 @@ fn pools_and_backends(out: &mut String, pools: &[std::sync::Arc<Pool>], shared: 
                 gauge(&s.server_connections),
                 read(&s.requests),
                 read(&s.responses),
-                gauge(&s.in_queue) + gauge(&s.out_queue),
+                s.queued.requests() as i64 + gauge(&s.out_queue),
                 read(&s.server_eof) + read(&s.server_err) + read(&s.server_timedout),
             );
         }

@@ -293,8 +293,8 @@ pub(crate) struct Ctx {
     /// The last command looked up: a pipeline mostly repeats one, and comparing its name is cheaper
     /// than a lookup.
     last_command: Option<&'static Spec>,
-    /// A backend this client sent to has more requests waiting than `max_server_queue_bytes`: the
-    /// client is not read until half of them have gone out.
+    /// A backend this client sent to has more bytes waiting on its connection than its share of
+    /// `max_server_queue_bytes`: the client is not read until half of them have gone out.
     congested: Option<Arc<Node>>,
     /// Set by MONITOR: the stream of every command, and the lines taken from it not yet written.
     monitor: Option<Box<(crate::monitor::Monitor, Vec<Bytes>)>>,
@@ -409,7 +409,12 @@ pub(crate) async fn serve<R, W>(
         // ready replies composed in the worker's scratch buffer and written.
         ctx.now = Instant::now();
         ctx.begin_output();
-        if ctx.congested.as_ref().is_some_and(|node| node.drained()) {
+        let pick = ctx.client.id() as usize;
+        if ctx
+            .congested
+            .as_ref()
+            .is_some_and(|node| node.drained(pick))
+        {
             ctx.congested = None;
         }
         match std::mem::replace(&mut woke, Woke::Nothing) {
@@ -1128,10 +1133,9 @@ impl Ctx {
             return self.no_backend(view, place);
         };
         let seq = self.front_seq + self.pending.len() as u64;
-        node.via(self.via())
-            .send(pick, &frame, false, self.inbox.reply_to(seq));
-        if node.congested() {
-            self.congested = Some(node.clone());
+        let to = node.via(self.via());
+        if to.send(pick, &frame, false, self.inbox.reply_to(seq)) {
+            self.congested = Some(to.clone());
         }
         if let Some(migration) = self.pool.migration.as_ref() {
             if spec.has(crate::command::flags::READONLY) && migration.shadow_sample() {

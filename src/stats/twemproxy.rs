@@ -67,8 +67,8 @@ pub fn render(header: &Header<'_>, pools: &[Pool<'_>]) -> String {
                 s.request_bytes.load(Ordering::Relaxed),
                 s.responses.load(Ordering::Relaxed),
                 s.response_bytes.load(Ordering::Relaxed),
-                gauge(&s.in_queue),
-                gauge(&s.in_queue_bytes),
+                s.queued.requests(),
+                s.queued.bytes(),
                 gauge(&s.out_queue),
                 gauge(&s.out_queue_bytes),
             );

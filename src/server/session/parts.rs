@@ -613,14 +613,14 @@ impl Ctx {
             }
             // One number per part: the replies of a batch are delivered each under its own.
             let reply = self.inbox.reply_to_each(part_seq(seq, first), run as u32);
-            if node.congested() {
-                self.congested = Some(node.clone());
-            }
-            if run == 1 {
-                node.send(pick, &sent[first].w.frame, false, reply);
+            let congested = if run == 1 {
+                node.send(pick, &sent[first].w.frame, false, reply)
             } else {
                 let frames = sent[first..first + run].iter().map(|p| &p.w.frame[..]);
-                node.send_batch(pick, frames, reply);
+                node.send_batch(pick, frames, reply)
+            };
+            if congested {
+                self.congested = Some(node.clone());
             }
             first += run;
         }
