@@ -257,8 +257,8 @@ fn a_file_limit_below_client_connections_is_reported_at_start() {
 
 /// A backend slower than its clients (here: stopped, so it reads nothing) makes them wait, not
 /// slotline hold their requests: past `max_server_queue_bytes` waiting for it, sessions stop reading
-/// until half has gone out. Eight clients with 8 MiB each on their way: slotline holds a few MiB, and
-/// every request is answered once the backend moves again.
+/// until half has gone out. Eight clients with 8 MiB each on their way: slotline holds a few MiB,
+/// every request is answered once the backend moves again, and the memory the queue held goes back.
 #[test]
 fn a_slow_backend_makes_clients_wait_rather_than_slotline_hold_their_requests() {
     let servers = RedisServers::start(1);
@@ -293,4 +293,9 @@ fn a_slow_backend_makes_clients_wait_rather_than_slotline_hold_their_requests() 
         let replies = writer.join().expect("writer");
         assert!(replies.iter().all(|r| *r == Reply::ok()));
     }
+    wait_for(
+        Duration::from_secs(30),
+        "the queue in front of the stopped backend to leave slotline's memory",
+        || rss_kib(&proxy) <= before + 8192,
+    );
 }

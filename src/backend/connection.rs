@@ -278,22 +278,21 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
                     queue.push(w);
                 }
             }
-            let out = &mut batch.out;
-            let bytes = out.len() as i64;
+            let bytes = batch.out.len() as i64;
             stats::shift(&stats.out_queue, count);
             stats::shift(&stats.out_queue_bytes, bytes);
             stats::add(&stats.requests, count as u64);
             stats::add(&stats.request_bytes, bytes as u64);
-            wr.write_all(out)
+            wr.write_all(&batch.out)
                 .await
                 .map_err(|_| BackendError::Closed(addr.clone()))?;
             wr.flush()
                 .await
                 .map_err(|_| BackendError::Closed(addr.clone()))?;
-            out.clear();
-            if out.capacity() > 4 * READ_CHUNK {
+            batch.out.clear();
+            if std::mem::take(&mut batch.burst) || batch.out.capacity() > 4 * READ_CHUNK {
                 // A burst of large requests went out: the connection does not keep its buffer.
-                *out = BytesMut::new();
+                batch.out = BytesMut::new();
             }
         }
     };

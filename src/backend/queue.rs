@@ -17,6 +17,10 @@ use bytes::{Buf, BytesMut};
 use super::ReplyTo;
 use crate::stats::QueueCount;
 
+/// A queue whose buffer held more than this (a burst, or a backend slower than its clients) gives
+/// it up once it has gone out, as the connection gives up a write buffer that grew past it.
+const KEEP: usize = 256 * 1024;
+
 /// Sent before a request that follows an ASK redirect, on the same connection.
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 
@@ -40,6 +44,8 @@ struct State {
     slots: VecDeque<Written>,
     /// Replies the queued requests owe (an `ASKING` owes none that anyone waits for).
     requests: usize,
+    /// The most `bytes` held since its buffer was last given up (see [`KEEP`]).
+    peak: usize,
     /// Where `requests` and the length of `bytes` are published for the server's stats.
     count: Arc<QueueCount>,
     /// The connection task, when it waits for a request.
@@ -83,6 +89,7 @@ pub(super) fn queue(count: Arc<QueueCount>) -> (Sender, Receiver) {
         bytes: BytesMut::new(),
         slots: VecDeque::new(),
         requests: 0,
+        peak: 0,
         count,
         waker: None,
         open: true,
@@ -118,6 +125,7 @@ impl Sender {
                 state.bytes.extend_from_slice(frame);
             }
             let bytes = state.bytes.len() - before;
+            state.peak = state.peak.max(state.bytes.len());
             state.requests += reply.owed() as usize;
             state.slots.push_back(Written {
                 reply: Some(reply),
@@ -160,6 +168,8 @@ pub(super) struct Batch {
     pub slots: Vec<Written>,
     /// Bytes taken into `out` since it was last cleared.
     pub bytes: usize,
+    /// `out` is the buffer of a burst: dropped, not kept, once written.
+    pub burst: bool,
 }
 
 impl Receiver {
@@ -201,6 +211,10 @@ impl Receiver {
             let mut state = lock(&self.0);
             if let Some(slot) = state.pop() {
                 state.bytes.advance(slot.bytes);
+                if state.slots.is_empty() && state.peak > KEEP {
+                    state.bytes = BytesMut::new();
+                    state.peak = 0;
+                }
                 state.publish();
                 return Poll::Ready(Some(slot));
             }
@@ -226,7 +240,18 @@ fn take_into(state: &mut State, batch: &mut Batch, max: usize, max_bytes: usize)
         batch.slots.push(slot);
     }
     batch.bytes += bytes;
-    if bytes == state.bytes.len() && batch.out.is_empty() {
+    let all = bytes == state.bytes.len();
+    if all && state.peak > KEEP {
+        // The end of a burst: its buffer leaves with this write and nobody keeps it.
+        if batch.out.is_empty() {
+            batch.out = std::mem::take(&mut state.bytes);
+        } else {
+            batch.out.extend_from_slice(&state.bytes);
+            state.bytes = BytesMut::new();
+        }
+        batch.burst = true;
+        state.peak = 0;
+    } else if all && batch.out.is_empty() {
         // Everything queued is taken (the usual case): the buffers trade places, the queue keeps
         // the capacity the last write freed.
         std::mem::swap(&mut batch.out, &mut state.bytes);
@@ -257,6 +282,7 @@ mod tests {
     use super::*;
     use crate::backend::{BackendError, Inbox};
     use crate::stats::Queued;
+    use std::future::Future;
 
     #[tokio::test]
     async fn requests_leave_in_order_in_bounded_batches_and_none_is_lost() {
@@ -314,6 +340,60 @@ mod tests {
         assert_eq!((server.requests(), server.bytes()), (0, 0));
         let over = std::future::poll_fn(|cx| rx.poll_take(cx, &mut last, 10, usize::MAX)).await;
         assert!(!over);
+    }
+
+    #[test]
+    fn a_queue_gives_up_the_buffer_of_a_burst_once_it_has_gone_out() {
+        let inbox = Inbox::new();
+        let (tx, mut rx) = queue(Default::default());
+        let request = vec![b'x'; 100 * 1024];
+        let send = |seq| tx.send([&request[..]].into_iter(), false, inbox.reply_to(seq));
+        // Small requests: the queue and the connection trade one buffer back and forth.
+        assert!(send(0).is_ok());
+        let mut batch = Batch::default();
+        rx.try_take(&mut batch, 10, usize::MAX);
+        assert!(!batch.burst);
+        assert!(lock(&rx.0).bytes.is_empty());
+
+        // A burst of 500 KiB, taken as the connection takes it: some, then the rest after a turn
+        // of the scheduler. The queue's buffer leaves with the write, and the connection does not
+        // keep it either.
+        for seq in 1..=5 {
+            assert!(send(seq).is_ok());
+        }
+        let mut batch = Batch::default();
+        rx.try_take(&mut batch, 2, usize::MAX);
+        assert!(!batch.burst, "the queue still holds the rest of the burst");
+        rx.try_take(&mut batch, 10, usize::MAX);
+        assert_eq!(batch.slots.len(), 5);
+        assert!(batch.burst);
+        assert_eq!(
+            lock(&rx.0).bytes.capacity(),
+            0,
+            "the queue kept the burst's buffer"
+        );
+
+        // The same when a failing connection discards what is queued.
+        for seq in 6..=9 {
+            assert!(send(seq).is_ok());
+        }
+        let mut discarded = 0;
+        while lock(&rx.0).slots.front().is_some() {
+            let slot = next_now(&mut rx);
+            discarded += slot.map_or(0, |w| w.bytes);
+        }
+        assert_eq!(discarded, 4 * request.len());
+        assert_eq!(lock(&rx.0).bytes.capacity(), 0);
+    }
+
+    /// The next slot, taken without waiting (one is queued).
+    fn next_now(rx: &mut Receiver) -> Option<Written> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match std::pin::pin!(rx.next_slot()).poll(&mut cx) {
+            Poll::Ready(slot) => slot,
+            Poll::Pending => None,
+        }
     }
 
     #[tokio::test]
