@@ -239,7 +239,6 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
             ..Batch::default()
         };
         loop {
-            batch.bytes = 0;
             let open =
                 std::future::poll_fn(|cx| rx.poll_take(cx, &mut batch, BATCH, BATCH_BYTES)).await;
             if !open {
@@ -260,7 +259,7 @@ async fn serve(stream: Stream, link: &Link, rx: &mut Receiver) -> Result<(), Bac
             // Up to BATCH requests or BATCH_BYTES per write: what the connection takes off its queue
             // is what it writes now. The rest stays queued, where it counts against
             // `max_server_queue_bytes` and holds its senders back.
-            if batch.slots.len() < BATCH && batch.bytes < BATCH_BYTES {
+            if batch.slots.len() < BATCH && batch.out.len() < BATCH_BYTES {
                 // The queue ran dry. Let every other task that is ready run first: sessions woken by
                 // the same poll of the I/O driver add their requests, and they all leave in this one
                 // write. This is what turns many clients' single requests into one pipeline for Redis.

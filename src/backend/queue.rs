@@ -166,8 +166,6 @@ pub(super) struct Batch {
     pub out: BytesMut,
     /// Their slots, in order.
     pub slots: Vec<Written>,
-    /// Bytes taken into `out` since it was last cleared.
-    pub bytes: usize,
     /// `out` is the buffer of a burst: dropped, not kept, once written.
     pub burst: bool,
 }
@@ -231,7 +229,7 @@ impl Receiver {
 fn take_into(state: &mut State, batch: &mut Batch, max: usize, max_bytes: usize) {
     let mut bytes = 0;
     let mut taken = 0;
-    while taken < max && batch.bytes + bytes < max_bytes {
+    while taken < max && batch.out.len() + bytes < max_bytes {
         let Some(slot) = state.pop() else {
             break;
         };
@@ -239,7 +237,6 @@ fn take_into(state: &mut State, batch: &mut Batch, max: usize, max_bytes: usize)
         taken += 1;
         batch.slots.push(slot);
     }
-    batch.bytes += bytes;
     let all = bytes == state.bytes.len();
     if all && state.peak > KEEP {
         // The end of a burst: its buffer leaves with this write and nobody keeps it.
@@ -310,7 +307,7 @@ mod tests {
         assert_eq!(&batch.out[..], b"00000000001111111111");
         let mut more = Batch::default();
         rx.try_take(&mut more, 10, 15);
-        assert_eq!((more.slots.len(), more.bytes), (2, 20));
+        assert_eq!((more.slots.len(), more.out.len()), (2, 20));
         assert_eq!(&more.out[..], b"22222222223333333333");
         let seqs: Vec<Option<u64>> = batch
             .slots
