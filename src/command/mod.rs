@@ -82,6 +82,18 @@ pub enum LookupError {
 /// Longest name (`container|sub` included) that can name a real command.
 const MAX_NAME: usize = 48;
 
+/// Whether a request's first argument names the command `name` (a spec's name, lower case): as
+/// Redis reads command names, in any case. One case change per byte, where
+/// `eq_ignore_ascii_case` makes two.
+#[inline]
+pub fn names(arg: &[u8], name: &str) -> bool {
+    arg.len() == name.len()
+        && arg
+            .iter()
+            .zip(name.as_bytes())
+            .all(|(a, n)| a.to_ascii_lowercase() == *n)
+}
+
 /// Finds the spec for a command, descending into the subcommand when the command has them.
 pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Result<&'static Spec, LookupError> {
     let mut buf = [0u8; MAX_NAME];
@@ -166,6 +178,20 @@ impl<'a> Request<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_is_named_in_any_case_and_by_nothing_else() {
+        // `names` lowers the request's bytes only: every spec's name must be lower case already.
+        for spec in all() {
+            assert_eq!(spec.name, spec.name.to_ascii_lowercase(), "{}", spec.name);
+            assert!(names(spec.name.to_ascii_uppercase().as_bytes(), spec.name));
+        }
+        assert!(names(b"GeT", "get"));
+        assert!(!names(b"gets", "get"));
+        assert!(!names(b"ge", "get"));
+        // Not letters: '\r' is '-' with the case bit cleared, and must not pass for it.
+        assert!(!names(b"\rx", "-x"));
+    }
 
     #[test]
     fn families_follow_redis_acl_categories() {

@@ -4,7 +4,7 @@
 //! session already flushes its other counters: an idle client carries none.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,17 +13,23 @@ use prometheus::local::LocalHistogram;
 
 use super::{ErrorKind, Family, PoolMetrics, RedirectKind};
 
+/// A worker's tally for one pool, with the pool's metrics it adds to.
+type Kept = (Arc<PoolMetrics>, Box<SessionTally>);
+
 thread_local! {
     /// The worker's tallies, one per pool, while no session has one lent.
-    static TALLIES: RefCell<Vec<(Weak<PoolMetrics>, Box<SessionTally>)>> =
-        const { RefCell::new(Vec::new()) };
+    static TALLIES: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A session's access to its worker's tally for its pool: borrowed on first use within a step and
 /// given back, flushed, by [`Tally::flush`] (or on drop).
+///
+/// Lending and giving back move the tally and the worker's reference to the pool between the
+/// worker's list and the session: a reference made and dropped per step (a `Weak`) was two atomic
+/// operations on every request's path at -P 1.
 pub struct Tally {
     pool: Arc<PoolMetrics>,
-    lent: Option<Box<SessionTally>>,
+    lent: Option<Kept>,
 }
 
 impl Tally {
@@ -39,34 +45,32 @@ impl Tally {
     pub fn get(&mut self) -> &mut SessionTally {
         let pool = &self.pool;
         // Asked several times per request: the borrowing, once per step, stays out of line.
-        self.lent.get_or_insert_with(|| Tally::lend(pool))
+        &mut self.lent.get_or_insert_with(|| Tally::lend(pool)).1
     }
 
     #[cold]
     #[inline(never)]
-    fn lend(pool: &Arc<PoolMetrics>) -> Box<SessionTally> {
+    fn lend(pool: &Arc<PoolMetrics>) -> Kept {
         TALLIES
             .with(|t| {
                 let mut tallies = t.borrow_mut();
-                let at = tallies
-                    .iter()
-                    .position(|(p, _)| std::ptr::eq(p.as_ptr(), Arc::as_ptr(pool)))?;
-                Some(tallies.swap_remove(at).1)
+                let at = tallies.iter().position(|(p, _)| Arc::ptr_eq(p, pool))?;
+                Some(tallies.swap_remove(at))
             })
-            .unwrap_or_else(|| Box::new(SessionTally::new(pool)))
+            .unwrap_or_else(|| (pool.clone(), Box::new(SessionTally::new(pool))))
     }
 
     /// Adds what was counted to the pool's metrics and gives the tally back to the worker.
     pub fn flush(&mut self) {
-        let Some(mut tally) = self.lent.take() else {
+        let Some((pool, mut tally)) = self.lent.take() else {
             return;
         };
-        tally.flush(&self.pool);
-        let pool = Arc::downgrade(&self.pool);
+        tally.flush(&pool);
         TALLIES.with(|t| {
             let mut tallies = t.borrow_mut();
-            // Pools a reload removed leave their tallies behind once.
-            tallies.retain(|(p, _)| p.strong_count() > 0);
+            // Pools a reload removed leave their tallies behind once: held by nothing but this
+            // list, their metrics are gone from every scrape.
+            tallies.retain(|(p, _)| Arc::strong_count(p) > 1);
             tallies.push((pool, tally));
         });
     }
@@ -236,10 +240,16 @@ impl SessionTally {
             add(&mut self.redirects, &pool.redirects);
         }
         self.per_command.flush(&pool.commandstats);
-        pool.client_received_bytes
-            .inc_by(std::mem::take(&mut self.received));
-        pool.client_sent_bytes
-            .inc_by(std::mem::take(&mut self.sent));
+        // A step that only read, or only wrote, adds nothing to the other count (an atomic
+        // operation saved).
+        if self.received > 0 {
+            pool.client_received_bytes
+                .inc_by(std::mem::take(&mut self.received));
+        }
+        if self.sent > 0 {
+            pool.client_sent_bytes
+                .inc_by(std::mem::take(&mut self.sent));
+        }
     }
 }
 

@@ -807,7 +807,7 @@ impl Ctx {
         let argc = req.argc();
         let cached = self
             .last_command
-            .filter(|spec| req.arg(0).eq_ignore_ascii_case(spec.name.as_bytes()));
+            .filter(|spec| command::names(req.arg(0), spec.name));
         let looked_up = match cached {
             Some(spec) => Ok(spec),
             None => command::lookup(req.arg(0), (argc > 1).then(|| req.arg(1))),
@@ -815,7 +815,8 @@ impl Ctx {
         let spec = match looked_up {
             Ok(spec) => {
                 // Only a command without subcommands is the same spec whatever its arguments.
-                if !matches!(spec.route, Route::Container | Route::Local)
+                if cached.is_none()
+                    && !matches!(spec.route, Route::Container | Route::Local)
                     && !spec.name.contains('|')
                 {
                     self.last_command = Some(spec);
