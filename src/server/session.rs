@@ -409,11 +409,10 @@ pub(crate) async fn serve<R, W>(
         // ready replies composed in the worker's scratch buffer and written.
         ctx.now = Instant::now();
         ctx.begin_output();
-        let pick = ctx.client.id() as usize;
         if ctx
             .congested
             .as_ref()
-            .is_some_and(|node| node.drained(pick))
+            .is_some_and(|node| node.drained(ctx.client.id() as usize))
         {
             ctx.congested = None;
         }
