@@ -96,6 +96,7 @@ impl Inbox {
             seq,
             owed: count.max(1),
             last_only: false,
+            skip: 0,
         }
     }
 
@@ -108,11 +109,11 @@ impl Inbox {
         reply
     }
 
-    /// Delivers `result` under the numbers `seq..seq + count`.
-    fn deliver(&self, seq: u64, count: u32, result: BackendResult) {
+    /// Delivers what `deliver` puts into the inbox's state, and wakes the session if it must.
+    fn deliver(&self, deliver: impl FnOnce(&mut State) -> bool) {
         let waker = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let due = state.push(seq, count, result);
+            let due = deliver(&mut state);
             state.wake_if(due)
         };
         if let Some(waker) = waker {
@@ -180,6 +181,10 @@ pub struct ReplyTo {
     owed: u32,
     /// Only the last reply is delivered, under `seq` (see [`Inbox::reply_to_last`]).
     last_only: bool,
+    /// Numbers after `seq` that are not this batch's (a gathered batch's requests are numbered
+    /// among the session's requests to other nodes: see [`ReplyTo::take_in`]): bit `i` stands for
+    /// number `seq + 1 + i`.
+    skip: u64,
 }
 
 impl ReplyTo {
@@ -190,6 +195,7 @@ impl ReplyTo {
             seq: 0,
             owed: 1,
             last_only: false,
+            skip: 0,
         }
     }
 
@@ -204,13 +210,47 @@ impl ReplyTo {
         self.owed
     }
 
+    /// Whether its replies go to `inbox`.
+    pub fn is_for(&self, inbox: &Arc<Inbox>) -> bool {
+        self.inbox.as_ref().is_some_and(|i| Arc::ptr_eq(i, inbox))
+    }
+
+    /// Makes a promise of one more reply, to request number `seq`, sent after the others in the
+    /// same batch (see [`crate::backend::gather`]). False when it cannot: `seq` is not after its
+    /// last number, or not within [`ReplyTo::SPAN`] of its first.
+    pub fn take_in(&mut self, seq: u64) -> bool {
+        let last = self.seq + u64::from(self.owed - 1) + u64::from(self.skip.count_ones());
+        if self.last_only || seq <= last || seq - self.seq >= ReplyTo::SPAN {
+            return false;
+        }
+        // The numbers between its last and this one are not the batch's.
+        let between = seq - last - 1;
+        self.skip |= ((1u64 << between) - 1) << (last - self.seq);
+        self.owed += 1;
+        true
+    }
+
+    /// The most numbers a batch taken in by [`ReplyTo::take_in`] spans, first to last: one bit of
+    /// `skip` each but the first.
+    pub const SPAN: u64 = 64;
+
     /// Delivers `result` as the answer to every request still owed one: the reply to a single request
     /// (or a batch's last), or a failure shared by the rest of a batch.
     pub fn send(mut self, result: BackendResult) {
         if let Some(inbox) = self.inbox.take() {
-            let count = if self.last_only { 1 } else { self.owed };
-            inbox.deliver(self.seq, count, result);
+            inbox.deliver(|state| self.deliver_into(state, result));
         }
+    }
+
+    /// The numbers its replies are still owed under, in order (a `last_only` batch's one number).
+    fn numbers(&self) -> impl Iterator<Item = u64> {
+        let (mut seq, mut skip) = (self.seq, self.skip);
+        let owed = if self.last_only { 1 } else { self.owed };
+        (0..owed).map(move |_| {
+            let n = seq;
+            (seq, skip) = after(seq, skip);
+            n
+        })
     }
 
     /// [`send`](Self::send)s each result to its promise, locking and waking each inbox once for a
@@ -245,12 +285,21 @@ impl ReplyTo {
     /// Puts what [`send`](Self::send) delivers into an inbox's state, locked by the caller; true
     /// when it must wake the session.
     fn deliver_into(&self, state: &mut State, result: BackendResult) -> bool {
+        if self.skip != 0 && self.owed > 1 {
+            let mut due = false;
+            for n in self.numbers() {
+                due |= state.push(n, 1, result.clone());
+            }
+            return due;
+        }
         let count = if self.last_only { 1 } else { self.owed.max(1) };
         state.push(self.seq, count, result)
     }
 
-    /// Delivers a batch's next reply (not its last: that goes with [`send`](Self::send)).
-    pub fn send_next(&mut self, result: BackendResult) {
+    /// Takes a batch's next reply (not its last: that goes with [`send`](Self::send)) into `next`,
+    /// under its number, to be delivered with the others read with it by
+    /// [`deliver_next`](Self::deliver_next). A `last_only` batch drops it.
+    pub fn hold_next(&mut self, result: BackendResult, next: &mut Vec<(u64, BackendResult)>) {
         if self.owed <= 1 {
             return;
         }
@@ -258,18 +307,40 @@ impl ReplyTo {
         if self.last_only {
             return;
         }
-        if let Some(inbox) = &self.inbox {
-            inbox.deliver(self.seq, 1, result);
+        if self.inbox.is_some() {
+            next.push((self.seq, result));
         }
-        self.seq += 1;
+        (self.seq, self.skip) = after(self.seq, self.skip);
     }
+
+    /// Delivers the replies [`hold_next`](Self::hold_next) took, under one lock of the inbox.
+    pub fn deliver_next(&self, next: &mut Vec<(u64, BackendResult)>) {
+        if let Some(inbox) = &self.inbox {
+            inbox.deliver(|state| {
+                let mut due = false;
+                for (n, result) in next.drain(..) {
+                    due |= state.push(n, 1, result);
+                }
+                due
+            });
+        }
+        next.clear();
+    }
+}
+
+/// The number after `seq` in a batch that skips the numbers `skip` marks, and what it skips after.
+fn after(seq: u64, skip: u64) -> (u64, u64) {
+    let skipped = skip.trailing_ones();
+    (
+        seq + 1 + u64::from(skipped),
+        skip.checked_shr(skipped + 1).unwrap_or(0),
+    )
 }
 
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(inbox) = self.inbox.take() {
-            let count = if self.last_only { 1 } else { self.owed };
-            inbox.deliver(self.seq, count, Err(BackendError::Abandoned));
+            inbox.deliver(|state| self.deliver_into(state, Err(BackendError::Abandoned)));
         }
     }
 }
@@ -309,10 +380,12 @@ mod tests {
     fn a_last_only_batch_delivers_its_last_reply_under_its_one_number() {
         let inbox = Inbox::new();
         let mut tx = inbox.reply_to_last(7, 100_002);
+        let mut next = Vec::new();
         for _ in 0..100_001 {
             assert!(tx.owed() > 1);
-            tx.send_next(Ok(Bytes::from_static(b"+QUEUED\r\n")));
+            tx.hold_next(Ok(Bytes::from_static(b"+QUEUED\r\n")), &mut next);
         }
+        assert!(next.is_empty(), "none but the last is kept");
         assert_eq!(tx.owed(), 1);
         tx.send(Ok(Bytes::from_static(b"*0\r\n")));
         let mut got = Vec::new();
@@ -408,5 +481,66 @@ mod tests {
                 (5, Ok(Bytes::from_static(b":5\r\n")))
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_of_numbers_apart_delivers_each_reply_under_its_own_number() {
+        let inbox = Inbox::new();
+        let reply = |s: &'static str| Ok(Bytes::from_static(s.as_bytes()));
+        // Requests 3, 5, 6 and 9 went to one connection; 4, 7 and 8 elsewhere.
+        let mut tx = inbox.reply_to(3);
+        for n in [5, 6, 9] {
+            assert!(tx.take_in(n));
+        }
+        assert!(!tx.take_in(9), "not after its last");
+        assert!(!tx.take_in(3 + ReplyTo::SPAN), "too far from its first");
+        assert_eq!(tx.owed(), 4);
+        let mut next = Vec::new();
+        tx.hold_next(reply("+3\r\n"), &mut next);
+        tx.hold_next(reply("+5\r\n"), &mut next);
+        tx.deliver_next(&mut next);
+        assert!(next.is_empty());
+        // Cut short after three replies: the fourth is failed under its own number.
+        tx.hold_next(reply("+6\r\n"), &mut next);
+        tx.deliver_next(&mut next);
+        drop(tx);
+        let mut got = Vec::new();
+        inbox.take(&mut got);
+        assert_eq!(
+            got,
+            vec![
+                (3, reply("+3\r\n")),
+                (5, reply("+5\r\n")),
+                (6, reply("+6\r\n")),
+                (9, Err(BackendError::Abandoned)),
+            ]
+        );
+
+        // So is a batch of numbers side by side.
+        let mut tx = inbox.reply_to_each(20, 3);
+        tx.hold_next(reply("+20\r\n"), &mut next);
+        tx.deliver_next(&mut next);
+        drop(tx);
+        got.clear();
+        inbox.take(&mut got);
+        let abandoned = Err(BackendError::Abandoned);
+        assert_eq!(
+            got,
+            vec![
+                (20, reply("+20\r\n")),
+                (21, abandoned.clone()),
+                (22, abandoned)
+            ]
+        );
+
+        // Failed whole (its connection lost), each number gets the failure.
+        let mut tx = inbox.reply_to(10);
+        assert!(tx.take_in(12) && tx.take_in(73));
+        assert!(!tx.take_in(74));
+        tx.send(Err(BackendError::Abandoned));
+        got.clear();
+        inbox.take(&mut got);
+        let numbers: Vec<_> = got.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [10, 12, 73]);
     }
 }

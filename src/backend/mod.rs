@@ -7,6 +7,7 @@
 
 mod connection;
 mod feeds;
+mod gather;
 mod health;
 mod inbox;
 mod logins;
@@ -18,6 +19,7 @@ pub use stream::Stream;
 mod subscriber;
 
 pub use feeds::{Gate, MasterFeeds, BARRIER_PASSED};
+pub use gather::{gathering, send_gathered, LARGEST as LARGEST_GATHERED};
 pub use health::Health;
 pub use inbox::{Awaited, Inbox, ReplyTo};
 pub use logins::{Logins, NODE_LOGINS};
@@ -252,6 +254,8 @@ pub fn auth_command(user: Option<&str>, password: &str, out: &mut bytes::BytesMu
 pub struct Node {
     addr: Arc<str>,
     conns: Box<[queue::Sender]>,
+    /// The bytes each connection may have waiting: its share of `settings.max_queue`.
+    queue_bound: usize,
     stats: Arc<ServerStats>,
     health: Option<Arc<Health>>,
     settings: Settings,
@@ -273,7 +277,7 @@ impl Node {
             .eject
             .as_ref()
             .map(|(limit, notify)| Arc::new(Health::new(*limit, notify.clone())));
-        let conns = (0..settings.connections.max(1))
+        let conns: Box<[queue::Sender]> = (0..settings.connections.max(1))
             .map(|_| {
                 let (tx, rx) = queue::queue(stats.queued.register());
                 let link = connection::Link {
@@ -286,9 +290,11 @@ impl Node {
                 tx
             })
             .collect();
+        let queue_bound = settings.max_queue / conns.len();
         Arc::new(Node {
             addr,
             conns,
+            queue_bound,
             stats,
             health,
             settings: settings.clone(),
@@ -343,15 +349,19 @@ impl Node {
         &self.stats
     }
 
-    /// The bytes each of this server's connections may have waiting: its share of `max_queue`.
-    fn queue_bound(&self) -> usize {
-        self.settings.max_queue / self.conns.len()
+    /// The connection a client that picks `pick` uses. (Without a division when there is one, as
+    /// there usually is: a division is a dozen cycles on every request.)
+    fn conn_index(&self, pick: usize) -> usize {
+        match self.conns.len() {
+            1 => 0,
+            n => pick % n,
+        }
     }
 
     /// Whether the queue of connection `pick` has drained to half its bound, after a request sent
     /// there found it congested (see [`Node::send`]): its clients may go on.
     pub fn drained(&self, pick: usize) -> bool {
-        self.conns[pick % self.conns.len()].queued() <= self.queue_bound() / 2
+        self.conns[self.conn_index(pick)].queued() <= self.queue_bound / 2
     }
 
     /// Failures in a row, when the pool ejects failing servers.
@@ -368,6 +378,23 @@ impl Node {
     /// [`Node::drained`]) rather than have slotline hold their requests.
     pub fn send(&self, pick: usize, frame: &[u8], asking: bool, reply: ReplyTo) -> bool {
         self.queue(pick, std::iter::once(frame), asking, reply)
+    }
+
+    /// Queues request number `seq`, `frame`, as [`Node::send`] does, but with the other requests
+    /// the session sends to the same connection in this step, in one batch when the step ends
+    /// ([`send_gathered`]) or anything else is sent on this thread: one lock of the queue and one
+    /// promise of replies for them all (see [`gather`]). For requests of at most
+    /// [`LARGEST_GATHERED`] bytes.
+    ///
+    /// Returns a node that was found congested when what was gathered had to be sent now.
+    pub fn send_soon(
+        self: &Arc<Self>,
+        pick: usize,
+        frame: &[u8],
+        inbox: &Arc<Inbox>,
+        seq: u64,
+    ) -> Option<Arc<Node>> {
+        gather::gather(self, pick, frame, inbox, seq)
     }
 
     /// Queues the requests of `frames`, back to back, as many as `reply` owes replies (see
@@ -388,9 +415,14 @@ impl Node {
         asking: bool,
         reply: ReplyTo,
     ) -> bool {
-        let conn = &self.conns[pick % self.conns.len()];
+        if gather::gathering() {
+            // Gathered requests go first: nothing this thread sends may overtake them. (A session
+            // whose connection this finds congested learns it from its next request there.)
+            gather::send_gathered();
+        }
+        let conn = &self.conns[self.conn_index(pick)];
         match conn.send(frames, asking, reply) {
-            Ok(queued) => queued > self.queue_bound(),
+            Ok(queued) => queued > self.queue_bound,
             Err(reply) => {
                 // The connection task is gone (runtime shutting down): fail the request rather
                 // than hang it.

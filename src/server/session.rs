@@ -24,7 +24,7 @@ mod view;
 use super::fanout;
 use super::local::{self, Outcome};
 use super::Pool;
-use crate::backend::{Awaited, BackendResult, Inbox, Node, Via};
+use crate::backend::{Awaited, BackendResult, Inbox, Node, Via, LARGEST_GATHERED};
 use crate::command::{self, flags, policy, LookupError, Merge, Request, Route, Spec};
 use crate::metrics::{ErrorKind, Tally};
 use crate::protocol::{Reply, RequestParser};
@@ -318,6 +318,11 @@ pub(crate) struct Ctx {
     moved: bool,
     /// Where its reads go: its READONLY/READWRITE choice, and its last write (read-your-writes).
     pub(crate) reads: crate::read::ClientReads,
+    /// The request being dispatched may be gathered with the others of its step (see
+    /// [`crate::backend::Node::send_soon`]): more were read with it.
+    gather: bool,
+    /// Requests of this step are gathered, to be sent when it ends.
+    gathered: bool,
 }
 
 /// The counts a session is part of for as long as a state of its lasts.
@@ -378,6 +383,8 @@ pub(crate) async fn serve<R, W>(
         proto: 2,
         pubsub: None,
         reads: Default::default(),
+        gather: false,
+        gathered: false,
         tally,
         routed_by: 0,
         now: Instant::now(),
@@ -731,6 +738,10 @@ impl Ctx {
         if inbuf.is_empty() || self.closing {
             return false;
         }
+        debug_assert!(
+            !crate::backend::gathering(),
+            "a step began with another's requests gathered"
+        );
         // One snapshot of the routing state per batch of requests.
         let pool = self.pool.clone();
         let view = View::of(&pool);
@@ -757,12 +768,17 @@ impl Ctx {
                         continue;
                     }
                     let (queued, written) = (self.pending.len(), self.out.len());
+                    // More requests were read with it (or were already gathered): it may wait for
+                    // them, to go to its connection with them.
+                    self.gather = !inbuf.is_empty() || self.gathered;
                     self.dispatch(parser.args(), frame, &view, now, true);
+                    self.gather = false;
                     if self.reply_mode.is_some() {
                         self.after_dispatch(queued, written, None);
                     }
                 }
                 Ok(None) => {
+                    self.send_gathered();
                     self.flush_stats();
                     return false;
                 }
@@ -775,6 +791,7 @@ impl Ctx {
                 }
             }
         }
+        self.send_gathered();
         self.flush_stats();
         if self.own.is_some() || self.pubsub.is_some() {
             if let Some(migration) = &self.pool.migration {
@@ -1136,7 +1153,12 @@ impl Ctx {
         };
         let seq = self.front_seq + self.pending.len() as u64;
         let to = node.via(self.via());
-        if to.send(pick, &frame, false, self.inbox.reply_to(seq)) {
+        if self.gather && frame.len() <= LARGEST_GATHERED {
+            if let Some(congested) = to.send_soon(pick, &frame, &self.inbox, seq) {
+                self.congested = Some(congested);
+            }
+            self.gathered = true;
+        } else if to.send(pick, &frame, false, self.inbox.reply_to(seq)) {
             self.congested = Some(to.clone());
         }
         if let Some(migration) = self.pool.migration.as_ref() {
@@ -2071,6 +2093,15 @@ impl Ctx {
             msg.push_str(&format!("'{}' ", printable(req.arg(i))));
         }
         self.error(&msg);
+    }
+
+    /// Sends what this step gathered (see [`crate::backend::Node::send_soon`]).
+    fn send_gathered(&mut self) {
+        if std::mem::take(&mut self.gathered) {
+            if let Some(congested) = crate::backend::send_gathered() {
+                self.congested = Some(congested);
+            }
+        }
     }
 
     fn flush_stats(&mut self) {
