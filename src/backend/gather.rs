@@ -103,7 +103,7 @@ pub fn gather(
     if added {
         return congested;
     }
-    let now = node.queue(conn, std::iter::once(frame), false, inbox.reply_to(seq));
+    let now = node.send(conn, frame, false, inbox.reply_to(seq));
     congested.or_else(|| now.then(|| node.clone()))
 }
 
@@ -126,7 +126,7 @@ pub fn send_gathered() -> Option<Arc<Node>> {
         let Some((node, conn, reply)) = r.to.take() else {
             continue;
         };
-        if node.queue(conn, std::iter::once(&r.frames[..]), false, reply) {
+        if node.send_batch(conn, std::iter::once(&r.frames[..]), reply) {
             congested = Some(node);
         }
         r.frames.clear();
