@@ -4,7 +4,7 @@
 //! (a request on a connection of the client's own is serial: nothing more is read meanwhile), as
 //! on one Redis connection it would run as whoever the AUTH left it.
 //!
-//! The check is the oldest request's [`Waiting`], sent as `AUTH user password` and numbered as
+//! The check is the oldest request's [`Waiting`](super::Waiting), sent as `AUTH user password` and numbered as
 //! AUTH or HELLO: AUTH and HELLO are otherwise answered by slotline, so no other request looks
 //! like it, and an idle session carries nothing for it.
 
