@@ -50,8 +50,9 @@
 //! - [`migrate`]: a migrating pool's old placement, its phase (verifying, then moving for every
 //!   slotline at once), shadow reads, the MIGRATEs that move a request's keys before it runs, and
 //!   the background mover that empties the old servers (docs/migration.md).
-//! - [`metrics`]: the Prometheus registry, per-pool metric handles, the worker's tallies (lent to a
-//!   session for one step), and the collector that reads the data path's atomics at scrape time.
+//! - [`metrics`]: the Prometheus registry, per-pool metric handles, the latency histograms (rows of
+//!   atomics, made cumulative when scraped), the worker's tallies (lent to a session for one step),
+//!   and the collector that reads the data path's atomics at scrape time.
 //! - [`admin`]: the control thread, and the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`)
 //!   on it, safe from idle and slow connections.
 //! - [`clients`]: the clients connected through slotline, as CLIENT LIST, CLIENT INFO and CLIENT KILL

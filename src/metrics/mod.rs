@@ -2,26 +2,27 @@
 //!
 //! Two kinds of source feed it. Counters the data path already keeps as plain atomics (per pool, per
 //! backend) are read only when Prometheus scrapes, by [`scrape::PoolsCollector`], so they cost the data
-//! path nothing more. What has no atomic of its own (latency histograms, commands by family, errors by
-//! kind) is a prometheus metric whose label handles are resolved once per pool ([`PoolMetrics`]), so
-//! recording one is an atomic add with no label lookup and no allocation.
+//! path nothing more. What has no atomic of its own (commands by family, errors by kind) is a
+//! prometheus metric whose label handles are resolved once per pool ([`PoolMetrics`]), so recording
+//! one is an atomic add with no label lookup and no allocation. Latency histograms are rows of
+//! atomics of their own ([`latency`]), made cumulative only when scraped.
 //!
 //! Every label takes values from a fixed set (pool and backend names come from the config and the
 //! topology), so the number of series is bounded.
 
+mod latency;
 mod scrape;
 mod tally;
 
+pub use latency::Latency;
+use latency::LatencyFamily;
 pub use scrape::PoolsCollector;
 pub use tally::{SessionTally, Tally};
 
 use std::sync::Arc;
 
 pub use crate::command::Family;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
-};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Why a request failed, as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,20 +116,14 @@ impl RedirectKind {
     }
 }
 
-/// Latency buckets in seconds: 100 µs to 10 s, dense where a proxy in front of Redis usually is.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
 /// The registry and every metric family that is not read from atomics at scrape time.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     commands: IntCounterVec,
     errors: IntCounterVec,
-    request_duration: HistogramVec,
-    backend_request_duration: HistogramVec,
+    request_duration: LatencyFamily,
+    backend_request_duration: LatencyFamily,
     client_received_bytes: IntCounterVec,
     client_sent_bytes: IntCounterVec,
     redirects: IntCounterVec,
@@ -145,9 +140,9 @@ pub struct PoolMetrics {
     /// Indexed by [`ErrorKind`] as usize.
     pub errors: [IntCounter; ErrorKind::ALL.len()],
     /// From the moment a request is read to the moment its reply is queued for the client.
-    pub request_duration: Histogram,
+    pub request_duration: Arc<Latency>,
     /// From the moment a request is queued on a backend connection to its reply.
-    pub backend_request_duration: Histogram,
+    pub backend_request_duration: Arc<Latency>,
     pub client_received_bytes: IntCounter,
     pub client_sent_bytes: IntCounter,
     /// Indexed by [`RedirectKind`] as usize.
@@ -182,8 +177,7 @@ impl Metrics {
             Ok::<_, prometheus::Error>(c)
         };
         let histogram = |name: &str, help: &str| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-            let h = HistogramVec::new(opts, &["pool"])?;
+            let h = LatencyFamily::new(name, help)?;
             registry.register(Box::new(h.clone()))?;
             Ok::<_, prometheus::Error>(h)
         };
@@ -291,8 +285,8 @@ impl Metrics {
             requests: one(&self.requests),
             commands: Family::ALL.map(|f| two(&self.commands, f.label())),
             errors: ErrorKind::ALL.map(|k| two(&self.errors, k.label())),
-            request_duration: self.request_duration.with_label_values(&[pool]),
-            backend_request_duration: self.backend_request_duration.with_label_values(&[pool]),
+            request_duration: self.request_duration.pool(pool),
+            backend_request_duration: self.backend_request_duration.pool(pool),
             client_received_bytes: one(&self.client_received_bytes),
             client_sent_bytes: one(&self.client_sent_bytes),
             redirects: RedirectKind::ALL.map(|k| two(&self.redirects, k.label())),
@@ -327,7 +321,8 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let pool = metrics.pool("main");
         pool.error(ErrorKind::Timeout);
-        pool.request_duration.observe(0.002);
+        pool.request_duration
+            .observe(std::time::Duration::from_millis(2));
         let text = metrics.render();
         for line in [
             "slotline_up 1",

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use prometheus::local::LocalHistogram;
-
+use super::latency::LocalLatency;
 use super::{ErrorKind, Family, PoolMetrics, RedirectKind};
 
 /// A worker's tally for one pool, with the pool's metrics it adds to.
@@ -57,7 +56,7 @@ impl Tally {
                 let at = tallies.iter().position(|(p, _)| Arc::ptr_eq(p, pool))?;
                 Some(tallies.swap_remove(at))
             })
-            .unwrap_or_else(|| (pool.clone(), Box::new(SessionTally::new(pool))))
+            .unwrap_or_else(|| (pool.clone(), Box::new(SessionTally::default())))
     }
 
     /// Adds what was counted to the pool's metrics and gives the tally back to the worker.
@@ -83,14 +82,15 @@ impl Drop for Tally {
 }
 
 /// Unflushed counts. (Requests themselves the session already counts per batch.)
+#[derive(Default)]
 pub struct SessionTally {
     commands: [u64; Family::ALL.len()],
     errors: [u64; ErrorKind::ALL.len()],
     redirects: [u64; RedirectKind::ALL.len()],
     received: u64,
     sent: u64,
-    latency: LocalHistogram,
-    backend_latency: LocalHistogram,
+    latency: LocalLatency,
+    backend_latency: LocalLatency,
     /// Per command, for INFO commandstats.
     per_command: crate::cmdstats::Local,
     /// Families counted since the last flush, one bit each: a flush after a step of GETs adds one
@@ -106,23 +106,6 @@ pub struct SessionTally {
 }
 
 impl SessionTally {
-    pub fn new(pool: &PoolMetrics) -> SessionTally {
-        SessionTally {
-            commands: [0; Family::ALL.len()],
-            errors: [0; ErrorKind::ALL.len()],
-            redirects: [0; RedirectKind::ALL.len()],
-            received: 0,
-            sent: 0,
-            latency: pool.request_duration.local(),
-            backend_latency: pool.backend_request_duration.local(),
-            per_command: Default::default(),
-            families: 0,
-            rare: false,
-            dirty: false,
-            last_elapsed: None,
-        }
-    }
-
     /// `now - since`, for the latency of a request answered in a step: the requests of one read
     /// share their clock reading, as the replies of one step share theirs, so a pipeline's
     /// latencies are one subtraction, not two per request (1% of a pipelined request's
@@ -191,7 +174,7 @@ impl SessionTally {
     /// A request's reply was queued for the client, `took` after the request was read.
     #[inline]
     pub fn answered(&mut self, took: Duration) {
-        self.latency.observe(took.as_secs_f64());
+        self.latency.observe(took);
         self.dirty = true;
     }
 
@@ -207,7 +190,7 @@ impl SessionTally {
     #[inline]
     pub fn backend_answered(&mut self, sent: Instant, now: Instant) {
         let took = self.elapsed(sent, now);
-        self.backend_latency.observe(took.as_secs_f64());
+        self.backend_latency.observe(took);
         self.dirty = true;
     }
 
@@ -217,8 +200,8 @@ impl SessionTally {
             return;
         }
         self.dirty = false;
-        self.latency.flush();
-        self.backend_latency.flush();
+        self.latency.flush(&pool.request_duration);
+        self.backend_latency.flush(&pool.backend_request_duration);
         let add = |counts: &mut [u64], counters: &[prometheus::IntCounter]| {
             for (n, counter) in counts.iter_mut().zip(counters) {
                 if *n > 0 {
@@ -262,7 +245,7 @@ mod tests {
     fn nothing_reaches_the_pool_until_a_flush() {
         let metrics = Metrics::new().unwrap();
         let pool = metrics.pool("p");
-        let mut tally = SessionTally::new(&pool);
+        let mut tally = SessionTally::default();
         tally.command(Family::Hash, crate::cmdstats::NONE);
         tally.error(ErrorKind::Timeout);
         tally.received(10);
@@ -273,13 +256,12 @@ mod tests {
         assert_eq!(pool.commands[Family::Hash as usize].get(), 1);
         assert_eq!(pool.errors[ErrorKind::Timeout as usize].get(), 1);
         assert_eq!(pool.client_received_bytes.get(), 10);
-        assert_eq!(pool.request_duration.get_sample_count(), 1);
+        assert_eq!(pool.request_duration.count(), 1);
     }
 
     #[test]
     fn a_latency_kept_for_the_next_request_is_the_one_of_the_same_two_instants() {
-        let metrics = Metrics::new().unwrap();
-        let mut tally = SessionTally::new(&metrics.pool("p"));
+        let mut tally = SessionTally::default();
         let sent = Instant::now();
         let (now, later) = (
             sent + Duration::from_millis(3),
