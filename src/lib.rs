@@ -37,7 +37,8 @@
 //! - [`stats`]: the counters the data path keeps (twemproxy's fields, as relaxed atomics) and their
 //!   twemproxy-compatible JSON rendering.
 //! - [`server`]: listeners and client sessions (the one place that glues the others together): the
-//!   session loop and its buffers (the worker's read arena and scratch output; a client keeps bytes
+//!   session loop and its parts (a request's dispatch, replies placed in request order, the output
+//!   and its bounds), its buffers (the worker's read arena and scratch output; a client keeps bytes
 //!   only for a partial request or unwritten replies, all bounded), its routing view, split and
 //!   fan-out requests and their merges, redirects (only to nodes the topology lists; never a
 //!   script's) and a demoted master's READONLY, transactions, blocking commands and WAIT on
