@@ -590,9 +590,16 @@ impl Worker {
 }
 
 /// The errors a fault explains, by pool: slotline's own (a node unreachable, a timeout, a
-/// connection lost), and Redis's while a cluster changes hands or a master is promoted.
+/// connection lost), and Redis's while a cluster changes hands or a master is promoted. A client
+/// blocked (BLPOP) on a master that is demoted gets `-UNBLOCKED ... (master -> replica?)` from it,
+/// in a cluster (a failover, a crashed master back as a replica) as in a primary pool.
 fn explained(pool: Pool, text: &str) -> bool {
-    let common = ["ERR slotline:", "LOADING", "EXECABORT"];
+    let common = [
+        "ERR slotline:",
+        "LOADING",
+        "EXECABORT",
+        "UNBLOCKED force unblock from blocking operation, instance state changed",
+    ];
     let cluster = ["CLUSTERDOWN", "TRYAGAIN"];
     let primary = ["READONLY", "MASTERDOWN"];
     common.iter().any(|p| text.starts_with(p))
