@@ -24,10 +24,10 @@ pub const BOUNDS: [f64; 16] = [
 ];
 
 /// [`BOUNDS`] in nanoseconds, compared with a duration's without a conversion to `f64`.
-const BOUNDS_NS: [u64; 16] = {
-    let mut ns = [0; 16];
+const BOUNDS_NS: [u64; BOUNDS.len()] = {
+    let mut ns = [0; BOUNDS.len()];
     let mut i = 0;
-    while i < 16 {
+    while i < BOUNDS.len() {
         ns[i] = (BOUNDS[i] * 1e9 + 0.5) as u64;
         i += 1;
     }
@@ -52,7 +52,8 @@ impl Latency {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    /// One observation at once, for what is not counted in a step.
+    /// One observation at once (the data path counts in a step's [`LocalLatency`]).
+    #[cfg(test)]
     pub fn observe(&self, took: Duration) {
         let mut local = LocalLatency::default();
         local.observe(took);
@@ -100,6 +101,9 @@ impl LocalLatency {
     }
 }
 
+/// A pool's name and its histogram.
+type PoolSeries = (String, Arc<Latency>);
+
 /// A histogram family with a `pool` label, rendered from its pools' [`Latency`] at scrape time.
 /// Clones share their series (one is registered, one hands them out).
 #[derive(Clone)]
@@ -107,8 +111,7 @@ pub struct LatencyFamily {
     desc: Desc,
     /// Every pool's series, from the pool's start on (a pool a reload removed keeps its series, as
     /// prometheus's own vectors do).
-    #[allow(clippy::type_complexity)]
-    pools: Arc<Mutex<Vec<(String, Arc<Latency>)>>>,
+    pools: Arc<Mutex<Vec<PoolSeries>>>,
 }
 
 impl LatencyFamily {
