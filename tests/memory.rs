@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use support::{free_port, wait_for, Client, RedisServers, Reply, Slotline};
+use support::{free_port, wait_for, wait_until, Client, RedisServers, Reply, Slotline};
 
 /// slotline's own resident memory, in KiB: its heap, stacks and buffers (RssAnon). The pages of its
 /// code are left out: slotline unmaps its start-up code once it listens, and the kernel maps code
@@ -298,4 +298,45 @@ fn a_slow_backend_makes_clients_wait_rather_than_slotline_hold_their_requests() 
         "the queue in front of the stopped backend to leave slotline's memory",
         || rss_kib(&proxy) <= before + 8192,
     );
+}
+
+/// Sixteen clients on four workers each store and read back 4 MiB of 64 KiB values, then leave:
+/// what they made slotline hold goes back. Two things kept it: a worker's scratch buffer, which
+/// grew to hold a batch of replies and, once written out, read as small and was kept (4 MiB per
+/// worker); and the workers' heaps, whose free top the allocator kept up to 4 MiB each. 9.8–18.9
+/// MiB stayed resident for good; now 1.7–3.2.
+#[test]
+fn a_burst_of_large_replies_gives_its_memory_back() {
+    let servers = RedisServers::start(3);
+    let yaml = format!("workers: 4\n{}", servers.ketama_yaml(free_port(), ""));
+    let proxy = Slotline::start(&yaml);
+    let mut warm = proxy.client();
+    assert_eq!(warm.cmd(&["SET", "warm", "1"]), Reply::ok());
+    drop(warm);
+    let before = rss_kib(&proxy);
+    let value = "z".repeat(64 * 1024);
+    let port = proxy.port();
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let value = value.clone();
+            thread::spawn(move || {
+                let mut cmds: Vec<Vec<String>> = (0..64)
+                    .map(|i| vec!["SET".into(), format!("b{c}:{i}"), value.clone()])
+                    .collect();
+                cmds.extend((0..64).map(|i| vec!["GET".into(), format!("b{c}:{i}")]));
+                Client::connect(port).pipeline(&cmds)
+            })
+        })
+        .collect();
+    for client in clients {
+        let replies = client.join().expect("client");
+        assert!(replies[..64].iter().all(|r| *r == Reply::ok()));
+        assert!(replies[64..].iter().all(|r| *r == Reply::bulk(&value)));
+    }
+    let mut held = 0;
+    let back = wait_until(Duration::from_secs(30), || {
+        held = rss_kib(&proxy).saturating_sub(before);
+        held <= 6 * 1024
+    });
+    assert!(back, "{held} KiB still held 30 s after the clients left");
 }

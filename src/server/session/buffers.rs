@@ -203,10 +203,13 @@ pub(super) fn take_scratch() -> BytesMut {
 
 /// Gives a scratch buffer back to the worker, emptied.
 pub(super) fn give_scratch(mut buf: BytesMut) {
-    if buf.capacity() > SCRATCH_KEEP {
+    buf.clear();
+    // A write advanced the buffer's start, so its capacity counts only what lies past the bytes
+    // written: a grown block written out reads as small. Reclaiming its front (no allocation, no
+    // copy: it is empty) shows the block's whole size.
+    if buf.try_reclaim(SCRATCH_KEEP + 1) {
         return;
     }
-    buf.clear();
     SCRATCH.with(|s| *s.borrow_mut() = buf);
 }
 
@@ -271,6 +274,33 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scratch_buffer_that_grew_is_not_kept_even_once_written_out() {
+        let mut big = BytesMut::with_capacity(4 * SCRATCH_KEEP);
+        big.extend_from_slice(&vec![b'x'; 4 * SCRATCH_KEEP - 100]);
+        // As the socket took it: the start advances past what was written.
+        big.advance(big.len());
+        assert!(
+            big.capacity() <= SCRATCH_KEEP,
+            "written out, it reads as small"
+        );
+        give_scratch(big);
+        let mut kept = take_scratch();
+        assert!(
+            !kept.try_reclaim(SCRATCH_KEEP + 1),
+            "the worker keeps a block of {} bytes",
+            kept.capacity()
+        );
+
+        let mut small = BytesMut::with_capacity(1024);
+        small.extend_from_slice(b"+OK\r\n");
+        give_scratch(small);
+        assert!(
+            take_scratch().capacity() >= 1024,
+            "a small one is kept for the next step"
+        );
+    }
 
     #[test]
     fn the_budget_refuses_what_passes_its_limit_and_takes_back_what_is_given() {
