@@ -9,7 +9,8 @@
 //! - [`protocol`]: RESP on the wire: cutting requests and replies out of byte streams without copying,
 //!   and the replies slotline writes itself.
 //! - [`command`]: Redis's command table (arity, flags, key specs, generated from its `COMMAND`), the
-//!   one policy that decides how slotline handles each command (`command::policy`), and key extraction.
+//!   one policy that decides how slotline handles each command (`command::policy`), key extraction,
+//!   and where a blocking command keeps its timeout (`command::blocking`).
 //! - [`route`]: where a key goes: cluster hash slots, and twemproxy's hashes and distributions (ketama,
 //!   modula, random) for sharded pools.
 //! - [`backend`]: multiplexed, pipelined connections to backend nodes (TCP or unix socket),

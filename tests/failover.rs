@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, wait_for, wait_ok, Client, ClusterOpts, RedisCluster, ReplicaGroup, Reply,
+    free_port, key_slot, wait_for, wait_ok, Client, ClusterOpts, RedisCluster, ReplicaGroup, Reply,
     Sentinels, Slotline,
 };
 
@@ -344,27 +344,103 @@ fn planned_cluster_failovers_lose_no_acknowledged_write() {
                 Ok((old, replica))
             },
         );
-        caught_up(&mut cluster.client(old), &mut cluster.client(replica));
-        // A manual failover Redis gives up after 5 s (the masters vote for one shard's failover
-        // once per twice the node timeout, 4 s here): asked again until it happens.
-        wait_ok(
-            Duration::from_secs(60),
-            &format!("round {round}: {replica} to take over from {old}"),
-            || {
-                let reply = cluster.client(replica).cmd(&["CLUSTER", "FAILOVER"]);
-                assert!(reply.is_ok(), "round {round}: CLUSTER FAILOVER: {reply:?}");
-                let took_over = support::wait_until(Duration::from_secs(8), || {
-                    cluster.client(replica).role() == "master"
-                });
-                took_over.then_some(()).ok_or("not yet".to_string())
-            },
-        );
+        take_over(&cluster, old, replica, &format!("round {round}"));
         eprintln!("round {round}: {replica} took over from {old}");
     }
     thread::sleep(Duration::from_millis(300));
     let seen = writers.stop();
     let what = format!("{} x CLUSTER FAILOVER", failovers());
     check(&seen, &mut slotline.client(), &what);
+}
+
+/// `replica` takes over from its master `old` by `CLUSTER FAILOVER`, once it has caught up.
+fn take_over(cluster: &RedisCluster, old: u16, replica: u16, what: &str) {
+    caught_up(&mut cluster.client(old), &mut cluster.client(replica));
+    // A manual failover Redis gives up after 5 s (the masters vote for one shard's failover once
+    // per twice the node timeout, 4 s here): asked again until it happens.
+    wait_ok(
+        Duration::from_secs(60),
+        &format!("{what}: {replica} to take over from {old}"),
+        || {
+            let reply = cluster.client(replica).cmd(&["CLUSTER", "FAILOVER"]);
+            assert!(reply.is_ok(), "{what}: CLUSTER FAILOVER: {reply:?}");
+            let took_over = support::wait_until(Duration::from_secs(8), || {
+                cluster.client(replica).role() == "master"
+            });
+            took_over.then_some(()).ok_or("not yet".to_string())
+        },
+    );
+}
+
+/// Clients of `port` blocked in `command` (lower case, as CLIENT LIST names it).
+fn blocked_in(port: u16, command: &str) -> usize {
+    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
+    text.lines()
+        .filter(|l| l.contains(&format!(" cmd={command} ")) && l.contains(" flags=b "))
+        .count()
+}
+
+/// A client blocked in BLPOP on a master that `CLUSTER FAILOVER` demotes: Redis unblocks it with
+/// `-UNBLOCKED ... instance state changed` (the command did not run), which the client used to get
+/// as its answer. slotline sends it again to the new master, with the time it already waited taken
+/// off its timeout, and the client gets what is pushed there.
+#[test]
+fn a_client_blocked_on_a_demoted_master_waits_on_at_the_new_one() {
+    let cluster = RedisCluster::start(ClusterOpts::default());
+    let (slotline, port) = in_front_of(&cluster, 10_000);
+    let key = "jobs";
+    let old = cluster.node_for_slot(key_slot(key.as_bytes()));
+    let replica = *cluster.replicas_of(old).first().expect("a replica");
+    // Every command the replica runs once it is master goes to its slow log, with its arguments.
+    assert!(cluster
+        .client(replica)
+        .cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"])
+        .is_ok());
+    let blocked = thread::spawn(move || Client::connect(port).cmd(&["BLPOP", key, "60"]));
+    wait_for(
+        Duration::from_secs(10),
+        "BLPOP to block on the master",
+        || blocked_in(old, "blpop") == 1,
+    );
+    // Long enough that what it waited shows in the timeout it is sent again with.
+    thread::sleep(Duration::from_millis(1100));
+    take_over(&cluster, old, replica, "failover under BLPOP");
+    wait_for(
+        Duration::from_secs(10),
+        "BLPOP to block again on the new master",
+        || blocked_in(replica, "blpop") == 1,
+    );
+    assert_eq!(
+        slotline.client().cmd(&["LPUSH", key, "job-1"]),
+        Reply::Int(1)
+    );
+    assert_eq!(
+        blocked.join().expect("BLPOP"),
+        Reply::Array(Some(vec![Reply::bulk(key), Reply::bulk("job-1")]))
+    );
+    // SLOWLOG GET: entries of [id, time, duration, [arguments], client address, client name].
+    let log = cluster.client(replica).cmd(&["SLOWLOG", "GET", "1000"]);
+    let Reply::Array(Some(entries)) = &log else {
+        panic!("SLOWLOG GET: {log:?}");
+    };
+    let timeout: f64 = entries
+        .iter()
+        .find_map(|entry| match entry {
+            Reply::Array(Some(fields)) => match fields.get(3) {
+                Some(Reply::Array(Some(args))) if args.first() == Some(&Reply::bulk("BLPOP")) => {
+                    args.get(2)?.as_str()?.parse().ok()
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no BLPOP in the new master's slow log: {log:?}"));
+    eprintln!("BLPOP sent again with a timeout of {timeout} s");
+    assert!(
+        timeout > 0.0 && timeout <= 59.0,
+        "sent again with a timeout of {timeout} s, after waiting over a second of its 60"
+    );
 }
 
 /// A ROLE-probed primary pool (no Sentinel) over two servers, under writers at full speed, while

@@ -591,17 +591,16 @@ impl Worker {
 
 /// The errors a fault explains, by pool: slotline's own (a node unreachable, a timeout, a
 /// connection lost), and Redis's while a cluster changes hands or a master is promoted. A client
-/// blocked (BLPOP) on a master that is demoted gets `-UNBLOCKED ... (master -> replica?)` from it,
-/// in a cluster (a failover, a crashed master back as a replica) as in a primary pool.
+/// blocked (BLPOP) on a primary pool's master that is demoted gets `-UNBLOCKED ... (master ->
+/// replica?)` from it; in a cluster, slotline sends the command again to the slot's new master.
 fn explained(pool: Pool, text: &str) -> bool {
-    let common = [
-        "ERR slotline:",
-        "LOADING",
-        "EXECABORT",
+    let common = ["ERR slotline:", "LOADING", "EXECABORT"];
+    let cluster = ["CLUSTERDOWN", "TRYAGAIN"];
+    let primary = [
+        "READONLY",
+        "MASTERDOWN",
         "UNBLOCKED force unblock from blocking operation, instance state changed",
     ];
-    let cluster = ["CLUSTERDOWN", "TRYAGAIN"];
-    let primary = ["READONLY", "MASTERDOWN"];
     common.iter().any(|p| text.starts_with(p))
         || (pool == Pool::Cluster && cluster.iter().any(|p| text.starts_with(p)))
         || (pool == Pool::Primary && primary.iter().any(|p| text.starts_with(p)))

@@ -2,6 +2,7 @@
 //! `generate.py`), how slotline handles each (`policy`, the one place that decides), the view of one
 //! parsed request, and key extraction.
 
+mod blocking;
 mod deny;
 mod keys;
 pub mod policy;
@@ -12,6 +13,7 @@ mod table;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub use blocking::with_time_left;
 pub use deny::Denied;
 pub use keys::{for_each_key, for_each_key_access};
 pub use policy::{Admin, Merge, PoolOption, Route, Split};

@@ -85,6 +85,8 @@ pub enum RedirectKind {
     TryAgain,
     /// READONLY from a demoted master, sent again to the new one.
     Readonly,
+    /// A blocking command a demoted master unblocked (`-UNBLOCKED`), sent again to the new one.
+    Unblocked,
 }
 
 impl From<&crate::cluster::Redirect<'_>> for RedirectKind {
@@ -99,11 +101,12 @@ impl From<&crate::cluster::Redirect<'_>> for RedirectKind {
 }
 
 impl RedirectKind {
-    pub const ALL: [RedirectKind; 4] = [
+    pub const ALL: [RedirectKind; 5] = [
         RedirectKind::Moved,
         RedirectKind::Ask,
         RedirectKind::TryAgain,
         RedirectKind::Readonly,
+        RedirectKind::Unblocked,
     ];
 
     pub fn label(self) -> &'static str {
@@ -112,6 +115,7 @@ impl RedirectKind {
             RedirectKind::Ask => "ask",
             RedirectKind::TryAgain => "tryagain",
             RedirectKind::Readonly => "readonly",
+            RedirectKind::Unblocked => "unblocked",
         }
     }
 }
@@ -242,7 +246,7 @@ impl Metrics {
             )?,
             redirects: counter(
                 "slotline_redirects_total",
-                "MOVED, ASK and TRYAGAIN/CLUSTERDOWN replies followed, and READONLY replies of a demoted master sent again to the new one.",
+                "MOVED, ASK and TRYAGAIN/CLUSTERDOWN replies followed, and READONLY replies (and blocking commands' UNBLOCKED) of a demoted master sent again to the new one.",
                 &["pool", "kind"],
             )?,
             discovery_updates: counter(

@@ -360,14 +360,16 @@ impl Ctx {
         }));
     }
 
-    /// A blocking command's MOVED or ASK (it did not run): sent again on the client's own connection
-    /// to the node the cluster says. `None`: the reply stands.
+    /// A blocking command's MOVED or ASK, or its UNBLOCKED from a demoted master (it did not run):
+    /// sent again on the client's own connection to the node the cluster says, with what it already
+    /// waited taken off its timeout. `None`: the reply stands.
     pub(super) fn follow_on_own(&mut self, reply: &[u8]) -> Option<crate::metrics::RedirectKind> {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return None;
         };
-        let (node, asking, kind) = own_redirect(&self.pool, w, reply)?;
-        let frame = w.frame.clone();
+        let timed = command::with_time_left(&w.frame, w.sent.elapsed());
+        let (node, asking, kind) = own_redirect(&self.pool, w, reply, timed.is_some())?;
+        let frame = timed.unwrap_or_else(|| w.frame.clone());
         let own = self.own_node(&node);
         own.send(0, &frame, asking, self.inbox.reply_to(self.front_seq));
         Some(kind)

@@ -216,23 +216,39 @@ const UNKNOWN_RECHECKS: u32 = 4;
 
 const CLUSTER_NODES: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
 
+/// Redis's reply to a client blocked on a master that became a replica (a failover, a master back
+/// as a replica): the command did not run. (`CLIENT UNBLOCK ... ERROR` says otherwise, and is the
+/// client's.)
+const DEMOTED: &[u8] = b"-UNBLOCKED force unblock from blocking operation, instance state changed";
+
 /// Where a blocking command sent on the client's own connection goes when its node answered MOVED
-/// or ASK (it did not run): a node the cluster lists, and whether ASKING goes first. `None`: the
-/// reply stands (not a redirect, too many, or a node the topology does not hold).
+/// or ASK, or unblocked it as it was demoted (it did not run): a node the cluster lists, and whether
+/// ASKING goes first. Only a command whose timeout can be made to count what it waited (`timed`) is
+/// sent again after an UNBLOCKED. `None`: the reply stands (not a redirect, too many, or a node the
+/// topology does not hold).
 pub(super) fn own_redirect(
     pool: &Pool,
     w: &mut Waiting,
     reply: &[u8],
+    timed: bool,
 ) -> Option<(Arc<Node>, bool, RedirectKind)> {
     let Router::Cluster(cluster) = &pool.router else {
         return None;
     };
-    let redirect = classify(reply)?;
-    let kind = RedirectKind::from(&redirect);
-    let (slot, addr, asking) = redirect.target()?;
     if w.redirects >= pool.config.max_redirects {
         return None;
     }
+    if timed && reply.starts_with(DEMOTED) {
+        // It did not run. Sent to the slot's owner as slotline knows it: the demoted node itself
+        // until a refresh shows the new master, and that node answers MOVED to it.
+        cluster.request_refresh();
+        let node = cluster.topology().node_for(w.slot?)?.clone();
+        w.redirects += 1;
+        return Some((node, false, RedirectKind::Unblocked));
+    }
+    let redirect = classify(reply)?;
+    let kind = RedirectKind::from(&redirect);
+    let (slot, addr, asking) = redirect.target()?;
     if !asking {
         cluster.request_refresh();
     }
