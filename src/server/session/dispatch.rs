@@ -370,6 +370,11 @@ impl Ctx {
         let timed = command::with_time_left(&w.frame, w.sent.elapsed());
         let (node, asking, kind) = own_redirect(&self.pool, w, reply, timed.is_some())?;
         let frame = timed.unwrap_or_else(|| w.frame.clone());
+        if kind == crate::metrics::RedirectKind::Unblocked {
+            // The demoted node closes the connection right after that reply: a command sent on it
+            // now would be lost with it. Until a refresh, the demoted node is where it goes again.
+            self.drop_own(node.addr());
+        }
         let own = self.own_node(&node);
         own.send(0, &frame, asking, self.inbox.reply_to(self.front_seq));
         Some(kind)
@@ -381,6 +386,19 @@ impl Ctx {
     pub(in crate::server) fn leave_own_connections(&mut self) {
         self.tx.lose_watch();
         self.own = None;
+    }
+
+    /// Drops the client's own connection to `addr`, if it has one; the next command for that node
+    /// opens a new one. A WATCH may have lived on it (see `leave_own_connections`).
+    fn drop_own(&mut self, addr: &str) {
+        let Some(own) = self.own.as_deref_mut() else {
+            return;
+        };
+        let before = own.len();
+        own.retain(|node| &**node.addr() != addr);
+        if own.len() != before {
+            self.tx.lose_watch();
+        }
     }
 
     /// This client's own connection to the backend of `shared`, opened on first use.
