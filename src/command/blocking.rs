@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::{Limits, Reply, RequestParser};
+use crate::protocol::{Reply, RequestParser};
 
 /// The shortest wait a resent command is given: its timeout had run out, and the node answers it
 /// as timed out (a timeout of 0 would block for ever).
@@ -26,12 +26,7 @@ enum Timeout {
 /// BRPOP, BRPOPLPUSH, BLMOVE, BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP, XREAD and XREADGROUP with BLOCK),
 /// or its timeout is not a number Redis would take.
 pub fn with_time_left(frame: &Bytes, waited: Duration) -> Option<Bytes> {
-    let mut parser = RequestParser::new(Limits {
-        max_request_bytes: frame.len().max(1024),
-    });
-    let Ok(Some(_)) = parser.parse(frame) else {
-        return None;
-    };
+    let parser = RequestParser::parsed_again(frame)?;
     let args: Vec<&[u8]> = parser
         .args()
         .iter()

@@ -85,6 +85,15 @@ impl RequestParser {
         self.inline.take().map(|frame| *frame)
     }
 
+    /// A parser holding the arguments of `frame`, a whole request kept from an earlier parse (to
+    /// read its arguments again); None if it is not one.
+    pub fn parsed_again(frame: &[u8]) -> Option<RequestParser> {
+        let mut parser = RequestParser::new(Limits {
+            max_request_bytes: frame.len().max(1024),
+        });
+        matches!(parser.parse(frame), Ok(Some(_))).then_some(parser)
+    }
+
     /// How many bytes the buffer must hold before the pending request can complete, if known.
     pub fn needed(&self) -> usize {
         self.need

@@ -513,14 +513,6 @@ async fn next_monitor_lines(
 /// MONITOR lines taken per pass of the session loop.
 const MONITOR_LINES_PER_PASS: usize = 1024;
 
-/// A frame kept from a request parsed again, to read its arguments (it was whole when it arrived).
-fn parsed_again(frame: &[u8]) -> Option<RequestParser> {
-    let mut parser = RequestParser::new(crate::protocol::Limits {
-        max_request_bytes: frame.len().max(1024),
-    });
-    matches!(parser.parse(frame), Ok(Some(_))).then_some(parser)
-}
-
 /// What woke the session that its next step must act on (replies and input are found by looking).
 enum Woke {
     Nothing,

@@ -10,10 +10,11 @@ use tokio::time::Instant;
 
 use super::parts::part_seq;
 use super::view::View;
-use super::{parsed_again, Ctx, Pending};
+use super::{Ctx, Pending};
 use crate::backend::BackendResult;
 use crate::command::{Request, Spec};
 use crate::migrate::Migration;
+use crate::protocol::RequestParser;
 
 pub(super) struct Moving {
     /// The request as it came, dispatched again once its keys have moved.
@@ -37,7 +38,7 @@ pub(super) fn shadow_read(
     spec: &Spec,
     read_on: &Arc<str>,
 ) {
-    let Some(parser) = parsed_again(frame) else {
+    let Some(parser) = RequestParser::parsed_again(frame) else {
         return;
     };
     let req = Request {

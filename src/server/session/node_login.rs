@@ -13,10 +13,10 @@ use tokio::time::Instant;
 
 use super::super::fanout;
 use super::view::{Place, View};
-use super::{parsed_again, Ctx, HeadEvent, Pending};
+use super::{Ctx, HeadEvent, Pending};
 use crate::backend::NODE_LOGINS;
 use crate::command::{self, Request};
-use crate::protocol::Reply;
+use crate::protocol::{Reply, RequestParser};
 
 impl Ctx {
     /// Whether the oldest request is a login a node is checking: AUTH, or HELLO's AUTH (then the
@@ -144,7 +144,7 @@ impl Ctx {
 
 /// The user and password of the `AUTH user password` a login check sent.
 fn login_args(login: &Bytes) -> Option<(Bytes, Bytes)> {
-    let parser = parsed_again(login)?;
+    let parser = RequestParser::parsed_again(login)?;
     let req = Request {
         frame: login,
         args: parser.args(),

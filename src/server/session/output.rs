@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use super::buffers;
 use super::pending::Pending;
 use super::view::View;
-use super::{parsed_again, Ctx};
+use super::Ctx;
 use crate::metrics::ErrorKind;
-use crate::protocol::Reply;
+use crate::protocol::{Reply, RequestParser};
 
 /// Output past which replies go without waiting for the rest of their batch (see
 /// [`Ctx::holds_output`]): a big pipeline's replies stream.
@@ -151,7 +151,7 @@ impl Ctx {
     /// Dispatches a held request, now that nothing is before it; `decided` is whether its reply is
     /// dropped, if that was decided when it was held (see [`reply_mode`](super::reply_mode)).
     pub(super) fn release(&mut self, frame: Bytes, decided: Option<bool>) {
-        if let Some(parser) = parsed_again(&frame) {
+        if let Some(parser) = RequestParser::parsed_again(&frame) {
             let pool = self.pool.clone();
             let view = View::of(&pool);
             let (queued, written) = (self.pending.len(), self.out.len());

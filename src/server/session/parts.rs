@@ -12,13 +12,13 @@ use tokio::time::Instant;
 use super::super::{fanout, info};
 use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
-use super::{parsed_again, printable, Ctx, Pending, Waiting};
+use super::{printable, Ctx, Pending, Waiting};
 use crate::backend::Node;
 use crate::command::policy;
 use crate::command::{Admin, Merge, PoolOption, Split};
 use crate::command::{Request, Spec};
 use crate::metrics::ErrorKind;
-use crate::protocol::{parse_int, Reply};
+use crate::protocol::{parse_int, Reply, RequestParser};
 use crate::route::Slot;
 use crate::stats;
 
@@ -411,7 +411,7 @@ impl Ctx {
             .collect();
         if groups.is_empty() {
             // No master known yet: slotline's own sections.
-            if let Some(parser) = parsed_again(frame) {
+            if let Some(parser) = RequestParser::parsed_again(frame) {
                 let req = Request {
                     frame,
                     args: parser.args(),
@@ -738,7 +738,7 @@ impl Ctx {
                     _ => &[],
                 }));
                 let text = s.info.as_ref().and_then(|frame| {
-                    let parser = parsed_again(frame)?;
+                    let parser = RequestParser::parsed_again(frame)?;
                     let req = Request {
                         frame,
                         args: parser.args(),

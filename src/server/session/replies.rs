@@ -12,10 +12,11 @@ use super::parts::{part_seq, MAX_PARTS, PART, PART_BITS};
 use super::pending::{Fence, Pending, Waiting};
 use super::redirect::{follow_reply, Redirected};
 use super::view::{Place, View};
-use super::{parsed_again, Ctx};
+use super::Ctx;
 use crate::backend::{Awaited, BackendResult};
 use crate::command::{self, flags, Request};
 use crate::metrics::ErrorKind;
+use crate::protocol::RequestParser;
 use crate::stats;
 
 /// What a session with `pending` requests, the oldest numbered `front_seq`, waits for when it has
@@ -467,7 +468,7 @@ impl Ctx {
         if !script && (!spec.has(flags::WRITE) || !unchanged()) {
             return;
         }
-        let Some(parser) = parsed_again(&w.frame) else {
+        let Some(parser) = RequestParser::parsed_again(&w.frame) else {
             return;
         };
         let req = Request {
@@ -512,7 +513,7 @@ impl Ctx {
 
     /// Adds a slow request to SLOWLOG.
     pub(super) fn log_slow(&self, frame: &Bytes, took: Duration) {
-        if let Some(parser) = parsed_again(frame) {
+        if let Some(parser) = RequestParser::parsed_again(frame) {
             let args = parser.args();
             let arg = |&(s, e): &(u32, u32)| frame.get(s as usize..e as usize).unwrap_or_default();
             self.pool.shared.slowlog.log(
