@@ -6,7 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{free_port, key_slot, wait_for, Client, RedisCluster, RedisServers, Reply, Slotline};
+use support::{
+    client_list, free_port, key_slot, wait_for, Client, RedisCluster, RedisServers, Reply, Slotline,
+};
 
 /// Keys that all live on one master: the blocked command and the other client's traffic share the
 /// master's one multiplexed connection (server_connections: 1).
@@ -15,9 +17,8 @@ const OTHER: &str = "{b}other";
 
 /// Client list lines of the server at `port` that are blocked in `command`.
 fn blocked_in(port: u16, command: &str) -> usize {
-    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
-    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
-    text.lines()
+    client_list(port)
+        .iter()
         .filter(|l| l.contains(&format!(" cmd={command} ")))
         .count()
 }

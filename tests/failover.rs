@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_port, key_slot, wait_for, wait_ok, Client, ClusterOpts, RedisCluster, ReplicaGroup, Reply,
-    Sentinels, Slotline,
+    client_list, free_port, key_slot, wait_for, wait_ok, Client, ClusterOpts, RedisCluster,
+    ReplicaGroup, Reply, Sentinels, Slotline,
 };
 
 const WRITERS: usize = 4;
@@ -374,9 +374,8 @@ fn take_over(cluster: &RedisCluster, old: u16, replica: u16, what: &str) {
 
 /// Clients of `port` blocked in `command` (lower case, as CLIENT LIST names it).
 fn blocked_in(port: u16, command: &str) -> usize {
-    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
-    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
-    text.lines()
+    client_list(port)
+        .iter()
         .filter(|l| l.contains(&format!(" cmd={command} ")) && l.contains(" flags=b "))
         .count()
 }

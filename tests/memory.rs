@@ -26,6 +26,17 @@ fn rss_kib(proxy: &Slotline) -> u64 {
         .expect("RssAnon")
 }
 
+/// Waits up to `deadline` for slotline's own RSS to fall within `within_kib` of `before`; panics
+/// with what is still held, naming `what`.
+fn wait_back(proxy: &Slotline, before: u64, within_kib: u64, deadline: Duration, what: &str) {
+    let mut held = 0;
+    let back = wait_until(deadline, || {
+        held = rss_kib(proxy).saturating_sub(before);
+        held <= within_kib
+    });
+    assert!(back, "{held} KiB of {what} still held after {deadline:?}");
+}
+
 fn start(servers: &RedisServers, extra: &str) -> Slotline {
     let proxy = Slotline::start(&servers.ketama_yaml(free_port(), extra));
     // The first client warms what every later one shares (the worker's buffers, the backend
@@ -68,11 +79,8 @@ fn an_idle_client_keeps_no_buffer_and_the_memory_goes_back_when_clients_leave() 
         "an idle client costs {per_client} bytes of RSS"
     );
     drop(clients);
-    wait_for(
-        Duration::from_secs(20),
-        "the memory of the clients that left to go back",
-        || rss_kib(&proxy) <= before + 2048,
-    );
+    let what = "the memory of the clients that left";
+    wait_back(&proxy, before, 2048, Duration::from_secs(20), what);
 }
 
 /// A client that asks for replies and does not read them is disconnected at
@@ -107,11 +115,8 @@ fn a_client_that_does_not_read_its_replies_is_cut_off_at_the_bound() {
         got < 128 * 512 * 1024,
         "the slow reader got every reply ({got} bytes)"
     );
-    wait_for(
-        Duration::from_secs(30),
-        "the slow reader's replies to leave slotline's memory",
-        || rss_kib(&proxy) <= before + 8192,
-    );
+    let what = "the slow reader's replies";
+    wait_back(&proxy, before, 8192, Duration::from_secs(30), what);
 }
 
 /// With the backend holding writes, a client that keeps sending is read only up to
@@ -293,15 +298,8 @@ fn a_slow_backend_makes_clients_wait_rather_than_slotline_hold_their_requests() 
         let replies = writer.join().expect("writer");
         assert!(replies.iter().all(|r| *r == Reply::ok()));
     }
-    let mut left = 0;
-    let back = wait_until(Duration::from_secs(30), || {
-        left = rss_kib(&proxy).saturating_sub(before);
-        left <= 8192
-    });
-    assert!(
-        back,
-        "{left} KiB of the queue in front of the stopped backend still held after 30 s"
-    );
+    let what = "the queue in front of the stopped backend";
+    wait_back(&proxy, before, 8192, Duration::from_secs(30), what);
 }
 
 /// Sixteen clients on four workers each store and read back 4 MiB of 64 KiB values, then leave:
@@ -337,10 +335,6 @@ fn a_burst_of_large_replies_gives_its_memory_back() {
         assert!(replies[..64].iter().all(|r| *r == Reply::ok()));
         assert!(replies[64..].iter().all(|r| *r == Reply::bulk(&value)));
     }
-    let mut held = 0;
-    let back = wait_until(Duration::from_secs(30), || {
-        held = rss_kib(&proxy).saturating_sub(before);
-        held <= 6 * 1024
-    });
-    assert!(back, "{held} KiB still held 30 s after the clients left");
+    let what = "what the clients that left made slotline hold";
+    wait_back(&proxy, before, 6 * 1024, Duration::from_secs(30), what);
 }

@@ -12,8 +12,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use support::{
-    free_port, key_slot, run_python_client, wait_for, wait_ok, Client, RedisCluster, RedisServers,
-    Reply, Slotline,
+    client_list, free_port, key_slot, run_python_client, wait_for, wait_ok, Client, RedisCluster,
+    RedisServers, Reply, Slotline,
 };
 
 fn shared_cluster() -> &'static RedisCluster {
@@ -51,9 +51,8 @@ fn command<S: AsRef<str>>(name: &str, args: &[S]) -> Vec<String> {
 
 /// How many connections the server at `port` has that are subscribed to something.
 fn subscriber_connections(port: u16) -> usize {
-    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
-    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
-    text.lines()
+    client_list(port)
+        .iter()
         .filter(|line| {
             line.split(' ').any(|field| match field.split_once('=') {
                 Some(("sub" | "psub" | "ssub", n)) => n != "0",

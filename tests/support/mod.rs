@@ -183,6 +183,13 @@ pub fn wait_for(deadline: Duration, what: &str, done: impl FnMut() -> bool) {
     }
 }
 
+/// The lines of `CLIENT LIST` from the server at `port`, one per connection (this one's included).
+pub fn client_list(port: u16) -> Vec<String> {
+    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
+    let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
+    text.lines().map(str::to_string).collect()
+}
+
 /// Polls `check` until it returns `Ok`; on timeout panics with the last reason it gave.
 pub fn wait_ok<T>(
     deadline: Duration,
