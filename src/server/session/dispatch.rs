@@ -367,17 +367,16 @@ impl Ctx {
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return None;
         };
-        let timed = command::with_time_left(&w.frame, w.sent.elapsed());
-        let (node, asking, kind) = own_redirect(&self.pool, w, reply, timed.is_some())?;
-        let frame = timed.unwrap_or_else(|| w.frame.clone());
-        if kind == crate::metrics::RedirectKind::Unblocked {
+        let again = own_redirect(&self.pool, w, reply)?;
+        if again.kind == crate::metrics::RedirectKind::Unblocked {
             // The demoted node closes the connection right after that reply: a command sent on it
             // now would be lost with it. Until a refresh, the demoted node is where it goes again.
-            self.drop_own(node.addr());
+            self.drop_own(again.node.addr());
         }
-        let own = self.own_node(&node);
-        own.send(0, &frame, asking, self.inbox.reply_to(self.front_seq));
-        Some(kind)
+        let own = self.own_node(&again.node);
+        let reply_to = self.inbox.reply_to(self.front_seq);
+        own.send(0, &again.frame, again.asking, reply_to);
+        Some(again.kind)
     }
 
     /// Drops the connections of the client's own, which speak the protocol and carry the login it

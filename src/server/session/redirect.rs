@@ -10,6 +10,7 @@ use super::super::{Pool, Router};
 use super::Waiting;
 use crate::backend::{Node, ReplyTo, Via};
 use crate::cluster::{classify, migrating_to, Cluster, Redirect, Topology};
+use crate::command;
 use crate::metrics::RedirectKind;
 use crate::route::Slot;
 use crate::throttle::Throttle;
@@ -221,30 +222,43 @@ const CLUSTER_NODES: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
 /// client's.)
 const DEMOTED: &[u8] = b"-UNBLOCKED force unblock from blocking operation, instance state changed";
 
+/// A blocking command on the client's own connection, on its way again.
+pub(super) struct OwnResend {
+    /// Where it goes: a node the cluster lists.
+    pub(super) node: Arc<Node>,
+    /// ASKING goes first.
+    pub(super) asking: bool,
+    pub(super) kind: RedirectKind,
+    /// The request, with what it already waited taken off its timeout where slotline can find it.
+    pub(super) frame: Bytes,
+}
+
 /// Where a blocking command sent on the client's own connection goes when its node answered MOVED
-/// or ASK, or unblocked it as it was demoted (it did not run): a node the cluster lists, and whether
-/// ASKING goes first. Only a command whose timeout can be made to count what it waited (`timed`) is
-/// sent again after an UNBLOCKED. `None`: the reply stands (not a redirect, too many, or a node the
-/// topology does not hold).
-pub(super) fn own_redirect(
-    pool: &Pool,
-    w: &mut Waiting,
-    reply: &[u8],
-    timed: bool,
-) -> Option<(Arc<Node>, bool, RedirectKind)> {
+/// or ASK, or unblocked it as it was demoted (it did not run). Only a command whose timeout can be
+/// made to count what it waited is sent again after an UNBLOCKED. `None`: the reply stands (not a
+/// redirect, too many, or a node the topology does not hold).
+pub(super) fn own_redirect(pool: &Pool, w: &mut Waiting, reply: &[u8]) -> Option<OwnResend> {
     let Router::Cluster(cluster) = &pool.router else {
         return None;
     };
     if w.redirects >= pool.config.max_redirects {
         return None;
     }
-    if timed && reply.starts_with(DEMOTED) {
+    let time_left = |w: &Waiting| command::with_time_left(&w.frame, w.sent.elapsed());
+    if reply.starts_with(DEMOTED) {
+        let frame = time_left(w)?;
         // It did not run. Sent to the slot's owner as slotline knows it: the demoted node itself
         // until a refresh shows the new master, and that node answers MOVED to it.
         cluster.request_refresh();
         let node = cluster.topology().node_for(w.slot?)?.clone();
         w.redirects += 1;
-        return Some((node, false, RedirectKind::Unblocked));
+        let kind = RedirectKind::Unblocked;
+        return Some(OwnResend {
+            node,
+            asking: false,
+            kind,
+            frame,
+        });
     }
     let redirect = classify(reply)?;
     let kind = RedirectKind::from(&redirect);
@@ -254,7 +268,13 @@ pub(super) fn own_redirect(
     }
     let node = cluster.redirect_node(&complete_endpoint(addr, &cluster.topology(), slot))?;
     w.redirects += 1;
-    Some((node, asking, kind))
+    let frame = time_left(w).unwrap_or_else(|| w.frame.clone());
+    Some(OwnResend {
+        node,
+        asking,
+        kind,
+        frame,
+    })
 }
 
 /// A request on its way to where a redirect says it belongs.
