@@ -43,7 +43,8 @@
 //!   only for a partial request or unwritten replies, all bounded), its routing view, split and
 //!   fan-out requests and their merges, redirects (only to nodes the topology lists; never a
 //!   script's) and a demoted master's READONLY, transactions, blocking commands and WAIT on
-//!   connections of the client's own, a login a node checks (`node_logins`), pub/sub
+//!   connections of the client's own (a blocking command a demoted master gave up goes again to the
+//!   new one: `demoted`), a login a node checks (`node_logins`), pub/sub
 //!   (subscriptions on subscriber connections of the
 //!   client's own, confirmations with the client's counts, subscriber mode), locally answered
 //!   commands, INFO, and the twemproxy stats port; the running pools (a primary pool's replica

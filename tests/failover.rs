@@ -123,24 +123,8 @@ fn sentinel_failover(sentinels: &Sentinels, master: &mut Client, replica: &mut C
 fn planned_sentinel_failovers_lose_no_acknowledged_write() {
     let group = ReplicaGroup::start(2);
     let sentinels = Sentinels::start(3, group.port(0), DOWN_AFTER_MS, 1);
-    let (port, admin) = (free_port(), free_port());
-    let servers: String = sentinels
-        .ports()
-        .iter()
-        .map(|p| format!("        - 127.0.0.1:{p}\n"))
-        .collect();
-    let slotline = Slotline::start(&format!(
-        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    \
-         probe_interval: 1000\n    timeout: 1500\n    sentinel:\n      master_name: {}\n      \
-         servers:\n{servers}admin:\n  listen: 127.0.0.1:{admin}\n",
-        Sentinels::MASTER_NAME,
-    ));
+    let slotline = behind_sentinels(&sentinels, &group);
     let addr = |i: usize| group.addr(i);
-    wait_for(
-        Duration::from_secs(20),
-        "slotline to find the master",
-        || slotline.info_field("master").as_deref() == Some(addr(0).as_str()),
-    );
 
     let mut master = 0;
     for round in 1..=failovers() {
@@ -222,6 +206,28 @@ fn planned_sentinel_failovers_lose_no_acknowledged_write() {
             }
         }
     }
+}
+
+/// A primary pool that asks `sentinels` who is master, once it has found server 0 of `group`.
+fn behind_sentinels(sentinels: &Sentinels, group: &ReplicaGroup) -> Slotline {
+    let servers: String = sentinels
+        .ports()
+        .iter()
+        .map(|p| format!("        - 127.0.0.1:{p}\n"))
+        .collect();
+    let slotline = Slotline::start(&format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{}\n    mode: primary\n    \
+         probe_interval: 1000\n    timeout: 1500\n    sentinel:\n      master_name: {}\n      \
+         servers:\n{servers}",
+        free_port(),
+        Sentinels::MASTER_NAME,
+    ));
+    wait_for(
+        Duration::from_secs(20),
+        "slotline to find the master",
+        || slotline.info_field("master").as_deref() == Some(group.addr(0).as_str()),
+    );
+    slotline
 }
 
 /// The replication offset `ROLE` reports: a master's own, a replica's processed one.
@@ -405,8 +411,18 @@ fn a_client_blocked_on_a_demoted_master_waits_on_at_the_new_one() {
     // Long enough that what it waited shows in the timeout it is sent again with.
     thread::sleep(Duration::from_millis(1100));
     take_over(&cluster, old, replica, "failover under BLPOP");
-    let again = support::wait_until(Duration::from_secs(10), || {
-        blocked_in(replica, "blpop") == 1 || blocked.is_finished()
+    waits_on_at(blocked, replica, key, &slotline);
+}
+
+/// `blocked`, a client's `BLPOP key 60` that its master gave up, must block again on the server at
+/// `port` (the new master), get what an LPUSH through `slotline` puts there, and have been sent
+/// there with what it already waited (over a second) taken off its timeout. The server's
+/// slowlog-log-slower-than must be 0.
+fn waits_on_at(blocked: thread::JoinHandle<Reply>, port: u16, key: &str, slotline: &Slotline) {
+    // 60 s: sentinels turn a demoted master into a replica only once they see it (its INFO, every
+    // 10 s at most), and a stalled machine can put a sentinel in TILT mode for 30 s.
+    let again = support::wait_until(Duration::from_secs(60), || {
+        blocked_in(port, "blpop") == 1 || blocked.is_finished()
     });
     if !again || blocked.is_finished() {
         let answered = blocked
@@ -422,12 +438,22 @@ fn a_client_blocked_on_a_demoted_master_waits_on_at_the_new_one() {
         blocked.join().expect("BLPOP"),
         Reply::Array(Some(vec![Reply::bulk(key), Reply::bulk("job-1")]))
     );
+    let timeout = blpop_timeout_in_slowlog(&mut Client::connect(port));
+    eprintln!("BLPOP sent again with a timeout of {timeout} s");
+    assert!(
+        timeout > 0.0 && timeout <= 59.0,
+        "sent again with a timeout of {timeout} s, after waiting over a second of its 60"
+    );
+}
+
+/// The timeout of the BLPOP in `node`'s slow log (its slowlog-log-slower-than set to 0 beforehand).
+fn blpop_timeout_in_slowlog(node: &mut Client) -> f64 {
     // SLOWLOG GET: entries of [id, time, duration, [arguments], client address, client name].
-    let log = cluster.client(replica).cmd(&["SLOWLOG", "GET", "1000"]);
+    let log = node.cmd(&["SLOWLOG", "GET", "1000"]);
     let Reply::Array(Some(entries)) = &log else {
         panic!("SLOWLOG GET: {log:?}");
     };
-    let timeout: f64 = entries
+    entries
         .iter()
         .find_map(|entry| match entry {
             Reply::Array(Some(fields)) => match fields.get(3) {
@@ -438,11 +464,103 @@ fn a_client_blocked_on_a_demoted_master_waits_on_at_the_new_one() {
             },
             _ => None,
         })
-        .unwrap_or_else(|| panic!("no BLPOP in the new master's slow log: {log:?}"));
-    eprintln!("BLPOP sent again with a timeout of {timeout} s");
+        .unwrap_or_else(|| panic!("no BLPOP in the slow log: {log:?}"))
+}
+
+/// A ROLE-probed primary pool (no Sentinel) in front of `group`, its servers 0 and 1, with `timeout`.
+fn primary_pool(group: &ReplicaGroup, timeout_ms: u64) -> Slotline {
+    let slotline = Slotline::start(&format!(
+        "pools:\n  ha:\n    listen: 127.0.0.1:{}\n    mode: primary\n    probe_interval: 200\n    \
+         timeout: {timeout_ms}\n    servers:\n      - {}\n      - {}\n",
+        free_port(),
+        group.addr(0),
+        group.addr(1),
+    ));
+    wait_for(
+        Duration::from_secs(20),
+        "slotline to find the master",
+        || slotline.info_field("master").as_deref() == Some(group.addr(0).as_str()),
+    );
+    slotline
+}
+
+/// A `BLPOP key 60` through `slotline`, once it has been blocked on server 0 of `group` for over a
+/// second (long enough to show in the timeout it is sent again with); server 1 logs every command
+/// it runs in its slow log.
+fn blocked_blpop(
+    slotline: &Slotline,
+    group: &ReplicaGroup,
+    key: &'static str,
+) -> thread::JoinHandle<Reply> {
+    let port = slotline.port();
+    let blocked = thread::spawn(move || {
+        let mut client = Client::connect(port);
+        // Its 60 s, not the harness's usual 10: a Sentinel failover takes longer to unblock it.
+        client.set_read_timeout(Duration::from_secs(70));
+        client.cmd(&["BLPOP", key, "60"])
+    });
+    wait_for(
+        Duration::from_secs(10),
+        "BLPOP to block on the master",
+        || blocked_in(group.port(0), "blpop") == 1,
+    );
+    assert!(group
+        .client(1)
+        .cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"])
+        .is_ok());
+    thread::sleep(Duration::from_millis(1100));
+    blocked
+}
+
+/// The same in a primary pool: the master is demoted (`REPLICAOF`) before any replica is promoted,
+/// so when Redis unblocks the client no master is there yet. slotline looks until one answers as
+/// master, and the BLPOP waits on there with what it already waited taken off its timeout.
+#[test]
+fn a_client_blocked_on_a_demoted_primary_master_waits_on_at_the_one_promoted_next() {
+    let group = ReplicaGroup::start(2);
+    let slotline = primary_pool(&group, 5000);
+    let key = "jobs";
+    let blocked = blocked_blpop(&slotline, &group, key);
+    group.replicate(0, Some(1));
+    // Redis unblocks the client now; for a moment no server is master.
+    thread::sleep(Duration::from_millis(300));
+    group.replicate(1, None);
+    waits_on_at(blocked, group.port(1), key, &slotline);
+    assert_eq!(slotline.info_field("master"), Some(group.addr(1)));
+}
+
+/// The same behind Sentinel, as the redis-ha chart runs it: `SENTINEL FAILOVER` promotes the
+/// replica, and the sentinels turn the old master into a replica a few seconds later, which
+/// unblocks the client; by then slotline knows the new master.
+#[test]
+fn a_client_blocked_on_a_master_sentinel_fails_over_waits_on_at_the_new_one() {
+    let group = ReplicaGroup::start(2);
+    let sentinels = Sentinels::start(3, group.port(0), DOWN_AFTER_MS, 1);
+    let slotline = behind_sentinels(&sentinels, &group);
+    let key = "jobs";
+    let blocked = blocked_blpop(&slotline, &group, key);
+    sentinel_failover(&sentinels, &mut group.client(0), &mut group.client(1));
+    waits_on_at(blocked, group.port(1), key, &slotline);
+}
+
+/// When no server takes over within the pool's timeout, the client gets Redis's UNBLOCKED after
+/// all (its command did not run), rather than waiting on with nowhere to wait.
+#[test]
+fn a_client_blocked_on_a_demoted_primary_master_is_told_when_no_master_takes_over() {
+    let group = ReplicaGroup::start(2);
+    let slotline = primary_pool(&group, 1000);
+    let blocked = blocked_blpop(&slotline, &group, "jobs");
+    // Both servers replicas (of each other): no master at all.
+    group.replicate(0, Some(1));
+    let told = support::wait_until(Duration::from_secs(20), || blocked.is_finished());
     assert!(
-        timeout > 0.0 && timeout <= 59.0,
-        "sent again with a timeout of {timeout} s, after waiting over a second of its 60"
+        told,
+        "the client still waits 20 s after its master was demoted"
+    );
+    let reply = blocked.join().expect("BLPOP");
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.starts_with("UNBLOCKED")),
+        "{reply:?}"
     );
 }
 

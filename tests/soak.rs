@@ -591,8 +591,9 @@ impl Worker {
 
 /// The errors a fault explains, by pool: slotline's own (a node unreachable, a timeout, a
 /// connection lost), and Redis's while a cluster changes hands or a master is promoted. A client
-/// blocked (BLPOP) on a primary pool's master that is demoted gets `-UNBLOCKED ... (master ->
-/// replica?)` from it; in a cluster, slotline sends the command again to the slot's new master.
+/// blocked (BLPOP) on a master that is demoted waits on at the new one, but in a primary pool it
+/// gets the demoted master's `-UNBLOCKED ... (master -> replica?)` when no master answers within
+/// the pool's timeout (the soak's faults can leave it without one that long).
 fn explained(pool: Pool, text: &str) -> bool {
     let common = ["ERR slotline:", "LOADING", "EXECABORT"];
     let cluster = ["CLUSTERDOWN", "TRYAGAIN"];

@@ -294,10 +294,8 @@ impl Primary {
     }
 
     /// Sends once more a request the master refused with READONLY (it was demoted, so the request did
-    /// not run): to the master a look finds, once that node answers `ROLE` as master, before
-    /// `deadline`. An operator may demote the master before promoting a replica: until then the
-    /// looks find no new master, and the request waits for the next. The client gets `refused` when
-    /// no master answers in time.
+    /// not run): to the master [`answering_master`](Self::answering_master) finds before `deadline`.
+    /// The client gets `refused` when no master answers in time.
     pub fn resend_to_new_master(
         self: &Arc<Self>,
         frame: Bytes,
@@ -309,23 +307,34 @@ impl Primary {
     ) {
         let primary = self.clone();
         tokio::spawn(async move {
-            loop {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                primary.look_now(wait).await;
-                let master = primary.roles().master.clone();
-                if let Some(master) = master {
-                    let role = ask(&master, ROLE, wait).await;
-                    if let Some(Ok(replies::Role::Master)) = role.as_deref().map(replies::role) {
-                        master.via(via).send(pick, &frame, false, reply);
-                        return;
-                    }
+            match primary.answering_master(deadline).await {
+                Some(master) => {
+                    master.via(via).send(pick, &frame, false, reply);
                 }
-                if Instant::now() + RESEND_LOOK_GAP >= deadline {
-                    return reply.send(Ok(refused));
-                }
-                tokio::time::sleep(RESEND_LOOK_GAP).await;
+                None => reply.send(Ok(refused)),
             }
         });
+    }
+
+    /// The master a look finds once that node answers `ROLE` as master, before `deadline`; None
+    /// when none does in time. An operator may demote the master before promoting a replica: until
+    /// then the looks find no new master, and this waits for the next.
+    pub async fn answering_master(self: &Arc<Self>, deadline: Instant) -> Option<Arc<Node>> {
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            self.look_now(wait).await;
+            let master = self.roles().master.clone();
+            if let Some(master) = master {
+                let role = ask(&master, ROLE, wait).await;
+                if let Some(Ok(replies::Role::Master)) = role.as_deref().map(replies::role) {
+                    return Some(master);
+                }
+            }
+            if Instant::now() + RESEND_LOOK_GAP >= deadline {
+                return None;
+            }
+            tokio::time::sleep(RESEND_LOOK_GAP).await;
+        }
     }
 
     /// Counts every master switch in `counter` too.

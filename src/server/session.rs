@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 mod buffers;
+mod demoted;
 mod dispatch;
 mod moving;
 mod node_login;
@@ -177,6 +178,9 @@ pub(crate) struct Ctx {
     marks: Marks,
     /// The request being dispatched again has had its keys moved (a migrating pool).
     moved: bool,
+    /// A primary pool's demoted master gave up the blocking command at the head: the search for
+    /// the master it goes to next (see [`demoted`]). Boxed: 8 bytes of a session until then.
+    new_master: Option<Box<demoted::NewMaster>>,
     /// Where its reads go: its READONLY/READWRITE choice, and its last write (read-your-writes).
     pub(crate) reads: crate::read::ClientReads,
     /// The request being dispatched may be gathered with the others of its step (see
@@ -252,6 +256,7 @@ pub(crate) async fn serve<R, W>(
         last_command: None,
         congested: None,
         moved: false,
+        new_master: None,
     };
     // Logged in already by its certificate, or as the default user when that needs no password.
     // (Into `ctx` directly: a local of this function would be kept across every await.)
@@ -292,6 +297,7 @@ pub(crate) async fn serve<R, W>(
             }
             Woke::Timer => {}
             Woke::Placement => ctx.follow_placement(),
+            Woke::NewMaster(found) => ctx.on_new_master(found),
             Woke::Nothing => {}
         }
         // Invalidations already here are of changes made before the requests about to be read:
@@ -454,6 +460,10 @@ pub(crate) async fn serve<R, W>(
                 true => Poll::Ready(()),
                 false => Poll::Pending,
             }) => {}
+            // The master a blocking command goes to again, found or given up on.
+            found = std::future::poll_fn(|cx| demoted::poll_found(&mut ctx.new_master, cx)), if ctx.new_master.is_some() => {
+                woke = Woke::NewMaster(found);
+            }
             // MONITOR's lines, written at the top of the loop.
             next = async { Box::pin(next_monitor_lines(&mut ctx.monitor)).await }, if ctx.monitor.is_some() => {
                 if !next {
@@ -520,6 +530,8 @@ enum Woke {
     Timer,
     /// A sharded pool's placement changed under the client's subscriptions.
     Placement,
+    /// The search for a new master ended (see [`demoted`]).
+    NewMaster(Option<Arc<Node>>),
 }
 
 /// Timeout resolution: a tenth of the timeout, between 1 and 25 ms.

@@ -361,9 +361,13 @@ impl Ctx {
     }
 
     /// A blocking command's MOVED or ASK, or its UNBLOCKED from a demoted master (it did not run):
-    /// sent again on the client's own connection to the node the cluster says, with what it already
-    /// waited taken off its timeout. `None`: the reply stands.
+    /// sent again on the client's own connection to the node the cluster says, or in a primary pool
+    /// to the master found next (see `demoted`), with what it already waited taken off its timeout.
+    /// `None`: the reply stands.
     pub(super) fn follow_on_own(&mut self, reply: &[u8]) -> Option<crate::metrics::RedirectKind> {
+        if let Some(kind) = self.await_new_master(reply) {
+            return Some(kind);
+        }
         let Some(Pending::Wait(w)) = self.pending.front_mut() else {
             return None;
         };

@@ -220,7 +220,8 @@ const CLUSTER_NODES: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
 /// Redis's reply to a client blocked on a master that became a replica (a failover, a master back
 /// as a replica): the command did not run. (`CLIENT UNBLOCK ... ERROR` says otherwise, and is the
 /// client's.)
-const DEMOTED: &[u8] = b"-UNBLOCKED force unblock from blocking operation, instance state changed";
+pub(super) const DEMOTED: &[u8] =
+    b"-UNBLOCKED force unblock from blocking operation, instance state changed";
 
 /// A blocking command on the client's own connection, on its way again.
 pub(super) struct OwnResend {

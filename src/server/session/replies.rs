@@ -379,7 +379,8 @@ impl Ctx {
         };
         // Observed once the client's reply is decided. Not for blocking commands, which take as
         // long as the client asked them to.
-        let started = (!w.own_connection).then_some(w.sent);
+        let own_connection = w.own_connection;
+        let started = (!own_connection).then_some(w.sent);
         // How long the client has waited: for the latency histogram, and for SLOWLOG, which reads
         // the request's arguments again only for a slow one.
         let now = self.now;
@@ -395,6 +396,11 @@ impl Ctx {
         let reply = match event {
             HeadEvent::Reply(Ok(reply)) => reply,
             HeadEvent::Reply(Err(e)) => {
+                if own_connection {
+                    if let Some(kind) = self.await_master_after_loss(&e) {
+                        return self.tally.get().redirect(kind);
+                    }
+                }
                 self.tally.get().answered_in(took);
                 self.tally.get().command_answered(command, took, true);
                 self.tally.get().error(ErrorKind::from(&e));
@@ -415,7 +421,6 @@ impl Ctx {
         };
         // Only an error reply can be a redirect (or anything but the client's answer).
         if reply.first() == Some(&b'-') {
-            let own_connection = w.own_connection;
             if self.probes.is_some() && self.probe_refused(&reply) {
                 return;
             }
