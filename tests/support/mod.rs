@@ -185,9 +185,15 @@ pub fn wait_for(deadline: Duration, what: &str, done: impl FnMut() -> bool) {
 
 /// The lines of `CLIENT LIST` from the server at `port`, one per connection (this one's included).
 pub fn client_list(port: u16) -> Vec<String> {
-    let reply = Client::connect(port).cmd(&["CLIENT", "LIST"]);
+    try_client_list(port).unwrap_or_else(|e| panic!("CLIENT LIST on 127.0.0.1:{port}: {e}"))
+}
+
+/// The same, or why the connection failed (a server whose clients Sentinel kills as it promotes or
+/// demotes it cuts off any CLIENT LIST under way).
+pub fn try_client_list(port: u16) -> std::io::Result<Vec<String>> {
+    let reply = Client::try_connect(port)?.try_cmd(&["CLIENT", "LIST"])?;
     let text = String::from_utf8_lossy(reply.as_bytes().expect("CLIENT LIST")).into_owned();
-    text.lines().map(str::to_string).collect()
+    Ok(text.lines().map(str::to_string).collect())
 }
 
 /// Polls `check` until it returns `Ok`; on timeout panics with the last reason it gave.

@@ -229,6 +229,12 @@ impl Client {
         self.read_reply()
     }
 
+    /// Sends one command and reads its reply, or says why the connection failed.
+    pub fn try_cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> io::Result<Reply> {
+        self.stream.write_all(&encode(args))?;
+        self.try_read_reply()
+    }
+
     /// What `ROLE` says the server is ("master", "slave", "sentinel"); empty when it does not say.
     pub fn role(&mut self) -> String {
         let reply = self.cmd(&["ROLE"]);
