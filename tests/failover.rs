@@ -572,20 +572,9 @@ fn a_client_blocked_on_a_demoted_primary_master_is_told_when_no_master_takes_ove
 /// then every acknowledged write must be on the last master, and none refused.
 fn role_probed_switches(what: &str, switch: impl Fn(&ReplicaGroup, usize, usize)) {
     let group = ReplicaGroup::start(2);
-    let (port, admin) = (free_port(), free_port());
-    let slotline = Slotline::start(&format!(
-        "pools:\n  ha:\n    listen: 127.0.0.1:{port}\n    mode: primary\n    probe_interval: 200\n    \
-         timeout: 1500\n    servers:\n      - {}\n      - {}\nadmin:\n  listen: 127.0.0.1:{admin}\n",
-        group.addr(0),
-        group.addr(1),
-    ));
+    let slotline = primary_pool(&group, 1500);
     let addr = |i: usize| group.addr(i);
-    wait_for(
-        Duration::from_secs(20),
-        "slotline to find the master",
-        || slotline.info_field("master").as_deref() == Some(addr(0).as_str()),
-    );
-    let writers = Writers::start(port);
+    let writers = Writers::start(slotline.port());
     let mut master = 0;
     for round in 1..=failovers() {
         thread::sleep(Duration::from_millis(300));

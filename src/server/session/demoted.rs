@@ -1,9 +1,10 @@
 //! A blocking command a primary pool's master gave up as it was demoted (`-UNBLOCKED ... instance
 //! state changed`, `-READONLY` from a node that was no longer master when it arrived, or the
-//! connection closed once the pool had left that node): it did not run, so it waits on at the master the pool finds next, on the client's own connection, with what
-//! it already waited taken off its timeout. A cluster pool's owner of the slot is known at once (see
-//! `redirect::own_redirect`); a primary pool's new master may not be yet, so the session looks for it
-//! beside its other work and sends the command when it answers as master.
+//! connection closed once the pool had left that node): it did not run, so it waits on at the
+//! master the pool finds next, on the client's own connection, with what it already waited taken
+//! off its timeout. A cluster pool's owner of the slot is known at once (see
+//! `redirect::own_redirect`); a primary pool's new master may not be yet, so the session looks for
+//! it beside its other work and sends the command when it answers as master.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 use super::super::Router;
 use super::{Ctx, Pending};
-use crate::backend::{BackendError, Node};
+use crate::backend::{BackendError, BackendResult, Node};
 use crate::command;
 use crate::metrics::RedirectKind;
 
@@ -24,8 +25,9 @@ use crate::metrics::RedirectKind;
 pub(super) struct NewMaster {
     /// The master once it answers `ROLE` as master; None when none did within the pool's timeout.
     found: Pin<Box<dyn Future<Output = Option<Arc<Node>>> + Send>>,
-    /// What the client gets when no master is found: the reply as it came.
-    reply: Bytes,
+    /// What the client gets when no master is found: the reply (or the connection's failure) as
+    /// it came.
+    reply: BackendResult,
 }
 
 /// Polls the search, if there is one (the session's loop waits on this beside its other work).
@@ -51,7 +53,7 @@ impl Ctx {
     /// the reply stands.
     pub(super) fn await_new_master(&mut self, reply: &[u8]) -> Option<RedirectKind> {
         match gave_up(reply) {
-            true => self.search_master(|| Bytes::copy_from_slice(reply)),
+            true => self.search_master(|| Ok(Bytes::copy_from_slice(reply))),
             false => None,
         }
     }
@@ -69,7 +71,7 @@ impl Ctx {
         };
         let left = (primary.roles().master.as_ref()).is_some_and(|master| master.addr() != addr);
         match left {
-            true => self.search_master(|| Bytes::from(format!("-ERR slotline: {lost}\r\n"))),
+            true => self.search_master(|| Err(lost.clone())),
             false => None,
         }
     }
@@ -78,7 +80,7 @@ impl Ctx {
     /// connection in a primary pool. Only a command whose timeout can be made to count what it
     /// waited goes again, and no more often than a request may be redirected; the client gets
     /// `reply` if no master answers within the pool's timeout. `None`: not such a command.
-    fn search_master(&mut self, reply: impl FnOnce() -> Bytes) -> Option<RedirectKind> {
+    fn search_master(&mut self, reply: impl FnOnce() -> BackendResult) -> Option<RedirectKind> {
         let Router::Primary(primary) = &self.pool.router else {
             return None;
         };
@@ -124,7 +126,7 @@ impl Ctx {
             None => {
                 // Answered as it was, not followed again.
                 w.redirects = self.pool.config.max_redirects;
-                reply_to.send(Ok(search.reply));
+                reply_to.send(search.reply);
             }
         }
     }
