@@ -179,8 +179,10 @@ fn shards_and_a_primary_speak_tls_to_nodes_that_require_client_certificates() {
         );
     let _without = Slotline::start(&refused);
     let reply = Client::connect(port2).cmd(&["GET", "shard:7"]);
+    // Under TLS 1.3 the node's refusal comes after the client's side of the handshake is done: a
+    // request sent in that moment finds the connection lost rather than refused (CI, once).
     assert!(
-        matches!(&reply, Reply::Error(e) if e.contains("cannot connect")),
+        matches!(&reply, Reply::Error(e) if e.contains("cannot connect") || e.contains("lost")),
         "nodes that require a client certificate refuse slotline without one: {reply:?}"
     );
 
