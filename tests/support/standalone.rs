@@ -302,13 +302,12 @@ impl Nutcracker {
             log,
             dir,
         };
-        let mut exited = None;
         let up = wait_until(Duration::from_secs(10), || {
-            exited = nutcracker.exit_status();
-            exited.is_some() || nutcracker.answers_ping()
+            nutcracker.exit_status().is_some() || nutcracker.answers_ping()
         });
         // An answer from a listener that then exits would be someone else's: ask once more.
-        if up && exited.is_none() && nutcracker.answers_ping() {
+        // (`try_wait` keeps the status it reaped, so asking again sees an exit the wait saw.)
+        if up && nutcracker.exit_status().is_none() && nutcracker.answers_ping() {
             return Ok(nutcracker);
         }
         let state = match nutcracker.exit_status() {
