@@ -206,35 +206,55 @@ pub(super) async fn run(link: Link, mut rx: Receiver) {
 }
 
 /// Opens a connection and runs the handshake on it.
+///
+/// A connection is not up until the node has answered on it. Over TLS 1.3 the client's side of the
+/// handshake ends before the node has judged it: a node that wants a client certificate and got
+/// none sends its refusal (an alert) after that. So a TLS connection with no AUTH/SELECT to send
+/// asks PING instead, and any reply, even an error, says the node took the session. A refusal
+/// then fails the connect, and the requests that waited for it are told the node cannot be
+/// reached; none of them was sent.
 pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<Stream, String> {
     let mut stream = Stream::connect(addr, settings.tls.as_deref())
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(handshake) = &settings.handshake {
-        stream
-            .write_all(&handshake.frames)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::with_capacity(256);
-        for _ in 0..handshake.replies {
-            let mut scanner = ReplyScanner::default();
-            let len = loop {
-                if let Some(len) = scanner.scan(&buf).map_err(|e| e.to_string())? {
-                    break len;
+    let mut buf = BytesMut::new();
+    match &settings.handshake {
+        Some(handshake) => {
+            send(&mut stream, &handshake.frames).await?;
+            for _ in 0..handshake.replies {
+                let reply = first_reply(&mut stream, &mut buf, "AUTH/SELECT").await?;
+                if reply.first() == Some(&b'-') {
+                    let line = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
+                    return Err(format!("AUTH/SELECT refused: {line}"));
                 }
-                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("closed during AUTH/SELECT".into());
-                }
-            };
-            let reply = buf.split_to(len);
-            if reply.first() == Some(&b'-') {
-                let line = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
-                return Err(format!("AUTH/SELECT refused: {line}"));
             }
         }
+        None if matches!(stream, Stream::Tls(_)) => {
+            send(&mut stream, b"*1\r\n$4\r\nPING\r\n").await?;
+            first_reply(&mut stream, &mut buf, "PING").await?;
+        }
+        None => {}
     }
     Ok(stream)
+}
+
+async fn send(stream: &mut Stream, frames: &[u8]) -> Result<(), String> {
+    stream.write_all(frames).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
+}
+
+/// The next whole reply on a connection being opened, to the request named `what`.
+async fn first_reply(stream: &mut Stream, buf: &mut BytesMut, what: &str) -> Result<Bytes, String> {
+    let mut scanner = ReplyScanner::default();
+    let len = loop {
+        if let Some(len) = scanner.scan(buf).map_err(|e| e.to_string())? {
+            break len;
+        }
+        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err(format!("closed during {what}"));
+        }
+    };
+    Ok(buf.split_to(len).freeze())
 }
 
 fn notify(settings: &Settings) {
