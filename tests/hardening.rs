@@ -303,6 +303,65 @@ fn hostile_backend_replies_fail_their_connection_not_the_proxy() {
     assert!(proxy.is_running());
 }
 
+/// A node's reply to the AUTH that opens a connection is bounded tighter than its replies to
+/// requests: a stand-in for a hostile node answers AUTH with a string of 400 MB and sends it as
+/// fast as it can. slotline refuses it at its length, its memory never grows toward it, and the
+/// node counts as unreachable.
+#[test]
+fn a_node_that_answers_auth_with_an_absurd_reply_is_unreachable_and_costs_no_memory() {
+    let listener = TcpListener::bind(("127.0.0.1", free_port())).expect("bind the backend");
+    let backend_port = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                if !matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                    return;
+                }
+                let _ = stream.write_all(b"$400000000\r\n");
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..400 {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let yaml = format!(
+        "pools:\n  p:\n    listen: 127.0.0.1:{port}\n    mode: ketama\n    redis_auth: secret\n    \
+         connect_timeout: 2000\n    servers: [\"127.0.0.1:{backend_port}:1 hostile\"]\n"
+    );
+    let mut proxy = Slotline::start(&yaml);
+    let mut client = Client::connect(port);
+    // redis_auth is the password of the pool's clients as well as the nodes'.
+    assert_eq!(client.cmd(&["AUTH", "secret"]), Reply::ok());
+    for _ in 0..5 {
+        let reply = client.cmd(&["GET", "k"]);
+        assert!(
+            reply.error().is_some_and(|e| e.contains("cannot connect")),
+            "{reply:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid()))
+        .expect("read /proc/PID/status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+    assert!(
+        proxy.log().contains("reply to AUTH/SELECT over 4096 bytes"),
+        "{}",
+        proxy.log()
+    );
+    assert!(proxy.is_running());
+}
+
 /// slotline's command policy is no security boundary for scripts: the nodes' ACL is. With the
 /// restricted user config/redis-users.acl describes, a script that calls FLUSHALL is refused by
 /// Redis itself, while everything slotline needs (CLUSTER SLOTS, EVAL, WAIT, KEYS) still works.

@@ -11,7 +11,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use super::queue::{Batch, Receiver, Written};
 use super::{BackendError, BackendResult, Health, ReplyTo, Settings};
-use crate::protocol::ReplyScanner;
+use crate::protocol::{ReplyScanner, REPLY_TOO_LONG};
 use crate::stats::{self, ServerStats};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -24,6 +24,9 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 const BATCH: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest reply to a request that opens a connection (AUTH, SELECT, PING): Redis answers them with a
+/// short line. Anything longer is a node not to be trusted with the connection, refused at its header.
+const OPENING_REPLY: usize = 4 * 1024;
 
 /// What one connection task serves and reports to.
 pub(super) struct Link {
@@ -222,7 +225,7 @@ pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<Stream, S
         Some(handshake) => {
             send(&mut stream, &handshake.frames).await?;
             for _ in 0..handshake.replies {
-                let reply = first_reply(&mut stream, &mut buf, "AUTH/SELECT").await?;
+                let reply = next_reply(&mut stream, &mut buf, "AUTH/SELECT").await?;
                 if reply.first() == Some(&b'-') {
                     let line = String::from_utf8_lossy(&reply[1..]).trim_end().to_string();
                     return Err(format!("AUTH/SELECT refused: {line}"));
@@ -231,7 +234,7 @@ pub(super) async fn connect(addr: &str, settings: &Settings) -> Result<Stream, S
         }
         None if matches!(stream, Stream::Tls(_)) => {
             send(&mut stream, b"*1\r\n$4\r\nPING\r\n").await?;
-            first_reply(&mut stream, &mut buf, "PING").await?;
+            next_reply(&mut stream, &mut buf, "PING").await?;
         }
         None => {}
     }
@@ -244,11 +247,16 @@ async fn send(stream: &mut Stream, frames: &[u8]) -> Result<(), String> {
 }
 
 /// The next whole reply on a connection being opened, to the request named `what`.
-async fn first_reply(stream: &mut Stream, buf: &mut BytesMut, what: &str) -> Result<Bytes, String> {
-    let mut scanner = ReplyScanner::default();
+async fn next_reply(stream: &mut Stream, buf: &mut BytesMut, what: &str) -> Result<Bytes, String> {
+    let mut scanner = ReplyScanner::new(OPENING_REPLY);
     let len = loop {
-        if let Some(len) = scanner.scan(buf).map_err(|e| e.to_string())? {
-            break len;
+        match scanner.scan(buf) {
+            Ok(Some(len)) => break len,
+            Ok(None) => {}
+            Err(e) if e == REPLY_TOO_LONG => {
+                return Err(format!("reply to {what} over {OPENING_REPLY} bytes"))
+            }
+            Err(e) => return Err(format!("reply to {what}: {e}")),
         }
         if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
             return Err(format!("closed during {what}"));

@@ -15,7 +15,7 @@ mod scan;
 
 pub use reply::Reply;
 pub use request::{parse_int, Limits, RequestParser};
-pub use scan::{ReplyScanner, DEFAULT_MAX_REPLY};
+pub use scan::{ReplyScanner, DEFAULT_MAX_REPLY, TOO_LONG as REPLY_TOO_LONG};
 
 /// A stream the proxy cannot resynchronise on: the connection has to close after the client is told why.
 /// In Redis's words, with the byte found where another was expected (`expected '$', got 'f'`).

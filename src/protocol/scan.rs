@@ -66,7 +66,9 @@ impl ReplyScanner {
     }
 }
 
-const TOO_LONG: ProtocolError = ProtocolError::new("reply longer than the bound (max_reply_bytes)");
+/// The error of a reply past its bound.
+pub const TOO_LONG: ProtocolError =
+    ProtocolError::new("reply longer than the bound (max_reply_bytes)");
 
 /// One element's own bytes (header, plus payload for strings) and how many elements follow as its
 /// children; `room` is how many bytes the reply may still take.
