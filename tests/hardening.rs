@@ -11,8 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use support::{
-    free_port, http_get, key_slot, metric, wait_for, Client, ClusterOpts, RedisCluster,
-    RedisServers, Reply, Slotline,
+    free_port, http_get, key_slot, metric, proc_status_kib, wait_for, Client, ClusterOpts,
+    RedisCluster, RedisServers, Reply, Slotline,
 };
 
 fn shared() -> &'static RedisCluster {
@@ -346,13 +346,7 @@ fn a_node_that_answers_auth_with_an_absurd_reply_is_unreachable_and_costs_no_mem
         );
         thread::sleep(Duration::from_millis(200));
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid()))
-        .expect("read /proc/PID/status");
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let peak_kib = proc_status_kib(proxy.pid(), "VmHWM").expect("VmHWM of slotline");
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
     assert!(
         proxy.log().contains("reply to AUTH/SELECT over 4096 bytes"),

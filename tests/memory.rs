@@ -10,20 +10,16 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use support::{free_port, wait_for, wait_until, Client, RedisServers, Reply, Slotline};
+use support::{
+    free_port, proc_status_kib, wait_for, wait_until, Client, RedisServers, Reply, Slotline,
+};
 
 /// slotline's own resident memory, in KiB: its heap, stacks and buffers (RssAnon). The pages of its
 /// code are left out: slotline unmaps its start-up code once it listens, and the kernel maps code
 /// back in as it runs, so the first 2,000 clients would bring in code pages that no later client
 /// costs.
 fn rss_kib(proxy: &Slotline) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid()))
-        .expect("read /proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon")
+    proc_status_kib(proxy.pid(), "RssAnon").expect("RssAnon of slotline")
 }
 
 /// Waits up to `deadline` for slotline's own RSS to fall within `within_kib` of `before`; panics

@@ -23,8 +23,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::{
-    cluster_port, free_port, wait_for, wait_ok, Client, ClusterOpts, KubeApi, PodEndpoint,
-    RedisCluster, RedisPod, ReplicaGroup, Reply, Sentinels, Slice, Slotline, TempDir,
+    cluster_port, free_port, proc_status_kib, wait_for, wait_ok, Client, ClusterOpts, KubeApi,
+    PodEndpoint, RedisCluster, RedisPod, ReplicaGroup, Reply, Sentinels, Slice, Slotline, TempDir,
 };
 
 const CLUSTER_CLIENTS: usize = 40;
@@ -690,14 +690,7 @@ impl Drop for StopOnDrop<'_> {
 
 /// slotline's resident set, in KiB.
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// How a pod is listed instead of ready; `None` leaves it out of the slice.

@@ -12,7 +12,7 @@
 //! - `sentinel`: a master with replicas, and real `redis-sentinel`s watching it.
 //! - `standalone`: plain `redis-server`s (twemproxy shards) and the real `nutcracker` in front of them.
 //! - `tls`: certificates made with `openssl` (a CA, servers, clients, a CA nobody trusts).
-//! - this file: ports, temp dirs, polling, key slots, test host names, and the reaper that cleans up
+//! - this file: ports, temp dirs, polling, key slots, test host names, a process's memory, and the reaper that cleans up
 //!   processes even when a test binary dies without running `Drop` (statics, SIGKILL, Ctrl-C).
 #![allow(dead_code)]
 
@@ -212,6 +212,19 @@ pub fn wait_ok<T>(
             Err(_) => thread::sleep(POLL),
         }
     }
+}
+
+/// A size in KiB from `/proc/PID/status` (`VmRSS`, `VmHWM`, `RssAnon` ...); None when the process
+/// or the field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The cluster hash slot of a key: CRC16-XMODEM of the key, or of its `{hash tag}` when that is
